@@ -1,0 +1,3 @@
+module github.com/smr-io/smr-cri
+
+go 1.26
