@@ -1,0 +1,48 @@
+# smr-cri — see README.md. Every target is a thin wrapper over a script or a go command,
+# so CI (.ci/run) and people run exactly the same thing.
+SHELL := /bin/bash
+GO    ?= go
+BIN   := bin
+
+.PHONY: all build run test unit critest bench bench-cri bench-raft bench-netintercept vet fmt clean help
+
+all: build
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+build: ## build bin/smr-cri
+	$(GO) build -o $(BIN)/smr-cri ./cmd/smr-cri
+
+run: ## the main job: install what is missing, start a local replicated service you can talk to
+	hack/run.sh
+
+test: ## the whole test suite (installs what is missing; needs root)
+	hack/test.sh
+
+unit: ## unit tests only: no root, no daemons
+	$(GO) test -count=1 ./...
+
+critest: ## CRI validation suite directly against containerd and through smr-cri
+	hack/critest.sh
+
+bench: ## redis-benchmark: plain Redis pod vs a 3-replica smr group
+	hack/bench.sh
+
+bench-cri: ## CRI proxy overhead vs direct containerd-style calls
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./cri/
+
+bench-raft: ## raftcore 3 processes vs a 3-member etcd cluster
+	hack/bench-raft.sh
+
+bench-netintercept: ## apply/cleanup and redirect latency (needs root)
+	SMR_INTEGRATION=1 $(GO) test -run '^$$' -bench . ./netintercept/
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	gofmt -l -w $$(git ls-files '*.go')
+
+clean: ## remove build outputs (keeps the _cache of built Kubernetes tools)
+	rm -rf $(BIN) _out
