@@ -1,0 +1,75 @@
+// Command lab drives the node lab by hand and from hack/*.sh scripts:
+//
+//	lab images OUT.tar [REF...]              build the lab images into a docker-archive
+//	lab containerd-up [--owner PID] DIR      start a private containerd in DIR and import the images
+//	lab containerd-down DIR                  remove its pods, stop it, clean up mounts, bridge, slot
+//	lab sweep                                stop labs whose owner process is gone
+//
+// containerd-up prints the socket path on stdout; progress goes to stderr.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/smr-io/smr-cri/internal/nodelab"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "lab:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage:
+  lab images OUT.tar [REF...]
+  lab containerd-up [--owner PID] DIR
+  lab containerd-down DIR
+  lab sweep`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return errors.New(usage)
+	}
+	switch args[0] {
+	case "images":
+		if len(args) < 2 {
+			return errors.New(usage)
+		}
+		return nodelab.BuildImages(ctx, args[1], args[2:]...)
+	case "containerd-up":
+		fs := flag.NewFlagSet("containerd-up", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		owner := fs.Int("owner", 0, "pid whose death lets `lab sweep` stop this lab (0: never)")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return errors.New(usage)
+		}
+		c, err := nodelab.StartContainerd(ctx, nodelab.ContainerdOptions{Dir: fs.Arg(0), Detach: true, Owner: *owner, Log: stderr})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, c.Socket())
+		return nil
+	case "containerd-down":
+		if len(args) != 2 {
+			return errors.New(usage)
+		}
+		return nodelab.StopContainerd(ctx, args[1], stderr)
+	case "sweep":
+		return nodelab.SweepStale(ctx, stderr)
+	default:
+		return fmt.Errorf("unknown command %q\n%s", args[0], usage)
+	}
+}
