@@ -1,0 +1,285 @@
+package netintercept
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+const (
+	svcPort      = 6379
+	listenerPort = 15001
+	raftPort     = 7946
+)
+
+// The whole life of one pod's interception, against the real kernel.
+func TestIntegrationRedirect(t *testing.T) {
+	requireIntegration(t)
+	ctx := context.Background()
+	pn := newPodNet(t)
+	pn.serveIn(t, svcPort, "app")
+	pn.serveIn(t, listenerPort, "smr")
+	pn.serveIn(t, raftPort, "raft")
+	svc := netip.AddrPortFrom(pn.pod, svcPort)
+
+	before := pn.save(t, BackendNFT)
+	ic := &Interceptor{}
+	spec := Spec{
+		ServicePorts: []uint16{svcPort},
+		ListenerPort: listenerPort,
+		ExcludePorts: []uint16{raftPort},
+		ProbeSources: []netip.Addr{pn.node},
+		Mark:         0x4000,
+	}
+	res, err := ic.Apply(ctx, pn.path, spec)
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if res.Backend != BackendNFT || !res.Changed {
+		t.Fatalf("Apply result %+v, want a change with nf_tables", res)
+	}
+	applied := pn.save(t, BackendNFT)
+
+	checks := []struct {
+		name, wantServer, wantDst string
+		who                       func() (string, string)
+	}{
+		{"client to service port reaches the listener", "smr", svc.String(),
+			func() (string, string) { return whoAnswers(t, pn.client, svc) }},
+		{"probe from the node address reaches the app", "app", svc.String(),
+			func() (string, string) { return whoAnswers(t, pn.node, svc) }},
+		{"raft port is not redirected", "raft", netip.AddrPortFrom(pn.pod, raftPort).String(),
+			func() (string, string) { return whoAnswers(t, pn.client, netip.AddrPortFrom(pn.pod, raftPort)) }},
+		{"127.0.0.1 from inside reaches the app", "app", fmt.Sprintf("127.0.0.1:%d", svcPort),
+			func() (string, string) { return pn.whoAnswersInside(t, fmt.Sprintf("127.0.0.1:%d", svcPort)) }},
+		{"pod address from inside reaches the app", "app", svc.String(),
+			func() (string, string) { return pn.whoAnswersInside(t, svc.String()) }},
+	}
+	for _, c := range checks {
+		t.Run(c.name, func(t *testing.T) {
+			server, dst := c.who()
+			if server != c.wantServer || dst != c.wantDst {
+				t.Errorf("answered by %s seeing destination %s, want %s seeing %s", server, dst, c.wantServer, c.wantDst)
+			}
+		})
+	}
+
+	t.Run("re-apply is a no-op", func(t *testing.T) {
+		res, err := ic.Apply(ctx, pn.path, spec)
+		if err != nil {
+			t.Fatalf("Apply again: %v", err)
+		}
+		if res.Changed {
+			t.Errorf("second Apply changed something:\n%s", res.Script)
+		}
+		if got := pn.save(t, BackendNFT); got != applied {
+			t.Errorf("iptables-save changed by re-apply:\n%s\nwas:\n%s", got, applied)
+		}
+	})
+
+	t.Run("changed spec replaces the rules in place", func(t *testing.T) {
+		other := spec
+		other.ServicePorts = []uint16{svcPort, 8080}
+		if _, err := ic.Apply(ctx, pn.path, other); err != nil {
+			t.Fatalf("Apply changed spec: %v", err)
+		}
+		if _, err := ic.Apply(ctx, pn.path, spec); err != nil {
+			t.Fatalf("Apply original spec: %v", err)
+		}
+		if got := pn.save(t, BackendNFT); got != applied {
+			t.Errorf("iptables-save after changing back:\n%s\nwant:\n%s", got, applied)
+		}
+	})
+
+	t.Run("cleanup restores iptables-save exactly", func(t *testing.T) {
+		res, err := ic.Cleanup(ctx, pn.path)
+		if err != nil {
+			t.Fatalf("Cleanup: %v", err)
+		}
+		if !res.Changed {
+			t.Errorf("Cleanup removed nothing")
+		}
+		if got := pn.save(t, BackendNFT); got != before {
+			t.Errorf("iptables-save after cleanup:\n%q\nbefore apply:\n%q", got, before)
+		}
+		if server, _ := whoAnswers(t, pn.client, svc); server != "app" {
+			t.Errorf("after cleanup the service port is answered by %s, want app", server)
+		}
+		res, err = ic.Cleanup(ctx, pn.path)
+		if err != nil || res.Changed {
+			t.Errorf("second Cleanup = %+v, %v; want no change", res, err)
+		}
+	})
+}
+
+// Rules that others put in the namespace survive apply and cleanup untouched, and a stray
+// second jump (an interrupted older version, a manual edit) is repaired.
+func TestIntegrationForeignRules(t *testing.T) {
+	requireIntegration(t)
+	ctx := context.Background()
+	pn := newPodNet(t)
+	pn.serveIn(t, svcPort, "app")
+	pn.serveIn(t, listenerPort, "smr")
+	foreign := "*nat\n:CNI-HOSTPORT - [0:0]\n-A PREROUTING -p udp -j CNI-HOSTPORT\n-A CNI-HOSTPORT -p udp -m udp --dport 53 -j RETURN\nCOMMIT\n" +
+		"*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p icmp -j ACCEPT\nCOMMIT\n"
+	if _, err := (NetnsExecutor{}).Run(ctx, Cmd{Netns: pn.path, Name: "iptables-nft-restore", Args: []string{"--noflush"}, Stdin: []byte(foreign)}); err != nil {
+		t.Fatalf("install foreign rules: %v", err)
+	}
+	before := pn.save(t, BackendNFT)
+	ic := &Interceptor{}
+	spec := Spec{ServicePorts: []uint16{svcPort}, ListenerPort: listenerPort}
+	if _, err := ic.Apply(ctx, pn.path, spec); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	applied := pn.save(t, BackendNFT)
+	// A second jump, appended behind our back.
+	dup := "*nat\n-A PREROUTING -p tcp -j SMR_PREROUTING\nCOMMIT\n"
+	if _, err := (NetnsExecutor{}).Run(ctx, Cmd{Netns: pn.path, Name: "iptables-nft-restore", Args: []string{"--noflush"}, Stdin: []byte(dup)}); err != nil {
+		t.Fatalf("add duplicate jump: %v", err)
+	}
+	res, err := ic.Apply(ctx, pn.path, spec)
+	if err != nil || !res.Changed {
+		t.Fatalf("Apply over a duplicate jump = %+v, %v; want a repair", res, err)
+	}
+	if got := pn.save(t, BackendNFT); got != applied {
+		t.Errorf("after repair:\n%s\nwant:\n%s", got, applied)
+	}
+	if server, _ := whoAnswers(t, pn.client, netip.AddrPortFrom(pn.pod, svcPort)); server != "smr" {
+		t.Errorf("service port answered by %s, want smr", server)
+	}
+	if _, err := ic.Cleanup(ctx, pn.path); err != nil {
+		t.Fatalf("Cleanup: %v", err)
+	}
+	if got := pn.save(t, BackendNFT); got != before {
+		t.Errorf("iptables-save after cleanup:\n%s\nbefore apply:\n%s", got, before)
+	}
+}
+
+// Two pods' rules live in their own namespaces: applying, using and removing one never changes
+// the other.
+func TestIntegrationTwoNamespaces(t *testing.T) {
+	requireIntegration(t)
+	ctx := context.Background()
+	a, b := newPodNet(t), newPodNet(t)
+	for _, pn := range []*podNet{a, b} {
+		pn.serveIn(t, svcPort, "app")
+		pn.serveIn(t, 8080, "web")
+		pn.serveIn(t, listenerPort, "smr")
+		pn.serveIn(t, listenerPort+1, "smr2")
+	}
+	ic := &Interceptor{}
+	beforeA := a.save(t, BackendNFT)
+	if _, err := ic.Apply(ctx, a.path, Spec{ServicePorts: []uint16{svcPort}, ListenerPort: listenerPort}); err != nil {
+		t.Fatalf("Apply a: %v", err)
+	}
+	if _, err := ic.Apply(ctx, b.path, Spec{ServicePorts: []uint16{8080}, ListenerPort: listenerPort + 1}); err != nil {
+		t.Fatalf("Apply b: %v", err)
+	}
+	appliedB := b.save(t, BackendNFT)
+	want := []struct {
+		pn     *podNet
+		port   uint16
+		server string
+	}{{a, svcPort, "smr"}, {a, 8080, "web"}, {b, svcPort, "app"}, {b, 8080, "smr2"}}
+	for _, w := range want {
+		if got, _ := whoAnswers(t, w.pn.client, netip.AddrPortFrom(w.pn.pod, w.port)); got != w.server {
+			t.Errorf("%s:%d answered by %s, want %s", w.pn.pod, w.port, got, w.server)
+		}
+	}
+	if _, err := ic.Cleanup(ctx, a.path); err != nil {
+		t.Fatalf("Cleanup a: %v", err)
+	}
+	if got := a.save(t, BackendNFT); got != beforeA {
+		t.Errorf("a after cleanup:\n%s\nwant:\n%s", got, beforeA)
+	}
+	if got := b.save(t, BackendNFT); got != appliedB {
+		t.Errorf("b changed by a's cleanup:\n%s\nwant:\n%s", got, appliedB)
+	}
+	if got, _ := whoAnswers(t, b.client, netip.AddrPortFrom(b.pod, 8080)); got != "smr2" {
+		t.Errorf("b's service answered by %s after a's cleanup, want smr2", got)
+	}
+}
+
+// A namespace whose rules are legacy iptables is handled with the legacy backend.
+func TestIntegrationLegacyBackend(t *testing.T) {
+	requireIntegration(t)
+	ctx := context.Background()
+	pn := newPodNet(t)
+	pn.serveIn(t, svcPort, "app")
+	pn.serveIn(t, listenerPort, "smr")
+	foreign := "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p icmp -j ACCEPT\nCOMMIT\n"
+	if _, err := (NetnsExecutor{}).Run(ctx, Cmd{Netns: pn.path, Name: "iptables-legacy-restore", Args: []string{"--noflush"}, Stdin: []byte(foreign)}); err != nil {
+		t.Fatalf("install legacy rules: %v", err)
+	}
+	ic := &Interceptor{}
+	res, err := ic.Apply(ctx, pn.path, Spec{ServicePorts: []uint16{svcPort}, ListenerPort: listenerPort, ProbeSources: []netip.Addr{pn.node}})
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if res.Backend != BackendLegacy {
+		t.Fatalf("backend %s, want legacy", res.Backend)
+	}
+	if server, _ := whoAnswers(t, pn.client, netip.AddrPortFrom(pn.pod, svcPort)); server != "smr" {
+		t.Errorf("service port answered by %s, want smr", server)
+	}
+	if server, _ := whoAnswers(t, pn.node, netip.AddrPortFrom(pn.pod, svcPort)); server != "app" {
+		t.Errorf("probe answered by %s, want app", server)
+	}
+	if res, err := ic.Apply(ctx, pn.path, Spec{ServicePorts: []uint16{svcPort}, ListenerPort: listenerPort, ProbeSources: []netip.Addr{pn.node}}); err != nil || res.Changed {
+		t.Errorf("re-apply = %+v, %v; want no change", res, err)
+	}
+	if _, err := ic.Cleanup(ctx, pn.path); err != nil {
+		t.Fatalf("Cleanup: %v", err)
+	}
+	if o := table(parseSave(pn.save(t, BackendLegacy)), natTable).owned(); len(o.chains)+len(o.jumps)+len(o.rules) > 0 {
+		t.Errorf("legacy rules left after cleanup: %+v", o)
+	}
+	if nft := pn.save(t, BackendNFT); nft != "" {
+		t.Errorf("nf_tables rules appeared in a legacy namespace:\n%s", nft)
+	}
+}
+
+// Bad input against the real system: each gets a clear error and changes nothing.
+func TestIntegrationBadInput(t *testing.T) {
+	requireIntegration(t)
+	ctx := context.Background()
+	pn := newPodNet(t)
+	ic := &Interceptor{}
+	good := Spec{ServicePorts: []uint16{svcPort}, ListenerPort: listenerPort}
+	notNs := filepath.Join(t.TempDir(), "netns")
+	if err := os.WriteFile(notNs, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		path      string
+		spec      Spec
+		emptyPATH bool
+		wantIs    error
+	}{
+		{"missing netns path", "/var/run/netns/smrt-does-not-exist", good, false, ErrNotNetns},
+		{"regular file as netns", notNs, good, false, ErrNotNetns},
+		{"listener port equal to service port", pn.path, Spec{ServicePorts: []uint16{svcPort}, ListenerPort: svcPort}, false, ErrInvalidSpec},
+		{"port zero", pn.path, Spec{ServicePorts: []uint16{0}, ListenerPort: listenerPort}, false, ErrInvalidSpec},
+		{"no iptables backend", pn.path, good, true, ErrNoBackend},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.emptyPATH {
+				t.Setenv("PATH", t.TempDir())
+			}
+			_, err := ic.Apply(ctx, tc.path, tc.spec)
+			if !errors.Is(err, tc.wantIs) {
+				t.Fatalf("Apply error = %v, want %v", err, tc.wantIs)
+			}
+			t.Logf("error: %v", err)
+		})
+	}
+	if got := pn.save(t, BackendNFT); got != "" {
+		t.Errorf("bad input left rules:\n%s", got)
+	}
+}
