@@ -1,0 +1,84 @@
+package cri
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+)
+
+// ReplicateLabel marks a pod whose containers are replicated by smr-cri.
+const (
+	ReplicateLabel = "smr.io/replicate"
+	ReplicateValue = "true"
+)
+
+// Replicator is what the proxy needs from the replication side. It is called
+// after containerd has created a labelled pod's sandbox and when any sandbox
+// is stopped or removed.
+type Replicator interface {
+	// AttachPod starts replicating a pod. An error fails the pod's
+	// RunPodSandbox; the proxy then stops and removes the sandbox.
+	AttachPod(ctx context.Context, pod PodInfo) error
+	// DetachPod stops replicating a sandbox. It is called for every stopped
+	// or removed sandbox (the proxy keeps no state), may be called more than
+	// once for the same ID and must ignore sandboxes it does not know.
+	DetachPod(ctx context.Context, sandboxID string) error
+}
+
+// PodInfo describes a sandbox handed to the Replicator.
+type PodInfo struct {
+	SandboxID   string
+	Name        string
+	Namespace   string
+	UID         string
+	Labels      map[string]string
+	Annotations map[string]string
+	// NetNSPath is the pod's network namespace, e.g. /var/run/netns/cni-1234....
+	NetNSPath string
+	// IPs are the pod's addresses, primary first.
+	IPs []string
+}
+
+// wantsReplication reports whether a sandbox's labels ask for replication.
+func wantsReplication(labels map[string]string) bool {
+	return labels[ReplicateLabel] == ReplicateValue
+}
+
+// LoggingReplicator logs what replication would do. It is the default until
+// the replication side is wired in.
+type LoggingReplicator struct {
+	Log *slog.Logger
+
+	mu       sync.Mutex
+	attached map[string]bool // only to log detaches of pods it attached at info level
+}
+
+var _ Replicator = (*LoggingReplicator)(nil)
+
+// NewLoggingReplicator returns a LoggingReplicator writing to log.
+func NewLoggingReplicator(log *slog.Logger) *LoggingReplicator {
+	return &LoggingReplicator{Log: log, attached: map[string]bool{}}
+}
+
+func (r *LoggingReplicator) AttachPod(ctx context.Context, pod PodInfo) error {
+	r.mu.Lock()
+	r.attached[pod.SandboxID] = true
+	r.mu.Unlock()
+	r.Log.InfoContext(ctx, "would attach pod to replication",
+		"sandbox", pod.SandboxID, "pod", pod.Namespace+"/"+pod.Name, "uid", pod.UID,
+		"netns", pod.NetNSPath, "ips", pod.IPs)
+	return nil
+}
+
+func (r *LoggingReplicator) DetachPod(ctx context.Context, sandboxID string) error {
+	r.mu.Lock()
+	known := r.attached[sandboxID]
+	delete(r.attached, sandboxID)
+	r.mu.Unlock()
+	level := slog.LevelDebug
+	if known {
+		level = slog.LevelInfo
+	}
+	r.Log.Log(ctx, level, "would detach pod from replication", "sandbox", sandboxID, "attached", known)
+	return nil
+}

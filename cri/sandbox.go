@@ -1,0 +1,145 @@
+package cri
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// cleanupTimeout bounds stopping and removing a sandbox whose hook failed.
+// It does not inherit the caller's deadline, which may be nearly spent.
+const cleanupTimeout = 2 * time.Minute
+
+// hookedMethods are the RuntimeService methods the proxy decodes; every other
+// method goes to the raw forwarder.
+var hookedMethods = map[string]bool{
+	"RunPodSandbox":    true,
+	"StopPodSandbox":   true,
+	"RemovePodSandbox": true,
+}
+
+// sandboxService serves the hooked pod sandbox RPCs. It embeds the
+// Unimplemented server only to satisfy RuntimeServiceServer: it is
+// registered with a service description holding the hooked methods alone
+// (hookedServiceDesc), so no other method ever reaches it.
+type sandboxService struct {
+	runtimeapi.UnimplementedRuntimeServiceServer
+	p *Proxy
+}
+
+var _ runtimeapi.RuntimeServiceServer = (*sandboxService)(nil)
+
+// hookedServiceDesc is runtime.v1.RuntimeService restricted to the hooked
+// methods.
+func hookedServiceDesc() *grpc.ServiceDesc {
+	sd := runtimeapi.RuntimeService_ServiceDesc
+	sd.Methods = nil
+	sd.Streams = nil
+	for _, m := range runtimeapi.RuntimeService_ServiceDesc.Methods {
+		if hookedMethods[m.MethodName] {
+			sd.Methods = append(sd.Methods, m)
+		}
+	}
+	return &sd
+}
+
+// call runs one typed downstream call with the caller's metadata, returns the
+// runtime's headers and trailers to the caller, and maps errors.
+func call[Req, Resp any](ctx context.Context, p *Proxy, fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, error) {
+	var header, trailer metadata.MD
+	resp, err := fn(outgoingContext(ctx), req, grpc.Header(&header), grpc.Trailer(&trailer))
+	if len(header) > 0 && err == nil {
+		_ = grpc.SetHeader(ctx, header)
+	}
+	if len(trailer) > 0 {
+		_ = grpc.SetTrailer(ctx, trailer)
+	}
+	return resp, p.runtimeErr(err)
+}
+
+// RunPodSandbox creates the sandbox in the runtime and, for a pod labelled
+// smr.io/replicate=true, hands it to the Replicator. If that fails the sandbox
+// is stopped and removed again and the call fails with FailedPrecondition
+// (the pod cannot run as asked; kubelet retries RunPodSandbox later) and a
+// message naming smr-cri and the cause.
+func (s *sandboxService) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandboxRequest) (*runtimeapi.RunPodSandboxResponse, error) {
+	resp, err := call(ctx, s.p, s.p.runtime.RunPodSandbox, req)
+	if err != nil || !wantsReplication(req.GetConfig().GetLabels()) {
+		return resp, err
+	}
+	id := resp.GetPodSandboxId()
+	if err := s.attach(ctx, id, req.GetConfig()); err != nil {
+		meta := req.GetConfig().GetMetadata()
+		msg := fmt.Sprintf("smr-cri: pod %s/%s (sandbox %s) labelled %s=%s: %v",
+			meta.GetNamespace(), meta.GetName(), id, ReplicateLabel, ReplicateValue, err)
+		if cerr := s.removeSandbox(ctx, id); cerr != nil {
+			msg += fmt.Sprintf("; cleanup failed, the sandbox may be left behind: %v", cerr)
+		} else {
+			msg += "; the sandbox was stopped and removed"
+		}
+		s.p.log.ErrorContext(ctx, "replication hook failed", "sandbox", id, "error", msg)
+		return nil, status.Error(codes.FailedPrecondition, msg)
+	}
+	return resp, nil
+}
+
+// attach reads the sandbox's netns and IPs from the runtime and calls
+// AttachPod.
+func (s *sandboxService) attach(ctx context.Context, id string, cfg *runtimeapi.PodSandboxConfig) error {
+	st, err := s.p.runtime.PodSandboxStatus(outgoingContext(ctx), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id, Verbose: true})
+	if err != nil {
+		return fmt.Errorf("read sandbox status: %w", err)
+	}
+	pod, err := podInfo(id, cfg, st)
+	if err != nil {
+		return fmt.Errorf("find pod network: %w", err)
+	}
+	if err := s.p.replicator.AttachPod(ctx, pod); err != nil {
+		return fmt.Errorf("attach to replication: %w", err)
+	}
+	return nil
+}
+
+// removeSandbox stops and removes a sandbox after a failed hook.
+func (s *sandboxService) removeSandbox(ctx context.Context, id string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(outgoingContext(ctx)), cleanupTimeout)
+	defer cancel()
+	if _, err := s.p.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
+		return fmt.Errorf("stop sandbox: %w", err)
+	}
+	if _, err := s.p.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
+		return fmt.Errorf("remove sandbox: %w", err)
+	}
+	return nil
+}
+
+// StopPodSandbox detaches the pod from replication first (its listeners live
+// in the netns that stopping tears down), then stops it in the runtime.
+func (s *sandboxService) StopPodSandbox(ctx context.Context, req *runtimeapi.StopPodSandboxRequest) (*runtimeapi.StopPodSandboxResponse, error) {
+	s.detach(ctx, req.GetPodSandboxId())
+	return call(ctx, s.p, s.p.runtime.StopPodSandbox, req)
+}
+
+// RemovePodSandbox removes the sandbox in the runtime, then detaches it again
+// (a sandbox may be removed without a stop; detaching is idempotent).
+func (s *sandboxService) RemovePodSandbox(ctx context.Context, req *runtimeapi.RemovePodSandboxRequest) (*runtimeapi.RemovePodSandboxResponse, error) {
+	resp, err := call(ctx, s.p, s.p.runtime.RemovePodSandbox, req)
+	if err == nil {
+		s.detach(ctx, req.GetPodSandboxId())
+	}
+	return resp, err
+}
+
+// detach calls DetachPod and only logs its failure: tearing a pod down must
+// never be blocked by replication, and containerd stays the source of truth.
+func (s *sandboxService) detach(ctx context.Context, id string) {
+	if err := s.p.replicator.DetachPod(ctx, id); err != nil {
+		s.p.log.WarnContext(ctx, "replication detach failed", "sandbox", id, "error", err)
+	}
+}
