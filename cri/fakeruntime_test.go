@@ -29,11 +29,11 @@ type fakeRuntime struct {
 	rt  *critest.FakeRuntimeService
 	img *critest.FakeImageService
 
-	mu       sync.Mutex
-	events   []*runtimeapi.ContainerEventResponse
-	unknown  []string   // full methods seen by the UnknownServiceHandler
-	lastMD   metadata.MD // metadata of the last call
-	noNetNS  bool        // answer verbose status without a network namespace
+	mu      sync.Mutex
+	events  []*runtimeapi.ContainerEventResponse
+	unknown []string    // full methods seen by the UnknownServiceHandler
+	lastMD  metadata.MD // metadata of the last call
+	noNetNS bool        // answer verbose status without a network namespace
 }
 
 func newFakeRuntime() *fakeRuntime {

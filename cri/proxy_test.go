@@ -92,7 +92,7 @@ var passThroughCases = []struct {
 	{"CreateContainer", func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, _ runtimeapi.ImageServiceClient) (proto.Message, error) {
 		return rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: fixtureSandbox,
 			SandboxConfig: podConfig("web", nil),
-			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "side"}, Image: &runtimeapi.ImageSpec{Image: fixtureImage}}})
+			Config:        &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "side"}, Image: &runtimeapi.ImageSpec{Image: fixtureImage}}})
 	}},
 	{"StartContainer", func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, _ runtimeapi.ImageServiceClient) (proto.Message, error) {
 		return rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: fixtureContainer})

@@ -17,4 +17,3 @@ func main() {
 	stop()
 	os.Exit(cli.ExitCode(err))
 }
-
