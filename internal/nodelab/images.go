@@ -346,8 +346,9 @@ func (b *imageBuilder) build(ref string) (v1.Image, error) {
 			return nil, fmt.Errorf("redis layer: %w", err)
 		}
 		return newImage(v1.Config{
-			Env:          []string{imagePATH},
-			Cmd:          []string{redisPath, "--save", "", "--appendonly", "no"},
+			Env: []string{imagePATH},
+			// Like the official redis image: reachable from the pod network (no protected mode).
+			Cmd:          []string{redisPath, "--protected-mode", "no", "--save", "", "--appendonly", "no"},
 			WorkingDir:   "/data",
 			ExposedPorts: map[string]struct{}{"6379/tcp": {}},
 		}, base, l)
