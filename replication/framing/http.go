@@ -1,0 +1,342 @@
+package framing
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+)
+
+// HTTP frames HTTP/1.1 (and 1.0) requests and responses: bodies delimited by
+// Content-Length or chunked transfer coding, requests without a body, several
+// requests on one keep-alive connection, interim 1xx responses, and the
+// responses that never carry a body (to HEAD, and 1xx/204/304).
+//
+// Requests that carry both Content-Length and Transfer-Encoding, or a
+// transfer coding other than chunked, are refused as malformed: they are the
+// classic request-smuggling shapes and a proxy must not guess. Protocol
+// upgrades (WebSocket, h2c) and CONNECT are refused as unsupported.
+type HTTP struct {
+	lim   Limits
+	getRO bool
+}
+
+// NewHTTP returns an HTTP/1.1 framer for one connection.
+func NewHTTP(opts Options) *HTTP {
+	return &HTTP{lim: opts.Limits.withDefaults(), getRO: opts.HTTPGetReadOnly}
+}
+
+// Protocol implements Framer.
+func (f *HTTP) Protocol() string { return ProtoHTTP }
+
+// header facts that decide where a message body ends.
+type httpHeaders struct {
+	contentLength int64 // -1 when absent
+	hasTE         bool
+	chunked       bool // the final transfer coding is chunked
+	upgrade       bool
+}
+
+// NextRequest implements Framer.
+func (f *HTTP) NextRequest(r *bufio.Reader) (Request, error) {
+	max := f.lim.MaxRequestBytes
+	var raw, line []byte
+	var err error
+	// RFC 9112 2.2: a server SHOULD ignore empty lines before the request-line.
+	for {
+		if _, err := r.Peek(1); err != nil {
+			return Request{}, err // clean close between requests
+		}
+		raw, line, err = readLine(r, raw[:0], max, "request line")
+		if err != nil {
+			return Request{}, unexpectedEOF(err)
+		}
+		if len(trimEOL(line)) > 0 {
+			break
+		}
+	}
+	method, target, err := parseRequestLine(trimEOL(line))
+	if err != nil {
+		return Request{}, err
+	}
+	raw, h, err := readHeaders(r, raw, max, "request")
+	if err != nil {
+		return Request{}, err
+	}
+	path := target
+	if i := bytes.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	req := Request{Op: string(method) + " " + string(path)}
+	switch {
+	case string(method) == "CONNECT":
+		return req, errorf(ErrUnsupported, "CONNECT tunnels cannot be replicated")
+	case h.upgrade:
+		return req, errorf(ErrUnsupported, "protocol upgrades (WebSocket, h2c) cannot be replicated")
+	case h.hasTE && h.contentLength >= 0:
+		return req, errorf(ErrMalformed, "request has both Transfer-Encoding and Content-Length")
+	case h.hasTE && !h.chunked:
+		return req, errorf(ErrMalformed, "request transfer coding must end with chunked")
+	case h.chunked:
+		raw, err = readChunked(r, raw, max, "request")
+	case h.contentLength > 0:
+		if int64(len(raw))+h.contentLength > int64(max) {
+			return req, errorf(ErrTooLarge, "request body of %d bytes exceeds the %d byte limit", h.contentLength, max)
+		}
+		raw, err = readN(r, raw, int(h.contentLength))
+		err = unexpectedEOF(err)
+	}
+	if err != nil {
+		return req, err
+	}
+	req.Raw = raw
+	req.ReadOnly = f.getRO && (string(method) == "GET" || string(method) == "HEAD")
+	return req, nil
+}
+
+// parseRequestLine splits "METHOD target HTTP/1.x".
+func parseRequestLine(line []byte) (method, target []byte, err error) {
+	parts := bytes.Split(line, []byte(" "))
+	if len(parts) != 3 || len(parts[1]) == 0 || !isToken(parts[0]) {
+		return nil, nil, errorf(ErrMalformed, "bad request line %q", truncate(line))
+	}
+	if v := string(parts[2]); v != "HTTP/1.1" && v != "HTTP/1.0" {
+		return nil, nil, errorf(ErrMalformed, "unsupported HTTP version %q", truncate(parts[2]))
+	}
+	return parts[0], parts[1], nil
+}
+
+// readHeaders appends header lines through the empty line and extracts the
+// framing headers.
+func readHeaders(r *bufio.Reader, raw []byte, max int, what string) ([]byte, httpHeaders, error) {
+	h := httpHeaders{contentLength: -1}
+	for {
+		var line []byte
+		var err error
+		raw, line, err = readLine(r, raw, max, what+" header")
+		if err != nil {
+			return raw, h, unexpectedEOF(err)
+		}
+		line = trimEOL(line)
+		if len(line) == 0 {
+			return raw, h, nil
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || !isToken(line[:colon]) {
+			// Also rejects obsolete line folding (leading whitespace).
+			return raw, h, errorf(ErrMalformed, "bad %s header line %q", what, truncate(line))
+		}
+		name, value := line[:colon], bytes.Trim(line[colon+1:], " \t")
+		switch {
+		case bytes.EqualFold(name, []byte("Content-Length")):
+			n, err := parseContentLength(value)
+			if err != nil {
+				return raw, h, err
+			}
+			if h.contentLength >= 0 && h.contentLength != n {
+				return raw, h, errorf(ErrMalformed, "conflicting Content-Length headers")
+			}
+			h.contentLength = n
+		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
+			h.hasTE = true
+			codings := bytes.Split(value, []byte(","))
+			last := bytes.Trim(codings[len(codings)-1], " \t")
+			h.chunked = bytes.EqualFold(last, []byte("chunked"))
+		case bytes.EqualFold(name, []byte("Upgrade")):
+			h.upgrade = true
+		}
+	}
+}
+
+// parseContentLength accepts "123" or a list of identical values "123, 123".
+func parseContentLength(v []byte) (int64, error) {
+	n := int64(-1)
+	for _, part := range bytes.Split(v, []byte(",")) {
+		part = bytes.Trim(part, " \t")
+		if len(part) == 0 || len(part) > 18 {
+			return 0, errorf(ErrMalformed, "bad Content-Length %q", truncate(v))
+		}
+		var m int64
+		for _, c := range part {
+			if c < '0' || c > '9' {
+				return 0, errorf(ErrMalformed, "bad Content-Length %q", truncate(v))
+			}
+			m = m*10 + int64(c-'0')
+		}
+		if n >= 0 && m != n {
+			return 0, errorf(ErrMalformed, "conflicting Content-Length values %q", truncate(v))
+		}
+		n = m
+	}
+	return n, nil
+}
+
+// readChunked appends a chunked body including its trailer section.
+func readChunked(r *bufio.Reader, raw []byte, max int, what string) ([]byte, error) {
+	for {
+		var line []byte
+		var err error
+		raw, line, err = readLine(r, raw, max, what)
+		if err != nil {
+			return raw, unexpectedEOF(err)
+		}
+		size, err := parseChunkSize(trimEOL(line))
+		if err != nil {
+			return raw, err
+		}
+		if size == 0 {
+			// Trailer fields, then the final empty line.
+			for {
+				raw, line, err = readLine(r, raw, max, what+" trailer")
+				if err != nil {
+					return raw, unexpectedEOF(err)
+				}
+				if len(trimEOL(line)) == 0 {
+					return raw, nil
+				}
+			}
+		}
+		if int64(len(raw))+size+2 > int64(max) {
+			return raw, errorf(ErrTooLarge, "%s body exceeds %d bytes", what, max)
+		}
+		if raw, err = readN(r, raw, int(size)+2); err != nil {
+			return raw, unexpectedEOF(err)
+		}
+		if !bytes.HasSuffix(raw, []byte("\r\n")) {
+			return raw, errorf(ErrMalformed, "%s chunk is not followed by CRLF", what)
+		}
+	}
+}
+
+// parseChunkSize parses "1a2b[;ext]".
+func parseChunkSize(line []byte) (int64, error) {
+	if i := bytes.IndexByte(line, ';'); i >= 0 {
+		line = line[:i]
+	}
+	line = bytes.TrimRight(line, " \t")
+	if len(line) == 0 || len(line) > 15 {
+		return 0, errorf(ErrMalformed, "bad chunk size %q", truncate(line))
+	}
+	n, err := strconv.ParseInt(string(line), 16, 64)
+	if err != nil || n < 0 || line[0] == '+' || line[0] == '-' {
+		return 0, errorf(ErrMalformed, "bad chunk size %q", truncate(line))
+	}
+	return n, nil
+}
+
+// isToken reports whether b is a non-empty RFC 9110 token.
+func isToken(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for _, c := range b {
+		if c <= ' ' || c >= 0x7f || bytes.IndexByte([]byte(`"(),/:;<=>?@[\]{}`), c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// ReadResponse implements Framer. Interim 1xx responses (100 Continue) are
+// returned together with the final response that follows them. A response
+// with neither Content-Length nor chunked coding ends when the app closes the
+// connection, as HTTP/1.1 specifies.
+func (f *HTTP) ReadResponse(r *bufio.Reader, req Request) ([]byte, error) {
+	max := f.lim.MaxResponseBytes
+	head := len(req.Op) >= 5 && req.Op[:5] == "HEAD "
+	var raw []byte
+	for {
+		var line []byte
+		var err error
+		raw, line, err = readLine(r, raw, max, "response status line")
+		if err != nil {
+			if len(raw) == 0 && err == io.EOF {
+				return nil, err
+			}
+			return raw, unexpectedEOF(err)
+		}
+		code, err := parseStatusLine(trimEOL(line))
+		if err != nil {
+			return raw, err
+		}
+		var h httpHeaders
+		raw, h, err = readHeaders(r, raw, max, "response")
+		if err != nil {
+			return raw, err
+		}
+		switch {
+		case code == 101:
+			return raw, errorf(ErrUnsupported, "app switched protocols (101)")
+		case code < 200:
+			continue // interim response; the final one follows
+		case head || code == 204 || code == 304:
+			return raw, nil
+		case h.chunked:
+			return readChunked(r, raw, max, "response")
+		case !h.hasTE && h.contentLength >= 0:
+			if int64(len(raw))+h.contentLength > int64(max) {
+				return raw, errorf(ErrTooLarge, "response body of %d bytes exceeds %d", h.contentLength, max)
+			}
+			raw, err = readN(r, raw, int(h.contentLength))
+			return raw, unexpectedEOF(err)
+		default:
+			return readUntilEOF(r, raw, max)
+		}
+	}
+}
+
+// readUntilEOF appends the rest of the stream (a close-delimited body).
+func readUntilEOF(r *bufio.Reader, raw []byte, max int) ([]byte, error) {
+	for {
+		chunk, err := r.Peek(r.Size())
+		if len(raw)+len(chunk) > max {
+			return raw, errorf(ErrTooLarge, "response exceeds %d bytes", max)
+		}
+		raw = append(raw, chunk...)
+		_, _ = r.Discard(len(chunk))
+		if errors.Is(err, io.EOF) {
+			return raw, nil
+		}
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return raw, err
+		}
+	}
+}
+
+// parseStatusLine returns the status code of "HTTP/1.x NNN reason".
+func parseStatusLine(line []byte) (int, error) {
+	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.")) || line[8] != ' ' ||
+		(len(line) > 12 && line[12] != ' ') {
+		return 0, errorf(ErrMalformed, "bad status line %q", truncate(line))
+	}
+	code := 0
+	for _, c := range line[9:12] {
+		if c < '0' || c > '9' {
+			return 0, errorf(ErrMalformed, "bad status code in %q", truncate(line))
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code < 100 {
+		return 0, errorf(ErrMalformed, "bad status code %d", code)
+	}
+	return code, nil
+}
+
+// ErrorReply implements Framer. HTTP errors always close the connection:
+// after a framing error the stream position is unknown.
+func (f *HTTP) ErrorReply(err error) ([]byte, bool) {
+	status := "503 Service Unavailable"
+	switch {
+	case errors.Is(err, ErrTooLarge):
+		status = "413 Content Too Large"
+	case errors.Is(err, ErrMalformed):
+		status = "400 Bad Request"
+	case errors.Is(err, ErrUnsupported):
+		status = "501 Not Implemented"
+	}
+	body := "smr-cri: " + oneLine(err.Error()) + "\n"
+	return fmt.Appendf(nil, "HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		status, len(body), body), true
+}

@@ -1,0 +1,299 @@
+package framing
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"strconv"
+	"strings"
+)
+
+// RESP frames the Redis serialization protocol: requests are arrays of bulk
+// strings or inline commands (a line of space-separated words), and several
+// requests may arrive in one read (pipelining). Responses are RESP2 or RESP3
+// values (go-redis v9 negotiates RESP3 with HELLO 3), including nested
+// aggregates, nulls and attributes; push messages are rejected because the
+// commands that cause them are rejected.
+//
+// One RESP value per connection: it remembers whether the client is inside
+// MULTI, because queued commands are never read-only.
+type RESP struct {
+	lim     Limits
+	inMulti bool
+}
+
+// NewRESP returns a RESP framer for one connection.
+func NewRESP(opts Options) *RESP { return &RESP{lim: opts.Limits.withDefaults()} }
+
+// Protocol implements Framer.
+func (f *RESP) Protocol() string { return ProtoRESP }
+
+// InMulti reports whether the connection is between MULTI and EXEC/DISCARD.
+func (f *RESP) InMulti() bool { return f.inMulti }
+
+// argSpan locates one argument inside Request.Raw.
+type argSpan struct{ start, end int }
+
+// NextRequest implements Framer. Empty inline lines and "*0" arrays are
+// skipped, as Redis does (they get no reply).
+func (f *RESP) NextRequest(r *bufio.Reader) (Request, error) {
+	for {
+		head, err := r.Peek(1)
+		if err != nil {
+			return Request{}, err // io.EOF between requests is a clean close
+		}
+		var (
+			raw   []byte
+			args  [3]argSpan // command name and the first two arguments
+			nargs int
+			block bool // some argument is BLOCK (XREAD ... BLOCK ms)
+		)
+		if head[0] == '*' {
+			raw, nargs, block, err = f.readMultibulk(r, &args)
+		} else {
+			raw, nargs, block, err = f.readInline(r, &args)
+		}
+		if err != nil {
+			return Request{}, err
+		}
+		if nargs == 0 {
+			continue
+		}
+		return f.classify(raw, args[:min(nargs, len(args))], block)
+	}
+}
+
+// readMultibulk reads "*N\r\n" followed by N "$len\r\n<bytes>\r\n".
+func (f *RESP) readMultibulk(r *bufio.Reader, args *[3]argSpan) ([]byte, int, bool, error) {
+	max := f.lim.MaxRequestBytes
+	raw, line, err := readLine(r, nil, max, "request")
+	if err != nil {
+		return nil, 0, false, unexpectedEOF(err)
+	}
+	n, err := parseRESPInt(line, '*')
+	if err != nil {
+		return nil, 0, false, err
+	}
+	if n <= 0 {
+		return raw, 0, false, nil // Redis ignores *0 and *-1
+	}
+	if n > int64(f.lim.MaxArgs) {
+		return nil, 0, false, errorf(ErrTooLarge, "request has %d arguments, limit %d", n, f.lim.MaxArgs)
+	}
+	block := false
+	for i := 0; i < int(n); i++ {
+		raw, line, err = readLine(r, raw, max, "request")
+		if err != nil {
+			return nil, 0, false, unexpectedEOF(err)
+		}
+		size, err := parseRESPInt(line, '$')
+		if err != nil {
+			return nil, 0, false, err
+		}
+		if size < 0 {
+			return nil, 0, false, errorf(ErrMalformed, "argument %d has negative length %d", i, size)
+		}
+		if int64(len(raw))+size+2 > int64(max) {
+			return nil, 0, false, errorf(ErrTooLarge, "request exceeds %d bytes", max)
+		}
+		start := len(raw)
+		raw, err = readN(r, raw, int(size)+2)
+		if err != nil {
+			return nil, 0, false, unexpectedEOF(err)
+		}
+		if !bytes.HasSuffix(raw, []byte("\r\n")) {
+			return nil, 0, false, errorf(ErrMalformed, "argument %d is not terminated by CRLF", i)
+		}
+		end := len(raw) - 2
+		if i < len(args) {
+			args[i] = argSpan{start, end}
+		}
+		if i > 0 && end-start == 5 && bytes.EqualFold(raw[start:end], []byte("BLOCK")) {
+			block = true
+		}
+	}
+	return raw, int(n), block, nil
+}
+
+// readInline reads one inline command line ("SET k v\r\n"). Quoting is left
+// to the app: smr-cri only needs the command word to classify the request.
+func (f *RESP) readInline(r *bufio.Reader, args *[3]argSpan) ([]byte, int, bool, error) {
+	raw, line, err := readLine(r, nil, f.lim.MaxRequestBytes, "inline request")
+	if err != nil {
+		return nil, 0, false, unexpectedEOF(err)
+	}
+	body := trimEOL(line)
+	n, block := 0, false
+	i := 0
+	for i < len(body) {
+		for i < len(body) && (body[i] == ' ' || body[i] == '\t') {
+			i++
+		}
+		if i == len(body) {
+			break
+		}
+		start := i
+		for i < len(body) && body[i] != ' ' && body[i] != '\t' {
+			i++
+		}
+		if n < len(args) {
+			args[n] = argSpan{start, i}
+		}
+		if n > 0 && i-start == 5 && bytes.EqualFold(body[start:i], []byte("BLOCK")) {
+			block = true
+		}
+		n++
+	}
+	if n > 0 && bytes.ContainsAny(body, "\x00") {
+		return nil, 0, false, errorf(ErrMalformed, "inline request contains a NUL byte")
+	}
+	return raw, n, block, nil
+}
+
+// parseRESPInt parses a "<prefix><int>\r\n" header line strictly.
+func parseRESPInt(line []byte, prefix byte) (int64, error) {
+	if len(line) < 4 || line[0] != prefix || !bytes.HasSuffix(line, []byte("\r\n")) {
+		return 0, errorf(ErrMalformed, "expected %q header line, got %q", prefix, truncate(line))
+	}
+	digits := line[1 : len(line)-2]
+	n, err := strconv.ParseInt(string(digits), 10, 64)
+	if err != nil || len(digits) > 1 && digits[0] == '0' {
+		return 0, errorf(ErrMalformed, "bad length in %q", truncate(line))
+	}
+	return n, nil
+}
+
+func truncate(b []byte) string {
+	if len(b) > 40 {
+		return string(b[:40]) + "..."
+	}
+	return string(b)
+}
+
+// classify names the command, rejects the ones smr-cri cannot replicate and
+// decides whether it is read-only.
+func (f *RESP) classify(raw []byte, args []argSpan, block bool) (Request, error) {
+	name := raw[args[0].start:args[0].end]
+	name = bytes.Trim(name, `"'`)
+	var up [24]byte
+	op := ""
+	info := cmdInfo{}
+	if len(name) <= len(up) {
+		for i, c := range name {
+			if 'a' <= c && c <= 'z' {
+				c -= 'a' - 'A'
+			}
+			up[i] = c
+		}
+		if ci, ok := commands[string(up[:len(name)])]; ok {
+			op, info = ci.name, ci
+		} else {
+			op = string(up[:len(name)])
+		}
+	} else {
+		op = strings.ToUpper(string(name))
+	}
+	req := Request{Raw: raw, Op: op}
+	sub := ""
+	if len(args) > 1 {
+		sub = strings.ToUpper(string(raw[args[1].start:args[1].end]))
+	}
+	switch {
+	case info.unsupported != "":
+		return req, errorf(ErrUnsupported, "%s %s", op, info.unsupported)
+	case op == "CLIENT" && (sub == "REPLY" || sub == "TRACKING"):
+		return req, errorf(ErrUnsupported, "CLIENT %s changes how replies are delivered and cannot be replicated", sub)
+	case (op == "XREAD" || op == "XREADGROUP") && block:
+		return req, errorf(ErrUnsupported, "%s BLOCK would stall the group's serial executor", op)
+	}
+	wasMulti := f.inMulti
+	switch op {
+	case "MULTI":
+		f.inMulti = true
+	case "EXEC", "DISCARD":
+		f.inMulti = false
+	}
+	req.ReadOnly = info.readOnly && !wasMulti
+	return req, nil
+}
+
+// ReadResponse implements Framer: it reads one RESP2/RESP3 value, counting
+// the elements still owed by open aggregates instead of recursing, so deep
+// nesting costs no stack.
+func (f *RESP) ReadResponse(r *bufio.Reader, _ Request) ([]byte, error) {
+	max := f.lim.MaxResponseBytes
+	var raw, line []byte
+	var err error
+	for need := int64(1); need > 0; need-- {
+		raw, line, err = readLine(r, raw, max, "response")
+		if err != nil {
+			if len(raw) == 0 && err == io.EOF {
+				return nil, err
+			}
+			return nil, unexpectedEOF(err)
+		}
+		if len(line) < 3 || !bytes.HasSuffix(line, []byte("\r\n")) {
+			return nil, errorf(ErrMalformed, "response line %q is not CRLF terminated", truncate(line))
+		}
+		switch line[0] {
+		case '+', '-', ':', '_', ',', '#', '(':
+			// single-line value
+		case '$', '!', '=':
+			n, err := parseRESPInt(line, line[0])
+			if err != nil {
+				return nil, err
+			}
+			if n < 0 {
+				if n == -1 && line[0] == '$' {
+					continue // RESP2 null bulk string
+				}
+				return nil, errorf(ErrMalformed, "negative length in %q", truncate(line))
+			}
+			if int64(len(raw))+n+2 > int64(max) {
+				return nil, errorf(ErrTooLarge, "response exceeds %d bytes", max)
+			}
+			if raw, err = readN(r, raw, int(n)+2); err != nil {
+				return nil, unexpectedEOF(err)
+			}
+			if !bytes.HasSuffix(raw, []byte("\r\n")) {
+				return nil, errorf(ErrMalformed, "bulk reply is not CRLF terminated")
+			}
+		case '*', '~', '%', '|':
+			n, err := parseRESPInt(line, line[0])
+			if err != nil {
+				return nil, err
+			}
+			if n < 0 {
+				if n == -1 && line[0] == '*' {
+					continue // RESP2 null array
+				}
+				return nil, errorf(ErrMalformed, "negative count in %q", truncate(line))
+			}
+			// Every element takes at least 3 bytes, so a count larger than the
+			// remaining budget can never complete.
+			if n > int64(max) || need+2*n+1 > int64(max) {
+				return nil, errorf(ErrTooLarge, "response aggregate of %d elements exceeds %d bytes", n, max)
+			}
+			switch line[0] {
+			case '%':
+				need += 2 * n
+			case '|':
+				need += 2*n + 1 // attributes precede the value they annotate
+			default:
+				need += n
+			}
+		case '>':
+			return nil, errorf(ErrUnsupported, "RESP3 push message from the app (pub/sub or client tracking)")
+		default:
+			return nil, errorf(ErrMalformed, "unknown RESP type byte %q", line[0])
+		}
+	}
+	return raw, nil
+}
+
+// ErrorReply implements Framer.
+func (f *RESP) ErrorReply(err error) ([]byte, bool) {
+	reply := []byte("-ERR smr-cri: " + oneLine(err.Error()) + "\r\n")
+	return reply, errors.Is(err, ErrMalformed) || errors.Is(err, ErrTooLarge)
+}
