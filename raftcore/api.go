@@ -1,0 +1,59 @@
+package raftcore
+
+// StateMachine is the replicated application. Apply is called from the
+// group's apply goroutine, strictly in log order, one entry at a time, on
+// every member. It must be deterministic: the same entries in the same order
+// must produce the same state and results everywhere.
+type StateMachine interface {
+	// Apply executes one committed entry. The returned value (or error) is
+	// handed to the proposer if the proposal was made on this member.
+	Apply(e Entry) ([]byte, error)
+}
+
+// Snapshotter is optionally implemented by a StateMachine. With
+// GroupConfig.SnapshotEvery > 0 the group calls Snapshot from the apply
+// goroutine (so the state is exactly at the last applied entry) and compacts
+// the log; Restore replaces the whole state from a snapshot (on restart, or
+// when a lagging member receives the leader's snapshot).
+type Snapshotter interface {
+	Snapshot() ([]byte, error)
+	Restore(data []byte) error
+}
+
+// Entry is one committed client request as seen by the StateMachine.
+type Entry struct {
+	Group   string
+	Index   uint64 // raft log index
+	Term    uint64
+	Data    []byte
+	Session uint64 // client session of the proposal (0 = none)
+	Seq     uint64 // sequence within the session
+	Origin  uint64 // member id that proposed it
+}
+
+// Proposal is a request to order. A non-zero Session enables
+// de-duplication: a proposal whose (Session, Seq) was already applied is not
+// applied again and returns the first result. Seq must grow per Session; a
+// Seq below the last applied one gets ErrStaleSeq.
+type Proposal struct {
+	Session, Seq uint64
+	Data         []byte
+}
+
+// Result of a committed and locally applied proposal.
+type Result struct {
+	Index, Term uint64
+	Value       []byte
+}
+
+// Status is a point-in-time view of one group on this member.
+type Status struct {
+	Group   string
+	ID      uint64
+	Leader  uint64 // 0 when unknown
+	Term    uint64
+	State   string // StateFollower, StateLeader, StateCandidate, StatePreCandidate
+	Applied uint64 // last entry applied to the StateMachine here
+	Commit  uint64 // last committed index known here
+	Members map[uint64]string
+}

@@ -1,0 +1,199 @@
+package raftcore
+
+import (
+	"errors"
+	"fmt"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// applier is the state owned by the apply goroutine: the replicated session
+// table, member addresses and ConfState as of the last applied entry.
+type applier struct {
+	sessions map[uint64]sessionResult
+	addrs    map[uint64]string
+	cs       *raftpb.ConfState
+	applied  uint64
+	lastSnap uint64
+}
+
+// applyLoop feeds committed entries to the StateMachine strictly in log
+// order, one at a time, resolves local proposers, publishes the applied
+// index and takes snapshots.
+func (g *Group) applyLoop(initial *raftpb.Snapshot) {
+	defer close(g.applyc)
+	a := &applier{sessions: map[uint64]sessionResult{}, addrs: map[uint64]string{}, cs: &raftpb.ConfState{}}
+	if initial != nil {
+		if err := g.restore(a, initial); err != nil {
+			g.log.Error("restore snapshot at start", "err", err)
+			g.stopWith(fmt.Errorf("%w: restore snapshot: %w", ErrStopped, err))
+			return
+		}
+	}
+	for {
+		items, ok := g.applyq.pop()
+		if !ok {
+			return
+		}
+		for _, it := range items {
+			if it.snap != nil {
+				if err := g.restore(a, it.snap); err != nil {
+					g.log.Error("restore received snapshot", "err", err)
+					g.stopWith(fmt.Errorf("%w: restore snapshot: %w", ErrStopped, err))
+					return
+				}
+				continue
+			}
+			if it.ent.GetIndex() <= a.applied {
+				continue // already covered by a restored snapshot
+			}
+			g.applyEntry(a, it)
+			a.applied = it.ent.GetIndex()
+		}
+		g.publishApplied(a.applied)
+		g.maybeSnapshot(a)
+	}
+}
+
+func (g *Group) publishApplied(idx uint64) {
+	g.appliedMu.Lock()
+	if idx > g.applied {
+		g.applied = idx
+		close(g.appliedCh)
+		g.appliedCh = make(chan struct{})
+	}
+	g.appliedMu.Unlock()
+}
+
+func (g *Group) restore(a *applier, s *raftpb.Snapshot) error {
+	md := s.GetMetadata()
+	if md.GetIndex() <= a.applied {
+		return nil
+	}
+	st, err := unmarshalSnapshotState(s.GetData())
+	if err != nil {
+		return err
+	}
+	if sn, ok := g.sm.(Snapshotter); ok {
+		if err := sn.Restore(st.SM); err != nil {
+			return fmt.Errorf("state machine restore: %w", err)
+		}
+	} else if len(st.SM) > 0 {
+		return errors.New("snapshot has state machine data but the StateMachine is not a Snapshotter")
+	}
+	a.sessions, a.addrs = st.Sessions, st.Addrs
+	a.cs = md.GetConfState()
+	a.applied, a.lastSnap = md.GetIndex(), md.GetIndex()
+	g.mu.Lock()
+	for id, addr := range st.Addrs {
+		if _, ok := g.peers[id]; !ok {
+			g.peers[id] = addr
+		}
+	}
+	g.members = confMembers(a.cs)
+	g.mu.Unlock()
+	g.publishApplied(a.applied)
+	return nil
+}
+
+func (g *Group) applyEntry(a *applier, it applyItem) {
+	e := it.ent
+	switch e.GetType() {
+	case raftpb.EntryNormal:
+		if len(e.GetData()) == 0 {
+			return // empty entry a new leader appends to commit its term
+		}
+		env, err := unmarshalEnvelope(e.GetData())
+		if err != nil {
+			g.log.Error("skipping malformed entry", "index", e.GetIndex(), "err", err)
+			return
+		}
+		res, aerr := g.applyNormal(a, e, env)
+		if env.Origin == g.id {
+			g.finishProposal(env.PID, res, aerr)
+		}
+	case raftpb.EntryConfChange:
+		if it.cs != nil {
+			a.cs = it.cs
+		}
+		cc := &raftpb.ConfChange{}
+		if err := proto.Unmarshal(e.GetData(), cc); err != nil {
+			return
+		}
+		env, _ := unmarshalEnvelope(cc.GetContext())
+		switch cc.GetType() {
+		case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
+			a.addrs[cc.GetNodeId()] = string(env.Data)
+		case raftpb.ConfChangeRemoveNode:
+			delete(a.addrs, cc.GetNodeId())
+		}
+		if env.Origin == g.id {
+			g.finishProposal(env.PID, Result{Index: e.GetIndex(), Term: e.GetTerm()}, nil)
+		}
+		if cc.GetType() == raftpb.ConfChangeRemoveNode && cc.GetNodeId() == g.id {
+			g.log.Info("this member was removed from the group")
+			g.stopWith(ErrRemoved)
+		}
+	case raftpb.EntryConfChangeV2:
+		if it.cs != nil {
+			a.cs = it.cs
+		}
+	}
+}
+
+// applyNormal applies one client entry with (session, seq) de-duplication.
+// The session table is replicated state (part of snapshots), so every
+// member makes the same dedup decision.
+func (g *Group) applyNormal(a *applier, e *raftpb.Entry, env envelope) (Result, error) {
+	res := Result{Index: e.GetIndex(), Term: e.GetTerm()}
+	if env.Session != 0 {
+		if last, ok := a.sessions[env.Session]; ok && env.Seq <= last.Seq {
+			if env.Seq < last.Seq {
+				return res, fmt.Errorf("group %s: session %d seq %d < %d: %w", g.name, env.Session, env.Seq, last.Seq, ErrStaleSeq)
+			}
+			// A retry of the last applied request: return the first result.
+			res = Result{Index: last.Index, Term: last.Term, Value: last.Value}
+			if last.ErrMsg != "" {
+				return res, &ApplyError{Msg: last.ErrMsg}
+			}
+			return res, nil
+		}
+	}
+	val, err := g.sm.Apply(Entry{
+		Group: g.name, Index: e.GetIndex(), Term: e.GetTerm(), Data: env.Data,
+		Session: env.Session, Seq: env.Seq, Origin: env.Origin,
+	})
+	res.Value = val
+	var errMsg string
+	if err != nil {
+		errMsg = err.Error()
+		err = &ApplyError{Msg: errMsg}
+	}
+	if env.Session != 0 {
+		a.sessions[env.Session] = sessionResult{Seq: env.Seq, Index: res.Index, Term: res.Term, Value: val, ErrMsg: errMsg}
+	}
+	return res, err
+}
+
+// maybeSnapshot captures the state machine at exactly a.applied and hands it
+// to the raft goroutine, which persists it and compacts the log.
+func (g *Group) maybeSnapshot(a *applier) {
+	sn, ok := g.sm.(Snapshotter)
+	if !ok || g.cfg.SnapshotEvery == 0 || a.applied-a.lastSnap < g.cfg.SnapshotEvery {
+		return
+	}
+	data, err := sn.Snapshot()
+	if err != nil {
+		g.log.Error("state machine snapshot", "err", err)
+		return
+	}
+	st := snapshotState{Sessions: a.sessions, Addrs: a.addrs, SM: data}
+	req := snapRequest{index: a.applied, cs: proto.Clone(a.cs).(*raftpb.ConfState), data: st.marshal()}
+	select {
+	case g.snapc <- req:
+		a.lastSnap = a.applied
+	default: // previous snapshot still being written; try after next batch
+	}
+}
+

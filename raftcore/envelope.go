@@ -1,0 +1,168 @@
+package raftcore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+)
+
+// envelope is what raftcore stores in every normal raft entry (and in the
+// Context of every ConfChange): who proposed it, the proposer-local waiter id
+// and the client's de-duplication key, then the opaque payload.
+//
+// Layout: version byte, uvarint origin, pid, session, seq, then payload.
+type envelope struct {
+	Origin  uint64 // member id that proposed the entry
+	PID     uint64 // proposal id, unique on the origin member
+	Session uint64 // client session (0 = no de-duplication)
+	Seq     uint64 // client sequence within the session
+	Data    []byte
+}
+
+const envelopeVersion = 1
+
+var errBadEnvelope = errors.New("raftcore: malformed entry envelope")
+
+func (e envelope) marshal() []byte {
+	b := make([]byte, 0, 1+4*binary.MaxVarintLen64+len(e.Data))
+	b = append(b, envelopeVersion)
+	b = binary.AppendUvarint(b, e.Origin)
+	b = binary.AppendUvarint(b, e.PID)
+	b = binary.AppendUvarint(b, e.Session)
+	b = binary.AppendUvarint(b, e.Seq)
+	return append(b, e.Data...)
+}
+
+func unmarshalEnvelope(b []byte) (envelope, error) {
+	var e envelope
+	if len(b) == 0 || b[0] != envelopeVersion {
+		return e, fmt.Errorf("%w: version", errBadEnvelope)
+	}
+	r := reader{b: b[1:]}
+	e.Origin = r.uvarint()
+	e.PID = r.uvarint()
+	e.Session = r.uvarint()
+	e.Seq = r.uvarint()
+	if r.err != nil {
+		return e, r.err
+	}
+	e.Data = r.b
+	return e, nil
+}
+
+// reader decodes uvarints and length-prefixed byte strings, remembering the
+// first error so callers check once.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = fmt.Errorf("%w: truncated varint", errBadEnvelope)
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) bytes() []byte {
+	n := r.uvarint()
+	if r.err != nil {
+		return nil
+	}
+	if uint64(len(r.b)) < n {
+		r.err = fmt.Errorf("%w: truncated bytes", errBadEnvelope)
+		return nil
+	}
+	v := r.b[:n:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func appendBytes(b, v []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(v)))
+	return append(b, v...)
+}
+
+// sessionResult is the stored outcome of the last applied (session, seq).
+type sessionResult struct {
+	Seq    uint64
+	Index  uint64
+	Term   uint64
+	Value  []byte
+	ErrMsg string // non-empty when StateMachine.Apply returned an error
+}
+
+// snapshotState is what raftcore stores in a raft snapshot: the replicated
+// session table and member addresses beside the state machine's own bytes.
+type snapshotState struct {
+	Sessions map[uint64]sessionResult
+	Addrs    map[uint64]string
+	SM       []byte
+}
+
+const snapshotVersion = 1
+
+func (s snapshotState) marshal() []byte {
+	b := []byte{snapshotVersion}
+	ids := make([]uint64, 0, len(s.Sessions))
+	for id := range s.Sessions {
+		ids = append(ids, id)
+	}
+	// Sorted so every member writes byte-identical snapshots.
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	b = binary.AppendUvarint(b, uint64(len(ids)))
+	for _, id := range ids {
+		r := s.Sessions[id]
+		b = binary.AppendUvarint(b, id)
+		b = binary.AppendUvarint(b, r.Seq)
+		b = binary.AppendUvarint(b, r.Index)
+		b = binary.AppendUvarint(b, r.Term)
+		b = appendBytes(b, r.Value)
+		b = appendBytes(b, []byte(r.ErrMsg))
+	}
+	ids = ids[:0]
+	for id := range s.Addrs {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	b = binary.AppendUvarint(b, uint64(len(ids)))
+	for _, id := range ids {
+		b = binary.AppendUvarint(b, id)
+		b = appendBytes(b, []byte(s.Addrs[id]))
+	}
+	return appendBytes(b, s.SM)
+}
+
+func unmarshalSnapshotState(b []byte) (snapshotState, error) {
+	s := snapshotState{Sessions: map[uint64]sessionResult{}, Addrs: map[uint64]string{}}
+	if len(b) == 0 {
+		return s, nil // empty snapshot (e.g. a follower's initial state)
+	}
+	if b[0] != snapshotVersion {
+		return s, fmt.Errorf("%w: snapshot version %d", errBadEnvelope, b[0])
+	}
+	r := reader{b: b[1:]}
+	n := r.uvarint()
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		id := r.uvarint()
+		var sr sessionResult
+		sr.Seq, sr.Index, sr.Term = r.uvarint(), r.uvarint(), r.uvarint()
+		sr.Value = r.bytes()
+		sr.ErrMsg = string(r.bytes())
+		s.Sessions[id] = sr
+	}
+	n = r.uvarint()
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		id := r.uvarint()
+		s.Addrs[id] = string(r.bytes())
+	}
+	s.SM = r.bytes()
+	return s, r.err
+}
