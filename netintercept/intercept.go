@@ -116,48 +116,51 @@ func (ic *Interceptor) Apply(ctx context.Context, netnsPath string, spec Spec) (
 }
 
 // Cleanup removes every jump to an smr-cri chain and every smr-cri chain from the namespace, in
-// one transaction. With nf_tables, a nat table left empty is deleted too, so that iptables-save
-// prints what it printed before Apply.
+// one transaction. With nf_tables, when the nat table holds nothing but ours, the table itself
+// is deleted instead (guarded by the ruleset generation read before looking at it), so
+// iptables-save prints what it printed before Apply created the table.
 func (ic *Interceptor) Cleanup(ctx context.Context, netnsPath string) (Result, error) {
-	backend, save, err := ic.Detect(ctx, netnsPath)
-	if err != nil {
+	if err := CheckNetnsPath(netnsPath); err != nil {
 		return Result{}, fmt.Errorf("clean up interception: %w", err)
 	}
-	script, changed := planCleanup(natTable, table(parseSave(save), natTable))
-	res := Result{Backend: backend, Changed: changed, Script: script}
-	if !changed {
-		return res, nil
+	// Read before the table is inspected: any change after this point makes the delete fail.
+	gen, genErr := uint32(0), errors.New("no table remover")
+	if tr := ic.tables(); tr != nil {
+		gen, genErr = tr.Generation(ctx, netnsPath)
 	}
-	if err := ic.restore(ctx, netnsPath, backend, script); err != nil {
-		return Result{}, fmt.Errorf("clean up interception: %w", err)
+	res, cur, err := ic.planCleanup(ctx, netnsPath)
+	if err != nil || !res.Changed {
+		return res, err
 	}
-	if backend == BackendNFT && ic.tables() != nil {
-		if err := ic.dropEmptyTable(ctx, netnsPath, natTable); err != nil {
-			return res, fmt.Errorf("clean up interception: %w", err)
+	if res.Backend == BackendNFT && genErr == nil && cur.withoutOwned().pristine() {
+		err := ic.tables().DeleteTable(ctx, netnsPath, unix.NFPROTO_IPV4, natTable, gen)
+		if err == nil {
+			res.Script = fmt.Sprintf("# nf_tables: delete table ip %s at generation %d\n", natTable, gen)
+			return res, nil
 		}
+		if !errors.Is(err, ErrGenerationChanged) {
+			return Result{}, fmt.Errorf("clean up interception: %w", err)
+		}
+		// Someone else changed the ruleset meanwhile: remove only ours, from a fresh read.
+		if res, _, err = ic.planCleanup(ctx, netnsPath); err != nil || !res.Changed {
+			return res, err
+		}
+	}
+	if err := ic.restore(ctx, netnsPath, res.Backend, res.Script); err != nil {
+		return Result{}, fmt.Errorf("clean up interception: %w", err)
 	}
 	return res, nil
 }
 
-// dropEmptyTable deletes the table if, at the ruleset generation read first, it held nothing.
-// A concurrent change by anyone else makes the kernel refuse, and the table is kept.
-func (ic *Interceptor) dropEmptyTable(ctx context.Context, netnsPath, name string) error {
-	gen, err := ic.tables().Generation(ctx, netnsPath)
+// planCleanup reads the namespace and plans the removal of everything of ours.
+func (ic *Interceptor) planCleanup(ctx context.Context, netnsPath string) (Result, *tableState, error) {
+	backend, save, err := ic.Detect(ctx, netnsPath)
 	if err != nil {
-		return err
+		return Result{}, nil, fmt.Errorf("clean up interception: %w", err)
 	}
-	out, err := ic.exec().Run(ctx, Cmd{Netns: netnsPath, Name: BackendNFT.saveCmd(), Args: []string{"-t", name}})
-	if err != nil {
-		return fmt.Errorf("read table %s: %w", name, err)
-	}
-	if !table(parseSave(string(out)), name).pristine() {
-		return nil
-	}
-	err = ic.tables().DeleteTable(ctx, netnsPath, unix.NFPROTO_IPV4, name, gen)
-	if errors.Is(err, ErrGenerationChanged) {
-		return nil
-	}
-	return err
+	cur := table(parseSave(save), natTable)
+	script, changed := planCleanup(natTable, cur)
+	return Result{Backend: backend, Changed: changed, Script: script}, cur, nil
 }
 
 func (ic *Interceptor) restore(ctx context.Context, netnsPath string, b Backend, script string) error {

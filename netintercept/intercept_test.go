@@ -156,45 +156,52 @@ func TestCleanup(t *testing.T) {
 		t.Fatal(err)
 	}
 	pristine := "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
-	foreign := "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -p udp -j ACCEPT\nCOMMIT\n"
+	withForeign := fakeSave(rs, "-A PREROUTING -p udp -j ACCEPT")
+	saves := []string{"iptables-nft-save", "iptables-legacy-save"}
+	restore := "iptables-nft-restore --noflush"
 	tests := []struct {
 		name        string
-		before      string // save before cleanup
-		after       string // save of the nat table after the restore
-		tablesErr   error
+		save        string
+		tables      *fakeTables // nil: no table remover
+		wantCmds    []string
 		wantChanged bool
 		wantDeleted []string
 	}{
-		{"nothing of ours", pristine, pristine, nil, false, nil},
-		{"our rules only: empty table dropped", fakeSave(rs), pristine, nil, true, []string{"nat@7"}},
-		{"foreign rules keep the table", fakeSave(rs, "-A PREROUTING -p udp -j ACCEPT"), foreign, nil, true, nil},
-		{"concurrent change keeps the table", fakeSave(rs), pristine, ErrGenerationChanged, true, nil},
+		{"nothing of ours", pristine, &fakeTables{gen: 7}, saves, false, nil},
+		// The table holds only ours: it is deleted in one kernel transaction, no restore runs.
+		{"only ours: table deleted", fakeSave(rs), &fakeTables{gen: 7}, saves, true, []string{"nat@7"}},
+		{"foreign rules: only ours removed", withForeign, &fakeTables{gen: 7}, append(saves, restore), true, nil},
+		{"no table remover: only ours removed", fakeSave(rs), nil, append(saves, restore), true, nil},
+		// The ruleset changed after the generation was read: read again and remove only ours.
+		{"concurrent change: only ours removed", fakeSave(rs), &fakeTables{gen: 7, err: ErrGenerationChanged},
+			append(append(saves, saves...), restore), true, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := &recordingExec{answers: map[string]func(Cmd) ([]byte, error){
-				"iptables-nft-save": func(c Cmd) ([]byte, error) {
-					if len(c.Args) > 0 {
-						return []byte(tc.after), nil
-					}
-					return []byte(tc.before), nil
-				},
+				"iptables-nft-save":    answer(tc.save),
 				"iptables-legacy-save": answer(""),
 				"iptables-nft-restore": answer(""),
 			}}
-			tables := &fakeTables{gen: 7, err: tc.tablesErr}
-			res, err := (&Interceptor{Exec: rec, Tables: tables}).Cleanup(context.Background(), selfNetns)
+			ic := &Interceptor{Exec: rec}
+			if tc.tables != nil {
+				ic.Tables = tc.tables
+			}
+			res, err := ic.Cleanup(context.Background(), selfNetns)
 			if err != nil {
 				t.Fatalf("Cleanup: %v", err)
 			}
 			if res.Changed != tc.wantChanged {
-				t.Errorf("changed = %v, want %v (commands %q)", res.Changed, tc.wantChanged, rec.names())
+				t.Errorf("changed = %v, want %v", res.Changed, tc.wantChanged)
 			}
-			if !slices.Equal(tables.deleted, tc.wantDeleted) {
-				t.Errorf("deleted tables = %q, want %q", tables.deleted, tc.wantDeleted)
+			if !slices.Equal(rec.names(), tc.wantCmds) {
+				t.Errorf("commands = %q, want %q", rec.names(), tc.wantCmds)
 			}
-			if tc.wantChanged && !strings.Contains(res.Script, "-X SMR_PREROUTING") {
-				t.Errorf("cleanup script does not delete our chain:\n%s", res.Script)
+			if tc.tables != nil && !slices.Equal(tc.tables.deleted, tc.wantDeleted) {
+				t.Errorf("deleted tables = %q, want %q", tc.tables.deleted, tc.wantDeleted)
+			}
+			if last := rec.cmds[len(rec.cmds)-1]; last.Name == "iptables-nft-restore" && !strings.Contains(string(last.Stdin), "-X SMR_PREROUTING") {
+				t.Errorf("cleanup script does not delete our chain:\n%s", last.Stdin)
 			}
 		})
 	}

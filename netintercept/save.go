@@ -86,6 +86,23 @@ func (t *tableState) owned() ownedState {
 	return o
 }
 
+// withoutOwned is the table as it would be with everything of ours removed.
+func (t *tableState) withoutOwned() *tableState {
+	o := t.owned()
+	out := &tableState{exists: t.exists, policies: t.policies}
+	for _, c := range t.chains {
+		if !slices.Contains(o.chains, c) {
+			out.chains = append(out.chains, c)
+		}
+	}
+	for _, r := range t.rules {
+		if !slices.Contains(o.rules, r) && !slices.Contains(o.jumps, r) {
+			out.rules = append(out.rules, r)
+		}
+	}
+	return out
+}
+
 // content counts what a table holds beyond empty built-in chains: rules and user chains.
 func (t *tableState) content() int {
 	return len(t.rules) + len(t.chains)
