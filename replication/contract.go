@@ -1,0 +1,316 @@
+package replication
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/smr-io/smr-cri/replication/framing"
+)
+
+// Label and annotation keys of the pod contract (see CONTRACT.md).
+const (
+	LabelReplicate = "smr.io/replicate"
+
+	AnnotationGroup           = "smr.io/group"
+	AnnotationPorts           = "smr.io/ports"
+	AnnotationRaftPort        = "smr.io/raft-port"
+	AnnotationPeers           = "smr.io/peers"
+	AnnotationMembership      = "smr.io/membership"
+	AnnotationMemberID        = "smr.io/member-id"
+	AnnotationHTTPGetReadOnly = "smr.io/http-get-readonly"
+	AnnotationMaxRequestBytes = "smr.io/max-request-bytes"
+
+	// LabelPodIndex is set by the StatefulSet controller (Kubernetes >= 1.28).
+	LabelPodIndex = "apps.kubernetes.io/pod-index"
+	// LabelGroup may carry the group name when the pod name is not "<sts>-<ordinal>".
+	LabelGroup = "smr.io/group"
+
+	DefaultRaftPort = 7480
+	// MaxRequestBytesCeiling bounds smr.io/max-request-bytes: each request is
+	// one raft log entry, and entries are held in memory until applied.
+	MaxRequestBytesCeiling = 64 << 20
+)
+
+var knownAnnotations = []string{
+	AnnotationGroup, AnnotationPorts, AnnotationRaftPort, AnnotationPeers, AnnotationMembership,
+	AnnotationMemberID, AnnotationHTTPGetReadOnly, AnnotationMaxRequestBytes,
+}
+
+// Membership modes.
+const (
+	MembershipStatic     = "static"
+	MembershipKubernetes = "kubernetes"
+)
+
+// PodMeta is what the contract reads from a pod (or a CRI PodSandboxConfig).
+type PodMeta struct {
+	Name, Namespace     string
+	Labels, Annotations map[string]string
+}
+
+// Port is one replicated application port.
+type Port struct {
+	Number   int
+	Protocol string // framing.ProtoRESP or framing.ProtoHTTP
+}
+
+// Peer is one static group member.
+type Peer struct {
+	ID   uint64
+	Addr string // host:port of the member's raft endpoint
+}
+
+// Spec is a validated replication request for one pod.
+type Spec struct {
+	Namespace string
+	// Group is the group name inside the namespace; GroupKey() is unique per cluster.
+	Group    string
+	Ports    []Port
+	RaftPort int
+	// Membership is MembershipStatic (Peers set) or MembershipKubernetes.
+	Membership      string
+	Peers           []Peer
+	MemberID        uint64
+	HTTPGetReadOnly bool
+	MaxRequestBytes int
+}
+
+// GroupKey names the raft group: "<namespace>/<group>".
+func (s Spec) GroupKey() string { return s.Namespace + "/" + s.Group }
+
+// FramingOptions returns the framer options the spec asks for.
+func (s Spec) FramingOptions() framing.Options {
+	return framing.Options{
+		Limits:          framing.Limits{MaxRequestBytes: s.MaxRequestBytes},
+		HTTPGetReadOnly: s.HTTPGetReadOnly,
+	}
+}
+
+// ErrContract wraps every contract violation.
+var ErrContract = errors.New("invalid smr.io pod contract")
+
+var (
+	dnsLabel   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	ordinalSfx = regexp.MustCompile(`^(.+)-([0-9]+)$`)
+)
+
+// ParsePod reads the contract from a pod. It returns ok=false (and no error)
+// for pods that do not ask for replication. All violations are reported
+// together, each naming its key, so one pod event tells the user everything.
+func ParsePod(pod PodMeta) (spec Spec, ok bool, err error) {
+	switch v := pod.Labels[LabelReplicate]; v {
+	case "":
+		return Spec{}, false, nil
+	case "false":
+		return Spec{}, false, nil
+	case "true":
+	default:
+		return Spec{}, false, fmt.Errorf("%w: label %s=%q: want \"true\" or \"false\"", ErrContract, LabelReplicate, v)
+	}
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	ann := pod.Annotations
+	for k := range ann {
+		if strings.HasPrefix(k, "smr.io/") && !slices.Contains(knownAnnotations, k) {
+			bad(k, "unknown annotation (known: %s)", strings.Join(knownAnnotations, ", "))
+		}
+	}
+	spec = Spec{Namespace: pod.Namespace, RaftPort: DefaultRaftPort, MaxRequestBytes: framing.DefaultMaxRequestBytes}
+	if spec.Namespace == "" {
+		spec.Namespace = "default"
+	}
+
+	// Group: annotation, then label, then the StatefulSet name from "<sts>-<ordinal>".
+	ordinal := int64(-1)
+	if m := ordinalSfx.FindStringSubmatch(pod.Name); m != nil {
+		spec.Group = m[1]
+		ordinal, _ = strconv.ParseInt(m[2], 10, 64)
+	}
+	if v := pod.Labels[LabelGroup]; v != "" {
+		spec.Group = v
+	}
+	if v, set := ann[AnnotationGroup]; set {
+		spec.Group = v
+	}
+	switch {
+	case spec.Group == "":
+		bad(AnnotationGroup, "not set and pod name %q is not \"<statefulset>-<ordinal>\"", pod.Name)
+	case len(spec.Group) > 63 || !dnsLabel.MatchString(spec.Group):
+		bad(AnnotationGroup, "%q is not a DNS label (lower-case letters, digits, '-', at most 63)", spec.Group)
+	}
+
+	// Ports.
+	if v, set := ann[AnnotationPorts]; !set || strings.TrimSpace(v) == "" {
+		bad(AnnotationPorts, `required, e.g. "6379/resp,8080/http"`)
+	} else if spec.Ports, err = parsePorts(v); err != nil {
+		bad(AnnotationPorts, "%v", err)
+	}
+	if v, set := ann[AnnotationRaftPort]; set {
+		if spec.RaftPort, err = parsePort(v); err != nil {
+			bad(AnnotationRaftPort, "%v", err)
+		}
+	}
+	for _, p := range spec.Ports {
+		if p.Number == spec.RaftPort {
+			bad(AnnotationRaftPort, "%d is also a replicated app port", p.Number)
+		}
+	}
+
+	// Member ID: annotation, then pod-index label + 1, then pod name ordinal + 1.
+	switch {
+	case ann[AnnotationMemberID] != "":
+		id, perr := strconv.ParseUint(ann[AnnotationMemberID], 10, 64)
+		if perr != nil || id == 0 {
+			bad(AnnotationMemberID, "%q: want a positive integer", ann[AnnotationMemberID])
+		}
+		spec.MemberID = id
+	case pod.Labels[LabelPodIndex] != "":
+		idx, perr := strconv.ParseUint(pod.Labels[LabelPodIndex], 10, 64)
+		if perr != nil {
+			bad(LabelPodIndex, "%q: want a non-negative integer", pod.Labels[LabelPodIndex])
+		}
+		spec.MemberID = idx + 1
+	case ordinal >= 0:
+		spec.MemberID = uint64(ordinal) + 1
+	default:
+		bad(AnnotationMemberID, "not set, no %s label and no ordinal in pod name %q", LabelPodIndex, pod.Name)
+	}
+
+	// Membership.
+	mode, peers := ann[AnnotationMembership], ann[AnnotationPeers]
+	switch {
+	case mode == "" && peers != "", mode == MembershipStatic:
+		spec.Membership = MembershipStatic
+		if peers == "" {
+			bad(AnnotationPeers, "required with %s=static", AnnotationMembership)
+		} else if spec.Peers, err = parsePeers(peers); err != nil {
+			bad(AnnotationPeers, "%v", err)
+		} else if spec.MemberID != 0 && !slices.ContainsFunc(spec.Peers, func(p Peer) bool { return p.ID == spec.MemberID }) {
+			bad(AnnotationPeers, "does not list this pod's member ID %d", spec.MemberID)
+		}
+	case mode == MembershipKubernetes:
+		spec.Membership = MembershipKubernetes
+		if peers != "" {
+			bad(AnnotationPeers, "must be empty with %s=kubernetes", AnnotationMembership)
+		}
+	case mode == "":
+		bad(AnnotationMembership, "set %s (static) or %s=kubernetes", AnnotationPeers, AnnotationMembership)
+	default:
+		bad(AnnotationMembership, "%q: want %q or %q", mode, MembershipStatic, MembershipKubernetes)
+	}
+
+	if v, set := ann[AnnotationHTTPGetReadOnly]; set {
+		b, perr := strconv.ParseBool(v)
+		if perr != nil {
+			bad(AnnotationHTTPGetReadOnly, "%q: want true or false", v)
+		}
+		spec.HTTPGetReadOnly = b
+	}
+	if v, set := ann[AnnotationMaxRequestBytes]; set {
+		n, perr := parseSize(v)
+		switch {
+		case perr != nil:
+			bad(AnnotationMaxRequestBytes, "%v", perr)
+		case n < 64 || n > MaxRequestBytesCeiling:
+			bad(AnnotationMaxRequestBytes, "%d out of range [64, %d]", n, MaxRequestBytesCeiling)
+		default:
+			spec.MaxRequestBytes = int(n)
+		}
+	}
+	if len(errs) > 0 {
+		slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+		return Spec{}, false, fmt.Errorf("%w on pod %s/%s: %w", ErrContract, spec.Namespace, pod.Name, errors.Join(errs...))
+	}
+	return spec, true, nil
+}
+
+func parsePort(s string) (int, error) {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < 1 || n > 65535 {
+		return 0, fmt.Errorf("port %q: want 1-65535", s)
+	}
+	return n, nil
+}
+
+// parsePorts parses "6379/resp,8080/http".
+func parsePorts(s string) ([]Port, error) {
+	var out []Port
+	for item := range strings.SplitSeq(s, ",") {
+		item = strings.TrimSpace(item)
+		num, proto, found := strings.Cut(item, "/")
+		if !found {
+			return nil, fmt.Errorf("%q: want <port>/<protocol>", item)
+		}
+		n, err := parsePort(num)
+		if err != nil {
+			return nil, err
+		}
+		proto = strings.ToLower(strings.TrimSpace(proto))
+		if proto != framing.ProtoRESP && proto != framing.ProtoHTTP {
+			return nil, fmt.Errorf("%q: protocol %q unknown (want resp or http)", item, proto)
+		}
+		if slices.ContainsFunc(out, func(p Port) bool { return p.Number == n }) {
+			return nil, fmt.Errorf("port %d listed twice", n)
+		}
+		out = append(out, Port{Number: n, Protocol: proto})
+	}
+	return out, nil
+}
+
+// parsePeers parses "1=198.18.0.11:7480,2=198.18.0.12:7480".
+func parsePeers(s string) ([]Peer, error) {
+	var out []Peer
+	for item := range strings.SplitSeq(s, ",") {
+		item = strings.TrimSpace(item)
+		idStr, addr, found := strings.Cut(item, "=")
+		if !found {
+			return nil, fmt.Errorf("%q: want <id>=<host>:<port>", item)
+		}
+		id, err := strconv.ParseUint(idStr, 10, 64)
+		if err != nil || id == 0 {
+			return nil, fmt.Errorf("%q: member ID must be a positive integer", item)
+		}
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil || host == "" {
+			return nil, fmt.Errorf("%q: address must be <host>:<port>", item)
+		}
+		if _, err := parsePort(port); err != nil {
+			return nil, fmt.Errorf("%q: %w", item, err)
+		}
+		for _, p := range out {
+			if p.ID == id {
+				return nil, fmt.Errorf("member ID %d listed twice", id)
+			}
+			if p.Addr == addr {
+				return nil, fmt.Errorf("address %s listed twice", addr)
+			}
+		}
+		out = append(out, Peer{ID: id, Addr: addr})
+	}
+	slices.SortFunc(out, func(a, b Peer) int { return cmp.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+// parseSize parses "1048576", "512Ki", "4Mi".
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	num := strings.TrimSpace(s)
+	for suffix, m := range map[string]int64{"Ki": 1 << 10, "Mi": 1 << 20} {
+		if strings.HasSuffix(num, suffix) {
+			num, mult = strings.TrimSuffix(num, suffix), m
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 || n > MaxRequestBytesCeiling {
+		return 0, fmt.Errorf("%q: want a positive size in bytes, optionally with Ki or Mi", s)
+	}
+	return n * mult, nil
+}
