@@ -29,8 +29,8 @@ func TestParsePod(t *testing.T) {
 	}{
 		{"statefulset defaults", pod("redis-1", nil, static), Spec{
 			Namespace: "shop", Group: "redis", RaftPort: 7480, Membership: MembershipStatic, MemberID: 2,
-			Ports: []Port{{6379, framing.ProtoRESP}, {8080, framing.ProtoHTTP}},
-			Peers: []Peer{{1, "198.18.0.11:7480"}, {2, "198.18.0.12:7480"}, {3, "198.18.0.13:7480"}},
+			Ports:           []Port{{6379, framing.ProtoRESP}, {8080, framing.ProtoHTTP}},
+			Peers:           []Peer{{1, "198.18.0.11:7480"}, {2, "198.18.0.12:7480"}, {3, "198.18.0.13:7480"}},
 			MaxRequestBytes: framing.DefaultMaxRequestBytes,
 		}},
 		{"everything explicit, kubernetes membership", pod("whatever", map[string]string{LabelPodIndex: "4"}, map[string]string{
