@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -281,5 +282,100 @@ func TestIntegrationBadInput(t *testing.T) {
 	}
 	if got := pn.save(t, BackendNFT); got != "" {
 		t.Errorf("bad input left rules:\n%s", got)
+	}
+}
+
+// Traffic carrying smr-cri's mark (set here by a mangle rule, as anything cooperating with
+// smr-cri would) is not redirected.
+func TestIntegrationMarkedTrafficBypasses(t *testing.T) {
+	requireIntegration(t)
+	ctx := context.Background()
+	pn := newPodNet(t)
+	pn.serveIn(t, svcPort, "app")
+	pn.serveIn(t, listenerPort, "smr")
+	if _, err := (&Interceptor{}).Apply(ctx, pn.path, Spec{ServicePorts: []uint16{svcPort}, ListenerPort: listenerPort, Mark: 0x4000}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	svc := netip.AddrPortFrom(pn.pod, svcPort)
+	if server, _ := whoAnswers(t, pn.client, svc); server != "smr" {
+		t.Fatalf("unmarked traffic answered by %s, want smr", server)
+	}
+	mark := fmt.Sprintf("*mangle\n-A PREROUTING -s %s/32 -p tcp -j MARK --set-xmark 0x4000/0x4000\nCOMMIT\n", pn.client)
+	if _, err := (NetnsExecutor{}).Run(ctx, Cmd{Netns: pn.path, Name: "iptables-nft-restore", Args: []string{"--noflush"}, Stdin: []byte(mark)}); err != nil {
+		t.Fatalf("install mark rule: %v", err)
+	}
+	if server, _ := whoAnswers(t, pn.client, svc); server != "app" {
+		t.Errorf("marked traffic answered by %s, want app", server)
+	}
+	if server, _ := whoAnswers(t, pn.node, svc); server != "smr" {
+		t.Errorf("unmarked traffic from another address answered by %s, want smr", server)
+	}
+}
+
+// After many concurrent listens and dials inside a pod netns, every thread of the process is
+// back in the namespace it started in.
+func TestIntegrationThreadsLeaveNoNamespace(t *testing.T) {
+	requireIntegration(t)
+	pn := newPodNet(t)
+	pn.serveIn(t, svcPort, "app")
+	home, err := os.Readlink(fmt.Sprintf("/proc/self/task/%d/ns/net", os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for range 64 {
+		wg.Go(func() {
+			l, err := ListenInNetns(pn.path, "tcp4", "127.0.0.1:0")
+			if err != nil {
+				errs <- err
+				return
+			}
+			l.Close()
+			c, err := DialInNetns(context.Background(), pn.path, "tcp4", fmt.Sprintf("127.0.0.1:%d", svcPort))
+			if err != nil {
+				errs <- err
+				return
+			}
+			c.Close()
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("in netns: %v", err)
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		ns, err := os.Readlink("/proc/self/task/" + task.Name() + "/ns/net")
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		if ns != home {
+			t.Errorf("thread %s is in %s, want %s", task.Name(), ns, home)
+		}
+	}
+}
+
+// OriginalDst reads IPv6 connections too (IP6T_SO_ORIGINAL_DST). smr-cri builds IPv4 rules
+// only, so the test redirects with an ip6tables rule of its own.
+func TestIntegrationOriginalDstIPv6(t *testing.T) {
+	requireIntegration(t)
+	pn := newPodNet(t)
+	l, err := ListenInNetns(pn.path, "tcp6", fmt.Sprintf("[::1]:%d", listenerPort))
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	serve(t, l, "smr")
+	rule := fmt.Sprintf("*nat\n-A OUTPUT -d ::1/128 -p tcp -m tcp --dport %d -j REDIRECT --to-ports %d\nCOMMIT\n", svcPort, listenerPort)
+	if _, err := (NetnsExecutor{}).Run(context.Background(), Cmd{Netns: pn.path, Name: "ip6tables-nft-restore", Args: []string{"--noflush"}, Stdin: []byte(rule)}); err != nil {
+		t.Fatalf("install ip6tables rule: %v", err)
+	}
+	server, dst := pn.whoAnswersInside(t, fmt.Sprintf("[::1]:%d", svcPort))
+	if want := fmt.Sprintf("[::1]:%d", svcPort); server != "smr" || dst != want {
+		t.Errorf("answered by %s seeing %s, want smr seeing %s", server, dst, want)
 	}
 }

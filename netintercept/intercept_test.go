@@ -281,29 +281,34 @@ func TestOriginalDstNotRedirected(t *testing.T) {
 	}
 	// A plain loopback connection either has no conntrack entry (an error naming the socket
 	// option) or reports its own local address; it never invents another destination.
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c, err := net.Dial("tcp4", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	got, err := OriginalDst(s.(*net.TCPConn))
-	if err != nil {
-		if !strings.Contains(err.Error(), "SO_ORIGINAL_DST") {
-			t.Errorf("error %v does not name SO_ORIGINAL_DST", err)
-		}
-		return
-	}
-	if got.String() != l.Addr().String() {
-		t.Errorf("OriginalDst = %s, want %s", got, l.Addr())
+	for _, tc := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
+		t.Run(tc.network, func(t *testing.T) {
+			l, err := net.Listen(tc.network, tc.addr)
+			if err != nil {
+				t.Skipf("no %s loopback here: %v", tc.network, err)
+			}
+			defer l.Close()
+			c, err := net.Dial(tc.network, l.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			s, err := l.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			got, err := OriginalDst(s.(*net.TCPConn))
+			t.Logf("OriginalDst = %v, %v", got, err)
+			if err != nil {
+				if !strings.Contains(err.Error(), "SO_ORIGINAL_DST") {
+					t.Errorf("error %v does not name SO_ORIGINAL_DST", err)
+				}
+				return
+			}
+			if got.String() != l.Addr().String() {
+				t.Errorf("OriginalDst = %s, want %s", got, l.Addr())
+			}
+		})
 	}
 }

@@ -206,7 +206,7 @@ func whoAnswers(t testing.TB, src netip.Addr, dst netip.AddrPort) (string, strin
 // whoAnswersInside dials addr from inside the namespace.
 func (pn *podNet) whoAnswersInside(t testing.TB, addr string) (string, string) {
 	t.Helper()
-	c, err := DialInNetns(context.Background(), pn.path, "tcp4", addr)
+	c, err := DialInNetns(context.Background(), pn.path, "tcp", addr)
 	if err != nil {
 		t.Fatalf("dial inside: %v", err)
 	}
