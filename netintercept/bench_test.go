@@ -78,42 +78,23 @@ func BenchmarkApplyCleanup(b *testing.B) {
 // forward is a minimal smr-style listener: every accepted connection is piped to the app at
 // 127.0.0.1:port inside the namespace.
 func forward(b *testing.B, pn *podNet, l net.Listener, port uint16) {
-	b.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := OriginalDst(c.(*net.TCPConn)); err != nil {
-					return
-				}
-				app, err := DialInNetns(context.Background(), pn.path, "tcp4", fmt.Sprintf("127.0.0.1:%d", port))
-				if err != nil {
-					return
-				}
-				defer app.Close()
-				go io.Copy(app, c)
-				io.Copy(c, app)
-			}()
+	acceptLoop(b, l, func(c *net.TCPConn) {
+		if _, err := OriginalDst(c); err != nil {
+			return
 		}
-	}()
+		app, err := DialInNetns(context.Background(), pn.path, "tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			return
+		}
+		defer app.Close()
+		go io.Copy(app, c)
+		io.Copy(c, app)
+	})
 }
 
-// echo answers every msgSize-byte request with the same bytes.
+// echo answers every request with the same bytes.
 func echo(b *testing.B, l net.Listener) {
-	b.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	acceptLoop(b, l, func(c *net.TCPConn) { io.Copy(c, c) })
 }
 
 const msgSize = 64

@@ -107,9 +107,7 @@ func TestIntegrationRedirect(t *testing.T) {
 		if got := pn.save(t, BackendNFT); got != before {
 			t.Errorf("iptables-save after cleanup:\n%q\nbefore apply:\n%q", got, before)
 		}
-		if server, _ := whoAnswers(t, pn.client, svc); server != "app" {
-			t.Errorf("after cleanup the service port is answered by %s, want app", server)
-		}
+		expectServer(t, pn.client, svc, "app")
 		res, err = ic.Cleanup(ctx, pn.path)
 		if err != nil || res.Changed {
 			t.Errorf("second Cleanup = %+v, %v; want no change", res, err)
@@ -127,9 +125,7 @@ func TestIntegrationForeignRules(t *testing.T) {
 	pn.serveIn(t, listenerPort, "smr")
 	foreign := "*nat\n:CNI-HOSTPORT - [0:0]\n-A PREROUTING -p udp -j CNI-HOSTPORT\n-A CNI-HOSTPORT -p udp -m udp --dport 53 -j RETURN\nCOMMIT\n" +
 		"*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p icmp -j ACCEPT\nCOMMIT\n"
-	if _, err := (NetnsExecutor{}).Run(ctx, Cmd{Netns: pn.path, Name: "iptables-nft-restore", Args: []string{"--noflush"}, Stdin: []byte(foreign)}); err != nil {
-		t.Fatalf("install foreign rules: %v", err)
-	}
+	pn.restore(t, "iptables-nft-restore", foreign)
 	before := pn.save(t, BackendNFT)
 	ic := &Interceptor{}
 	spec := Spec{ServicePorts: []uint16{svcPort}, ListenerPort: listenerPort}
@@ -139,9 +135,7 @@ func TestIntegrationForeignRules(t *testing.T) {
 	applied := pn.save(t, BackendNFT)
 	// A second jump, appended behind our back.
 	dup := "*nat\n-A PREROUTING -p tcp -j SMR_PREROUTING\nCOMMIT\n"
-	if _, err := (NetnsExecutor{}).Run(ctx, Cmd{Netns: pn.path, Name: "iptables-nft-restore", Args: []string{"--noflush"}, Stdin: []byte(dup)}); err != nil {
-		t.Fatalf("add duplicate jump: %v", err)
-	}
+	pn.restore(t, "iptables-nft-restore", dup)
 	res, err := ic.Apply(ctx, pn.path, spec)
 	if err != nil || !res.Changed {
 		t.Fatalf("Apply over a duplicate jump = %+v, %v; want a repair", res, err)
@@ -149,9 +143,7 @@ func TestIntegrationForeignRules(t *testing.T) {
 	if got := pn.save(t, BackendNFT); got != applied {
 		t.Errorf("after repair:\n%s\nwant:\n%s", got, applied)
 	}
-	if server, _ := whoAnswers(t, pn.client, netip.AddrPortFrom(pn.pod, svcPort)); server != "smr" {
-		t.Errorf("service port answered by %s, want smr", server)
-	}
+	expectServer(t, pn.client, netip.AddrPortFrom(pn.pod, svcPort), "smr")
 	if _, err := ic.Cleanup(ctx, pn.path); err != nil {
 		t.Fatalf("Cleanup: %v", err)
 	}
@@ -187,9 +179,7 @@ func TestIntegrationTwoNamespaces(t *testing.T) {
 		server string
 	}{{a, svcPort, "smr"}, {a, 8080, "web"}, {b, svcPort, "app"}, {b, 8080, "smr2"}}
 	for _, w := range want {
-		if got, _ := whoAnswers(t, w.pn.client, netip.AddrPortFrom(w.pn.pod, w.port)); got != w.server {
-			t.Errorf("%s:%d answered by %s, want %s", w.pn.pod, w.port, got, w.server)
-		}
+		expectServer(t, w.pn.client, netip.AddrPortFrom(w.pn.pod, w.port), w.server)
 	}
 	if _, err := ic.Cleanup(ctx, a.path); err != nil {
 		t.Fatalf("Cleanup a: %v", err)
@@ -200,9 +190,7 @@ func TestIntegrationTwoNamespaces(t *testing.T) {
 	if got := b.save(t, BackendNFT); got != appliedB {
 		t.Errorf("b changed by a's cleanup:\n%s\nwant:\n%s", got, appliedB)
 	}
-	if got, _ := whoAnswers(t, b.client, netip.AddrPortFrom(b.pod, 8080)); got != "smr2" {
-		t.Errorf("b's service answered by %s after a's cleanup, want smr2", got)
-	}
+	expectServer(t, b.client, netip.AddrPortFrom(b.pod, 8080), "smr2")
 }
 
 // A namespace whose rules are legacy iptables is handled with the legacy backend.
@@ -213,9 +201,7 @@ func TestIntegrationLegacyBackend(t *testing.T) {
 	pn.serveIn(t, svcPort, "app")
 	pn.serveIn(t, listenerPort, "smr")
 	foreign := "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p icmp -j ACCEPT\nCOMMIT\n"
-	if _, err := (NetnsExecutor{}).Run(ctx, Cmd{Netns: pn.path, Name: "iptables-legacy-restore", Args: []string{"--noflush"}, Stdin: []byte(foreign)}); err != nil {
-		t.Fatalf("install legacy rules: %v", err)
-	}
+	pn.restore(t, "iptables-legacy-restore", foreign)
 	ic := &Interceptor{}
 	res, err := ic.Apply(ctx, pn.path, Spec{ServicePorts: []uint16{svcPort}, ListenerPort: listenerPort, ProbeSources: []netip.Addr{pn.node}})
 	if err != nil {
@@ -224,12 +210,8 @@ func TestIntegrationLegacyBackend(t *testing.T) {
 	if res.Backend != BackendLegacy {
 		t.Fatalf("backend %s, want legacy", res.Backend)
 	}
-	if server, _ := whoAnswers(t, pn.client, netip.AddrPortFrom(pn.pod, svcPort)); server != "smr" {
-		t.Errorf("service port answered by %s, want smr", server)
-	}
-	if server, _ := whoAnswers(t, pn.node, netip.AddrPortFrom(pn.pod, svcPort)); server != "app" {
-		t.Errorf("probe answered by %s, want app", server)
-	}
+	expectServer(t, pn.client, netip.AddrPortFrom(pn.pod, svcPort), "smr")
+	expectServer(t, pn.node, netip.AddrPortFrom(pn.pod, svcPort), "app")
 	if res, err := ic.Apply(ctx, pn.path, Spec{ServicePorts: []uint16{svcPort}, ListenerPort: listenerPort, ProbeSources: []netip.Addr{pn.node}}); err != nil || res.Changed {
 		t.Errorf("re-apply = %+v, %v; want no change", res, err)
 	}
@@ -301,15 +283,9 @@ func TestIntegrationMarkedTrafficBypasses(t *testing.T) {
 		t.Fatalf("unmarked traffic answered by %s, want smr", server)
 	}
 	mark := fmt.Sprintf("*mangle\n-A PREROUTING -s %s/32 -p tcp -j MARK --set-xmark 0x4000/0x4000\nCOMMIT\n", pn.client)
-	if _, err := (NetnsExecutor{}).Run(ctx, Cmd{Netns: pn.path, Name: "iptables-nft-restore", Args: []string{"--noflush"}, Stdin: []byte(mark)}); err != nil {
-		t.Fatalf("install mark rule: %v", err)
-	}
-	if server, _ := whoAnswers(t, pn.client, svc); server != "app" {
-		t.Errorf("marked traffic answered by %s, want app", server)
-	}
-	if server, _ := whoAnswers(t, pn.node, svc); server != "smr" {
-		t.Errorf("unmarked traffic from another address answered by %s, want smr", server)
-	}
+	pn.restore(t, "iptables-nft-restore", mark)
+	expectServer(t, pn.client, svc, "app")
+	expectServer(t, pn.node, svc, "smr")
 }
 
 // After many concurrent listens and dials inside a pod netns, every thread of the process is
@@ -371,9 +347,7 @@ func TestIntegrationOriginalDstIPv6(t *testing.T) {
 	}
 	serve(t, l, "smr")
 	rule := fmt.Sprintf("*nat\n-A OUTPUT -d ::1/128 -p tcp -m tcp --dport %d -j REDIRECT --to-ports %d\nCOMMIT\n", svcPort, listenerPort)
-	if _, err := (NetnsExecutor{}).Run(context.Background(), Cmd{Netns: pn.path, Name: "ip6tables-nft-restore", Args: []string{"--noflush"}, Stdin: []byte(rule)}); err != nil {
-		t.Fatalf("install ip6tables rule: %v", err)
-	}
+	pn.restore(t, "ip6tables-nft-restore", rule)
 	server, dst := pn.whoAnswersInside(t, fmt.Sprintf("[::1]:%d", svcPort))
 	if want := fmt.Sprintf("[::1]:%d", svcPort); server != "smr" || dst != want {
 		t.Errorf("answered by %s seeing %s, want smr seeing %s", server, dst, want)

@@ -125,10 +125,9 @@ func (pn *podNet) save(t testing.TB, b Backend) string {
 
 var counters = regexp.MustCompile(`^(:\S+ \S+) \[\d+:\d+\]`)
 
-// serve answers every line it reads on l with name, the original destination of the
-// connection, and the line: "name dst line".
-func serve(t testing.TB, l net.Listener, name string) {
-	t.Helper()
+// acceptLoop hands every connection accepted on l to handle, on its own goroutine, until the
+// test ends.
+func acceptLoop(t testing.TB, l net.Listener, handle func(c *net.TCPConn)) {
 	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
@@ -138,22 +137,38 @@ func serve(t testing.TB, l net.Listener, name string) {
 			}
 			go func() {
 				defer c.Close()
-				dst, err := OriginalDst(c.(*net.TCPConn))
-				dstStr := dst.String()
-				if err != nil {
-					dstStr = "none"
-				}
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					fmt.Fprintf(c, "%s %s %s", name, dstStr, line)
-				}
+				handle(c.(*net.TCPConn))
 			}()
 		}
 	}()
+}
+
+// serve answers every line it reads on l with name, the original destination of the
+// connection, and the line: "name dst line".
+func serve(t testing.TB, l net.Listener, name string) {
+	acceptLoop(t, l, func(c *net.TCPConn) {
+		dst, err := OriginalDst(c)
+		dstStr := dst.String()
+		if err != nil {
+			dstStr = "none"
+		}
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s %s %s", name, dstStr, line)
+		}
+	})
+}
+
+// restore loads rules of the test's own into the namespace with the given restore program.
+func (pn *podNet) restore(t testing.TB, program, rules string) {
+	t.Helper()
+	if _, err := (NetnsExecutor{}).Run(context.Background(), Cmd{Netns: pn.path, Name: program, Args: []string{"--noflush"}, Stdin: []byte(rules)}); err != nil {
+		t.Fatalf("load test rules: %v", err)
+	}
 }
 
 // serveIn starts a line server named name on 0.0.0.0:port inside the namespace.
@@ -201,6 +216,14 @@ func dialFrom(t testing.TB, src netip.Addr, dst netip.AddrPort) net.Conn {
 func whoAnswers(t testing.TB, src netip.Addr, dst netip.AddrPort) (string, string) {
 	t.Helper()
 	return ask(t, dialFrom(t, src, dst))
+}
+
+// expectServer checks that a connection from src to dst is answered by the server named want.
+func expectServer(t testing.TB, src netip.Addr, dst netip.AddrPort, want string) {
+	t.Helper()
+	if got, _ := whoAnswers(t, src, dst); got != want {
+		t.Errorf("%s -> %s answered by %s, want %s", src, dst, got, want)
+	}
 }
 
 // whoAnswersInside dials addr from inside the namespace.
