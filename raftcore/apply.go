@@ -131,9 +131,12 @@ func (g *Group) applyEntry(a *applier, it applyItem) {
 		if env.Origin == g.id {
 			g.finishProposal(env.PID, Result{Index: e.GetIndex(), Term: e.GetTerm()}, nil)
 		}
+		// A removed member is not stopped here: a replay may show its
+		// removal followed by its re-admission (ReplaceMember). Without a
+		// seat it cannot campaign, so it stays idle until the owner stops
+		// it (Status().Members no longer lists it).
 		if cc.GetType() == raftpb.ConfChangeRemoveNode && cc.GetNodeId() == g.id {
-			g.log.Info("this member was removed from the group")
-			g.stopWith(ErrRemoved)
+			g.log.Info("this member was removed from the group", "index", e.GetIndex())
 		}
 	case raftpb.EntryConfChangeV2:
 		if it.cs != nil {

@@ -19,8 +19,6 @@ var (
 	// ErrStopped means the group or node was closed (or this member was
 	// removed from the group).
 	ErrStopped = errors.New("raftcore: stopped")
-	// ErrRemoved means this member was removed from the group by a ConfChange.
-	ErrRemoved = errors.New("raftcore: member removed from group")
 	// ErrTimeout means the caller's context ended before the request
 	// finished. It wraps the context error as well. The outcome of a
 	// proposal is UNKNOWN.

@@ -320,6 +320,23 @@ func (g *Group) SetPeerAddr(id uint64, addr string) {
 	g.mu.Unlock()
 }
 
+// ReplaceMember re-admits member id with an empty log: use it when the
+// member's disk state was lost (raft must not see a known member forget
+// its log). It removes id, then adds it back at addr; then start the member
+// with GroupConfig.Join=true.
+func (g *Group) ReplaceMember(ctx context.Context, id uint64, addr string) error {
+	if id == g.id {
+		return fmt.Errorf("%w: a member cannot replace itself", ErrInvalidConfig)
+	}
+	if err := g.RemoveMember(ctx, id); err != nil {
+		return fmt.Errorf("replace member %d: remove: %w", id, err)
+	}
+	if err := g.AddMember(ctx, id, addr); err != nil {
+		return fmt.Errorf("replace member %d: add: %w", id, err)
+	}
+	return nil
+}
+
 // AddMember adds member id (reachable at addr) as a voter through a raft
 // ConfChange and returns once the change is applied here. Start the new
 // member with GroupConfig.Join=true.
@@ -460,6 +477,15 @@ func (g *Group) run() {
 			for _, r := range rs {
 				r.done <- readResult{err: g.stoppedErr()}
 			}
+		}
+	}()
+	// raft panics on an impossible log (e.g. a member that lost its disk
+	// but kept its id). Contain it to this group: the other groups in the
+	// process keep running.
+	defer func() {
+		if r := recover(); r != nil {
+			g.log.Error("raft panic; stopping group", "panic", r)
+			g.stopWith(fmt.Errorf("%w: raft: %v", ErrStopped, r))
 		}
 	}()
 	ticker := time.NewTicker(g.ncfg.TickInterval)

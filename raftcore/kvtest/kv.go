@@ -34,11 +34,20 @@ type KV struct {
 	data    map[string]string
 	chain   [32]byte
 	applied uint64
-	count   uint64 // entries applied (including replays after restart)
+	count   uint64            // entries applied (including replays after restart)
+	history map[uint64][32]byte // chain after each applied index
 }
 
 // NewKV returns an empty KV.
-func NewKV() *KV { return &KV{data: map[string]string{}} }
+func NewKV() *KV { return &KV{data: map[string]string{}, history: map[uint64][32]byte{}} }
+
+// ChainAt returns the hash chain right after index idx was applied here.
+func (kv *KV) ChainAt(idx uint64) ([32]byte, bool) {
+	kv.mu.Lock()
+	defer kv.mu.Unlock()
+	c, ok := kv.history[idx]
+	return c, ok
+}
 
 // Apply implements raftcore.StateMachine.
 func (kv *KV) Apply(e raftcore.Entry) ([]byte, error) {
@@ -52,6 +61,7 @@ func (kv *KV) Apply(e raftcore.Entry) ([]byte, error) {
 	h.Write(e.Data)
 	copy(kv.chain[:], h.Sum(nil))
 	kv.applied = e.Index
+	kv.history[e.Index] = kv.chain
 	kv.count++
 	var op Op
 	if err := json.Unmarshal(e.Data, &op); err != nil {
@@ -107,6 +117,7 @@ func (kv *KV) Restore(b []byte) error {
 	kv.mu.Lock()
 	defer kv.mu.Unlock()
 	kv.data, kv.chain, kv.applied = s.Data, s.Chain, s.Applied
+	kv.history[s.Applied] = s.Chain
 	if kv.data == nil {
 		kv.data = map[string]string{}
 	}

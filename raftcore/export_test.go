@@ -1,0 +1,12 @@
+package raftcore_test
+
+import (
+	"os"
+	"path/filepath"
+
+	"github.com/smr-io/smr-cri/raftcore/kvtest"
+)
+
+func removeDataDir(c *kvtest.Cluster, id uint64) error {
+	return os.RemoveAll(filepath.Join(c.Dir, kvtest.Addr(id)))
+}
