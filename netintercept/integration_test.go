@@ -27,7 +27,7 @@ func TestIntegrationRedirect(t *testing.T) {
 	pn.serveIn(t, raftPort, "raft")
 	svc := netip.AddrPortFrom(pn.pod, svcPort)
 
-	before := pn.save(t, BackendNFT)
+	before, beforeLegacy := pn.save(t, BackendNFT), pn.save(t, BackendLegacy)
 	ic := &Interceptor{}
 	spec := Spec{
 		ServicePorts: []uint16{svcPort},
@@ -106,6 +106,9 @@ func TestIntegrationRedirect(t *testing.T) {
 		}
 		if got := pn.save(t, BackendNFT); got != before {
 			t.Errorf("iptables-save after cleanup:\n%q\nbefore apply:\n%q", got, before)
+		}
+		if got := pn.save(t, BackendLegacy); got != beforeLegacy {
+			t.Errorf("iptables-legacy-save after cleanup:\n%q\nbefore apply:\n%q", got, beforeLegacy)
 		}
 		expectServer(t, pn.client, svc, "app")
 		res, err = ic.Cleanup(ctx, pn.path)
