@@ -199,4 +199,3 @@ func (g *Group) maybeSnapshot(a *applier) {
 	default: // previous snapshot still being written; try after next batch
 	}
 }
-

@@ -34,7 +34,7 @@ type KV struct {
 	data    map[string]string
 	chain   [32]byte
 	applied uint64
-	count   uint64            // entries applied (including replays after restart)
+	count   uint64              // entries applied (including replays after restart)
 	history map[uint64][32]byte // chain after each applied index
 }
 

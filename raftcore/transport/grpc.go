@@ -1,0 +1,309 @@
+// Package transport is the gRPC raftcore.Transport: one gRPC server per
+// process receives the raft messages of every group (each batch names its
+// group); to each peer address the node keeps one long-lived client stream
+// fed by a bounded queue, writing several messages per stream message and
+// reconnecting with backoff.
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/smr-io/smr-cri/raftcore"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// Config configures a GRPC transport.
+type Config struct {
+	// Listen is the address to serve on ("host:port"); "" means send-only.
+	Listen string
+	// QueueLen bounds the messages queued per peer (default 4096); beyond
+	// it messages are dropped and reported unreachable.
+	QueueLen int
+	// MaxFrameBytes caps one stream message (default 4 MiB).
+	MaxFrameBytes int
+	// Logger (nil discards).
+	Logger *slog.Logger
+}
+
+// GRPC implements raftcore.Transport over gRPC.
+type GRPC struct {
+	cfg  Config
+	log  *slog.Logger
+	h    raftcore.Handler
+	lis  net.Listener
+	srv  *grpc.Server
+	mu   sync.Mutex
+	pmap map[string]*peer
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+// New validates cfg and, if cfg.Listen is set, binds the listener (so the
+// caller learns a ":0" port via Addr before Start).
+func New(cfg Config) (*GRPC, error) {
+	if cfg.QueueLen < 0 || cfg.MaxFrameBytes < 0 {
+		return nil, fmt.Errorf("transport: negative QueueLen or MaxFrameBytes")
+	}
+	if cfg.QueueLen == 0 {
+		cfg.QueueLen = 4096
+	}
+	if cfg.MaxFrameBytes == 0 {
+		cfg.MaxFrameBytes = 4 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	t := &GRPC{cfg: cfg, log: cfg.Logger, pmap: map[string]*peer{}, done: make(chan struct{})}
+	if cfg.Listen != "" {
+		lis, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("transport: listen %s: %w", cfg.Listen, err)
+		}
+		t.lis = lis
+	}
+	return t, nil
+}
+
+// Addr is the bound listen address ("" when send-only).
+func (t *GRPC) Addr() string {
+	if t.lis == nil {
+		return ""
+	}
+	return t.lis.Addr().String()
+}
+
+var serviceDesc = grpc.ServiceDesc{
+	ServiceName: "smr.raftcore.Raft",
+	HandlerType: (*any)(nil),
+	Streams: []grpc.StreamDesc{{
+		StreamName:    "Send",
+		ClientStreams: true,
+		Handler: func(srv any, stream grpc.ServerStream) error {
+			return srv.(*GRPC).serveStream(stream)
+		},
+	}},
+}
+
+const sendMethod = "/smr.raftcore.Raft/Send"
+
+// Start implements raftcore.Transport.
+func (t *GRPC) Start(h raftcore.Handler) error {
+	t.h = h
+	if t.lis == nil {
+		return nil
+	}
+	t.srv = grpc.NewServer(grpc.ForceServerCodec(codec{}), grpc.MaxRecvMsgSize(t.cfg.MaxFrameBytes+(1<<20)))
+	t.srv.RegisterService(&serviceDesc, t)
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		if err := t.srv.Serve(t.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			t.log.Error("raft transport server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+func (t *GRPC) serveStream(stream grpc.ServerStream) error {
+	for {
+		var f frame
+		if err := stream.RecvMsg(&f); err != nil {
+			if errors.Is(err, io.EOF) {
+				return stream.SendMsg(&frame{})
+			}
+			return err
+		}
+		for _, b := range f.batches {
+			t.h.Deliver(b.group, b.msgs)
+		}
+	}
+}
+
+// Send implements raftcore.Transport; it never blocks.
+func (t *GRPC) Send(group string, to uint64, addr string, msgs []*raftpb.Message) {
+	p := t.peer(addr)
+	if p == nil {
+		return
+	}
+	select {
+	case p.q <- batch{group: group, to: to, msgs: msgs}:
+	default:
+		t.dropped(batch{group: group, to: to, msgs: msgs})
+	}
+}
+
+// dropped reports lost messages to raft so it probes / retries snapshots.
+func (t *GRPC) dropped(b batch) {
+	t.h.ReportUnreachable(b.group, b.to)
+	for _, m := range b.msgs {
+		if m.GetType() == raftpb.MsgSnap {
+			t.h.ReportSnapshot(b.group, b.to, false)
+		}
+	}
+}
+
+func (t *GRPC) peer(addr string) *peer {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	select {
+	case <-t.done:
+		return nil
+	default:
+	}
+	p, ok := t.pmap[addr]
+	if !ok {
+		p = &peer{t: t, addr: addr, q: make(chan batch, max(1, t.cfg.QueueLen/8))}
+		t.pmap[addr] = p
+		t.wg.Add(1)
+		go p.run()
+	}
+	return p
+}
+
+// Close implements raftcore.Transport.
+func (t *GRPC) Close() error {
+	t.mu.Lock()
+	select {
+	case <-t.done:
+		t.mu.Unlock()
+		return nil
+	default:
+	}
+	close(t.done)
+	t.mu.Unlock()
+	if t.srv != nil {
+		t.srv.Stop()
+	}
+	t.wg.Wait()
+	return nil
+}
+
+// peer owns the stream to one address. Its queue holds batches (the
+// messages of one Ready for one member); QueueLen/8 batches bound memory.
+type peer struct {
+	t    *GRPC
+	addr string
+	q    chan batch
+}
+
+func (p *peer) run() {
+	defer p.t.wg.Done()
+	backoff := 50 * time.Millisecond
+	var conn *grpc.ClientConn
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	for {
+		if conn == nil {
+			c, err := grpc.NewClient(p.addr,
+				grpc.WithTransportCredentials(insecure.NewCredentials()),
+				grpc.WithDefaultCallOptions(grpc.ForceCodec(codec{}), grpc.MaxCallSendMsgSize(p.t.cfg.MaxFrameBytes+(1<<20))))
+			if err != nil {
+				p.t.log.Error("raft transport: bad peer address", "addr", p.addr, "err", err)
+				if !p.failFor(time.Second) {
+					return
+				}
+				continue
+			}
+			conn = c
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		stream, err := conn.NewStream(ctx, &serviceDesc.Streams[0], sendMethod)
+		if err == nil {
+			err = p.pump(stream)
+		}
+		cancel()
+		select {
+		case <-p.t.done:
+			return
+		default:
+		}
+		p.t.log.Debug("raft stream down", "addr", p.addr, "err", err, "backoff", backoff)
+		if !p.failFor(backoff) {
+			return
+		}
+		backoff = min(2*backoff, 2*time.Second)
+		if err == nil {
+			backoff = 50 * time.Millisecond
+		}
+	}
+}
+
+// failFor drops (and reports) whatever is queued for d, so raft does not
+// wait on a backlog for a peer that is down. It returns false on Close.
+func (p *peer) failFor(d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		select {
+		case <-p.t.done:
+			return false
+		case b := <-p.q:
+			p.t.dropped(b)
+		case <-timer.C:
+			return true
+		}
+	}
+}
+
+// pump writes queued batches to the stream, coalescing everything queued
+// (up to MaxFrameBytes) into one stream message.
+func (p *peer) pump(stream grpc.ClientStream) error {
+	defer stream.CloseSend()
+	var f frame
+	for {
+		f.batches = f.batches[:0]
+		select {
+		case <-p.t.done:
+			return nil
+		case b := <-p.q:
+			f.batches = append(f.batches, b)
+		}
+		size := approxSize(f.batches[0])
+	more:
+		for size < p.t.cfg.MaxFrameBytes {
+			select {
+			case b := <-p.q:
+				f.batches = append(f.batches, b)
+				size += approxSize(b)
+			default:
+				break more
+			}
+		}
+		if err := stream.SendMsg(&f); err != nil {
+			for _, b := range f.batches {
+				p.t.dropped(b)
+			}
+			return fmt.Errorf("send to %s: %w", p.addr, err)
+		}
+		for _, b := range f.batches {
+			for _, m := range b.msgs {
+				if m.GetType() == raftpb.MsgSnap {
+					p.t.h.ReportSnapshot(b.group, b.to, true)
+				}
+			}
+		}
+	}
+}
+
+func approxSize(b batch) int {
+	n := len(b.group) + 8
+	for _, m := range b.msgs {
+		n += 64 + len(m.GetSnapshot().GetData())
+		for _, e := range m.GetEntries() {
+			n += 24 + len(e.GetData())
+		}
+	}
+	return n
+}

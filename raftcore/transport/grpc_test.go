@@ -1,0 +1,146 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/raftcore/kvtest"
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+func TestFrameRoundTrip(t *testing.T) {
+	in := frame{batches: []batch{
+		{group: "a", msgs: []*raftpb.Message{{Type: raftpb.MsgApp.Enum(), To: new(uint64(2)), Entries: []*raftpb.Entry{{Index: new(uint64(7)), Data: []byte("x")}}}}},
+		{group: "b-long-name", msgs: []*raftpb.Message{{Type: raftpb.MsgHeartbeat.Enum()}, {Type: raftpb.MsgVote.Enum()}}},
+	}}
+	b, err := in.marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out frame
+	if err := out.unmarshal(b); err != nil {
+		t.Fatal(err)
+	}
+	if len(out.batches) != 2 || out.batches[0].group != "a" || len(out.batches[1].msgs) != 2 ||
+		string(out.batches[0].msgs[0].GetEntries()[0].GetData()) != "x" {
+		t.Fatalf("round trip mismatch: %+v", out.batches)
+	}
+}
+
+func TestFrameBadInput(t *testing.T) {
+	good, _ := (&frame{batches: []batch{{group: "g", msgs: []*raftpb.Message{{Type: raftpb.MsgApp.Enum()}}}}}).marshal()
+	tests := []struct {
+		name string
+		b    []byte
+	}{
+		{"empty", nil},
+		{"bad version", []byte{9, 0}},
+		{"truncated count", []byte{frameVersion}},
+		{"truncated group", []byte{frameVersion, 1, 5, 'a'}},
+		{"huge message count", []byte{frameVersion, 1, 1, 'g', 0xff, 0xff, 0x7f}},
+		{"truncated message", good[:len(good)-1]},
+		{"trailing bytes", append(append([]byte{}, good...), 0)},
+		{"garbage message", []byte{frameVersion, 1, 1, 'g', 1, 3, 0xff, 0xff, 0xff}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var f frame
+			if err := f.unmarshal(tc.b); !errors.Is(err, errBadFrame) {
+				t.Fatalf("got %v, want errBadFrame", err)
+			}
+		})
+	}
+	if _, err := (codec{}).Marshal("not a frame"); err == nil {
+		t.Fatal("codec accepted a string")
+	}
+}
+
+func TestNewBadConfig(t *testing.T) {
+	for _, cfg := range []Config{{QueueLen: -1}, {MaxFrameBytes: -1}, {Listen: "not-an-address"}} {
+		if _, err := New(cfg); err == nil {
+			t.Fatalf("config %+v accepted", cfg)
+		}
+	}
+}
+
+// Three nodes on loopback gRPC: a group orders writes; one node's whole
+// transport restarts on the same port and the others reconnect.
+func TestThreeNodesOverGRPC(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	type member struct {
+		tr   *GRPC
+		node *raftcore.Node
+		g    *raftcore.Group
+		kv   *kvtest.KV
+		dir  string
+	}
+	ms := map[uint64]*member{}
+	peers := map[uint64]string{}
+	for id := uint64(1); id <= 3; id++ {
+		tr, err := New(Config{Listen: "127.0.0.1:0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers[id] = tr.Addr()
+		ms[id] = &member{tr: tr, dir: t.TempDir()}
+	}
+	start := func(id uint64) {
+		m := ms[id]
+		n, err := raftcore.NewNode(raftcore.NodeConfig{DataDir: m.dir, Transport: m.tr, TickInterval: 20 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.node, m.kv = n, kvtest.NewKV()
+		if m.g, err = n.StartGroup(raftcore.GroupConfig{Name: "kv", SelfID: id, Peers: peers}, m.kv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id := uint64(1); id <= 3; id++ {
+		start(id)
+	}
+	defer func() {
+		for _, m := range ms {
+			m.node.Close()
+		}
+	}()
+	propose := func(via uint64, i int) {
+		t.Helper()
+		for {
+			_, err := ms[via].g.Propose(ctx, raftcore.Proposal{Session: 1, Seq: uint64(i), Data: kvtest.Op{Kind: "put", Key: "k", Value: fmt.Sprint(i)}.Encode()})
+			if err == nil {
+				return
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("propose %d via %d: %v", i, via, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	for i := 1; i <= 50; i++ {
+		propose(uint64(i%3+1), i)
+	}
+	// Restart node 3's process-level pieces: transport (same port) and node.
+	ms[3].node.Close()
+	tr, err := New(Config{Listen: peers[3]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms[3].tr = tr
+	start(3)
+	for i := 51; i <= 100; i++ {
+		propose(uint64(i%3+1), i)
+	}
+	for id, m := range ms {
+		if _, err := m.g.ReadIndex(ctx); err != nil {
+			t.Fatalf("read index on %d: %v", id, err)
+		}
+		if got := m.kv.Get("k"); got != "100" {
+			t.Fatalf("member %d: k=%q want 100", id, got)
+		}
+	}
+}
