@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -46,6 +47,10 @@ type Result struct {
 type Interceptor struct {
 	Exec   Executor     // nil: NetnsExecutor
 	Tables TableRemover // nil with a nil Exec: NFTables; nil otherwise: empty tables are kept
+
+	// mu serializes read-plan-restore sequences of this process, so that two of them never
+	// plan from the same state; iptables-restore itself is atomic against everyone else.
+	mu sync.Mutex
 }
 
 func (ic *Interceptor) exec() Executor {
@@ -100,6 +105,8 @@ func (ic *Interceptor) Apply(ctx context.Context, netnsPath string, spec Spec) (
 	if err != nil {
 		return Result{}, err
 	}
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
 	backend, save, err := ic.Detect(ctx, netnsPath)
 	if err != nil {
 		return Result{}, fmt.Errorf("apply interception: %w", err)
@@ -123,6 +130,8 @@ func (ic *Interceptor) Cleanup(ctx context.Context, netnsPath string) (Result, e
 	if err := CheckNetnsPath(netnsPath); err != nil {
 		return Result{}, fmt.Errorf("clean up interception: %w", err)
 	}
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
 	// Read before the table is inspected: any change after this point makes the delete fail.
 	gen, genErr := uint32(0), errors.New("no table remover")
 	if tr := ic.tables(); tr != nil {

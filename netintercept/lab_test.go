@@ -171,10 +171,11 @@ func (pn *podNet) restore(t testing.TB, program, rules string) {
 	}
 }
 
-// serveIn starts a line server named name on 0.0.0.0:port inside the namespace.
+// serveIn starts a line server named name on port inside the namespace. It listens dual-stack,
+// as smr-cri does, so OriginalDst sees IPv4 clients on an IPv6 socket (v4-mapped).
 func (pn *podNet) serveIn(t testing.TB, port uint16, name string) {
 	t.Helper()
-	l, err := ListenInNetns(pn.path, "tcp4", fmt.Sprintf("0.0.0.0:%d", port))
+	l, err := ListenInNetns(pn.path, "tcp", fmt.Sprintf(":%d", port))
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
