@@ -36,7 +36,9 @@
 // compares our chains and jump with the desired ones and, when they differ, replaces them in a
 // single "iptables-restore --noflush" transaction: declaring a chain flushes it, the rules refill
 // it, and every existing jump is deleted before exactly one is inserted. A failing restore
-// changes nothing. Applying the same Spec again runs no restore at all.
+// changes nothing. Applying the same Spec again runs no restore at all. Calls on one Interceptor
+// are serialized; two processes applying at the same instant could leave a second, harmless
+// jump, which the next Apply removes.
 //
 // Interceptor.Cleanup deletes the jumps and our chains in one transaction. With the nf_tables
 // backend, a nat table left with nothing but empty built-in chains is then deleted as well

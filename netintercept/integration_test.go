@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -354,5 +355,32 @@ func TestIntegrationOriginalDstIPv6(t *testing.T) {
 	server, dst := pn.whoAnswersInside(t, fmt.Sprintf("[::1]:%d", svcPort))
 	if want := fmt.Sprintf("[::1]:%d", svcPort); server != "smr" || dst != want {
 		t.Errorf("answered by %s seeing %s, want smr seeing %s", server, dst, want)
+	}
+}
+
+// Concurrent Apply calls on one Interceptor (e.g. a retried RunPodSandbox racing the first)
+// end with exactly the rules of one Apply.
+func TestIntegrationConcurrentApply(t *testing.T) {
+	requireIntegration(t)
+	ctx := context.Background()
+	pn := newPodNet(t)
+	ic := &Interceptor{}
+	spec := Spec{ServicePorts: []uint16{svcPort}, ListenerPort: listenerPort}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			if _, err := ic.Apply(ctx, pn.path, spec); err != nil {
+				t.Errorf("Apply: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	rs, err := Build(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := table(parseSave(pn.save(t, BackendNFT)), natTable).owned()
+	if got, want := append(o.jumps, o.rules...), rs.Lines(); !slices.Equal(got, want) {
+		t.Errorf("rules after concurrent Apply:\n%q\nwant:\n%q", got, want)
 	}
 }
