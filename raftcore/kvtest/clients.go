@@ -33,6 +33,14 @@ type History struct {
 
 func (h *History) now() int64 { return time.Since(h.base).Nanoseconds() }
 
+// Base is the time origin of the history's timestamps.
+func (h *History) Base() time.Time { return h.base }
+
+// Record adds an operation observed outside RunClients (e.g. final reads).
+func (h *History) Record(client int, in Op, out Output, call, ret int64) {
+	h.add(client, in, out, call, ret)
+}
+
 func (h *History) add(client int, in Op, out Output, call, ret int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

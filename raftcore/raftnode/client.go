@@ -1,0 +1,83 @@
+package raftnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/smr-io/smr-cri/raftcore"
+)
+
+// Client talks to one raftnode's HTTP API; it implements kvtest.Target.
+type Client struct {
+	Base string // http://host:port
+	HTTP *http.Client
+}
+
+// Propose implements kvtest.Target. Errors map back to raftcore's typed
+// errors: "none" outcome -> ErrNoLeader, otherwise ErrLeaderLost.
+func (c *Client) Propose(ctx context.Context, p raftcore.Proposal) (raftcore.Result, error) {
+	u := fmt.Sprintf("%s/propose?session=%d&seq=%d", c.Base, p.Session, p.Seq)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(string(p.Data)))
+	if err != nil {
+		return raftcore.Result{}, err
+	}
+	resp, err := c.HTTP.Do(req)
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		// Nothing listens there: the request certainly was not proposed.
+		return raftcore.Result{}, fmt.Errorf("%w: %w", raftcore.ErrNoLeader, err)
+	}
+	if err != nil {
+		// The request may have reached the node: outcome unknown.
+		return raftcore.Result{}, fmt.Errorf("%w: %w", raftcore.ErrLeaderLost, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return raftcore.Result{}, fmt.Errorf("%w: %w", raftcore.ErrLeaderLost, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return raftcore.Result{}, respErr(resp, body)
+	}
+	idx, _ := strconv.ParseUint(resp.Header.Get("X-Raft-Index"), 10, 64)
+	return raftcore.Result{Index: idx, Value: body}, nil
+}
+
+// Read implements kvtest.Target.
+func (c *Client) Read(ctx context.Context, key string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Base+"/read?key="+url.QueryEscape(key), nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", respErr(resp, body)
+	}
+	return string(body), nil
+}
+
+func respErr(resp *http.Response, body []byte) error {
+	msg := strings.TrimSpace(string(body))
+	switch resp.Header.Get("X-Raft-Outcome") {
+	case "none":
+		return fmt.Errorf("%w: %s", raftcore.ErrNoLeader, msg)
+	case "applied":
+		return &raftcore.ApplyError{Msg: msg}
+	default:
+		return fmt.Errorf("%w: http %d: %s", raftcore.ErrLeaderLost, resp.StatusCode, msg)
+	}
+}

@@ -1,0 +1,184 @@
+// Package raftnode is a small standalone ordering process used by
+// multi-process tests and the raft benchmark: one raftcore.Node with one
+// group running the kvtest KV state machine, raft over gRPC, and an HTTP
+// API for clients:
+//
+//	POST /propose?session=S&seq=N   body = kvtest.Op JSON -> 200 body = result value
+//	GET  /read?key=K                 linearizable read (ReadIndex) -> 200 body = value
+//	GET  /status                     JSON raftcore.Status
+//
+// Errors answer 503 with header X-Raft-Outcome: "none" (definitely not
+// applied) or "unknown", and the error text as body.
+package raftnode
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/raftcore/kvtest"
+	"github.com/smr-io/smr-cri/raftcore/transport"
+)
+
+// ParsePeers parses "1=host:port,2=host:port".
+func ParsePeers(s string) (map[uint64]string, error) {
+	out := map[uint64]string{}
+	for _, part := range strings.Split(s, ",") {
+		if part == "" {
+			continue
+		}
+		id, addr, ok := strings.Cut(part, "=")
+		if !ok || addr == "" {
+			return nil, fmt.Errorf("peer %q: want id=host:port", part)
+		}
+		n, err := strconv.ParseUint(id, 10, 64)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("peer %q: id must be a positive integer", part)
+		}
+		if _, dup := out[n]; dup {
+			return nil, fmt.Errorf("peer id %d listed twice", n)
+		}
+		out[n] = addr
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no peers given")
+	}
+	return out, nil
+}
+
+// Run parses args and serves until ctx ends.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("raftnode", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	id := fs.Uint64("id", 0, "this member's id")
+	peersFlag := fs.String("peers", "", "raft peers: 1=host:port,2=host:port,... (including self)")
+	httpAddr := fs.String("http", "127.0.0.1:0", "client HTTP listen address")
+	dataDir := fs.String("data", "", "data directory (WAL, snapshots)")
+	group := fs.String("group", "kv", "group name")
+	tick := fs.Duration("tick", 50*time.Millisecond, "raft tick interval")
+	snapEvery := fs.Uint64("snapshot-every", 10000, "snapshot every N applied entries (0 = never)")
+	join := fs.Bool("join", false, "join an existing group (after AddMember)")
+	verbose := fs.Bool("v", false, "log raft at info level to stderr")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	peers, err := ParsePeers(*peersFlag)
+	if err != nil {
+		return fmt.Errorf("-peers: %w", err)
+	}
+	if *id == 0 || peers[*id] == "" {
+		return fmt.Errorf("-id %d must be one of -peers", *id)
+	}
+	if *dataDir == "" {
+		return errors.New("-data is required")
+	}
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	tr, err := transport.New(transport.Config{Listen: peers[*id], Logger: log})
+	if err != nil {
+		return err
+	}
+	node, err := raftcore.NewNode(raftcore.NodeConfig{DataDir: *dataDir, Transport: tr, Logger: log, TickInterval: *tick})
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	kv := kvtest.NewKV()
+	g, err := node.StartGroup(raftcore.GroupConfig{Name: *group, SelfID: *id, Peers: peers, Join: *join, SnapshotEvery: *snapEvery}, kv)
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		return fmt.Errorf("listen http: %w", err)
+	}
+	srv := &http.Server{Handler: handler(g, kv), ReadHeaderTimeout: 10 * time.Second}
+	// The first stdout line tells a parent process where clients connect.
+	fmt.Fprintf(stdout, "http=%s raft=%s\n", lis.Addr(), peers[*id])
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	case err := <-errc:
+		return err
+	}
+}
+
+func handler(g *raftcore.Group, kv *kvtest.KV) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /propose", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		session, err1 := parseOptUint(q.Get("session"))
+		seq, err2 := parseOptUint(q.Get("seq"))
+		if err := errors.Join(err1, err2); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		data, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		res, err := g.Propose(r.Context(), raftcore.Proposal{Session: session, Seq: seq, Data: data})
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		w.Header().Set("X-Raft-Index", strconv.FormatUint(res.Index, 10))
+		w.Write(res.Value)
+	})
+	mux.HandleFunc("GET /read", func(w http.ResponseWriter, r *http.Request) {
+		if _, err := g.ReadIndex(r.Context()); err != nil {
+			writeErr(w, err)
+			return
+		}
+		io.WriteString(w, kv.Get(r.URL.Query().Get("key")))
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(g.Status())
+	})
+	return mux
+}
+
+func parseOptUint(s string) (uint64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("bad number %q", s)
+	}
+	return v, nil
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	outcome := "unknown"
+	var ae *raftcore.ApplyError
+	switch {
+	case errors.As(err, &ae):
+		w.Header().Set("X-Raft-Outcome", "applied")
+		http.Error(w, err.Error(), http.StatusUnprocessableEntity)
+		return
+	case errors.Is(err, raftcore.ErrNoLeader), errors.Is(err, raftcore.ErrGroupFull), errors.Is(err, raftcore.ErrTooLarge):
+		outcome = "none"
+	}
+	w.Header().Set("X-Raft-Outcome", outcome)
+	http.Error(w, err.Error(), http.StatusServiceUnavailable)
+}
