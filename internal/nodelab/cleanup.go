@@ -150,7 +150,8 @@ func StopContainerd(ctx context.Context, dir string, log io.Writer) error {
 	if err := unmountUnder(dir); err != nil {
 		errs = append(errs, err)
 	}
-	if st.Bridge != "" {
+	// A bridge inside another network namespace goes away with that namespace.
+	if st.Bridge != "" && st.NetNS == "" {
 		if l, err := netlink.LinkByName(st.Bridge); err == nil {
 			if err := netlink.LinkDel(l); err != nil {
 				errs = append(errs, fmt.Errorf("delete bridge %s: %w", st.Bridge, err))
@@ -360,7 +361,7 @@ func cleanPortmapChains(ctx context.Context) error {
 	}
 	var chains []string
 	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
+		f := splitRule(line)
 		switch {
 		case len(f) >= 2 && f[0] == "-N" && isPortmapChain(f[1]):
 			chains = append(chains, f[1])
@@ -393,4 +394,34 @@ func jumpsToPortmap(f []string) bool {
 		}
 	}
 	return false
+}
+
+// splitRule splits a line of `iptables -S` into arguments, honouring double quotes (comments).
+func splitRule(line string) []string {
+	var args []string
+	var cur strings.Builder
+	inQuote, have := false, false
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case c == '\\' && inQuote && i+1 < len(line):
+			i++
+			cur.WriteByte(line[i])
+		case c == '"':
+			inQuote, have = !inQuote, true
+		case c == ' ' && !inQuote:
+			if have {
+				args = append(args, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteByte(c)
+			have = true
+		}
+	}
+	if have {
+		args = append(args, cur.String())
+	}
+	return args
 }

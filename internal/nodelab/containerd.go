@@ -40,6 +40,14 @@ type ContainerdOptions struct {
 	Owner int
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
+	// Subnet and Bridge, when Subnet is set, fix the pod subnet (CIDR) and CNI bridge name
+	// instead of claiming a lab slot (multi-node setups give each node its own subnet).
+	Subnet string
+	Bridge string
+	// NetNS is the path of a network namespace (/var/run/netns/<name>) to run containerd in,
+	// entered with nsenter --net (not ip netns exec, which remounts /sys). The CNI bridge is then
+	// created inside that namespace, and whoever owns the namespace deletes it with it.
+	NetNS string
 }
 
 // Containerd is a running private containerd.
@@ -55,6 +63,7 @@ type labState struct {
 	Subnet string `json:"subnet"`
 	PID    int    `json:"pid"`
 	Owner  int    `json:"owner"`
+	NetNS  string `json:"netns,omitempty"`
 }
 
 const labStateFile = "lab.json"
@@ -215,11 +224,10 @@ func StartContainerd(ctx context.Context, opts ContainerdOptions) (_ *Containerd
 	if len(socketPath(dir)) > 100 {
 		return nil, fmt.Errorf("nodelab: directory %s is too long for a unix socket path", dir)
 	}
-	slot, err := claimSlot(dir)
+	st, err := labAddressing(dir, opts)
 	if err != nil {
 		return nil, err
 	}
-	st := labState{Slot: slot, Bridge: bridgeName(slot), Subnet: slotSubnet(slot), Owner: opts.Owner}
 	if st.Owner == 0 && !opts.Detach {
 		st.Owner = os.Getpid()
 	}
@@ -243,6 +251,14 @@ func StartContainerd(ctx context.Context, opts ContainerdOptions) (_ *Containerd
 	}
 	defer logFile.Close()
 	cmd := exec.Command(bin, "--config", filepath.Join(dir, "config.toml"))
+	if opts.NetNS != "" {
+		nsenter, err := HostTool("nsenter")
+		if err != nil {
+			return nil, err
+		}
+		// nsenter without --fork execs containerd, so the pid stays containerd's.
+		cmd = exec.Command(nsenter, "--net="+opts.NetNS, bin, "--config", filepath.Join(dir, "config.toml"))
+	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Dir = dir
 	exited := make(chan struct{})
@@ -272,6 +288,27 @@ func StartContainerd(ctx context.Context, opts ContainerdOptions) (_ *Containerd
 		logf("imported %s", tarPath)
 	}
 	return c, nil
+}
+
+// labAddressing picks the bridge and pod subnet: the fixed ones from opts, or a claimed slot.
+func labAddressing(dir string, opts ContainerdOptions) (labState, error) {
+	st := labState{Owner: opts.Owner, NetNS: opts.NetNS}
+	if opts.Subnet != "" {
+		if opts.Bridge == "" {
+			return st, errors.New("nodelab: ContainerdOptions.Bridge is required with Subnet")
+		}
+		if _, err := gatewayOf(opts.Subnet); err != nil {
+			return st, err
+		}
+		st.Bridge, st.Subnet = opts.Bridge, opts.Subnet
+		return st, nil
+	}
+	slot, err := claimSlot(dir)
+	if err != nil {
+		return st, err
+	}
+	st.Slot, st.Bridge, st.Subnet = slot, bridgeName(slot), slotSubnet(slot)
+	return st, nil
 }
 
 // startProcess starts cmd in a process group of its own. Unless detach is set, the child gets
