@@ -4,6 +4,8 @@
 //	lab containerd-up [--owner PID] DIR      start a private containerd in DIR and import the images
 //	lab containerd-down DIR                  remove its pods, stop it, clean up mounts, bridge, slot
 //	lab sweep                                stop labs whose owner process is gone
+//	lab critest-report DIRECT.json VIA.json  compare two critest (ginkgo JSON) reports; the last
+//	                                         line is the summary; exit 1 if the passed sets differ
 //
 // containerd-up prints the socket path on stdout; progress goes to stderr.
 package main
@@ -25,16 +27,22 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "lab:", err)
+		if !errors.Is(err, errQuiet) {
+			fmt.Fprintln(os.Stderr, "lab:", err)
+		}
 		os.Exit(1)
 	}
 }
+
+// errQuiet fails the command without another message.
+var errQuiet = errors.New("failed")
 
 const usage = `usage:
   lab images OUT.tar [REF...]
   lab containerd-up [--owner PID] DIR
   lab containerd-down DIR
-  lab sweep`
+  lab sweep
+  lab critest-report DIRECT.json VIA.json`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -69,6 +77,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nodelab.StopContainerd(ctx, args[1], stderr)
 	case "sweep":
 		return nodelab.SweepStale(ctx, stderr)
+	case "critest-report":
+		if len(args) != 3 {
+			return errors.New(usage)
+		}
+		direct, err := nodelab.ParseCritestReportFile(args[1])
+		if err != nil {
+			return err
+		}
+		via, err := nodelab.ParseCritestReportFile(args[2])
+		if err != nil {
+			return err
+		}
+		if !nodelab.CompareCritest(stdout, direct, via) {
+			return errQuiet // the DIFFERENCE lines are printed; the summary stays the last line
+		}
+		return nil
 	default:
 		return fmt.Errorf("unknown command %q\n%s", args[0], usage)
 	}

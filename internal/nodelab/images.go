@@ -282,7 +282,7 @@ func (b *imageBuilder) busyboxLayer() (v1.Layer, error) {
 }
 
 // webServer is the nginx/httpd stand-in: busybox (critest execs sh in it) plus the web server.
-func (b *imageBuilder) webServer(port string) (v1.Image, error) {
+func (b *imageBuilder) webServer(name, port string) (v1.Image, error) {
 	base, err := b.busyboxLayer()
 	if err != nil {
 		return nil, err
@@ -297,7 +297,7 @@ func (b *imageBuilder) webServer(port string) (v1.Image, error) {
 	}
 	return newImage(v1.Config{
 		Env:          []string{imagePATH},
-		Cmd:          []string{"/usr/sbin/nginx", "--port", port},
+		Cmd:          []string{"/usr/sbin/nginx", "--name", name, "--port", port},
 		ExposedPorts: map[string]struct{}{port + "/tcp": {}},
 	}, base, l)
 }
@@ -320,11 +320,13 @@ func (b *imageBuilder) build(ref string) (v1.Image, error) {
 			return nil, err
 		}
 		return newImage(v1.Config{Env: []string{imagePATH}, Cmd: []string{"sh"}}, base)
-	case NginxImage, HttpdImage:
-		return b.webServer("80")
+	case NginxImage:
+		return b.webServer("nginx", "80")
+	case HttpdImage:
+		return b.webServer("httpd", "80")
 	case HostNetNginxImage:
 		// critest's host-network specs expect this image to serve on 12003 in the host netns.
-		return b.webServer("12003")
+		return b.webServer("nginx", "12003")
 	case RedisImage:
 		base, err := b.busyboxLayer()
 		if err != nil {

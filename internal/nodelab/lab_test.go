@@ -160,3 +160,21 @@ func TestUnescapeMount(t *testing.T) {
 		t.Fatalf("unescapeMount = %q", got)
 	}
 }
+
+func TestSplitRule(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []string
+	}{
+		{`-A POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ`,
+			[]string{"-A", "POSTROUTING", "-m", "comment", "--comment", "CNI portfwd requiring masquerade", "-j", "CNI-HOSTPORT-MASQ"}},
+		{`-N CNI-DN-1`, []string{"-N", "CNI-DN-1"}},
+		{`-A X --comment "a \"q\"" -j Y`, []string{"-A", "X", "--comment", `a "q"`, "-j", "Y"}},
+		{``, nil},
+	}
+	for _, tt := range tests {
+		if got := splitRule(tt.in); strings.Join(got, "|") != strings.Join(tt.want, "|") {
+			t.Errorf("splitRule(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

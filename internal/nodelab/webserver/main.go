@@ -19,6 +19,7 @@ const page = "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></hea
 
 func main() {
 	port := flag.Int("port", 80, "TCP port to listen on (all addresses)")
+	name := flag.String("name", "nginx", "server name in log lines (critest looks for \"httpd\" in the httpd image's log)")
 	pidFile := flag.String("pid-file", "/var/run/nginx.pid", "where to write the process id (empty: do not write)")
 	flag.Parse()
 	if *port <= 0 || *port > 65535 {
@@ -35,6 +36,6 @@ func main() {
 		fmt.Fprint(w, page)
 	})
 	addr := ":" + strconv.Itoa(*port)
-	log.Printf("webserver: listening on %s", addr)
+	log.Printf("%s: listening on %s", *name, addr)
 	log.Fatal(http.ListenAndServe(addr, nil))
 }

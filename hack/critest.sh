@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Runs the CRI validation suite (critest, cri-tools v1.37.0) twice on the same spec selection:
+# directly against a private containerd, then through `smr-cri serve` in front of that same
+# containerd. Ends with exactly one summary line
+#   critest: direct P passed F failed; via smr-cri P passed F failed
+# and exits non-zero if the two passed sets differ (the difference is printed above it).
+# Needs root. Everything it starts is stopped on every exit path.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${SMR_CACHE:-$ROOT/_cache}"
+export PATH="/usr/local/go/bin:$PATH"
+START=$SECONDS
+say() { printf '[critest %4ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || die "must run as root (it starts containerd, runc and CNI)"
+
+# Groups: PodSandbox, Container (basic, volume, log, mounts, OOM), Streaming (exec, attach,
+# port-forward), Networking, plus Multiple Containers, Runtime info and Idempotence.
+FOCUS="${CRITEST_FOCUS:-\[k8s\.io\] (PodSandbox|Container|Streaming|Networking|Multiple Containers|Runtime info|Idempotence)}"
+# What is left out and why (the focus already leaves out Image Manager/Consistency/Identifier/
+# Volume, which pull from a registry, and AppArmor/Security Context/NRI, which need an AppArmor
+# kernel, seccomp/SELinux profiles and an NRI-enabled runtime respectively).
+SKIP_REASONS=(
+	"pull|Pull|public image::needs a container registry; nothing can be pulled on this machine"
+)
+SKIP=""
+for entry in "${SKIP_REASONS[@]}"; do
+	SKIP="${SKIP:+$SKIP|}${entry%%::*}"
+done
+SKIP="${CRITEST_SKIP:-$SKIP}"
+
+"$ROOT/hack/install-deps.sh" >&2
+CRITEST="$CACHE/bin/critest"
+[[ -x "$CRITEST" ]] || die "critest missing in $CACHE/bin (hack/install-deps.sh)"
+
+WORK="$(mktemp -d /tmp/smr-critest.XXXXXX)"
+SMR_PID=""
+TORN_DOWN=""
+teardown() { # stop smr-cri and the lab; idempotent; non-zero if cleanup failed
+	[[ -n "$TORN_DOWN" ]] && return 0
+	TORN_DOWN=1
+	local rc=0
+	if [[ -n "$SMR_PID" ]] && kill -0 "$SMR_PID" 2>/dev/null; then
+		kill -TERM "$SMR_PID"
+		for _ in $(seq 50); do kill -0 "$SMR_PID" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$SMR_PID" 2>/dev/null || true
+	fi
+	if [[ -x "$WORK/lab" ]]; then
+		"$WORK/lab" containerd-down "$WORK/ctd" >&2 || rc=1
+	fi
+	return $rc
+}
+on_exit() {
+	local rc=$?
+	set +e
+	teardown || rc=1
+	# Keep the logs of a failed run; remove the directory only when nothing is mounted in it.
+	if [[ $rc -eq 0 ]] && ! grep -q " $WORK/" /proc/self/mountinfo; then
+		rm -rf "$WORK"
+	fi
+	exit $rc
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+say "building bin/smr-cri and the lab tool"
+(cd "$ROOT" && go build -o bin/smr-cri ./cmd/smr-cri && go build -o "$WORK/lab" ./hack/lab) ||
+	die "build failed"
+
+say "starting a private containerd in $WORK/ctd"
+SOCK="$("$WORK/lab" containerd-up --owner $$ "$WORK/ctd")"
+SMR_SOCK="$WORK/smr-cri.sock"
+"$ROOT/bin/smr-cri" serve --listen "$SMR_SOCK" --runtime-endpoint "unix://$SOCK" \
+	>"$WORK/smr-cri.log" 2>&1 &
+SMR_PID=$!
+for _ in $(seq 100); do [[ -S "$SMR_SOCK" ]] && break; kill -0 $SMR_PID || break; sleep 0.1; done
+[[ -S "$SMR_SOCK" ]] || { tail -20 "$WORK/smr-cri.log" >&2; die "smr-cri did not come up"; }
+
+say "focus: $FOCUS"
+for entry in "${SKIP_REASONS[@]}"; do
+	say "skip: /${entry%%::*}/ — ${entry#*::}"
+done
+
+run_critest() { # NAME ENDPOINT
+	local name=$1 ep=$2 rc=0
+	say "running critest $name (unix://$ep); log $WORK/$name.log"
+	(cd "$WORK" && "$CRITEST" \
+		--runtime-endpoint "unix://$ep" --image-endpoint "unix://$ep" \
+		-ginkgo.focus="$FOCUS" -ginkgo.skip="$SKIP" \
+		-ginkgo.no-color -ginkgo.v -ginkgo.json-report="$WORK/$name.json" \
+		>"$WORK/$name.log" 2>&1) || rc=$?
+	[[ -s "$WORK/$name.json" ]] || { tail -30 "$WORK/$name.log" >&2; die "critest $name wrote no report (exit $rc)"; }
+	say "critest $name finished (exit $rc): $(grep -E '^(Ran|PASS|FAIL)' "$WORK/$name.log" | tr '\n' ' ')"
+}
+run_critest direct "$SOCK"
+run_critest via-smr-cri "$SMR_SOCK"
+
+# Stop everything first so that the summary line is the last thing printed.
+rc=0
+"$WORK/lab" critest-report "$WORK/direct.json" "$WORK/via-smr-cri.json" >"$WORK/report.txt" 2>&1 || rc=$?
+teardown || { say "ERROR: cleanup failed"; rc=1; }
+[[ $rc -eq 0 ]] || say "logs kept in $WORK"
+# Failures and differences, then the summary line last; non-zero if the passed sets differ.
+cat "$WORK/report.txt"
+exit $rc
