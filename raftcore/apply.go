@@ -111,7 +111,7 @@ func (g *Group) applyEntry(a *applier, it applyItem) {
 		}
 		res, aerr := g.applyNormal(a, e, env)
 		if env.Origin == g.id {
-			g.finishProposal(env.PID, res, aerr)
+			g.finishEntry(env.PID, e.GetData(), res, aerr)
 		}
 	case raftpb.EntryConfChange:
 		if it.cs != nil {
@@ -129,7 +129,7 @@ func (g *Group) applyEntry(a *applier, it applyItem) {
 			delete(a.addrs, cc.GetNodeId())
 		}
 		if env.Origin == g.id {
-			g.finishProposal(env.PID, Result{Index: e.GetIndex(), Term: e.GetTerm()}, nil)
+			g.finishEntry(env.PID, cc.GetContext(), Result{Index: e.GetIndex(), Term: e.GetTerm()}, nil)
 		}
 		// A removed member is not stopped here: a replay may show its
 		// removal followed by its re-admission (ReplaceMember). Without a

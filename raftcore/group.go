@@ -1,12 +1,14 @@
 package raftcore
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -167,6 +169,9 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 	}
 	g.rn = rn
 	g.applied = applied
+	// Proposal ids start at a random point so ids of this incarnation do
+	// not repeat those of entries written before a restart.
+	g.nextID.Store(rand.Uint64() >> 2)
 	go g.applyLoop(ds.snapshot)
 	go g.run()
 	return g, nil
@@ -426,6 +431,22 @@ func (g *Group) forgetProposal(pid uint64) *proposal {
 	delete(g.props, pid)
 	g.mu.Unlock()
 	return pr
+}
+
+// finishEntry resolves the waiter of an applied entry, but only if the entry
+// is really that waiter's proposal (same envelope bytes): entries replayed
+// from an earlier incarnation of this member never resolve a new waiter.
+func (g *Group) finishEntry(pid uint64, data []byte, res Result, err error) {
+	g.mu.Lock()
+	pr := g.props[pid]
+	match := pr != nil && ((pr.cc == nil && bytes.Equal(pr.data, data)) || (pr.cc != nil && bytes.Equal(pr.cc.GetContext(), data)))
+	if match {
+		delete(g.props, pid)
+	}
+	g.mu.Unlock()
+	if match {
+		pr.done <- propResult{res, err}
+	}
 }
 
 func (g *Group) finishProposal(pid uint64, res Result, err error) {

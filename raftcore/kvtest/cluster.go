@@ -105,7 +105,7 @@ func (c *Cluster) Start(id uint64, join bool) error {
 	if err != nil {
 		return err
 	}
-	kv := NewKV()
+	kv := NewRecordingKV()
 	g, err := n.StartGroup(raftcore.GroupConfig{
 		Name: GroupName, SelfID: id, Peers: maps.Clone(c.peers), Join: join,
 		SnapshotEvery: c.Opts.SnapshotEvery,

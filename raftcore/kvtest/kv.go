@@ -39,7 +39,15 @@ type KV struct {
 }
 
 // NewKV returns an empty KV.
-func NewKV() *KV { return &KV{data: map[string]string{}, history: map[uint64][32]byte{}} }
+func NewKV() *KV { return &KV{data: map[string]string{}} }
+
+// NewRecordingKV returns a KV that also remembers the hash chain at every
+// applied index (for ChainAt; memory grows with the log).
+func NewRecordingKV() *KV {
+	kv := NewKV()
+	kv.history = map[uint64][32]byte{}
+	return kv
+}
 
 // ChainAt returns the hash chain right after index idx was applied here.
 func (kv *KV) ChainAt(idx uint64) ([32]byte, bool) {
@@ -61,7 +69,9 @@ func (kv *KV) Apply(e raftcore.Entry) ([]byte, error) {
 	h.Write(e.Data)
 	copy(kv.chain[:], h.Sum(nil))
 	kv.applied = e.Index
-	kv.history[e.Index] = kv.chain
+	if kv.history != nil {
+		kv.history[e.Index] = kv.chain
+	}
 	kv.count++
 	var op Op
 	if err := json.Unmarshal(e.Data, &op); err != nil {
@@ -117,7 +127,9 @@ func (kv *KV) Restore(b []byte) error {
 	kv.mu.Lock()
 	defer kv.mu.Unlock()
 	kv.data, kv.chain, kv.applied = s.Data, s.Chain, s.Applied
-	kv.history[s.Applied] = s.Chain
+	if kv.history != nil {
+		kv.history[s.Applied] = s.Chain
+	}
 	if kv.data == nil {
 		kv.data = map[string]string{}
 	}

@@ -245,4 +245,3 @@ func TestProcessesSigkillMinority(t *testing.T) {
 		})
 	}
 }
-

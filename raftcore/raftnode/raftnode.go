@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	_ "net/http/pprof" // only routed with -pprof
 	"strconv"
 	"strings"
 	"time"
@@ -69,6 +70,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	snapEvery := fs.Uint64("snapshot-every", 10000, "snapshot every N applied entries (0 = never)")
 	join := fs.Bool("join", false, "join an existing group (after AddMember)")
 	verbose := fs.Bool("v", false, "log raft at info level to stderr")
+	pprof := fs.Bool("pprof", false, "serve /debug/pprof on the HTTP address")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -105,7 +107,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen http: %w", err)
 	}
-	srv := &http.Server{Handler: handler(g, kv), ReadHeaderTimeout: 10 * time.Second}
+	h := handler(g, kv)
+	if *pprof {
+		h.Handle("/debug/pprof/", http.DefaultServeMux)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	// The first stdout line tells a parent process where clients connect.
 	fmt.Fprintf(stdout, "http=%s raft=%s\n", lis.Addr(), peers[*id])
 	errc := make(chan error, 1)
@@ -120,7 +126,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 }
 
-func handler(g *raftcore.Group, kv *kvtest.KV) http.Handler {
+func handler(g *raftcore.Group, kv *kvtest.KV) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /propose", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()

@@ -1,0 +1,414 @@
+// Command benchraft compares raftcore (three raftnode processes on loopback,
+// real disk WAL) with a three-member etcd cluster (Debian's etcd-server)
+// driven by go.etcd.io/etcd/client/v3: the same payload size and the same
+// numbers of concurrent proposers, side by side in one run. It ends with:
+//
+//	raft: commits/s at 64 proposers smr=X etcd=Y ratio=R; p50 commit latency at 1 proposer smr=A ms etcd=B ms
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/raftcore/kvtest"
+	"github.com/smr-io/smr-cri/raftcore/raftnode"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "benchraft:", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	raftnode, etcd, dir string
+	duration            time.Duration
+	levels              []int
+	payload             int
+	profile             string
+	smrOnly             bool
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("benchraft", flag.ContinueOnError)
+	var c config
+	var levels string
+	fs.StringVar(&c.raftnode, "raftnode", "", "path to the raftnode binary")
+	fs.StringVar(&c.etcd, "etcd", "/usr/bin/etcd", "path to etcd")
+	fs.StringVar(&c.dir, "dir", "", "work dir for data (default: a temp dir on disk)")
+	fs.DurationVar(&c.duration, "duration", 5*time.Second, "measurement time per concurrency level")
+	fs.StringVar(&levels, "proposers", "1,16,64", "concurrency levels")
+	fs.IntVar(&c.payload, "payload", 128, "payload bytes per proposal")
+	fs.StringVar(&c.profile, "profile", "", "write a CPU profile of the smr leader at the highest level to this file")
+	fs.BoolVar(&c.smrOnly, "smr-only", false, "skip etcd (profiling)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if c.raftnode == "" {
+		return errors.New("-raftnode is required")
+	}
+	for _, s := range strings.Split(levels, ",") {
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("bad -proposers entry %q", s)
+		}
+		c.levels = append(c.levels, n)
+	}
+	if !slices.Contains(c.levels, 1) || !slices.Contains(c.levels, 64) {
+		return errors.New("-proposers must include 1 and 64 (the summary line uses them)")
+	}
+	if c.dir == "" {
+		d, err := os.MkdirTemp("/var/tmp", "benchraft-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		c.dir = d
+	}
+	smr, err := benchSMR(ctx, c, out)
+	if err != nil {
+		return fmt.Errorf("smr: %w", err)
+	}
+	if c.smrOnly {
+		return nil
+	}
+	etcd, err := benchEtcd(ctx, c, out)
+	if err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	fmt.Fprintf(out, "raft: commits/s at 64 proposers smr=%.0f etcd=%.0f ratio=%.2f; p50 commit latency at 1 proposer smr=%.2f ms etcd=%.2f ms\n",
+		smr[64].rate, etcd[64].rate, smr[64].rate/etcd[64].rate, ms(smr[1].p50), ms(etcd[1].p50))
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+type result struct {
+	rate     float64
+	p50, p99 time.Duration
+	errors   int64
+	maxRSS   []int64 // KiB per process, at this level
+}
+
+// proposeFunc proposes one payload through proposer p.
+type proposeFunc func(ctx context.Context, p int, seq uint64) error
+
+// load runs n proposers for d and measures throughput and latency.
+func load(ctx context.Context, n int, d time.Duration, pids []int, propose proposeFunc) result {
+	var (
+		mu    sync.Mutex
+		lats  []time.Duration
+		count atomic.Int64
+		errs  atomic.Int64
+		wg    sync.WaitGroup
+	)
+	// Warm up connections outside the measurement.
+	for p := 0; p < n; p++ {
+		_ = propose(ctx, p, 0)
+	}
+	rssDone := make(chan []int64)
+	lctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	go func() { rssDone <- sampleRSS(lctx, pids) }()
+	start := time.Now()
+	for p := 0; p < n; p++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var local []time.Duration
+			for seq := uint64(1); lctx.Err() == nil; seq++ {
+				t0 := time.Now()
+				if err := propose(ctx, p, seq); err != nil {
+					errs.Add(1)
+					continue
+				}
+				local = append(local, time.Since(t0))
+				count.Add(1)
+			}
+			mu.Lock()
+			lats = append(lats, local...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(lats)
+	r := result{rate: float64(count.Load()) / elapsed.Seconds(), errors: errs.Load(), maxRSS: <-rssDone}
+	if len(lats) > 0 {
+		r.p50, r.p99 = lats[len(lats)/2], lats[len(lats)*99/100]
+	}
+	return r
+}
+
+func sampleRSS(ctx context.Context, pids []int) []int64 {
+	max := make([]int64, len(pids))
+	for {
+		for i, pid := range pids {
+			if v := rssKiB(pid); v > max[i] {
+				max[i] = v
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return max
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func rssKiB(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+func report(out io.Writer, name string, n int, r result) {
+	rss := make([]string, len(r.maxRSS))
+	for i, v := range r.maxRSS {
+		rss[i] = fmt.Sprintf("%.1f", float64(v)/1024)
+	}
+	fmt.Fprintf(out, "%-4s proposers=%-3d commits/s=%-8.0f p50=%.2fms p99=%.2fms errors=%d maxRSS(MiB)=[%s]\n",
+		name, n, r.rate, ms(r.p50), ms(r.p99), r.errors, strings.Join(rss, " "))
+}
+
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+type procs []*exec.Cmd
+
+func (ps procs) stop() {
+	for _, p := range ps {
+		p.Process.Signal(syscall.SIGTERM)
+	}
+	for _, p := range ps {
+		done := make(chan struct{})
+		go func() { p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			p.Process.Kill()
+			<-done
+		}
+	}
+}
+
+func (ps procs) pids() []int {
+	out := make([]int, len(ps))
+	for i, p := range ps {
+		out[i] = p.Process.Pid
+	}
+	return out
+}
+
+// ---------------------------------------------------------------- smr
+
+func benchSMR(ctx context.Context, c config, out io.Writer) (map[int]result, error) {
+	var parts []string
+	var httpAddrs []string
+	for id := 1; id <= 3; id++ {
+		r, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		h, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, fmt.Sprintf("%d=%s", id, r))
+		httpAddrs = append(httpAddrs, h)
+	}
+	var ps procs
+	defer func() { ps.stop() }()
+	for id := 1; id <= 3; id++ {
+		cmd := exec.Command(c.raftnode, "-id", strconv.Itoa(id), "-peers", strings.Join(parts, ","),
+			"-http", httpAddrs[id-1], "-data", filepath.Join(c.dir, fmt.Sprintf("smr%d", id)), fmt.Sprintf("-pprof=%v", c.profile != ""))
+		cmd.Stderr = os.Stderr
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		ps = append(ps, cmd)
+		if _, err := bufio.NewReader(stdout).ReadString('\n'); err != nil {
+			return nil, fmt.Errorf("raftnode %d did not start: %w", id, err)
+		}
+	}
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}}
+	clients := make([]*raftnode.Client, 3)
+	for i, a := range httpAddrs {
+		clients[i] = &raftnode.Client{Base: "http://" + a, HTTP: hc}
+	}
+	lead, err := smrLeader(ctx, hc, httpAddrs)
+	if err != nil {
+		return nil, err
+	}
+	value := strings.Repeat("v", c.payload)
+	results := map[int]result{}
+	for _, n := range c.levels {
+		propose := func(ctx context.Context, p int, seq uint64) error {
+			// Proposers spread over the members starting at the leader
+			// (the same placement as for etcd).
+			cl := clients[(lead+p)%3]
+			op := kvtest.Op{Kind: "put", Key: fmt.Sprintf("k%d", p), Value: value}
+			session := uint64(n*1000 + p + 1)
+			if seq == 0 {
+				session = 0 // warm-up: no session
+			}
+			_, err := cl.Propose(ctx, raftcore.Proposal{Session: session, Seq: seq, Data: op.Encode()})
+			return err
+		}
+		if c.profile != "" && n == slices.Max(c.levels) {
+			go profile(hc, httpAddrs[lead], c.profile, c.duration)
+		}
+		r := load(ctx, n, c.duration, ps.pids(), propose)
+		report(out, "smr", n, r)
+		results[n] = r
+	}
+	return results, nil
+}
+
+func smrLeader(ctx context.Context, hc *http.Client, addrs []string) (int, error) {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		for i, a := range addrs {
+			resp, err := hc.Get("http://" + a + "/status")
+			if err != nil {
+				continue
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(b), `"State":"StateLeader"`) {
+				return i, nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return 0, errors.New("no raftnode leader after 20s")
+}
+
+// ---------------------------------------------------------------- etcd
+
+func benchEtcd(ctx context.Context, c config, out io.Writer) (map[int]result, error) {
+	var peerURLs, clientURLs, initial []string
+	for id := 1; id <= 3; id++ {
+		p, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		cl, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		peerURLs = append(peerURLs, "http://"+p)
+		clientURLs = append(clientURLs, "http://"+cl)
+		initial = append(initial, fmt.Sprintf("e%d=http://%s", id, p))
+	}
+	var ps procs
+	defer func() { ps.stop() }()
+	for i := range 3 {
+		cmd := exec.Command(c.etcd,
+			"--name", fmt.Sprintf("e%d", i+1),
+			"--data-dir", filepath.Join(c.dir, fmt.Sprintf("etcd%d", i+1)),
+			"--listen-peer-urls", peerURLs[i], "--initial-advertise-peer-urls", peerURLs[i],
+			"--listen-client-urls", clientURLs[i], "--advertise-client-urls", clientURLs[i],
+			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
+			"--initial-cluster-token", "benchraft", "--logger", "zap", "--log-level", "error")
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		ps = append(ps, cmd)
+	}
+	clients := make([]*clientv3.Client, 3)
+	for i, u := range clientURLs {
+		cl, err := clientv3.New(clientv3.Config{Endpoints: []string{u}, DialTimeout: 5 * time.Second})
+		if err != nil {
+			return nil, err
+		}
+		defer cl.Close()
+		clients[i] = cl
+	}
+	lead, err := etcdLeader(ctx, clients, clientURLs)
+	if err != nil {
+		return nil, err
+	}
+	value := strings.Repeat("v", c.payload)
+	results := map[int]result{}
+	for _, n := range c.levels {
+		propose := func(ctx context.Context, p int, _ uint64) error {
+			_, err := clients[(lead+p)%3].Put(ctx, fmt.Sprintf("k%d", p), value)
+			return err
+		}
+		r := load(ctx, n, c.duration, ps.pids(), propose)
+		report(out, "etcd", n, r)
+		results[n] = r
+	}
+	return results, nil
+}
+
+func etcdLeader(ctx context.Context, clients []*clientv3.Client, urls []string) (int, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		for i, cl := range clients {
+			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			st, err := cl.Status(sctx, strings.TrimPrefix(urls[i], ""))
+			cancel()
+			if err == nil && st.Header.GetMemberId() == st.Leader {
+				return i, nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return 0, errors.New("no etcd leader after 30s")
+}
+
+func profile(hc *http.Client, addr, path string, d time.Duration) {
+	resp, err := hc.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, max(1, int(d.Seconds())-1)))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	defer f.Close()
+	io.Copy(f, resp.Body)
+}

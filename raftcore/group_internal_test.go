@@ -1,0 +1,60 @@
+package raftcore
+
+import "testing"
+
+// An entry replayed from an earlier incarnation that happens to carry the
+// same proposal id must not resolve a new waiter.
+func TestFinishEntryOnlyResolvesOwnProposal(t *testing.T) {
+	g := &Group{props: map[uint64]*proposal{}}
+	pr := &proposal{pid: 7, data: envelope{Origin: 1, PID: 7, Data: []byte("new")}.marshal(), done: make(chan propResult, 1)}
+	g.props[7] = pr
+	tests := []struct {
+		name    string
+		data    []byte
+		resolve bool
+	}{
+		{"replayed entry with same pid", envelope{Origin: 1, PID: 7, Data: []byte("old")}.marshal(), false},
+		{"own entry", pr.data, true},
+	}
+	for _, tc := range tests {
+		g.finishEntry(7, tc.data, Result{Index: 1}, nil)
+		select {
+		case <-pr.done:
+			if !tc.resolve {
+				t.Fatalf("%s: waiter resolved", tc.name)
+			}
+		default:
+			if tc.resolve {
+				t.Fatalf("%s: waiter not resolved", tc.name)
+			}
+		}
+	}
+}
+
+func TestEnvelopeAndSnapshotStateRoundTrip(t *testing.T) {
+	e := envelope{Origin: 3, PID: 1 << 60, Session: 9, Seq: 12, Data: []byte("payload")}
+	got, err := unmarshalEnvelope(e.marshal())
+	if err != nil || got.Origin != 3 || got.PID != 1<<60 || got.Session != 9 || got.Seq != 12 || string(got.Data) != "payload" {
+		t.Fatalf("envelope round trip: %+v %v", got, err)
+	}
+	for _, bad := range [][]byte{nil, {2}, {envelopeVersion, 0xff}} {
+		if _, err := unmarshalEnvelope(bad); err == nil {
+			t.Fatalf("bad envelope %v accepted", bad)
+		}
+	}
+	st := snapshotState{
+		Sessions: map[uint64]sessionResult{5: {Seq: 2, Index: 10, Term: 1, Value: []byte("v"), ErrMsg: "e"}},
+		Addrs:    map[uint64]string{1: "a", 2: "b"},
+		SM:       []byte("sm"),
+	}
+	got2, err := unmarshalSnapshotState(st.marshal())
+	if err != nil || got2.Sessions[5].ErrMsg != "e" || got2.Addrs[2] != "b" || string(got2.SM) != "sm" {
+		t.Fatalf("snapshot state round trip: %+v %v", got2, err)
+	}
+	if _, err := unmarshalSnapshotState([]byte{9}); err == nil {
+		t.Fatal("bad snapshot version accepted")
+	}
+	if _, err := unmarshalSnapshotState(st.marshal()[:5]); err == nil {
+		t.Fatal("truncated snapshot state accepted")
+	}
+}
