@@ -69,7 +69,8 @@ type Peer struct {
 // Spec is a validated replication request for one pod.
 type Spec struct {
 	Namespace string
-	// Group is the group name inside the namespace; GroupKey() is unique per cluster.
+	// Group is the group name inside the namespace; GroupKey() is unique per
+	// cluster and a valid raftcore group name.
 	Group    string
 	Ports    []Port
 	RaftPort int
@@ -81,8 +82,9 @@ type Spec struct {
 	MaxRequestBytes int
 }
 
-// GroupKey names the raft group: "<namespace>/<group>".
-func (s Spec) GroupKey() string { return s.Namespace + "/" + s.Group }
+// GroupKey names the raft group: "<namespace>.<group>" (both are DNS labels,
+// which contain no dots, so the key is unambiguous).
+func (s Spec) GroupKey() string { return s.Namespace + "." + s.Group }
 
 // FramingOptions returns the framer options the spec asks for.
 func (s Spec) FramingOptions() framing.Options {

@@ -59,7 +59,7 @@ func TestParsePod(t *testing.T) {
 			}
 		})
 	}
-	if got := tests[0].want.GroupKey(); got != "shop/redis" {
+	if got := tests[0].want.GroupKey(); got != "shop.redis" {
 		t.Errorf("GroupKey = %q", got)
 	}
 }

@@ -1,0 +1,497 @@
+package replication
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/replication/framing"
+)
+
+// Orderer is what the replication layer needs from the ordering layer;
+// *raftcore.Group satisfies it.
+type Orderer interface {
+	Propose(ctx context.Context, p raftcore.Proposal) (raftcore.Result, error)
+	ReadIndex(ctx context.Context) (uint64, error)
+}
+
+var _ Orderer = (*raftcore.Group)(nil)
+
+// AppDialer opens a connection to the unmodified app on this replica (inside
+// the pod's network namespace, 127.0.0.1:port).
+type AppDialer interface {
+	DialApp(ctx context.Context, port int) (net.Conn, error)
+}
+
+// TCPDialer dials Host:port in the current network namespace.
+type TCPDialer struct {
+	Host string // default 127.0.0.1
+}
+
+// DialApp implements AppDialer.
+func (d TCPDialer) DialApp(ctx context.Context, port int) (net.Conn, error) {
+	host := d.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	var nd net.Dialer
+	return nd.DialContext(ctx, "tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+}
+
+// ExecutorConfig configures one group's executor on one replica.
+type ExecutorConfig struct {
+	Group string
+	Self  uint64 // this replica's member ID
+	// Ports the sessions may open (from the pod contract).
+	Ports   []Port
+	Framing framing.Options
+	Dialer  AppDialer
+	// AppTimeout bounds one request/response round trip with the app
+	// (default 30s). A request that exceeds it ends that session here.
+	AppTimeout time.Duration
+	// DialTimeout bounds one dial of the app (default 2s).
+	DialTimeout time.Duration
+	// AppWait is how long Apply waits for an unreachable app before it
+	// answers "queued" and keeps ordering (default 30s).
+	AppWait time.Duration
+	// MaxQueue bounds the entries held while the app is unreachable (default
+	// 10000). Beyond it this replica can no longer follow the log: it fails
+	// every request until it is restarted and rebuilt from the log.
+	MaxQueue int
+	// RetryInterval is the pause between dials of an unreachable app (default 100ms).
+	RetryInterval time.Duration
+	// Trace receives one line per applied entry and per local read (nil: none).
+	Trace   *slog.Logger
+	Metrics *Metrics
+}
+
+func (c ExecutorConfig) withDefaults() (ExecutorConfig, error) {
+	if c.Group == "" || c.Self == 0 || len(c.Ports) == 0 || c.Dialer == nil {
+		return c, errors.New("replication: executor needs Group, Self, Ports and Dialer")
+	}
+	if c.AppTimeout <= 0 {
+		c.AppTimeout = 30 * time.Second
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 2 * time.Second
+	}
+	if c.AppWait <= 0 {
+		c.AppWait = 30 * time.Second
+	}
+	if c.MaxQueue <= 0 {
+		c.MaxQueue = 10000
+	}
+	if c.RetryInterval <= 0 {
+		c.RetryInterval = 100 * time.Millisecond
+	}
+	if c.Trace == nil {
+		c.Trace = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}
+
+// Executor applies one group's committed entries to the local app, strictly
+// in log order and one at a time: it implements raftcore.StateMachine. It
+// holds one app connection per replicated client session.
+//
+// It has no snapshot: the app's state is opaque, so the group must keep its
+// whole log (raftcore only compacts Snapshotters) and a restarted replica
+// rebuilds its fresh app by replaying the log from the start.
+type Executor struct {
+	cfg ExecutorConfig
+
+	// mu is the serial executor: it is held for every app round trip
+	// (Apply and local reads), so the app sees one request at a time.
+	mu       sync.Mutex
+	sessions map[uint64]*appSession
+	queue    []*queued // entries waiting for an unreachable app, in log order
+	downMode bool      // AppWait expired: queue without waiting until drained
+	retrying bool
+	broken   error // the queue overflowed; this replica diverged
+
+	appliedMu sync.Mutex
+	applied   uint64
+	appliedCh chan struct{} // closed and replaced when applied grows
+
+	startsMu sync.Mutex
+	starts   map[[2]uint64]time.Time // (session, seq) -> propose time, origin only
+
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+type appSession struct {
+	origin uint64
+	port   int
+	framer framing.Framer
+	conn   net.Conn
+	r      *bufio.Reader
+	dead   error // the app closed or failed this connection
+}
+
+type queued struct {
+	e    raftcore.Entry
+	op   Op
+	done chan []byte
+}
+
+// ErrNotReady reports that the local app cannot serve (unreachable or
+// diverged); it wraps framing.ErrUnavailable.
+var ErrNotReady = fmt.Errorf("%w: app on this replica is not ready", framing.ErrUnavailable)
+
+// NewExecutor returns an executor; wire it as the group's StateMachine.
+func NewExecutor(cfg ExecutorConfig) (*Executor, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Executor{
+		cfg: cfg, sessions: map[uint64]*appSession{}, appliedCh: make(chan struct{}),
+		starts: map[[2]uint64]time.Time{}, closed: make(chan struct{}),
+	}, nil
+}
+
+// Apply implements raftcore.StateMachine. Client-level failures (app closed
+// the connection, unknown session) are returned as protocol error replies in
+// the value, so they reach the client and never stop the group.
+func (x *Executor) Apply(e raftcore.Entry) ([]byte, error) {
+	op, err := DecodeOp(e.Data)
+	if err != nil {
+		x.setApplied(e.Index)
+		return nil, fmt.Errorf("group %s index %d: %w", x.cfg.Group, e.Index, err)
+	}
+	start := time.Now()
+	val, wait := x.applyOrQueue(e, op)
+	if wait != nil {
+		val = x.waitQueued(wait, e, op)
+	}
+	x.setApplied(e.Index)
+	x.observe(e, op, start)
+	return val, nil
+}
+
+// applyOrQueue executes the entry, or queues it when the app is unreachable.
+// A non-nil *queued means the caller should wait for the replay.
+func (x *Executor) applyOrQueue(e raftcore.Entry, op Op) ([]byte, *queued) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.broken != nil {
+		return x.replyLocked(e, op, x.broken), nil
+	}
+	if len(x.queue) == 0 {
+		val, down := x.execLocked(e, op)
+		if !down {
+			return val, nil
+		}
+	}
+	if len(x.queue) >= x.cfg.MaxQueue {
+		x.broken = fmt.Errorf("%w: it stayed unreachable for %d entries; restart the pod to rebuild it from the log",
+			ErrNotReady, x.cfg.MaxQueue)
+		x.cfg.Trace.Error("replica diverged", "group", x.cfg.Group, "err", x.broken)
+		x.queue = nil
+		x.cfg.Metrics.setQueue(x.cfg.Group, 0)
+		return x.replyLocked(e, op, x.broken), nil
+	}
+	q := &queued{e: e, op: op, done: make(chan []byte, 1)}
+	x.queue = append(x.queue, q)
+	x.cfg.Metrics.setQueue(x.cfg.Group, len(x.queue))
+	if !x.retrying {
+		x.retrying = true
+		go x.retryLoop()
+	}
+	if x.downMode {
+		return x.replyLocked(e, op, fmt.Errorf("%w: request ordered at index %d and queued until the app is up", ErrNotReady, e.Index)), nil
+	}
+	return nil, q
+}
+
+// waitQueued waits up to AppWait for the replay of q; after that the
+// replica stops waiting (downMode) so the log keeps flowing into the queue.
+func (x *Executor) waitQueued(q *queued, e raftcore.Entry, op Op) []byte {
+	t := time.NewTimer(x.cfg.AppWait)
+	defer t.Stop()
+	select {
+	case val := <-q.done:
+		return val
+	case <-t.C:
+	case <-x.closed:
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	select {
+	case val := <-q.done:
+		return val
+	default:
+	}
+	x.downMode = true
+	return x.replyLocked(e, op, fmt.Errorf("%w: request ordered at index %d and queued until the app is up", ErrNotReady, e.Index))
+}
+
+// retryLoop replays the queue once the app accepts connections again.
+func (x *Executor) retryLoop() {
+	t := time.NewTicker(x.cfg.RetryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-x.closed:
+			return
+		case <-t.C:
+		}
+		x.mu.Lock()
+		for len(x.queue) > 0 {
+			q := x.queue[0]
+			val, down := x.execLocked(q.e, q.op)
+			if down {
+				break
+			}
+			q.done <- val
+			x.queue = x.queue[1:]
+		}
+		x.cfg.Metrics.setQueue(x.cfg.Group, len(x.queue))
+		if len(x.queue) == 0 {
+			x.downMode, x.retrying = false, false
+			x.mu.Unlock()
+			return
+		}
+		x.mu.Unlock()
+	}
+}
+
+// execLocked runs one entry against the app. down=true means the app could
+// not be reached at all (dial failed): the entry was not executed.
+func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
+	switch op.Kind {
+	case KindOpen:
+		if _, ok := x.sessions[e.Session]; ok {
+			return nil, false // already open (replayed OPEN)
+		}
+		if !slices.Contains(x.cfg.Ports, Port{Number: op.Port, Protocol: op.Protocol}) {
+			return x.replyLocked(e, op, fmt.Errorf("%w: port %d/%s is not replicated by this group", framing.ErrUnsupported, op.Port, op.Protocol)), false
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), x.cfg.DialTimeout)
+		conn, err := x.cfg.Dialer.DialApp(ctx, op.Port)
+		cancel()
+		if err != nil {
+			x.cfg.Trace.Warn("app unreachable", "group", x.cfg.Group, "port", op.Port, "err", err)
+			return nil, true
+		}
+		f, _ := framing.New(op.Protocol, x.cfg.Framing)
+		x.sessions[e.Session] = &appSession{origin: e.Origin, port: op.Port, framer: f, conn: conn, r: bufio.NewReaderSize(conn, 16<<10)}
+		x.cfg.Metrics.setSessions(x.cfg.Group, len(x.sessions))
+		return nil, false
+	case KindRequest:
+		s, ok := x.sessions[e.Session]
+		if !ok {
+			return x.replyLocked(e, op, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, e.Session)), false
+		}
+		return x.roundTripLocked(s, framing.Request{Raw: op.Raw, Op: op.Name}), false
+	case KindClose:
+		x.closeSessionLocked(e.Session)
+	case KindReset:
+		for id, s := range x.sessions {
+			if s.origin == e.Origin {
+				x.closeSessionLocked(id)
+			}
+		}
+	}
+	return nil, false
+}
+
+// roundTripLocked writes one request to the session's app connection and
+// reads exactly one complete response.
+func (x *Executor) roundTripLocked(s *appSession, req framing.Request) []byte {
+	if s.dead != nil {
+		reply, _ := s.framer.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, s.dead))
+		return reply
+	}
+	_ = s.conn.SetDeadline(time.Now().Add(x.cfg.AppTimeout))
+	resp, err := func() ([]byte, error) {
+		if _, err := s.conn.Write(req.Raw); err != nil {
+			return nil, fmt.Errorf("write to app: %w", err)
+		}
+		resp, err := s.framer.ReadResponse(s.r, req)
+		if err != nil {
+			return resp, fmt.Errorf("read app response to %s: %w", req.Op, err)
+		}
+		return resp, nil
+	}()
+	if err == nil {
+		return resp
+	}
+	// The connection's position in the stream is unknown now: end it here.
+	s.dead = err
+	_ = s.conn.Close()
+	if len(resp) > 0 && !errors.Is(err, framing.ErrMalformed) && !errors.Is(err, framing.ErrTooLarge) {
+		return resp // e.g. a close-delimited HTTP body that ended at EOF
+	}
+	x.cfg.Trace.Warn("app session failed", "group", x.cfg.Group, "op", req.Op, "err", err)
+	reply, _ := s.framer.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, err))
+	return reply
+}
+
+func (x *Executor) closeSessionLocked(id uint64) {
+	if s, ok := x.sessions[id]; ok {
+		_ = s.conn.Close()
+		delete(x.sessions, id)
+		x.cfg.Metrics.setSessions(x.cfg.Group, len(x.sessions))
+	}
+}
+
+// replyLocked renders err in the protocol of the entry's session (or of the
+// OPEN), so the origin can hand it to its client.
+func (x *Executor) replyLocked(e raftcore.Entry, op Op, err error) []byte {
+	proto := op.Protocol
+	if s, ok := x.sessions[e.Session]; ok {
+		proto = s.framer.Protocol()
+	}
+	if proto == "" {
+		proto = x.cfg.Ports[0].Protocol
+	}
+	f, ferr := framing.New(proto, x.cfg.Framing)
+	if ferr != nil {
+		return nil
+	}
+	reply, _ := f.ErrorReply(err)
+	return reply
+}
+
+// Read runs a read-only request on this replica: it waits until the entry at
+// readIndex (from Orderer.ReadIndex) is applied here, then executes the
+// request on the session's app connection through the serial executor, so
+// it sees every write committed before the read started.
+func (x *Executor) Read(ctx context.Context, session uint64, req framing.Request, readIndex uint64) ([]byte, error) {
+	start := time.Now()
+	if err := x.WaitApplied(ctx, readIndex); err != nil {
+		return nil, err
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.broken != nil || len(x.queue) > 0 {
+		return nil, ErrNotReady
+	}
+	s, ok := x.sessions[session]
+	if !ok {
+		return nil, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, session)
+	}
+	val := x.roundTripLocked(s, req)
+	x.cfg.Trace.Info("read", "group", x.cfg.Group, "index", readIndex, "session", fmt.Sprintf("%x", session),
+		"op", req.Op, "origin", x.cfg.Self, "latency", time.Since(start))
+	x.cfg.Metrics.read(x.cfg.Group)
+	return val, nil
+}
+
+// WaitApplied blocks until the entry at idx is applied here.
+func (x *Executor) WaitApplied(ctx context.Context, idx uint64) error {
+	for {
+		x.appliedMu.Lock()
+		applied, ch := x.applied, x.appliedCh
+		x.appliedMu.Unlock()
+		if applied >= idx {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for index %d (applied %d): %w", idx, applied, ctx.Err())
+		case <-x.closed:
+			return fmt.Errorf("wait for index %d: %w", idx, ErrNotReady)
+		}
+	}
+}
+
+// Applied returns the last applied index.
+func (x *Executor) Applied() uint64 {
+	x.appliedMu.Lock()
+	defer x.appliedMu.Unlock()
+	return x.applied
+}
+
+func (x *Executor) setApplied(idx uint64) {
+	x.appliedMu.Lock()
+	if idx > x.applied {
+		x.applied = idx
+		close(x.appliedCh)
+		x.appliedCh = make(chan struct{})
+	}
+	x.appliedMu.Unlock()
+	x.cfg.Metrics.setApplied(x.cfg.Group, idx)
+}
+
+// Health returns nil while the replica follows the log, ErrNotReady (wrapped)
+// while entries wait for the app or after the queue overflowed.
+func (x *Executor) Health() error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.broken != nil {
+		return x.broken
+	}
+	if len(x.queue) > 0 {
+		return fmt.Errorf("%w: %d entries wait for the app", ErrNotReady, len(x.queue))
+	}
+	return nil
+}
+
+// Sessions returns the number of open app sessions.
+func (x *Executor) Sessions() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return len(x.sessions)
+}
+
+// Close ends every app connection and the retry loop.
+func (x *Executor) Close() error {
+	x.closeOnce.Do(func() { close(x.closed) })
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for id := range x.sessions {
+		x.closeSessionLocked(id)
+	}
+	return nil
+}
+
+// markStart records when this replica proposed (session, seq), so the trace
+// line of the entry can report the ordering latency seen by the client.
+func (x *Executor) markStart(session, seq uint64, t time.Time) {
+	x.startsMu.Lock()
+	x.starts[[2]uint64{session, seq}] = t
+	x.startsMu.Unlock()
+}
+
+func (x *Executor) takeStart(session, seq uint64) (time.Time, bool) {
+	x.startsMu.Lock()
+	defer x.startsMu.Unlock()
+	k := [2]uint64{session, seq}
+	t, ok := x.starts[k]
+	delete(x.starts, k)
+	return t, ok
+}
+
+// observe writes the trace line and metrics of one applied entry. latency is
+// propose-to-applied on the origin replica, and the app round trip elsewhere.
+func (x *Executor) observe(e raftcore.Entry, op Op, execStart time.Time) {
+	now := time.Now()
+	exec := now.Sub(execStart)
+	latency := exec
+	if e.Origin == x.cfg.Self {
+		if t, ok := x.takeStart(e.Session, e.Seq); ok {
+			latency = now.Sub(t)
+			x.cfg.Metrics.applyLag(x.cfg.Group, latency)
+		}
+	}
+	name := op.Name
+	if op.Kind != KindRequest {
+		name = op.Kind.String()
+	}
+	x.cfg.Metrics.commit(x.cfg.Group, op.Kind, exec)
+	x.cfg.Trace.Info("commit", "group", e.Group, "index", e.Index, "term", e.Term,
+		"session", fmt.Sprintf("%x", e.Session), "seq", e.Seq, "op", name, "origin", e.Origin,
+		"latency", latency, "exec", exec)
+}

@@ -1,0 +1,175 @@
+package replication
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/raftcore/memnet"
+	"github.com/smr-io/smr-cri/replication/framing"
+)
+
+// The harness runs N replicas in this process: real raftcore groups over an
+// in-memory raft network, one Executor per replica feeding that replica's
+// own app (a real server on 127.0.0.1), and a Server per replica taking
+// client connections on 127.0.0.1.
+
+const testGroup = "test.app"
+
+// addrDialer dials a fixed app address for every port (the app under test
+// listens on a random port).
+type addrDialer struct {
+	mu   sync.Mutex
+	addr string
+}
+
+func (d *addrDialer) set(addr string) { d.mu.Lock(); d.addr = addr; d.mu.Unlock() }
+
+func (d *addrDialer) DialApp(ctx context.Context, _ int) (net.Conn, error) {
+	d.mu.Lock()
+	addr := d.addr
+	d.mu.Unlock()
+	var nd net.Dialer
+	return nd.DialContext(ctx, "tcp", addr)
+}
+
+type replica struct {
+	id     uint64
+	node   *raftcore.Node
+	group  *raftcore.Group
+	exec   *Executor
+	dialer *addrDialer
+	addr   string // client address of this replica's Server
+	trace  *syncBuffer
+}
+
+type cluster struct {
+	t        *testing.T
+	replicas []*replica
+	metrics  *Metrics
+	reg      *prometheus.Registry
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuffer) String() string             { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+type clusterOpts struct {
+	port     Port
+	framing  framing.Options
+	appAddrs []string // one per replica
+	exec     func(*ExecutorConfig)
+}
+
+func newCluster(t *testing.T, o clusterOpts) *cluster {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	network := memnet.New()
+	reg := prometheus.NewRegistry()
+	metrics, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, metrics: metrics, reg: reg}
+	peers := map[uint64]string{}
+	for i := range o.appAddrs {
+		peers[uint64(i+1)] = fmt.Sprintf("m%d", i+1)
+	}
+	dir := t.TempDir()
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		for _, r := range c.replicas {
+			_ = r.node.Close()
+			_ = r.exec.Close()
+		}
+		network.Close()
+	})
+	for i, appAddr := range o.appAddrs {
+		id := uint64(i + 1)
+		r := &replica{id: id, dialer: &addrDialer{addr: appAddr}, trace: &syncBuffer{}}
+		cfg := ExecutorConfig{
+			Group: testGroup, Self: id, Ports: []Port{o.port}, Dialer: r.dialer, Framing: o.framing,
+			Trace: slog.New(slog.NewTextHandler(r.trace, nil)), Metrics: metrics,
+		}
+		if o.exec != nil {
+			o.exec(&cfg)
+		}
+		if r.exec, err = NewExecutor(cfg); err != nil {
+			t.Fatal(err)
+		}
+		r.node, err = raftcore.NewNode(raftcore.NodeConfig{
+			DataDir: filepath.Join(dir, peers[id]), Transport: network.Endpoint(peers[id]),
+			TickInterval: 10 * time.Millisecond, UnsafeNoFsync: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.group, err = r.node.StartGroup(raftcore.GroupConfig{Name: testGroup, SelfID: id, Peers: peers}, r.exec); err != nil {
+			t.Fatal(err)
+		}
+		c.replicas = append(c.replicas, r)
+	}
+	for _, r := range c.replicas {
+		srv, err := NewServer(ServerConfig{Group: testGroup, Self: r.id, Port: o.port, Framing: o.framing, Orderer: r.group, Exec: r.exec, Metrics: metrics})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.addr = ln.Addr().String()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := ResetOrigin(ctx, r.group); err != nil && ctx.Err() == nil {
+				t.Errorf("reset origin %d: %v", r.id, err)
+			}
+			_ = srv.Serve(ctx, ln)
+		}()
+	}
+	return c
+}
+
+// waitFor polls cond until it holds; the test's own deadline bounds it.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// converged waits until every replica applied the same index and has no
+// open sessions left (all clients closed).
+func (c *cluster) waitIdle() {
+	c.t.Helper()
+	waitFor(c.t, "replicas to apply every CLOSE", func() bool {
+		var idx uint64
+		for i, r := range c.replicas {
+			st := r.group.Status()
+			if r.exec.Sessions() != 0 || st.Applied != st.Commit || (i > 0 && st.Applied != idx) {
+				return false
+			}
+			idx = st.Applied
+		}
+		return true
+	})
+}

@@ -1,0 +1,284 @@
+package replication
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/replication/framing"
+)
+
+// ServerConfig configures the client side of one replicated port.
+type ServerConfig struct {
+	Group   string
+	Self    uint64 // this replica's member ID (the origin of its proposals)
+	Port    Port
+	Framing framing.Options
+	Orderer Orderer
+	Exec    *Executor
+	// RequestTimeout bounds one Propose/ReadIndex attempt (default 10s).
+	RequestTimeout time.Duration
+	// Retries of a proposal whose outcome is unknown or that found no
+	// leader, with the same (session, seq) so it applies at most once (default 5).
+	Retries int
+	Log     *slog.Logger
+	Metrics *Metrics
+}
+
+// Server takes client connections for one replicated port: it frames each
+// connection's requests, orders them through the group and writes back the
+// local app's responses. A client connection is a replicated session: OPEN
+// and CLOSE are log entries, so every replica opens and closes its own app
+// connection at the same log position.
+type Server struct {
+	cfg ServerConfig
+	wg  sync.WaitGroup
+}
+
+// NewServer validates cfg.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Orderer == nil || cfg.Exec == nil || cfg.Self == 0 || cfg.Self >= 1<<16 {
+		return nil, errors.New("replication: server needs Orderer, Exec and Self in 1..65535")
+	}
+	if _, err := framing.New(cfg.Port.Protocol, cfg.Framing); err != nil {
+		return nil, fmt.Errorf("replication: %w", err)
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 10 * time.Second
+	}
+	if cfg.Retries <= 0 {
+		cfg.Retries = 5
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg}, nil
+}
+
+// ResetOrigin proposes RESET for this replica: every replica closes the app
+// sessions this replica opened in a previous run (their clients are gone).
+// Call it once after the group starts and before serving clients.
+func ResetOrigin(ctx context.Context, o Orderer) error {
+	if _, err := o.Propose(ctx, raftcore.Proposal{Data: Op{Kind: KindReset}.Encode()}); err != nil {
+		return fmt.Errorf("propose RESET: %w", err)
+	}
+	return nil
+}
+
+// Serve accepts connections until ctx ends or ln fails, serving each in its
+// own goroutine. It closes ln and waits for the connections to finish.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
+	defer stop()
+	defer s.wg.Wait()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accept on port %d: %w", s.cfg.Port.Number, err)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.ServeConn(ctx, conn); err != nil {
+				s.cfg.Log.Info("client connection ended", "group", s.cfg.Group, "remote", conn.RemoteAddr().String(), "err", err)
+			}
+		}()
+	}
+}
+
+// Session IDs: the origin in the top 16 bits, then a per-process random base
+// plus a counter, so IDs are unique in the group without coordination.
+var (
+	sessionBase = func() uint64 {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		return binary.LittleEndian.Uint64(b[:])
+	}()
+	sessionCtr atomic.Uint64
+)
+
+func newSessionID(origin uint64) uint64 {
+	return origin<<48 | (sessionBase+sessionCtr.Add(1))&(1<<48-1)
+}
+
+// ServeConn serves one client connection and closes it. Requests of one
+// connection are handled in order, one at a time, like the app would.
+func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	defer stop()
+
+	f, _ := framing.New(s.cfg.Port.Protocol, s.cfg.Framing)
+	br := bufio.NewReaderSize(conn, 32<<10)
+	bw := bufio.NewWriterSize(conn, 32<<10)
+	session, seq := newSessionID(s.cfg.Self), uint64(1)
+
+	res, err := s.propose(ctx, session, seq, Op{Kind: KindOpen, Port: s.cfg.Port.Number, Protocol: s.cfg.Port.Protocol})
+	if err != nil || len(res.Value) > 0 {
+		// The app here could not take the session: answer with the reason.
+		if err == nil {
+			_, _ = conn.Write(res.Value)
+			err = errors.New("app refused the session")
+		} else {
+			reply, _ := f.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, err))
+			_, _ = conn.Write(reply)
+		}
+		s.closeSession(session, seq+1)
+		return fmt.Errorf("open session: %w", err)
+	}
+	defer func() { s.closeSession(session, seq+1) }()
+
+	for {
+		req, err := f.NextRequest(br)
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			if !isFramingError(err) {
+				return fmt.Errorf("read client: %w", err)
+			}
+			s.cfg.Metrics.badRequest(s.cfg.Group, reason(err))
+			reply, closeConn := f.ErrorReply(err)
+			if _, werr := bw.Write(reply); werr != nil || bw.Flush() != nil || closeConn {
+				return fmt.Errorf("client request refused: %w", err)
+			}
+			continue
+		}
+		var val []byte
+		if req.ReadOnly {
+			val, err = s.read(ctx, session, req)
+		} else {
+			seq++
+			res, err = s.propose(ctx, session, seq, Op{Kind: KindRequest, Name: req.Op, Raw: req.Raw})
+			val = res.Value
+		}
+		if err != nil {
+			// The outcome is unknown after retries: tell the client and end
+			// the connection, as a server that lost its state would.
+			reply, _ := f.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, err))
+			_, _ = bw.Write(reply)
+			_ = bw.Flush()
+			return fmt.Errorf("%s: %w", req.Op, err)
+		}
+		if _, err := bw.Write(val); err != nil {
+			return fmt.Errorf("write client: %w", err)
+		}
+		// Flush once the pipelined requests already received are answered.
+		if br.Buffered() == 0 {
+			if err := bw.Flush(); err != nil {
+				return fmt.Errorf("write client: %w", err)
+			}
+		}
+	}
+}
+
+func isFramingError(err error) bool {
+	return errors.Is(err, framing.ErrMalformed) || errors.Is(err, framing.ErrTooLarge) ||
+		errors.Is(err, framing.ErrUnsupported)
+}
+
+func reason(err error) string {
+	switch {
+	case errors.Is(err, framing.ErrTooLarge):
+		return "too_large"
+	case errors.Is(err, framing.ErrUnsupported):
+		return "unsupported"
+	}
+	return "malformed"
+}
+
+// closeSession proposes CLOSE with a fresh context (the client's is gone).
+func (s *Server) closeSession(session, seq uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+	defer cancel()
+	if _, err := s.propose(ctx, session, seq, Op{Kind: KindClose}); err != nil {
+		s.cfg.Log.Warn("close session", "group", s.cfg.Group, "session", fmt.Sprintf("%x", session), "err", err)
+	}
+}
+
+// propose orders op, retrying with the same (session, seq) while the outcome
+// is unknown or no leader is known; raftcore applies a (session, seq) at
+// most once and returns the first result to a retry.
+func (s *Server) propose(ctx context.Context, session, seq uint64, op Op) (raftcore.Result, error) {
+	data := op.Encode()
+	s.cfg.Metrics.proposal(s.cfg.Group, op.Kind)
+	backoff := 20 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		s.cfg.Exec.markStart(session, seq, time.Now())
+		res, err := s.cfg.Orderer.Propose(actx, raftcore.Proposal{Session: session, Seq: seq, Data: data})
+		cancel()
+		if err == nil {
+			return res, nil
+		}
+		s.cfg.Exec.takeStart(session, seq)
+		if !retryable(err) || attempt >= s.cfg.Retries || ctx.Err() != nil {
+			s.cfg.Metrics.proposalError(s.cfg.Group)
+			return res, fmt.Errorf("propose %s (session %x seq %d, %d attempts): %w", op.Kind, session, seq, attempt+1, err)
+		}
+		if err := sleep(ctx, backoff); err != nil {
+			return res, err
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// read serves a read-only request locally after a ReadIndex barrier.
+func (s *Server) read(ctx context.Context, session uint64, req framing.Request) ([]byte, error) {
+	backoff := 20 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		idx, err := s.cfg.Orderer.ReadIndex(actx)
+		if err == nil {
+			var val []byte
+			val, err = s.cfg.Exec.Read(actx, session, req, idx)
+			cancel()
+			if err == nil {
+				return val, nil
+			}
+			if errors.Is(err, ErrNotReady) {
+				return nil, err
+			}
+		} else {
+			cancel()
+		}
+		if !retryable(err) || attempt >= s.cfg.Retries || ctx.Err() != nil {
+			s.cfg.Metrics.proposalError(s.cfg.Group)
+			return nil, fmt.Errorf("read %s (%d attempts): %w", req.Op, attempt+1, err)
+		}
+		if err := sleep(ctx, backoff); err != nil {
+			return nil, err
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+func retryable(err error) bool {
+	return errors.Is(err, raftcore.ErrNoLeader) || errors.Is(err, raftcore.ErrLeaderLost) ||
+		errors.Is(err, raftcore.ErrTimeout) || errors.Is(err, raftcore.ErrGroupFull) ||
+		errors.Is(err, context.DeadlineExceeded)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
