@@ -210,6 +210,9 @@ func removeAllPods(ctx context.Context, sock string) error {
 	return errors.Join(errs...)
 }
 
+// Terminate sends pid SIGTERM, waits up to grace, then SIGKILL, and waits until it is gone.
+func Terminate(pid int, grace time.Duration) error { return terminate(pid, grace) }
+
 // terminate sends SIGTERM, waits, then SIGKILL.
 func terminate(pid int, grace time.Duration) error {
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {

@@ -311,6 +311,16 @@ func labAddressing(dir string, opts ContainerdOptions) (labState, error) {
 	return st, nil
 }
 
+// StartChild starts cmd so that it is killed (SIGKILL) when this process dies, even when a test
+// binary is killed by its timeout; the returned channel closes when the child has exited.
+func StartChild(cmd *exec.Cmd) (<-chan struct{}, error) {
+	exited := make(chan struct{})
+	if err := startProcess(cmd, false, exited); err != nil {
+		return nil, err
+	}
+	return exited, nil
+}
+
 // startProcess starts cmd in a process group of its own. Unless detach is set, the child gets
 // SIGKILL when this process dies (Pdeathsig); Pdeathsig fires when the forking OS thread exits,
 // so the forking goroutine keeps its thread locked until the child is gone.
