@@ -14,8 +14,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/fileutil"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -172,10 +174,32 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 	// Proposal ids start at a random point so ids of this incarnation do
 	// not repeat those of entries written before a restart.
 	g.nextID.Store(rand.Uint64() >> 2)
+	if cfg.SnapshotEvery > 0 {
+		g.purgeOldFiles()
+	}
 	go g.applyLoop(ds.snapshot)
 	go g.run()
 	return g, nil
 }
+
+// purgeOldFiles keeps the newest maxKeptFiles WAL segments and snapshot
+// files; a WAL segment is only deleted once the WAL released its lock on it
+// (everything in it is covered by a saved snapshot).
+func (g *Group) purgeOldFiles() {
+	dir := filepath.Join(g.ncfg.DataDir, g.name)
+	for _, p := range []struct{ dir, suffix string }{{"wal", "wal"}, {"snap", "snap"}} {
+		errc := fileutil.PurgeFile(zap.NewNop(), filepath.Join(dir, p.dir), p.suffix, maxKeptFiles, 30*time.Second, g.stopc)
+		go func() {
+			select {
+			case err := <-errc:
+				g.log.Error("purging old files", "dir", p.dir, "err", err)
+			case <-g.stopc:
+			}
+		}()
+	}
+}
+
+const maxKeptFiles = 5
 
 func sortPeers(p []raft.Peer) {
 	for i := 1; i < len(p); i++ {
