@@ -11,9 +11,11 @@ import (
 
 // CritestResult is what one critest run (a ginkgo JSON report) says about each spec.
 type CritestResult struct {
-	Passed  []string
-	Failed  []string
-	Skipped []string
+	Passed []string
+	Failed []string
+	// Skipped are the selected specs that skipped themselves at run time, with the reason they
+	// gave (specs left out by -ginkgo.focus/-ginkgo.skip are not listed).
+	Skipped map[string]string
 }
 
 // ginkgo's JSON report: a list of suite reports; only the fields read here.
@@ -23,6 +25,7 @@ type ginkgoSuite struct {
 		LeafNodeText            string
 		LeafNodeType            string
 		State                   string
+		Failure                 struct{ Message string }
 	}
 }
 
@@ -37,7 +40,7 @@ func ParseCritestReport(r io.Reader) (CritestResult, error) {
 	if len(suites) == 0 {
 		return CritestResult{}, fmt.Errorf("critest report: no suite in report")
 	}
-	var res CritestResult
+	res := CritestResult{Skipped: map[string]string{}}
 	for _, s := range suites {
 		for _, sp := range s.SpecReports {
 			name := strings.TrimSpace(strings.Join(append(append([]string(nil), sp.ContainerHierarchyTexts...), sp.LeafNodeText), " "))
@@ -50,8 +53,8 @@ func ParseCritestReport(r io.Reader) (CritestResult, error) {
 					res.Passed = append(res.Passed, name)
 				}
 			case "skipped", "pending":
-				if sp.LeafNodeType == "It" {
-					res.Skipped = append(res.Skipped, name)
+				if sp.LeafNodeType == "It" && sp.Failure.Message != "" {
+					res.Skipped[name] = sp.Failure.Message
 				}
 			case "failed", "panicked", "timedout", "interrupted", "aborted":
 				res.Failed = append(res.Failed, name)
@@ -62,7 +65,6 @@ func ParseCritestReport(r io.Reader) (CritestResult, error) {
 	}
 	sort.Strings(res.Passed)
 	sort.Strings(res.Failed)
-	sort.Strings(res.Skipped)
 	return res, nil
 }
 
@@ -88,6 +90,14 @@ func CompareCritest(w io.Writer, direct, via CritestResult) bool {
 		name string
 		res  CritestResult
 	}{{"direct", direct}, {"via smr-cri", via}} {
+		skipped := make([]string, 0, len(run.res.Skipped))
+		for spec := range run.res.Skipped {
+			skipped = append(skipped, spec)
+		}
+		sort.Strings(skipped)
+		for _, spec := range skipped {
+			fmt.Fprintf(w, "  %s skipped at run time: %s — %s\n", run.name, spec, strings.Join(strings.Fields(run.res.Skipped[spec]), " "))
+		}
 		for _, f := range run.res.Failed {
 			fmt.Fprintf(w, "  %s FAILED: %s\n", run.name, f)
 		}

@@ -10,6 +10,7 @@ const sampleReport = `[{"SuitePath":"/x","SpecReports":[
  {"ContainerHierarchyTexts":["[k8s.io] PodSandbox","runtime should support basic operations on PodSandbox"],"LeafNodeText":"runtime should support running PodSandbox [Conformance]","LeafNodeType":"It","State":"passed"},
  {"ContainerHierarchyTexts":["[k8s.io] Networking"],"LeafNodeText":"runtime should support port mapping with host port","LeafNodeType":"It","State":"failed"},
  {"ContainerHierarchyTexts":["[k8s.io] Image Manager"],"LeafNodeText":"public image with tag should be pulled","LeafNodeType":"It","State":"skipped"},
+ {"ContainerHierarchyTexts":["[k8s.io] Container OOM"],"LeafNodeText":"should be OOMKilled","LeafNodeType":"It","State":"skipped","Failure":{"Message":"no memory cgroup"}},
  {"ContainerHierarchyTexts":null,"LeafNodeText":"","LeafNodeType":"SynchronizedBeforeSuite","State":"passed"}
 ]}]`
 
@@ -24,7 +25,7 @@ func TestParseCritestReport(t *testing.T) {
 	if len(res.Failed) != 1 || !strings.HasPrefix(res.Failed[0], "[k8s.io] Networking runtime should support port mapping") {
 		t.Errorf("failed = %v", res.Failed)
 	}
-	if len(res.Skipped) != 1 {
+	if len(res.Skipped) != 1 || res.Skipped["[k8s.io] Container OOM should be OOMKilled"] != "no memory cgroup" {
 		t.Errorf("skipped = %v", res.Skipped)
 	}
 }
