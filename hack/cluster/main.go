@@ -1,0 +1,84 @@
+// Command cluster starts and stops the local multi-node Kubernetes cluster (internal/cluster):
+//
+//	go run ./hack/cluster up   [--dir DIR] [--nodes N]   clean leftovers, build what is missing, start, wait Ready
+//	go run ./hack/cluster down [--dir DIR] [--keep-logs DIR]  stop everything and remove what it made
+//	go run ./hack/cluster rss  [--dir DIR]               resident memory of the running cluster
+//	go run ./hack/cluster env  [--dir DIR]               print KUBECONFIG=... and the kubectl path
+//
+// Needs root. The state directory defaults to $SMR_CLUSTER_DIR, else <repo>/_out/cluster.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/smr-io/smr-cri/internal/cluster"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "cluster:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: cluster up|down|rss|env [--dir DIR] [--nodes N] [--keep-logs DIR]`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return errors.New(usage)
+	}
+	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "", "state directory (default $SMR_CLUSTER_DIR or <repo>/_out/cluster)")
+	nodes := fs.Int("nodes", 3, "number of worker nodes (1..9)")
+	keepLogs := fs.String("keep-logs", "", "down: copy the process logs here before removing the state directory")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return fmt.Errorf("unexpected arguments %q\n%s", fs.Args(), usage)
+	}
+	cfg := cluster.Config{Dir: *dir, Nodes: *nodes}
+	switch args[0] {
+	case "up":
+		t0 := time.Now()
+		cl, err := cluster.Up(ctx, cfg, stdout)
+		if err != nil {
+			if cl != nil {
+				fmt.Fprintf(stderr, "cluster up failed; logs in %s; `make cluster-down` removes it\n", cl.LogDir())
+			}
+			return err
+		}
+		fmt.Fprintf(stdout, "cluster up in %.1fs\n  export KUBECONFIG=%s\n  alias kubectl=%s\n",
+			time.Since(t0).Seconds(), cl.AdminKubeconfig(), cl.KubectlPath())
+		return nil
+	case "down":
+		return cluster.Down(ctx, cfg, stdout, cluster.DownOptions{KeepLogsIn: *keepLogs})
+	case "rss":
+		c, err := cfg.Resolve()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, cluster.MeasureRSS(c))
+		return nil
+	case "env":
+		c, err := cfg.Resolve()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "KUBECONFIG=%s\nKUBECTL=%s\n", c.AdminKubeconfig(), c.KubectlPath())
+		return nil
+	default:
+		return fmt.Errorf("unknown command %q\n%s", args[0], usage)
+	}
+}

@@ -1,0 +1,210 @@
+package cluster
+
+import (
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestNodes(t *testing.T) {
+	tests := []struct {
+		count   int
+		wantErr bool
+		last    Node
+	}{
+		{count: 0, wantErr: true},
+		{count: -1, wantErr: true},
+		{count: MaxNodes + 1, wantErr: true},
+		{count: 1, last: Node{Index: 1, Name: "smr-node1", IP: "198.18.0.11", PodSubnet: "198.19.1.0/24", HostVeth: "smr-veth1"}},
+		{count: 3, last: Node{Index: 3, Name: "smr-node3", IP: "198.18.0.13", PodSubnet: "198.19.3.0/24", HostVeth: "smr-veth3"}},
+	}
+	for _, tc := range tests {
+		nodes, err := Nodes(tc.count)
+		if (err != nil) != tc.wantErr {
+			t.Fatalf("Nodes(%d) error = %v, wantErr %v", tc.count, err, tc.wantErr)
+		}
+		if err != nil {
+			continue
+		}
+		if len(nodes) != tc.count || nodes[len(nodes)-1] != tc.last {
+			t.Fatalf("Nodes(%d) = %+v, want last %+v", tc.count, nodes, tc.last)
+		}
+		if len(nodes[0].HostVeth) > 15 {
+			t.Fatalf("link name %q longer than IFNAMSIZ-1", nodes[0].HostVeth)
+		}
+	}
+}
+
+func TestResolveRejectsBadConfig(t *testing.T) {
+	root := t.TempDir()
+	tests := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"root as state dir", Config{RepoRoot: root, Dir: "/"}, "too short"},
+		{"too many nodes", Config{RepoRoot: root, Dir: filepath.Join(root, "c"), Nodes: 10}, "out of range"},
+		{"socket path too long", Config{RepoRoot: root, Dir: filepath.Join(root, strings.Repeat("x", 80))}, "too long"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.cfg.Resolve()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Resolve() error = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestResolveDefaults(t *testing.T) {
+	root := t.TempDir()
+	t.Setenv("SMR_CLUSTER_DIR", "")
+	t.Setenv("SMR_CACHE", filepath.Join(root, "cache"))
+	c, err := Config{RepoRoot: root}.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		Dir: filepath.Join(root, "_out", "cluster"), Nodes: 3, RepoRoot: root,
+		KubeBin: filepath.Join(root, "cache", "kube-"+KubeVersion), Kubelet: filepath.Join(root, "cache", "bin", "kubelet"),
+		SmrCRI: filepath.Join(root, "bin", "smr-cri"), Etcd: "/usr/bin/etcd",
+	}
+	if c != want {
+		t.Fatalf("Resolve() = %+v, want %+v", c, want)
+	}
+}
+
+// Every pod subnet must be routed via its node from the host and from every other node, and never
+// from the node that owns it (its CNI bridge holds that subnet).
+func TestNetworkStepsRoutes(t *testing.T) {
+	nodes, _ := Nodes(3)
+	var routes []string
+	for _, s := range networkSteps(nodes) {
+		if i := slices.Index(s, "route"); i >= 0 {
+			routes = append(routes, strings.Join(s, " "))
+		}
+	}
+	want := []string{
+		"ip -n smr-node1 route replace 198.19.2.0/24 via 198.18.0.12 dev eth0",
+		"ip -n smr-node1 route replace 198.19.3.0/24 via 198.18.0.13 dev eth0",
+		"ip -n smr-node2 route replace 198.19.1.0/24 via 198.18.0.11 dev eth0",
+		"ip -n smr-node2 route replace 198.19.3.0/24 via 198.18.0.13 dev eth0",
+		"ip -n smr-node3 route replace 198.19.1.0/24 via 198.18.0.11 dev eth0",
+		"ip -n smr-node3 route replace 198.19.2.0/24 via 198.18.0.12 dev eth0",
+		"ip route replace 198.19.1.0/24 via 198.18.0.11 dev smr-br0",
+		"ip route replace 198.19.2.0/24 via 198.18.0.12 dev smr-br0",
+		"ip route replace 198.19.3.0/24 via 198.18.0.13 dev smr-br0",
+	}
+	slices.Sort(routes)
+	if !slices.Equal(routes, want) {
+		t.Fatalf("routes:\n%s\nwant:\n%s", strings.Join(routes, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// The PKI must chain to the CA, give the API server the SANs clients dial, and give each
+// identity the user and groups RBAC and the Node authorizer expect.
+func TestWritePKI(t *testing.T) {
+	dir := t.TempDir()
+	c := Config{Dir: dir}
+	nodes, _ := Nodes(2)
+	if err := writePKI(c, nodes); err != nil {
+		t.Fatal(err)
+	}
+	caCert := readCert(t, filepath.Join(dir, "pki", "ca.crt"))
+	roots := x509.NewCertPool()
+	roots.AddCert(caCert)
+	srv := readCert(t, filepath.Join(dir, "pki", "apiserver.crt"))
+	for _, name := range []string{HostIP, KubernetesServiceIP, "kubernetes.default.svc"} {
+		if _, err := srv.Verify(x509.VerifyOptions{Roots: roots, DNSName: name}); err != nil {
+			t.Errorf("apiserver certificate for %s: %v", name, err)
+		}
+	}
+	tests := []struct {
+		user, cn string
+		orgs     []string
+	}{
+		{"admin", "kubernetes-admin", []string{"system:masters"}},
+		{"kube-proxy", "system:kube-proxy", nil},
+		{"kubelet-smr-node2", "system:node:smr-node2", []string{"system:nodes"}},
+	}
+	for _, tc := range tests {
+		kc, err := os.ReadFile(c.kubeconfig(tc.user))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(kc), "server: https://198.18.0.1:6443") {
+			t.Errorf("%s kubeconfig lacks the server URL:\n%s", tc.user, kc)
+		}
+		cert := certFromKubeconfig(t, string(kc))
+		if cert.Subject.CommonName != tc.cn || !slices.Equal(cert.Subject.Organization, tc.orgs) {
+			t.Errorf("%s: subject %v, want CN=%s O=%v", tc.user, cert.Subject, tc.cn, tc.orgs)
+		}
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+			t.Errorf("%s client certificate: %v", tc.user, err)
+		}
+	}
+}
+
+func readCert(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return parseCert(t, b)
+}
+
+func parseCert(t *testing.T, pemBytes []byte) *x509.Certificate {
+	t.Helper()
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		t.Fatal("no PEM block")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
+func certFromKubeconfig(t *testing.T, kc string) *x509.Certificate {
+	t.Helper()
+	for _, line := range strings.Split(kc, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "client-certificate-data: "); ok {
+			b, err := base64.StdEncoding.DecodeString(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return parseCert(t, b)
+		}
+	}
+	t.Fatal("no client-certificate-data")
+	return nil
+}
+
+// Three kubelets on one machine must not share any path, and each must point at its own smr-cri.
+func TestNodeConfigsAreDisjoint(t *testing.T) {
+	c := Config{Dir: "/state", Kubelet: "/cache/kubelet", KubeBin: "/cache/kube"}
+	nodes, _ := Nodes(2)
+	a, b := kubeletProc(c, nodes[0]), kubeletProc(c, nodes[1])
+	for i := 1; i < len(a.Args); i++ {
+		if a.Args[i] == b.Args[i] {
+			t.Errorf("kubelet argument %q is the same on two nodes", a.Args[i])
+		}
+	}
+	cfg := kubeletConfig(c, nodes[0])
+	for _, want := range []string{"containerRuntimeEndpoint: unix:///state/smr-node1/smr-cri.sock", "address: 198.18.0.11",
+		"podLogsDir: /state/smr-node1/pod-logs", "failCgroupV1: false", "imageGCHighThresholdPercent: 100"} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("kubelet config lacks %q:\n%s", want, cfg)
+		}
+	}
+	if a.NetNS != "/var/run/netns/smr-node1" {
+		t.Errorf("kubelet netns = %q", a.NetNS)
+	}
+}

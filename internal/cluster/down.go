@@ -1,0 +1,191 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/smr-io/smr-cri/internal/nodelab"
+)
+
+// DownOptions tunes Down.
+type DownOptions struct {
+	// KeepLogsIn, if set, receives a copy of the logs directory before the state dir is removed
+	// (for a failed run's post-mortem). Empty: nothing of the cluster is left.
+	KeepLogsIn string
+}
+
+// Down stops the cluster in cfg's state directory and removes everything it made: processes
+// (found by their command lines, so it works after a crash), pods and containers, mounts,
+// network namespaces, links, routes and the state directory. It is idempotent.
+func Down(ctx context.Context, cfg Config, log io.Writer, opts DownOptions) error {
+	c, err := cfg.Resolve()
+	if err != nil {
+		return err
+	}
+	if err := nodelab.CheckRoot(); err != nil {
+		return err
+	}
+	p := newProgress(log)
+	err = down(ctx, c, log)
+	if opts.KeepLogsIn != "" {
+		if cerr := copyDir(c.logDir(), opts.KeepLogsIn); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}
+	if rerr := os.RemoveAll(c.Dir); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("cluster: remove %s: %w", c.Dir, rerr))
+	}
+	if err != nil {
+		return err
+	}
+	p.say("cluster down: nothing left in %s", c.Dir)
+	return nil
+}
+
+// down is Down without removing the state directory (Up uses it to clear leftovers).
+func down(ctx context.Context, c Config, log io.Writer) error {
+	p := newProgress(log)
+	var errs []error
+	// 1. kubelets and kube-proxies first, so nothing restarts pods while they are removed.
+	if err := stopByProgram(c, "kubelet", "kube-proxy"); err != nil {
+		errs = append(errs, err)
+	}
+	// 2. Pods through smr-cri, so its teardown hooks run; then smr-cri itself.
+	nodeDirs, _ := filepath.Glob(filepath.Join(c.Dir, "smr-node*"))
+	for _, d := range nodeDirs {
+		sock := filepath.Join(d, "smr-cri.sock")
+		if _, err := os.Stat(sock); err == nil {
+			if err := removePods(ctx, sock); err != nil {
+				p.say("removing pods through %s: %v (containerd cleanup follows)", sock, err)
+			}
+		}
+	}
+	if err := stopByProgram(c, "smr-cri"); err != nil {
+		errs = append(errs, err)
+	}
+	// 3. Each node's containerd: its pods, containers, shims, mounts.
+	for _, d := range nodeDirs {
+		cd := filepath.Join(d, "containerd")
+		if _, err := os.Stat(filepath.Join(cd, "lab.json")); err == nil {
+			if err := nodelab.StopContainerd(ctx, cd, nil); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	// 4. Everything else (control plane, etcd, anything left over).
+	var pids []int
+	for _, pr := range ownProcs(c.Dir) {
+		pids = append(pids, pr.PID)
+	}
+	if err := stopProcs(pids, 15*time.Second); err != nil {
+		errs = append(errs, err)
+	}
+	// 5. Mounts (pod volumes under kubelet root dirs, pod network namespaces), then the network.
+	if err := unmountAll(c.Dir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := teardownNetwork(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// stopByProgram stops the cluster's processes whose program has one of the given base names.
+func stopByProgram(c Config, names ...string) error {
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	var pids []int
+	for _, pr := range ownProcs(c.Dir) {
+		if len(pr.Args) > 0 && want[filepath.Base(pr.Args[0])] {
+			pids = append(pids, pr.PID)
+		}
+	}
+	return stopProcs(pids, 15*time.Second)
+}
+
+// removePods stops and removes every pod sandbox through the CRI socket (smr-cri's).
+func removePods(ctx context.Context, sock string) error {
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	rt := runtimeapi.NewRuntimeServiceClient(conn)
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	resp, err := rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, pod := range resp.GetItems() {
+		if _, err := rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod.Id}); err != nil {
+			errs = append(errs, fmt.Errorf("stop pod %s: %w", pod.Id, err))
+		}
+		if _, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod.Id}); err != nil {
+			errs = append(errs, fmt.Errorf("remove pod %s: %w", pod.Id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// unmountAll unmounts everything at or below dir, deepest first, lazily when busy.
+func unmountAll(dir string) error {
+	for pass := 0; pass < 5; pass++ {
+		mounts, err := nodelab.MountsUnder(dir)
+		if err != nil {
+			return fmt.Errorf("cluster: read mounts: %w", err)
+		}
+		if len(mounts) == 0 {
+			return nil
+		}
+		for _, m := range mounts {
+			if err := unix.Unmount(m, 0); err != nil {
+				_ = unix.Unmount(m, unix.MNT_DETACH)
+			}
+		}
+	}
+	if mounts, _ := nodelab.MountsUnder(dir); len(mounts) > 0 {
+		return fmt.Errorf("cluster: mounts left under %s: %v", dir, mounts)
+	}
+	return nil
+}
+
+// copyDir copies the regular files of src into dst (flat; the logs directory has no subdirs).
+func copyDir(src, dst string) error {
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("cluster: keep logs: %w", err)
+	}
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return fmt.Errorf("cluster: keep logs: %w", err)
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			return fmt.Errorf("cluster: keep logs: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
+			return fmt.Errorf("cluster: keep logs: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,273 @@
+package cluster
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// process is one long-running program of the cluster.
+type process struct {
+	Name  string   // log and pid file name: etcd, kube-apiserver, smr-node1-kubelet, ...
+	NetNS string   // network namespace path to enter with nsenter --net, or "" for the host's
+	Args  []string // program and arguments; some argument must name the state directory
+}
+
+// start runs p detached (a session of its own, so it outlives `cluster up`), with stdout and
+// stderr appended to logs/<name>.log, and records its pid in pids/<name>.pid. It returns the pid.
+// nsenter without --fork execs the program, so the pid is the program's own.
+func start(c Config, p process) (int, error) {
+	if len(p.Args) == 0 {
+		return 0, fmt.Errorf("cluster: process %s: no command", p.Name)
+	}
+	args := p.Args
+	if p.NetNS != "" {
+		args = append([]string{"nsenter", "--net=" + p.NetNS, "--"}, args...)
+	}
+	for _, d := range []string{c.logDir(), c.pidDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return 0, fmt.Errorf("cluster: %w", err)
+		}
+	}
+	logFile, err := os.OpenFile(filepath.Join(c.logDir(), p.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return 0, fmt.Errorf("cluster: %w", err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Dir = c.Dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("cluster: start %s: %w", p.Name, err)
+	}
+	pid := cmd.Process.Pid
+	go func() { _ = cmd.Wait() }() // reap it if it dies while this process still runs
+	if err := os.WriteFile(filepath.Join(c.pidDir(), p.Name+".pid"), []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		return pid, fmt.Errorf("cluster: %w", err)
+	}
+	return pid, nil
+}
+
+// procInfo is what /proc says about one process.
+type procInfo struct {
+	PID, PPID int
+	Args      []string
+	RSSKiB    int64
+}
+
+// listProcs reads every live (non-zombie) process.
+func listProcs() []procInfo {
+	entries, _ := os.ReadDir("/proc")
+	var out []procInfo
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		pi, ok := readProc(pid)
+		if ok {
+			out = append(out, pi)
+		}
+	}
+	return out
+}
+
+func readProc(pid int) (procInfo, bool) {
+	base := "/proc/" + strconv.Itoa(pid)
+	stat, err := os.ReadFile(base + "/stat")
+	if err != nil {
+		return procInfo{}, false
+	}
+	// "pid (comm) S ppid ...": comm may hold spaces, so parse after the last ')'.
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return procInfo{}, false
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 2 || f[0] == "Z" {
+		return procInfo{}, false
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	cmdline, _ := os.ReadFile(base + "/cmdline")
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	return procInfo{PID: pid, PPID: ppid, Args: args, RSSKiB: rssKiB(base + "/status")}, true
+}
+
+func rssKiB(statusPath string) int64 {
+	f, err := os.Open(statusPath)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// ownProcs returns the processes of the cluster in dir: every process with an argument inside
+// dir (all of them name a config, socket or data path there; containerd shims name the
+// containerd socket), excluding this process and its ancestors.
+func ownProcs(dir string) []procInfo {
+	all := listProcs()
+	byPID := map[int]procInfo{}
+	for _, p := range all {
+		byPID[p.PID] = p
+	}
+	self := map[int]bool{}
+	for pid := os.Getpid(); pid > 1 && !self[pid]; pid = byPID[pid].PPID {
+		self[pid] = true
+	}
+	var out []procInfo
+	for _, p := range all {
+		if self[p.PID] {
+			continue
+		}
+		for _, a := range p.Args {
+			if a == dir || strings.Contains(a, dir+"/") {
+				out = append(out, p)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// withDescendants adds every descendant of procs (the containers under containerd's shims).
+func withDescendants(procs []procInfo) []procInfo {
+	all := listProcs()
+	children := map[int][]procInfo{}
+	for _, p := range all {
+		children[p.PPID] = append(children[p.PPID], p)
+	}
+	seen := map[int]bool{}
+	var out []procInfo
+	var walk func(p procInfo)
+	walk = func(p procInfo) {
+		if seen[p.PID] {
+			return
+		}
+		seen[p.PID] = true
+		out = append(out, p)
+		for _, ch := range children[p.PID] {
+			walk(ch)
+		}
+	}
+	for _, p := range procs {
+		walk(p)
+	}
+	return out
+}
+
+// RSS is the resident memory of the cluster's processes, by component.
+type RSS struct {
+	TotalKiB int64
+	ByName   map[string]int64 // program base name -> KiB (containers counted under "containers")
+	Procs    int
+}
+
+// MeasureRSS sums VmRSS over every process of the cluster and its containers. Shared pages are
+// counted once per process, so this is an upper bound.
+func MeasureRSS(c Config) RSS {
+	own := ownProcs(c.Dir)
+	ownSet := map[int]bool{}
+	for _, p := range own {
+		ownSet[p.PID] = true
+	}
+	r := RSS{ByName: map[string]int64{}}
+	for _, p := range withDescendants(own) {
+		name := "containers"
+		if ownSet[p.PID] && len(p.Args) > 0 {
+			name = filepath.Base(p.Args[0])
+		}
+		r.ByName[name] += p.RSSKiB
+		r.TotalKiB += p.RSSKiB
+		r.Procs++
+	}
+	return r
+}
+
+// String renders the measurement as one line, biggest first.
+func (r RSS) String() string {
+	names := make([]string, 0, len(r.ByName))
+	for n := range r.ByName {
+		names = append(names, n)
+	}
+	sort.Slice(names, func(i, j int) bool { return r.ByName[names[i]] > r.ByName[names[j]] })
+	parts := make([]string, 0, len(names))
+	for _, n := range names {
+		parts = append(parts, fmt.Sprintf("%s=%dMiB", n, r.ByName[n]/1024))
+	}
+	return fmt.Sprintf("total %d MiB in %d processes (%s)", r.TotalKiB/1024, r.Procs, strings.Join(parts, " "))
+}
+
+// alive reports whether pid is a live, non-zombie process.
+func alive(pid int) bool {
+	_, ok := readProc(pid)
+	return ok
+}
+
+// stopProcs sends SIGTERM to every pid, waits up to grace, then SIGKILLs the survivors.
+func stopProcs(pids []int, grace time.Duration) error {
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(grace)
+	for time.Now().Before(deadline) {
+		if !anyAlive(pids) {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, pid := range pids {
+		if alive(pid) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	for i := 0; i < 50 && anyAlive(pids); i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
+	var errs []error
+	for _, pid := range pids {
+		if alive(pid) {
+			errs = append(errs, fmt.Errorf("pid %d survived SIGKILL", pid))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func anyAlive(pids []int) bool {
+	for _, pid := range pids {
+		if alive(pid) {
+			return true
+		}
+	}
+	return false
+}
+
+// tail returns the last n lines of a file (for error messages).
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
