@@ -63,8 +63,12 @@ type syncBuffer struct {
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuffer) String() string             { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 type clusterOpts struct {
 	port     Port
@@ -169,6 +173,24 @@ func (c *cluster) waitIdle() {
 				return false
 			}
 			idx = st.Applied
+		}
+		return true
+	})
+}
+
+// waitCaughtUp waits until every replica applied everything committed so
+// far (followers apply asynchronously), so their apps can be compared.
+func (c *cluster) waitCaughtUp() {
+	c.t.Helper()
+	var target uint64
+	for _, r := range c.replicas {
+		target = max(target, r.group.Status().Commit)
+	}
+	waitFor(c.t, fmt.Sprintf("every replica to apply index %d", target), func() bool {
+		for _, r := range c.replicas {
+			if r.exec.Applied() < target {
+				return false
+			}
 		}
 		return true
 	})
