@@ -46,11 +46,12 @@ done
 
 # One `go build` per binary, one at a time: the machine has 2 cores shared with other work, and
 # the packages the binaries share are compiled once and reused from GOCACHE by the next build.
+# Same flags as install-deps' kubelet build (no -trimpath), so kubelet's cached packages count.
 for b in "${todo[@]}"; do
 	t0=$SECONDS
 	log="$LOGS/build-$b.log"
 	say "$b $KUBE_VERSION: building (log $log)"
-	(cd "$MOD" && nice -n 5 go build -trimpath -o "$OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b") >"$log" 2>&1 ||
+	(cd "$MOD" && nice -n 5 go build -o "$OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b") >"$log" 2>&1 ||
 		{ tail -30 "$log"; die "$b build failed (log $log)"; }
 	mv "$OUT/$b.tmp" "$OUT/$b"
 	echo "$STAMP" >"$OUT/$b.stamp"
