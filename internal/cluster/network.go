@@ -80,15 +80,14 @@ func teardownNetwork(ctx context.Context) error {
 				errs = append(errs, err)
 			}
 		}
-		if linkExists(ctx, n.HostVeth) {
-			if err := run(ctx, "ip", "link", "delete", n.HostVeth); err != nil {
+	}
+	// The kernel removes a namespace's veth pair asynchronously: a link that vanishes between
+	// the check and the delete is not an error.
+	for _, link := range append(hostVeths(all), BridgeName) {
+		if linkExists(ctx, link) {
+			if err := run(ctx, "ip", "link", "delete", link); err != nil && linkExists(ctx, link) {
 				errs = append(errs, err)
 			}
-		}
-	}
-	if linkExists(ctx, BridgeName) {
-		if err := run(ctx, "ip", "link", "delete", BridgeName); err != nil {
-			errs = append(errs, err)
 		}
 	}
 	// Routes via a node address outlive nothing once the bridge is gone, but a route added while
@@ -100,6 +99,14 @@ func teardownNetwork(ctx context.Context) error {
 		return fmt.Errorf("cluster: network teardown: %w", err)
 	}
 	return nil
+}
+
+func hostVeths(nodes []Node) []string {
+	var names []string
+	for _, n := range nodes {
+		names = append(names, n.HostVeth)
+	}
+	return names
 }
 
 func linkExists(ctx context.Context, name string) bool {
