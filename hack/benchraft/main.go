@@ -45,7 +45,9 @@ type config struct {
 	levels              []int
 	payload             int
 	profile             string
+	profileAt           int
 	smrOnly             bool
+	rounds              int
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -58,10 +60,15 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&c.duration, "duration", 5*time.Second, "measurement time per concurrency level")
 	fs.StringVar(&levels, "proposers", "1,16,64", "concurrency levels")
 	fs.IntVar(&c.payload, "payload", 128, "payload bytes per proposal")
-	fs.StringVar(&c.profile, "profile", "", "write a CPU profile of the smr leader at the highest level to this file")
+	fs.StringVar(&c.profile, "profile", "", "write a CPU profile of the smr leader at -profile-at proposers to this file")
+	fs.IntVar(&c.profileAt, "profile-at", 64, "concurrency level to profile")
 	fs.BoolVar(&c.smrOnly, "smr-only", false, "skip etcd (profiling)")
+	fs.IntVar(&c.rounds, "rounds", 3, "alternating measurement rounds per level (median kept)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if c.rounds < 1 {
+		return errors.New("-rounds must be >= 1")
 	}
 	if c.raftnode == "" {
 		return errors.New("-raftnode is required")
@@ -84,21 +91,89 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		defer os.RemoveAll(d)
 		c.dir = d
 	}
-	smr, err := benchSMR(ctx, c, out)
+	smr, err := startSMR(ctx, c)
 	if err != nil {
 		return fmt.Errorf("smr: %w", err)
+	}
+	defer smr.stop()
+	systems := []*system{smr}
+	if !c.smrOnly {
+		etcd, err := startEtcd(ctx, c)
+		if err != nil {
+			return fmt.Errorf("etcd: %w", err)
+		}
+		defer etcd.stop()
+		systems = append(systems, etcd)
+	}
+	// Both clusters run side by side; measurements alternate between them
+	// (rounds) and the median is kept, so load from other processes on the
+	// machine hits both alike.
+	res := map[string]map[int]result{}
+	for _, n := range c.levels {
+		runs := map[string][]result{}
+		for round := 0; round < c.rounds; round++ {
+			for _, sys := range systems {
+				if sys.profile != nil && n == c.profileAt && round == 0 {
+					go sys.profile(c.duration)
+				}
+				r := load(ctx, n, c.duration, sys.pids, sys.proposer(n))
+				runs[sys.name] = append(runs[sys.name], r)
+			}
+		}
+		for _, sys := range systems {
+			m := median(runs[sys.name])
+			report(out, sys.name, n, m)
+			if res[sys.name] == nil {
+				res[sys.name] = map[int]result{}
+			}
+			res[sys.name][n] = m
+		}
 	}
 	if c.smrOnly {
 		return nil
 	}
-	etcd, err := benchEtcd(ctx, c, out)
-	if err != nil {
-		return fmt.Errorf("etcd: %w", err)
-	}
+	s, e := res["smr"], res["etcd"]
 	fmt.Fprintf(out, "raft: commits/s at 64 proposers smr=%.0f etcd=%.0f ratio=%.2f; p50 commit latency at 1 proposer smr=%.2f ms etcd=%.2f ms\n",
-		smr[64].rate, etcd[64].rate, smr[64].rate/etcd[64].rate, ms(smr[1].p50), ms(etcd[1].p50))
+		s[64].rate, e[64].rate, s[64].rate/e[64].rate, ms(s[1].p50), ms(e[1].p50))
 	return nil
 }
+
+// median picks, per field, the median over rounds (max for RSS).
+func median(rs []result) result {
+	pick := func(f func(result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	out := result{
+		rate:     pick(func(r result) float64 { return r.rate }),
+		p50:      time.Duration(pick(func(r result) float64 { return float64(r.p50) })),
+		p99:      time.Duration(pick(func(r result) float64 { return float64(r.p99) })),
+		cpuPerOp: time.Duration(pick(func(r result) float64 { return float64(r.cpuPerOp) })),
+		maxRSS:   make([]int64, len(rs[0].maxRSS)),
+	}
+	for _, r := range rs {
+		out.errors += r.errors
+		for i, v := range r.maxRSS {
+			out.maxRSS[i] = max(out.maxRSS[i], v)
+		}
+	}
+	return out
+}
+
+// system is one running 3-member cluster under test.
+type system struct {
+	name     string
+	pids     []int
+	proposer func(n int) proposeFunc
+	profile  func(d time.Duration) // optional
+	stop     func()
+}
+
+var sessions atomic.Uint64
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
@@ -106,7 +181,8 @@ type result struct {
 	rate     float64
 	p50, p99 time.Duration
 	errors   int64
-	maxRSS   []int64 // KiB per process, at this level
+	maxRSS   []int64       // KiB per process, at this level
+	cpuPerOp time.Duration // CPU time of all server processes per commit
 }
 
 // proposeFunc proposes one payload through proposer p.
@@ -129,6 +205,7 @@ func load(ctx context.Context, n int, d time.Duration, pids []int, propose propo
 	lctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	go func() { rssDone <- sampleRSS(lctx, pids) }()
+	cpu0 := cpuTime(pids)
 	start := time.Now()
 	for p := 0; p < n; p++ {
 		wg.Add(1)
@@ -153,6 +230,9 @@ func load(ctx context.Context, n int, d time.Duration, pids []int, propose propo
 	elapsed := time.Since(start)
 	slices.Sort(lats)
 	r := result{rate: float64(count.Load()) / elapsed.Seconds(), errors: errs.Load(), maxRSS: <-rssDone}
+	if c := count.Load(); c > 0 {
+		r.cpuPerOp = (cpuTime(pids) - cpu0) / time.Duration(c)
+	}
 	if len(lats) > 0 {
 		r.p50, r.p99 = lats[len(lats)/2], lats[len(lats)*99/100]
 	}
@@ -175,6 +255,27 @@ func sampleRSS(ctx context.Context, pids []int) []int64 {
 	}
 }
 
+// cpuTime sums user+system CPU of the processes (clock ticks of 10ms).
+func cpuTime(pids []int) time.Duration {
+	var total time.Duration
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name: state is field 3; utime 14, stime 15.
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		total += time.Duration(u+st) * 10 * time.Millisecond
+	}
+	return total
+}
+
 func rssKiB(pid int) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -194,8 +295,8 @@ func report(out io.Writer, name string, n int, r result) {
 	for i, v := range r.maxRSS {
 		rss[i] = fmt.Sprintf("%.1f", float64(v)/1024)
 	}
-	fmt.Fprintf(out, "%-4s proposers=%-3d commits/s=%-8.0f p50=%.2fms p99=%.2fms errors=%d maxRSS(MiB)=[%s]\n",
-		name, n, r.rate, ms(r.p50), ms(r.p99), r.errors, strings.Join(rss, " "))
+	fmt.Fprintf(out, "%-4s proposers=%-3d commits/s=%-8.0f p50=%.2fms p99=%.2fms errors=%d serverCPU/commit=%dus maxRSS(MiB)=[%s]\n",
+		name, n, r.rate, ms(r.p50), ms(r.p99), r.errors, r.cpuPerOp.Microseconds(), strings.Join(rss, " "))
 }
 
 func freePort() (string, error) {
@@ -235,26 +336,37 @@ func (ps procs) pids() []int {
 
 // ---------------------------------------------------------------- smr
 
-func benchSMR(ctx context.Context, c config, out io.Writer) (map[int]result, error) {
-	var parts []string
-	var httpAddrs []string
+func startSMR(ctx context.Context, c config) (_ *system, err error) {
+	var parts, httpAddrs, grpcAddrs []string
 	for id := 1; id <= 3; id++ {
-		r, err := freePort()
-		if err != nil {
-			return nil, err
+		var a [3]string
+		for i := range a {
+			p, err := freePort()
+			if err != nil {
+				return nil, err
+			}
+			a[i] = p
 		}
-		h, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		parts = append(parts, fmt.Sprintf("%d=%s", id, r))
-		httpAddrs = append(httpAddrs, h)
+		parts = append(parts, fmt.Sprintf("%d=%s", id, a[0]))
+		httpAddrs = append(httpAddrs, a[1])
+		grpcAddrs = append(grpcAddrs, a[2])
 	}
 	var ps procs
-	defer func() { ps.stop() }()
+	var closers []func() error
+	stop := func() {
+		for _, f := range closers {
+			f()
+		}
+		ps.stop()
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
 	for id := 1; id <= 3; id++ {
 		cmd := exec.Command(c.raftnode, "-id", strconv.Itoa(id), "-peers", strings.Join(parts, ","),
-			"-http", httpAddrs[id-1], "-data", filepath.Join(c.dir, fmt.Sprintf("smr%d", id)), fmt.Sprintf("-pprof=%v", c.profile != ""))
+			"-http", httpAddrs[id-1], "-grpc", grpcAddrs[id-1], "-data", filepath.Join(c.dir, fmt.Sprintf("smr%d", id)), fmt.Sprintf("-pprof=%v", c.profile != ""))
 		cmd.Stderr = os.Stderr
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
@@ -269,37 +381,42 @@ func benchSMR(ctx context.Context, c config, out io.Writer) (map[int]result, err
 		}
 	}
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}}
-	clients := make([]*raftnode.Client, 3)
-	for i, a := range httpAddrs {
-		clients[i] = &raftnode.Client{Base: "http://" + a, HTTP: hc}
+	// Proposers use the gRPC client API: one connection per member, as the
+	// etcd side uses one clientv3 connection per endpoint.
+	clients := make([]*raftnode.GRPCClient, 3)
+	for i, a := range grpcAddrs {
+		cl, err := raftnode.DialGRPC(a)
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, cl.Close)
+		clients[i] = cl
 	}
 	lead, err := smrLeader(ctx, hc, httpAddrs)
 	if err != nil {
 		return nil, err
 	}
 	value := strings.Repeat("v", c.payload)
-	results := map[int]result{}
-	for _, n := range c.levels {
-		propose := func(ctx context.Context, p int, seq uint64) error {
+	sys := &system{name: "smr", pids: ps.pids(), stop: stop}
+	sys.proposer = func(n int) proposeFunc {
+		base := sessions.Add(uint64(n)) - uint64(n)
+		return func(ctx context.Context, p int, seq uint64) error {
 			// Proposers spread over the members starting at the leader
-			// (the same placement as for etcd).
+			// (the same placement as for etcd); each has its own session.
 			cl := clients[(lead+p)%3]
 			op := kvtest.Op{Kind: "put", Key: fmt.Sprintf("k%d", p), Value: value}
-			session := uint64(n*1000 + p + 1)
+			session := base + uint64(p) + 1
 			if seq == 0 {
 				session = 0 // warm-up: no session
 			}
 			_, err := cl.Propose(ctx, raftcore.Proposal{Session: session, Seq: seq, Data: op.Encode()})
 			return err
 		}
-		if c.profile != "" && n == slices.Max(c.levels) {
-			go profile(hc, httpAddrs[lead], c.profile, c.duration)
-		}
-		r := load(ctx, n, c.duration, ps.pids(), propose)
-		report(out, "smr", n, r)
-		results[n] = r
 	}
-	return results, nil
+	if c.profile != "" {
+		sys.profile = func(d time.Duration) { profile(hc, httpAddrs[lead], c.profile, d) }
+	}
+	return sys, nil
 }
 
 func smrLeader(ctx context.Context, hc *http.Client, addrs []string) (int, error) {
@@ -323,7 +440,7 @@ func smrLeader(ctx context.Context, hc *http.Client, addrs []string) (int, error
 
 // ---------------------------------------------------------------- etcd
 
-func benchEtcd(ctx context.Context, c config, out io.Writer) (map[int]result, error) {
+func startEtcd(ctx context.Context, c config) (_ *system, err error) {
 	var peerURLs, clientURLs, initial []string
 	for id := 1; id <= 3; id++ {
 		p, err := freePort()
@@ -339,7 +456,18 @@ func benchEtcd(ctx context.Context, c config, out io.Writer) (map[int]result, er
 		initial = append(initial, fmt.Sprintf("e%d=http://%s", id, p))
 	}
 	var ps procs
-	defer func() { ps.stop() }()
+	var closers []func() error
+	stop := func() {
+		for _, f := range closers {
+			f()
+		}
+		ps.stop()
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
 	for i := range 3 {
 		cmd := exec.Command(c.etcd,
 			"--name", fmt.Sprintf("e%d", i+1),
@@ -360,7 +488,7 @@ func benchEtcd(ctx context.Context, c config, out io.Writer) (map[int]result, er
 		if err != nil {
 			return nil, err
 		}
-		defer cl.Close()
+		closers = append(closers, cl.Close)
 		clients[i] = cl
 	}
 	lead, err := etcdLeader(ctx, clients, clientURLs)
@@ -368,17 +496,14 @@ func benchEtcd(ctx context.Context, c config, out io.Writer) (map[int]result, er
 		return nil, err
 	}
 	value := strings.Repeat("v", c.payload)
-	results := map[int]result{}
-	for _, n := range c.levels {
-		propose := func(ctx context.Context, p int, _ uint64) error {
+	sys := &system{name: "etcd", pids: ps.pids(), stop: stop}
+	sys.proposer = func(int) proposeFunc {
+		return func(ctx context.Context, p int, _ uint64) error {
 			_, err := clients[(lead+p)%3].Put(ctx, fmt.Sprintf("k%d", p), value)
 			return err
 		}
-		r := load(ctx, n, c.duration, ps.pids(), propose)
-		report(out, "etcd", n, r)
-		results[n] = r
 	}
-	return results, nil
+	return sys, nil
 }
 
 func etcdLeader(ctx context.Context, clients []*clientv3.Client, urls []string) (int, error) {

@@ -64,6 +64,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	id := fs.Uint64("id", 0, "this member's id")
 	peersFlag := fs.String("peers", "", "raft peers: 1=host:port,2=host:port,... (including self)")
 	httpAddr := fs.String("http", "127.0.0.1:0", "client HTTP listen address")
+	grpcAddr := fs.String("grpc", "", "client gRPC listen address (optional)")
 	dataDir := fs.String("data", "", "data directory (WAL, snapshots)")
 	group := fs.String("group", "kv", "group name")
 	tick := fs.Duration("tick", 50*time.Millisecond, "raft tick interval")
@@ -112,8 +113,18 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		h.Handle("/debug/pprof/", http.DefaultServeMux)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	grpcInfo := ""
+	if *grpcAddr != "" {
+		glis, err := net.Listen("tcp", *grpcAddr)
+		if err != nil {
+			return fmt.Errorf("listen grpc: %w", err)
+		}
+		gs := serveGRPC(glis, g, kv)
+		defer gs.Stop()
+		grpcInfo = " grpc=" + glis.Addr().String()
+	}
 	// The first stdout line tells a parent process where clients connect.
-	fmt.Fprintf(stdout, "http=%s raft=%s\n", lis.Addr(), peers[*id])
+	fmt.Fprintf(stdout, "http=%s raft=%s%s\n", lis.Addr(), peers[*id], grpcInfo)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
 	select {
