@@ -69,7 +69,9 @@ type ExecutorConfig struct {
 	// RetryInterval is the pause between dials of an unreachable app (default 100ms).
 	RetryInterval time.Duration
 	// Trace receives one line per applied entry and per local read (nil: none).
-	Trace   *slog.Logger
+	Trace *Tracer
+	// Log receives warnings (app unreachable, replica diverged); nil discards.
+	Log     *slog.Logger
 	Metrics *Metrics
 }
 
@@ -92,8 +94,8 @@ func (c ExecutorConfig) withDefaults() (ExecutorConfig, error) {
 	if c.RetryInterval <= 0 {
 		c.RetryInterval = 100 * time.Millisecond
 	}
-	if c.Trace == nil {
-		c.Trace = slog.New(slog.DiscardHandler)
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
 	}
 	return c, nil
 }
@@ -107,6 +109,7 @@ func (c ExecutorConfig) withDefaults() (ExecutorConfig, error) {
 // rebuilds its fresh app by replaying the log from the start.
 type Executor struct {
 	cfg ExecutorConfig
+	m   *groupMetrics
 
 	// mu is the serial executor: it is held for every app round trip
 	// (Apply and local reads), so the app sees one request at a time.
@@ -154,7 +157,7 @@ func NewExecutor(cfg ExecutorConfig) (*Executor, error) {
 		return nil, err
 	}
 	return &Executor{
-		cfg: cfg, sessions: map[uint64]*appSession{}, appliedCh: make(chan struct{}),
+		cfg: cfg, m: cfg.Metrics.forGroup(cfg.Group), sessions: map[uint64]*appSession{}, appliedCh: make(chan struct{}),
 		starts: map[[2]uint64]time.Time{}, closed: make(chan struct{}),
 	}, nil
 }
@@ -195,14 +198,14 @@ func (x *Executor) applyOrQueue(e raftcore.Entry, op Op) ([]byte, *queued) {
 	if len(x.queue) >= x.cfg.MaxQueue {
 		x.broken = fmt.Errorf("%w: it stayed unreachable for %d entries; restart the pod to rebuild it from the log",
 			ErrNotReady, x.cfg.MaxQueue)
-		x.cfg.Trace.Error("replica diverged", "group", x.cfg.Group, "err", x.broken)
+		x.cfg.Log.Error("replica diverged", "group", x.cfg.Group, "err", x.broken)
 		x.queue = nil
-		x.cfg.Metrics.setQueue(x.cfg.Group, 0)
+		x.m.setQueue(0)
 		return x.replyLocked(e, op, x.broken), nil
 	}
 	q := &queued{e: e, op: op, done: make(chan []byte, 1)}
 	x.queue = append(x.queue, q)
-	x.cfg.Metrics.setQueue(x.cfg.Group, len(x.queue))
+	x.m.setQueue(len(x.queue))
 	if !x.retrying {
 		x.retrying = true
 		go x.retryLoop()
@@ -255,7 +258,7 @@ func (x *Executor) retryLoop() {
 			q.done <- val
 			x.queue = x.queue[1:]
 		}
-		x.cfg.Metrics.setQueue(x.cfg.Group, len(x.queue))
+		x.m.setQueue(len(x.queue))
 		if len(x.queue) == 0 {
 			x.downMode, x.retrying = false, false
 			x.mu.Unlock()
@@ -280,12 +283,12 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 		conn, err := x.cfg.Dialer.DialApp(ctx, op.Port)
 		cancel()
 		if err != nil {
-			x.cfg.Trace.Warn("app unreachable", "group", x.cfg.Group, "port", op.Port, "err", err)
+			x.cfg.Log.Warn("app unreachable", "group", x.cfg.Group, "port", op.Port, "err", err)
 			return nil, true
 		}
 		f, _ := framing.New(op.Protocol, x.cfg.Framing)
 		x.sessions[e.Session] = &appSession{origin: e.Origin, port: op.Port, framer: f, conn: conn, r: bufio.NewReaderSize(conn, 16<<10)}
-		x.cfg.Metrics.setSessions(x.cfg.Group, len(x.sessions))
+		x.m.setSessions(len(x.sessions))
 		return nil, false
 	case KindRequest:
 		s, ok := x.sessions[e.Session]
@@ -332,7 +335,7 @@ func (x *Executor) roundTripLocked(s *appSession, req framing.Request) []byte {
 	if len(resp) > 0 && !errors.Is(err, framing.ErrMalformed) && !errors.Is(err, framing.ErrTooLarge) {
 		return resp // e.g. a close-delimited HTTP body that ended at EOF
 	}
-	x.cfg.Trace.Warn("app session failed", "group", x.cfg.Group, "op", req.Op, "err", err)
+	x.cfg.Log.Warn("app session failed", "group", x.cfg.Group, "op", req.Op, "err", err)
 	reply, _ := s.framer.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, err))
 	return reply
 }
@@ -341,7 +344,7 @@ func (x *Executor) closeSessionLocked(id uint64) {
 	if s, ok := x.sessions[id]; ok {
 		_ = s.conn.Close()
 		delete(x.sessions, id)
-		x.cfg.Metrics.setSessions(x.cfg.Group, len(x.sessions))
+		x.m.setSessions(len(x.sessions))
 	}
 }
 
@@ -382,9 +385,10 @@ func (x *Executor) Read(ctx context.Context, session uint64, req framing.Request
 		return nil, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, session)
 	}
 	val := x.roundTripLocked(s, req)
-	x.cfg.Trace.Info("read", "group", x.cfg.Group, "index", readIndex, "session", fmt.Sprintf("%x", session),
-		"op", req.Op, "origin", x.cfg.Self, "latency", time.Since(start))
-	x.cfg.Metrics.read(x.cfg.Group)
+	exec := time.Since(start)
+	x.cfg.Trace.Write(TraceLine{Kind: "read", Group: x.cfg.Group, Index: readIndex, Session: session,
+		Op: req.Op, Origin: x.cfg.Self, Latency: exec, Exec: exec})
+	x.m.read()
 	return val, nil
 }
 
@@ -422,7 +426,7 @@ func (x *Executor) setApplied(idx uint64) {
 		x.appliedCh = make(chan struct{})
 	}
 	x.appliedMu.Unlock()
-	x.cfg.Metrics.setApplied(x.cfg.Group, idx)
+	x.m.setApplied(idx)
 }
 
 // Health returns nil while the replica follows the log, ErrNotReady (wrapped)
@@ -483,15 +487,14 @@ func (x *Executor) observe(e raftcore.Entry, op Op, execStart time.Time) {
 	if e.Origin == x.cfg.Self {
 		if t, ok := x.takeStart(e.Session, e.Seq); ok {
 			latency = now.Sub(t)
-			x.cfg.Metrics.applyLag(x.cfg.Group, latency)
+			x.m.lag(latency)
 		}
 	}
 	name := op.Name
 	if op.Kind != KindRequest {
 		name = op.Kind.String()
 	}
-	x.cfg.Metrics.commit(x.cfg.Group, op.Kind, exec)
-	x.cfg.Trace.Info("commit", "group", e.Group, "index", e.Index, "term", e.Term,
-		"session", fmt.Sprintf("%x", e.Session), "seq", e.Seq, "op", name, "origin", e.Origin,
-		"latency", latency, "exec", exec)
+	x.m.commit(op.Kind, exec)
+	x.cfg.Trace.Write(TraceLine{Kind: "commit", Group: e.Group, Index: e.Index, Term: e.Term,
+		Session: e.Session, Seq: e.Seq, Op: name, Origin: e.Origin, Latency: latency, Exec: exec})
 }

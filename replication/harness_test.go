@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"path/filepath"
 	"sync"
@@ -52,7 +51,7 @@ type replica struct {
 }
 
 type cluster struct {
-	t        *testing.T
+	t        testing.TB
 	replicas []*replica
 	metrics  *Metrics
 	reg      *prometheus.Registry
@@ -74,10 +73,11 @@ type clusterOpts struct {
 	port     Port
 	framing  framing.Options
 	appAddrs []string // one per replica
+	fsync    bool     // WAL fsync on (benchmarks); tests skip it for speed
 	exec     func(*ExecutorConfig)
 }
 
-func newCluster(t *testing.T, o clusterOpts) *cluster {
+func newCluster(t testing.TB, o clusterOpts) *cluster {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	network := memnet.New()
@@ -107,7 +107,7 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 		r := &replica{id: id, dialer: &addrDialer{addr: appAddr}, trace: &syncBuffer{}}
 		cfg := ExecutorConfig{
 			Group: testGroup, Self: id, Ports: []Port{o.port}, Dialer: r.dialer, Framing: o.framing,
-			Trace: slog.New(slog.NewTextHandler(r.trace, nil)), Metrics: metrics,
+			Trace: NewTracer(r.trace), Metrics: metrics,
 		}
 		if o.exec != nil {
 			o.exec(&cfg)
@@ -117,7 +117,7 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 		}
 		r.node, err = raftcore.NewNode(raftcore.NodeConfig{
 			DataDir: filepath.Join(dir, peers[id]), Transport: network.Endpoint(peers[id]),
-			TickInterval: 10 * time.Millisecond, UnsafeNoFsync: true,
+			TickInterval: 10 * time.Millisecond, UnsafeNoFsync: !o.fsync,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -150,7 +150,7 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 }
 
 // waitFor polls cond until it holds; the test's own deadline bounds it.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {

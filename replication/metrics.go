@@ -69,58 +69,87 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
-func (m *Metrics) proposal(group string, k Kind) {
-	if m != nil {
-		m.proposals.WithLabelValues(group, k.String()).Inc()
+// groupMetrics holds one group's metric children, resolved once so the
+// per-request path does no label hashing. A nil *groupMetrics records nothing.
+type groupMetrics struct {
+	group                         string
+	m                             *Metrics
+	proposals, commits            [KindReset + 1]prometheus.Counter
+	proposalErrs, reads           prometheus.Counter
+	applyLag, exec                prometheus.Observer
+	appliedIndex, sessions, queue prometheus.Gauge
+}
+
+func (m *Metrics) forGroup(group string) *groupMetrics {
+	if m == nil {
+		return nil
+	}
+	g := &groupMetrics{group: group, m: m,
+		proposalErrs: m.proposalErrs.WithLabelValues(group), reads: m.reads.WithLabelValues(group),
+		applyLag: m.applyLagH.WithLabelValues(group), exec: m.execDuration.WithLabelValues(group),
+		appliedIndex: m.appliedIndex.WithLabelValues(group), sessions: m.sessions.WithLabelValues(group),
+		queue: m.queue.WithLabelValues(group)}
+	for k := KindOpen; k <= KindReset; k++ {
+		g.proposals[k] = m.proposals.WithLabelValues(group, k.String())
+		g.commits[k] = m.commits.WithLabelValues(group, k.String())
+	}
+	return g
+}
+
+func validKind(k Kind) bool { return k >= KindOpen && k <= KindReset }
+
+func (g *groupMetrics) proposal(k Kind) {
+	if g != nil && validKind(k) {
+		g.proposals[k].Inc()
 	}
 }
 
-func (m *Metrics) proposalError(group string) {
-	if m != nil {
-		m.proposalErrs.WithLabelValues(group).Inc()
+func (g *groupMetrics) proposalError() {
+	if g != nil {
+		g.proposalErrs.Inc()
 	}
 }
 
-func (m *Metrics) commit(group string, k Kind, exec time.Duration) {
-	if m != nil {
-		m.commits.WithLabelValues(group, k.String()).Inc()
-		m.execDuration.WithLabelValues(group).Observe(exec.Seconds())
+func (g *groupMetrics) commit(k Kind, exec time.Duration) {
+	if g != nil && validKind(k) {
+		g.commits[k].Inc()
+		g.exec.Observe(exec.Seconds())
 	}
 }
 
-func (m *Metrics) read(group string) {
-	if m != nil {
-		m.reads.WithLabelValues(group).Inc()
+func (g *groupMetrics) read() {
+	if g != nil {
+		g.reads.Inc()
 	}
 }
 
-func (m *Metrics) badRequest(group, reason string) {
-	if m != nil {
-		m.badRequests.WithLabelValues(group, reason).Inc()
+func (g *groupMetrics) badRequest(reason string) {
+	if g != nil {
+		g.m.badRequests.WithLabelValues(g.group, reason).Inc()
 	}
 }
 
-func (m *Metrics) applyLag(group string, d time.Duration) {
-	if m != nil {
-		m.applyLagH.WithLabelValues(group).Observe(d.Seconds())
+func (g *groupMetrics) lag(d time.Duration) {
+	if g != nil {
+		g.applyLag.Observe(d.Seconds())
 	}
 }
 
-func (m *Metrics) setApplied(group string, idx uint64) {
-	if m != nil {
-		m.appliedIndex.WithLabelValues(group).Set(float64(idx))
+func (g *groupMetrics) setApplied(idx uint64) {
+	if g != nil {
+		g.appliedIndex.Set(float64(idx))
 	}
 }
 
-func (m *Metrics) setSessions(group string, n int) {
-	if m != nil {
-		m.sessions.WithLabelValues(group).Set(float64(n))
+func (g *groupMetrics) setSessions(n int) {
+	if g != nil {
+		g.sessions.Set(float64(n))
 	}
 }
 
-func (m *Metrics) setQueue(group string, n int) {
-	if m != nil {
-		m.queue.WithLabelValues(group).Set(float64(n))
+func (g *groupMetrics) setQueue(n int) {
+	if g != nil {
+		g.queue.Set(float64(n))
 	}
 }
 

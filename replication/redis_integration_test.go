@@ -20,7 +20,7 @@ import (
 // They run with SMR_INTEGRATION=1 (hack/test.sh) and then fail if
 // redis-server is missing.
 
-func requireIntegration(t *testing.T) {
+func requireIntegration(t testing.TB) {
 	t.Helper()
 	if os.Getenv("SMR_INTEGRATION") != "1" {
 		t.Skip("integration test: run with SMR_INTEGRATION=1 (hack/test.sh) and redis-server installed")
@@ -28,7 +28,7 @@ func requireIntegration(t *testing.T) {
 }
 
 // startRedis runs a private redis-server on a free 127.0.0.1 port.
-func startRedis(t *testing.T) string {
+func startRedis(t testing.TB) string {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {

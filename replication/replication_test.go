@@ -102,7 +102,7 @@ func TestHTTPConcurrentIncrEqualOnEveryReplica(t *testing.T) {
 		}
 	}
 	// One trace line per committed request, with the fields the issue asks for.
-	for _, field := range []string{"msg=commit", "group=" + testGroup, "index=", "term=", "session=", `op="POST /incr/k"`, "origin=", "latency="} {
+	for _, field := range []string{"smr=commit", "group=" + testGroup, "index=", "term=", "session=", `op="POST /incr/k"`, "origin=", "latency="} {
 		if !strings.Contains(c.replicas[0].trace.String(), field) {
 			t.Errorf("trace lacks %q:\n%.500s", field, c.replicas[0].trace.String())
 		}
@@ -144,11 +144,13 @@ func TestHTTPReadOnlyGetIsLinearizable(t *testing.T) {
 	}
 	// The GETs took the read path: traced as reads, never committed.
 	for _, r := range c.replicas {
-		if tr := r.trace.String(); strings.Contains(tr, `op="GET /kv/a"`) && strings.Contains(tr, "msg=commit op=\"GET") {
-			t.Errorf("replica %d committed a GET", r.id)
+		for line := range strings.SplitSeq(r.trace.String(), "\n") {
+			if strings.Contains(line, "smr=commit") && strings.Contains(line, `op="GET /kv/a"`) {
+				t.Errorf("replica %d committed a GET: %s", r.id, line)
+			}
 		}
 	}
-	if n := strings.Count(c.replicas[1].trace.String()+c.replicas[2].trace.String()+c.replicas[0].trace.String(), "msg=read"); n != 5 {
+	if n := strings.Count(c.replicas[1].trace.String()+c.replicas[2].trace.String()+c.replicas[0].trace.String(), "smr=read"); n != 5 {
 		t.Errorf("%d local reads traced, want 5", n)
 	}
 }

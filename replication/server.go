@@ -42,6 +42,7 @@ type ServerConfig struct {
 // connection at the same log position.
 type Server struct {
 	cfg ServerConfig
+	m   *groupMetrics
 	wg  sync.WaitGroup
 }
 
@@ -62,7 +63,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg}, nil
+	return &Server{cfg: cfg, m: cfg.Metrics.forGroup(cfg.Group)}, nil
 }
 
 // ResetOrigin proposes RESET for this replica: every replica closes the app
@@ -150,7 +151,7 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 			if !isFramingError(err) {
 				return fmt.Errorf("read client: %w", err)
 			}
-			s.cfg.Metrics.badRequest(s.cfg.Group, reason(err))
+			s.m.badRequest(reason(err))
 			reply, closeConn := f.ErrorReply(err)
 			if _, werr := bw.Write(reply); werr != nil || bw.Flush() != nil || closeConn {
 				return fmt.Errorf("client request refused: %w", err)
@@ -214,7 +215,7 @@ func (s *Server) closeSession(session, seq uint64) {
 // most once and returns the first result to a retry.
 func (s *Server) propose(ctx context.Context, session, seq uint64, op Op) (raftcore.Result, error) {
 	data := op.Encode()
-	s.cfg.Metrics.proposal(s.cfg.Group, op.Kind)
+	s.m.proposal(op.Kind)
 	backoff := 20 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
@@ -226,7 +227,7 @@ func (s *Server) propose(ctx context.Context, session, seq uint64, op Op) (raftc
 		}
 		s.cfg.Exec.takeStart(session, seq)
 		if !retryable(err) || attempt >= s.cfg.Retries || ctx.Err() != nil {
-			s.cfg.Metrics.proposalError(s.cfg.Group)
+			s.m.proposalError()
 			return res, fmt.Errorf("propose %s (session %x seq %d, %d attempts): %w", op.Kind, session, seq, attempt+1, err)
 		}
 		if err := sleep(ctx, backoff); err != nil {
@@ -256,7 +257,7 @@ func (s *Server) read(ctx context.Context, session uint64, req framing.Request) 
 			cancel()
 		}
 		if !retryable(err) || attempt >= s.cfg.Retries || ctx.Err() != nil {
-			s.cfg.Metrics.proposalError(s.cfg.Group)
+			s.m.proposalError()
 			return nil, fmt.Errorf("read %s (%d attempts): %w", req.Op, attempt+1, err)
 		}
 		if err := sleep(ctx, backoff); err != nil {
