@@ -70,7 +70,8 @@ type Group struct {
 	appliedCh chan struct{} // closed and replaced on every advance
 
 	// owned by run()
-	readBatches map[uint64][]*readReq
+	readBatches map[uint64]*readBatch
+	ticks       uint64
 	sendBuf     map[uint64][]*raftpb.Message
 }
 
@@ -88,6 +89,13 @@ type propResult struct {
 
 type readReq struct {
 	done chan readResult // buffered(1)
+}
+
+// readBatch is one raft ReadIndex request shared by many callers.
+type readBatch struct {
+	reqs  []*readReq
+	since uint64 // tick when (re)sent
+	tries int
 }
 
 type readResult struct {
@@ -129,7 +137,7 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 		props:       map[uint64]*proposal{},
 		peers:       maps.Clone(cfg.Peers),
 		appliedCh:   make(chan struct{}),
-		readBatches: map[uint64][]*readReq{},
+		readBatches: map[uint64]*readBatch{},
 		sendBuf:     map[uint64][]*raftpb.Message{},
 	}
 	var applied uint64
@@ -518,8 +526,8 @@ func (g *Group) run() {
 			g.log.Error("close wal", "err", err)
 		}
 		g.failAllProposals(g.stoppedErr())
-		for _, rs := range g.readBatches {
-			for _, r := range rs {
+		for _, b := range g.readBatches {
+			for _, r := range b.reqs {
 				r.done <- readResult{err: g.stoppedErr()}
 			}
 		}
@@ -540,6 +548,8 @@ func (g *Group) run() {
 		select {
 		case <-ticker.C:
 			g.rn.Tick()
+			g.ticks++
+			g.retryReads()
 		case pr := <-g.propc:
 			g.propose(pr)
 		case ms := <-g.recvc:
@@ -625,10 +635,37 @@ func (g *Group) step(ms []*raftpb.Message) {
 // one heartbeat round confirms leadership for all of them.
 func (g *Group) readIndex(rs ...*readReq) {
 	id := g.nextID.Add(1)
-	g.readBatches[id] = append(g.readBatches[id], rs...)
+	g.readBatches[id] = &readBatch{reqs: rs, since: g.ticks}
+	g.sendReadIndex(id)
+}
+
+func (g *Group) sendReadIndex(id uint64) {
 	var ctx [8]byte
 	binary.BigEndian.PutUint64(ctx[:], id)
 	g.rn.ReadIndex(ctx[:])
+}
+
+// retryReads re-sends read requests unanswered for an election timeout
+// (the request or its answer may have been lost on the network) and fails
+// them after a few tries, so reads do not linger until the caller's
+// deadline when the leader stays the same but messages get lost.
+func (g *Group) retryReads() {
+	for id, b := range g.readBatches {
+		if g.ticks-b.since < uint64(g.ncfg.ElectionTicks) {
+			continue
+		}
+		if b.tries >= 3 {
+			err := fmt.Errorf("group %s: read index unanswered: %w", g.name, ErrLeaderLost)
+			for _, r := range b.reqs {
+				r.done <- readResult{err: err}
+			}
+			delete(g.readBatches, id)
+			continue
+		}
+		b.tries++
+		b.since = g.ticks
+		g.sendReadIndex(id)
+	}
 }
 
 func (g *Group) applyReport(r report) {
@@ -741,8 +778,8 @@ func (g *Group) onSoftState(ss *raft.SoftState) {
 	}
 	err := fmt.Errorf("group %s: %w (leader %d -> %d)", g.name, ErrLeaderLost, oldLead, ss.Lead)
 	g.failAllProposals(err)
-	for id, rs := range g.readBatches {
-		for _, r := range rs {
+	for id, b := range g.readBatches {
+		for _, r := range b.reqs {
 			r.done <- readResult{err: err}
 		}
 		delete(g.readBatches, id)
@@ -754,7 +791,11 @@ func (g *Group) onReadState(rs raft.ReadState) {
 		return
 	}
 	id := binary.BigEndian.Uint64(rs.RequestCtx)
-	for _, r := range g.readBatches[id] {
+	b, ok := g.readBatches[id]
+	if !ok {
+		return // answer to a retried request that was already served
+	}
+	for _, r := range b.reqs {
 		r.done <- readResult{index: rs.Index}
 	}
 	delete(g.readBatches, id)
