@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -24,6 +25,9 @@ import (
 // to the node's systemd. The image thus needs nothing but smr-cri itself.
 type HostExecutor struct {
 	Root string
+	// TargetPID is the process whose namespaces commands enter (default 1,
+	// the node's init; tests use a process of their own).
+	TargetPID int
 }
 
 // Run implements Executor.
@@ -32,7 +36,11 @@ func (h HostExecutor) Run(ctx context.Context, name string, args ...string) ([]b
 	if filepath.Clean(h.Root) == "/" {
 		cmd = exec.CommandContext(ctx, name, args...)
 	} else {
-		nsArgs := append([]string{"--target", "1", "--mount", "--uts", "--ipc", "--net", "--pid", "--", name}, args...)
+		target := h.TargetPID
+		if target == 0 {
+			target = 1
+		}
+		nsArgs := append([]string{"--target", strconv.Itoa(target), "--mount", "--uts", "--ipc", "--net", "--pid", "--", name}, args...)
 		cmd = exec.CommandContext(ctx, "/usr/bin/nsenter", nsArgs...)
 		// exec.Cmd looks the path up after the chroot, in the node's tree.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: h.Root}
