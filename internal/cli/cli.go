@@ -51,9 +51,12 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"serve":   {"run the CRI proxy between kubelet and the container runtime", runServe},
-		"version": {"print the version", runVersion},
-		"help":    {"show this help", runHelp},
+		"serve":     {"run the CRI proxy between kubelet and the container runtime", runServe},
+		"install":   {"install smr-cri on this node and point kubelet at it", runInstall},
+		"uninstall": {"restore kubelet's runtime and remove smr-cri from this node", runUninstall},
+		"trace":     {"print (and with --follow, stream) this node's ordering traces", runTrace},
+		"version":   {"print the version", runVersion},
+		"help":      {"show this help", runHelp},
 	}
 }
 
@@ -105,7 +108,7 @@ func usage(w io.Writer) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
+		fmt.Fprintf(w, "  %-10s %s\n", n, cmds[n].summary)
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run 'smr-cri <subcommand> --help' for the flags of a subcommand.")
