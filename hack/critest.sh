@@ -69,6 +69,7 @@ say "building bin/smr-cri and the lab tool"
 (cd "$ROOT" && go build -o bin/smr-cri ./cmd/smr-cri && go build -o "$WORK/lab" ./hack/lab) ||
 	die "build failed"
 
+"$WORK/lab" sweep >&2 || true # labs left by killed runs
 say "starting a private containerd in $WORK/ctd"
 SOCK="$("$WORK/lab" containerd-up --owner $$ "$WORK/ctd")"
 SMR_SOCK="$WORK/smr-cri.sock"

@@ -70,16 +70,17 @@ func releaseSlot(n int, dir string) {
 }
 
 // SweepStale stops labs whose owner process is gone (a test binary killed by its timeout never
-// runs its cleanups) and frees slots whose directory no longer exists.
+// runs its cleanups), frees slots whose directory no longer exists, deletes the network
+// namespaces, mounts and /var/log/containers links of lab kubelets whose owner is gone.
 func SweepStale(ctx context.Context, log io.Writer) error {
+	errs := sweepKubelets(ctx)
 	entries, err := os.ReadDir(SlotDir)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil
+			return errors.Join(errs...)
 		}
 		return fmt.Errorf("nodelab: %w", err)
 	}
-	var errs []error
 	for _, e := range entries {
 		p := filepath.Join(SlotDir, e.Name())
 		b, err := os.ReadFile(filepath.Join(p, "dir"))

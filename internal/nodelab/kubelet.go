@@ -107,7 +107,7 @@ func StartKubelet(ctx context.Context, opts KubeletOptions) (_ *Kubelet, err err
 	if err != nil {
 		return nil, fmt.Errorf("nodelab: %w", err)
 	}
-	sweepKubeletNetns(ctx, ip)
+	sweepKubelets(ctx)
 	for _, d := range []string{"manifests", "pod-logs", "root", "pki", "volume-plugins"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("nodelab: %w", err)
@@ -131,6 +131,13 @@ func StartKubelet(ctx context.Context, opts KubeletOptions) (_ *Kubelet, err err
 			_ = k.Stop()
 		}
 	}()
+	// Recorded so that SweepStale can clean up after a test binary that was killed.
+	if err := os.MkdirAll(KubeletRegistry, 0o755); err != nil {
+		return nil, fmt.Errorf("nodelab: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(KubeletRegistry, k.netns), []byte(dir), 0o644); err != nil {
+		return nil, fmt.Errorf("nodelab: %w", err)
+	}
 	if out, err := exec.CommandContext(ctx, ip, "netns", "add", k.netns).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("nodelab: ip netns add %s: %w: %s", k.netns, err, out)
 	}
@@ -183,17 +190,8 @@ func (k *Kubelet) Stop() error {
 		}
 		k.pid = 0
 	}
-	if _, err := os.Stat("/var/run/netns/" + k.netns); err == nil {
-		if out, err := exec.Command("ip", "netns", "del", k.netns).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("ip netns del %s: %w: %s", k.netns, err, out))
-		}
-	}
-	// kubelet links every container log into the fixed /var/log/containers.
-	links, _ := filepath.Glob("/var/log/containers/*.log")
-	for _, l := range links {
-		if target, err := os.Readlink(l); err == nil && strings.HasPrefix(target, k.dir+"/") {
-			os.Remove(l)
-		}
+	if err := cleanKubeletLeftovers(k.netns, k.dir); err != nil {
+		errs = append(errs, err)
 	}
 	for s, v := range k.sysctls {
 		if b, err := os.ReadFile("/proc/sys/" + s); err == nil && strings.TrimSpace(string(b)) != v {
@@ -202,22 +200,59 @@ func (k *Kubelet) Stop() error {
 			}
 		}
 	}
-	if err := unmountUnder(k.dir); err != nil {
+	return errors.Join(errs...)
+}
+
+// KubeletRegistry records running lab kubelets: one file per kubelet, named after its network
+// namespace (smr-kubelet-<owner pid>), holding its directory.
+var KubeletRegistry = "/run/smr-nodelab/kubelets"
+
+// cleanKubeletLeftovers removes what a stopped kubelet leaves: the mounts under its directory
+// (it bind-mounts its root dir onto itself), its network namespace, the /var/log/containers
+// links into its directory, and its registry entry.
+func cleanKubeletLeftovers(netns, dir string) error {
+	var errs []error
+	if err := unmountUnder(dir); err != nil {
 		errs = append(errs, err)
+	}
+	if _, err := os.Stat("/var/run/netns/" + netns); err == nil {
+		if out, err := exec.Command("ip", "netns", "del", netns).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("ip netns del %s: %w: %s", netns, err, out))
+		}
+	}
+	links, _ := filepath.Glob("/var/log/containers/*.log")
+	for _, l := range links {
+		if target, err := os.Readlink(l); err == nil && strings.HasPrefix(target, dir+"/") {
+			os.Remove(l)
+		}
+	}
+	if len(errs) == 0 {
+		os.Remove(filepath.Join(KubeletRegistry, netns))
 	}
 	return errors.Join(errs...)
 }
 
-// sweepKubeletNetns deletes namespaces of earlier kubelet labs whose process is gone.
-func sweepKubeletNetns(ctx context.Context, ip string) {
-	entries, _ := os.ReadDir("/var/run/netns")
+// sweepKubelets cleans up after lab kubelets whose owner process is gone (the kubelet itself
+// died with it: it runs with Pdeathsig).
+func sweepKubelets(ctx context.Context) []error {
+	entries, _ := os.ReadDir(KubeletRegistry)
+	var errs []error
 	for _, e := range entries {
 		rest, ok := strings.CutPrefix(e.Name(), netnsPrefix)
 		if !ok {
 			continue
 		}
-		if pid, err := strconv.Atoi(rest); err == nil && !processAlive(pid) {
-			_ = exec.CommandContext(ctx, ip, "netns", "del", e.Name()).Run()
+		pid, err := strconv.Atoi(rest)
+		if err != nil || processAlive(pid) || ctx.Err() != nil {
+			continue
+		}
+		dir, err := os.ReadFile(filepath.Join(KubeletRegistry, e.Name()))
+		if err != nil {
+			continue
+		}
+		if err := cleanKubeletLeftovers(e.Name(), string(dir)); err != nil {
+			errs = append(errs, err)
 		}
 	}
+	return errs
 }
