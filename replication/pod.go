@@ -1,0 +1,170 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/smr-io/smr-cri/raftcore"
+)
+
+// PodConfig wires the replication of one pod on this host. The host side
+// (the node daemon) supplies the pieces that touch the kernel and raft:
+// a listener in the pod's netns that receives the redirected client
+// connections, a dialer to the app in that netns, and a function that starts
+// the pod's raft group with the executor as its state machine.
+type PodConfig struct {
+	Spec Spec
+	// Listener receives every redirected client connection of the pod.
+	Listener net.Listener
+	// OriginalPort returns the app port a redirected connection was meant
+	// for (netintercept.OriginalDst). It may be nil when Spec has one port.
+	OriginalPort func(net.Conn) (int, error)
+	// Dialer reaches the app inside the pod (127.0.0.1:port in its netns).
+	Dialer AppDialer
+	// StartGroup starts (or reopens, replaying its log) the raft group
+	// Spec.GroupKey() with sm as its StateMachine. Close stops it.
+	StartGroup func(sm raftcore.StateMachine) (Orderer, func() error, error)
+	Trace      *Tracer
+	Log        *slog.Logger
+	Metrics    *Metrics
+	// Executor tunes the executor (timeouts, queue bound); Group, Self,
+	// Ports, Framing, Dialer, Trace, Log and Metrics are filled from above.
+	Executor ExecutorConfig
+}
+
+// Pod is the running replication of one pod.
+type Pod struct {
+	cfg     PodConfig
+	exec    *Executor
+	stopGroup func() error
+	servers map[int]*Server
+	cancel  context.CancelFunc
+	done    chan struct{}
+	stopped sync.Once
+	err     error
+}
+
+// StartPod starts the executor and the raft group, then serves clients in
+// the background: first it orders a RESET for this replica (ending sessions
+// of its previous run), so no new session can be ordered before it.
+func StartPod(ctx context.Context, cfg PodConfig) (*Pod, error) {
+	if cfg.Listener == nil || cfg.Dialer == nil || cfg.StartGroup == nil {
+		return nil, errors.New("replication: StartPod needs Listener, Dialer and StartGroup")
+	}
+	if len(cfg.Spec.Ports) != 1 && cfg.OriginalPort == nil {
+		return nil, errors.New("replication: a pod with several ports needs OriginalPort")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	ec := cfg.Executor
+	ec.Group, ec.Self, ec.Ports, ec.Framing = cfg.Spec.GroupKey(), cfg.Spec.MemberID, cfg.Spec.Ports, cfg.Spec.FramingOptions()
+	ec.Dialer, ec.Trace, ec.Log, ec.Metrics = cfg.Dialer, cfg.Trace, cfg.Log, cfg.Metrics
+	exec, err := NewExecutor(ec)
+	if err != nil {
+		return nil, err
+	}
+	orderer, stop, err := cfg.StartGroup(exec)
+	if err != nil {
+		_ = exec.Close()
+		return nil, fmt.Errorf("start raft group %s: %w", ec.Group, err)
+	}
+	p := &Pod{cfg: cfg, exec: exec, stopGroup: stop, servers: map[int]*Server{}, done: make(chan struct{})}
+	for _, port := range cfg.Spec.Ports {
+		srv, err := NewServer(ServerConfig{Group: ec.Group, Self: ec.Self, Port: port, Framing: ec.Framing,
+			Orderer: orderer, Exec: exec, Log: cfg.Log, Metrics: cfg.Metrics})
+		if err != nil {
+			_ = stop()
+			_ = exec.Close()
+			return nil, err
+		}
+		p.servers[port.Number] = srv
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	go p.run(runCtx, orderer)
+	return p, nil
+}
+
+// Executor returns the pod's executor (health, applied index).
+func (p *Pod) Executor() *Executor { return p.exec }
+
+func (p *Pod) run(ctx context.Context, orderer Orderer) {
+	defer close(p.done)
+	// RESET must be ordered before any session of this run.
+	for backoff := 50 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := ResetOrigin(rctx, orderer)
+		cancel()
+		if err == nil {
+			break
+		}
+		p.cfg.Log.Warn("order RESET (will retry)", "group", p.cfg.Spec.GroupKey(), "err", err)
+		if sleep(ctx, backoff) != nil {
+			return
+		}
+	}
+	stop := context.AfterFunc(ctx, func() { _ = p.cfg.Listener.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		conn, err := p.cfg.Listener.Accept()
+		if err != nil {
+			if ctx.Err() == nil {
+				p.err = fmt.Errorf("accept: %w", err)
+				p.cfg.Log.Error("replication listener failed", "group", p.cfg.Spec.GroupKey(), "err", err)
+			}
+			return
+		}
+		srv, err := p.serverFor(conn)
+		if err != nil {
+			p.cfg.Log.Warn("dropping connection", "group", p.cfg.Spec.GroupKey(), "remote", conn.RemoteAddr().String(), "err", err)
+			_ = conn.Close()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.ServeConn(ctx, conn); err != nil {
+				p.cfg.Log.Debug("client connection ended", "group", p.cfg.Spec.GroupKey(), "err", err)
+			}
+		}()
+	}
+}
+
+func (p *Pod) serverFor(conn net.Conn) (*Server, error) {
+	if p.cfg.OriginalPort == nil {
+		return p.servers[p.cfg.Spec.Ports[0].Number], nil
+	}
+	port, err := p.cfg.OriginalPort(conn)
+	if err != nil {
+		return nil, fmt.Errorf("original destination: %w", err)
+	}
+	srv, ok := p.servers[port]
+	if !ok {
+		return nil, fmt.Errorf("port %d is not replicated (smr.io/ports)", port)
+	}
+	return srv, nil
+}
+
+// Stop ends the client connections (their sessions are closed through the
+// log while the group still runs), then stops the group and the executor.
+func (p *Pod) Stop() error {
+	p.stopped.Do(func() {
+		p.cancel()
+		<-p.done
+		errs := []error{p.err}
+		if p.stopGroup != nil {
+			errs = append(errs, p.stopGroup())
+		}
+		errs = append(errs, p.exec.Close())
+		p.err = errors.Join(errs...)
+	})
+	return p.err
+}
