@@ -39,14 +39,14 @@ type PodConfig struct {
 
 // Pod is the running replication of one pod.
 type Pod struct {
-	cfg     PodConfig
-	exec    *Executor
+	cfg       PodConfig
+	exec      *Executor
 	stopGroup func() error
-	servers map[int]*Server
-	cancel  context.CancelFunc
-	done    chan struct{}
-	stopped sync.Once
-	err     error
+	servers   map[int]*Server
+	cancel    context.CancelFunc
+	done      chan struct{}
+	stopped   sync.Once
+	err       error
 }
 
 // StartPod starts the executor and the raft group, then serves clients in
