@@ -104,14 +104,26 @@ func (g *Group) applyEntry(a *applier, it applyItem) {
 		if len(e.GetData()) == 0 {
 			return // empty entry a new leader appends to commit its term
 		}
-		env, err := unmarshalEnvelope(e.GetData())
-		if err != nil {
-			g.log.Error("skipping malformed entry", "index", e.GetIndex(), "err", err)
-			return
+		datas := [][]byte{e.GetData()}
+		if isBatch(e.GetData()) {
+			var err error
+			if datas, err = unmarshalBatch(e.GetData()); err != nil {
+				g.log.Error("skipping malformed batch entry", "index", e.GetIndex(), "err", err)
+				return
+			}
 		}
-		res, aerr := g.applyNormal(a, e, env)
-		if env.Origin == g.id {
-			g.finishEntry(env.PID, e.GetData(), res, aerr)
+		// Requests coalesced into one raft entry are applied one by one,
+		// in batch order; they share the entry's Index and Term.
+		for _, d := range datas {
+			env, err := unmarshalEnvelope(d)
+			if err != nil {
+				g.log.Error("skipping malformed entry", "index", e.GetIndex(), "err", err)
+				continue
+			}
+			res, aerr := g.applyNormal(a, e, env)
+			if env.Origin == g.id {
+				g.finishEntry(env.PID, d, res, aerr)
+			}
 		}
 	case raftpb.EntryConfChange:
 		if it.cs != nil {

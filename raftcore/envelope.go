@@ -90,6 +90,41 @@ func appendBytes(b, v []byte) []byte {
 	return append(b, v...)
 }
 
+// A batch entry carries several envelopes proposed together:
+// version byte 2, uvarint count, then (uvarint length, envelope) each.
+const batchVersion = 2
+
+func isBatch(b []byte) bool { return len(b) > 0 && b[0] == batchVersion }
+
+func marshalBatch(envs [][]byte, size int) []byte {
+	b := make([]byte, 0, 1+binary.MaxVarintLen64*(len(envs)+1)+size)
+	b = append(b, batchVersion)
+	b = binary.AppendUvarint(b, uint64(len(envs)))
+	for _, e := range envs {
+		b = appendBytes(b, e)
+	}
+	return b
+}
+
+func unmarshalBatch(b []byte) ([][]byte, error) {
+	if !isBatch(b) {
+		return nil, fmt.Errorf("%w: not a batch", errBadEnvelope)
+	}
+	r := reader{b: b[1:]}
+	n := r.uvarint()
+	if r.err == nil && n > uint64(len(r.b)) {
+		return nil, fmt.Errorf("%w: batch count %d", errBadEnvelope, n)
+	}
+	out := make([][]byte, 0, n)
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		out = append(out, r.bytes())
+	}
+	if r.err == nil && len(r.b) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes in batch", errBadEnvelope, len(r.b))
+	}
+	return out, r.err
+}
+
 // sessionResult is the stored outcome of the last applied (session, seq).
 type sessionResult struct {
 	Seq    uint64

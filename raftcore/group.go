@@ -72,6 +72,7 @@ type Group struct {
 	// owned by run()
 	readBatches map[uint64]*readBatch
 	ticks       uint64
+	batch       []*proposal // normal proposals drained, not yet proposed
 	sendBuf     map[uint64][]*raftpb.Message
 }
 
@@ -594,6 +595,7 @@ func (g *Group) drain() {
 	if len(reads) > 0 {
 		g.readIndex(reads...)
 	}
+	g.flushProposals()
 }
 
 func (g *Group) propose(pr *proposal) {
@@ -605,16 +607,52 @@ func (g *Group) propose(pr *proposal) {
 	if !live {
 		return
 	}
-	var err error
-	if pr.cc != nil {
-		err = g.rn.ProposeConfChange(pr.cc)
-	} else {
-		err = g.rn.Propose(pr.data)
+	if pr.cc == nil {
+		g.batch = append(g.batch, pr) // proposed by flushProposals
+		return
 	}
-	if err != nil {
-		if errors.Is(err, raft.ErrProposalDropped) {
-			err = ErrNoLeader // raft refused it: definitely not in the log
+	g.proposeFailed([]*proposal{pr}, g.rn.ProposeConfChange(pr.cc))
+}
+
+// maxBatchBytes caps one coalesced raft entry.
+const maxBatchBytes = 256 << 10
+
+// flushProposals coalesces the client proposals drained in this loop
+// iteration into as few raft entries as possible (one entry carries many
+// envelopes), so the WAL, the append messages and raft's bookkeeping pay
+// per batch instead of per request.
+func (g *Group) flushProposals() {
+	for len(g.batch) > 0 {
+		n, size := 1, len(g.batch[0].data)
+		for n < len(g.batch) && size+len(g.batch[n].data) <= maxBatchBytes {
+			size += len(g.batch[n].data)
+			n++
 		}
+		chunk := g.batch[:n]
+		var data []byte
+		if n == 1 {
+			data = chunk[0].data
+		} else {
+			datas := make([][]byte, n)
+			for i, pr := range chunk {
+				datas[i] = pr.data
+			}
+			data = marshalBatch(datas, size)
+		}
+		g.proposeFailed(chunk, g.rn.Propose(data))
+		g.batch = g.batch[n:]
+	}
+	g.batch = g.batch[:0]
+}
+
+func (g *Group) proposeFailed(prs []*proposal, err error) {
+	if err == nil {
+		return
+	}
+	if errors.Is(err, raft.ErrProposalDropped) {
+		err = ErrNoLeader // raft refused it: definitely not in the log
+	}
+	for _, pr := range prs {
 		g.finishProposal(pr.pid, Result{}, fmt.Errorf("group %s: %w", g.name, err))
 	}
 }

@@ -58,3 +58,26 @@ func TestEnvelopeAndSnapshotStateRoundTrip(t *testing.T) {
 		t.Fatal("truncated snapshot state accepted")
 	}
 }
+
+func TestBatchRoundTripAndBadInput(t *testing.T) {
+	envs := [][]byte{envelope{PID: 1, Data: []byte("a")}.marshal(), envelope{PID: 2, Data: []byte("bb")}.marshal()}
+	b := marshalBatch(envs, 0)
+	got, err := unmarshalBatch(b)
+	if err != nil || len(got) != 2 || string(got[1]) != string(envs[1]) {
+		t.Fatalf("batch round trip: %q %v", got, err)
+	}
+	tests := []struct {
+		name string
+		b    []byte
+	}{
+		{"not a batch", envs[0]},
+		{"huge count", []byte{batchVersion, 0xff, 0xff, 0x03}},
+		{"truncated", b[:len(b)-1]},
+		{"trailing", append(append([]byte{}, b...), 0)},
+	}
+	for _, tc := range tests {
+		if _, err := unmarshalBatch(tc.b); err == nil {
+			t.Errorf("%s: accepted", tc.name)
+		}
+	}
+}
