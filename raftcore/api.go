@@ -23,7 +23,7 @@ type Snapshotter interface {
 // Entry is one committed client request as seen by the StateMachine.
 type Entry struct {
 	Group   string
-	Index   uint64 // raft log index
+	Index   uint64 // raft log index (requests coalesced into one raft entry share it)
 	Term    uint64
 	Data    []byte
 	Session uint64 // client session of the proposal (0 = none)

@@ -52,7 +52,8 @@
 // changes applied to raft; committed entries handed to the apply goroutine;
 // Advance. Proposals, inbound messages and reads waiting on channels are
 // all drained before each Ready, so one fsync and one network write cover
-// many proposals; MaxInflightMsgs pipelines appends; PreVote and
+// many proposals; the drained client proposals are coalesced into one raft
+// entry (applied one by one, in order, sharing that entry's Index); MaxInflightMsgs pipelines appends; PreVote and
 // CheckQuorum are on; concurrent ReadIndex calls share one raft read
 // request.
 //
