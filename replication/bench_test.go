@@ -4,6 +4,7 @@ import (
 	"encoding/csv"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -52,7 +53,7 @@ func BenchmarkRedisReplicatedVsPlain(b *testing.B) {
 	}
 	plain := startRedis(b)
 	apps := []string{startRedis(b), startRedis(b), startRedis(b)}
-	c := newCluster(b, clusterOpts{port: respPort, appAddrs: apps, fsync: true})
+	c := newCluster(b, clusterOpts{port: respPort, appAddrs: apps, fsync: os.Getenv("SMR_BENCH_NOFSYNC") == ""})
 	entry := c.replicas[0].addr
 	const n = 20000
 	b.ResetTimer()
