@@ -52,6 +52,37 @@ func TestScenariosLinearizable(t *testing.T) {
 			sleep(ctx, 1500*time.Millisecond)
 			c.Net.Heal()
 		}},
+		{name: "full-restart-from-disk", members: 3, snap: 100, run: func(t *testing.T, ctx context.Context, c *kvtest.Cluster) {
+			sleep(ctx, 400*time.Millisecond)
+			for _, id := range c.Live() {
+				c.Stop(id)
+			}
+			for id := uint64(1); id <= 3; id++ {
+				if err := c.Start(id, false); err != nil {
+					t.Fatalf("restart %d: %v", id, err)
+				}
+			}
+			mustLeader(t, ctx, c)
+			sleep(ctx, 500*time.Millisecond)
+		}},
+		{name: "add-member-then-remove-leader", members: 3, run: func(t *testing.T, ctx context.Context, c *kvtest.Cluster) {
+			sleep(ctx, 300*time.Millisecond)
+			lead := mustLeader(t, ctx, c)
+			if err := c.Member(lead).Group.AddMember(ctx, 4, kvtest.Addr(4)); err != nil {
+				t.Fatalf("add member 4: %v", err)
+			}
+			if err := c.Start(4, true); err != nil {
+				t.Fatal(err)
+			}
+			sleep(ctx, 400*time.Millisecond)
+			lead = mustLeader(t, ctx, c)
+			if err := c.Member(4).Group.RemoveMember(ctx, lead); err != nil {
+				t.Fatalf("remove leader %d: %v", lead, err)
+			}
+			c.Stop(lead)
+			mustLeader(t, ctx, c)
+			sleep(ctx, 400*time.Millisecond)
+		}},
 		{name: "five-members-2-3-split-with-snapshots", members: 5, snap: 50, run: func(t *testing.T, ctx context.Context, c *kvtest.Cluster) {
 			sleep(ctx, 300*time.Millisecond)
 			lead := mustLeader(t, ctx, c)
