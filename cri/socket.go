@@ -25,8 +25,15 @@ func Listen(path string) (*net.UnixListener, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("listen socket %q: path must be absolute", path)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("create socket directory: %w", err)
+	dir := filepath.Dir(path)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("create socket directory: %w", err)
+		}
+		// Exactly 0750 whatever the umask; an existing directory is left as is.
+		if err := os.Chmod(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("set mode of socket directory: %w", err)
+		}
 	}
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err

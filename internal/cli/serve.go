@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -80,9 +81,15 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	listen, endpoint, config, logLevel, metricsAddr, shutdown := serveFlags(fs)
 	printHelp := func(w io.Writer) {
 		fmt.Fprint(w, serveHelp)
-		fs.SetOutput(w)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
+		fs.VisitAll(func(f *flag.Flag) {
+			fmt.Fprintf(w, "  --%s string\n", f.Name)
+			for _, line := range strings.Split(f.Usage, "\n") {
+				fmt.Fprintf(w, "      %s\n", line)
+			}
+			if f.DefValue != "" {
+				fmt.Fprintf(w, "      (default %q)\n", f.DefValue)
+			}
+		})
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

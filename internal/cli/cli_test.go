@@ -1,0 +1,207 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+func run(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err = Run(context.Background(), args, &out, &errb)
+	return out.String(), errb.String(), err
+}
+
+func TestRunHelp(t *testing.T) {
+	tests := []struct {
+		args []string
+		want []string // all must appear on stdout
+	}{
+		{[]string{"serve", "--help"}, []string{"Usage: smr-cri serve", "--listen", "--runtime-endpoint", "--config", "--log-level",
+			"--metrics-addr", "--shutdown-timeout", DefaultListen, DefaultRuntimeEndpoint, "0660", "smr.io/replicate=true"}},
+		{[]string{"serve", "-h"}, []string{"Usage: smr-cri serve"}},
+		{[]string{"help"}, []string{"Usage: smr-cri <subcommand>", "serve", "version"}},
+		{[]string{"--help"}, []string{"Usage: smr-cri <subcommand>"}},
+		{[]string{"version"}, []string{"smr-cri ", "runtime.v1"}},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			stdout, stderr, err := run(t, tc.args...)
+			if code := ExitCode(err); code != 0 {
+				t.Fatalf("exit code %d (%v), stderr %q", code, err, stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stdout, w) {
+					t.Errorf("stdout does not contain %q:\n%s", w, stdout)
+				}
+			}
+		})
+	}
+}
+
+func TestRunUsageErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		want []string // all must appear on stderr
+	}{
+		{nil, []string{"no subcommand given", "Usage: smr-cri <subcommand>"}},
+		{[]string{"frobnicate"}, []string{`unknown subcommand "frobnicate"`, "Usage: smr-cri <subcommand>", "serve"}},
+		{[]string{"serve", "--bogus"}, []string{"flag provided but not defined: -bogus", "Usage: smr-cri serve"}},
+		{[]string{"serve", "extra"}, []string{`unexpected arguments ["extra"]`, "Usage: smr-cri serve"}},
+		{[]string{"version", "x"}, []string{"version takes no arguments"}},
+		{[]string{"help", "serve"}, []string{"smr-cri serve --help"}},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			_, stderr, err := run(t, tc.args...)
+			if code := ExitCode(err); code != 2 {
+				t.Fatalf("exit code %d (%v), want 2", code, err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr does not contain %q:\n%s", w, stderr)
+				}
+			}
+		})
+	}
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "serve.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const header = "apiVersion: smr.io/v1alpha1\nkind: ServeConfig\n"
+
+func TestParseServe(t *testing.T) {
+	tests := []struct {
+		name    string
+		config  string // file content; "" = no --config
+		args    []string
+		want    serveOptions
+		wantErr string
+	}{
+		{"defaults", "", nil, serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second}, ""},
+		{"flags", "", []string{"--listen", "/tmp/x.sock", "--runtime-endpoint", "/run/c.sock", "--log-level", "debug", "--metrics-addr", "127.0.0.1:0", "--shutdown-timeout", "3s"},
+			serveOptions{Listen: "/tmp/x.sock", RuntimeEndpoint: "/run/c.sock", LogLevel: -4, MetricsAddr: "127.0.0.1:0", ShutdownTimeout: 3 * time.Second}, ""},
+		{"file", header + "listen: /tmp/f.sock\nruntimeEndpoint: unix:///f/c.sock\nlogLevel: warn\nmetricsAddr: 127.0.0.1:9810\nshutdownTimeout: 1m\n", nil,
+			serveOptions{Listen: "/tmp/f.sock", RuntimeEndpoint: "unix:///f/c.sock", LogLevel: 4, MetricsAddr: "127.0.0.1:9810", ShutdownTimeout: time.Minute}, ""},
+		{"flags override file", header + "listen: /tmp/f.sock\nlogLevel: warn\n", []string{"--listen", "/tmp/flag.sock"},
+			serveOptions{Listen: "/tmp/flag.sock", RuntimeEndpoint: DefaultRuntimeEndpoint, LogLevel: 4, ShutdownTimeout: 10 * time.Second}, ""},
+		{"unknown field", header + "listen: /tmp/f.sock\nlisten_addr: x\n", nil, serveOptions{}, `unknown field "listen_addr"`},
+		{"duplicate field", header + "listen: /a\nlisten: /b\n", nil, serveOptions{}, `duplicate`},
+		{"wrong kind", "apiVersion: smr.io/v1alpha1\nkind: Other\n", nil, serveOptions{}, `want apiVersion "smr.io/v1alpha1" and kind "ServeConfig"`},
+		{"missing apiVersion", "kind: ServeConfig\n", nil, serveOptions{}, `want apiVersion`},
+		{"empty file", "\n", nil, serveOptions{}, "is empty"},
+		{"not YAML", header + "listen: [unclosed\n", nil, serveOptions{}, "config file"},
+		{"wrong type", header + "listen: [1, 2]\n", nil, serveOptions{}, "cannot unmarshal"},
+		{"bad log level", "", []string{"--log-level", "loud"}, serveOptions{}, `log level "loud"`},
+		{"bad log level in file", header + "logLevel: loud\n", nil, serveOptions{}, `log level "loud"`},
+		{"bad endpoint", "", []string{"--runtime-endpoint", "tcp://1.2.3.4:5"}, serveOptions{}, "only unix:// endpoints"},
+		{"bad timeout", "", []string{"--shutdown-timeout", "soon"}, serveOptions{}, `shutdown timeout "soon"`},
+		{"negative timeout", "", []string{"--shutdown-timeout", "-1s"}, serveOptions{}, "must be positive"},
+		{"empty listen", "", []string{"--listen", ""}, serveOptions{}, "--listen must not be empty"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			args := tc.args
+			if tc.config != "" {
+				args = append([]string{"--config", writeFile(t, tc.config)}, args...)
+			}
+			got, err := parseServe(args, &bytes.Buffer{})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error = %v, want containing %q", err, tc.wantErr)
+				}
+				if !errors.Is(err, ErrBadConfig) {
+					t.Errorf("error %v is not ErrBadConfig", err)
+				}
+				if code := ExitCode(err); code != 1 {
+					t.Errorf("exit code %d, want 1", code)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseServe: %v", err)
+			}
+			if got != tc.want {
+				t.Fatalf("options = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestMissingConfigFile(t *testing.T) {
+	_, stderr, err := run(t, "serve", "--config", filepath.Join(t.TempDir(), "nope.yaml"))
+	if ExitCode(err) != 1 || !strings.Contains(stderr, "read config file") || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("err = %v, stderr %q; want exit 1 and a read error", err, stderr)
+	}
+}
+
+// TestServeLifecycle runs `smr-cri serve` in-process: the socket appears with
+// mode 0660, calls fail with Unavailable while the runtime is missing, a
+// second instance refuses the live socket, and cancelling (as SIGTERM does)
+// stops it and removes the socket.
+func TestServeLifecycle(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "run", "smr-cri.sock")
+	runtimeSock := filepath.Join(dir, "no-containerd.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	var stderr bytes.Buffer
+	go func() {
+		done <- Run(ctx, []string{"serve", "--listen", sock, "--runtime-endpoint", "unix://" + runtimeSock, "--shutdown-timeout", "5s"}, &bytes.Buffer{}, &lockedWriter{w: &stderr})
+	}()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Wait until serve answers; WaitForReady makes the call wait for the socket.
+	callCtx, callCancel := context.WithTimeout(ctx, 60*time.Second)
+	defer callCancel()
+	_, err = runtimeapi.NewRuntimeServiceClient(conn).Version(callCtx, &runtimeapi.VersionRequest{}, grpc.WaitForReady(true))
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "smr-cri: container runtime at unix://"+runtimeSock+" unavailable") {
+		t.Fatalf("Version with no runtime: %v, want smr-cri Unavailable", err)
+	}
+	fi, err := os.Lstat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o660 || fi.Mode().Type() != os.ModeSocket {
+		t.Errorf("socket mode %v, want socket 0660", fi.Mode())
+	}
+
+	_, errOut, err := run(t, "serve", "--listen", sock, "--runtime-endpoint", "unix://"+runtimeSock)
+	if ExitCode(err) != 1 || !strings.Contains(errOut, "another server answers on it") {
+		t.Errorf("second serve on a live socket: %v %q, want refusal", err, errOut)
+	}
+	if _, err := os.Lstat(sock); err != nil {
+		t.Fatalf("refused second serve removed the live socket: %v", err)
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("serve returned %v after cancel, want nil", err)
+	}
+	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket still present after shutdown: %v", err)
+	}
+}

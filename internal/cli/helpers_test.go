@@ -1,0 +1,18 @@
+package cli
+
+import (
+	"io"
+	"sync"
+)
+
+// lockedWriter serialises writes from the serve goroutine and the test.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
