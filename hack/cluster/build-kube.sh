@@ -36,6 +36,13 @@ for b in "${WANT[@]}"; do
 	[[ " ${ALL[*]} " == *" $b "* ]] || die "unknown binary $b (known: ${ALL[*]})"
 done
 
+# Two runs at once (a manual cluster-up and a test) would write the same files: take turns.
+exec 9>"$OUT/.lock"
+if ! flock -n 9; then
+	say "another build-kube.sh is running; waiting for it"
+	flock 9
+fi
+
 STAMP="$KUBE_VERSION $(go version | awk '{print $3}') $(sha256sum "$MOD/go.sum" | cut -c1-16)"
 fresh() { [[ -x "$OUT/$1" && -f "$OUT/$1.stamp" && "$(cat "$OUT/$1.stamp")" == "$STAMP" ]]; }
 
