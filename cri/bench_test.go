@@ -3,10 +3,16 @@ package cri
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	critest "k8s.io/cri-api/pkg/apis/testing"
 )
@@ -110,4 +116,114 @@ func BenchmarkProxyOverhead(b *testing.B) {
 	e.fake.rt.Lock()
 	e.fake.rt.Called = nil
 	e.fake.rt.Unlock()
+}
+
+// BenchmarkServeIdleRSS builds smr-cri, starts `smr-cri serve` against a fake
+// runtime and reports its resident memory (target: <= 30 MiB) once idle after
+// start, and idle again after forwarding calls. One iteration is enough:
+// run with -benchtime 1x.
+func BenchmarkServeIdleRSS(b *testing.B) {
+	root, err := repoRoot()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "smr-cri")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/smr-cri")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("go build ./cmd/smr-cri: %v\n%s", err, out)
+	}
+	fake := newFakeRuntime()
+	benchContainers(fake, 100)
+	runtimeSock := filepath.Join(dir, "runtime.sock")
+	stopFake := serveFake(b, fake, runtimeSock)
+	defer stopFake()
+	sock := filepath.Join(dir, "run", "smr-cri.sock")
+
+	for b.Loop() {
+		cmd := exec.Command(bin, "serve", "--listen", sock, "--runtime-endpoint", "unix://"+runtimeSock, "--log-level", "warn")
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			b.Fatalf("start smr-cri: %v", err)
+		}
+		conn := dialTest(b, sock)
+		rt := runtimeapi.NewRuntimeServiceClient(conn)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if _, err := rt.Version(ctx, &runtimeapi.VersionRequest{}, grpc.WaitForReady(true)); err != nil {
+			b.Fatalf("smr-cri did not answer: %v", err)
+		}
+		time.Sleep(2 * time.Second) // idle
+		idle, err := vmRSS(cmd.Process.Pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range 2000 {
+			if _, err := rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{}); err != nil {
+				b.Fatalf("ListContainers: %v", err)
+			}
+		}
+		time.Sleep(2 * time.Second) // idle again
+		after, err := vmRSS(cmd.Process.Pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cancel()
+		_ = conn.Close()
+		// SIGTERM: graceful stop; the socket must be gone afterwards.
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			b.Fatal(err)
+		}
+		if err := cmd.Wait(); err != nil {
+			b.Fatalf("smr-cri exit: %v", err)
+		}
+		if _, err := os.Lstat(sock); err == nil {
+			b.Fatalf("socket %s left after shutdown", sock)
+		}
+		b.ReportMetric(float64(idle)/(1<<20), "rss-idle-MiB")
+		b.ReportMetric(float64(after)/(1<<20), "rss-after-2000-lists-MiB")
+	}
+	fake.rt.Lock()
+	fake.rt.Called = nil
+	fake.rt.Unlock()
+}
+
+// vmRSS reads the resident set size of pid in bytes.
+func vmRSS(pid int) (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read process status: %w", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest) // "12345 kB"
+			if len(f) != 2 || f[1] != "kB" {
+				return 0, fmt.Errorf("unexpected VmRSS line %q", line)
+			}
+			kb, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("parse VmRSS %q: %w", line, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
+
+// repoRoot finds the module root above the package directory.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod above the test directory")
+		}
+		dir = parent
+	}
 }
