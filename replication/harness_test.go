@@ -72,8 +72,9 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 type clusterOpts struct {
 	port     Port
 	framing  framing.Options
-	appAddrs []string // one per replica
-	fsync    bool     // WAL fsync on (benchmarks); tests skip it for speed
+	appAddrs []string              // one per replica
+	fsync    bool                  // WAL fsync on (benchmarks); tests skip it for speed
+	wrap     func(Orderer) Orderer // optional fault injection between Server and raft
 	exec     func(*ExecutorConfig)
 }
 
@@ -128,7 +129,11 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		c.replicas = append(c.replicas, r)
 	}
 	for _, r := range c.replicas {
-		srv, err := NewServer(ServerConfig{Group: testGroup, Self: r.id, Port: o.port, Framing: o.framing, Orderer: r.group, Exec: r.exec, Metrics: metrics})
+		var orderer Orderer = r.group
+		if o.wrap != nil {
+			orderer = o.wrap(orderer)
+		}
+		srv, err := NewServer(ServerConfig{Group: testGroup, Self: r.id, Port: o.port, Framing: o.framing, Orderer: orderer, Exec: r.exec, Metrics: metrics})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,7 +2,9 @@ package replication
 
 import (
 	"bufio"
+	"context"
 	"fmt"
+	"github.com/smr-io/smr-cri/raftcore"
 	"io"
 	"net"
 	"net/http"
@@ -258,6 +260,49 @@ func TestHTTPPipelining(t *testing.T) {
 		resp, err := f.ReadResponse(br, framing.Request{Op: "POST /incr/p"})
 		if err != nil || !strings.HasSuffix(string(resp), "\r\n\r\n"+strconv.Itoa(i)) {
 			t.Fatalf("response %d: %q %v", i, resp, err)
+		}
+	}
+}
+
+// lossyOrderer orders every proposal but reports "leader lost" (outcome
+// unknown) for every other REQUEST, as raftcore does when leadership changes
+// while a proposal is in flight.
+type lossyOrderer struct {
+	Orderer
+	mu sync.Mutex
+	n  int
+}
+
+func (o *lossyOrderer) Propose(ctx context.Context, p raftcore.Proposal) (raftcore.Result, error) {
+	res, err := o.Orderer.Propose(ctx, p)
+	if op, _ := DecodeOp(p.Data); op.Kind != KindRequest || err != nil {
+		return res, err
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.n++; o.n%2 == 1 {
+		return raftcore.Result{}, fmt.Errorf("injected: %w", raftcore.ErrLeaderLost)
+	}
+	return res, nil
+}
+
+// A proposal with an unknown outcome is retried with the same (session,
+// seq): the increment is applied exactly once and the client sees its result.
+func TestRetriedProposalAppliesOnce(t *testing.T) {
+	stores, addrs := kvApps(t, 3)
+	c := newCluster(t, clusterOpts{port: httpPort, appAddrs: addrs,
+		wrap: func(o Orderer) Orderer { return &lossyOrderer{Orderer: o} }})
+	client := &http.Client{Transport: &http.Transport{}}
+	for i := 1; i <= 4; i++ {
+		if code, body := do(t, client, "POST", "http://"+c.replicas[0].addr+"/incr/once", ""); code != 200 || body != strconv.Itoa(i) {
+			t.Fatalf("incr %d: %d %q", i, code, body)
+		}
+	}
+	client.CloseIdleConnections()
+	c.waitIdle()
+	for i, s := range stores {
+		if got := direct(t, s, "/kv/once"); got != "200 4" {
+			t.Errorf("replica %d app: %q, want 200 4", i+1, got)
 		}
 	}
 }

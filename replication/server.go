@@ -222,10 +222,12 @@ func (s *Server) propose(ctx context.Context, session, seq uint64, op Op) (raftc
 		s.cfg.Exec.markStart(session, seq, time.Now())
 		res, err := s.cfg.Orderer.Propose(actx, raftcore.Proposal{Session: session, Seq: seq, Data: data})
 		cancel()
+		// Apply consumed the start time unless the entry was a de-duplicated
+		// retry or failed; drop it either way.
+		s.cfg.Exec.takeStart(session, seq)
 		if err == nil {
 			return res, nil
 		}
-		s.cfg.Exec.takeStart(session, seq)
 		if !retryable(err) || attempt >= s.cfg.Retries || ctx.Err() != nil {
 			s.m.proposalError()
 			return res, fmt.Errorf("propose %s (session %x seq %d, %d attempts): %w", op.Kind, session, seq, attempt+1, err)
