@@ -208,3 +208,35 @@ func TestNodeConfigsAreDisjoint(t *testing.T) {
 		t.Errorf("kubelet netns = %q", a.NetNS)
 	}
 }
+
+// Down removes kubelet's container log links into the state directory and nothing else.
+func TestRemoveLinksInto(t *testing.T) {
+	dir, state := t.TempDir(), t.TempDir()
+	links := map[string]string{
+		"ours.log":   filepath.Join(state, "smr-node1", "pod-logs", "x", "0.log"),
+		"other.log":  "/var/log/pods/other/0.log",
+		"prefix.log": state + "-other/0.log", // same prefix, different directory
+	}
+	for name, dest := range links {
+		if err := os.Symlink(dest, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "plain.log"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := removeLinksInto(dir, state); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(dir)
+	var got []string
+	for _, e := range entries {
+		got = append(got, e.Name())
+	}
+	if want := []string{"other.log", "plain.log", "prefix.log"}; !slices.Equal(got, want) {
+		t.Fatalf("left %v, want %v", got, want)
+	}
+	if err := removeLinksInto(filepath.Join(dir, "missing"), state); err != nil {
+		t.Fatalf("missing directory: %v", err)
+	}
+}

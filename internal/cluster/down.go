@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -97,7 +98,50 @@ func down(ctx context.Context, c Config, log io.Writer) error {
 	if err := teardownNetwork(ctx); err != nil {
 		errs = append(errs, err)
 	}
+	if err := removeLinksInto(containerLogLinks, c.Dir); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// containerLogLinks is where kubelet links every container's log (a fixed path, not under its
+// root directory); a kubelet killed before it removed its containers leaves links behind.
+var containerLogLinks = "/var/log/containers"
+
+// removeLinksInto removes the symlinks in dir that point into target.
+func removeLinksInto(dir, target string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("cluster: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		dest, err := os.Readlink(p)
+		if err != nil || !strings.HasPrefix(dest, target+"/") {
+			continue
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("cluster: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// LeftoverFiles lists files outside the state directory that point into it (for tests).
+func LeftoverFiles(c Config) []string {
+	var left []string
+	entries, _ := os.ReadDir(containerLogLinks)
+	for _, e := range entries {
+		p := filepath.Join(containerLogLinks, e.Name())
+		if dest, err := os.Readlink(p); err == nil && strings.HasPrefix(dest, c.Dir+"/") {
+			left = append(left, p)
+		}
+	}
+	return left
 }
 
 // stopByProgram stops the cluster's processes whose program has one of the given base names.
