@@ -33,8 +33,10 @@ const (
 
 	DefaultRaftPort = 7480
 	// MaxRequestBytesCeiling bounds smr.io/max-request-bytes: each request is
-	// one raft log entry, and entries are held in memory until applied.
-	MaxRequestBytesCeiling = 64 << 20
+	// one raft log entry, and entries are held in memory until applied. It
+	// matches raftcore's default proposal limit (4 MiB); a request that still
+	// exceeds the node's limit (entry header included) gets a "too large" reply.
+	MaxRequestBytesCeiling = 4 << 20
 )
 
 var knownAnnotations = []string{

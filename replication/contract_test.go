@@ -117,7 +117,7 @@ func TestParsePodBadContract(t *testing.T) {
 		{"bad bool", pod("r-0", nil, with(AnnotationHTTPGetReadOnly, "maybe")), "want true or false"},
 		{"bad size", pod("r-0", nil, with(AnnotationMaxRequestBytes, "1GB")), "positive size"},
 		{"size too small", pod("r-0", nil, with(AnnotationMaxRequestBytes, "10")), "out of range"},
-		{"size too large", pod("r-0", nil, with(AnnotationMaxRequestBytes, "65Mi")), "out of range"},
+		{"size too large", pod("r-0", nil, with(AnnotationMaxRequestBytes, "5Mi")), "out of range"},
 		{"typo annotation", pod("r-0", nil, with("smr.io/prots", "1/resp")), "smr.io/prots: unknown annotation"},
 	}
 	for _, tt := range tests {

@@ -306,3 +306,24 @@ func TestRetriedProposalAppliesOnce(t *testing.T) {
 		}
 	}
 }
+
+// tooLargeOrderer refuses requests as the ordering node does above its
+// proposal limit.
+type tooLargeOrderer struct{ Orderer }
+
+func (o tooLargeOrderer) Propose(ctx context.Context, p raftcore.Proposal) (raftcore.Result, error) {
+	if op, _ := DecodeOp(p.Data); op.Kind == KindRequest {
+		return raftcore.Result{}, fmt.Errorf("group g: %w", raftcore.ErrTooLarge)
+	}
+	return o.Orderer.Propose(ctx, p)
+}
+
+func TestProposalAboveNodeLimitIsTooLarge(t *testing.T) {
+	_, addrs := kvApps(t, 3)
+	c := newCluster(t, clusterOpts{port: httpPort, appAddrs: addrs,
+		wrap: func(o Orderer) Orderer { return tooLargeOrderer{o} }})
+	got := rawExchange(t, c.replicas[0].addr, "PUT /kv/a HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx")
+	if !strings.HasPrefix(got, "HTTP/1.1 413 Content Too Large\r\n") {
+		t.Fatalf("reply %q, want 413", got)
+	}
+}

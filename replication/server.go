@@ -169,7 +169,12 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 		if err != nil {
 			// The outcome is unknown after retries: tell the client and end
 			// the connection, as a server that lost its state would.
-			reply, _ := f.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, err))
+			kind := framing.ErrUnavailable
+			if errors.Is(err, raftcore.ErrTooLarge) {
+				kind = framing.ErrTooLarge // above the ordering node's proposal limit
+				s.m.badRequest(reason(kind))
+			}
+			reply, _ := f.ErrorReply(fmt.Errorf("%w: %v", kind, err))
 			_, _ = bw.Write(reply)
 			_ = bw.Flush()
 			return fmt.Errorf("%s: %w", req.Op, err)
