@@ -17,63 +17,73 @@ import (
 	"github.com/smr-io/smr-cri/replication/framing"
 )
 
-// StartPod wires a pod from its parsed contract: the same path the node
-// daemon takes, with the kernel parts (netns listener, dialer) replaced by
-// loopback and raft on an in-memory network.
+// kvPod starts replica i (0-based) of a 3-replica "kv" group from its parsed
+// contract: the path the node daemon takes, with the kernel parts (netns
+// listener, dialer) replaced by loopback and raft on an in-memory network.
+// The raft data of replica i lives in dir/m<i+1>, so starting it again
+// replays its log.
+func kvPod(t *testing.T, network *memnet.Network, dir string, i int, app string) (*Pod, string) {
+	t.Helper()
+	spec, ok, err := ParsePod(PodMeta{Name: fmt.Sprintf("kv-%d", i), Namespace: "demo",
+		Labels:      map[string]string{LabelReplicate: "true"},
+		Annotations: map[string]string{AnnotationPorts: "8080/http", AnnotationPeers: "1=m1:7480,2=m2:7480,3=m3:7480"}})
+	if err != nil || !ok {
+		t.Fatalf("ParsePod: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raftPeers := map[uint64]string{}
+	for _, p := range spec.Peers {
+		raftPeers[p.ID] = strings.TrimSuffix(p.Addr, ":7480")
+	}
+	self := raftPeers[spec.MemberID]
+	pod, err := StartPod(context.Background(), PodConfig{
+		Spec: spec, Listener: ln, Dialer: &addrDialer{addr: app},
+		StartGroup: func(sm raftcore.StateMachine) (Orderer, func() error, error) {
+			node, err := raftcore.NewNode(raftcore.NodeConfig{DataDir: filepath.Join(dir, self),
+				Transport: network.Endpoint(self), TickInterval: 10 * time.Millisecond, UnsafeNoFsync: true})
+			if err != nil {
+				return nil, nil, err
+			}
+			g, err := node.StartGroup(raftcore.GroupConfig{Name: spec.GroupKey(), SelfID: spec.MemberID, Peers: raftPeers}, sm)
+			if err != nil {
+				node.Close()
+				return nil, nil, err
+			}
+			return g, node.Close, nil
+		},
+	})
+	if err != nil {
+		t.Fatalf("StartPod %d: %v", i, err)
+	}
+	t.Cleanup(func() { _ = pod.Stop() })
+	return pod, ln.Addr().String()
+}
+
+func incr(t *testing.T, addr string, want int) {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	if code, body := do(t, client, "POST", "http://"+addr+"/incr/c", ""); code != 200 || body != fmt.Sprint(want) {
+		t.Fatalf("incr via %s: %d %q, want %d", addr, code, body, want)
+	}
+}
+
 func TestStartPodFromContract(t *testing.T) {
 	stores, apps := kvApps(t, 3)
 	network := memnet.New()
 	defer network.Close()
 	dir := t.TempDir()
-	peers := "1=m1:7480,2=m2:7480,3=m3:7480"
-	var pods []*Pod
 	var addrs []string
 	for i := range 3 {
-		spec, ok, err := ParsePod(PodMeta{Name: fmt.Sprintf("kv-%d", i), Namespace: "demo",
-			Labels:      map[string]string{LabelReplicate: "true"},
-			Annotations: map[string]string{AnnotationPorts: "8080/http", AnnotationPeers: peers}})
-		if err != nil || !ok {
-			t.Fatalf("ParsePod: %v", err)
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs = append(addrs, ln.Addr().String())
-		raftPeers := map[uint64]string{}
-		for _, p := range spec.Peers {
-			raftPeers[p.ID] = strings.TrimSuffix(p.Addr, ":7480")
-		}
-		self := raftPeers[spec.MemberID]
-		pod, err := StartPod(context.Background(), PodConfig{
-			Spec: spec, Listener: ln, Dialer: &addrDialer{addr: apps[i]},
-			StartGroup: func(sm raftcore.StateMachine) (Orderer, func() error, error) {
-				node, err := raftcore.NewNode(raftcore.NodeConfig{DataDir: filepath.Join(dir, self),
-					Transport: network.Endpoint(self), TickInterval: 10 * time.Millisecond, UnsafeNoFsync: true})
-				if err != nil {
-					return nil, nil, err
-				}
-				g, err := node.StartGroup(raftcore.GroupConfig{Name: spec.GroupKey(), SelfID: spec.MemberID, Peers: raftPeers}, sm)
-				if err != nil {
-					node.Close()
-					return nil, nil, err
-				}
-				return g, node.Close, nil
-			},
-		})
-		if err != nil {
-			t.Fatalf("StartPod %d: %v", i, err)
-		}
-		pods = append(pods, pod)
+		_, addr := kvPod(t, network, dir, i, apps[i])
+		addrs = append(addrs, addr)
 	}
-	client := &http.Client{Transport: &http.Transport{}}
 	for i := range 6 {
-		code, body := do(t, client, "POST", "http://"+addrs[i%3]+"/incr/c", "")
-		if code != 200 || body != fmt.Sprint(i+1) {
-			t.Fatalf("incr %d: %d %q", i, code, body)
-		}
+		incr(t, addrs[i%3], i+1)
 	}
-	client.CloseIdleConnections()
 	waitFor(t, "every replica to apply the increments", func() bool {
 		for _, s := range stores {
 			if direct(t, s, "/kv/c") != "200 6" {
@@ -82,10 +92,36 @@ func TestStartPodFromContract(t *testing.T) {
 		}
 		return true
 	})
-	for _, p := range pods {
-		if err := p.Stop(); err != nil {
-			t.Errorf("stop: %v", err)
-		}
+}
+
+// A replica restarted with a fresh, empty app rebuilds the app's state by
+// replaying the log before it answers: its first answer is computed by its
+// own new app and already counts every earlier increment.
+func TestRestartedReplicaRebuildsAppFromLog(t *testing.T) {
+	stores, apps := kvApps(t, 4)
+	network := memnet.New()
+	defer network.Close()
+	dir := t.TempDir()
+	var pods []*Pod
+	var addrs []string
+	for i := range 3 {
+		p, addr := kvPod(t, network, dir, i, apps[i])
+		pods, addrs = append(pods, p), append(addrs, addr)
+	}
+	for i := 1; i <= 5; i++ {
+		incr(t, addrs[0], i)
+	}
+	if err := pods[2].Stop(); err != nil {
+		t.Fatalf("stop replica 3: %v", err)
+	}
+	for i := 6; i <= 10; i++ {
+		incr(t, addrs[1], i) // the remaining majority keeps serving
+	}
+	// Replica 3 comes back with a new, empty app (apps[3]).
+	_, addr3 := kvPod(t, network, dir, 2, apps[3])
+	incr(t, addr3, 11)
+	if got := direct(t, stores[3], "/kv/c"); got != "200 11" {
+		t.Fatalf("rebuilt app: %q, want 200 11", got)
 	}
 }
 
