@@ -69,6 +69,7 @@ func dialRuntime(target string) (*grpc.ClientConn, error) {
 			// at once when containerd is down, not a hung call.
 			grpc.WaitForReady(false),
 		),
+		grpc.WithStatsHandler(originStats{}),
 		grpc.WithInitialWindowSize(1<<20),
 		grpc.WithInitialConnWindowSize(1<<20),
 	)
@@ -79,13 +80,13 @@ func dialRuntime(target string) (*grpc.ClientConn, error) {
 }
 
 // runtimeErr turns an error of a downstream call into the error returned to
-// the caller. Errors produced by the runtime itself pass through unchanged
-// (same code, same message, same details). Only when the proxy could not
-// reach the runtime is the message replaced by one that names smr-cri and the
-// endpoint, keeping the code Unavailable.
-func (p *Proxy) runtimeErr(err error) error {
-	if err == nil {
-		return nil
+// the caller. Errors the runtime sent (origin saw its trailers) pass through
+// unchanged: same code, same message, same details. Only an Unavailable made
+// up by gRPC because the runtime could not be reached gets a message naming
+// smr-cri and the endpoint, keeping the code.
+func (p *Proxy) runtimeErr(err error, origin *callOrigin) error {
+	if err == nil || origin.fromRuntime() {
+		return err
 	}
 	st, ok := status.FromError(err)
 	if !ok {
@@ -94,12 +95,7 @@ func (p *Proxy) runtimeErr(err error) error {
 	if st.Code() != codes.Unavailable {
 		return err
 	}
-	state := p.conn.GetState()
-	if state == connectivity.Ready {
-		// The runtime is connected, so it answered Unavailable itself.
-		return err
-	}
-	if state == connectivity.TransientFailure {
+	if p.conn.GetState() == connectivity.TransientFailure {
 		// Skip the remaining backoff: the next call then finds the runtime
 		// as soon as it is back.
 		p.conn.ResetConnectBackoff()

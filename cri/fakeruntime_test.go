@@ -34,6 +34,7 @@ type fakeRuntime struct {
 	unknown []string    // full methods seen by the UnknownServiceHandler
 	lastMD  metadata.MD // metadata of the last call
 	noNetNS bool        // answer verbose status without a network namespace
+	hold    bool        // keep GetContainerEvents open until the caller goes away
 }
 
 func newFakeRuntime() *fakeRuntime {
@@ -301,6 +302,13 @@ func (f *fakeRuntime) GetContainerEvents(_ *runtimeapi.GetEventsRequest, ss grpc
 			return err
 		}
 	}
+	f.mu.Lock()
+	hold := f.hold
+	f.mu.Unlock()
+	if hold {
+		<-ss.Context().Done()
+		return ss.Context().Err()
+	}
 	ss.SetTrailer(metadata.Pairs("x-events-sent", fmt.Sprint(len(events))))
 	return nil
 }
@@ -352,6 +360,13 @@ type testEnv struct {
 
 func newTestEnv(t testing.TB) *testEnv {
 	t.Helper()
+	return newTestEnvWith(t, Options{})
+}
+
+// newTestEnvWith is newTestEnv with extra proxy options; the endpoint and
+// replicator are set here.
+func newTestEnvWith(t testing.TB, opts Options) *testEnv {
+	t.Helper()
 	dir := t.TempDir()
 	e := &testEnv{
 		fake:        newFakeRuntime(),
@@ -360,7 +375,9 @@ func newTestEnv(t testing.TB) *testEnv {
 		rep:         &recordingReplicator{},
 	}
 	e.stopFake = serveFake(t, e.fake, e.runtimeSock)
-	p, err := New(Options{RuntimeEndpoint: "unix://" + e.runtimeSock, Replicator: e.rep})
+	opts.RuntimeEndpoint = "unix://" + e.runtimeSock
+	opts.Replicator = e.rep
+	p, err := New(opts)
 	if err != nil {
 		t.Fatalf("new proxy: %v", err)
 	}

@@ -51,12 +51,13 @@ func (p *Proxy) forwardUnary(ctx context.Context, method string, ss grpc.ServerS
 	}
 	resp := &frame{}
 	var header, trailer metadata.MD
+	ctx, origin := withOrigin(ctx)
 	err := p.conn.Invoke(ctx, method, req, resp, grpc.ForceCodecV2(p.codec), grpc.Header(&header), grpc.Trailer(&trailer))
 	req.free()
 	ss.SetTrailer(trailer)
 	if err != nil {
 		resp.free()
-		return p.runtimeErr(err)
+		return p.runtimeErr(err, origin)
 	}
 	if len(header) > 0 {
 		if err := ss.SetHeader(header); err != nil {
@@ -70,9 +71,10 @@ func (p *Proxy) forwardUnary(ctx context.Context, method string, ss grpc.ServerS
 func (p *Proxy) forwardStream(ctx context.Context, method string, ss grpc.ServerStream) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the downstream stream when the caller's ends
+	ctx, origin := withOrigin(ctx)
 	cs, err := p.conn.NewStream(ctx, anyStream, method, grpc.ForceCodecV2(p.codec))
 	if err != nil {
-		return p.runtimeErr(err)
+		return p.runtimeErr(err, origin)
 	}
 
 	// Caller -> runtime. An error here (other than the caller's half-close)
@@ -112,7 +114,7 @@ func (p *Proxy) forwardStream(ctx context.Context, method string, ss grpc.Server
 		}
 		if err != nil {
 			ss.SetTrailer(cs.Trailer())
-			return p.runtimeErr(err)
+			return p.runtimeErr(err, origin)
 		}
 		if err := ss.SendMsg(m); err != nil {
 			return err

@@ -287,6 +287,14 @@ func TestErrorsPreserved(t *testing.T) {
 			func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, _ runtimeapi.ImageServiceClient) (proto.Message, error) {
 				return rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: "x"})
 			}, status.New(codes.NotFound, `an error occurred when try to find container "x": not found`)},
+		{"runtime's own Unavailable unchanged", "ListPodSandbox", status.Error(codes.Unavailable, "runtime busy"),
+			func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, _ runtimeapi.ImageServiceClient) (proto.Message, error) {
+				return rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+			}, status.New(codes.Unavailable, "runtime busy")},
+		{"runtime's own Unavailable unchanged on a hooked method", "StopPodSandbox", status.Error(codes.Unavailable, "runtime busy"),
+			func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, _ runtimeapi.ImageServiceClient) (proto.Message, error) {
+				return rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: fixtureSandbox})
+			}, status.New(codes.Unavailable, "runtime busy")},
 		{"plain error becomes Unknown as directly", "ListContainers", errors.New("boom"),
 			func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, _ runtimeapi.ImageServiceClient) (proto.Message, error) {
 				return rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{})

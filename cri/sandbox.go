@@ -53,14 +53,15 @@ func hookedServiceDesc() *grpc.ServiceDesc {
 // runtime's headers and trailers to the caller, and maps errors.
 func call[Req, Resp any](ctx context.Context, p *Proxy, fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, error) {
 	var header, trailer metadata.MD
-	resp, err := fn(outgoingContext(ctx), req, grpc.Header(&header), grpc.Trailer(&trailer))
+	callCtx, origin := withOrigin(outgoingContext(ctx))
+	resp, err := fn(callCtx, req, grpc.Header(&header), grpc.Trailer(&trailer))
 	if len(header) > 0 && err == nil {
 		_ = grpc.SetHeader(ctx, header)
 	}
 	if len(trailer) > 0 {
 		_ = grpc.SetTrailer(ctx, trailer)
 	}
-	return resp, p.runtimeErr(err)
+	return resp, p.runtimeErr(err, origin)
 }
 
 // RunPodSandbox creates the sandbox in the runtime and, for a pod labelled
