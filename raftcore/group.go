@@ -72,6 +72,7 @@ type Group struct {
 	// owned by run()
 	readBatches map[uint64]*readBatch
 	ticks       uint64
+	durable     uint64      // last log index written to the WAL
 	batch       []*proposal // normal proposals drained, not yet proposed
 	sendBuf     map[uint64][]*raftpb.Message
 }
@@ -180,6 +181,10 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 	}
 	g.rn = rn
 	g.applied = applied
+	if g.durable, err = ds.mem.LastIndex(); err != nil {
+		ds.close()
+		return nil, fmt.Errorf("last index: %w", err)
+	}
 	// Proposal ids start at a random point so ids of this incarnation do
 	// not repeat those of entries written before a restart.
 	g.nextID.Store(rand.Uint64() >> 2)
@@ -735,6 +740,17 @@ func (g *Group) handleReady() error {
 		if isLeader {
 			g.send(rd.Messages)
 		}
+		// Rule 6: committed entries go to the apply goroutine in log order,
+		// and only once they are durable here. When they all were already
+		// written by an earlier Ready (the usual case for the commit-index
+		// update) they are handed over right away, so applying overlaps
+		// this Ready's WAL write; otherwise after it (below). A snapshot in
+		// this Ready must reach the apply goroutine first, so then we wait.
+		early := raft.IsEmptySnap(rd.Snapshot) && len(rd.CommittedEntries) > 0 &&
+			rd.CommittedEntries[len(rd.CommittedEntries)-1].GetIndex() <= g.durable
+		if early {
+			g.handCommitted(rd.CommittedEntries)
+		}
 		// Rule 2: the snapshot file and its WAL marker are written before
 		// the HardState/entries that follow it, so a crash never leaves a WAL
 		// that refers to a snapshot we cannot load.
@@ -748,6 +764,14 @@ func (g *Group) handleReady() error {
 		// message is sent: a vote or an append ack is a promise about disk.
 		if err := g.ds.wal.Save(rd.HardState, rd.Entries); err != nil {
 			return fmt.Errorf("wal save: %w", err)
+		}
+		if !raft.IsEmptySnap(rd.Snapshot) {
+			g.durable = rd.Snapshot.GetMetadata().GetIndex()
+		}
+		if n := len(rd.Entries); n > 0 {
+			// New entries may overwrite an uncommitted tail: the durable log
+			// now ends exactly here.
+			g.durable = rd.Entries[n-1].GetIndex()
 		}
 		// Rule 4: raft's in-memory storage mirrors disk only after the
 		// write, snapshot first (it resets the log), then appended entries.
@@ -767,24 +791,8 @@ func (g *Group) handleReady() error {
 		for _, rs := range rd.ReadStates {
 			g.onReadState(rs)
 		}
-		// Rule 6: committed entries go to the apply goroutine in log
-		// order. Conf changes are applied to raft here (raft requires it from
-		// the goroutine that owns the node) and the resulting ConfState rides
-		// along so snapshots record the membership at their index.
-		if len(rd.CommittedEntries) > 0 {
-			items := make([]applyItem, 0, len(rd.CommittedEntries))
-			for _, e := range rd.CommittedEntries {
-				it := applyItem{ent: e}
-				if e.GetType() == raftpb.EntryConfChange || e.GetType() == raftpb.EntryConfChangeV2 {
-					cs, err := g.applyConfChange(e)
-					if err != nil {
-						g.log.Error("bad conf change entry", "index", e.GetIndex(), "err", err)
-					}
-					it.cs = cs
-				}
-				items = append(items, it)
-			}
-			g.applyq.push(items...)
+		if !early {
+			g.handCommitted(rd.CommittedEntries)
 		}
 		// Rule 7: Advance tells raft the Ready was persisted (and handed to
 		// apply); only then does it count the leader's own entries toward
@@ -793,6 +801,29 @@ func (g *Group) handleReady() error {
 		g.publishStatus()
 	}
 	return nil
+}
+
+// handCommitted queues committed entries for the apply goroutine. Conf
+// changes are applied to raft here (raft requires it from the goroutine
+// that owns the node) and the resulting ConfState rides along so snapshots
+// record the membership at their index.
+func (g *Group) handCommitted(ents []*raftpb.Entry) {
+	if len(ents) == 0 {
+		return
+	}
+	items := make([]applyItem, 0, len(ents))
+	for _, e := range ents {
+		it := applyItem{ent: e}
+		if e.GetType() == raftpb.EntryConfChange || e.GetType() == raftpb.EntryConfChangeV2 {
+			cs, err := g.applyConfChange(e)
+			if err != nil {
+				g.log.Error("bad conf change entry", "index", e.GetIndex(), "err", err)
+			}
+			it.cs = cs
+		}
+		items = append(items, it)
+	}
+	g.applyq.push(items...)
 }
 
 func (g *Group) publishStatus() {

@@ -111,7 +111,7 @@ func toStatus(err error) error {
 }
 
 func serveGRPC(lis net.Listener, g *raftcore.Group, kv *kvtest.KV) *grpc.Server {
-	srv := grpc.NewServer(grpc.ForceServerCodec(rawCodec{}))
+	srv := grpc.NewServer(grpc.ForceServerCodec(rawCodec{}), grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(8<<20))
 	srv.RegisterService(&kvServiceDesc, &kvServer{g: g, kv: kv})
 	go srv.Serve(lis)
 	return srv
@@ -124,6 +124,7 @@ type GRPCClient struct{ conn *grpc.ClientConn }
 // DialGRPC connects (lazily) to a raftnode's -grpc address.
 func DialGRPC(addr string) (*GRPCClient, error) {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(8<<20),
 		grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})))
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)

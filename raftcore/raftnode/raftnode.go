@@ -67,7 +67,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	grpcAddr := fs.String("grpc", "", "client gRPC listen address (optional)")
 	dataDir := fs.String("data", "", "data directory (WAL, snapshots)")
 	group := fs.String("group", "kv", "group name")
-	tick := fs.Duration("tick", 50*time.Millisecond, "raft tick interval")
+	tick := fs.Duration("tick", 100*time.Millisecond, "raft tick interval (heartbeat; election = 10 ticks, as etcd defaults)")
 	snapEvery := fs.Uint64("snapshot-every", 10000, "snapshot every N applied entries (0 = never)")
 	join := fs.Bool("join", false, "join an existing group (after AddMember)")
 	verbose := fs.Bool("v", false, "log raft at info level to stderr")

@@ -95,13 +95,18 @@ var serviceDesc = grpc.ServiceDesc{
 
 const sendMethod = "/smr.raftcore.Raft/Send"
 
+const windowSize = 8 << 20
+
 // Start implements raftcore.Transport.
 func (t *GRPC) Start(h raftcore.Handler) error {
 	t.h = h
 	if t.lis == nil {
 		return nil
 	}
-	t.srv = grpc.NewServer(grpc.ForceServerCodec(codec{}), grpc.MaxRecvMsgSize(t.cfg.MaxFrameBytes+(1<<20)))
+	// Fixed, large flow-control windows: this also turns off gRPC's BDP
+	// probing pings, which would cost extra writes per raft message.
+	t.srv = grpc.NewServer(grpc.ForceServerCodec(codec{}), grpc.MaxRecvMsgSize(t.cfg.MaxFrameBytes+(1<<20)),
+		grpc.InitialWindowSize(windowSize), grpc.InitialConnWindowSize(windowSize))
 	t.srv.RegisterService(&serviceDesc, t)
 	t.wg.Add(1)
 	go func() {
@@ -208,6 +213,7 @@ func (p *peer) run() {
 		if conn == nil {
 			c, err := grpc.NewClient(p.addr,
 				grpc.WithTransportCredentials(insecure.NewCredentials()),
+				grpc.WithInitialWindowSize(windowSize), grpc.WithInitialConnWindowSize(windowSize),
 				grpc.WithDefaultCallOptions(grpc.ForceCodec(codec{}), grpc.MaxCallSendMsgSize(p.t.cfg.MaxFrameBytes+(1<<20))))
 			if err != nil {
 				p.t.log.Error("raft transport: bad peer address", "addr", p.addr, "err", err)
