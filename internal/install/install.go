@@ -364,7 +364,12 @@ func Install(ctx context.Context, o Options) error {
 				if rs.smrExists || !rs.smr {
 					return nil // restarted with the old files by rs.after
 				}
-				return o.systemctl(ctx, "disable", "--now", UnitName)
+				if err := o.systemctl(ctx, "disable", "--now", UnitName); err != nil {
+					return err
+				}
+				// serve's socket directory, empty once it stopped; best effort.
+				_ = os.Remove(o.path(filepath.Dir(SocketPath)))
+				return nil
 			},
 		},
 		{
@@ -581,6 +586,9 @@ func Uninstall(ctx context.Context, o Options) error {
 					errs = append(errs, os.Remove(o.path(f.Backup)))
 				}
 				errs = append(errs, os.RemoveAll(o.path(LogDir)))
+				// serve's socket directory, once serve has removed its socket;
+				// best effort (it may be in use as a hostPath volume).
+				_ = os.Remove(o.path(filepath.Dir(SocketPath)))
 				if err := os.Remove(o.path(StatePath)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 					errs = append(errs, err)
 				}

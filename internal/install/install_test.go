@@ -112,6 +112,10 @@ func render(t *testing.T, root string) string {
 			fmt.Fprintf(&b, "d %04o /%s\n", fi.Mode().Perm(), filepath.ToSlash(rel))
 			return nil
 		}
+		if !fi.Mode().IsRegular() {
+			fmt.Fprintf(&b, "%s /%s\n", fi.Mode(), filepath.ToSlash(rel))
+			return nil
+		}
 		data, err := os.ReadFile(p)
 		if err != nil {
 			return err
