@@ -1,0 +1,203 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/smr-io/smr-cri/netintercept"
+	"github.com/smr-io/smr-cri/raftcore"
+)
+
+// Interceptor redirects a pod's inbound app ports to smr-cri's listener in
+// the pod's network namespace; *netintercept.Interceptor satisfies it.
+type Interceptor interface {
+	Apply(ctx context.Context, netnsPath string, spec netintercept.Spec) (netintercept.Result, error)
+	Cleanup(ctx context.Context, netnsPath string) (netintercept.Result, error)
+}
+
+var _ Interceptor = (*netintercept.Interceptor)(nil)
+
+// PodRef is a running pod sandbox handed over by the CRI proxy.
+type PodRef struct {
+	SandboxID string
+	Meta      PodMeta
+	NetNSPath string
+	IPs       []string // primary first
+}
+
+// GroupStarter starts the raft group of an attached pod with sm as its state
+// machine (membership from spec.Peers or the Kubernetes API, transport at
+// the pod IP and spec.RaftPort), and returns a function that stops it.
+type GroupStarter func(ctx context.Context, pod PodRef, spec Spec, sm raftcore.StateMachine) (Orderer, func() error, error)
+
+// ManagerConfig configures a Manager. Listen, Dialer and OriginalPort
+// default to the netintercept implementations (pod network namespaces).
+type ManagerConfig struct {
+	Intercept  Interceptor
+	StartGroup GroupStarter
+	// ListenerPort is where smr-cri accepts the redirected connections inside
+	// each pod's netns (default 15006); it must not be an app or raft port.
+	ListenerPort int
+	// ProbeSources are node addresses whose connections bypass the redirect
+	// (kubelet probes reach the app directly).
+	ProbeSources []netip.Addr
+	Listen       func(netnsPath, addr string) (net.Listener, error)
+	Dialer       func(netnsPath string) AppDialer
+	OriginalPort func(net.Conn) (int, error)
+	Trace        *Tracer
+	Log          *slog.Logger
+	Metrics      *Metrics
+	// Executor tunes every pod's executor (timeouts, queue bound).
+	Executor ExecutorConfig
+}
+
+// DefaultListenerPort is the in-pod port of smr-cri's client listener.
+const DefaultListenerPort = 15006
+
+// Manager attaches and detaches pods: it is the replication side of the CRI
+// proxy's hooks. It keeps only what it started; containerd stays the source
+// of truth for which sandboxes exist.
+type Manager struct {
+	cfg  ManagerConfig
+	mu   sync.Mutex
+	pods map[string]*attached // by sandbox ID
+}
+
+type attached struct {
+	pod   *Pod
+	netns string
+	spec  Spec
+}
+
+// NewManager validates cfg and fills its defaults.
+func NewManager(cfg ManagerConfig) (*Manager, error) {
+	if cfg.Intercept == nil || cfg.StartGroup == nil {
+		return nil, errors.New("replication: manager needs Intercept and StartGroup")
+	}
+	if cfg.ListenerPort == 0 {
+		cfg.ListenerPort = DefaultListenerPort
+	}
+	if _, err := netintercept.CheckPort("listener port", cfg.ListenerPort); err != nil {
+		return nil, fmt.Errorf("replication: %w", err)
+	}
+	if cfg.Listen == nil {
+		cfg.Listen = func(netns, addr string) (net.Listener, error) {
+			return netintercept.ListenInNetns(netns, "tcp", addr)
+		}
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = func(netns string) AppDialer { return NetnsDialer{Path: netns} }
+	}
+	if cfg.OriginalPort == nil {
+		cfg.OriginalPort = OriginalPort
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Manager{cfg: cfg, pods: map[string]*attached{}}, nil
+}
+
+// Attach starts replicating a pod if its labels ask for it (otherwise it is
+// a no-op). A broken contract is returned as an error naming each bad key,
+// for the pod's events; nothing is left behind on failure. Attaching an
+// attached sandbox again is a no-op.
+func (m *Manager) Attach(ctx context.Context, ref PodRef) (err error) {
+	spec, ok, err := ParsePod(ref.Meta)
+	if err != nil || !ok {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.pods[ref.SandboxID]; ok {
+		return nil
+	}
+	if ref.SandboxID == "" || ref.NetNSPath == "" {
+		return fmt.Errorf("attach pod %s/%s: sandbox ID and network namespace are required", ref.Meta.Namespace, ref.Meta.Name)
+	}
+	fail := func(step string, err error) error {
+		return fmt.Errorf("attach pod %s/%s (group %s): %s: %w", spec.Namespace, ref.Meta.Name, spec.GroupKey(), step, err)
+	}
+	ispec := netintercept.Spec{ListenerPort: uint16(m.cfg.ListenerPort), ProbeSources: m.cfg.ProbeSources}
+	for _, p := range spec.Ports {
+		ispec.ServicePorts = append(ispec.ServicePorts, uint16(p.Number))
+	}
+	ispec.ExcludePorts = []uint16{uint16(spec.RaftPort)}
+	if err := ispec.Validate(); err != nil {
+		return fail("interception spec", err)
+	}
+	// Listen before redirecting, so no redirected client is refused.
+	ln, err := m.cfg.Listen(ref.NetNSPath, ":"+strconv.Itoa(m.cfg.ListenerPort))
+	if err != nil {
+		return fail("listen", err)
+	}
+	if _, err := m.cfg.Intercept.Apply(ctx, ref.NetNSPath, ispec); err != nil {
+		_ = ln.Close()
+		return fail("intercept", err)
+	}
+	pod, err := StartPod(ctx, PodConfig{
+		Spec: spec, Listener: ln, OriginalPort: m.cfg.OriginalPort, Dialer: m.cfg.Dialer(ref.NetNSPath),
+		StartGroup: func(sm raftcore.StateMachine) (Orderer, func() error, error) {
+			return m.cfg.StartGroup(ctx, ref, spec, sm)
+		},
+		Trace: m.cfg.Trace, Log: m.cfg.Log, Metrics: m.cfg.Metrics, Executor: m.cfg.Executor,
+	})
+	if err != nil {
+		_ = ln.Close()
+		_, cerr := m.cfg.Intercept.Cleanup(context.WithoutCancel(ctx), ref.NetNSPath)
+		return errors.Join(fail("start", err), cerr)
+	}
+	m.pods[ref.SandboxID] = &attached{pod: pod, netns: ref.NetNSPath, spec: spec}
+	m.cfg.Log.Info("pod attached to replication", "sandbox", ref.SandboxID, "pod", spec.Namespace+"/"+ref.Meta.Name,
+		"group", spec.GroupKey(), "member", spec.MemberID, "ports", fmt.Sprint(spec.Ports))
+	return nil
+}
+
+// Detach stops replicating a sandbox: the listener closes first (clients
+// are refused rather than reaching one app directly), the sessions close
+// through the log, the group stops, then the redirect is removed. Unknown
+// sandboxes are ignored, so it may be called for every stopped sandbox.
+func (m *Manager) Detach(ctx context.Context, sandboxID string) error {
+	m.mu.Lock()
+	a, ok := m.pods[sandboxID]
+	delete(m.pods, sandboxID)
+	m.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	errs := []error{a.pod.Stop()}
+	if _, err := m.cfg.Intercept.Cleanup(ctx, a.netns); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("detach sandbox %s (group %s): %w", sandboxID, a.spec.GroupKey(), err)
+	}
+	return nil
+}
+
+// Attached lists the attached sandbox IDs, sorted.
+func (m *Manager) Attached() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var ids []string
+	for id := range m.pods {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// Close detaches every pod.
+func (m *Manager) Close(ctx context.Context) error {
+	var errs []error
+	for _, id := range m.Attached() {
+		errs = append(errs, m.Detach(ctx, id))
+	}
+	return errors.Join(errs...)
+}
