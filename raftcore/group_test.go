@@ -323,3 +323,72 @@ func TestManyGroupsOneNode(t *testing.T) {
 		}
 	}
 }
+
+// A member that comes back on a new address (rescheduled pod, new IP) keeps
+// its id and log; the others learn the address with SetPeerAddr, no
+// membership change.
+func TestPeerAddressChange(t *testing.T) {
+	net := memnet.New()
+	defer net.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	peers := map[uint64]string{1: "a1", 2: "a2", 3: "a3"}
+	dirs := map[uint64]string{1: t.TempDir(), 2: t.TempDir(), 3: t.TempDir()}
+	nodes := map[uint64]*raftcore.Node{}
+	groups := map[uint64]*raftcore.Group{}
+	kvs := map[uint64]*kvtest.KV{}
+	start := func(id uint64, addr string, peers map[uint64]string) {
+		t.Helper()
+		n, err := raftcore.NewNode(raftcore.NodeConfig{DataDir: dirs[id], Transport: net.Endpoint(addr), TickInterval: 20 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		kvs[id] = kvtest.NewKV()
+		g, err := n.StartGroup(raftcore.GroupConfig{Name: "kv", SelfID: id, Peers: peers}, kvs[id])
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[id], groups[id] = n, g
+	}
+	for id := uint64(1); id <= 3; id++ {
+		start(id, peers[id], peers)
+	}
+	defer func() {
+		for _, n := range nodes {
+			n.Close()
+		}
+	}()
+	// Retry through transient leaderless moments (elections).
+	write := func(via uint64, v string) {
+		t.Helper()
+		for {
+			_, err := put(ctx, groups[via], "k", v)
+			if err == nil {
+				return
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("put %s via %d: %v", v, via, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	write(1, "1")
+	nodes[3].Close()
+	moved := map[uint64]string{1: "a1", 2: "a2", 3: "a3-new"}
+	start(3, moved[3], moved)
+	groups[1].SetPeerAddr(3, moved[3])
+	groups[2].SetPeerAddr(3, moved[3])
+	// Stop member 1: progress now needs member 3 at its new address.
+	nodes[1].Close()
+	delete(nodes, 1)
+	write(2, "2")
+	if _, err := groups[3].ReadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := kvs[3].Get("k"); got != "2" {
+		t.Fatalf("moved member: k=%q, want 2", got)
+	}
+	if addr := groups[2].Status().Members[3]; addr != moved[3] {
+		t.Fatalf("member 2 routes 3 to %q", addr)
+	}
+}
