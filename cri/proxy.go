@@ -76,6 +76,14 @@ func New(opts Options) (*Proxy, error) {
 	return p, nil
 }
 
+// CheckRuntime asks the runtime for its version, to log at start-up whether
+// it is reachable. The proxy works either way.
+func (p *Proxy) CheckRuntime(ctx context.Context) (*runtimeapi.VersionResponse, error) {
+	ctx, origin := withOrigin(ctx)
+	v, err := p.runtime.Version(ctx, &runtimeapi.VersionRequest{})
+	return v, p.runtimeErr(err, origin)
+}
+
 // Endpoint is the gRPC target of the downstream runtime.
 func (p *Proxy) Endpoint() string { return p.endpoint }
 

@@ -75,7 +75,8 @@ func (s *sandboxService) RunPodSandbox(ctx context.Context, req *runtimeapi.RunP
 		return resp, err
 	}
 	id := resp.GetPodSandboxId()
-	if err := s.attach(ctx, id, req.GetConfig()); err != nil {
+	pod, err := s.attach(ctx, id, req.GetConfig())
+	if err != nil {
 		meta := req.GetConfig().GetMetadata()
 		msg := fmt.Sprintf("smr-cri: pod %s/%s (sandbox %s) labelled %s=%s: %v",
 			meta.GetNamespace(), meta.GetName(), id, ReplicateLabel, ReplicateValue, err)
@@ -87,24 +88,25 @@ func (s *sandboxService) RunPodSandbox(ctx context.Context, req *runtimeapi.RunP
 		s.p.log.ErrorContext(ctx, "replication hook failed", "sandbox", id, "error", msg)
 		return nil, status.Error(codes.FailedPrecondition, msg)
 	}
+	s.p.log.InfoContext(ctx, "pod handed to replication", "sandbox", id, "pod", pod.Namespace+"/"+pod.Name, "netns", pod.NetNSPath, "ips", pod.IPs)
 	return resp, nil
 }
 
 // attach reads the sandbox's netns and IPs from the runtime and calls
 // AttachPod.
-func (s *sandboxService) attach(ctx context.Context, id string, cfg *runtimeapi.PodSandboxConfig) error {
+func (s *sandboxService) attach(ctx context.Context, id string, cfg *runtimeapi.PodSandboxConfig) (PodInfo, error) {
 	st, err := s.p.runtime.PodSandboxStatus(outgoingContext(ctx), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id, Verbose: true})
 	if err != nil {
-		return fmt.Errorf("read sandbox status: %w", err)
+		return PodInfo{}, fmt.Errorf("read sandbox status: %w", err)
 	}
 	pod, err := podInfo(id, cfg, st)
 	if err != nil {
-		return fmt.Errorf("find pod network: %w", err)
+		return PodInfo{}, fmt.Errorf("find pod network: %w", err)
 	}
 	if err := s.p.replicator.AttachPod(ctx, pod); err != nil {
-		return fmt.Errorf("attach to replication: %w", err)
+		return PodInfo{}, fmt.Errorf("attach to replication: %w", err)
 	}
-	return nil
+	return pod, nil
 }
 
 // removeSandbox stops and removes a sandbox after a failed hook.
@@ -140,6 +142,7 @@ func (s *sandboxService) RemovePodSandbox(ctx context.Context, req *runtimeapi.R
 // detach calls DetachPod and only logs its failure: tearing a pod down must
 // never be blocked by replication, and containerd stays the source of truth.
 func (s *sandboxService) detach(ctx context.Context, id string) {
+	s.p.log.DebugContext(ctx, "detach sandbox from replication", "sandbox", id)
 	if err := s.p.replicator.DetachPod(ctx, id); err != nil {
 		s.p.log.WarnContext(ctx, "replication detach failed", "sandbox", id, "error", err)
 	}

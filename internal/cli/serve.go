@@ -189,6 +189,7 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger) error {
 	}
 	lis, err := cri.Listen(o.Listen)
 	if err != nil {
+		p.Shutdown(0)
 		return err
 	}
 	// Remove the socket on the way out: the listener unlinks it when closed,
@@ -199,6 +200,16 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger) error {
 		}
 	}()
 	log.Info("smr-cri serving", "version", version, "listen", o.Listen, "runtime", p.Endpoint())
+	go func() {
+		// Only informative: calls work as soon as the runtime is there.
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if v, err := p.CheckRuntime(cctx); err != nil {
+			log.Warn("container runtime not reachable yet; calls fail with Unavailable until it is", "runtime", p.Endpoint(), "error", err)
+		} else {
+			log.Info("container runtime reachable", "runtime", v.GetRuntimeName(), "runtimeVersion", v.GetRuntimeVersion(), "criVersion", v.GetRuntimeApiVersion())
+		}
+	}()
 	err = p.ServeContext(ctx, lis, o.ShutdownTimeout)
 	log.Info("smr-cri stopped")
 	return err
