@@ -59,21 +59,9 @@ func parseInstall(name, help string, args []string, stdout io.Writer) (installOp
 	} else {
 		force = fs.Bool("force", false, "restore kubelet's original files even if they changed since install")
 	}
-	printHelp := func(w io.Writer) {
-		fmt.Fprint(w, help)
-		fs.SetOutput(w)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printHelp(stdout)
-			return installOptions{}, err
-		}
-		return installOptions{}, &UsageError{Err: fmt.Errorf("%s: %w", name, err), Usage: printHelp}
-	}
-	if fs.NArg() > 0 {
-		return installOptions{}, &UsageError{Err: fmt.Errorf("%s: unexpected arguments %q", name, fs.Args()), Usage: printHelp}
+	printHelp, err := parseFlags(fs, name, help, args, stdout)
+	if err != nil {
+		return installOptions{}, err
 	}
 	if *root == "" {
 		return installOptions{}, &UsageError{Err: fmt.Errorf("%s: --host-root is required", name), Usage: printHelp}
@@ -98,6 +86,28 @@ func parseInstall(name, help string, args []string, stdout io.Writer) (installOp
 		o.Force = *force
 	}
 	return o, nil
+}
+
+// parseFlags parses a subcommand's flags: --help prints help to stdout,
+// and a bad flag or a stray argument is a UsageError showing that help.
+func parseFlags(fs *flag.FlagSet, name, help string, args []string, stdout io.Writer) (printHelp func(io.Writer), err error) {
+	printHelp = func(w io.Writer) {
+		fmt.Fprint(w, help)
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printHelp(stdout)
+			return printHelp, err
+		}
+		return printHelp, &UsageError{Err: fmt.Errorf("%s: %w", name, err), Usage: printHelp}
+	}
+	if fs.NArg() > 0 {
+		return printHelp, &UsageError{Err: fmt.Errorf("%s: unexpected arguments %q", name, fs.Args()), Usage: printHelp}
+	}
+	return printHelp, nil
 }
 
 // wire fills in the real executor and checkers.

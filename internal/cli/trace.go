@@ -53,21 +53,9 @@ func parseTrace(args []string, stdout io.Writer) (traceOptions, error) {
 	fs.BoolVar(&o.Follow, "follow", false, "keep printing new lines until stopped (SIGTERM/SIGINT)")
 	fs.StringVar(&o.Socket, "socket", install.SocketPath, "smr-cri's CRI socket, checked by /healthz")
 	fs.StringVar(&o.HealthAddr, "health-addr", "", "host:port for /healthz and /metrics (e.g. :9811); empty: none")
-	printHelp := func(w io.Writer) {
-		fmt.Fprint(w, traceHelp)
-		fs.SetOutput(w)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printHelp(stdout)
-			return o, err
-		}
-		return o, &UsageError{Err: fmt.Errorf("trace: %w", err), Usage: printHelp}
-	}
-	if fs.NArg() > 0 {
-		return o, &UsageError{Err: fmt.Errorf("trace: unexpected arguments %q", fs.Args()), Usage: printHelp}
+	printHelp, err := parseFlags(fs, "trace", traceHelp, args, stdout)
+	if err != nil {
+		return o, err
 	}
 	if o.File == "" {
 		return o, &UsageError{Err: errors.New("trace: --file must not be empty"), Usage: printHelp}

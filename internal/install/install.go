@@ -234,6 +234,24 @@ type restarts struct {
 	kubelet        bool
 }
 
+// kubeletRestartStep restarts kubelet (after a daemon-reload if one of its
+// unit files changed). It has no undo of its own: after restarts kubelet
+// again once the undos restored its files.
+func (r *restarts) kubeletRestartStep() step {
+	return step{
+		name: "restart kubelet",
+		do: func(ctx context.Context) error {
+			r.kubelet = true
+			if r.kubeletUnits {
+				if err := r.o.systemctl(ctx, "daemon-reload"); err != nil {
+					return err
+				}
+			}
+			return r.o.systemctl(ctx, "restart", KubeletUnit)
+		},
+	}
+}
+
 func (r *restarts) after(ctx context.Context) error {
 	var errs []error
 	if r.reload || r.kubeletUnits {
@@ -378,18 +396,7 @@ func Install(ctx context.Context, o Options) error {
 		},
 	}
 	if len(disc.Locations) > 0 {
-		steps = append(steps, o.pointKubeletStep(disc, state, &created, rs), step{
-			name: "restart kubelet",
-			do: func(ctx context.Context) error {
-				rs.kubelet = true
-				if rs.kubeletUnits {
-					if err := o.systemctl(ctx, "daemon-reload"); err != nil {
-						return err
-					}
-				}
-				return o.systemctl(ctx, "restart", KubeletUnit)
-			},
-		})
+		steps = append(steps, o.pointKubeletStep(disc, state, &created, rs), rs.kubeletRestartStep())
 	}
 	steps = append(steps, step{name: "wait until the node is Ready", do: o.waitReady})
 	if err := runSteps(ctx, "install", o.Log, steps, rs.after); err != nil {
@@ -524,18 +531,7 @@ func Uninstall(ctx context.Context, o Options) error {
 				}
 				return errors.Join(errs...)
 			},
-		}, step{
-			name: "restart kubelet",
-			do: func(ctx context.Context) error {
-				rs.kubelet = true
-				if rs.kubeletUnits {
-					if err := o.systemctl(ctx, "daemon-reload"); err != nil {
-						return err
-					}
-				}
-				return o.systemctl(ctx, "restart", KubeletUnit)
-			},
-		}, step{name: "wait until the node is Ready", do: o.waitReady})
+		}, rs.kubeletRestartStep(), step{name: "wait until the node is Ready", do: o.waitReady})
 	}
 	var unit, bin fileState
 	steps = append(steps,

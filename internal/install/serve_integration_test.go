@@ -168,8 +168,8 @@ func TestInstallRealServe(t *testing.T) {
 			defer u.stop()
 			var log bytes.Buffer
 			o := Options{HostRoot: root, Binary: bin, Exec: u, CRI: GRPCChecker{},
-				Node:    KubeletReady{HealthzURL: healthz.URL, Socket: hostPath(root, SocketPath)},
-				Log:     &log, Timeout: 10 * time.Second, PollInterval: 100 * time.Millisecond}
+				Node: KubeletReady{HealthzURL: healthz.URL, Socket: hostPath(root, SocketPath)},
+				Log:  &log, Timeout: 10 * time.Second, PollInterval: 100 * time.Millisecond}
 
 			err := Install(context.Background(), o)
 			if c.wantFailAt != "" {
