@@ -128,7 +128,7 @@ func TestManagerRealNetnsRedis(t *testing.T) {
 	for i, p := range pods {
 		ref := PodRef{SandboxID: p.name, NetNSPath: p.path, IPs: []string{p.ip.String()},
 			Meta: PodMeta{Name: fmt.Sprintf("redis-%d", i), Namespace: "default",
-				Labels: map[string]string{LabelReplicate: "true"},
+				Labels:      map[string]string{LabelReplicate: "true"},
 				Annotations: map[string]string{AnnotationPorts: "6379/resp", AnnotationPeers: strings.Join(peers, ",")}}}
 		if err := m.Attach(ctx, ref); err != nil {
 			t.Fatalf("attach %s: %v", p.name, err)
@@ -183,7 +183,9 @@ func TestManagerRealNetnsRedis(t *testing.T) {
 
 func directRedis(t *testing.T, p labPod, db int) *redis.Client {
 	c := redis.NewClient(&redis.Options{DB: db, Addr: "127.0.0.1:6379",
-		Dialer: func(ctx context.Context, _, _ string) (net.Conn, error) { return NetnsDialer{Path: p.path}.DialApp(ctx, 6379) }})
+		Dialer: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return NetnsDialer{Path: p.path}.DialApp(ctx, 6379)
+		}})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
