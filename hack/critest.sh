@@ -17,13 +17,16 @@ die() { say "ERROR: $*"; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (it starts containerd, runc and CNI)"
 
 # Groups: PodSandbox, Container (basic, volume, log, mounts, OOM), Streaming (exec, attach,
-# port-forward), Networking, plus Multiple Containers, Runtime info and Idempotence.
-FOCUS="${CRITEST_FOCUS:-\[k8s\.io\] (PodSandbox|Container|Streaming|Networking|Multiple Containers|Runtime info|Idempotence)}"
-# What is left out and why (the focus already leaves out Image Manager/Consistency/Identifier/
-# Volume, which pull from a registry, and AppArmor/Security Context/NRI, which need an AppArmor
-# kernel, seccomp/SELinux profiles and an NRI-enabled runtime respectively).
+# port-forward), Networking, Multiple Containers, Runtime info, Idempotence, Security Context,
+# and AppArmor/NRI (these skip themselves here: the kernel has AppArmor off and containerd 1.6 has
+# no NRI socket; the report lists every spec skipped at run time with its reason).
+# Left out: Image Manager, Image Consistency, Image Identifier and Image Volume pull from a
+# registry by design.
+FOCUS="${CRITEST_FOCUS:-\[k8s\.io\] (PodSandbox|Container|Streaming|Networking|Multiple Containers|Runtime info|Idempotence|Security Context|AppArmor|NRI)}"
+# Specs inside the focus that are skipped, and why (regexp::reason).
 SKIP_REASONS=(
 	"pull|Pull|public image::needs a container registry; nothing can be pulled on this machine"
+	"NoNewPrivs::needs registry.k8s.io/e2e-test-images/nonewprivs:1.3 (a setuid test program), which needs a registry"
 )
 SKIP=""
 for entry in "${SKIP_REASONS[@]}"; do
@@ -36,6 +39,9 @@ CRITEST="$CACHE/bin/critest"
 [[ -x "$CRITEST" ]] || die "critest missing in $CACHE/bin (hack/install-deps.sh)"
 
 WORK="$(mktemp -d /tmp/smr-critest.XXXXXX)"
+# critest's HostIpc specs create shared memory segments on the host (ipcmk) and leave them.
+shm_ids() { ipcs -m 2>/dev/null | awk '$2 ~ /^[0-9]+$/ {print $2}' | sort; }
+shm_ids >"$WORK/shm-before"
 SMR_PID=""
 TORN_DOWN=""
 teardown() { # stop smr-cri and the lab; idempotent; non-zero if cleanup failed
@@ -50,6 +56,10 @@ teardown() { # stop smr-cri and the lab; idempotent; non-zero if cleanup failed
 	if [[ -x "$WORK/lab" ]]; then
 		"$WORK/lab" containerd-down "$WORK/ctd" >&2 || rc=1
 	fi
+	local id
+	for id in $(shm_ids | comm -13 "$WORK/shm-before" -); do
+		ipcrm -m "$id" 2>/dev/null || true
+	done
 	return $rc
 }
 on_exit() {
@@ -84,13 +94,16 @@ for entry in "${SKIP_REASONS[@]}"; do
 	say "skip: /${entry%%::*}/ — ${entry#*::}"
 done
 
+# -ginkgo.flake-attempts=2: a failed spec is retried once, in both runs alike. containerd 1.6
+# races in a few specs under load (the OOMKilled reason arrives after the exit event); the
+# report names every spec that passed only on its retry.
 run_critest() { # NAME ENDPOINT
 	local name=$1 ep=$2 rc=0
 	say "running critest $name (unix://$ep); log $WORK/$name.log"
 	(cd "$WORK" && "$CRITEST" \
 		--runtime-endpoint "unix://$ep" --image-endpoint "unix://$ep" \
 		-ginkgo.focus="$FOCUS" -ginkgo.skip="$SKIP" \
-		-ginkgo.no-color -ginkgo.v -ginkgo.json-report="$WORK/$name.json" \
+		-ginkgo.flake-attempts=2 -ginkgo.no-color -ginkgo.v -ginkgo.json-report="$WORK/$name.json" \
 		>"$WORK/$name.log" 2>&1) || rc=$?
 	[[ -s "$WORK/$name.json" ]] || { tail -30 "$WORK/$name.log" >&2; die "critest $name wrote no report (exit $rc)"; }
 	say "critest $name finished (exit $rc): $(grep -E '^(Ran|PASS|FAIL)' "$WORK/$name.log" | tr '\n' ' ')"

@@ -13,6 +13,8 @@ import (
 type CritestResult struct {
 	Passed []string
 	Failed []string
+	// Flaky passed only after a retry (-ginkgo.flake-attempts); they are also in Passed.
+	Flaky []string
 	// Skipped are the selected specs that skipped themselves at run time, with the reason they
 	// gave (specs left out by -ginkgo.focus/-ginkgo.skip are not listed).
 	Skipped map[string]string
@@ -25,6 +27,7 @@ type ginkgoSuite struct {
 		LeafNodeText            string
 		LeafNodeType            string
 		State                   string
+		NumAttempts             int
 		Failure                 struct{ Message string }
 	}
 }
@@ -51,6 +54,9 @@ func ParseCritestReport(r io.Reader) (CritestResult, error) {
 			case "passed":
 				if sp.LeafNodeType == "It" {
 					res.Passed = append(res.Passed, name)
+					if sp.NumAttempts > 1 {
+						res.Flaky = append(res.Flaky, name)
+					}
 				}
 			case "skipped", "pending":
 				if sp.LeafNodeType == "It" && sp.Failure.Message != "" {
@@ -97,6 +103,9 @@ func CompareCritest(w io.Writer, direct, via CritestResult) bool {
 		sort.Strings(skipped)
 		for _, spec := range skipped {
 			fmt.Fprintf(w, "  %s skipped at run time: %s — %s\n", run.name, spec, strings.Join(strings.Fields(run.res.Skipped[spec]), " "))
+		}
+		for _, f := range run.res.Flaky {
+			fmt.Fprintf(w, "  %s passed on retry: %s\n", run.name, f)
 		}
 		for _, f := range run.res.Failed {
 			fmt.Fprintf(w, "  %s FAILED: %s\n", run.name, f)

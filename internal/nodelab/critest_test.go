@@ -8,6 +8,7 @@ import (
 
 const sampleReport = `[{"SuitePath":"/x","SpecReports":[
  {"ContainerHierarchyTexts":["[k8s.io] PodSandbox","runtime should support basic operations on PodSandbox"],"LeafNodeText":"runtime should support running PodSandbox [Conformance]","LeafNodeType":"It","State":"passed"},
+ {"ContainerHierarchyTexts":["[k8s.io] Container OOM"],"LeafNodeText":"flaky one","LeafNodeType":"It","State":"passed","NumAttempts":2},
  {"ContainerHierarchyTexts":["[k8s.io] Networking"],"LeafNodeText":"runtime should support port mapping with host port","LeafNodeType":"It","State":"failed"},
  {"ContainerHierarchyTexts":["[k8s.io] Image Manager"],"LeafNodeText":"public image with tag should be pulled","LeafNodeType":"It","State":"skipped"},
  {"ContainerHierarchyTexts":["[k8s.io] Container OOM"],"LeafNodeText":"should be OOMKilled","LeafNodeType":"It","State":"skipped","Failure":{"Message":"no memory cgroup"}},
@@ -19,8 +20,11 @@ func TestParseCritestReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Passed) != 1 || !strings.Contains(res.Passed[0], "running PodSandbox") {
+	if len(res.Passed) != 2 || !strings.Contains(res.Passed[1], "running PodSandbox") {
 		t.Errorf("passed = %v", res.Passed)
+	}
+	if len(res.Flaky) != 1 || res.Flaky[0] != "[k8s.io] Container OOM flaky one" {
+		t.Errorf("flaky = %v", res.Flaky)
 	}
 	if len(res.Failed) != 1 || !strings.HasPrefix(res.Failed[0], "[k8s.io] Networking runtime should support port mapping") {
 		t.Errorf("failed = %v", res.Failed)

@@ -38,6 +38,7 @@ var DefaultImages = []string{PauseImage, BusyboxImage, NginxImage, HttpdImage, H
 const (
 	busyboxPath = "/bin/busybox" // from Debian's busybox-static
 	redisPath   = "/usr/bin/redis-server"
+	ipcsPath    = "/usr/bin/ipcs" // util-linux
 	imagePATH   = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 )
 
@@ -48,6 +49,7 @@ type layerFile struct {
 	Mode     int64
 	Dir      bool
 	Link     string // symlink target
+	HardLink string // hard link to this earlier entry (absolute path inside the image)
 	HostPath string // copy this file's content (symlinks followed)
 	Content  []byte
 }
@@ -71,8 +73,14 @@ func buildLayer(files []layerFile) (v1.Layer, error) {
 		seen[p] = true
 		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(p, "/") + "/", Mode: 0o755, ModTime: mtime})
 	}
+	// Sorted by path, but hard links after everything else: their targets must already exist.
 	sorted := append([]layerFile(nil), files...)
-	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Path < sorted[j].Path })
+	sort.SliceStable(sorted, func(i, j int) bool {
+		if (sorted[i].HardLink == "") != (sorted[j].HardLink == "") {
+			return sorted[i].HardLink == ""
+		}
+		return sorted[i].Path < sorted[j].Path
+	})
 	for _, f := range sorted {
 		if !path.IsAbs(f.Path) {
 			return nil, fmt.Errorf("layer entry %q: path must be absolute", f.Path)
@@ -103,6 +111,16 @@ func buildLayer(files []layerFile) (v1.Layer, error) {
 			return nil, fmt.Errorf("layer entry %q: duplicate path", f.Path)
 		}
 		seen["/"+name] = true
+		if f.HardLink != "" {
+			target := strings.TrimPrefix(path.Clean(f.HardLink), "/")
+			if !seen["/"+target] {
+				return nil, fmt.Errorf("layer entry %q: hard link target %q must come first", f.Path, f.HardLink)
+			}
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeLink, Name: name, Linkname: target, Mode: 0o755, ModTime: mtime}); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if f.Link != "" {
 			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: f.Link, Mode: 0o777, ModTime: mtime}); err != nil {
 				return nil, err
@@ -166,8 +184,12 @@ func baseFiles() []layerFile {
 	}
 }
 
-// BusyboxFiles lists /bin/busybox from the host plus one symlink per applet (`busybox --list`),
-// skipping the applet named busybox, which would replace the binary by a link to itself.
+// BusyboxFiles lists /bin/busybox from the host plus one hard link per applet (`busybox
+// --list-full`), like the real busybox image: a masked path (critest masks /bin/ls) then hides
+// only that applet, where a symlink would mask the busybox binary behind it. The applet named
+// busybox is skipped: it would replace the binary by a link to itself. util-linux's ipcs (with
+// its libraries) is added because Debian's busybox lacks that applet and critest's IPC specs
+// run it.
 func BusyboxFiles(ctx context.Context) ([]layerFile, error) {
 	if _, err := os.Stat(busyboxPath); err != nil {
 		return nil, fmt.Errorf("busybox image: %w (install busybox-static): %w", err, ErrMissing)
@@ -182,7 +204,15 @@ func BusyboxFiles(ctx context.Context) ([]layerFile, error) {
 		if path.Base(p) == "busybox" {
 			continue
 		}
-		files = append(files, layerFile{Path: p, Link: busyboxPath})
+		files = append(files, layerFile{Path: p, HardLink: busyboxPath})
+	}
+	if _, err := os.Stat(ipcsPath); err == nil {
+		libs, err := sharedLibraries(ctx, ipcsPath)
+		if err != nil {
+			return nil, fmt.Errorf("busybox image: %w", err)
+		}
+		files = append(files, layerFile{Path: ipcsPath, HostPath: ipcsPath, Mode: 0o755})
+		files = append(files, libs...)
 	}
 	return files, nil
 }

@@ -57,6 +57,7 @@ func TestParseLdd(t *testing.T) {
 
 func TestBuildLayer(t *testing.T) {
 	l, err := buildLayer([]layerFile{
+		{Path: "/bin/ash", HardLink: "/bin/busybox"},
 		{Path: "/bin/sh", Link: "/bin/busybox"},
 		{Path: "/bin/busybox", Content: []byte("elf"), Mode: 0o755},
 		{Path: "/tmp", Dir: true, Mode: 0o1777},
@@ -83,12 +84,16 @@ func TestBuildLayer(t *testing.T) {
 		got[h.Name] = h
 		order = append(order, h.Name)
 	}
-	// Parents come before children so that extraction never creates a directory implicitly.
-	if want := "bin/,bin/busybox,bin/sh,tmp/"; strings.Join(order, ",") != want {
+	// Parents come before children so that extraction never creates a directory implicitly,
+	// and hard links after their targets.
+	if want := "bin/,bin/busybox,bin/sh,tmp/,bin/ash"; strings.Join(order, ",") != want {
 		t.Fatalf("entries = %v, want %s", order, want)
 	}
 	if h := got["bin/sh"]; h.Typeflag != tar.TypeSymlink || h.Linkname != "/bin/busybox" {
 		t.Fatalf("bin/sh = %+v, want symlink to /bin/busybox", h)
+	}
+	if h := got["bin/ash"]; h.Typeflag != tar.TypeLink || h.Linkname != "bin/busybox" {
+		t.Fatalf("bin/ash = %+v, want hard link to bin/busybox", h)
 	}
 	if h := got["tmp/"]; h.Mode != 0o1777 {
 		t.Fatalf("tmp mode = %o, want 1777", h.Mode)
@@ -104,6 +109,7 @@ func TestBuildLayerBadInput(t *testing.T) {
 		{"relative path", []layerFile{{Path: "bin/sh", Content: []byte("x")}}, "must be absolute"},
 		{"duplicate", []layerFile{{Path: "/a", Content: []byte("x")}, {Path: "/a", Content: []byte("y")}}, "duplicate"},
 		{"missing host file", []layerFile{{Path: "/a", HostPath: "/nonexistent/file"}}, "no such file"},
+		{"hard link to nothing", []layerFile{{Path: "/a", HardLink: "/b"}}, "must come first"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
