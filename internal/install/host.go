@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -41,7 +42,11 @@ func (h HostExecutor) Run(ctx context.Context, name string, args ...string) ([]b
 			target = 1
 		}
 		nsArgs := append([]string{"--target", strconv.Itoa(target), "--mount", "--uts", "--ipc", "--net", "--pid", "--", name}, args...)
-		cmd = exec.CommandContext(ctx, "/usr/bin/nsenter", nsArgs...)
+		nsenter, err := findNsenter(h.Root)
+		if err != nil {
+			return nil, err
+		}
+		cmd = exec.CommandContext(ctx, nsenter, nsArgs...)
 		// exec.Cmd looks the path up after the chroot, in the node's tree.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: h.Root}
 		cmd.Dir = "/"
@@ -51,6 +56,19 @@ func (h HostExecutor) Run(ctx context.Context, name string, args ...string) ([]b
 		return out, fmt.Errorf("run %s %s: %w", name, strings.Join(args, " "), err)
 	}
 	return out, nil
+}
+
+// findNsenter returns where the node keeps util-linux's nsenter (a path
+// inside root): /usr/bin on Debian (kind) and buildroot (minikube).
+func findNsenter(root string) (string, error) {
+	dirs := []string{"/usr/bin", "/bin", "/usr/sbin", "/sbin"}
+	for _, d := range dirs {
+		p := d + "/nsenter"
+		if fi, err := os.Stat(hostPath(root, p)); err == nil && !fi.IsDir() {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("nsenter (util-linux) not found on the node in %s", strings.Join(dirs, ", "))
 }
 
 // GRPCChecker is the real CRIChecker: a CRI RuntimeService client on a unix socket.

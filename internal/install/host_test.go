@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -89,5 +90,20 @@ func TestHostExecutorDirect(t *testing.T) {
 	}
 	if _, err := (HostExecutor{Root: "/"}).Run(context.Background(), "false"); err == nil || !strings.Contains(err.Error(), "run false") {
 		t.Errorf("failing command: %v", err)
+	}
+}
+
+func TestFindNsenter(t *testing.T) {
+	root := t.TempDir()
+	if _, err := findNsenter(root); err == nil || !strings.Contains(err.Error(), "nsenter (util-linux) not found") {
+		t.Errorf("empty root: %v", err)
+	}
+	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
+	os.WriteFile(filepath.Join(root, "bin/nsenter"), nil, 0o755)
+	if p, err := findNsenter(root); p != "/bin/nsenter" || err != nil {
+		t.Errorf("got %q, %v", p, err)
+	}
+	if _, err := (HostExecutor{Root: t.TempDir()}).Run(context.Background(), "systemctl", "daemon-reload"); err == nil {
+		t.Error("a host root without nsenter ran a command")
 	}
 }
