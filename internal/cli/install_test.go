@@ -98,3 +98,26 @@ func TestManifestArgsParse(t *testing.T) {
 		}
 	}
 }
+
+// TestUnitExecStartParses: the command line install writes into
+// smr-cri.service is accepted by serve's flag parser, with the values meant.
+func TestUnitExecStartParses(t *testing.T) {
+	for _, ep := range []string{"unix:///run/containerd/containerd.sock", "unix:///var/run/cri-dockerd.sock"} {
+		var argv []string
+		for line := range strings.Lines(string(install.UnitFile(ep))) {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "ExecStart="); ok {
+				argv = strings.Fields(v)
+			}
+		}
+		if len(argv) < 2 || argv[0] != install.BinaryPath || argv[1] != "serve" {
+			t.Fatalf("ExecStart %q", argv)
+		}
+		o, err := parseServe(argv[2:], &bytes.Buffer{})
+		if err != nil {
+			t.Fatalf("serve rejects the unit's flags %q: %v", argv[2:], err)
+		}
+		if o.RuntimeEndpoint != ep || o.Listen != install.SocketPath {
+			t.Errorf("serve options %+v, want runtime %s and listen %s", o, ep, install.SocketPath)
+		}
+	}
+}

@@ -329,8 +329,18 @@ func Install(ctx context.Context, o Options) error {
 			return fmt.Errorf("install: %w", err)
 		}
 		if disc.Effective == Endpoint || disc.Effective == SocketPath {
-			return fmt.Errorf("%w: install: kubelet already uses %s but there is no install state at %s, so the runtime to forward to is unknown; restore kubelet's runtime endpoint by hand",
-				ErrBadInput, disc.Effective, StatePath)
+			// Put in front of kubelet by other means (a node image, by hand):
+			// nothing to do if it serves; without install state the runtime
+			// behind it is unknown, so it cannot be installed over.
+			if _, err := o.CRI.Version(ctx, o.path(SocketPath)); err != nil {
+				return fmt.Errorf("%w: install: kubelet already uses %s, which does not answer (%w), and there is no install state at %s, so the runtime to forward to is unknown; restore kubelet's runtime endpoint by hand",
+					ErrBadInput, disc.Effective, err, StatePath)
+			}
+			if err := o.waitReady(ctx); err != nil {
+				return fmt.Errorf("install: kubelet already uses a running smr-cri, but the node is not Ready: %w", err)
+			}
+			fmt.Fprintf(o.Log, "install: kubelet already talks to a running smr-cri at %s, set up without smr-cri install; nothing to do\n", disc.Effective)
+			return nil
 		}
 		state = &State{Version: 1, RuntimeEndpoint: disc.Effective}
 	}

@@ -394,7 +394,10 @@ func TestBadInput(t *testing.T) {
 		{"endpoint not a string", "kind", write("var/lib/kubelet/config.yaml", "kind: KubeletConfiguration\ncontainerRuntimeEndpoint: [a]\n"), Install, ErrBadKubeletConfig, "want a string"},
 		{"flow-style config", "kind", write("var/lib/kubelet/config.yaml", "{kind: KubeletConfiguration, containerRuntimeEndpoint: unix:///run/containerd/containerd.sock}\n"), Install, ErrBadKubeletConfig, "in place"},
 		{"relative --config", "minikube", write("etc/default/kubelet", "KUBELET_EXTRA_ARGS=--config kubelet.yaml\n"), Install, ErrBadKubeletConfig, "not an absolute path"},
-		{"already pointing at smr-cri", "kind", write("var/lib/kubelet/kubeadm-flags.env", `KUBELET_KUBEADM_ARGS="--container-runtime-endpoint=unix:///run/smr-cri/smr-cri.sock"`+"\n"), Install, ErrBadInput, "no install state"},
+		{"already pointing at a dead smr-cri", "kind", func(e *env) {
+			write("var/lib/kubelet/kubeadm-flags.env", `KUBELET_KUBEADM_ARGS="--container-runtime-endpoint=unix:///run/smr-cri/smr-cri.sock"`+"\n")(e)
+			e.cri.err = errors.New("connection refused")
+		}, Install, ErrBadInput, "does not answer (connection refused), and there is no install state"},
 		{"backup exists", "kind", write("var/lib/kubelet/config.yaml.smr-cri.orig", "old"), Install, ErrBadInput, "already exists"},
 		{"corrupt state", "kind", write("var/lib/smr-cri/install.json", `{"version": 1, "bogus": true}`), Uninstall, ErrBadInput, "unknown field"},
 		{"state without endpoint", "kind", write("var/lib/smr-cri/install.json", `{"version": 1}`), Install, ErrBadInput, "runtimeEndpoint"},
@@ -418,6 +421,28 @@ func TestBadInput(t *testing.T) {
 				t.Errorf("bad input changed the tree")
 			}
 		})
+	}
+}
+
+// TestInstallAdopts: a node whose kubelet already talks to a running
+// smr-cri (set up without install) is left alone, and install succeeds.
+func TestInstallAdopts(t *testing.T) {
+	e := newEnv(t, "kind")
+	p := filepath.Join(e.root, "var/lib/kubelet/config.yaml")
+	data, _ := os.ReadFile(p)
+	os.WriteFile(p, []byte(strings.Replace(string(data), "unix:///run/containerd/containerd.sock", Endpoint, 1)), 0o644)
+	before := render(t, e.root)
+	var log strings.Builder
+	e.opts.Log = &log
+	if err := Install(context.Background(), e.opts); err != nil {
+		t.Fatal(err)
+	}
+	if render(t, e.root) != before || len(e.exec.cmds) != 0 || !strings.Contains(log.String(), "nothing to do") {
+		t.Errorf("adopting changed something: commands %q, log %q", e.exec.cmds, log.String())
+	}
+	e.node.err = errors.New("NotReady")
+	if err := Install(context.Background(), e.opts); err == nil || !strings.Contains(err.Error(), "not Ready") {
+		t.Errorf("adopting a node that is not Ready: %v", err)
 	}
 }
 
