@@ -12,60 +12,83 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// unaryMethods lists the full names of the CRI methods known to be unary, so
-// they take the cheaper unary path. Every other method (server-streaming ones
-// like GetContainerEvents, and methods of a newer CRI) is forwarded as a
-// bidirectional stream, which is correct for any kind of RPC.
-var unaryMethods = func() map[string]bool {
-	m := map[string]bool{}
+// serviceDescs returns runtime.v1.RuntimeService and runtime.v1.ImageService
+// as the proxy serves them: the hooked methods with their typed handlers
+// (sandbox.go, served by srv), every other unary method with rawUnary. The
+// streaming methods are left out on purpose: they, and any method a newer
+// CRI adds, reach the UnknownServiceHandler (forward), which relays any kind
+// of call. Registering unary methods, rather than sending everything through
+// forward, uses gRPC's cheaper unary server path.
+func (p *Proxy) serviceDescs() []*grpc.ServiceDesc {
+	var descs []*grpc.ServiceDesc
 	for _, sd := range []grpc.ServiceDesc{runtimeapi.RuntimeService_ServiceDesc, runtimeapi.ImageService_ServiceDesc} {
-		for _, md := range sd.Methods {
-			m["/"+sd.ServiceName+"/"+md.MethodName] = true
+		d := sd
+		d.Streams = nil
+		d.Methods = nil
+		if sd.ServiceName != runtimeapi.RuntimeService_ServiceDesc.ServiceName {
+			// Only raw handlers, which ignore the registered server value.
+			d.HandlerType = (*any)(nil)
 		}
+		for _, m := range sd.Methods {
+			if sd.ServiceName == runtimeapi.RuntimeService_ServiceDesc.ServiceName && hookedMethods[m.MethodName] {
+				d.Methods = append(d.Methods, m)
+				continue
+			}
+			d.Methods = append(d.Methods, grpc.MethodDesc{MethodName: m.MethodName, Handler: p.rawUnary})
+		}
+		descs = append(descs, &d)
 	}
-	return m
-}()
+	return descs
+}
+
+// rawUnary relays one unary call as raw bytes.
+func (p *Proxy) rawUnary(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+	req := &frame{}
+	if err := dec(req); err != nil {
+		return nil, err
+	}
+	method, _ := grpc.Method(ctx)
+	if interceptor == nil {
+		return p.invokeRaw(ctx, method, req)
+	}
+	info := &grpc.UnaryServerInfo{Server: p, FullMethod: method}
+	return interceptor(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+		return p.invokeRaw(ctx, method, req.(*frame))
+	})
+}
+
+func (p *Proxy) invokeRaw(ctx context.Context, method string, req *frame) (any, error) {
+	resp := &frame{}
+	var header, trailer metadata.MD
+	callCtx, origin := withOrigin(outgoingContext(ctx))
+	err := p.conn.Invoke(callCtx, method, req, resp, grpc.ForceCodecV2(p.codec), grpc.Header(&header), grpc.Trailer(&trailer))
+	req.free()
+	if len(trailer) > 0 {
+		_ = grpc.SetTrailer(ctx, trailer)
+	}
+	if err != nil {
+		resp.free()
+		return nil, p.runtimeErr(err, origin)
+	}
+	if len(header) > 0 {
+		_ = grpc.SetHeader(ctx, header)
+	}
+	return resp, nil
+}
 
 // anyStream describes a forwarded stream of unknown kind.
 var anyStream = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 
-// forward is the grpc.UnknownServiceHandler: it relays one call of any method
-// to the runtime as raw bytes, with its metadata, and returns the runtime's
-// headers, trailers and status.
+// forward is the grpc.UnknownServiceHandler: it relays one call of any kind
+// (the CRI's streaming methods, methods of a newer CRI) to the runtime as raw
+// bytes, with its metadata, and returns the runtime's headers, trailers and
+// status.
 func (p *Proxy) forward(_ any, ss grpc.ServerStream) error {
 	method, ok := grpc.MethodFromServerStream(ss)
 	if !ok {
 		return status.Error(codes.Internal, "smr-cri: no method name on the incoming stream")
 	}
-	ctx := outgoingContext(ss.Context())
-	if unaryMethods[method] {
-		return p.forwardUnary(ctx, method, ss)
-	}
-	return p.forwardStream(ctx, method, ss)
-}
-
-func (p *Proxy) forwardUnary(ctx context.Context, method string, ss grpc.ServerStream) error {
-	req := &frame{}
-	if err := ss.RecvMsg(req); err != nil {
-		return err
-	}
-	resp := &frame{}
-	var header, trailer metadata.MD
-	ctx, origin := withOrigin(ctx)
-	err := p.conn.Invoke(ctx, method, req, resp, grpc.ForceCodecV2(p.codec), grpc.Header(&header), grpc.Trailer(&trailer))
-	req.free()
-	ss.SetTrailer(trailer)
-	if err != nil {
-		resp.free()
-		return p.runtimeErr(err, origin)
-	}
-	if len(header) > 0 {
-		if err := ss.SetHeader(header); err != nil {
-			resp.free()
-			return err
-		}
-	}
-	return ss.SendMsg(resp)
+	return p.forwardStream(outgoingContext(ss.Context()), method, ss)
 }
 
 func (p *Proxy) forwardStream(ctx context.Context, method string, ss grpc.ServerStream) error {

@@ -72,7 +72,10 @@ func New(opts Options) (*Proxy, error) {
 		grpc.InitialConnWindowSize(1 << 20),
 	}, opts.ServerOptions...)
 	p.server = grpc.NewServer(sopts...)
-	p.server.RegisterService(hookedServiceDesc(), &sandboxService{p: p})
+	srv := &sandboxService{p: p}
+	for _, sd := range p.serviceDescs() {
+		p.server.RegisterService(sd, srv)
+	}
 	return p, nil
 }
 

@@ -25,29 +25,15 @@ var hookedMethods = map[string]bool{
 }
 
 // sandboxService serves the hooked pod sandbox RPCs. It embeds the
-// Unimplemented server only to satisfy RuntimeServiceServer: it is
-// registered with a service description holding the hooked methods alone
-// (hookedServiceDesc), so no other method ever reaches it.
+// Unimplemented server only to satisfy RuntimeServiceServer: the service
+// description it is registered with (serviceDescs) routes only the hooked
+// methods to it.
 type sandboxService struct {
 	runtimeapi.UnimplementedRuntimeServiceServer
 	p *Proxy
 }
 
 var _ runtimeapi.RuntimeServiceServer = (*sandboxService)(nil)
-
-// hookedServiceDesc is runtime.v1.RuntimeService restricted to the hooked
-// methods.
-func hookedServiceDesc() *grpc.ServiceDesc {
-	sd := runtimeapi.RuntimeService_ServiceDesc
-	sd.Methods = nil
-	sd.Streams = nil
-	for _, m := range runtimeapi.RuntimeService_ServiceDesc.Methods {
-		if hookedMethods[m.MethodName] {
-			sd.Methods = append(sd.Methods, m)
-		}
-	}
-	return &sd
-}
 
 // call runs one typed downstream call with the caller's metadata, returns the
 // runtime's headers and trailers to the caller, and maps errors.
