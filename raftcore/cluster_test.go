@@ -135,7 +135,7 @@ func TestMinorityFailsFastMajorityProgresses(t *testing.T) {
 		majority := without(c.Live(), cut)
 		c.Net.Isolate(kvtest.Addr(cut), addrs(majority)...)
 		mustLeader(t, ctx, c, majority...)
-		if _, err := c.Member(majority[0]).Group.Propose(ctx, raftcore.Proposal{Data: kvtest.Op{Kind: "put", Key: "a", Value: "1"}.Encode()}); err != nil {
+		if _, err := put(ctx, c.Member(majority[0]).Group, "a", "1"); err != nil {
 			t.Fatalf("majority proposal: %v", err)
 		}
 		// Give the isolated member time to notice (CheckQuorum / election

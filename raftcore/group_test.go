@@ -13,8 +13,20 @@ import (
 	"github.com/smr-io/smr-cri/raftcore/memnet"
 )
 
+// put writes key=val, retrying through elections (a loaded test machine
+// can delay heartbeats enough to trigger one). Re-applying the same put is
+// harmless for these tests.
 func put(ctx context.Context, g *raftcore.Group, key, val string) (raftcore.Result, error) {
-	return g.Propose(ctx, raftcore.Proposal{Data: kvtest.Op{Kind: "put", Key: key, Value: val}.Encode()})
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		res, err := g.Propose(actx, raftcore.Proposal{Data: kvtest.Op{Kind: "put", Key: key, Value: val}.Encode()})
+		cancel()
+		retry := errors.Is(err, raftcore.ErrNoLeader) || errors.Is(err, raftcore.ErrLeaderLost) || errors.Is(err, raftcore.ErrTimeout)
+		if !retry || ctx.Err() != nil {
+			return res, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // Stopping every member and starting them again replays the WAL (and

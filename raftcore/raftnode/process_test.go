@@ -119,7 +119,7 @@ func newProcCluster(t *testing.T, n int) *procCluster {
 func (c *procCluster) start(id uint64) {
 	p := c.procs[id]
 	cmd := exec.Command(os.Args[0], "-id", fmt.Sprint(id), "-peers", c.peers, "-http", p.http,
-		"-data", p.dir, "-tick", "20ms", "-snapshot-every", "200")
+		"-data", p.dir, "-tick", "50ms", "-snapshot-every", "200")
 	cmd.Env = append(os.Environ(), "RAFTNODE_CHILD=1")
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
@@ -227,8 +227,18 @@ func TestProcessesSigkillMinority(t *testing.T) {
 			for id := range c.procs {
 				for k := 0; k < 4; k++ {
 					key := fmt.Sprintf("k%d", k)
+					// Retry through elections (a loaded machine delays
+					// heartbeats); only the successful read is recorded.
+					var v string
+					var err error
 					call := time.Since(h.Base()).Nanoseconds()
-					v, err := c.client(id).Read(ctx, key)
+					for {
+						call = time.Since(h.Base()).Nanoseconds()
+						if v, err = c.client(id).Read(ctx, key); err == nil || ctx.Err() != nil {
+							break
+						}
+						time.Sleep(50 * time.Millisecond)
+					}
 					if err != nil {
 						t.Fatalf("final read %s on %d: %v", key, id, err)
 					}
