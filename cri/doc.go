@@ -17,8 +17,7 @@
 // makes forwarding independent of the cri-api version compiled into the
 // proxy, and means no method can be forgotten: what is not hooked is
 // forwarded as is. Typed forwarding of all ~40 methods was the alternative;
-// it costs a decode and an encode per call and drops nothing the raw path
-// keeps.
+// it costs a decode and an encode per call for no gain.
 //
 // The proxy keeps no state of its own: containerd stays the source of truth,
 // so restarting the proxy never disturbs running pods.
