@@ -13,6 +13,21 @@ import (
 	"github.com/smr-io/smr-cri/raftcore/memnet"
 )
 
+// proposeRetry retries p (same Session/Seq, so at most one application)
+// while the outcome is unknown or there is no leader.
+func proposeRetry(ctx context.Context, g *raftcore.Group, p raftcore.Proposal) (raftcore.Result, error) {
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		res, err := g.Propose(actx, p)
+		cancel()
+		retry := errors.Is(err, raftcore.ErrNoLeader) || errors.Is(err, raftcore.ErrLeaderLost) || errors.Is(err, raftcore.ErrTimeout)
+		if !retry || ctx.Err() != nil {
+			return res, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // put writes key=val, retrying through elections (a loaded test machine
 // can delay heartbeats enough to trigger one). Re-applying the same put is
 // harmless for these tests.
@@ -180,7 +195,7 @@ func TestDedupRetriedProposal(t *testing.T) {
 	app := raftcore.Proposal{Session: 42, Seq: 1, Data: kvtest.Op{Kind: "append", Key: "x", Value: "a"}.Encode()}
 	var first raftcore.Result
 	for i, id := range c.Live() {
-		res, err := c.Member(id).Group.Propose(ctx, app)
+		res, err := proposeRetry(ctx, c.Member(id).Group, app)
 		if err != nil {
 			t.Fatalf("attempt %d on %d: %v", i, id, err)
 		}
@@ -193,12 +208,12 @@ func TestDedupRetriedProposal(t *testing.T) {
 	if string(first.Value) != "a" {
 		t.Fatalf("append result %q", first.Value)
 	}
-	_, err := c.Member(1).Group.Propose(ctx, raftcore.Proposal{Session: 42, Seq: 2, Data: kvtest.Op{Kind: "append", Key: "x", Value: "b"}.Encode()})
+	_, err := proposeRetry(ctx, c.Member(1).Group, raftcore.Proposal{Session: 42, Seq: 2, Data: kvtest.Op{Kind: "append", Key: "x", Value: "b"}.Encode()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// An older seq is refused with a typed error.
-	_, err = c.Member(2).Group.Propose(ctx, app)
+	_, err = proposeRetry(ctx, c.Member(2).Group, app)
 	if !errors.Is(err, raftcore.ErrStaleSeq) {
 		t.Fatalf("stale seq: got %v, want ErrStaleSeq", err)
 	}
