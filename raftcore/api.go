@@ -22,8 +22,12 @@ type Snapshotter interface {
 
 // Entry is one committed client request as seen by the StateMachine.
 type Entry struct {
-	Group   string
-	Index   uint64 // raft log index (requests coalesced into one raft entry share it)
+	Group string
+	// Index is the raft log index. Requests coalesced into one raft entry
+	// share it (they are applied one by one, in order); the group's
+	// applied index (ReadIndex, WaitApplied, Status.Applied) moves past it
+	// only after all of them were applied.
+	Index   uint64
 	Term    uint64
 	Data    []byte
 	Session uint64 // client session of the proposal (0 = none)
