@@ -103,7 +103,8 @@ spec:
 	}
 	fetch := func(target string) func() error {
 		return func() error {
-			out, err := kubectl(ctx, t, "", "exec", "-n", ns, "client", "--", "wget", "-q", "-O", "-", "-T", "5", "http://"+target+"/")
+			// Debian's busybox-static wget crashes with -T; busybox timeout bounds it instead.
+			out, err := kubectl(ctx, t, "", "exec", "-n", ns, "client", "--", "timeout", "10", "wget", "-q", "-O", "-", "http://"+target+"/")
 			if err != nil {
 				return err
 			}

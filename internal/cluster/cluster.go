@@ -256,9 +256,9 @@ func (cl *Cluster) startNode(ctx context.Context, n Node, imagesTar string, p *p
 // waitReady waits until every node reports Ready and the controller manager has made the
 // default ServiceAccount (pods are rejected without it).
 func (cl *Cluster) waitReady(ctx context.Context) error {
-	var pids []int
-	for _, p := range ownProcs(cl.Dir) {
-		pids = append(pids, p.PID)
+	pids, err := startedPIDs(cl.Config)
+	if err != nil {
+		return err
 	}
 	return cl.waitFor(ctx, "nodes", 0, 3*time.Minute, func() error {
 		for _, pid := range pids {

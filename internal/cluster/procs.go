@@ -57,6 +57,28 @@ func start(c Config, p process) (int, error) {
 	return pid, nil
 }
 
+// startedPIDs reads the pid files start wrote (long-running processes only; ownProcs also sees
+// short-lived helpers such as ctr, runc and CNI plugins).
+func startedPIDs(c Config) ([]int, error) {
+	files, err := filepath.Glob(filepath.Join(c.pidDir(), "*.pid"))
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	var pids []int
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			return nil, fmt.Errorf("cluster: pid file %s: %w", f, err)
+		}
+		pids = append(pids, pid)
+	}
+	return pids, nil
+}
+
 // procInfo is what /proc says about one process.
 type procInfo struct {
 	PID, PPID int
@@ -233,10 +255,15 @@ func stopProcs(pids []int, grace time.Duration) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	var killed []string
 	for _, pid := range pids {
-		if alive(pid) {
+		if p, ok := readProc(pid); ok {
+			killed = append(killed, fmt.Sprintf("%d %s", pid, filepath.Base(p.Args[0])))
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
+	}
+	if len(killed) > 0 {
+		fmt.Fprintf(os.Stderr, "cluster: SIGKILL after %s: %s\n", grace, strings.Join(killed, ", "))
 	}
 	for i := 0; i < 50 && anyAlive(pids); i++ {
 		time.Sleep(100 * time.Millisecond)
