@@ -108,7 +108,7 @@ func kvPodRef(i int, ann map[string]string) PodRef {
 func TestManagerAttachDetach(t *testing.T) {
 	stores, apps := kvApps(t, 3)
 	env := &testEnv{network: memnet.New(), dir: t.TempDir(), apps: map[string]string{}}
-	defer env.network.Close()
+	t.Cleanup(env.network.Close) // after the managers close
 	ic := &recordingInterceptor{}
 	m := env.manager(t, ic)
 	ctx := context.Background()
@@ -162,7 +162,7 @@ func TestManagerAttachDetach(t *testing.T) {
 
 func TestManagerAttachErrors(t *testing.T) {
 	env := &testEnv{network: memnet.New(), dir: t.TempDir(), apps: map[string]string{}}
-	defer env.network.Close()
+	t.Cleanup(env.network.Close) // after the managers close
 	ctx := context.Background()
 	noNetns := kvPodRef(0, nil)
 	noNetns.NetNSPath = ""

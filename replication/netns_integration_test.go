@@ -118,7 +118,7 @@ func TestManagerRealNetnsRedis(t *testing.T) {
 		peers = append(peers, fmt.Sprintf("%d=%s:7480", i+1, p.ip))
 	}
 	env := &testEnv{network: memnet.New(), dir: t.TempDir()}
-	defer env.network.Close()
+	t.Cleanup(env.network.Close) // after the managers close
 	m := env.manager(t, &netintercept.Interceptor{})
 	// The real kernel parts: listener in the netns, dialer in the netns, SO_ORIGINAL_DST.
 	m.cfg.Listen = func(netns, addr string) (net.Listener, error) { return netintercept.ListenInNetns(netns, "tcp", addr) }

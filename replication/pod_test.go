@@ -74,7 +74,7 @@ func incr(t *testing.T, addr string, want int) {
 func TestStartPodFromContract(t *testing.T) {
 	stores, apps := kvApps(t, 3)
 	network := memnet.New()
-	defer network.Close()
+	t.Cleanup(network.Close) // after the pods stop (cleanups run last-in first-out)
 	dir := t.TempDir()
 	var addrs []string
 	for i := range 3 {
@@ -100,7 +100,7 @@ func TestStartPodFromContract(t *testing.T) {
 func TestRestartedReplicaRebuildsAppFromLog(t *testing.T) {
 	stores, apps := kvApps(t, 4)
 	network := memnet.New()
-	defer network.Close()
+	t.Cleanup(network.Close) // after the pods stop (cleanups run last-in first-out)
 	dir := t.TempDir()
 	var pods []*Pod
 	var addrs []string
