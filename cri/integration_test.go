@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -234,4 +235,89 @@ func BenchmarkProxyOverheadContainerd(b *testing.B) {
 	}
 	benchOverhead(b, e.direct, e.viaProxy, 100, ids[len(ids)/2])
 	// containerd is stopped with full cleanup by nodelab at the end.
+}
+
+// TestIntegrationProxyRestartKeepsPods runs a pod with a container through a
+// proxy, kills the proxy without cleanup (stale socket left, as after
+// SIGKILL), starts a new one on the same path and checks the pod and its
+// container run on, are visible and can be torn down through the new proxy.
+func TestIntegrationProxyRestartKeepsPods(t *testing.T) {
+	c := nodelab.StartContainerdT(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "smr-cri.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	start := func() (*Proxy, runtimeapi.RuntimeServiceClient, func()) {
+		p, err := New(Options{RuntimeEndpoint: c.Endpoint()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lis, err := Listen(sock)
+		if err != nil {
+			t.Fatalf("listen on %s: %v", sock, err)
+		}
+		lis.SetUnlinkOnClose(false) // a killed process leaves its socket file
+		go func() { _ = p.Serve(lis) }()
+		conn := dialTest(t, sock)
+		return p, runtimeapi.NewRuntimeServiceClient(conn), func() { _ = conn.Close() }
+	}
+
+	p1, rt1, close1 := start()
+	cfg := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "survivor", Namespace: "smr-cri-test", Uid: "uid-survivor"},
+		Labels:       map[string]string{ReplicateLabel: ReplicateValue},
+		LogDirectory: filepath.Join(dir, "logs"),
+		Linux:        &runtimeapi.LinuxPodSandboxConfig{},
+	}
+	run, err := rt1.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v", err)
+	}
+	ctr, err := rt1.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: run.PodSandboxId, SandboxConfig: cfg,
+		Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "sleep"},
+			Image: &runtimeapi.ImageSpec{Image: nodelab.BusyboxImage}, Command: []string{"sleep", "3600"}, LogPath: "sleep.log"}})
+	if err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+	if _, err := rt1.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: ctr.ContainerId}); err != nil {
+		t.Fatalf("StartContainer: %v", err)
+	}
+	close1()
+	p1.Shutdown(0)
+	if _, err := os.Lstat(sock); err != nil {
+		t.Fatalf("the killed proxy should have left its socket: %v", err)
+	}
+
+	p2, rt2, close2 := start()
+	defer func() { close2(); p2.Shutdown(5 * time.Second) }()
+	st, err := rt2.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: ctr.ContainerId})
+	if err != nil {
+		t.Fatalf("ContainerStatus through the new proxy: %v", err)
+	}
+	if st.GetStatus().GetState() != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Fatalf("container state %v after proxy restart, want RUNNING", st.GetStatus().GetState())
+	}
+	ps, err := rt2.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: run.PodSandboxId})
+	if err != nil || ps.GetStatus().GetState() != runtimeapi.PodSandboxState_SANDBOX_READY {
+		t.Fatalf("sandbox after proxy restart: %v, %v; want READY", ps.GetStatus().GetState(), err)
+	}
+	for _, step := range []func() error{
+		func() error {
+			_, err := rt2.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: ctr.ContainerId, Timeout: 1})
+			return err
+		},
+		func() error {
+			_, err := rt2.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: run.PodSandboxId})
+			return err
+		},
+		func() error {
+			_, err := rt2.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: run.PodSandboxId})
+			return err
+		},
+	} {
+		if err := step(); err != nil {
+			t.Fatalf("teardown through the new proxy: %v", err)
+		}
+	}
 }
