@@ -33,6 +33,8 @@ With --follow it waits for the file to appear, keeps reading as it grows, and
 starts over when the file is truncated or replaced (logrotate). Only whole
 lines are printed. With --health-addr it serves /healthz (200 when smr-cri
 answers CRI Version on --socket, 503 otherwise) and Prometheus /metrics.
+With --export-credentials DIR it also keeps the pod's ServiceAccount token,
+CA and a kubeconfig in DIR for smr-cri serve (pod discovery and events).
 
 Flags:
 `
@@ -43,6 +45,10 @@ type traceOptions struct {
 	Socket     string
 	HealthAddr string
 	Poll       time.Duration
+	// ExportDir, if set, receives the pod's ServiceAccount credentials and a
+	// kubeconfig for the node daemon (see credExporter).
+	ExportDir string
+	SADir     string
 }
 
 func parseTrace(args []string, stdout io.Writer) (traceOptions, error) {
@@ -53,6 +59,10 @@ func parseTrace(args []string, stdout io.Writer) (traceOptions, error) {
 	fs.BoolVar(&o.Follow, "follow", false, "keep printing new lines until stopped (SIGTERM/SIGINT)")
 	fs.StringVar(&o.Socket, "socket", install.SocketPath, "smr-cri's CRI socket, checked by /healthz")
 	fs.StringVar(&o.HealthAddr, "health-addr", "", "host:port for /healthz and /metrics (e.g. :9811); empty: none")
+	fs.StringVar(&o.ExportDir, "export-credentials", "",
+		"host directory (mounted at the same path) to keep a copy of this pod's ServiceAccount token and CA in,\n"+
+			"with a kubeconfig naming them, for smr-cri serve on the node (refreshed every minute); empty: none")
+	fs.StringVar(&o.SADir, "service-account-dir", DefaultServiceAccountDir, "where the pod's ServiceAccount token is mounted")
 	printHelp, err := parseFlags(fs, "trace", traceHelp, args, stdout)
 	if err != nil {
 		return o, err
@@ -83,6 +93,16 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	o, err := parseTrace(args, stdout)
 	if err != nil {
 		return err
+	}
+	if o.ExportDir != "" {
+		ex, err := newCredExporter(o.SADir, o.ExportDir)
+		if err != nil {
+			return err
+		}
+		if err := ex.run(ctx, time.Minute, stderr); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "smr-cri trace: keeping the ServiceAccount credentials and a kubeconfig in %s\n", o.ExportDir)
 	}
 	reg := prometheus.NewRegistry()
 	m := newTraceMetrics(reg)

@@ -40,6 +40,9 @@ const (
 	LogFile      = LogDir + "/smr-cri.log"
 	StateDir     = "/var/lib/smr-cri"
 	StatePath    = StateDir + "/install.json"
+	// CredentialsDir holds the ServiceAccount token, CA and kubeconfig the
+	// DaemonSet's trace container keeps for smr-cri serve.
+	CredentialsDir = StateDir + "/kube"
 	BackupSuffix = ".smr-cri.orig"
 )
 
@@ -591,7 +594,7 @@ func Uninstall(ctx context.Context, o Options) error {
 				for _, f := range state.Files {
 					errs = append(errs, os.Remove(o.path(f.Backup)))
 				}
-				errs = append(errs, os.RemoveAll(o.path(LogDir)))
+				errs = append(errs, os.RemoveAll(o.path(LogDir)), os.RemoveAll(o.path(CredentialsDir)))
 				// serve's socket directory, once serve has removed its socket;
 				// best effort (it may be in use as a hostPath volume).
 				_ = os.Remove(o.path(filepath.Dir(SocketPath)))

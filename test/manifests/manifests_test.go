@@ -324,6 +324,13 @@ func TestDaemonSetMatchesInstall(t *testing.T) {
 			t.Errorf("trace container: %s is not under a read-only mount of the same host directory (volume %s)", p, vol)
 		}
 	}
+	// The credentials for the node daemon: written at the same path as on the
+	// node (the kubeconfig names them by absolute path), where uninstall removes them.
+	cred := flagValue(tc.Args, "--export-credentials")
+	if m := mountOf(tc, "credentials"); cred != install.CredentialsDir || m == nil || m.MountPath != cred || m.ReadOnly ||
+		hostPathOf(spec, "credentials") != cred {
+		t.Errorf("trace --export-credentials %q is not a writable mount of the same host directory %s", cred, install.CredentialsDir)
+	}
 	addr := flagValue(tc.Args, "--health-addr")
 	if len(tc.Ports) != 1 || addr != fmt.Sprintf(":%d", tc.Ports[0].ContainerPort) {
 		t.Errorf("trace --health-addr %q does not match the container port %+v", addr, tc.Ports)
