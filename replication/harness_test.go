@@ -48,6 +48,7 @@ type replica struct {
 	dialer *addrDialer
 	addr   string // client address of this replica's Server
 	trace  *syncBuffer
+	tracer *Tracer
 }
 
 type cluster struct {
@@ -106,9 +107,11 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 	for i, appAddr := range o.appAddrs {
 		id := uint64(i + 1)
 		r := &replica{id: id, dialer: &addrDialer{addr: appAddr}, trace: &syncBuffer{}}
+		r.tracer = NewTracer(r.trace)
+		t.Cleanup(func() { _ = r.tracer.Close() })
 		cfg := ExecutorConfig{
 			Group: testGroup, Self: id, Ports: []Port{o.port}, Dialer: r.dialer, Framing: o.framing,
-			Trace: NewTracer(r.trace), Metrics: metrics,
+			Trace: r.tracer, Metrics: metrics,
 		}
 		if o.exec != nil {
 			o.exec(&cfg)
@@ -199,4 +202,10 @@ func (c *cluster) waitCaughtUp() {
 		}
 		return true
 	})
+}
+
+// traceText returns everything the replica traced so far.
+func (r *replica) traceText() string {
+	r.tracer.Flush()
+	return r.trace.String()
 }

@@ -105,11 +105,11 @@ func TestHTTPConcurrentIncrEqualOnEveryReplica(t *testing.T) {
 	}
 	// One trace line per committed request, with the fields the issue asks for.
 	for _, field := range []string{"smr=commit", "group=" + testGroup, "index=", "term=", "session=", `op="POST /incr/k"`, "origin=", "latency="} {
-		if !strings.Contains(c.replicas[0].trace.String(), field) {
-			t.Errorf("trace lacks %q:\n%.500s", field, c.replicas[0].trace.String())
+		if !strings.Contains(c.replicas[0].traceText(), field) {
+			t.Errorf("trace lacks %q:\n%.500s", field, c.replicas[0].traceText())
 		}
 	}
-	if n := strings.Count(c.replicas[2].trace.String(), `op="POST /incr/k"`); n != total {
+	if n := strings.Count(c.replicas[2].traceText(), `op="POST /incr/k"`); n != total {
 		t.Errorf("replica 3 traced %d increments, want %d", n, total)
 	}
 	mfs, err := c.reg.Gather()
@@ -146,13 +146,13 @@ func TestHTTPReadOnlyGetIsLinearizable(t *testing.T) {
 	}
 	// The GETs took the read path: traced as reads, never committed.
 	for _, r := range c.replicas {
-		for line := range strings.SplitSeq(r.trace.String(), "\n") {
+		for line := range strings.SplitSeq(r.traceText(), "\n") {
 			if strings.Contains(line, "smr=commit") && strings.Contains(line, `op="GET /kv/a"`) {
 				t.Errorf("replica %d committed a GET: %s", r.id, line)
 			}
 		}
 	}
-	if n := strings.Count(c.replicas[1].trace.String()+c.replicas[2].trace.String()+c.replicas[0].trace.String(), "smr=read"); n != 5 {
+	if n := strings.Count(c.replicas[1].traceText()+c.replicas[2].traceText()+c.replicas[0].traceText(), "smr=read"); n != 5 {
 		t.Errorf("%d local reads traced, want 5", n)
 	}
 }
