@@ -30,9 +30,14 @@ import (
 	"github.com/smr-io/smr-cri/raftcore/kvtest"
 	"github.com/smr-io/smr-cri/raftcore/raftnode"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/grpclog"
 )
 
 func main() {
+	// Keep the output to the result lines: the summary must be the last
+	// line, and client reconnect chatter during shutdown is not a result.
+	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, io.Discard))
 	if err := run(context.Background(), os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "benchraft:", err)
 		os.Exit(1)
@@ -484,7 +489,7 @@ func startEtcd(ctx context.Context, c config) (_ *system, err error) {
 	}
 	clients := make([]*clientv3.Client, 3)
 	for i, u := range clientURLs {
-		cl, err := clientv3.New(clientv3.Config{Endpoints: []string{u}, DialTimeout: 5 * time.Second})
+		cl, err := clientv3.New(clientv3.Config{Endpoints: []string{u}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 		if err != nil {
 			return nil, err
 		}
