@@ -105,8 +105,11 @@ func benchOverhead(b *testing.B, direct, viaProxy runtimeapi.RuntimeServiceClien
 				}
 			}
 			// Alternate direct and proxied calls in chunks so both see the same
-			// machine load; take wall time and this process's CPU time (client,
-			// proxy and fake runtime all run here) of each path separately.
+			// machine load; take wall time and this process's CPU time of each
+			// path separately. The CPU time covers the client, the proxy and,
+			// with the fake runtime, the runtime too (containerd runs in its own
+			// process, so there cpu-ratio compares client against client+proxy).
+			// ratio-<op> (wall time) is the number the target is about.
 			const chunk = 50
 			spent := make([]time.Duration, len(paths))
 			cpu := make([]time.Duration, len(paths))
