@@ -28,7 +28,9 @@ type Config struct {
 	// QueueLen bounds the messages queued per peer (default 4096); beyond
 	// it messages are dropped and reported unreachable.
 	QueueLen int
-	// MaxFrameBytes caps one stream message (default 4 MiB).
+	// MaxFrameBytes caps how much is coalesced into one stream message
+	// (default 4 MiB); a single larger raft message (a snapshot) is still
+	// sent alone, up to maxMessageBytes.
 	MaxFrameBytes int
 	// Logger (nil discards).
 	Logger *slog.Logger
@@ -95,7 +97,10 @@ var serviceDesc = grpc.ServiceDesc{
 
 const sendMethod = "/smr.raftcore.Raft/Send"
 
-const windowSize = 8 << 20
+const (
+	windowSize      = 8 << 20
+	maxMessageBytes = 1 << 30 // snapshots travel as one message
+)
 
 // Start implements raftcore.Transport.
 func (t *GRPC) Start(h raftcore.Handler) error {
@@ -105,7 +110,7 @@ func (t *GRPC) Start(h raftcore.Handler) error {
 	}
 	// Fixed, large flow-control windows: this also turns off gRPC's BDP
 	// probing pings, which would cost extra writes per raft message.
-	t.srv = grpc.NewServer(grpc.ForceServerCodec(codec{}), grpc.MaxRecvMsgSize(t.cfg.MaxFrameBytes+(1<<20)),
+	t.srv = grpc.NewServer(grpc.ForceServerCodec(codec{}), grpc.MaxRecvMsgSize(maxMessageBytes),
 		grpc.InitialWindowSize(windowSize), grpc.InitialConnWindowSize(windowSize))
 	t.srv.RegisterService(&serviceDesc, t)
 	t.wg.Add(1)
@@ -195,9 +200,10 @@ func (t *GRPC) Close() error {
 // peer owns the stream to one address. Its queue holds batches (the
 // messages of one Ready for one member); QueueLen/8 batches bound memory.
 type peer struct {
-	t    *GRPC
-	addr string
-	q    chan batch
+	t        *GRPC
+	addr     string
+	q        chan batch
+	lastUsed time.Time // last batch taken from q; owned by run()
 }
 
 func (p *peer) run() {
@@ -209,12 +215,18 @@ func (p *peer) run() {
 			conn.Close()
 		}
 	}()
+	p.lastUsed = time.Now()
 	for {
+		// A peer that stays unreachable and unused (an address replaced by
+		// SetPeerAddr) stops reconnecting.
+		if time.Since(p.lastUsed) > peerIdleTimeout && p.retireIfIdle() {
+			return
+		}
 		if conn == nil {
 			c, err := grpc.NewClient(p.addr,
 				grpc.WithTransportCredentials(insecure.NewCredentials()),
 				grpc.WithInitialWindowSize(windowSize), grpc.WithInitialConnWindowSize(windowSize),
-				grpc.WithDefaultCallOptions(grpc.ForceCodec(codec{}), grpc.MaxCallSendMsgSize(p.t.cfg.MaxFrameBytes+(1<<20))))
+				grpc.WithDefaultCallOptions(grpc.ForceCodec(codec{}), grpc.MaxCallSendMsgSize(maxMessageBytes)))
 			if err != nil {
 				p.t.log.Error("raft transport: bad peer address", "addr", p.addr, "err", err)
 				if !p.failFor(time.Second) {
@@ -230,6 +242,9 @@ func (p *peer) run() {
 			err = p.pump(stream)
 		}
 		cancel()
+		if errors.Is(err, errIdle) {
+			return
+		}
 		select {
 		case <-p.t.done:
 			return
@@ -256,6 +271,7 @@ func (p *peer) failFor(d time.Duration) bool {
 		case <-p.t.done:
 			return false
 		case b := <-p.q:
+			p.lastUsed = time.Now()
 			p.t.dropped(b)
 		case <-timer.C:
 			return true
@@ -263,18 +279,48 @@ func (p *peer) failFor(d time.Duration) bool {
 	}
 }
 
+// errIdle ends a peer that had nothing to send for peerIdleTimeout (e.g.
+// an address that is no longer used after SetPeerAddr).
+var errIdle = errors.New("peer idle")
+
+const peerIdleTimeout = 5 * time.Minute
+
+// retireIfIdle removes the peer from the transport if its queue is empty;
+// a later Send to the address starts a fresh peer.
+func (p *peer) retireIfIdle() bool {
+	p.t.mu.Lock()
+	defer p.t.mu.Unlock()
+	if len(p.q) > 0 {
+		return false
+	}
+	if p.t.pmap[p.addr] == p {
+		delete(p.t.pmap, p.addr)
+	}
+	return true
+}
+
 // pump writes queued batches to the stream, coalescing everything queued
 // (up to MaxFrameBytes) into one stream message.
 func (p *peer) pump(stream grpc.ClientStream) error {
 	defer stream.CloseSend()
 	var f frame
+	idle := time.NewTimer(peerIdleTimeout)
+	defer idle.Stop()
 	for {
 		f.batches = f.batches[:0]
 		select {
 		case <-p.t.done:
 			return nil
+		case <-idle.C:
+			if p.retireIfIdle() {
+				return errIdle
+			}
+			idle.Reset(peerIdleTimeout)
+			continue
 		case b := <-p.q:
 			f.batches = append(f.batches, b)
+			p.lastUsed = time.Now()
+			idle.Reset(peerIdleTimeout)
 		}
 		size := approxSize(f.batches[0])
 	more:
