@@ -327,3 +327,40 @@ func TestProposalAboveNodeLimitIsTooLarge(t *testing.T) {
 		t.Fatalf("reply %q, want 413", got)
 	}
 }
+
+// A client that waits for "100 Continue" before sending its body (curl does
+// for large bodies) is not left waiting.
+func TestHTTPExpectContinue(t *testing.T) {
+	stores, addrs := kvApps(t, 3)
+	c := newCluster(t, clusterOpts{port: httpPort, appAddrs: addrs})
+	conn, err := net.Dial("tcp", c.replicas[0].addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("PUT /kv/big HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	line, err := br.ReadString('\n')
+	if err != nil || line != "HTTP/1.1 100 Continue\r\n" {
+		t.Fatalf("first line %q, %v; want 100 Continue", line, err)
+	}
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := framing.NewHTTP(framing.Options{}).ReadResponse(br, framing.Request{Op: "PUT /kv/big"})
+	if err != nil || !strings.Contains(string(resp), "204 No Content") {
+		t.Fatalf("response %q, %v", resp, err)
+	}
+	conn.Close()
+	c.waitCaughtUp()
+	for i, s := range stores {
+		if got := direct(t, s, "/kv/big"); got != "200 hello" {
+			t.Errorf("replica %d: %q", i+1, got)
+		}
+	}
+}

@@ -122,9 +122,16 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer stop()
 
-	f, _ := framing.New(s.cfg.Port.Protocol, s.cfg.Framing)
 	br := bufio.NewReaderSize(conn, 32<<10)
 	bw := bufio.NewWriterSize(conn, 32<<10)
+	opts := s.cfg.Framing
+	opts.OnExpectContinue = func() {
+		// Answer for the app so the client sends the body we must order;
+		// the app's own 100 Continue later is one more interim response.
+		_, _ = bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+		_ = bw.Flush()
+	}
+	f, _ := framing.New(s.cfg.Port.Protocol, opts)
 	session, seq := newSessionID(s.cfg.Self), uint64(1)
 
 	res, err := s.propose(ctx, session, seq, Op{Kind: KindOpen, Port: s.cfg.Port.Number, Protocol: s.cfg.Port.Protocol})

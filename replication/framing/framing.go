@@ -99,6 +99,11 @@ type Options struct {
 	// served locally after a ReadIndex. Without it every HTTP request is
 	// ordered through the log.
 	HTTPGetReadOnly bool
+	// OnExpectContinue, if set, is called by the HTTP framer when a request
+	// carries "Expect: 100-continue" and its body is about to be read: the
+	// caller answers "100 Continue" so the client sends the body (the framer
+	// itself never writes). Clients accept further 1xx from the app.
+	OnExpectContinue func()
 }
 
 // Protocol names accepted by New.

@@ -19,13 +19,14 @@ import (
 // classic request-smuggling shapes and a proxy must not guess. Protocol
 // upgrades (WebSocket, h2c) and CONNECT are refused as unsupported.
 type HTTP struct {
-	lim   Limits
-	getRO bool
+	lim        Limits
+	getRO      bool
+	onContinue func()
 }
 
 // NewHTTP returns an HTTP/1.1 framer for one connection.
 func NewHTTP(opts Options) *HTTP {
-	return &HTTP{lim: opts.Limits.withDefaults(), getRO: opts.HTTPGetReadOnly}
+	return &HTTP{lim: opts.Limits.withDefaults(), getRO: opts.HTTPGetReadOnly, onContinue: opts.OnExpectContinue}
 }
 
 // Protocol implements Framer.
@@ -37,6 +38,7 @@ type httpHeaders struct {
 	hasTE         bool
 	chunked       bool // the final transfer coding is chunked
 	upgrade       bool
+	expect100     bool
 }
 
 // NextRequest implements Framer.
@@ -79,14 +81,13 @@ func (f *HTTP) NextRequest(r *bufio.Reader) (Request, error) {
 		return req, errorf(ErrMalformed, "request has both Transfer-Encoding and Content-Length")
 	case h.hasTE && !h.chunked:
 		return req, errorf(ErrMalformed, "request transfer coding must end with chunked")
-	case h.chunked:
-		raw, err = readChunked(r, raw, max, "request")
-	case h.contentLength > 0:
-		if int64(len(raw))+h.contentLength > int64(max) {
-			return req, errorf(ErrTooLarge, "request body of %d bytes exceeds the %d byte limit", h.contentLength, max)
-		}
-		raw, err = readN(r, raw, int(h.contentLength))
-		err = unexpectedEOF(err)
+	case h.expect100 && f.onContinue != nil && (h.chunked || h.contentLength > 0) &&
+		int64(len(raw))+max64(h.contentLength, 0) <= int64(max) && r.Buffered() == 0:
+		// The client waits for 100 Continue before it sends the body.
+		f.onContinue()
+		fallthrough
+	default:
+		raw, err = f.readBody(r, raw, h, max)
 	}
 	if err != nil {
 		return req, err
@@ -94,6 +95,29 @@ func (f *HTTP) NextRequest(r *bufio.Reader) (Request, error) {
 	req.Raw = raw
 	req.ReadOnly = f.getRO && (string(method) == "GET" || string(method) == "HEAD")
 	return req, nil
+}
+
+// readBody appends the request body delimited as the headers say.
+func (f *HTTP) readBody(r *bufio.Reader, raw []byte, h httpHeaders, max int) ([]byte, error) {
+	var err error
+	switch {
+	case h.chunked:
+		raw, err = readChunked(r, raw, max, "request")
+	case h.contentLength > 0:
+		if int64(len(raw))+h.contentLength > int64(max) {
+			return raw, errorf(ErrTooLarge, "request body of %d bytes exceeds the %d byte limit", h.contentLength, max)
+		}
+		raw, err = readN(r, raw, int(h.contentLength))
+		err = unexpectedEOF(err)
+	}
+	return raw, err
+}
+
+func max64(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
 }
 
 // parseRequestLine splits "METHOD target HTTP/1.x".
@@ -146,6 +170,8 @@ func readHeaders(r *bufio.Reader, raw []byte, max int, what string) ([]byte, htt
 			h.chunked = bytes.EqualFold(last, []byte("chunked"))
 		case bytes.EqualFold(name, []byte("Upgrade")):
 			h.upgrade = true
+		case bytes.EqualFold(name, []byte("Expect")):
+			h.expect100 = bytes.EqualFold(value, []byte("100-continue"))
 		}
 	}
 }

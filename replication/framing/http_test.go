@@ -1,6 +1,7 @@
 package framing
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"strings"
@@ -168,5 +169,49 @@ func TestHTTPErrorReply(t *testing.T) {
 		if err != nil || string(got) != string(reply) {
 			t.Errorf("reply does not frame: %v", err)
 		}
+	}
+}
+
+// chunkReader returns one chunk per Read, as a client that waits between
+// the headers and the body.
+type chunkReader struct{ chunks []string }
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.chunks) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.chunks[0])
+	c.chunks[0] = c.chunks[0][n:]
+	if c.chunks[0] == "" {
+		c.chunks = c.chunks[1:]
+	}
+	return n, nil
+}
+
+func TestHTTPExpectContinue(t *testing.T) {
+	head := "PUT /kv/a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+	tests := []struct {
+		name   string
+		chunks []string
+		limit  int
+		calls  int
+		err    error
+	}{
+		{"client waits for 100", []string{head, "hello"}, 0, 1, nil},
+		{"body already sent", []string{head + "hello"}, 0, 0, nil},
+		{"too large: no 100, 413", []string{head}, 66, 0, ErrTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			calls := 0
+			f := NewHTTP(Options{Limits: Limits{MaxRequestBytes: tt.limit}, OnExpectContinue: func() { calls++ }})
+			req, err := f.NextRequest(bufio.NewReader(&chunkReader{chunks: tt.chunks}))
+			if !errors.Is(err, tt.err) || calls != tt.calls {
+				t.Fatalf("err=%v calls=%d, want %v and %d", err, calls, tt.err, tt.calls)
+			}
+			if err == nil && string(req.Raw) != head+"hello" {
+				t.Fatalf("raw %q", req.Raw)
+			}
+		})
 	}
 }
