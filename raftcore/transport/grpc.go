@@ -32,6 +32,9 @@ type Config struct {
 	// (default 4 MiB); a single larger raft message (a snapshot) is still
 	// sent alone, up to maxMessageBytes.
 	MaxFrameBytes int
+	// PeerIdleTimeout retires the stream/goroutine of an address that had
+	// nothing to send for this long (default 5m).
+	PeerIdleTimeout time.Duration
 	// Logger (nil discards).
 	Logger *slog.Logger
 }
@@ -52,8 +55,11 @@ type GRPC struct {
 // New validates cfg and, if cfg.Listen is set, binds the listener (so the
 // caller learns a ":0" port via Addr before Start).
 func New(cfg Config) (*GRPC, error) {
-	if cfg.QueueLen < 0 || cfg.MaxFrameBytes < 0 {
-		return nil, fmt.Errorf("transport: negative QueueLen or MaxFrameBytes")
+	if cfg.QueueLen < 0 || cfg.MaxFrameBytes < 0 || cfg.PeerIdleTimeout < 0 {
+		return nil, fmt.Errorf("transport: negative QueueLen, MaxFrameBytes or PeerIdleTimeout")
+	}
+	if cfg.PeerIdleTimeout == 0 {
+		cfg.PeerIdleTimeout = 5 * time.Minute
 	}
 	if cfg.QueueLen == 0 {
 		cfg.QueueLen = 4096
@@ -219,7 +225,7 @@ func (p *peer) run() {
 	for {
 		// A peer that stays unreachable and unused (an address replaced by
 		// SetPeerAddr) stops reconnecting.
-		if time.Since(p.lastUsed) > peerIdleTimeout && p.retireIfIdle() {
+		if time.Since(p.lastUsed) > p.t.cfg.PeerIdleTimeout && p.retireIfIdle() {
 			return
 		}
 		if conn == nil {
@@ -279,11 +285,9 @@ func (p *peer) failFor(d time.Duration) bool {
 	}
 }
 
-// errIdle ends a peer that had nothing to send for peerIdleTimeout (e.g.
+// errIdle ends a peer that had nothing to send for PeerIdleTimeout (e.g.
 // an address that is no longer used after SetPeerAddr).
 var errIdle = errors.New("peer idle")
-
-const peerIdleTimeout = 5 * time.Minute
 
 // retireIfIdle removes the peer from the transport if its queue is empty;
 // a later Send to the address starts a fresh peer.
@@ -304,7 +308,7 @@ func (p *peer) retireIfIdle() bool {
 func (p *peer) pump(stream grpc.ClientStream) error {
 	defer stream.CloseSend()
 	var f frame
-	idle := time.NewTimer(peerIdleTimeout)
+	idle := time.NewTimer(p.t.cfg.PeerIdleTimeout)
 	defer idle.Stop()
 	for {
 		f.batches = f.batches[:0]
@@ -315,12 +319,12 @@ func (p *peer) pump(stream grpc.ClientStream) error {
 			if p.retireIfIdle() {
 				return errIdle
 			}
-			idle.Reset(peerIdleTimeout)
+			idle.Reset(p.t.cfg.PeerIdleTimeout)
 			continue
 		case b := <-p.q:
 			f.batches = append(f.batches, b)
 			p.lastUsed = time.Now()
-			idle.Reset(peerIdleTimeout)
+			idle.Reset(p.t.cfg.PeerIdleTimeout)
 		}
 		size := approxSize(f.batches[0])
 	more:

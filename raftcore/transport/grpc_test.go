@@ -60,7 +60,7 @@ func TestFrameBadInput(t *testing.T) {
 }
 
 func TestNewBadConfig(t *testing.T) {
-	for _, cfg := range []Config{{QueueLen: -1}, {MaxFrameBytes: -1}, {Listen: "not-an-address"}} {
+	for _, cfg := range []Config{{QueueLen: -1}, {MaxFrameBytes: -1}, {PeerIdleTimeout: -1}, {Listen: "not-an-address"}} {
 		if _, err := New(cfg); err == nil {
 			t.Fatalf("config %+v accepted", cfg)
 		}
@@ -142,5 +142,54 @@ func TestThreeNodesOverGRPC(t *testing.T) {
 		if got := m.kv.Get("k"); got != "100" {
 			t.Fatalf("member %d: k=%q want 100", id, got)
 		}
+	}
+}
+
+type countingHandler struct{ unreachable chan uint64 }
+
+func (h countingHandler) Deliver(string, []*raftpb.Message) {}
+func (h countingHandler) ReportUnreachable(_ string, to uint64) {
+	select {
+	case h.unreachable <- to:
+	default:
+	}
+}
+func (h countingHandler) ReportSnapshot(string, uint64, bool) {}
+
+// Messages to an address nobody listens on are reported unreachable, and
+// the peer retires once unused (no goroutine per stale address).
+func TestUnreachablePeerReportedAndRetired(t *testing.T) {
+	tr, err := New(Config{PeerIdleTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := countingHandler{unreachable: make(chan uint64, 16)}
+	if err := tr.Start(h); err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	dead := "127.0.0.1:1" // nothing listens on port 1
+	tr.Send("g", 7, dead, []*raftpb.Message{{Type: raftpb.MsgHeartbeat.Enum(), To: new(uint64(7))}})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	select {
+	case to := <-h.unreachable:
+		if to != 7 {
+			t.Fatalf("unreachable reported for %d", to)
+		}
+	case <-ctx.Done():
+		t.Fatal("drop never reported")
+	}
+	for {
+		tr.mu.Lock()
+		n := len(tr.pmap)
+		tr.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("idle peer not retired")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
