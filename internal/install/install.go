@@ -30,20 +30,20 @@ import (
 
 // Paths on the host and names.
 const (
-	BinaryPath   = "/usr/local/bin/smr-cri"
-	UnitPath     = "/etc/systemd/system/smr-cri.service"
-	UnitName     = "smr-cri.service"
-	KubeletUnit  = "kubelet.service"
-	SocketPath   = "/run/smr-cri/smr-cri.sock"
-	Endpoint     = "unix://" + SocketPath
-	LogDir       = "/var/log/smr-cri"
-	LogFile      = LogDir + "/smr-cri.log"
-	StateDir     = "/var/lib/smr-cri"
-	StatePath    = StateDir + "/install.json"
+	BinaryPath  = "/usr/local/bin/smr-cri"
+	UnitPath    = "/etc/systemd/system/smr-cri.service"
+	UnitName    = "smr-cri.service"
+	KubeletUnit = "kubelet.service"
+	SocketPath  = "/run/smr-cri/smr-cri.sock"
+	Endpoint    = "unix://" + SocketPath
+	LogDir      = "/var/log/smr-cri"
+	LogFile     = LogDir + "/smr-cri.log"
+	StateDir    = "/var/lib/smr-cri"
+	StatePath   = StateDir + "/install.json"
 	// CredentialsDir holds the ServiceAccount token, CA and kubeconfig the
 	// DaemonSet's trace container keeps for smr-cri serve.
 	CredentialsDir = StateDir + "/kube"
-	BackupSuffix = ".smr-cri.orig"
+	BackupSuffix   = ".smr-cri.orig"
 )
 
 // Executor runs a command on the host (systemctl); it returns the combined
