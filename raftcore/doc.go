@@ -40,7 +40,9 @@
 // When a member loses its leader (partitioned into a minority, leader
 // crash), pending requests fail with ErrLeaderLost and new ones with
 // ErrNoLeader after at most two election timeouts, well before a caller's
-// deadline.
+// deadline. A follower also fails (ErrLeaderLost) proposals it forwarded
+// that stay unanswered for two election timeouts, and re-sends unanswered
+// ReadIndex requests, so message loss costs a retry, not a deadline.
 //
 // # Ready loop
 //

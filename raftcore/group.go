@@ -79,6 +79,7 @@ type Group struct {
 
 type proposal struct {
 	pid  uint64
+	tick uint64 // raft-loop tick when proposed (owned by run())
 	data []byte             // envelope, for normal proposals
 	cc   *raftpb.ConfChange // for membership changes
 	done chan propResult    // buffered(1)
@@ -556,6 +557,7 @@ func (g *Group) run() {
 			g.rn.Tick()
 			g.ticks++
 			g.retryReads()
+			g.expireForwarded()
 		case pr := <-g.propc:
 			g.propose(pr)
 		case ms := <-g.recvc:
@@ -612,6 +614,7 @@ func (g *Group) propose(pr *proposal) {
 	if !live {
 		return
 	}
+	pr.tick = g.ticks
 	if pr.cc == nil {
 		g.batch = append(g.batch, pr) // proposed by flushProposals
 		return
@@ -686,6 +689,32 @@ func (g *Group) sendReadIndex(id uint64) {
 	var ctx [8]byte
 	binary.BigEndian.PutUint64(ctx[:], id)
 	g.rn.ReadIndex(ctx[:])
+}
+
+// expireForwarded fails proposals this follower forwarded to the leader
+// more than two election timeouts ago: the forwarded message or the
+// leader's append was probably lost. The outcome is unknown
+// (ErrLeaderLost), so callers retry with the same Session/Seq instead of
+// waiting for their deadline. The leader never expires its own proposals:
+// there they are in its log and only wait for a quorum.
+func (g *Group) expireForwarded() {
+	limit := uint64(2 * g.ncfg.ElectionTicks)
+	if g.ticks%uint64(g.ncfg.ElectionTicks) != 0 || raft.StateType(g.state.Load()) == raft.StateLeader {
+		return
+	}
+	var expired []*proposal
+	g.mu.Lock()
+	for pid, pr := range g.props {
+		if pr.tick != 0 && g.ticks-pr.tick > limit {
+			expired = append(expired, pr)
+			delete(g.props, pid)
+		}
+	}
+	g.mu.Unlock()
+	err := fmt.Errorf("group %s: forwarded proposal unanswered: %w", g.name, ErrLeaderLost)
+	for _, pr := range expired {
+		pr.done <- propResult{err: err}
+	}
 }
 
 // retryReads re-sends read requests unanswered for an election timeout
