@@ -79,7 +79,7 @@ type Group struct {
 
 type proposal struct {
 	pid  uint64
-	tick uint64 // raft-loop tick when proposed (owned by run())
+	tick uint64             // raft-loop tick when proposed (owned by run())
 	data []byte             // envelope, for normal proposals
 	cc   *raftpb.ConfChange // for membership changes
 	done chan propResult    // buffered(1)
