@@ -148,6 +148,9 @@ func StopContainerd(ctx context.Context, dir string, log io.Writer) error {
 		logf("killing leftover shim pid %d", pid)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+	if err := removeTaskLeftovers(dir); err != nil {
+		errs = append(errs, err)
+	}
 	if err := unmountUnder(dir); err != nil {
 		errs = append(errs, err)
 	}
