@@ -70,6 +70,10 @@
 // member starts with Join=true and catches up from the leader (log or
 // snapshot).
 //
+// TransferLeadership hands leadership to another voter (use it before
+// stopping the leader's pod); Node.DeleteGroup stops a group and removes
+// its data for good.
+//
 // # Storage
 //
 // <DataDir>/<group>/wal (etcd WAL, 64 MiB segments) and /snap (etcd snap

@@ -44,6 +44,7 @@ type Group struct {
 	recvc   chan []*raftpb.Message
 	readc   chan *readReq
 	reportc chan report
+	ctrlc   chan func() // run in the raft goroutine (leadership transfer)
 	snapc   chan snapRequest
 	applyq  *applyQueue
 
@@ -132,6 +133,7 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 		recvc:       make(chan []*raftpb.Message, 1024),
 		readc:       make(chan *readReq, ncfg.MaxPending),
 		reportc:     make(chan report, 256),
+		ctrlc:       make(chan func(), 16),
 		snapc:       make(chan snapRequest, 1),
 		applyq:      newApplyQueue(),
 		stopc:       make(chan struct{}),
@@ -410,6 +412,66 @@ func (g *Group) confChange(ctx context.Context, t raftpb.ConfChangeType, id uint
 	return err
 }
 
+// TransferLeadership asks the leader (this member) to hand leadership to
+// member `to` (0 = the most up-to-date other voter) and waits until another
+// member leads. Use it before stopping the leader's pod, so the group does
+// not wait an election timeout. It fails with ErrInvalidConfig when this
+// member is not the leader or no target exists.
+func (g *Group) TransferLeadership(ctx context.Context, to uint64) error {
+	errc := make(chan error, 1)
+	f := func() {
+		st := g.rn.Status()
+		if st.RaftState != raft.StateLeader {
+			errc <- fmt.Errorf("%w: member %d is not the leader", ErrInvalidConfig, g.id)
+			return
+		}
+		target := to
+		if target == 0 {
+			var best uint64
+			for id, pr := range st.Progress {
+				if id != g.id && !pr.IsLearner && (target == 0 || pr.Match > best) {
+					target, best = id, pr.Match
+				}
+			}
+		}
+		if pr, ok := st.Progress[target]; !ok || target == g.id || pr.IsLearner {
+			errc <- fmt.Errorf("%w: no voter %d to transfer leadership to", ErrInvalidConfig, target)
+			return
+		}
+		g.rn.TransferLeader(target)
+		errc <- nil
+	}
+	select {
+	case g.ctrlc <- f:
+	case <-ctx.Done():
+		return fmt.Errorf("group %s: transfer leadership: %w (%w)", g.name, ErrTimeout, ctx.Err())
+	case <-g.donec:
+		return g.stoppedErr()
+	}
+	select {
+	case err := <-errc:
+		if err != nil {
+			return err
+		}
+	case <-ctx.Done():
+		return fmt.Errorf("group %s: transfer leadership: %w (%w)", g.name, ErrTimeout, ctx.Err())
+	case <-g.donec:
+		return g.stoppedErr()
+	}
+	for {
+		if l := g.lead.Load(); l != 0 && l != g.id {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("group %s: transfer leadership: %w (%w)", g.name, ErrTimeout, ctx.Err())
+		case <-g.donec:
+			return g.stoppedErr()
+		case <-time.After(g.ncfg.TickInterval):
+		}
+	}
+}
+
 // Stop stops the group's goroutines and closes its WAL. Pending requests
 // fail with ErrStopped.
 func (g *Group) Stop() error {
@@ -566,6 +628,8 @@ func (g *Group) run() {
 			g.readIndex(rr)
 		case r := <-g.reportc:
 			g.applyReport(r)
+		case f := <-g.ctrlc:
+			f()
 		case s := <-g.snapc:
 			if err := g.compact(s); err != nil {
 				g.log.Error("snapshot failed", "index", s.index, "err", err)

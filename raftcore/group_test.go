@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -417,5 +419,43 @@ func TestPeerAddressChange(t *testing.T) {
 	}
 	if addr := groups[2].Status().Members[3]; addr != moved[3] {
 		t.Fatalf("member 2 routes 3 to %q", addr)
+	}
+}
+
+// The leader hands leadership over before it is stopped; the group keeps
+// ordering with the new leader. Afterwards the old leader's data is deleted.
+func TestTransferLeadershipAndDeleteGroup(t *testing.T) {
+	c := kvtest.NewCluster(t, kvtest.Options{Members: 3})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lead := mustLeader(t, ctx, c)
+	follower := without(c.Live(), lead)[0]
+	if err := c.Member(follower).Group.TransferLeadership(ctx, 0); !errors.Is(err, raftcore.ErrInvalidConfig) {
+		t.Fatalf("transfer from a follower: got %v, want ErrInvalidConfig", err)
+	}
+	if err := c.Member(lead).Group.TransferLeadership(ctx, 99); !errors.Is(err, raftcore.ErrInvalidConfig) {
+		t.Fatalf("transfer to a non-member: got %v, want ErrInvalidConfig", err)
+	}
+	if _, err := put(ctx, c.Member(lead).Group, "a", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Member(lead).Group.TransferLeadership(ctx, 0); err != nil {
+		t.Fatalf("transfer: %v", err)
+	}
+	newLead := mustLeader(t, ctx, c)
+	if newLead == lead {
+		t.Fatalf("leadership stayed on %d", lead)
+	}
+	if _, err := put(ctx, c.Member(newLead).Group, "a", "2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Member(lead).Node.DeleteGroup(kvtest.GroupName); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(c.Dir, kvtest.Addr(lead), kvtest.GroupName)); !os.IsNotExist(err) {
+		t.Fatalf("group data still there: %v", err)
+	}
+	if err := c.Member(lead).Node.DeleteGroup("bad/name"); !errors.Is(err, raftcore.ErrInvalidConfig) {
+		t.Fatalf("delete bad name: got %v", err)
 	}
 }

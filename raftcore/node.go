@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"go.etcd.io/raft/v3/raftpb"
@@ -77,6 +78,24 @@ func (n *Node) forget(g *Group) {
 		delete(n.groups, g.name)
 	}
 	n.mu.Unlock()
+}
+
+// DeleteGroup stops the group if it runs here and removes its data
+// directory (WAL and snapshots): use it when this member is gone for good
+// (its pod deleted, or after RemoveMember). Irreversible.
+func (n *Node) DeleteGroup(name string) error {
+	if !groupNameRE.MatchString(name) {
+		return fmt.Errorf("%w: group name %q", ErrInvalidConfig, name)
+	}
+	if g, ok := n.Group(name); ok {
+		if err := g.Stop(); err != nil {
+			return err
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(n.cfg.DataDir, name)); err != nil {
+		return fmt.Errorf("raftcore: delete group %s: %w", name, err)
+	}
+	return nil
 }
 
 // Close stops every group and the transport.
