@@ -29,6 +29,8 @@ type NodeConfig struct {
 	MaxInflightMsgs int
 	// UnsafeNoFsync disables WAL fsync (tests/benchmarks of CPU cost only).
 	UnsafeNoFsync bool
+	// Metrics, from NewMetrics; nil records nothing.
+	Metrics *Metrics
 }
 
 // GroupConfig configures one raft group hosted on this node.

@@ -712,6 +712,7 @@ func (g *Group) flushProposals() {
 			data = marshalBatch(datas, size)
 		}
 		g.proposeFailed(chunk, g.rn.Propose(data))
+		g.ncfg.Metrics.observeBatch(g.name, n)
 		g.batch = g.batch[n:]
 	}
 	g.batch = g.batch[:0]
@@ -775,6 +776,7 @@ func (g *Group) expireForwarded() {
 		}
 	}
 	g.mu.Unlock()
+	g.ncfg.Metrics.addExpired(g.name, len(expired))
 	err := fmt.Errorf("group %s: forwarded proposal unanswered: %w", g.name, ErrLeaderLost)
 	for _, pr := range expired {
 		pr.done <- propResult{err: err}
@@ -791,6 +793,7 @@ func (g *Group) retryReads() {
 			continue
 		}
 		if b.tries >= 3 {
+			g.ncfg.Metrics.addExpired(g.name, len(b.reqs))
 			err := fmt.Errorf("group %s: read index unanswered: %w", g.name, ErrLeaderLost)
 			for _, r := range b.reqs {
 				r.done <- readResult{err: err}
@@ -806,6 +809,7 @@ func (g *Group) retryReads() {
 
 func (g *Group) applyReport(r report) {
 	if r.unreachable {
+		g.ncfg.Metrics.incUnreachable(g.name)
 		g.rn.ReportUnreachable(r.to)
 	}
 	if r.snapshot {
@@ -855,8 +859,12 @@ func (g *Group) handleReady() error {
 		// Rule 3: HardState (term, vote, commit) and new entries are made
 		// durable (fsync when raft says MustSync) before any follower
 		// message is sent: a vote or an append ack is a promise about disk.
+		t0 := time.Now()
 		if err := g.ds.wal.Save(rd.HardState, rd.Entries); err != nil {
 			return fmt.Errorf("wal save: %w", err)
+		}
+		if len(rd.Entries) > 0 {
+			g.ncfg.Metrics.observeWALSave(g.name, time.Since(t0))
 		}
 		if !raft.IsEmptySnap(rd.Snapshot) {
 			g.durable = rd.Snapshot.GetMetadata().GetIndex()
@@ -1043,6 +1051,7 @@ func (g *Group) compact(s snapRequest) error {
 			return fmt.Errorf("compact: %w", err)
 		}
 	}
+	g.ncfg.Metrics.incSnapshots(g.name)
 	g.log.Info("snapshot saved", "index", s.index)
 	return nil
 }

@@ -1,0 +1,74 @@
+package raftcore
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are raftcore's internal metrics, labelled by group (the executor
+// exports leader, applied index and proposal counts). A nil *Metrics is
+// valid and records nothing.
+type Metrics struct {
+	walSave     *prometheus.HistogramVec
+	batch       *prometheus.HistogramVec
+	unreachable *prometheus.CounterVec
+	snapshots   *prometheus.CounterVec
+	expired     *prometheus.CounterVec
+}
+
+// NewMetrics creates the metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	g := []string{"group"}
+	m := &Metrics{
+		walSave: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "smr_raft_wal_save_seconds",
+			Help:    "WAL write (+fsync when needed) per raft Ready.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16)}, g),
+		batch: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "smr_raft_batch_requests",
+			Help:    "Client requests coalesced into one proposed raft entry.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 12)}, g),
+		unreachable: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_raft_unreachable_total",
+			Help: "Times the transport reported a peer unreachable (dropped messages)."}, g),
+		snapshots: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_raft_snapshots_total",
+			Help: "Snapshots saved by this member."}, g),
+		expired: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_raft_expired_requests_total",
+			Help: "Forwarded proposals and reads failed after staying unanswered."}, g),
+	}
+	for _, c := range []prometheus.Collector{m.walSave, m.batch, m.unreachable, m.snapshots, m.expired} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("raftcore: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) observeWALSave(group string, d time.Duration) {
+	if m != nil {
+		m.walSave.WithLabelValues(group).Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) observeBatch(group string, n int) {
+	if m != nil {
+		m.batch.WithLabelValues(group).Observe(float64(n))
+	}
+}
+
+func (m *Metrics) incUnreachable(group string) {
+	if m != nil {
+		m.unreachable.WithLabelValues(group).Inc()
+	}
+}
+
+func (m *Metrics) incSnapshots(group string) {
+	if m != nil {
+		m.snapshots.WithLabelValues(group).Inc()
+	}
+}
+
+func (m *Metrics) addExpired(group string, n int) {
+	if m != nil && n > 0 {
+		m.expired.WithLabelValues(group).Add(float64(n))
+	}
+}

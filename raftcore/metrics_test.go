@@ -1,0 +1,56 @@
+package raftcore_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/raftcore/kvtest"
+	"github.com/smr-io/smr-cri/raftcore/memnet"
+)
+
+func TestMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := raftcore.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raftcore.NewMetrics(reg); err == nil {
+		t.Fatal("registering the metrics twice succeeded")
+	}
+	net := memnet.New()
+	defer net.Close()
+	n, err := raftcore.NewNode(raftcore.NodeConfig{DataDir: t.TempDir(), Transport: net.Endpoint("a"), TickInterval: 10 * time.Millisecond, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	g, err := n.StartGroup(raftcore.GroupConfig{Name: "g", SelfID: 1, Peers: map[uint64]string{1: "a"}}, kvtest.NewKV())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := put(ctx, g, "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]uint64{}
+	for _, mf := range mfs {
+		for _, mm := range mf.GetMetric() {
+			if h := mm.GetHistogram(); h != nil {
+				seen[mf.GetName()] += h.GetSampleCount()
+			}
+		}
+	}
+	for _, name := range []string{"smr_raft_wal_save_seconds", "smr_raft_batch_requests"} {
+		if seen[name] == 0 {
+			t.Errorf("%s has no samples (seen %v)", name, seen)
+		}
+	}
+}
