@@ -81,7 +81,13 @@ func Up(ctx context.Context, cfg Config, log io.Writer) (*Cluster, error) {
 	if err := p.step("build missing binaries", func() error { return ensureBinaries(ctx, c, p) }); err != nil {
 		return nil, err
 	}
-	if err := p.step("clean up leftovers", func() error { return down(ctx, c, io.Discard) }); err != nil {
+	// A fresh cluster every time: old etcd data would hold objects signed by an old CA.
+	if err := p.step("clean up leftovers", func() error {
+		if err := down(ctx, c, io.Discard); err != nil {
+			return err
+		}
+		return os.RemoveAll(c.Dir)
+	}); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(c.Dir, 0o755); err != nil {

@@ -83,7 +83,13 @@ func down(ctx context.Context, c Config, log io.Writer) error {
 			}
 		}
 	}
-	// 4. Everything else (control plane, etcd, anything left over).
+	// 4. The control plane, clients before servers (the API server waits for its clients'
+	// requests before it exits), then etcd and anything left over.
+	for _, prog := range []string{"kube-controller-manager", "kube-scheduler", "kube-apiserver"} {
+		if err := stopByProgram(c, prog); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	var pids []int
 	for _, pr := range ownProcs(c.Dir) {
 		pids = append(pids, pr.PID)
@@ -101,7 +107,26 @@ func down(ctx context.Context, c Config, log io.Writer) error {
 	if err := removeLinksInto(containerLogLinks, c.Dir); err != nil {
 		errs = append(errs, err)
 	}
+	removeDevicePluginSocket()
 	return errors.Join(errs...)
+}
+
+// devicePluginDir is where every kubelet puts its device-plugin socket whatever its --root-dir
+// (a compiled-in path). It is removed only while no other kubelet runs on the machine, along
+// with the directories if that leaves them empty.
+var devicePluginDir = "/var/lib/kubelet/device-plugins"
+
+func removeDevicePluginSocket() {
+	for _, p := range listProcs() {
+		if len(p.Args) > 0 && filepath.Base(p.Args[0]) == "kubelet" {
+			return
+		}
+	}
+	for _, f := range []string{"kubelet.sock", "kubelet_internal_checkpoint"} {
+		_ = os.Remove(filepath.Join(devicePluginDir, f))
+	}
+	_ = os.Remove(devicePluginDir)               // only if empty
+	_ = os.Remove(filepath.Dir(devicePluginDir)) // only if empty
 }
 
 // containerLogLinks is where kubelet links every container's log (a fixed path, not under its
