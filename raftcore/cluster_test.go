@@ -126,10 +126,7 @@ func TestScenariosLinearizable(t *testing.T) {
 // A member cut off from the majority must fail proposals and reads with a
 // typed error before the caller's deadline, while the majority progresses.
 func TestMinorityFailsFastMajorityProgresses(t *testing.T) {
-	c := kvtest.NewCluster(t, kvtest.Options{Members: 3})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	lead := mustLeader(t, ctx, c)
+	c, ctx, lead := startCluster(t, kvtest.Options{Members: 3})
 	follower := without(c.Live(), lead)[0]
 	for _, cut := range []uint64{follower, lead} {
 		majority := without(c.Live(), cut)
@@ -158,6 +155,16 @@ func TestMinorityFailsFastMajorityProgresses(t *testing.T) {
 		c.Net.Heal()
 		mustLeader(t, ctx, c)
 	}
+}
+
+// startCluster starts an in-process cluster, waits for its leader and
+// returns a 30s test context (cancelled at cleanup).
+func startCluster(t *testing.T, opts kvtest.Options) (*kvtest.Cluster, context.Context, uint64) {
+	t.Helper()
+	c := kvtest.NewCluster(t, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c, ctx, mustLeader(t, ctx, c)
 }
 
 func mustLeader(t *testing.T, ctx context.Context, c *kvtest.Cluster, ids ...uint64) uint64 {

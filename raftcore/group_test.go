@@ -96,10 +96,7 @@ func TestRestartFromDiskReplaysSameSequence(t *testing.T) {
 // A member that was down while the log was compacted catches up from the
 // leader's snapshot; a member whose disk was wiped rejoins with Join=true.
 func TestCatchUpBySnapshotAndWipedDisk(t *testing.T) {
-	c := kvtest.NewCluster(t, kvtest.Options{Members: 3, SnapshotEvery: 10})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	lead := mustLeader(t, ctx, c)
+	c, ctx, lead := startCluster(t, kvtest.Options{Members: 3, SnapshotEvery: 10})
 	lag := without(c.Live(), lead)[0]
 	c.Stop(lag)
 	// Enough writes that the log is compacted past what lag has (snapshot
@@ -143,10 +140,7 @@ func TestCatchUpBySnapshotAndWipedDisk(t *testing.T) {
 // Membership: add a 4th member through ConfChange, remove an old one, and
 // the group keeps ordering with the new membership.
 func TestAddRemoveMember(t *testing.T) {
-	c := kvtest.NewCluster(t, kvtest.Options{Members: 3})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	lead := mustLeader(t, ctx, c)
+	c, ctx, lead := startCluster(t, kvtest.Options{Members: 3})
 	g := c.Member(lead).Group
 	if _, err := put(ctx, g, "a", "1"); err != nil {
 		t.Fatal(err)
@@ -190,10 +184,7 @@ func TestAddRemoveMember(t *testing.T) {
 // A retried (session, seq) is applied once and returns the first result,
 // on any member.
 func TestDedupRetriedProposal(t *testing.T) {
-	c := kvtest.NewCluster(t, kvtest.Options{Members: 3})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	mustLeader(t, ctx, c)
+	c, ctx, _ := startCluster(t, kvtest.Options{Members: 3})
 	app := raftcore.Proposal{Session: 42, Seq: 1, Data: kvtest.Op{Kind: "append", Key: "x", Value: "a"}.Encode()}
 	var first raftcore.Result
 	for i, id := range c.Live() {
@@ -425,10 +416,7 @@ func TestPeerAddressChange(t *testing.T) {
 // The leader hands leadership over before it is stopped; the group keeps
 // ordering with the new leader. Afterwards the old leader's data is deleted.
 func TestTransferLeadershipAndDeleteGroup(t *testing.T) {
-	c := kvtest.NewCluster(t, kvtest.Options{Members: 3})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	lead := mustLeader(t, ctx, c)
+	c, ctx, lead := startCluster(t, kvtest.Options{Members: 3})
 	follower := without(c.Live(), lead)[0]
 	if err := c.Member(follower).Group.TransferLeadership(ctx, 0); !errors.Is(err, raftcore.ErrInvalidConfig) {
 		t.Fatalf("transfer from a follower: got %v, want ErrInvalidConfig", err)

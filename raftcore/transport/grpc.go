@@ -25,6 +25,10 @@ import (
 type Config struct {
 	// Listen is the address to serve on ("host:port"); "" means send-only.
 	Listen string
+	// Listener, if set, is served instead of opening Listen (e.g. a socket
+	// opened inside a pod's network namespace). The transport owns it:
+	// Close closes it. Listen must then be empty.
+	Listener net.Listener
 	// QueueLen bounds the messages queued per peer (default 4096); beyond
 	// it messages are dropped and reported unreachable.
 	QueueLen int
@@ -70,7 +74,10 @@ func New(cfg Config) (*GRPC, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	t := &GRPC{cfg: cfg, log: cfg.Logger, pmap: map[string]*peer{}, done: make(chan struct{})}
+	if cfg.Listener != nil && cfg.Listen != "" {
+		return nil, fmt.Errorf("transport: set Listen or Listener, not both")
+	}
+	t := &GRPC{cfg: cfg, log: cfg.Logger, pmap: map[string]*peer{}, done: make(chan struct{}), lis: cfg.Listener}
 	if cfg.Listen != "" {
 		lis, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
@@ -198,6 +205,8 @@ func (t *GRPC) Close() error {
 	t.mu.Unlock()
 	if t.srv != nil {
 		t.srv.Stop()
+	} else if t.lis != nil {
+		_ = t.lis.Close() // never served (Start not called)
 	}
 	t.wg.Wait()
 	return nil
