@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -191,5 +192,73 @@ func TestUnreachablePeerReportedAndRetired(t *testing.T) {
 			t.Fatalf("idle peer not retired")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type deliverHandler struct{ got chan string }
+
+func (h deliverHandler) Deliver(group string, _ []*raftpb.Message) {
+	select {
+	case h.got <- group:
+	default:
+	}
+}
+func (h deliverHandler) ReportUnreachable(string, uint64)    {}
+func (h deliverHandler) ReportSnapshot(string, uint64, bool) {}
+
+// A listener opened by the caller (inside a pod's netns in smr-cri serve) is
+// served as is; Listen and Listener together are refused; Close closes a
+// listener that was never served.
+func TestCallerListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Config{Listen: "127.0.0.1:0", Listener: ln}); err == nil {
+		t.Fatal("Listen and Listener together accepted")
+	}
+	srv, err := New(Config{Listener: ln})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv.Addr() != ln.Addr().String() {
+		t.Fatalf("Addr %q, want %q", srv.Addr(), ln.Addr())
+	}
+	h := deliverHandler{got: make(chan string, 1)}
+	if err := srv.Start(h); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cli, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cli.Start(countingHandler{unreachable: make(chan uint64, 16)}); err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	cli.Send("g1", 1, srv.Addr(), []*raftpb.Message{{Type: raftpb.MsgHeartbeat.Enum()}})
+	select {
+	case g := <-h.got:
+		if g != "g1" {
+			t.Fatalf("delivered group %q, want g1", g)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("message not delivered through the caller's listener")
+	}
+
+	unused, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := New(Config{Listener: unused})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unused.Accept(); err == nil {
+		t.Fatal("listener still open after Close without Start")
 	}
 }
