@@ -298,3 +298,15 @@ func tail(path string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// Kill sends SIGKILL to every process of the cluster in c.Dir and to their descendants (the
+// containers), as a crash would, and waits until they are gone. Tests use it; Up cleans up after it.
+func Kill(c Config) error {
+	procs := withDescendants(ownProcs(c.Dir))
+	pids := make([]int, 0, len(procs))
+	for _, p := range procs {
+		pids = append(pids, p.PID)
+		_ = syscall.Kill(p.PID, syscall.SIGKILL)
+	}
+	return stopProcs(pids, 5*time.Second)
+}
