@@ -43,7 +43,13 @@ if ! flock -n 9; then
 	flock 9
 fi
 
-STAMP="$KUBE_VERSION $(go version | awk '{print $3}') $(sha256sum "$MOD/go.sum" | cut -c1-16)"
+# Without these the binaries report v0.0.0-master (kubectl then warns about version skew).
+LDFLAGS=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+	LDFLAGS+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=37 -X $pkg.gitTreeState=clean"
+done
+
+STAMP="$KUBE_VERSION ldflags-1 $(go version | awk '{print $3}') $(sha256sum "$MOD/go.sum" | cut -c1-16)"
 fresh() { [[ -x "$OUT/$1" && -f "$OUT/$1.stamp" && "$(cat "$OUT/$1.stamp")" == "$STAMP" ]]; }
 
 todo=()
@@ -58,7 +64,7 @@ for b in "${todo[@]}"; do
 	t0=$SECONDS
 	log="$LOGS/build-$b.log"
 	say "$b $KUBE_VERSION: building (log $log)"
-	(cd "$MOD" && nice -n 5 go build -o "$OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b") >"$log" 2>&1 ||
+	(cd "$MOD" && nice -n 5 go build -ldflags "$LDFLAGS" -o "$OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b") >"$log" 2>&1 ||
 		{ tail -30 "$log"; die "$b build failed (log $log)"; }
 	mv "$OUT/$b.tmp" "$OUT/$b"
 	echo "$STAMP" >"$OUT/$b.stamp"
