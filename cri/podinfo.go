@@ -79,3 +79,17 @@ func podInfo(id string, cfg *runtimeapi.PodSandboxConfig, st *runtimeapi.PodSand
 	}
 	return pod, nil
 }
+
+// SandboxPodInfo builds the PodInfo of a running sandbox from its verbose
+// PodSandboxStatus alone (metadata, labels and annotations are part of the
+// status): the node daemon uses it to re-attach the replicated sandboxes
+// that kept running while it was down, with the same extraction as the
+// RunPodSandbox hook.
+func SandboxPodInfo(st *runtimeapi.PodSandboxStatusResponse) (PodInfo, error) {
+	s := st.GetStatus()
+	if s.GetId() == "" {
+		return PodInfo{}, errors.New("sandbox status has no ID")
+	}
+	cfg := &runtimeapi.PodSandboxConfig{Metadata: s.GetMetadata(), Labels: s.GetLabels(), Annotations: s.GetAnnotations()}
+	return podInfo(s.GetId(), cfg, st)
+}

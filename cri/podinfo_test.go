@@ -101,3 +101,35 @@ func TestParseEndpoint(t *testing.T) {
 		})
 	}
 }
+
+// SandboxPodInfo reads everything from the status (re-attach after a daemon
+// restart), and refuses a status without ID or network namespace.
+func TestSandboxPodInfo(t *testing.T) {
+	st := &runtimeapi.PodSandboxStatusResponse{
+		Status: &runtimeapi.PodSandboxStatus{
+			Id:          "sb1",
+			Metadata:    &runtimeapi.PodSandboxMetadata{Name: "redis-0", Namespace: "default", Uid: "u1"},
+			Labels:      map[string]string{ReplicateLabel: ReplicateValue},
+			Annotations: map[string]string{"smr.io/ports": "6379/resp"},
+			Network:     &runtimeapi.PodSandboxNetworkStatus{Ip: "198.18.5.2"},
+		},
+		Info: map[string]string{"info": containerdSandboxInfo("sb1", true)},
+	}
+	pod, err := SandboxPodInfo(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pod.SandboxID != "sb1" || pod.Name != "redis-0" || pod.Namespace != "default" || pod.UID != "u1" ||
+		pod.NetNSPath != fakeNetNS("sb1") || len(pod.IPs) != 1 || pod.IPs[0] != "198.18.5.2" ||
+		pod.Labels[ReplicateLabel] != ReplicateValue || pod.Annotations["smr.io/ports"] != "6379/resp" {
+		t.Fatalf("unexpected pod info %+v", pod)
+	}
+	for name, bad := range map[string]*runtimeapi.PodSandboxStatusResponse{
+		"no ID":    {Status: &runtimeapi.PodSandboxStatus{}, Info: st.Info},
+		"no netns": {Status: st.Status, Info: map[string]string{"info": containerdSandboxInfo("sb1", false)}},
+	} {
+		if _, err := SandboxPodInfo(bad); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
