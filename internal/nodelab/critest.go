@@ -92,17 +92,22 @@ func ParseCritestReportFile(path string) (CritestResult, error) {
 // line `critest: direct P passed F failed; via smr-cri P passed F failed`. It reports whether the
 // passed sets are identical.
 func CompareCritest(w io.Writer, direct, via CritestResult) bool {
+	// Specs that skipped themselves with the same reason in both runs are listed once.
+	both := map[string]bool{}
+	for _, spec := range sortedKeys(direct.Skipped) {
+		if reason, ok := via.Skipped[spec]; ok && reason == direct.Skipped[spec] {
+			both[spec] = true
+			fmt.Fprintf(w, "  skipped at run time (both runs): %s — %s\n", spec, oneLine(reason))
+		}
+	}
 	for _, run := range []struct {
 		name string
 		res  CritestResult
 	}{{"direct", direct}, {"via smr-cri", via}} {
-		skipped := make([]string, 0, len(run.res.Skipped))
-		for spec := range run.res.Skipped {
-			skipped = append(skipped, spec)
-		}
-		sort.Strings(skipped)
-		for _, spec := range skipped {
-			fmt.Fprintf(w, "  %s skipped at run time: %s — %s\n", run.name, spec, strings.Join(strings.Fields(run.res.Skipped[spec]), " "))
+		for _, spec := range sortedKeys(run.res.Skipped) {
+			if !both[spec] {
+				fmt.Fprintf(w, "  %s skipped at run time: %s — %s\n", run.name, spec, oneLine(run.res.Skipped[spec]))
+			}
 		}
 		for _, f := range run.res.Flaky {
 			fmt.Fprintf(w, "  %s passed on retry: %s\n", run.name, f)
@@ -137,3 +142,15 @@ func minus(a, b []string) []string {
 	}
 	return out
 }
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// oneLine folds a (possibly multi-line) skip message onto one line.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

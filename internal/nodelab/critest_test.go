@@ -73,6 +73,14 @@ func TestCompareCritest(t *testing.T) {
 				"critest: direct 2 passed 0 failed; via smr-cri 1 passed 1 failed\n"},
 		},
 		{
+			name:     "skips listed once when equal",
+			direct:   CritestResult{Passed: []string{"a"}, Skipped: map[string]string{"s": "no apparmor", "t": "x"}},
+			via:      CritestResult{Passed: []string{"a"}, Skipped: map[string]string{"s": "no apparmor", "t": "y"}},
+			wantSame: true,
+			wantOutput: []string{"skipped at run time (both runs): s — no apparmor\n",
+				"direct skipped at run time: t — x\n", "via smr-cri skipped at run time: t — y\n"},
+		},
+		{
 			name:       "via gains one",
 			direct:     CritestResult{Passed: []string{"a"}, Failed: []string{"b"}},
 			via:        CritestResult{Passed: []string{"a", "b"}},
