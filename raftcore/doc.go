@@ -94,6 +94,7 @@
 // member; de-duplication; bad input; many groups per node; the gRPC
 // transport (3 nodes on loopback, transport restart); and separate
 // processes (raftcore/raftnode: 3 and 5 members, SIGKILL of a minority
-// including the leader, restart, porcupine check with final reads on every
-// member). hack/bench-raft.sh compares against a 3-member etcd.
+// including the leader, restart; the leader isolated by cutting its TCP
+// links through per-link proxies; porcupine check with final reads on
+// every member). hack/bench-raft.sh compares against a 3-member etcd.
 package raftcore

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -78,7 +80,7 @@ type proc struct {
 
 type procCluster struct {
 	t     *testing.T
-	peers string
+	links map[[2]uint64]*proxy // from -> to: raft traffic of member from to member to
 	mu    sync.Mutex
 	procs map[uint64]*proc
 	live  map[uint64]bool
@@ -98,13 +100,19 @@ func freePort(t *testing.T) string {
 func newProcCluster(t *testing.T, n int) *procCluster {
 	c := &procCluster{t: t, procs: map[uint64]*proc{}, live: map[uint64]bool{},
 		hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
-	var parts []string
 	for id := uint64(1); id <= uint64(n); id++ {
-		p := &proc{id: id, raft: freePort(t), http: freePort(t), dir: t.TempDir()}
-		c.procs[id] = p
-		parts = append(parts, fmt.Sprintf("%d=%s", id, p.raft))
+		c.procs[id] = &proc{id: id, raft: freePort(t), http: freePort(t), dir: t.TempDir()}
 	}
-	c.peers = strings.Join(parts, ",")
+	// Every directed link goes through its own TCP proxy, so tests can cut
+	// links between real processes.
+	c.links = map[[2]uint64]*proxy{}
+	for from := range c.procs {
+		for to, p := range c.procs {
+			if from != to {
+				c.links[[2]uint64{from, to}] = newProxy(t, p.raft)
+			}
+		}
+	}
 	for id := range c.procs {
 		c.start(id)
 	}
@@ -118,7 +126,15 @@ func newProcCluster(t *testing.T, n int) *procCluster {
 
 func (c *procCluster) start(id uint64) {
 	p := c.procs[id]
-	cmd := exec.Command(os.Args[0], "-id", fmt.Sprint(id), "-peers", c.peers, "-http", p.http,
+	var parts []string
+	for to, q := range c.procs {
+		addr := q.raft
+		if to != id {
+			addr = c.links[[2]uint64{id, to}].addr()
+		}
+		parts = append(parts, fmt.Sprintf("%d=%s", to, addr))
+	}
+	cmd := exec.Command(os.Args[0], "-id", fmt.Sprint(id), "-peers", strings.Join(parts, ","), "-http", p.http,
 		"-data", p.dir, "-tick", "50ms", "-snapshot-every", "200")
 	cmd.Env = append(os.Environ(), "RAFTNODE_CHILD=1")
 	cmd.Stderr = os.Stderr
@@ -137,6 +153,87 @@ func (c *procCluster) start(id uint64) {
 	c.mu.Lock()
 	c.live[id] = true
 	c.mu.Unlock()
+}
+
+// isolate cuts every link between id and the other members (both ways).
+func (c *procCluster) isolate(id uint64, cut bool) {
+	for k, l := range c.links {
+		if k[0] == id || k[1] == id {
+			l.setCut(cut)
+		}
+	}
+}
+
+// proxy forwards TCP connections to target unless cut; cutting closes the
+// open connections and refuses new ones.
+type proxy struct {
+	lis    net.Listener
+	target string
+	mu     sync.Mutex
+	cut    bool
+	conns  map[net.Conn]bool
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{lis: lis, target: target, conns: map[net.Conn]bool{}}
+	t.Cleanup(func() { lis.Close(); p.setCut(true) })
+	go p.serve()
+	return p
+}
+
+func (p *proxy) addr() string { return p.lis.Addr().String() }
+
+func (p *proxy) serve() {
+	for {
+		in, err := p.lis.Accept()
+		if err != nil {
+			return
+		}
+		go p.forward(in)
+	}
+}
+
+func (p *proxy) forward(in net.Conn) {
+	p.mu.Lock()
+	cut := p.cut
+	p.mu.Unlock()
+	if cut {
+		in.Close()
+		return
+	}
+	out, err := net.Dial("tcp", p.target)
+	if err != nil {
+		in.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns[in], p.conns[out] = true, true
+	p.mu.Unlock()
+	done := make(chan struct{}, 2)
+	go func() { io.Copy(out, in); done <- struct{}{} }()
+	go func() { io.Copy(in, out); done <- struct{}{} }()
+	<-done
+	in.Close()
+	out.Close()
+	p.mu.Lock()
+	delete(p.conns, in)
+	delete(p.conns, out)
+	p.mu.Unlock()
+}
+
+func (p *proxy) setCut(cut bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = cut
+	if cut {
+		for c := range p.conns {
+			c.Close()
+		}
+	}
 }
 
 // kill sends SIGKILL: no shutdown path runs, only what was fsynced survives.
@@ -222,36 +319,81 @@ func TestProcessesSigkillMinority(t *testing.T) {
 			time.Sleep(time.Second)
 			stop()
 			h := <-done
-			// Final reads on every member: each acknowledged write must be
-			// visible (the checker fails otherwise).
-			for id := range c.procs {
-				for k := 0; k < 4; k++ {
-					key := fmt.Sprintf("k%d", k)
-					// Retry through elections (a loaded machine delays
-					// heartbeats); only the successful read is recorded.
-					var v string
-					var err error
-					call := time.Since(h.Base()).Nanoseconds()
-					for {
-						call = time.Since(h.Base()).Nanoseconds()
-						if v, err = c.client(id).Read(ctx, key); err == nil || ctx.Err() != nil {
-							break
-						}
-						time.Sleep(50 * time.Millisecond)
-					}
-					if err != nil {
-						t.Fatalf("final read %s on %d: %v", key, id, err)
-					}
-					h.Record(100+int(id), kvtest.Op{Kind: "get", Key: key}, kvtest.Output{Value: v}, call, time.Since(h.Base()).Nanoseconds())
-				}
-			}
-			t.Logf("history: ok=%d unknown=%d failed=%d", h.OK, h.Unknown, h.Failed)
-			if h.OK < 20 {
-				t.Fatalf("too few successful operations: %d", h.OK)
-			}
-			if err := h.Check(30 * time.Second); err != nil {
-				t.Fatal(err)
-			}
+			c.finish(ctx, h)
 		})
 	}
+}
+
+// finish reads every key on every member (each acknowledged write must be
+// visible, or the checker fails) and checks the history with porcupine.
+func (c *procCluster) finish(ctx context.Context, h *kvtest.History) {
+	t := c.t
+	// Final reads on every member: each acknowledged write must be
+	// visible (the checker fails otherwise).
+	for id := range c.procs {
+		for k := 0; k < 4; k++ {
+			key := fmt.Sprintf("k%d", k)
+			// Retry through elections (a loaded machine delays
+			// heartbeats); only the successful read is recorded.
+			var v string
+			var err error
+			var call int64
+			for {
+				call = time.Since(h.Base()).Nanoseconds()
+				if v, err = c.client(id).Read(ctx, key); err == nil || ctx.Err() != nil {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if err != nil {
+				t.Fatalf("final read %s on %d: %v", key, id, err)
+			}
+			h.Record(100+int(id), kvtest.Op{Kind: "get", Key: key}, kvtest.Output{Value: v}, call, time.Since(h.Base()).Nanoseconds())
+		}
+	}
+	t.Logf("history: ok=%d unknown=%d failed=%d", h.OK, h.Unknown, h.Failed)
+	if h.OK < 20 {
+		t.Fatalf("too few successful operations: %d", h.OK)
+	}
+	if err := h.Check(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Separate processes, leader isolated by cutting its TCP links: the
+// majority elects a new leader and keeps serving, the isolated member fails
+// requests with a typed error before the caller's deadline, and after the
+// partition heals the history is linearizable.
+func TestProcessesPartitionLeader(t *testing.T) {
+	c := newProcCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	lead := c.leader(ctx)
+	cctx, stop := context.WithCancel(ctx)
+	done := make(chan *kvtest.History)
+	go func() {
+		done <- kvtest.RunClients(cctx, kvtest.ClientConfig{Clients: 6, Keys: 4, Targets: c.targets, Seed: 11})
+	}()
+	time.Sleep(500 * time.Millisecond)
+	c.isolate(lead, true)
+	// The isolated member answers with a typed error well before 10s.
+	pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
+	var err error
+	for pctx.Err() == nil {
+		_, err = c.client(lead).Propose(pctx, raftcore.Proposal{Data: kvtest.Op{Kind: "put", Key: "iso", Value: "x"}.Encode()})
+		if errors.Is(err, raftcore.ErrNoLeader) {
+			break
+		}
+	}
+	early := pctx.Err() == nil
+	pcancel()
+	if !early || !errors.Is(err, raftcore.ErrNoLeader) {
+		t.Fatalf("isolated leader %d: got %v (before deadline: %v), want ErrNoLeader", lead, err, early)
+	}
+	time.Sleep(time.Second)
+	c.isolate(lead, false)
+	time.Sleep(time.Second)
+	stop()
+	h := <-done
+	c.finish(ctx, h)
 }
