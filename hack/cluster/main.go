@@ -2,6 +2,8 @@
 //
 //	go run ./hack/cluster up   [--dir DIR] [--nodes N]   clean leftovers, build what is missing, start, wait Ready
 //	go run ./hack/cluster down [--dir DIR] [--keep-logs DIR]  stop everything and remove what it made
+//	go run ./hack/cluster stop [--dir DIR]               stop everything but keep the state directory
+//	go run ./hack/cluster start [--dir DIR] [--nodes N]  start a stopped (or crashed) cluster on its state
 //	go run ./hack/cluster rss  [--dir DIR]               resident memory of the running cluster
 //	go run ./hack/cluster env  [--dir DIR]               print KUBECONFIG=... and the kubectl path
 //
@@ -31,7 +33,7 @@ func main() {
 	}
 }
 
-const usage = `usage: cluster up|down|rss|env [--dir DIR] [--nodes N] [--keep-logs DIR]`
+const usage = `usage: cluster up|down|stop|start|rss|env [--dir DIR] [--nodes N] [--keep-logs DIR]`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -50,20 +52,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cfg := cluster.Config{Dir: *dir, Nodes: *nodes}
 	switch args[0] {
-	case "up":
+	case "up", "start":
 		t0 := time.Now()
-		cl, err := cluster.Up(ctx, cfg, stdout)
+		boot := cluster.Up
+		if args[0] == "start" {
+			boot = cluster.Start
+		}
+		cl, err := boot(ctx, cfg, stdout)
 		if err != nil {
 			if cl != nil {
 				fmt.Fprintf(stderr, "cluster up failed; logs in %s; `make cluster-down` removes it\n", cl.LogDir())
 			}
 			return err
 		}
-		fmt.Fprintf(stdout, "cluster up in %.1fs\n  export KUBECONFIG=%s\n  alias kubectl=%s\n",
-			time.Since(t0).Seconds(), cl.AdminKubeconfig(), cl.KubectlPath())
+		fmt.Fprintf(stdout, "cluster %s in %.1fs\n  export KUBECONFIG=%s\n  alias kubectl=%s\n",
+			args[0], time.Since(t0).Seconds(), cl.AdminKubeconfig(), cl.KubectlPath())
 		return nil
 	case "down":
 		return cluster.Down(ctx, cfg, stdout, cluster.DownOptions{KeepLogsIn: *keepLogs})
+	case "stop":
+		return cluster.Stop(ctx, cfg, stdout)
 	case "rss":
 		c, err := cfg.Resolve()
 		if err != nil {

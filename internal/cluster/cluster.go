@@ -61,9 +61,33 @@ func (p *progress) step(what string, f func() error) error {
 }
 
 // Up cleans whatever an earlier cluster in the same state directory left (even after SIGKILL),
-// then starts the control plane and the nodes and waits until every node is Ready. Progress goes
-// to log. On error the partly started cluster stays up for inspection; Down removes it.
+// then starts a fresh cluster (new CA, empty etcd) and waits until every node is Ready. Progress
+// goes to log. On error the partly started cluster stays up for inspection; Down removes it.
 func Up(ctx context.Context, cfg Config, log io.Writer) (*Cluster, error) {
+	return boot(ctx, cfg, log, true)
+}
+
+// Start brings a stopped (Stop) or crashed cluster back on its existing state: the same CA and
+// credentials, etcd's data, containerd's images, kubelet's volumes. The node count must match.
+func Start(ctx context.Context, cfg Config, log io.Writer) (*Cluster, error) {
+	return boot(ctx, cfg, log, false)
+}
+
+// Stop stops every process of the cluster and removes its network and mounts like Down, but
+// keeps the state directory for Start.
+func Stop(ctx context.Context, cfg Config, log io.Writer) error {
+	c, err := cfg.Resolve()
+	if err != nil {
+		return err
+	}
+	if err := nodelab.CheckRoot(); err != nil {
+		return err
+	}
+	p := newProgress(log)
+	return p.step("stop the cluster (state kept in "+c.Dir+")", func() error { return down(ctx, c, log) })
+}
+
+func boot(ctx context.Context, cfg Config, log io.Writer, fresh bool) (*Cluster, error) {
 	c, err := cfg.Resolve()
 	if err != nil {
 		return nil, err
@@ -78,14 +102,23 @@ func Up(ctx context.Context, cfg Config, log io.Writer) (*Cluster, error) {
 	if err := nodelab.CheckRoot(); err != nil {
 		return nil, err
 	}
+	booted := time.Now() // node heartbeats older than this are the previous run's
+	if !fresh {
+		if _, err := os.Stat(c.kubeconfig("kubelet-" + nodes[len(nodes)-1].Name)); err != nil {
+			return nil, fmt.Errorf("cluster: no stopped cluster of %d nodes in %s (use Up): %w", len(nodes), c.Dir, err)
+		}
+	}
 	if err := p.step("build missing binaries", func() error { return ensureBinaries(ctx, c, p) }); err != nil {
 		return nil, err
 	}
-	// A fresh cluster every time: old etcd data would hold objects signed by an old CA.
 	if err := p.step("clean up leftovers", func() error {
 		if err := down(ctx, c, io.Discard); err != nil {
 			return err
 		}
+		if !fresh {
+			return nil
+		}
+		// A fresh cluster every time: old etcd data would hold objects signed by an old CA.
 		return os.RemoveAll(c.Dir)
 	}); err != nil {
 		return nil, err
@@ -94,8 +127,10 @@ func Up(ctx context.Context, cfg Config, log io.Writer) (*Cluster, error) {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	if err := p.step("certificates and configs", func() error {
-		if err := writePKI(c, nodes); err != nil {
-			return err
+		if fresh {
+			if err := writePKI(c, nodes); err != nil {
+				return err
+			}
 		}
 		for _, n := range nodes {
 			if err := writeNodeConfigs(c, n); err != nil {
@@ -142,7 +177,7 @@ func Up(ctx context.Context, cfg Config, log io.Writer) (*Cluster, error) {
 	}); err != nil {
 		return cl, err
 	}
-	if err := p.step("wait for nodes Ready and the default service account", func() error { return cl.waitReady(ctx) }); err != nil {
+	if err := p.step("wait for nodes Ready and the default service account", func() error { return cl.waitReady(ctx, booted) }); err != nil {
 		return cl, err
 	}
 	p.say("cluster up: kubectl --kubeconfig %s get nodes", c.AdminKubeconfig())
@@ -259,9 +294,9 @@ func (cl *Cluster) startNode(ctx context.Context, n Node, imagesTar string, p *p
 	return nil
 }
 
-// waitReady waits until every node reports Ready and the controller manager has made the
-// default ServiceAccount (pods are rejected without it).
-func (cl *Cluster) waitReady(ctx context.Context) error {
+// waitReady waits until every node reports Ready (with a heartbeat since the boot began) and the
+// controller manager has made the default ServiceAccount (pods are rejected without it).
+func (cl *Cluster) waitReady(ctx context.Context, since time.Time) error {
 	pids, err := startedPIDs(cl.Config)
 	if err != nil {
 		return err
@@ -272,7 +307,7 @@ func (cl *Cluster) waitReady(ctx context.Context) error {
 				return fmt.Errorf("%w: pid %d exited (see %s)", errDied, pid, cl.logDir())
 			}
 		}
-		ready, err := cl.ReadyNodes(ctx)
+		ready, err := cl.readyNodesSince(ctx, since)
 		if err != nil {
 			return err
 		}
@@ -356,6 +391,12 @@ func (c Config) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
 
 // ReadyNodes lists the nodes whose Ready condition is True.
 func (c Config) ReadyNodes(ctx context.Context) ([]string, error) {
+	return c.readyNodesSince(ctx, time.Time{})
+}
+
+// readyNodesSince lists the nodes that are Ready with a heartbeat at or after since (after a
+// restart the API still shows the last status the old kubelets reported).
+func (c Config) readyNodesSince(ctx context.Context, since time.Time) ([]string, error) {
 	out, err := c.Kubectl(ctx, "get", "nodes", "-o", "json")
 	if err != nil {
 		return nil, err
@@ -367,8 +408,9 @@ func (c Config) ReadyNodes(ctx context.Context) ([]string, error) {
 			} `json:"metadata"`
 			Status struct {
 				Conditions []struct {
-					Type   string `json:"type"`
-					Status string `json:"status"`
+					Type          string    `json:"type"`
+					Status        string    `json:"status"`
+					LastHeartbeat time.Time `json:"lastHeartbeatTime"`
 				} `json:"conditions"`
 			} `json:"status"`
 		} `json:"items"`
@@ -376,10 +418,11 @@ func (c Config) ReadyNodes(ctx context.Context) ([]string, error) {
 	if err := json.Unmarshal(out, &list); err != nil {
 		return nil, fmt.Errorf("cluster: kubectl get nodes: %w", err)
 	}
+	since = since.Truncate(time.Second) // API times have second resolution
 	var ready []string
 	for _, n := range list.Items {
 		for _, cond := range n.Status.Conditions {
-			if cond.Type == "Ready" && cond.Status == "True" {
+			if cond.Type == "Ready" && cond.Status == "True" && !cond.LastHeartbeat.Before(since) {
 				ready = append(ready, n.Metadata.Name)
 			}
 		}
