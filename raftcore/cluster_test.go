@@ -210,3 +210,25 @@ func addrs(ids []uint64) []string {
 	}
 	return out
 }
+
+// A follower whose messages to the leader are all lost (while it still
+// hears the leader) fails forwarded proposals and reads with ErrLeaderLost
+// after a few election timeouts instead of holding them until the deadline.
+func TestLostForwardsExpire(t *testing.T) {
+	c, ctx, lead := startCluster(t, kvtest.Options{Members: 3})
+	f := without(c.Live(), lead)[0]
+	c.Net.SetLink(kvtest.Addr(f), kvtest.Addr(lead), 1.0, 0)
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	_, perr := c.Member(f).Group.Propose(pctx, raftcore.Proposal{Data: kvtest.Op{Kind: "put", Key: "a", Value: "1"}.Encode()})
+	_, rerr := c.Member(f).Group.ReadIndex(pctx)
+	early := pctx.Err() == nil
+	for _, err := range []error{perr, rerr} {
+		if !errors.Is(err, raftcore.ErrLeaderLost) {
+			t.Fatalf("got %v, want ErrLeaderLost", err)
+		}
+	}
+	if !early {
+		t.Fatal("requests were held until the deadline")
+	}
+}

@@ -79,11 +79,12 @@ type Group struct {
 }
 
 type proposal struct {
-	pid  uint64
-	tick uint64             // raft-loop tick when proposed (owned by run())
-	data []byte             // envelope, for normal proposals
-	cc   *raftpb.ConfChange // for membership changes
-	done chan propResult    // buffered(1)
+	pid   uint64
+	tick  uint64             // raft-loop tick when proposed (owned by run())
+	inLog bool               // seen in this member's log (owned by run())
+	data  []byte             // envelope, for normal proposals
+	cc    *raftpb.ConfChange // for membership changes
+	done  chan propResult    // buffered(1)
 }
 
 type propResult struct {
@@ -756,9 +757,40 @@ func (g *Group) sendReadIndex(id uint64) {
 	g.rn.ReadIndex(ctx[:])
 }
 
+// markInLog flags this member's forwarded proposals that reached its log
+// (the leader appended them): those are never expired, however slowly
+// they are applied.
+func (g *Group) markInLog(ents []*raftpb.Entry) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.props) == 0 {
+		return
+	}
+	mark := func(d []byte) {
+		if env, err := unmarshalEnvelope(d); err == nil && env.Origin == g.id {
+			if pr, ok := g.props[env.PID]; ok {
+				pr.inLog = true
+			}
+		}
+	}
+	for _, e := range ents {
+		if e.GetType() != raftpb.EntryNormal || len(e.GetData()) == 0 {
+			continue
+		}
+		if !isBatch(e.GetData()) {
+			mark(e.GetData())
+			continue
+		}
+		ds, _ := unmarshalBatch(e.GetData())
+		for _, d := range ds {
+			mark(d)
+		}
+	}
+}
+
 // expireForwarded fails proposals this follower forwarded to the leader
-// more than two election timeouts ago: the forwarded message or the
-// leader's append was probably lost. The outcome is unknown
+// more than two election timeouts ago that never reached its log: the
+// forwarded message was probably lost. The outcome is unknown
 // (ErrLeaderLost), so callers retry with the same Session/Seq instead of
 // waiting for their deadline. The leader never expires its own proposals:
 // there they are in its log and only wait for a quorum.
@@ -770,7 +802,7 @@ func (g *Group) expireForwarded() {
 	var expired []*proposal
 	g.mu.Lock()
 	for pid, pr := range g.props {
-		if pr.tick != 0 && g.ticks-pr.tick > limit {
+		if pr.tick != 0 && !pr.inLog && g.ticks-pr.tick > limit {
 			expired = append(expired, pr)
 			delete(g.props, pid)
 		}
@@ -873,6 +905,9 @@ func (g *Group) handleReady() error {
 			// New entries may overwrite an uncommitted tail: the durable log
 			// now ends exactly here.
 			g.durable = rd.Entries[n-1].GetIndex()
+			if !isLeader {
+				g.markInLog(rd.Entries)
+			}
 		}
 		// Rule 4: raft's in-memory storage mirrors disk only after the
 		// write, snapshot first (it resets the log), then appended entries.
