@@ -76,15 +76,21 @@ func Start(ctx context.Context, cfg Config, log io.Writer) (*Cluster, error) {
 // Stop stops every process of the cluster and removes its network and mounts like Down, but
 // keeps the state directory for Start.
 func Stop(ctx context.Context, cfg Config, log io.Writer) error {
-	c, err := cfg.Resolve()
+	c, err := resolveAsRoot(cfg)
 	if err != nil {
-		return err
-	}
-	if err := nodelab.CheckRoot(); err != nil {
 		return err
 	}
 	p := newProgress(log)
 	return p.step("stop the cluster (state kept in "+c.Dir+")", func() error { return down(ctx, c, log) })
+}
+
+// resolveAsRoot resolves cfg and checks that this process may run the cluster.
+func resolveAsRoot(cfg Config) (Config, error) {
+	c, err := cfg.Resolve()
+	if err != nil {
+		return c, err
+	}
+	return c, nodelab.CheckRoot()
 }
 
 func boot(ctx context.Context, cfg Config, log io.Writer, fresh bool) (*Cluster, error) {

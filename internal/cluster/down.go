@@ -11,9 +11,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/smr-io/smr-cri/internal/nodelab"
 )
@@ -29,11 +26,8 @@ type DownOptions struct {
 // (found by their command lines, so it works after a crash), pods and containers, mounts,
 // network namespaces, links, routes and the state directory. It is idempotent.
 func Down(ctx context.Context, cfg Config, log io.Writer, opts DownOptions) error {
-	c, err := cfg.Resolve()
+	c, err := resolveAsRoot(cfg)
 	if err != nil {
-		return err
-	}
-	if err := nodelab.CheckRoot(); err != nil {
 		return err
 	}
 	p := newProgress(log)
@@ -66,7 +60,7 @@ func down(ctx context.Context, c Config, log io.Writer) error {
 	for _, d := range nodeDirs {
 		sock := filepath.Join(d, "smr-cri.sock")
 		if _, err := os.Stat(sock); err == nil {
-			if err := removePods(ctx, sock); err != nil {
+			if err := nodelab.RemoveAllPods(ctx, sock); err != nil {
 				p.say("removing pods through %s: %v (containerd cleanup follows)", sock, err)
 			}
 		}
@@ -182,32 +176,6 @@ func stopByProgram(c Config, names ...string) error {
 		}
 	}
 	return stopProcs(pids, 15*time.Second)
-}
-
-// removePods stops and removes every pod sandbox through the CRI socket (smr-cri's).
-func removePods(ctx context.Context, sock string) error {
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	rt := runtimeapi.NewRuntimeServiceClient(conn)
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	resp, err := rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, pod := range resp.GetItems() {
-		if _, err := rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod.Id}); err != nil {
-			errs = append(errs, fmt.Errorf("stop pod %s: %w", pod.Id, err))
-		}
-		if _, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod.Id}); err != nil {
-			errs = append(errs, fmt.Errorf("remove pod %s: %w", pod.Id, err))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // unmountAll unmounts everything at or below dir, deepest first, lazily when busy.

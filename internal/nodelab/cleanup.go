@@ -188,6 +188,10 @@ func isOurContainerd(pid int, dir string) bool {
 	return strings.Contains(string(b), filepath.Join(dir, "config.toml"))
 }
 
+// RemoveAllPods stops and removes every pod sandbox (and its containers) through the CRI socket
+// sock, which may be containerd's or a proxy's such as smr-cri (whose teardown hooks then run).
+func RemoveAllPods(ctx context.Context, sock string) error { return removeAllPods(ctx, sock) }
+
 // removeAllPods stops and removes every pod sandbox (and with it its containers) through CRI.
 func removeAllPods(ctx context.Context, sock string) error {
 	conn, err := dialCRI(sock)
