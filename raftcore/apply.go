@@ -48,6 +48,7 @@ func (g *Group) applyLoop(initial *raftpb.Snapshot) {
 			if it.ent.GetIndex() <= a.applied {
 				continue // already covered by a restored snapshot
 			}
+			a.sweepSessions(it.ent.GetIndex(), g.sessionRetention())
 			g.applyEntry(a, it)
 			a.applied = it.ent.GetIndex()
 		}
@@ -153,6 +154,33 @@ func (g *Group) applyEntry(a *applier, it applyItem) {
 	case raftpb.EntryConfChangeV2:
 		if it.cs != nil {
 			a.cs = it.cs
+		}
+	}
+}
+
+// sessionSweepEvery is how often (in log entries) idle sessions are
+// forgotten.
+const sessionSweepEvery = 4096
+
+func (g *Group) sessionRetention() uint64 {
+	if g.cfg.SessionRetention == 0 {
+		return 1 << 20
+	}
+	return g.cfg.SessionRetention
+}
+
+// sweepSessions forgets sessions idle for more than retention entries,
+// each time the log crosses a multiple of sessionSweepEvery. It depends
+// only on the log index and the replicated table, so every member (and a
+// member restored from a snapshot) makes the same decision at the same
+// position.
+func (a *applier) sweepSessions(index, retention uint64) {
+	if index/sessionSweepEvery == a.applied/sessionSweepEvery || index <= retention {
+		return
+	}
+	for id, r := range a.sessions {
+		if r.Index < index-retention {
+			delete(a.sessions, id)
 		}
 	}
 }

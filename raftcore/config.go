@@ -50,6 +50,11 @@ type GroupConfig struct {
 	// SnapshotEvery takes a snapshot and compacts the log every N applied
 	// entries when the StateMachine implements Snapshotter (0 = never).
 	SnapshotEvery uint64
+	// SessionRetention forgets the de-duplication state of a session that
+	// had no request in the last N log entries (default 1<<20), so the
+	// session table does not grow with every client connection ever seen.
+	// It must be equal on every member (it changes replicated state).
+	SessionRetention uint64
 }
 
 var groupNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)

@@ -29,7 +29,8 @@
 // result (or error, as *ApplyError) goes back to the proposer on this
 // member. Entries with the same non-zero (Session, Seq) are applied once;
 // retries get the first result (the session table is replicated and is
-// part of snapshots; it keeps the last result per session).
+// part of snapshots; it keeps the last result per session and forgets a
+// session idle for GroupConfig.SessionRetention log entries).
 //
 // # Errors
 //

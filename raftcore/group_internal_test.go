@@ -81,3 +81,32 @@ func TestBatchRoundTripAndBadInput(t *testing.T) {
 		}
 	}
 }
+
+func TestSweepSessions(t *testing.T) {
+	tests := []struct {
+		name      string
+		applied   uint64
+		index     uint64
+		retention uint64
+		want      []uint64 // sessions left
+	}{
+		{"no boundary crossed", 5000, 5001, 100, []uint64{1, 2}},
+		{"boundary crossed: idle session forgotten", 8191, 8192, 1000, []uint64{2}},
+		{"within retention of the start", 4095, 4096, 1 << 20, []uint64{1, 2}},
+	}
+	for _, tc := range tests {
+		a := &applier{applied: tc.applied, sessions: map[uint64]sessionResult{
+			1: {Seq: 1, Index: 10},
+			2: {Seq: 1, Index: 8000},
+		}}
+		a.sweepSessions(tc.index, tc.retention)
+		if len(a.sessions) != len(tc.want) {
+			t.Fatalf("%s: sessions left %v, want %v", tc.name, a.sessions, tc.want)
+		}
+		for _, id := range tc.want {
+			if _, ok := a.sessions[id]; !ok {
+				t.Fatalf("%s: session %d was forgotten", tc.name, id)
+			}
+		}
+	}
+}
