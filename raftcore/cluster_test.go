@@ -211,13 +211,17 @@ func addrs(ids []uint64) []string {
 	return out
 }
 
-// A follower whose messages to the leader are all lost (while it still
+// A follower whose outgoing messages are all lost (while it still
 // hears the leader) fails forwarded proposals and reads with ErrLeaderLost
 // after a few election timeouts instead of holding them until the deadline.
 func TestLostForwardsExpire(t *testing.T) {
 	c, ctx, lead := startCluster(t, kvtest.Options{Members: 3})
 	f := without(c.Live(), lead)[0]
-	c.Net.SetLink(kvtest.Addr(f), kvtest.Addr(lead), 1.0, 0)
+	// Everything f sends is lost (whoever leads), while it still hears
+	// the leader.
+	for _, other := range without(c.Live(), f) {
+		c.Net.SetLink(kvtest.Addr(f), kvtest.Addr(other), 1.0, 0)
+	}
 	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	_, perr := c.Member(f).Group.Propose(pctx, raftcore.Proposal{Data: kvtest.Op{Kind: "put", Key: "a", Value: "1"}.Encode()})
