@@ -84,6 +84,15 @@
 // entries for slow followers); old WAL segments and snapshots beyond the
 // newest 5 are purged.
 //
+// # Limits
+//
+// Without a Snapshotter the whole log stays on disk and in memory
+// (raft.MemoryStorage): implement Snapshotter to bound both. Each group has
+// its own WAL, so N busy groups cost N fsync streams. The gRPC transport is
+// plaintext (cluster-internal network). A proposal forwarded by a follower
+// whose outcome is unknown is retried only by the caller (same
+// Session/Seq). Apply results of coalesced requests share one Index.
+//
 // # Tests
 //
 // go test ./raftcore/... runs: porcupine-checked KV histories under
