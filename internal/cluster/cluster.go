@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -275,20 +276,7 @@ func (cl *Cluster) startNode(ctx context.Context, n Node, imagesTar string, p *p
 		return fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	p.say("%s: containerd ready, images imported (%.1fs)", n.Name, time.Since(t0).Seconds())
-	pid, err := start(c, smrCRIProc(c, n))
-	if err != nil {
-		return err
-	}
-	if err := c.waitFor(ctx, n.Name+"-smr-cri", pid, 30*time.Second, func() error {
-		fi, err := os.Stat(c.smrSocket(n.Name))
-		if err != nil {
-			return err
-		}
-		if fi.Mode()&os.ModeSocket == 0 {
-			return fmt.Errorf("%s is not a socket", c.smrSocket(n.Name))
-		}
-		return nil
-	}); err != nil {
+	if err := cl.startSmrCRI(ctx, n); err != nil {
 		return err
 	}
 	for _, proc := range []process{kubeletProc(c, n), kubeProxyProc(c, n)} {
@@ -298,6 +286,29 @@ func (cl *Cluster) startNode(ctx context.Context, n Node, imagesTar string, p *p
 	}
 	p.say("%s: smr-cri, kubelet and kube-proxy started (%.1fs)", n.Name, time.Since(t0).Seconds())
 	return nil
+}
+
+// startSmrCRI starts smr-cri in node n and waits until it listens. A socket left by a killed
+// smr-cri is removed by smr-cri itself, so the wait is for a socket that answers.
+func (cl *Cluster) startSmrCRI(ctx context.Context, n Node) error {
+	c := cl.Config
+	pid, err := start(c, smrCRIProc(c, n))
+	if err != nil {
+		return err
+	}
+	sock := c.smrSocket(n.Name)
+	return c.waitFor(ctx, n.Name+"-smr-cri", pid, 30*time.Second, func() error {
+		conn, err := net.DialTimeout("unix", sock, time.Second)
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	})
+}
+
+// nsenterCmd runs a program in node n's network namespace.
+func nsenterCmd(ctx context.Context, n Node, prog string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + n.NetNS(), "--", prog}, args...)...)
 }
 
 // waitReady waits until every node reports Ready (with a heartbeat since the boot began) and the

@@ -240,3 +240,46 @@ func TestRemoveLinksInto(t *testing.T) {
 		t.Fatalf("missing directory: %v", err)
 	}
 }
+
+// A partition drops traffic to and from the other nodes and their pods only: the host (API
+// server) stays reachable, and the node's own pod subnet is untouched.
+func TestPartitionRules(t *testing.T) {
+	nodes, _ := Nodes(3)
+	got := partitionRules(nodes[1], nodes)
+	want := `*filter
+:SMR-PARTITION - [0:0]
+-A SMR-PARTITION -s 198.18.0.11/32 -j DROP
+-A SMR-PARTITION -d 198.18.0.11/32 -j DROP
+-A SMR-PARTITION -s 198.19.1.0/24 -j DROP
+-A SMR-PARTITION -d 198.19.1.0/24 -j DROP
+-A SMR-PARTITION -s 198.18.0.13/32 -j DROP
+-A SMR-PARTITION -d 198.18.0.13/32 -j DROP
+-A SMR-PARTITION -s 198.19.3.0/24 -j DROP
+-A SMR-PARTITION -d 198.19.3.0/24 -j DROP
+-I INPUT 1 -j SMR-PARTITION
+-I OUTPUT 1 -j SMR-PARTITION
+-I FORWARD 1 -j SMR-PARTITION
+COMMIT
+`
+	if got != want {
+		t.Fatalf("partition rules:\n%s\nwant:\n%s", got, want)
+	}
+	if strings.Contains(got, HostIP+"/") {
+		t.Fatal("partition must not cut the node from the control plane")
+	}
+}
+
+func TestNodeLookup(t *testing.T) {
+	nodes, _ := Nodes(2)
+	cl := &Cluster{Nodes: nodes}
+	tests := []struct {
+		name    string
+		wantErr bool
+	}{{"smr-node2", false}, {"smr-node3", true}, {"", true}}
+	for _, tc := range tests {
+		n, err := cl.Node(tc.name)
+		if (err != nil) != tc.wantErr || (err == nil && n.Name != tc.name) {
+			t.Errorf("Node(%q) = %+v, %v", tc.name, n, err)
+		}
+	}
+}

@@ -1,0 +1,159 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/smr-io/smr-cri/netintercept"
+)
+
+// Fault injection for end-to-end tests. Every fault lives inside one node's network namespace or
+// process, so Down (deleting the namespace, killing the processes) removes it whatever happens.
+
+// partitionChain is the filter chain that holds a node's partition rules.
+const partitionChain = "SMR-PARTITION"
+
+// Node returns the node called name.
+func (cl *Cluster) Node(name string) (Node, error) {
+	for _, n := range cl.Nodes {
+		if n.Name == name {
+			return n, nil
+		}
+	}
+	return Node{}, fmt.Errorf("cluster: no node %q (have %d nodes)", name, len(cl.Nodes))
+}
+
+// partitionRules renders iptables-restore input that drops all traffic between node n (itself
+// and its pods) and the other nodes and their pods, in both directions, while the control plane
+// on the host stays reachable (so kubelet keeps reporting and the node stays Ready).
+func partitionRules(n Node, all []Node) string {
+	var b strings.Builder
+	b.WriteString("*filter\n:" + partitionChain + " - [0:0]\n")
+	for _, peer := range all {
+		if peer.Index == n.Index {
+			continue
+		}
+		for _, addr := range []string{peer.IP + "/32", peer.PodSubnet} {
+			fmt.Fprintf(&b, "-A %s -s %s -j DROP\n-A %s -d %s -j DROP\n", partitionChain, addr, partitionChain, addr)
+		}
+	}
+	for _, hook := range []string{"INPUT", "OUTPUT", "FORWARD"} {
+		fmt.Fprintf(&b, "-I %s 1 -j %s\n", hook, partitionChain)
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// Partition cuts node name off from every other node and their pods (iptables DROP in the
+// node's namespace). It fails if the node is already partitioned.
+func (cl *Cluster) Partition(ctx context.Context, name string) error {
+	n, err := cl.Node(name)
+	if err != nil {
+		return err
+	}
+	if cl.partitioned(ctx, n) {
+		return fmt.Errorf("cluster: %s is already partitioned", name)
+	}
+	cmd := nsenterCmd(ctx, n, "iptables-restore", "-w", "--noflush")
+	cmd.Stdin = strings.NewReader(partitionRules(n, cl.Nodes))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("cluster: partition %s: %w: %s", name, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Heal removes node name's partition; healing a node that is not partitioned is a no-op.
+func (cl *Cluster) Heal(ctx context.Context, name string) error {
+	n, err := cl.Node(name)
+	if err != nil {
+		return err
+	}
+	if !cl.partitioned(ctx, n) {
+		return nil
+	}
+	for _, hook := range []string{"INPUT", "OUTPUT", "FORWARD"} {
+		for nsenterCmd(ctx, n, "iptables", "-w", "-D", hook, "-j", partitionChain).Run() == nil {
+		}
+	}
+	for _, args := range [][]string{{"-F", partitionChain}, {"-X", partitionChain}} {
+		if out, err := nsenterCmd(ctx, n, "iptables", append([]string{"-w"}, args...)...).CombinedOutput(); err != nil {
+			return fmt.Errorf("cluster: heal %s: iptables %v: %w: %s", name, args, err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}
+
+// partitioned reports whether node n's partition chain exists.
+func (cl *Cluster) partitioned(ctx context.Context, n Node) bool {
+	return nsenterCmd(ctx, n, "iptables", "-w", "-n", "-L", partitionChain).Run() == nil
+}
+
+// nodePID reads the pid file of one of a node's processes (kubelet, kube-proxy, smr-cri).
+func (cl *Cluster) nodePID(n Node, component string) (int, error) {
+	name := n.Name + "-" + component
+	b, err := os.ReadFile(cl.pidDir() + "/" + name + ".pid")
+	if err != nil {
+		return 0, fmt.Errorf("cluster: %s: %w", name, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("cluster: %s pid file: %w", name, err)
+	}
+	return pid, nil
+}
+
+// KillSmrCRI kills node name's smr-cri with SIGKILL (no cleanup runs) and waits until it is gone.
+// Pods keep running in containerd; kubelet sees its runtime fail until RestartSmrCRI.
+func (cl *Cluster) KillSmrCRI(name string) error {
+	n, err := cl.Node(name)
+	if err != nil {
+		return err
+	}
+	pid, err := cl.nodePID(n, "smr-cri")
+	if err != nil {
+		return err
+	}
+	if !alive(pid) {
+		return fmt.Errorf("cluster: smr-cri of %s (pid %d) is not running", name, pid)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("cluster: kill smr-cri of %s: %w", name, err)
+	}
+	for i := 0; i < 100 && alive(pid); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if alive(pid) {
+		return fmt.Errorf("cluster: smr-cri of %s (pid %d) survived SIGKILL", name, pid)
+	}
+	return nil
+}
+
+// RestartSmrCRI starts node name's smr-cri again (after KillSmrCRI) and waits for its socket.
+func (cl *Cluster) RestartSmrCRI(ctx context.Context, name string) error {
+	n, err := cl.Node(name)
+	if err != nil {
+		return err
+	}
+	if pid, err := cl.nodePID(n, "smr-cri"); err == nil && alive(pid) {
+		return fmt.Errorf("cluster: smr-cri of %s is still running (pid %d)", name, pid)
+	}
+	return cl.startSmrCRI(ctx, n)
+}
+
+// NodeDialer dials from inside node name's network namespace, as a process on that node would:
+// Service cluster IPs work there (kube-proxy's rules), not on the host.
+func (cl *Cluster) NodeDialer(name string) (func(ctx context.Context, network, addr string) (net.Conn, error), error) {
+	n, err := cl.Node(name)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return netintercept.DialInNetns(ctx, n.NetNS(), network, addr)
+	}, nil
+}
