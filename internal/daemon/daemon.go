@@ -1,0 +1,389 @@
+// Package daemon wires the parts of smr-cri into the node daemon (`smr-cri
+// serve`): it is the cri.Replicator handed to the CRI proxy, built on a
+// replication.Manager whose GroupStarter runs one raftcore node per
+// replicated pod.
+//
+// # One ordering node per pod member
+//
+// A member's raft endpoint is the pod's own address: the gRPC transport
+// serves a listener opened inside the pod's network namespace at
+// podIP:smr.io/raft-port (netintercept.ListenInNetns), so peers reach a
+// replica at its pod IP wherever it runs, and several members of one group
+// may live on one node (or in one process, as in the integration test). Each
+// member therefore has its own raftcore.Node (one transport per listen
+// address) with its data under <data-dir>/<namespace>.<group>/member-<id>/:
+// raftcore's WAL and snapshots in <namespace>.<group>/, and the progress
+// record (progress.go) beside them.
+//
+// Peers are dialed from the node daemon's own (host) network namespace: pod
+// IPs are routable from the node on a Kubernetes cluster (and on the bridge
+// of internal/nodelab), and the raft port is excluded from interception, so
+// no per-peer netns dance is needed.
+//
+// # Membership
+//
+// Static (smr.io/peers) needs nothing else. smr.io/membership=kubernetes
+// needs --kubeconfig: the initial membership is listed from the API server
+// (Discovery.Peers) and a pod watch moves addresses with Group.SetPeerAddr.
+//
+// # Restart of the daemon
+//
+// The CRI proxy keeps no state. At start, and every ReconcileInterval (so
+// also when the runtime comes back), Reconcile lists the READY sandboxes
+// labelled smr.io/replicate=true and attaches the ones not attached, and
+// detaches attached ones that are gone. The apps in those pods kept running,
+// so the executor must not replay the log into them: the progress record
+// (written after every applied entry, keyed by sandbox ID) says how far the
+// running app got, and the replay skips the client requests up to there.
+// Stopping the daemon (SIGTERM) keeps each pod's iptables redirect: clients
+// are refused until the daemon is back, never served by one unreplicated app.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"k8s.io/client-go/kubernetes"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/smr-io/smr-cri/cri"
+	"github.com/smr-io/smr-cri/netintercept"
+	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/raftcore/transport"
+	"github.com/smr-io/smr-cri/replication"
+)
+
+// Defaults.
+const (
+	DefaultDataDir           = "/var/lib/smr-cri"
+	DefaultReconcileInterval = 10 * time.Second
+)
+
+// Config configures the daemon's replication side.
+type Config struct {
+	// DataDir holds every member's raft log and progress record.
+	DataDir string
+	// RuntimeEndpoint is the CRI endpoint of containerd, to list the
+	// sandboxes to re-attach (unix:///path).
+	RuntimeEndpoint string
+	// Kube enables smr.io/membership=kubernetes; nil: static peers only.
+	Kube kubernetes.Interface
+	// NodeName is logged with attach events.
+	NodeName string
+	Trace    *replication.Tracer
+	Metrics  *replication.Metrics
+	Log      *slog.Logger
+	// ReconcileInterval is the period of Run's re-attach pass (default 10s).
+	ReconcileInterval time.Duration
+	// TickInterval is raft's tick (default raftcore's, 100ms).
+	TickInterval time.Duration
+
+	// Kernel-facing pieces; nil means the real ones (pod network
+	// namespaces). Unit tests run them on loopback.
+	Intercept replication.Interceptor
+	// ListenApp opens the in-pod client listener, ListenRaft the member's
+	// raft listener at podIP:raft-port, both inside netnsPath.
+	ListenApp    func(netnsPath, addr string) (net.Listener, error)
+	ListenRaft   func(netnsPath, addr string) (net.Listener, error)
+	Dialer       func(netnsPath string) replication.AppDialer
+	OriginalPort func(net.Conn) (int, error)
+	ListenerPort int
+}
+
+// Daemon is the cri.Replicator of `smr-cri serve`.
+type Daemon struct {
+	cfg       Config
+	log       *slog.Logger
+	mgr       *replication.Manager
+	intercept *keepingInterceptor
+	disc      *Discovery
+	conn      *grpc.ClientConn
+	runtime   runtimeapi.RuntimeServiceClient
+}
+
+var _ cri.Replicator = (*Daemon)(nil)
+
+// keepingInterceptor removes a pod's redirect on detach, except while the
+// daemon shuts down: then the redirect stays and clients are refused (no
+// listener) until the restarted daemon re-attaches the pod.
+type keepingInterceptor struct {
+	replication.Interceptor
+	keep atomic.Bool
+}
+
+func (k *keepingInterceptor) Cleanup(ctx context.Context, netnsPath string) (netintercept.Result, error) {
+	if k.keep.Load() {
+		return netintercept.Result{}, nil
+	}
+	return k.Interceptor.Cleanup(ctx, netnsPath)
+}
+
+// New validates cfg and builds the daemon; it does not touch any pod yet.
+func New(cfg Config) (*Daemon, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("daemon: data directory is required")
+	}
+	if !filepath.IsAbs(cfg.DataDir) {
+		return nil, fmt.Errorf("daemon: data directory %q must be an absolute path", cfg.DataDir)
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ReconcileInterval <= 0 {
+		cfg.ReconcileInterval = DefaultReconcileInterval
+	}
+	if cfg.Intercept == nil {
+		cfg.Intercept = &netintercept.Interceptor{}
+	}
+	if cfg.ListenRaft == nil {
+		cfg.ListenRaft = func(netns, addr string) (net.Listener, error) {
+			return netintercept.ListenInNetns(netns, "tcp", addr)
+		}
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Log, intercept: &keepingInterceptor{Interceptor: cfg.Intercept}}
+	if cfg.Kube != nil {
+		d.disc = &Discovery{Client: cfg.Kube, Log: cfg.Log}
+	}
+	if cfg.RuntimeEndpoint != "" {
+		target, err := cri.ParseEndpoint(cfg.RuntimeEndpoint)
+		if err != nil {
+			return nil, fmt.Errorf("daemon: %w", err)
+		}
+		if d.conn, err = grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+			return nil, fmt.Errorf("daemon: runtime client: %w", err)
+		}
+		d.runtime = runtimeapi.NewRuntimeServiceClient(d.conn)
+	}
+	mgr, err := replication.NewManager(replication.ManagerConfig{
+		Intercept: d.intercept, StartGroup: d.startGroup, ListenerPort: cfg.ListenerPort,
+		Listen: cfg.ListenApp, Dialer: cfg.Dialer, OriginalPort: cfg.OriginalPort,
+		Trace: cfg.Trace, Log: cfg.Log, Metrics: cfg.Metrics,
+	})
+	if err != nil {
+		d.closeConn()
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	d.mgr = mgr
+	return d, nil
+}
+
+// AttachPod implements cri.Replicator.
+func (d *Daemon) AttachPod(ctx context.Context, pod cri.PodInfo) error {
+	return d.mgr.Attach(ctx, podRef(pod))
+}
+
+// DetachPod implements cri.Replicator.
+func (d *Daemon) DetachPod(ctx context.Context, sandboxID string) error {
+	return d.mgr.Detach(ctx, sandboxID)
+}
+
+// Attached lists the attached sandbox IDs.
+func (d *Daemon) Attached() []string { return d.mgr.Attached() }
+
+func podRef(pod cri.PodInfo) replication.PodRef {
+	return replication.PodRef{
+		SandboxID: pod.SandboxID,
+		Meta:      replication.PodMeta{Name: pod.Name, Namespace: pod.Namespace, Labels: pod.Labels, Annotations: pod.Annotations},
+		NetNSPath: pod.NetNSPath,
+		IPs:       pod.IPs,
+	}
+}
+
+// Close stops every member (their sessions close through the log) but keeps
+// the pods' redirects, for a restarted daemon to re-attach.
+func (d *Daemon) Close(ctx context.Context) error {
+	d.intercept.keep.Store(true)
+	err := d.mgr.Close(ctx)
+	d.closeConn()
+	return err
+}
+
+func (d *Daemon) closeConn() {
+	if d.conn != nil {
+		_ = d.conn.Close()
+	}
+}
+
+// memberDir is where a member keeps its raft data and progress record.
+func (d *Daemon) memberDir(spec replication.Spec) string {
+	return filepath.Join(d.cfg.DataDir, spec.GroupKey(), "member-"+strconv.FormatUint(spec.MemberID, 10))
+}
+
+// startGroup is the Manager's GroupStarter: a raftcore node for this member
+// serving at podIP:raft-port inside the pod's netns, the executor wrapped to
+// resume where the running app is.
+func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec replication.Spec, sm raftcore.StateMachine) (_ replication.Orderer, _ func() error, err error) {
+	if len(pod.IPs) == 0 {
+		return nil, nil, errors.New("the pod has no IP: its raft endpoint listens at podIP:" + strconv.Itoa(spec.RaftPort))
+	}
+	self := net.JoinHostPort(pod.IPs[0], strconv.Itoa(spec.RaftPort))
+	var peers map[uint64]string
+	switch spec.Membership {
+	case replication.MembershipKubernetes:
+		if d.disc == nil {
+			return nil, nil, fmt.Errorf("%s=%s needs the API server: start smr-cri serve with --kubeconfig",
+				replication.AnnotationMembership, replication.MembershipKubernetes)
+		}
+		if peers, err = d.disc.Peers(ctx, spec, self); err != nil {
+			return nil, nil, err
+		}
+	default:
+		peers = map[uint64]string{}
+		for _, p := range spec.Peers {
+			peers[p.ID] = p.Addr
+		}
+	}
+	var cleanup []func() error
+	defer func() {
+		if err != nil {
+			for i := len(cleanup) - 1; i >= 0; i-- {
+				_ = cleanup[i]()
+			}
+		}
+	}()
+	dir := d.memberDir(spec)
+	prog, err := OpenProgress(dir, pod.SandboxID)
+	if err != nil {
+		return nil, nil, err
+	}
+	cleanup = append(cleanup, prog.Close)
+	ln, err := d.cfg.ListenRaft(pod.NetNSPath, self)
+	if err != nil {
+		return nil, nil, fmt.Errorf("raft listener at %s in the pod netns: %w", self, err)
+	}
+	tr, err := transport.New(transport.Config{Listener: ln, Logger: d.log.With("group", spec.GroupKey())})
+	if err != nil {
+		_ = ln.Close()
+		return nil, nil, err
+	}
+	node, err := raftcore.NewNode(raftcore.NodeConfig{DataDir: dir, Transport: tr, TickInterval: d.cfg.TickInterval,
+		Logger: d.log.With("group", spec.GroupKey(), "member", spec.MemberID)})
+	if err != nil {
+		_ = tr.Close()
+		return nil, nil, err
+	}
+	cleanup = append(cleanup, node.Close)
+	g, err := node.StartGroup(raftcore.GroupConfig{Name: spec.GroupKey(), SelfID: spec.MemberID, Peers: peers},
+		newResumingSM(sm, prog, spec.GroupKey(), d.log))
+	if err != nil {
+		return nil, nil, err
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	cleanup = append(cleanup, func() error { cancel(); return nil })
+	if d.disc != nil && spec.Membership == replication.MembershipKubernetes {
+		go func() {
+			if err := d.disc.Watch(bg, spec, g.SetPeerAddr); err != nil && bg.Err() == nil {
+				d.log.Error("pod watch failed; member addresses will not follow pods", "group", spec.GroupKey(), "err", err)
+			}
+		}()
+	}
+	if d.cfg.Metrics != nil {
+		go d.cfg.Metrics.WatchLeader(bg, spec.GroupKey(), func() uint64 { return g.Status().Leader }, time.Second)
+	}
+	idx, sub := prog.Resume()
+	d.log.Info("raft member started", "group", spec.GroupKey(), "member", spec.MemberID, "listen", self,
+		"peers", fmt.Sprint(peers), "dir", dir, "resume_index", idx, "resume_sub", sub, "node", d.cfg.NodeName)
+	stop := func() error {
+		cancel()
+		return errors.Join(node.Close(), prog.Close())
+	}
+	return g, stop, nil
+}
+
+// Run re-attaches the replicated sandboxes now and every ReconcileInterval
+// (every second while the runtime is unreachable) until ctx ends.
+func (d *Daemon) Run(ctx context.Context) {
+	if d.runtime == nil {
+		return
+	}
+	for {
+		wait := d.cfg.ReconcileInterval
+		if err := d.Reconcile(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d.log.Warn("re-attach pass failed (runtime down?); retrying", "err", err)
+			wait = min(wait, time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Reconcile attaches every READY sandbox labelled smr.io/replicate=true that
+// is not attached (a failure is logged per pod and does not stop the
+// others), and detaches attached sandboxes that are no longer READY.
+func (d *Daemon) Reconcile(ctx context.Context) error {
+	if d.runtime == nil {
+		return errors.New("daemon: no runtime endpoint")
+	}
+	resp, err := d.runtime.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{
+		State:         &runtimeapi.PodSandboxStateValue{State: runtimeapi.PodSandboxState_SANDBOX_READY},
+		LabelSelector: map[string]string{cri.ReplicateLabel: cri.ReplicateValue},
+	}})
+	if err != nil {
+		return fmt.Errorf("list replicated sandboxes: %w", err)
+	}
+	attached := map[string]bool{}
+	for _, id := range d.mgr.Attached() {
+		attached[id] = true
+	}
+	for _, sb := range resp.GetItems() {
+		id := sb.GetId()
+		if attached[id] {
+			continue
+		}
+		if err := d.reattach(ctx, id); err != nil {
+			d.log.Error("re-attach replicated pod", "sandbox", id,
+				"pod", sb.GetMetadata().GetNamespace()+"/"+sb.GetMetadata().GetName(), "err", err)
+		}
+	}
+	listed := map[string]bool{}
+	for _, sb := range resp.GetItems() {
+		listed[sb.GetId()] = true
+	}
+	for id := range attached {
+		if listed[id] {
+			continue
+		}
+		// Attached after the list was taken, or really gone? Ask again.
+		st, err := d.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id})
+		if status.Code(err) == codes.NotFound || (err == nil && st.GetStatus().GetState() != runtimeapi.PodSandboxState_SANDBOX_READY) {
+			d.log.Info("detach sandbox that is no longer ready", "sandbox", id)
+			if err := d.mgr.Detach(ctx, id); err != nil {
+				d.log.Warn("detach", "sandbox", id, "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+func (d *Daemon) reattach(ctx context.Context, id string) error {
+	st, err := d.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id, Verbose: true})
+	if err != nil {
+		return fmt.Errorf("sandbox status: %w", err)
+	}
+	pod, err := cri.SandboxPodInfo(st)
+	if err != nil {
+		return err
+	}
+	if err := d.AttachPod(ctx, pod); err != nil {
+		return err
+	}
+	d.log.Info("re-attached running replicated pod", "sandbox", id, "pod", pod.Namespace+"/"+pod.Name, "ips", pod.IPs)
+	return nil
+}

@@ -1,0 +1,172 @@
+package daemon
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/replication"
+)
+
+// recordingSM records which entries reached the executor.
+type recordingSM struct {
+	got    []string
+	health error
+}
+
+func (r *recordingSM) Apply(e raftcore.Entry) ([]byte, error) {
+	op, err := replication.DecodeOp(e.Data)
+	if err != nil {
+		return nil, err
+	}
+	name := op.Name
+	if op.Kind != replication.KindRequest {
+		name = op.Kind.String()
+	}
+	r.got = append(r.got, name)
+	return nil, nil
+}
+
+func (r *recordingSM) Health() error { return r.health }
+
+func entry(t *testing.T, index, session, origin uint64, op replication.Op) raftcore.Entry {
+	t.Helper()
+	return raftcore.Entry{Group: "ns.g", Index: index, Term: 1, Session: session, Origin: origin, Data: op.Encode()}
+}
+
+// logOf is a small log: sessions 10 (origin 1) and 20 (origin 2) open;
+// 10 closes at index 5; two requests share index 6 (a coalesced batch);
+// origin 1 restarts (RESET) at 7.
+func logOf(t *testing.T) []raftcore.Entry {
+	t.Helper()
+	open := replication.Op{Kind: replication.KindOpen, Port: 6379, Protocol: "resp"}
+	req := func(name string) replication.Op {
+		return replication.Op{Kind: replication.KindRequest, Name: name, Raw: []byte("*1\r\n$4\r\n" + name + "\r\n")}
+	}
+	return []raftcore.Entry{
+		entry(t, 1, 10, 1, open),
+		entry(t, 2, 20, 2, open),
+		entry(t, 3, 10, 1, req("A")),
+		entry(t, 4, 20, 2, req("B")),
+		entry(t, 5, 10, 1, replication.Op{Kind: replication.KindClose}),
+		entry(t, 6, 20, 2, req("C1")),
+		entry(t, 6, 20, 2, req("C2")),
+		entry(t, 7, 0, 1, replication.Op{Kind: replication.KindReset}),
+		entry(t, 8, 20, 2, req("D")),
+	}
+}
+
+func TestResumingSM(t *testing.T) {
+	tests := []struct {
+		name     string
+		crashAt  int    // entries applied before the daemon died
+		sandbox2 string // sandbox of the restart
+		want     []string
+	}{
+		{"same sandbox, crash mid-batch: resume after C1, only session 20 (10 closed) re-opened", 6, "sb1",
+			[]string{"OPEN", "C2", "RESET", "D"}},
+		{"same sandbox, crash after B: both open sessions re-opened before CLOSE", 4, "sb1",
+			[]string{"OPEN", "OPEN", "CLOSE", "C1", "C2", "RESET", "D"}},
+		{"same sandbox, crash before anything", 0, "sb1",
+			[]string{"OPEN", "OPEN", "A", "B", "CLOSE", "C1", "C2", "RESET", "D"}},
+		{"same sandbox, crash at the end: nothing again", 9, "sb1", nil},
+		{"new sandbox (fresh app): replay everything", 6, "sb2",
+			[]string{"OPEN", "OPEN", "A", "B", "CLOSE", "C1", "C2", "RESET", "D"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			log := logOf(t)
+			prog, err := OpenProgress(dir, "sb1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := &recordingSM{}
+			sm := newResumingSM(first, prog, "ns.g", slog.New(slog.DiscardHandler))
+			for _, e := range log[:tc.crashAt] {
+				if _, err := sm.Apply(e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// SIGKILL: the file is not closed; the page cache keeps the record.
+			prog2, err := OpenProgress(dir, tc.sandbox2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer prog2.Close()
+			second := &recordingSM{}
+			sm2 := newResumingSM(second, prog2, "ns.g", slog.New(slog.DiscardHandler))
+			for _, e := range log {
+				if _, err := sm2.Apply(e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !slices.Equal(second.got, tc.want) {
+				t.Fatalf("executor got %q, want %q", second.got, tc.want)
+			}
+			prog.Close()
+		})
+	}
+}
+
+// While the executor queues entries for an app that is not up, the record
+// stays where the app really is.
+func TestResumingSMQueuedNotRecorded(t *testing.T) {
+	dir := t.TempDir()
+	log := logOf(t)
+	prog, err := OpenProgress(dir, "sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordingSM{}
+	sm := newResumingSM(rec, prog, "ns.g", slog.New(slog.DiscardHandler))
+	for i, e := range log {
+		if i == 4 {
+			rec.health = errors.New("queued")
+		}
+		if _, err := sm.Apply(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prog.Close()
+	prog2, err := OpenProgress(dir, "sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog2.Close()
+	if idx, sub := prog2.Resume(); idx != 4 || sub != 1 {
+		t.Fatalf("resume at %d/%d, want 4/1", idx, sub)
+	}
+}
+
+func TestOpenProgressBadInput(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := OpenProgress(dir, ""); err == nil || !strings.Contains(err.Error(), "empty sandbox") {
+		t.Fatalf("empty sandbox ID: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, sandboxFile), []byte("sb1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range []string{"12", "x 1", "1 2 3", "-1 0"} {
+		if err := os.WriteFile(filepath.Join(dir, appliedFile), []byte(rec), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := OpenProgress(dir, "sb1"); err == nil || !strings.Contains(err.Error(), "malformed applied record") {
+			t.Fatalf("record %q: %v", rec, err)
+		}
+	}
+	// A malformed record of another sandbox does not matter: that app is gone.
+	p, err := OpenProgress(dir, "sb2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if idx, sub := p.Resume(); idx != 0 || sub != 0 {
+		t.Fatalf("new sandbox resumes at %d/%d", idx, sub)
+	}
+}
