@@ -43,6 +43,11 @@ func TestNodesReady(t *testing.T) {
 // podManifest is a busybox pod pinned to a node by the scheduler (nodeSelector), so scheduling,
 // the service account token volume and the CNI of that node are all exercised.
 func podManifest(ns, name, node, script string, labels map[string]string) string {
+	return podManifestImage(ns, name, node, nodelab.BusyboxImage, script, labels)
+}
+
+// podManifestImage is podManifest with another image (one that has sh).
+func podManifestImage(ns, name, node, image, script string, labels map[string]string) string {
 	var lb strings.Builder
 	for k, v := range labels {
 		fmt.Fprintf(&lb, "\n    %s: %q", k, v)
@@ -62,7 +67,7 @@ spec:
     image: %s
     imagePullPolicy: Never
     command: ["sh", "-c", %q]
-`, name, ns, name, lb.String(), node, nodelab.BusyboxImage, script)
+`, name, ns, name, lb.String(), node, image, script)
 }
 
 // TestPodNetworkServiceLogsExec: a client pod on node1 reaches a web server pod on node2 by pod

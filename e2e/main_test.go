@@ -63,6 +63,7 @@ func runMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: FAIL: cluster down left behind:\n  %s\n", strings.Join(left, "\n  "))
 		code = 1
 	}
+	fmt.Println(summary())
 	return code
 }
 

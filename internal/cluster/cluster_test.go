@@ -90,10 +90,13 @@ func TestNetworkStepsRoutes(t *testing.T) {
 		}
 	}
 	want := []string{
+		"ip -n smr-node1 route replace 198.18.128.0/20 via 198.18.0.1 dev eth0",
 		"ip -n smr-node1 route replace 198.19.2.0/24 via 198.18.0.12 dev eth0",
 		"ip -n smr-node1 route replace 198.19.3.0/24 via 198.18.0.13 dev eth0",
+		"ip -n smr-node2 route replace 198.18.128.0/20 via 198.18.0.1 dev eth0",
 		"ip -n smr-node2 route replace 198.19.1.0/24 via 198.18.0.11 dev eth0",
 		"ip -n smr-node2 route replace 198.19.3.0/24 via 198.18.0.13 dev eth0",
+		"ip -n smr-node3 route replace 198.18.128.0/20 via 198.18.0.1 dev eth0",
 		"ip -n smr-node3 route replace 198.19.1.0/24 via 198.18.0.11 dev eth0",
 		"ip -n smr-node3 route replace 198.19.2.0/24 via 198.18.0.12 dev eth0",
 		"ip route replace 198.19.1.0/24 via 198.18.0.11 dev smr-br0",

@@ -5,11 +5,17 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/smr-io/smr-cri/cri"
 	"github.com/smr-io/smr-cri/netintercept"
 )
 
@@ -156,4 +162,43 @@ func (cl *Cluster) NodeDialer(name string) (func(ctx context.Context, network, a
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return netintercept.DialInNetns(ctx, n.NetNS(), network, addr)
 	}, nil
+}
+
+// PodNetNS returns the network namespace path of a running pod, asked from its node's containerd
+// (e2e tests read each replica's app directly at 127.0.0.1 inside the pod, which smr-cri does not
+// redirect).
+func (cl *Cluster) PodNetNS(ctx context.Context, nodeName, namespace, pod string) (string, error) {
+	n, err := cl.Node(nodeName)
+	if err != nil {
+		return "", err
+	}
+	conn, err := grpc.NewClient("unix://"+filepath.Join(cl.containerdDir(n.Name), "containerd.sock"),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return "", fmt.Errorf("cluster: %w", err)
+	}
+	defer conn.Close()
+	rt := runtimeapi.NewRuntimeServiceClient(conn)
+	list, err := rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{
+		State:         &runtimeapi.PodSandboxStateValue{State: runtimeapi.PodSandboxState_SANDBOX_READY},
+		LabelSelector: map[string]string{"io.kubernetes.pod.name": pod, "io.kubernetes.pod.namespace": namespace},
+	}})
+	if err != nil {
+		return "", fmt.Errorf("cluster: list sandboxes on %s: %w", nodeName, err)
+	}
+	if len(list.GetItems()) != 1 {
+		return "", fmt.Errorf("cluster: %d ready sandboxes of pod %s/%s on %s, want 1", len(list.GetItems()), namespace, pod, nodeName)
+	}
+	st, err := rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: list.Items[0].Id, Verbose: true})
+	if err != nil {
+		return "", fmt.Errorf("cluster: sandbox status of %s/%s: %w", namespace, pod, err)
+	}
+	info, err := cri.SandboxPodInfo(st)
+	if err != nil {
+		return "", fmt.Errorf("cluster: sandbox of %s/%s: %w", namespace, pod, err)
+	}
+	if info.NetNSPath == "" {
+		return "", fmt.Errorf("cluster: sandbox of %s/%s has no network namespace", namespace, pod)
+	}
+	return info.NetNSPath, nil
 }

@@ -39,6 +39,9 @@ func networkSteps(nodes []Node) [][]string {
 			[]string{"ip", "-n", n.Name, "link", "set", "eth0", "up"},
 			[]string{"nsenter", "--net=" + ns, "--", "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"},
 			[]string{"ip", "route", "replace", n.PodSubnet, "via", n.IP, "dev", BridgeName},
+			// Processes on the node (hostNetwork pods, smr-cri) reach Service IPs: kube-proxy's
+			// OUTPUT rules rewrite them, but only after a route lookup has succeeded.
+			[]string{"ip", "-n", n.Name, "route", "replace", ServiceCIDR, "via", HostIP, "dev", "eth0"},
 		)
 	}
 	for _, n := range nodes {
