@@ -97,7 +97,7 @@ func (h *history) record(client int, in redisOp, out redisOut, call int64) {
 
 // workload configures runWorkload.
 type workload struct {
-	Addr    string                                                             // host:port of the service
+	Addr    string                                                            // host:port of the service
 	Dial    func(ctx context.Context, network, addr string) (net.Conn, error) // e.g. from a node's netns
 	Clients int
 	Keys    int // per kind
