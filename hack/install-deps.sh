@@ -46,14 +46,15 @@ else
 	say "kubelet $KUBELET_VERSION: building in the background (log $LOGS/kubelet-build.log)"
 	(
 		cd "$KUBELET_MOD"
-		go build -o "$BIN/kubelet.tmp" k8s.io/kubernetes/cmd/kubelet &&
-			mv "$BIN/kubelet.tmp" "$BIN/kubelet" &&
+		go build -o "$BIN/kubelet.tmp.$$" k8s.io/kubernetes/cmd/kubelet &&
+			mv "$BIN/kubelet.tmp.$$" "$BIN/kubelet" &&
 			echo "$KUBELET_STAMP" >"$BIN/kubelet.stamp"
 	) >"$LOGS/kubelet-build.log" 2>&1 &
 	KUBELET_PID=$!
 fi
 # Never leave the background build running if this script stops early.
-trap '[[ -n "$KUBELET_PID" ]] && kill "$KUBELET_PID" 2>/dev/null; true' EXIT
+# (the go build is a child of the background subshell: stop it first, then the subshell).
+trap '[[ -n "$KUBELET_PID" ]] && { pkill -TERM -P "$KUBELET_PID"; kill "$KUBELET_PID"; } 2>/dev/null; rm -f "$BIN"/*.tmp.$$; true' EXIT
 
 # --- apt packages ----------------------------------------------------------------------------
 PKGS=(containerd runc containernetworking-plugins iptables socat redis-server redis-tools
@@ -86,8 +87,9 @@ if fresh crictl "$CRICTL_STAMP"; then
 	say "crictl $CRITOOLS_VERSION: cached"
 else
 	say "crictl $CRITOOLS_VERSION: building"
-	(cd "$CRITEST_MOD" && go build -o "$BIN/crictl" sigs.k8s.io/cri-tools/cmd/crictl) ||
+	(cd "$CRITEST_MOD" && go build -o "$BIN/crictl.tmp.$$" sigs.k8s.io/cri-tools/cmd/crictl) ||
 		die "crictl build failed"
+	mv "$BIN/crictl.tmp.$$" "$BIN/crictl" # atomic: a concurrent run never sees half a binary
 	echo "$CRICTL_STAMP" >"$BIN/crictl.stamp"
 	say "crictl built"
 fi
@@ -97,8 +99,9 @@ if fresh critest "$CRITEST_STAMP"; then
 else
 	say "critest $CRITOOLS_VERSION: building (go test -c)"
 	# cmd/critest has only test files, so it is built as a test binary.
-	(cd "$CRITEST_MOD" && go test -c -o "$BIN/critest" sigs.k8s.io/cri-tools/cmd/critest) ||
+	(cd "$CRITEST_MOD" && go test -c -o "$BIN/critest.tmp.$$" sigs.k8s.io/cri-tools/cmd/critest) ||
 		die "critest build failed"
+	mv "$BIN/critest.tmp.$$" "$BIN/critest"
 	echo "$CRITEST_STAMP" >"$BIN/critest.stamp"
 	say "critest built"
 fi
