@@ -1,0 +1,218 @@
+package pki
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// CertSource yields the certificate to present; it may change between
+// handshakes (rotation).
+type CertSource interface {
+	Certificate() (*tls.Certificate, error)
+}
+
+// Static is a fixed certificate (tests, externally managed certificates).
+type Static struct{ Cert *tls.Certificate }
+
+// Certificate implements CertSource.
+func (s Static) Certificate() (*tls.Certificate, error) {
+	if s.Cert == nil {
+		return nil, errors.New("pki: no certificate configured")
+	}
+	return s.Cert, nil
+}
+
+// Issuer holds this node's member certificate, issued by the cluster CA for
+// the node's current identities, and re-issues it once less than a third of
+// its lifetime remains. Each TLS handshake asks it for the certificate, so
+// rotation needs no restart.
+type Issuer struct {
+	ca       *CA
+	validity time.Duration
+	now      func() time.Time
+
+	mu  sync.Mutex
+	ids []Identity
+	cur *tls.Certificate
+}
+
+// NewIssuer issues the first certificate for ids (validity 0 means
+// DefaultMemberValidity).
+func NewIssuer(ca *CA, ids []Identity, validity time.Duration) (*Issuer, error) {
+	if ca == nil {
+		return nil, errors.New("pki: issuer needs a CA")
+	}
+	if validity < 0 {
+		return nil, fmt.Errorf("pki: negative certificate validity %v", validity)
+	}
+	if validity == 0 {
+		validity = DefaultMemberValidity
+	}
+	i := &Issuer{ca: ca, validity: validity, now: time.Now}
+	if err := i.SetIdentities(ids); err != nil {
+		return nil, err
+	}
+	return i, nil
+}
+
+// SetIdentities re-issues the certificate for a new set of memberships
+// (a group added to or removed from this node).
+func (i *Issuer) SetIdentities(ids []Identity) error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	c, err := i.issue(ids)
+	if err != nil {
+		return err
+	}
+	i.ids, i.cur = append([]Identity(nil), ids...), c
+	return nil
+}
+
+func (i *Issuer) issue(ids []Identity) (*tls.Certificate, error) {
+	now := i.now()
+	return i.ca.Issue(ids, IssueOptions{NotBefore: now.Add(-time.Minute), NotAfter: now.Add(i.validity)})
+}
+
+// Certificate implements CertSource, rotating when due.
+func (i *Issuer) Certificate() (*tls.Certificate, error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if NeedsRenewal(i.cur.Leaf, i.now()) {
+		c, err := i.issue(i.ids)
+		if err != nil {
+			// Keep serving the old certificate while it is still valid.
+			if i.now().Before(i.cur.Leaf.NotAfter) {
+				return i.cur, nil
+			}
+			return nil, fmt.Errorf("pki: renew member certificate: %w", err)
+		}
+		i.cur = c
+	}
+	return i.cur, nil
+}
+
+// NeedsRenewal reports whether less than a third of cert's lifetime remains.
+func NeedsRenewal(cert *x509.Certificate, now time.Time) bool {
+	life := cert.NotAfter.Sub(cert.NotBefore)
+	return cert.NotAfter.Sub(now) < life/3
+}
+
+// TLSConfig is the mutual-TLS configuration of an ordering node, for its
+// server and its client side alike: present src's certificate and require
+// the peer's certificate to chain to the cluster CA (roots), be within its
+// validity period and carry at least one member identity. Which membership a
+// peer may speak for is checked per message with Authorize.
+func TLSConfig(roots *x509.CertPool, src CertSource) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return src.Certificate()
+		},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return src.Certificate()
+		},
+		// Request (not require) a client certificate so that a missing one
+		// fails in VerifyConnection with our clear error.
+		ClientAuth: tls.RequestClientCert,
+		// Peers are identified by URI SANs, not host names: the chain is
+		// verified in VerifyConnection instead of by crypto/tls.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			_, err := VerifyPeer(cs.PeerCertificates, roots, time.Now())
+			return err
+		},
+	}
+}
+
+// VerifyPeer checks a peer's certificate chain (leaf first) against the
+// cluster CA at time now and returns the leaf.
+func VerifyPeer(chain []*x509.Certificate, roots *x509.CertPool, now time.Time) (*x509.Certificate, error) {
+	if len(chain) == 0 {
+		return nil, errors.New("smr-cri: peer presented no certificate (mutual TLS is required)")
+	}
+	leaf := chain[0]
+	name := leaf.Subject.CommonName
+	if now.After(leaf.NotAfter) {
+		return nil, fmt.Errorf("smr-cri: peer certificate %q expired at %s", name, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if now.Before(leaf.NotBefore) {
+		return nil, fmt.Errorf("smr-cri: peer certificate %q is not valid before %s", name, leaf.NotBefore.UTC().Format(time.RFC3339))
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return nil, fmt.Errorf("smr-cri: peer certificate %q is not signed by the cluster CA: %w", name, err)
+	}
+	if len(Identities(leaf)) == 0 {
+		return nil, fmt.Errorf("smr-cri: peer certificate %q carries no smr-cri member identity", name)
+	}
+	return leaf, nil
+}
+
+// EncodeCert returns the PEM certificate chain and PEM private key of c.
+func EncodeCert(c *tls.Certificate) (certPEM, keyPEM []byte, err error) {
+	for _, der := range c.Certificate {
+		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: marshal member key: %w", err)
+	}
+	return certPEM, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// SecretStore is the part of a Kubernetes client EnsureCASecret needs (an
+// adapter over client-go's Secrets(namespace) in the daemon/installer).
+type SecretStore interface {
+	// GetSecret returns the secret's data; found is false if it does not exist.
+	GetSecret(ctx context.Context, namespace, name string) (data map[string][]byte, found bool, err error)
+	// CreateSecret creates it; alreadyExists is true (and err nil) if another
+	// writer created it first.
+	CreateSecret(ctx context.Context, namespace, name string, data map[string][]byte) (alreadyExists bool, err error)
+}
+
+// Where the installer keeps the cluster CA.
+const (
+	SecretNamespace = "smr-system"
+	SecretName      = "smr-cri-ca"
+)
+
+// EnsureCASecret returns the cluster CA kept in the Secret namespace/name,
+// creating it if missing. Two nodes racing to create it end with the same
+// CA: the loser re-reads the winner's Secret.
+func EnsureCASecret(ctx context.Context, s SecretStore, namespace, name string) (ca *CA, created bool, err error) {
+	for attempt := 0; attempt < 2; attempt++ {
+		data, found, err := s.GetSecret(ctx, namespace, name)
+		if err != nil {
+			return nil, false, fmt.Errorf("pki: get secret %s/%s: %w", namespace, name, err)
+		}
+		if found {
+			ca, err := ParseCA(data[CACertFile], data[CAKeyFile])
+			if err != nil {
+				return nil, false, fmt.Errorf("%w (secret %s/%s)", err, namespace, name)
+			}
+			return ca, false, nil
+		}
+		ca, err := NewCA("smr-cri cluster CA", DefaultCAValidity)
+		if err != nil {
+			return nil, false, err
+		}
+		exists, err := s.CreateSecret(ctx, namespace, name, map[string][]byte{CACertFile: ca.CertPEM, CAKeyFile: ca.KeyPEM})
+		if err != nil {
+			return nil, false, fmt.Errorf("pki: create secret %s/%s: %w", namespace, name, err)
+		}
+		if !exists {
+			return ca, true, nil
+		}
+	}
+	return nil, false, fmt.Errorf("pki: secret %s/%s was created concurrently but cannot be read", namespace, name)
+}
