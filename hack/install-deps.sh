@@ -53,6 +53,8 @@ else
 	KUBELET_PID=$!
 fi
 # Never leave the background build running if this script stops early.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 # (the go build is a child of the background subshell: stop it first, then the subshell).
 trap '[[ -n "$KUBELET_PID" ]] && { pkill -TERM -P "$KUBELET_PID"; kill "$KUBELET_PID"; } 2>/dev/null; rm -f "$BIN"/*.tmp.$$; true' EXIT
 
