@@ -7,18 +7,20 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // Config configures a GRPC transport.
@@ -41,6 +43,14 @@ type Config struct {
 	PeerIdleTimeout time.Duration
 	// Logger (nil discards).
 	Logger *slog.Logger
+	// TLS, if set, secures both the server and the streams to peers (e.g.
+	// pki.TLSConfig: mutual TLS with the cluster CA). nil is plaintext.
+	TLS *tls.Config
+	// AuthorizePeer (required with TLS) binds raft messages to the peer's
+	// certificate: see AuthorizeFunc. A stream carrying a message the
+	// certificate does not authorize is closed before any of its frame
+	// reaches raft.
+	AuthorizePeer AuthorizeFunc
 }
 
 // GRPC implements raftcore.Transport over gRPC.
@@ -73,6 +83,9 @@ func New(cfg Config) (*GRPC, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := cfg.validateTLS(); err != nil {
+		return nil, err
 	}
 	if cfg.Listener != nil && cfg.Listen != "" {
 		return nil, fmt.Errorf("transport: set Listen or Listener, not both")
@@ -123,7 +136,7 @@ func (t *GRPC) Start(h raftcore.Handler) error {
 	}
 	// Fixed, large flow-control windows: this also turns off gRPC's BDP
 	// probing pings, which would cost extra writes per raft message.
-	t.srv = grpc.NewServer(grpc.ForceServerCodec(codec{}), grpc.MaxRecvMsgSize(maxMessageBytes),
+	t.srv = grpc.NewServer(t.serverCreds(), grpc.ForceServerCodec(codec{}), grpc.MaxRecvMsgSize(maxMessageBytes),
 		grpc.InitialWindowSize(windowSize), grpc.InitialConnWindowSize(windowSize))
 	t.srv.RegisterService(&serviceDesc, t)
 	t.wg.Add(1)
@@ -143,6 +156,9 @@ func (t *GRPC) serveStream(stream grpc.ServerStream) error {
 			if errors.Is(err, io.EOF) {
 				return stream.SendMsg(&frame{})
 			}
+			return err
+		}
+		if err := t.authorizeIn(stream.Context(), &f); err != nil {
 			return err
 		}
 		for _, b := range f.batches {
@@ -219,6 +235,9 @@ type peer struct {
 	addr     string
 	q        chan batch
 	lastUsed time.Time // last batch taken from q; owned by run()
+	// serverCert is the certificate of the last TLS handshake with addr.
+	serverCert  atomic.Pointer[x509.Certificate]
+	lastRefusal string // last AuthorizePeer error logged; owned by run()
 }
 
 func (p *peer) run() {
@@ -239,7 +258,7 @@ func (p *peer) run() {
 		}
 		if conn == nil {
 			c, err := grpc.NewClient(p.addr,
-				grpc.WithTransportCredentials(insecure.NewCredentials()),
+				grpc.WithTransportCredentials(p.clientCreds()),
 				grpc.WithInitialWindowSize(windowSize), grpc.WithInitialConnWindowSize(windowSize),
 				grpc.WithDefaultCallOptions(grpc.ForceCodec(codec{}), grpc.MaxCallSendMsgSize(maxMessageBytes)))
 			if err != nil {
@@ -345,6 +364,9 @@ func (p *peer) pump(stream grpc.ClientStream) error {
 			default:
 				break more
 			}
+		}
+		if f.batches = p.authorizeOut(f.batches); len(f.batches) == 0 {
+			continue
 		}
 		if err := stream.SendMsg(&f); err != nil {
 			for _, b := range f.batches {
