@@ -43,11 +43,17 @@ WORK="$(mktemp -d /tmp/smr-critest.XXXXXX)"
 shm_ids() { ipcs -m 2>/dev/null | awk '$2 ~ /^[0-9]+$/ {print $2}' | sort; }
 shm_ids >"$WORK/shm-before"
 SMR_PID=""
+CRITEST_PID=""
 TORN_DOWN=""
 teardown() { # stop smr-cri and the lab; idempotent; non-zero if cleanup failed
 	[[ -n "$TORN_DOWN" ]] && return 0
 	TORN_DOWN=1
 	local rc=0
+	if [[ -n "$CRITEST_PID" ]] && kill -0 "$CRITEST_PID" 2>/dev/null; then
+		kill -TERM "$CRITEST_PID"
+		for _ in $(seq 100); do kill -0 "$CRITEST_PID" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$CRITEST_PID" 2>/dev/null || true
+	fi
 	if [[ -n "$SMR_PID" ]] && kill -0 "$SMR_PID" 2>/dev/null; then
 		kill -TERM "$SMR_PID"
 		for _ in $(seq 50); do kill -0 "$SMR_PID" 2>/dev/null || break; sleep 0.1; done
@@ -100,11 +106,15 @@ done
 run_critest() { # NAME ENDPOINT
 	local name=$1 ep=$2 rc=0
 	say "running critest $name (unix://$ep); log $WORK/$name.log"
-	(cd "$WORK" && "$CRITEST" \
+	# In the background + wait, so that INT/TERM reach the trap at once (teardown stops critest).
+	(cd "$WORK" && exec "$CRITEST" \
 		--runtime-endpoint "unix://$ep" --image-endpoint "unix://$ep" \
 		-ginkgo.focus="$FOCUS" -ginkgo.skip="$SKIP" \
 		-ginkgo.flake-attempts=2 -ginkgo.no-color -ginkgo.v -ginkgo.json-report="$WORK/$name.json" \
-		>"$WORK/$name.log" 2>&1) || rc=$?
+		>"$WORK/$name.log" 2>&1) &
+	CRITEST_PID=$!
+	wait "$CRITEST_PID" || rc=$?
+	CRITEST_PID=""
 	[[ -s "$WORK/$name.json" ]] || { tail -30 "$WORK/$name.log" >&2; die "critest $name wrote no report (exit $rc)"; }
 	say "critest $name finished (exit $rc): $(grep -E '^(Ran|PASS|FAIL)' "$WORK/$name.log" | tr '\n' ' ')"
 }
