@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smr-io/smr-cri/internal/cluster"
 	"github.com/smr-io/smr-cri/internal/nodelab"
 )
 
@@ -141,4 +142,32 @@ spec:
 			t.Fatalf("kubectl exec cat = %q", out)
 		}
 	})
+}
+
+// TestSmrCRIIdentity: with the project's RBAC manifest applied, smr-cri's kubeconfig on the nodes
+// may read pods (discovery) and nothing more.
+func TestSmrCRIIdentity(t *testing.T) {
+	cl := requireCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	root := cl.RepoRoot + "/manifests/"
+	mustKubectl(ctx, t, "", "apply", "-f", root+"namespace.yaml", "-f", root+"rbac.yaml")
+	asSmrCRI := func(args ...string) (string, error) {
+		return kubectl(ctx, t, "", append([]string{"--kubeconfig", cl.SmrCRIKubeconfig()}, args...)...)
+	}
+	if who, err := asSmrCRI("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"); err != nil || who != cluster.SmrCRIUser {
+		t.Fatalf("smr-cri's kubeconfig authenticates as %q (%v), want %s", who, err, cluster.SmrCRIUser)
+	}
+	for _, tc := range []struct {
+		verb, resource string
+		want           string
+	}{
+		{"list", "pods", "yes"}, {"watch", "pods", "yes"}, {"create", "events", "yes"},
+		{"delete", "pods", "no"}, {"get", "secrets", "no"}, {"create", "pods", "no"},
+	} {
+		got, _ := asSmrCRI("auth", "can-i", tc.verb, tc.resource, "--all-namespaces") // exit 1 on "no"
+		if strings.TrimSpace(got) != tc.want {
+			t.Errorf("smr-cri can-i %s %s = %q, want %s", tc.verb, tc.resource, strings.TrimSpace(got), tc.want)
+		}
+	}
 }

@@ -86,10 +86,10 @@ func schedulerProc(c Config) process {
 	}}
 }
 
-// smrCRIProc runs smr-cri in the node's namespace (its replication peers listen on the node
-// address) in front of the node's containerd.
+// smrCRIProc runs smr-cri in the node's namespace in front of the node's containerd.
+// KUBECONFIG names the smr-cri identity's kubeconfig (see SmrCRIUser) for pod discovery.
 func smrCRIProc(c Config, n Node) process {
-	return process{Name: n.Name + "-smr-cri", NetNS: n.NetNS(), Args: []string{
+	return process{Name: n.Name + "-smr-cri", NetNS: n.NetNS(), Env: []string{"KUBECONFIG=" + c.SmrCRIKubeconfig()}, Args: []string{
 		c.SmrCRI, "serve",
 		"--listen=" + c.smrSocket(n.Name),
 		"--runtime-endpoint=unix://" + filepath.Join(c.containerdDir(n.Name), "containerd.sock"),

@@ -165,6 +165,10 @@ func (c Config) containerdDir(node string) string {
 // AdminKubeconfig is the kubeconfig with cluster-admin rights (system:masters).
 func (c Config) AdminKubeconfig() string { return c.kubeconfig("admin") }
 
+// SmrCRIKubeconfig is the kubeconfig of smr-cri serve (user SmrCRIUser). Its permissions come
+// from manifests/rbac.yaml once that is applied.
+func (c Config) SmrCRIKubeconfig() string { return c.kubeconfig("smr-cri") }
+
 // KubectlPath is the path of the kubectl binary.
 func (c Config) KubectlPath() string { return filepath.Join(c.KubeBin, "kubectl") }
 

@@ -115,6 +115,10 @@ func ecKeyPEM(key *ecdsa.PrivateKey) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
 }
 
+// SmrCRIUser is the API identity of smr-cri serve on every node: manifests/rbac.yaml's
+// ServiceAccount smr-system/smr-cri.
+const SmrCRIUser = "system:serviceaccount:smr-system:smr-cri"
+
 // identity is a client of the API server with a kubeconfig of its own.
 type identity struct {
 	User string // kubeconfig base name
@@ -134,6 +138,10 @@ func identities(nodes []Node) []identity {
 	for _, n := range nodes {
 		ids = append(ids, identity{User: "kubelet-" + n.Name, CN: "system:node:" + n.Name, Orgs: []string{"system:nodes"}})
 	}
+	// smr-cri serve on the nodes (pod discovery, events) acts as the ServiceAccount that
+	// manifests/rbac.yaml binds: RBAC matches a ServiceAccount subject by this user name, so a
+	// client certificate stands in for the token the DaemonSet exports on a real node.
+	ids = append(ids, identity{User: "smr-cri", CN: SmrCRIUser})
 	return ids
 }
 

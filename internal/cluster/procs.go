@@ -19,6 +19,7 @@ type process struct {
 	Name  string   // log and pid file name: etcd, kube-apiserver, smr-node1-kubelet, ...
 	NetNS string   // network namespace path to enter with nsenter --net, or "" for the host's
 	Args  []string // program and arguments; some argument must name the state directory
+	Env   []string // added to this process's environment
 }
 
 // start runs p detached (a session of its own, so it outlives `cluster up`), with stdout and
@@ -45,6 +46,9 @@ func start(c Config, p process) (int, error) {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Dir = c.Dir
+	if len(p.Env) > 0 {
+		cmd.Env = append(os.Environ(), p.Env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("cluster: start %s: %w", p.Name, err)
