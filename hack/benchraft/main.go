@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/raftcore/kvtest"
 	"github.com/smr-io/smr-cri/raftcore/raftnode"
@@ -53,6 +54,7 @@ type config struct {
 	profileAt           int
 	smrOnly             bool
 	rounds              int
+	tlsCompare          bool
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -69,6 +71,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&c.profileAt, "profile-at", 64, "concurrency level to profile")
 	fs.BoolVar(&c.smrOnly, "smr-only", false, "skip etcd (profiling)")
 	fs.IntVar(&c.rounds, "rounds", 3, "alternating measurement rounds per level (median kept)")
+	fs.BoolVar(&c.tlsCompare, "tls-compare", false, "instead of etcd, run a second raftcore cluster with mutual TLS (smr-tls) beside the plaintext one and report the TLS cost")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -96,13 +99,27 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		defer os.RemoveAll(d)
 		c.dir = d
 	}
-	smr, err := startSMR(ctx, c)
+	smr, err := startSMR(ctx, c, "smr", "")
 	if err != nil {
 		return fmt.Errorf("smr: %w", err)
 	}
 	defer smr.stop()
 	systems := []*system{smr}
-	if !c.smrOnly {
+	if c.tlsCompare {
+		// Same cluster shape, raft traffic over mutual TLS (the default
+		// outside benchmarks); measured alternately with the plaintext one.
+		pkiDir := filepath.Join(c.dir, "pki")
+		if _, _, err := pki.EnsureCADir(pkiDir); err != nil {
+			return err
+		}
+		sec, err := startSMR(ctx, c, "smr-tls", pkiDir)
+		if err != nil {
+			return fmt.Errorf("smr-tls: %w", err)
+		}
+		defer sec.stop()
+		systems = append(systems, sec)
+	}
+	if !c.smrOnly && !c.tlsCompare {
 		etcd, err := startEtcd(ctx, c)
 		if err != nil {
 			return fmt.Errorf("etcd: %w", err)
@@ -133,6 +150,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			}
 			res[sys.name][n] = m
 		}
+	}
+	if c.tlsCompare {
+		p, s := res["smr"][64].rate, res["smr-tls"][64].rate
+		fmt.Fprintf(out, "raft-tls: commits/s at 64 proposers plaintext=%.0f mtls=%.0f tls-cost=%.1f%%; p50 at 1 proposer plaintext=%.2f ms mtls=%.2f ms\n",
+			p, s, 100*(p-s)/p, ms(res["smr"][1].p50), ms(res["smr-tls"][1].p50))
+		return nil
 	}
 	if c.smrOnly {
 		return nil
@@ -341,7 +364,9 @@ func (ps procs) pids() []int {
 
 // ---------------------------------------------------------------- smr
 
-func startSMR(ctx context.Context, c config) (_ *system, err error) {
+// startSMR starts three raftnode processes: plaintext raft when pkiDir is
+// "" (as etcd runs here), else mutual TLS with the CA in pkiDir.
+func startSMR(ctx context.Context, c config, name, pkiDir string) (_ *system, err error) {
 	var parts, httpAddrs, grpcAddrs []string
 	for id := 1; id <= 3; id++ {
 		var a [3]string
@@ -370,8 +395,12 @@ func startSMR(ctx context.Context, c config) (_ *system, err error) {
 		}
 	}()
 	for id := 1; id <= 3; id++ {
-		cmd := exec.Command(c.raftnode, "-id", strconv.Itoa(id), "-peers", strings.Join(parts, ","),
-			"-http", httpAddrs[id-1], "-grpc", grpcAddrs[id-1], "-data", filepath.Join(c.dir, fmt.Sprintf("smr%d", id)), fmt.Sprintf("-pprof=%v", c.profile != ""))
+		sec := []string{"-insecure-raft"}
+		if pkiDir != "" {
+			sec = []string{"-pki-dir", pkiDir}
+		}
+		cmd := exec.Command(c.raftnode, append([]string{"-id", strconv.Itoa(id), "-peers", strings.Join(parts, ","),
+			"-http", httpAddrs[id-1], "-grpc", grpcAddrs[id-1], "-data", filepath.Join(c.dir, fmt.Sprintf("%s%d", name, id)), fmt.Sprintf("-pprof=%v", c.profile != "")}, sec...)...)
 		cmd.Stderr = os.Stderr
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
@@ -402,7 +431,7 @@ func startSMR(ctx context.Context, c config) (_ *system, err error) {
 		return nil, err
 	}
 	value := strings.Repeat("v", c.payload)
-	sys := &system{name: "smr", pids: ps.pids(), stop: stop}
+	sys := &system{name: name, pids: ps.pids(), stop: stop}
 	sys.proposer = func(n int) proposeFunc {
 		base := sessions.Add(uint64(n)) - uint64(n)
 		return func(ctx context.Context, p int, seq uint64) error {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/raftcore/kvtest"
 )
@@ -62,6 +63,9 @@ func TestRunBadFlags(t *testing.T) {
 		{"-id", "3", "-peers", "1=127.0.0.1:1", "-data", t.TempDir()},
 		{"-id", "1", "-peers", "bad", "-data", t.TempDir()},
 		{"-nosuchflag"},
+		{"-id", "1", "-peers", "1=127.0.0.1:0", "-data", t.TempDir()},                                            // neither -pki-dir nor -insecure-raft
+		{"-id", "1", "-peers", "1=127.0.0.1:0", "-data", t.TempDir(), "-insecure-raft", "-pki-dir", t.TempDir()}, // both
+		{"-id", "1", "-peers", "1=127.0.0.1:0", "-data", t.TempDir(), "-pki-dir", t.TempDir()},                   // no CA there
 	} {
 		var out, errb strings.Builder
 		if err := Run(context.Background(), args, &out, &errb); err == nil {
@@ -85,6 +89,7 @@ type procCluster struct {
 	procs map[uint64]*proc
 	live  map[uint64]bool
 	hc    *http.Client
+	pki   string // cluster CA directory: raft runs over mutual TLS, as by default
 }
 
 func freePort(t *testing.T) string {
@@ -99,7 +104,10 @@ func freePort(t *testing.T) string {
 
 func newProcCluster(t *testing.T, n int) *procCluster {
 	c := &procCluster{t: t, procs: map[uint64]*proc{}, live: map[uint64]bool{},
-		hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
+		hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}, pki: t.TempDir()}
+	if _, _, err := pki.EnsureCADir(c.pki); err != nil {
+		t.Fatal(err)
+	}
 	for id := uint64(1); id <= uint64(n); id++ {
 		c.procs[id] = &proc{id: id, raft: freePort(t), http: freePort(t), dir: t.TempDir()}
 	}
@@ -135,7 +143,7 @@ func (c *procCluster) start(id uint64) {
 		parts = append(parts, fmt.Sprintf("%d=%s", to, addr))
 	}
 	cmd := exec.Command(os.Args[0], "-id", fmt.Sprint(id), "-peers", strings.Join(parts, ","), "-http", p.http,
-		"-data", p.dir, "-tick", "50ms", "-snapshot-every", "200")
+		"-data", p.dir, "-tick", "50ms", "-snapshot-every", "200", "-pki-dir", c.pki)
 	cmd.Env = append(os.Environ(), "RAFTNODE_CHILD=1")
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()

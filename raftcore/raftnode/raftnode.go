@@ -9,10 +9,15 @@
 //
 // Errors answer 503 with header X-Raft-Outcome: "none" (definitely not
 // applied) or "unknown", and the error text as body.
+//
+// Raft traffic is mutual TLS by default: -pki-dir names a cluster CA (see
+// internal/pki, 'smr-cri pki init') from which the process issues its own
+// member certificate; -insecure-raft (tests, benchmarks) turns it off.
 package raftnode
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -24,8 +29,10 @@ import (
 	_ "net/http/pprof" // only routed with -pprof
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/raftcore/kvtest"
 	"github.com/smr-io/smr-cri/raftcore/transport"
@@ -72,6 +79,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	join := fs.Bool("join", false, "join an existing group (after AddMember)")
 	verbose := fs.Bool("v", false, "log raft at info level to stderr")
 	pprof := fs.Bool("pprof", false, "serve /debug/pprof on the HTTP address")
+	pkiDir := fs.String("pki-dir", "", "directory holding the cluster CA (ca.crt, ca.key): raft traffic is mutual TLS with a member certificate issued from it")
+	certValidity := fs.Duration("cert-validity", pki.DefaultMemberValidity, "lifetime of this member's certificate (re-issued when a third remains)")
+	insecureRaft := fs.Bool("insecure-raft", false, "plaintext raft traffic: anyone who reaches the raft port can inject entries (tests, benchmarks only)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -90,7 +100,13 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	tr, err := transport.New(transport.Config{Listen: peers[*id], Logger: log})
+	var grp atomic.Pointer[raftcore.Group]
+	tcfg, err := raftTLS(*pkiDir, *insecureRaft, *certValidity, pki.Identity{Group: *group, Member: *id}, &grp, log)
+	if err != nil {
+		return err
+	}
+	tcfg.Listen, tcfg.Logger = peers[*id], log
+	tr, err := transport.New(tcfg)
 	if err != nil {
 		return err
 	}
@@ -104,6 +120,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	grp.Store(g)
 	lis, err := net.Listen("tcp", *httpAddr)
 	if err != nil {
 		return fmt.Errorf("listen http: %w", err)
@@ -135,6 +152,43 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case err := <-errc:
 		return err
 	}
+}
+
+// raftTLS returns the transport's security settings: mutual TLS with a
+// certificate for self issued from the CA in pkiDir (the default), or
+// plaintext when insecure is set explicitly. A peer must prove, per
+// message, that it is the sending member of this group, and be one of the
+// group's current members.
+func raftTLS(pkiDir string, insecure bool, validity time.Duration, self pki.Identity, grp *atomic.Pointer[raftcore.Group], log *slog.Logger) (transport.Config, error) {
+	switch {
+	case insecure && pkiDir != "":
+		return transport.Config{}, errors.New("-insecure-raft and -pki-dir exclude each other")
+	case insecure:
+		log.Warn("INSECURE: raft traffic is plaintext and unauthenticated (-insecure-raft); any process that reaches the raft port can inject entries into the group's log")
+		return transport.Config{}, nil
+	case pkiDir == "":
+		return transport.Config{}, errors.New("raft traffic is mutual TLS by default: pass -pki-dir DIR (a cluster CA, see 'smr-cri pki init') or, for tests only, -insecure-raft")
+	}
+	ca, err := pki.LoadCA(pkiDir)
+	if err != nil {
+		return transport.Config{}, fmt.Errorf("-pki-dir: %w", err)
+	}
+	is, err := pki.NewIssuer(ca, []pki.Identity{self}, validity)
+	if err != nil {
+		return transport.Config{}, fmt.Errorf("issue member certificate: %w", err)
+	}
+	authorize := func(cert *x509.Certificate, group string, member uint64) error {
+		if err := pki.Authorize(cert, group, member); err != nil {
+			return err
+		}
+		if g := grp.Load(); g != nil && group == self.Group {
+			if _, ok := g.Status().Members[member]; !ok {
+				return fmt.Errorf("smr-cri: member %d is not a current member of group %s", member, group)
+			}
+		}
+		return nil
+	}
+	return transport.Config{TLS: pki.TLSConfig(ca.Pool(), is), AuthorizePeer: authorize}, nil
 }
 
 func handler(g *raftcore.Group, kv *kvtest.KV) *http.ServeMux {
