@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/netip"
 	"os"
@@ -182,5 +183,46 @@ func TestSplitRule(t *testing.T) {
 		if got := splitRule(tt.in); strings.Join(got, "|") != strings.Join(tt.want, "|") {
 			t.Errorf("splitRule(%q) = %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+func TestStartBadOptions(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		run  func() error
+		want string
+	}{
+		{"containerd without dir", func() error {
+			_, err := StartContainerd(ctx, ContainerdOptions{})
+			return err
+		}, "Dir is required"},
+		{"kubelet without dir", func() error {
+			_, err := StartKubelet(ctx, KubeletOptions{RuntimeEndpoint: "unix:///x.sock"})
+			return err
+		}, "Dir and RuntimeEndpoint are required"},
+		{"kubelet without endpoint", func() error {
+			_, err := StartKubelet(ctx, KubeletOptions{Dir: t.TempDir()})
+			return err
+		}, "Dir and RuntimeEndpoint are required"},
+		{"kubelet with tcp endpoint", func() error {
+			_, err := StartKubelet(ctx, KubeletOptions{Dir: t.TempDir(), RuntimeEndpoint: "tcp://127.0.0.1:1"})
+			return err
+		}, "want unix:///path"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.run(); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error = %v, want containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestCachedToolMissing(t *testing.T) {
+	t.Setenv("SMR_CACHE", t.TempDir())
+	_, err := CachedTool("kubelet")
+	if !errors.Is(err, ErrMissing) {
+		t.Fatalf("CachedTool error = %v, want ErrMissing", err)
 	}
 }
