@@ -198,6 +198,20 @@ func TestKubeletThroughSmrCRI(t *testing.T) {
 	if err != nil || !strings.Contains(out, "hello-from-replicated") {
 		t.Fatalf("crictl logs through smr-cri: err %v, stdout %q, stderr %q", err, out, stderr)
 	}
+
+	// Deleting the labelled pod's manifest makes kubelet stop its sandbox: the proxy hands the
+	// pod back (a detach line naming the sandbox).
+	if err := os.Remove(filepath.Join(kl.ManifestDir(), "replicated.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "detach log line for the labelled pod", func() error {
+		for _, line := range strings.Split(readFile(smrLog), "\n") {
+			if strings.Contains(line, rep.sandboxID) && strings.Contains(strings.ToLower(line), "detach") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no detach line for sandbox %s in %s", rep.sandboxID, smrLog)
+	})
 }
 
 // runCrictl runs crictl against smr-cri's socket (crictl warns on stderr that it has no config
