@@ -81,6 +81,11 @@ func Stop(ctx context.Context, cfg Config, log io.Writer) error {
 	if err != nil {
 		return err
 	}
+	unlock, err := lock(log)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	p := newProgress(log)
 	return p.step("stop the cluster (state kept in "+c.Dir+")", func() error { return down(ctx, c, log) })
 }
@@ -109,6 +114,11 @@ func boot(ctx context.Context, cfg Config, log io.Writer, fresh bool) (*Cluster,
 	if err := nodelab.CheckRoot(); err != nil {
 		return nil, err
 	}
+	unlock, err := lock(log)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	booted := time.Now() // node heartbeats older than this are the previous run's
 	if !fresh {
 		if _, err := os.Stat(c.kubeconfig("kubelet-" + nodes[len(nodes)-1].Name)); err != nil {

@@ -4,11 +4,13 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestNodes(t *testing.T) {
@@ -284,5 +286,38 @@ func TestNodeLookup(t *testing.T) {
 		if (err != nil) != tc.wantErr || (err == nil && n.Name != tc.name) {
 			t.Errorf("Node(%q) = %+v, %v", tc.name, n, err)
 		}
+	}
+}
+
+// The cluster lock is exclusive and released by its release function.
+func TestLock(t *testing.T) {
+	old := lockPath
+	lockPath = filepath.Join(t.TempDir(), "lock")
+	t.Cleanup(func() { lockPath = old })
+	release, err := lock(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan struct{})
+	go func() {
+		r, err := lock(io.Discard)
+		if err == nil {
+			r()
+		}
+		close(got)
+	}()
+	select {
+	case <-got:
+		t.Fatal("second lock taken while the first is held")
+	case <-time.After(100 * time.Millisecond): // not a timed assertion: only proves it waits
+	}
+	release()
+	<-got
+	if _, err := os.Stat(lockPath); err != nil {
+		t.Fatal(err)
+	}
+	lockPath = "/nonexistent-dir/lock"
+	if _, err := lock(nil); err == nil {
+		t.Fatal("lock in a missing directory succeeded")
 	}
 }

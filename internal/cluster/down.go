@@ -30,6 +30,11 @@ func Down(ctx context.Context, cfg Config, log io.Writer, opts DownOptions) erro
 	if err != nil {
 		return err
 	}
+	unlock, err := lock(log)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	p := newProgress(log)
 	err = down(ctx, c, log)
 	if opts.KeepLogsIn != "" {
