@@ -109,8 +109,7 @@ spec:
 	}
 	fetch := func(target string) func() error {
 		return func() error {
-			// Debian's busybox-static wget crashes with -T; busybox timeout bounds it instead.
-			out, err := kubectl(ctx, t, "", "exec", "-n", ns, "client", "--", "timeout", "10", "wget", "-q", "-O", "-", "http://"+target+"/")
+			out, err := fetchFrom(ctx, t, ns, "http://"+target+"/")
 			if err != nil {
 				return err
 			}

@@ -77,11 +77,7 @@ func Start(ctx context.Context, cfg Config, log io.Writer) (*Cluster, error) {
 // Stop stops every process of the cluster and removes its network and mounts like Down, but
 // keeps the state directory for Start.
 func Stop(ctx context.Context, cfg Config, log io.Writer) error {
-	c, err := resolveAsRoot(cfg)
-	if err != nil {
-		return err
-	}
-	unlock, err := lock(log)
+	c, unlock, err := prepare(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -90,20 +86,26 @@ func Stop(ctx context.Context, cfg Config, log io.Writer) error {
 	return p.step("stop the cluster (state kept in "+c.Dir+")", func() error { return down(ctx, c, log) })
 }
 
-// resolveAsRoot resolves cfg and checks that this process may run the cluster.
-func resolveAsRoot(cfg Config) (Config, error) {
+// prepare resolves cfg, checks that this process may run the cluster and takes the
+// machine-wide cluster lock; the caller runs the returned release function when done.
+func prepare(cfg Config, log io.Writer) (Config, func(), error) {
 	c, err := cfg.Resolve()
 	if err != nil {
-		return c, err
+		return c, nil, err
 	}
-	return c, nodelab.CheckRoot()
+	if err := nodelab.CheckRoot(); err != nil {
+		return c, nil, err
+	}
+	unlock, err := lock(log)
+	return c, unlock, err
 }
 
 func boot(ctx context.Context, cfg Config, log io.Writer, fresh bool) (*Cluster, error) {
-	c, err := cfg.Resolve()
+	c, unlock, err := prepare(cfg, log)
 	if err != nil {
 		return nil, err
 	}
+	defer unlock()
 	nodes, err := Nodes(c.Nodes)
 	if err != nil {
 		return nil, err
@@ -111,14 +113,6 @@ func boot(ctx context.Context, cfg Config, log io.Writer, fresh bool) (*Cluster,
 	cl := &Cluster{Config: c, Nodes: nodes, log: log}
 	p := newProgress(log)
 	p.say("state dir %s, %d nodes", c.Dir, len(nodes))
-	if err := nodelab.CheckRoot(); err != nil {
-		return nil, err
-	}
-	unlock, err := lock(log)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
 	booted := time.Now() // node heartbeats older than this are the previous run's
 	if !fresh {
 		if _, err := os.Stat(c.kubeconfig("kubelet-" + nodes[len(nodes)-1].Name)); err != nil {

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/smr-io/smr-cri/internal/nodelab"
 )
 
@@ -26,11 +24,7 @@ type DownOptions struct {
 // (found by their command lines, so it works after a crash), pods and containers, mounts,
 // network namespaces, links, routes and the state directory. It is idempotent.
 func Down(ctx context.Context, cfg Config, log io.Writer, opts DownOptions) error {
-	c, err := resolveAsRoot(cfg)
-	if err != nil {
-		return err
-	}
-	unlock, err := lock(log)
+	c, unlock, err := prepare(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -97,7 +91,7 @@ func down(ctx context.Context, c Config, log io.Writer) error {
 		errs = append(errs, err)
 	}
 	// 5. Mounts (pod volumes under kubelet root dirs, pod network namespaces), then the network.
-	if err := unmountAll(c.Dir); err != nil {
+	if err := nodelab.UnmountUnder(c.Dir); err != nil {
 		errs = append(errs, err)
 	}
 	if err := teardownNetwork(ctx); err != nil {
@@ -181,28 +175,6 @@ func stopByProgram(c Config, names ...string) error {
 		}
 	}
 	return stopProcs(pids, 15*time.Second)
-}
-
-// unmountAll unmounts everything at or below dir, deepest first, lazily when busy.
-func unmountAll(dir string) error {
-	for pass := 0; pass < 5; pass++ {
-		mounts, err := nodelab.MountsUnder(dir)
-		if err != nil {
-			return fmt.Errorf("cluster: read mounts: %w", err)
-		}
-		if len(mounts) == 0 {
-			return nil
-		}
-		for _, m := range mounts {
-			if err := unix.Unmount(m, 0); err != nil {
-				_ = unix.Unmount(m, unix.MNT_DETACH)
-			}
-		}
-	}
-	if mounts, _ := nodelab.MountsUnder(dir); len(mounts) > 0 {
-		return fmt.Errorf("cluster: mounts left under %s: %v", dir, mounts)
-	}
-	return nil
 }
 
 // copyDir copies the regular files of src into dst (flat; the logs directory has no subdirs).

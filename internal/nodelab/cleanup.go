@@ -333,6 +333,9 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
+// UnmountUnder unmounts everything at or below dir, deepest first (lazily if busy).
+func UnmountUnder(dir string) error { return unmountUnder(dir) }
+
 // unmountUnder unmounts everything below dir (lazily if busy) until nothing is left.
 func unmountUnder(dir string) error {
 	for pass := 0; pass < 5; pass++ {
