@@ -129,6 +129,16 @@ spec:
 		}
 		eventually(ctx, t, 60*time.Second, "wget service", fetch(clusterIP))
 	})
+	t.Run("ClusterIP service back to the same pod (hairpin, bridge netfilter)", func(t *testing.T) {
+		clusterIP := strings.TrimSpace(mustKubectl(ctx, t, "", "get", "service", "-n", ns, "web", "-o", "jsonpath={.spec.clusterIP}"))
+		eventually(ctx, t, 60*time.Second, "wget service from its own backend", func() error {
+			out, err := kubectl(ctx, t, "", "exec", "-n", ns, "web", "--", "timeout", "5", "wget", "-q", "-O", "-", "http://"+clusterIP+"/")
+			if err == nil && !strings.Contains(out, "hello-from-web") {
+				return fmt.Errorf("got %q", out)
+			}
+			return err
+		})
+	})
 	t.Run("logs", func(t *testing.T) {
 		out := mustKubectl(ctx, t, "", "logs", "-n", ns, "web")
 		if !strings.Contains(out, "server-ready") {
