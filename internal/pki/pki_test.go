@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"net"
 	"net/url"
 	"os"
@@ -308,5 +309,75 @@ func TestEnsureCASecret(t *testing.T) {
 	bad := &memStore{data: map[string]map[string][]byte{SecretNamespace + "/" + SecretName: {CACertFile: []byte("x")}}}
 	if _, _, err := EnsureCASecret(ctx, bad, SecretNamespace, SecretName); err == nil || !strings.Contains(err.Error(), "secret") {
 		t.Errorf("corrupt secret: %v", err)
+	}
+}
+
+type failingStore struct{}
+
+func (failingStore) GetSecret(context.Context, string, string) (map[string][]byte, bool, error) {
+	return nil, false, errors.New("api server unreachable")
+}
+func (failingStore) CreateSecret(context.Context, string, string, map[string][]byte) (bool, error) {
+	return false, errors.New("api server unreachable")
+}
+
+func TestEnsureCA(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name       string
+		store      SecretStore
+		precache   bool
+		wantSource string
+		wantErr    bool
+	}{
+		{"dir only, empty", nil, false, "created in", false},
+		{"dir only, existing", nil, true, "loaded from", false},
+		{"secret created and cached", &memStore{data: map[string]map[string][]byte{}}, false, "created secret smr-system/smr-cri-ca", false},
+		{"api down, cached copy", failingStore{}, true, "cached copy", false},
+		{"api down, no copy", failingStore{}, false, "", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if tc.precache {
+				if _, _, err := EnsureCADir(dir); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ca, src, err := EnsureCA(ctx, dir, tc.store)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tc.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			if !strings.Contains(src, tc.wantSource) {
+				t.Errorf("source %q, want %q", src, tc.wantSource)
+			}
+			cached, err := LoadCA(dir)
+			if err != nil || !cached.Cert.Equal(ca.Cert) {
+				t.Errorf("dir does not hold the CA: %v", err)
+			}
+		})
+	}
+}
+
+func TestNewMemberMembership(t *testing.T) {
+	ca := mustCA(t)
+	members := map[uint64]bool{1: true, 2: true}
+	m, err := NewMember(ca, []Identity{{"kv", 1}}, 0, func(g string, id uint64) bool { return members[id] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := mustIssue(t, ca, IssueOptions{}, Identity{"kv", 2}).Leaf
+	if err := m.Authorize(peer, "kv", 2); err != nil {
+		t.Fatalf("current member refused: %v", err)
+	}
+	delete(members, 2) // member 2 removed; its certificate is still valid
+	if err := m.Authorize(peer, "kv", 2); err == nil || !strings.Contains(err.Error(), "not a current member") {
+		t.Fatalf("removed member: %v", err)
+	}
+	if _, err := NewMember(ca, nil, 0, nil); err == nil {
+		t.Fatal("NewMember without identities accepted")
 	}
 }

@@ -216,3 +216,69 @@ func EnsureCASecret(ctx context.Context, s SecretStore, namespace, name string) 
 	}
 	return nil, false, fmt.Errorf("pki: secret %s/%s was created concurrently but cannot be read", namespace, name)
 }
+
+// Member is the transport security of one ordering node: the TLS config to
+// serve and dial with, and the per-message authorization that binds a
+// raft message's group and sender to the peer's certificate.
+type Member struct {
+	TLS    *tls.Config
+	Issuer *Issuer
+	// Authorize has the signature of transport.AuthorizeFunc.
+	Authorize func(cert *x509.Certificate, group string, member uint64) error
+}
+
+// NewMember issues the certificate for self from ca (rotated by the
+// Issuer) and builds the mutual-TLS settings. isMember, if not nil, is
+// asked whether a certificate-proven sender is still a current member of
+// the group (a removed member's unexpired certificate is then refused).
+func NewMember(ca *CA, self []Identity, validity time.Duration, isMember func(group string, member uint64) bool) (*Member, error) {
+	is, err := NewIssuer(ca, self, validity)
+	if err != nil {
+		return nil, err
+	}
+	auth := func(cert *x509.Certificate, group string, member uint64) error {
+		if err := Authorize(cert, group, member); err != nil {
+			return err
+		}
+		if isMember != nil && !isMember(group, member) {
+			return fmt.Errorf("smr-cri: member %d is not a current member of group %s", member, group)
+		}
+		return nil
+	}
+	return &Member{TLS: TLSConfig(ca.Pool(), is), Issuer: is, Authorize: auth}, nil
+}
+
+// EnsureCA returns the cluster CA for a node daemon. With a SecretStore
+// (Kubernetes), the Secret is the source of truth: it is created if
+// missing (the first node to start creates it; the others read it) and
+// cached in dir, so a restart while the API server is unreachable still
+// finds it. Without one (a single node, the local test cluster), dir holds
+// the CA and it is created there if missing. source says where it came
+// from, for the log.
+func EnsureCA(ctx context.Context, dir string, store SecretStore) (ca *CA, source string, err error) {
+	if store == nil {
+		ca, created, err := EnsureCADir(dir)
+		if err != nil {
+			return nil, "", err
+		}
+		if created {
+			return ca, "created in " + dir, nil
+		}
+		return ca, "loaded from " + dir, nil
+	}
+	ca, created, err := EnsureCASecret(ctx, store, SecretNamespace, SecretName)
+	if err != nil {
+		cached, cerr := LoadCA(dir)
+		if cerr != nil {
+			return nil, "", fmt.Errorf("%w; no cached copy either: %w", err, cerr)
+		}
+		return cached, fmt.Sprintf("cached copy in %s (secret unavailable: %v)", dir, err), nil
+	}
+	if err := ca.Save(dir); err != nil {
+		return nil, "", err
+	}
+	if created {
+		return ca, "created secret " + SecretNamespace + "/" + SecretName, nil
+	}
+	return ca, "secret " + SecretNamespace + "/" + SecretName, nil
+}

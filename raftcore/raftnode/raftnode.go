@@ -17,7 +17,6 @@ package raftnode
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -173,22 +172,19 @@ func raftTLS(pkiDir string, insecure bool, validity time.Duration, self pki.Iden
 	if err != nil {
 		return transport.Config{}, fmt.Errorf("-pki-dir: %w", err)
 	}
-	is, err := pki.NewIssuer(ca, []pki.Identity{self}, validity)
+	isMember := func(group string, member uint64) bool {
+		g := grp.Load()
+		if g == nil || group != self.Group {
+			return true // not started yet / not ours: raft ignores it
+		}
+		_, ok := g.Status().Members[member]
+		return ok
+	}
+	m, err := pki.NewMember(ca, []pki.Identity{self}, validity, isMember)
 	if err != nil {
 		return transport.Config{}, fmt.Errorf("issue member certificate: %w", err)
 	}
-	authorize := func(cert *x509.Certificate, group string, member uint64) error {
-		if err := pki.Authorize(cert, group, member); err != nil {
-			return err
-		}
-		if g := grp.Load(); g != nil && group == self.Group {
-			if _, ok := g.Status().Members[member]; !ok {
-				return fmt.Errorf("smr-cri: member %d is not a current member of group %s", member, group)
-			}
-		}
-		return nil
-	}
-	return transport.Config{TLS: pki.TLSConfig(ca.Pool(), is), AuthorizePeer: authorize}, nil
+	return transport.Config{TLS: m.TLS, AuthorizePeer: m.Authorize}, nil
 }
 
 func handler(g *raftcore.Group, kv *kvtest.KV) *http.ServeMux {
