@@ -27,7 +27,6 @@ var Images = []string{nodelab.PauseImage, nodelab.BusyboxImage, nodelab.RedisIma
 type Cluster struct {
 	Config
 	Nodes []Node
-	log   io.Writer
 }
 
 // progress prints "[cluster 12.3s] what" lines and times steps.
@@ -110,7 +109,7 @@ func boot(ctx context.Context, cfg Config, log io.Writer, fresh bool) (*Cluster,
 	if err != nil {
 		return nil, err
 	}
-	cl := &Cluster{Config: c, Nodes: nodes, log: log}
+	cl := &Cluster{Config: c, Nodes: nodes}
 	p := newProgress(log)
 	p.say("state dir %s, %d nodes", c.Dir, len(nodes))
 	booted := time.Now() // node heartbeats older than this are the previous run's
