@@ -55,6 +55,7 @@ func commands() map[string]command {
 		"install":   {"install smr-cri on this node and point kubelet at it", runInstall},
 		"uninstall": {"restore kubelet's runtime and remove smr-cri from this node", runUninstall},
 		"trace":     {"print (and with --follow, stream) this node's ordering traces", runTrace},
+		"pki":       {"create the cluster CA or issue a member certificate (mutual TLS between ordering nodes)", runPKI},
 		"version":   {"print the version", runVersion},
 		"help":      {"show this help", runHelp},
 	}
