@@ -117,6 +117,17 @@ func TestParseServe(t *testing.T) {
 		{"bad timeout", "", []string{"--shutdown-timeout", "soon"}, serveOptions{}, `shutdown timeout "soon"`},
 		{"negative timeout", "", []string{"--shutdown-timeout", "-1s"}, serveOptions{}, "must be positive"},
 		{"empty listen", "", []string{"--listen", ""}, serveOptions{}, "--listen must not be empty"},
+		{"replication flags", "", []string{"--data-dir", "/d", "--kubeconfig", "/k", "--node-name", "n1", "--trace-file", "/t"},
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second,
+				Replication: replicationOptions{Enabled: true, DataDir: "/d", Kubeconfig: "/k", NodeName: "n1", TraceFile: "/t"}}, ""},
+		{"replication in file, flag wins", header + "dataDir: /fd\nkubeconfig: /fk\nnodeName: fn\ntraceFile: /ft\n", []string{"--node-name", "n1"},
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second,
+				Replication: replicationOptions{Enabled: true, DataDir: "/fd", Kubeconfig: "/fk", NodeName: "n1", TraceFile: "/ft"}}, ""},
+		{"replication off", "", []string{"--replication=false", "--data-dir", "relative/is/unused"},
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second,
+				Replication: replicationOptions{DataDir: "relative/is/unused", TraceFile: "-"}}, ""},
+		{"relative data dir", "", []string{"--data-dir", "var/lib"}, serveOptions{}, `--data-dir "var/lib" must be an absolute path`},
+		{"empty trace file", "", []string{"--trace-file", ""}, serveOptions{}, "--trace-file must not be empty"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -139,6 +150,9 @@ func TestParseServe(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatalf("parseServe: %v", err)
+			}
+			if tc.want.Replication == (replicationOptions{}) {
+				tc.want.Replication = defaultReplication // cases written before replication existed
 			}
 			if got != tc.want {
 				t.Fatalf("options = %+v, want %+v", got, tc.want)

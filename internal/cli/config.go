@@ -27,6 +27,10 @@ const (
 //	logLevel: info
 //	metricsAddr: 127.0.0.1:9810
 //	shutdownTimeout: 10s
+//	dataDir: /var/lib/smr-cri
+//	kubeconfig: /var/lib/smr-cri/kube/kubeconfig
+//	nodeName: node1
+//	traceFile: "-"
 type ServeConfig struct {
 	APIVersion      string `json:"apiVersion"`
 	Kind            string `json:"kind"`
@@ -35,6 +39,10 @@ type ServeConfig struct {
 	LogLevel        string `json:"logLevel,omitempty"`
 	MetricsAddr     string `json:"metricsAddr,omitempty"`
 	ShutdownTimeout string `json:"shutdownTimeout,omitempty"`
+	DataDir         string `json:"dataDir,omitempty"`
+	Kubeconfig      string `json:"kubeconfig,omitempty"`
+	NodeName        string `json:"nodeName,omitempty"`
+	TraceFile       string `json:"traceFile,omitempty"`
 }
 
 // ErrBadConfig marks an invalid configuration file or value.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -18,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/smr-io/smr-cri/cri"
+	"github.com/smr-io/smr-cri/internal/daemon"
+	"github.com/smr-io/smr-cri/replication"
 )
 
 // Defaults of `smr-cri serve`.
@@ -26,6 +29,8 @@ const (
 	DefaultRuntimeEndpoint = "unix:///run/containerd/containerd.sock"
 	DefaultLogLevel        = "info"
 	DefaultShutdownTimeout = "10s"
+	DefaultDataDir         = daemon.DefaultDataDir
+	DefaultTraceFile       = "-"
 )
 
 // serveOptions are the resolved settings of `smr-cri serve`.
@@ -35,15 +40,31 @@ type serveOptions struct {
 	LogLevel        slog.Level
 	MetricsAddr     string
 	ShutdownTimeout time.Duration
+	Replication     replicationOptions
 }
+
+// replicationOptions are serve's replication settings.
+type replicationOptions struct {
+	Enabled    bool   // false: the LoggingReplicator only logs labelled pods
+	DataDir    string // raft WAL, snapshots and progress of every member
+	Kubeconfig string // "" : static smr.io/peers only
+	NodeName   string // "" : the host name
+	TraceFile  string // "-" : stdout
+}
+
+var defaultReplication = replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: DefaultTraceFile}
 
 const serveHelp = `Usage: smr-cri serve [flags]
 
 Runs the CRI proxy: kubelet talks to smr-cri's socket as if it were the
 container runtime, and smr-cri forwards every RuntimeService and ImageService
 call unchanged to the runtime (containerd). Pods labelled smr.io/replicate=true
-are handed to replication once their sandbox runs. Point kubelet at it with
---container-runtime-endpoint=unix://<listen socket>.
+are handed to replication once their sandbox runs: each replica's raft member
+listens at its pod IP and smr.io/raft-port, keeps its log under --data-dir, and
+every replica writes one ordering trace line per applied request to
+--trace-file. At start (and whenever the runtime comes back) the running
+replicated sandboxes are re-attached, resuming where their apps are. Point
+kubelet at it with --container-runtime-endpoint=unix://<listen socket>.
 
 Settings come from, in increasing priority: the defaults, the --config file,
 the command line flags. SIGTERM or SIGINT stops it gracefully and removes the
@@ -62,7 +83,8 @@ func serveFlags(fs *flag.FlagSet) (listen, endpoint, config, logLevel, metricsAd
 			"connects lazily and reconnects by itself; while the runtime is down calls fail at once with Unavailable.")
 	config = fs.String("config", "",
 		"optional YAML file (apiVersion: "+ConfigAPIVersion+", kind: "+ConfigKind+") with the fields listen,\n"+
-			"runtimeEndpoint, logLevel, metricsAddr, shutdownTimeout. Unknown fields are errors. Flags given on the\n"+
+			"runtimeEndpoint, logLevel, metricsAddr, shutdownTimeout, dataDir, kubeconfig, nodeName, traceFile.\n"+
+			"Unknown fields are errors. Flags given on the\n"+
 			"command line override the file.")
 	logLevel = fs.String("log-level", DefaultLogLevel, "log level: debug, info, warn or error. Logs go to stderr.")
 	metricsAddr = fs.String("metrics-addr", "",
@@ -74,15 +96,36 @@ func serveFlags(fs *flag.FlagSet) (listen, endpoint, config, logLevel, metricsAd
 	return
 }
 
+func replicationFlags(fs *flag.FlagSet) (enabled *bool, dataDir, kubeconfig, nodeName, traceFile *string) {
+	enabled = fs.Bool("replication", true,
+		"replicate pods labelled smr.io/replicate=true. false only logs them (the proxy alone, an escape hatch).")
+	dataDir = fs.String("data-dir", DefaultDataDir,
+		"directory of every replica's raft log (WAL, snapshots) and applied position, one sub-directory per\n"+
+			"<namespace>.<group>/member-<id>. Must be an absolute path and survive restarts.")
+	kubeconfig = fs.String("kubeconfig", "",
+		"kubeconfig of the API server, for smr.io/membership=kubernetes (members found and followed from the\n"+
+			"pods of the group). Empty: only static smr.io/peers membership.")
+	nodeName = fs.String("node-name", "", "this node's name, in logs (default: the host name).")
+	traceFile = fs.String("trace-file", DefaultTraceFile,
+		"where the ordering trace lines go (one per applied request): \"-\" is stdout (the installed unit appends\n"+
+			"it to the log file that `smr-cri trace --follow` tails), or a file appended to.")
+	return
+}
+
 // parseServe resolves defaults, config file and flags.
 func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	listen, endpoint, config, logLevel, metricsAddr, shutdown := serveFlags(fs)
+	replicate, dataDir, kubeconfig, nodeName, traceFile := replicationFlags(fs)
 	printHelp := func(w io.Writer) {
 		fmt.Fprint(w, serveHelp)
 		fs.VisitAll(func(f *flag.Flag) {
-			fmt.Fprintf(w, "  --%s string\n", f.Name)
+			kind := "string"
+			if _, ok := f.Value.(interface{ IsBoolFlag() bool }); ok {
+				kind = "bool"
+			}
+			fmt.Fprintf(w, "  --%s %s\n", f.Name, kind)
 			for _, line := range strings.Split(f.Usage, "\n") {
 				fmt.Fprintf(w, "      %s\n", line)
 			}
@@ -118,6 +161,10 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 			"log-level":        {logLevel, c.LogLevel},
 			"metrics-addr":     {metricsAddr, c.MetricsAddr},
 			"shutdown-timeout": {shutdown, c.ShutdownTimeout},
+			"data-dir":         {dataDir, c.DataDir},
+			"kubeconfig":       {kubeconfig, c.Kubeconfig},
+			"node-name":        {nodeName, c.NodeName},
+			"trace-file":       {traceFile, c.TraceFile},
 		} {
 			if !set[name] && p.val != "" {
 				*p.dst = p.val
@@ -138,12 +185,20 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	if *listen == "" {
 		return serveOptions{}, fmt.Errorf("%w: --listen must not be empty", ErrBadConfig)
 	}
+	if *replicate && !filepath.IsAbs(*dataDir) {
+		return serveOptions{}, fmt.Errorf("%w: --data-dir %q must be an absolute path", ErrBadConfig, *dataDir)
+	}
+	if *traceFile == "" {
+		return serveOptions{}, fmt.Errorf("%w: --trace-file must not be empty (\"-\" is stdout)", ErrBadConfig)
+	}
 	return serveOptions{
 		Listen:          *listen,
 		RuntimeEndpoint: *endpoint,
 		LogLevel:        level,
 		MetricsAddr:     *metricsAddr,
 		ShutdownTimeout: timeout,
+		Replication: replicationOptions{Enabled: *replicate, DataDir: *dataDir, Kubeconfig: *kubeconfig,
+			NodeName: *nodeName, TraceFile: *traceFile},
 	}, nil
 }
 
@@ -153,14 +208,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.LogLevel}))
-	return serve(ctx, o, log)
+	return serve(ctx, o, log, stdout)
 }
 
-func serve(ctx context.Context, o serveOptions, log *slog.Logger) error {
+func serve(ctx context.Context, o serveOptions, log *slog.Logger, stdout io.Writer) error {
 	popts := cri.Options{RuntimeEndpoint: o.RuntimeEndpoint, Log: log}
 	var metricsSrv *http.Server
+	var reg *prometheus.Registry
 	if o.MetricsAddr != "" {
-		reg := prometheus.NewRegistry()
+		reg = prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		m, err := cri.NewMetrics(reg)
 		if err != nil {
@@ -181,6 +237,17 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger) error {
 		}()
 		defer metricsSrv.Close()
 		log.Info("serving metrics", "addr", lis.Addr().String())
+	}
+
+	if o.Replication.Enabled {
+		d, stop, err := startReplication(ctx, o, log, reg, stdout)
+		if err != nil {
+			return err
+		}
+		// Runs after the proxy stopped (deferred after its shutdown):
+		// no hook can attach a pod while the members stop.
+		defer stop()
+		popts.Replicator = d
 	}
 
 	p, err := cri.New(popts)
@@ -213,4 +280,73 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger) error {
 	err = p.ServeContext(ctx, lis, o.ShutdownTimeout)
 	log.Info("smr-cri stopped")
 	return err
+}
+
+// startReplication builds the replication daemon (tracer, metrics, optional
+// API server client) and starts re-attaching the running replicated
+// sandboxes in the background. stop ends it: members stop, their pods'
+// redirects stay for the next start, the trace is flushed.
+func startReplication(ctx context.Context, o serveOptions, log *slog.Logger, reg *prometheus.Registry, stdout io.Writer) (*daemon.Daemon, func(), error) {
+	ro := o.Replication
+	var traceOut io.Writer = stdout
+	var traceFile *os.File
+	if ro.TraceFile != DefaultTraceFile {
+		f, err := os.OpenFile(ro.TraceFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: --trace-file: %w", ErrBadConfig, err)
+		}
+		traceOut, traceFile = f, f
+	}
+	closeTrace := func() {
+		if traceFile != nil {
+			_ = traceFile.Close()
+		}
+	}
+	cfg := daemon.Config{DataDir: ro.DataDir, RuntimeEndpoint: o.RuntimeEndpoint, NodeName: ro.NodeName, Log: log}
+	if cfg.NodeName == "" {
+		cfg.NodeName, _ = os.Hostname()
+	}
+	if reg != nil {
+		m, err := replication.NewMetrics(reg)
+		if err != nil {
+			closeTrace()
+			return nil, nil, err
+		}
+		cfg.Metrics = m
+	}
+	if ro.Kubeconfig != "" {
+		cs, err := daemon.NewKubeClient(ro.Kubeconfig)
+		if err != nil {
+			closeTrace()
+			return nil, nil, fmt.Errorf("%w: --kubeconfig: %w", ErrBadConfig, err)
+		}
+		cfg.Kube = cs
+	}
+	tracer := replication.NewTracer(traceOut)
+	cfg.Trace = tracer
+	d, err := daemon.New(cfg)
+	if err != nil {
+		_ = tracer.Close()
+		closeTrace()
+		return nil, nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		d.Run(runCtx)
+	}()
+	log.Info("replication on", "dataDir", ro.DataDir, "trace", ro.TraceFile, "kubernetes", ro.Kubeconfig != "", "node", cfg.NodeName)
+	stop := func() {
+		cancel()
+		<-done
+		sctx, scancel := context.WithTimeout(context.Background(), o.ShutdownTimeout)
+		defer scancel()
+		if err := d.Close(sctx); err != nil {
+			log.Warn("stop replication", "error", err)
+		}
+		_ = tracer.Close()
+		closeTrace()
+	}
+	return d, stop, nil
 }
