@@ -24,18 +24,21 @@ func TestUpAfterCrash(t *testing.T) {
 	for _, n := range cl.Nodes {
 		mustKubectl(ctx, t, "", "wait", "--for=condition=Ready", "pod/crash-"+n.Name, "--timeout=180s")
 	}
-	if err := cluster.Kill(cl.Config); err != nil {
-		t.Fatalf("kill the cluster: %v", err)
-	}
-	if rss := cluster.MeasureRSS(cl.Config); rss.Procs != 0 {
-		t.Fatalf("%d processes survived SIGKILL", rss.Procs)
-	}
+	killErr := cluster.Kill(cl.Config)
+	survivors := cluster.MeasureRSS(cl.Config).Procs
+	// Up again whatever happened, so that the tests after this one have a cluster.
 	again, err := cluster.Up(ctx, cluster.Config{Nodes: len(cl.Nodes)}, os.Stderr)
 	if err != nil {
 		kube = nil
 		t.Fatalf("cluster up after a crash: %v", err)
 	}
 	kube = again
+	if killErr != nil {
+		t.Errorf("kill the cluster: %v", killErr)
+	}
+	if survivors != 0 {
+		t.Errorf("%d processes survived SIGKILL", survivors)
+	}
 	ready, err := again.ReadyNodes(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -295,7 +295,11 @@ func (cl *Cluster) startNode(ctx context.Context, n Node, imagesTar string, p *p
 // smr-cri is removed by smr-cri itself, so the wait is for a socket that answers.
 func (cl *Cluster) startSmrCRI(ctx context.Context, n Node) error {
 	c := cl.Config
-	pid, err := start(c, smrCRIProc(c, n))
+	known, err := serveFlags(ctx, c.SmrCRI)
+	if err != nil {
+		return err
+	}
+	pid, err := start(c, smrCRIProc(c, n, known))
 	if err != nil {
 		return err
 	}

@@ -321,3 +321,35 @@ func TestLock(t *testing.T) {
 		t.Fatal("lock in a missing directory succeeded")
 	}
 }
+
+// Only the flags a smr-cri build documents are passed to it.
+func TestSmrCRIFlags(t *testing.T) {
+	help := `Usage: smr-cri serve [flags]
+
+Runs the CRI proxy ... --data-dir in prose does not count.
+
+Flags:
+  --data-dir string
+      directory of every replica's raft log
+      (default "/var/lib/smr-cri")
+  --listen string
+      path of the unix socket
+  -node-name string
+    	this node's name
+`
+	known := parseFlagNames(help)
+	if !known["data-dir"] || !known["listen"] || !known["node-name"] || known["kubeconfig"] || len(known) != 3 {
+		t.Fatalf("parsed flags %v", known)
+	}
+	c := Config{Dir: "/state", SmrCRI: "/bin/smr-cri"}
+	nodes, _ := Nodes(2)
+	args := strings.Join(smrCRIProc(c, nodes[1], known).Args, " ")
+	for _, want := range []string{"--listen=/state/smr-node2/smr-cri.sock", "--data-dir=/state/smr-node2/smr-cri-data", "--node-name=smr-node2"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("smr-cri args %q lack %s", args, want)
+		}
+	}
+	if strings.Contains(args, "--kubeconfig") || strings.Contains(args, "--pki-dir") {
+		t.Errorf("smr-cri args %q pass a flag this build does not know", args)
+	}
+}

@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 )
@@ -86,14 +88,49 @@ func schedulerProc(c Config) process {
 	}}
 }
 
-// smrCRIProc runs smr-cri in the node's namespace in front of the node's containerd.
-// KUBECONFIG names the smr-cri identity's kubeconfig (see SmrCRIUser) for pod discovery.
-func smrCRIProc(c Config, n Node) process {
-	return process{Name: n.Name + "-smr-cri", NetNS: n.NetNS(), Env: []string{"KUBECONFIG=" + c.SmrCRIKubeconfig()}, Args: []string{
+// smrCRIProc runs smr-cri in the node's namespace in front of the node's containerd. Of the
+// per-node settings, only the flags this smr-cri build knows (see serveFlags) are passed, so the
+// cluster runs both older and newer builds of the daemon: every node gets a data directory of its
+// own (nodes share the host's file system, so the default /var/lib/smr-cri would be shared),
+// its node name, and the kubeconfig of the smr-cri identity (SmrCRIUser) for pod discovery.
+func smrCRIProc(c Config, n Node, known map[string]bool) process {
+	args := []string{
 		c.SmrCRI, "serve",
 		"--listen=" + c.smrSocket(n.Name),
 		"--runtime-endpoint=unix://" + filepath.Join(c.containerdDir(n.Name), "containerd.sock"),
-	}}
+	}
+	for _, f := range []struct{ name, value string }{
+		{"data-dir", filepath.Join(c.nodeDir(n.Name), "smr-cri-data")},
+		{"pki-dir", filepath.Join(c.nodeDir(n.Name), "smr-cri-pki")},
+		{"node-name", n.Name},
+		{"kubeconfig", c.SmrCRIKubeconfig()},
+	} {
+		if known[f.name] {
+			args = append(args, "--"+f.name+"="+f.value)
+		}
+	}
+	return process{Name: n.Name + "-smr-cri", NetNS: n.NetNS(), Env: []string{"KUBECONFIG=" + c.SmrCRIKubeconfig()}, Args: args}
+}
+
+// serveFlags lists the flags `smr-cri serve --help` documents (lines "  --name type" or "  -name").
+func serveFlags(ctx context.Context, bin string) (map[string]bool, error) {
+	out, err := exec.CommandContext(ctx, bin, "serve", "--help").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %s serve --help: %w\n%s", bin, err, out)
+	}
+	return parseFlagNames(string(out)), nil
+}
+
+func parseFlagNames(help string) map[string]bool {
+	known := map[string]bool{}
+	for _, line := range strings.Split(help, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(line, "  -") || strings.HasPrefix(line, "   ") {
+			continue
+		}
+		known[strings.TrimLeft(f[0], "-")] = true
+	}
+	return known
 }
 
 // kubeletConfig follows NODE-LAB.md: hybrid cgroups need failCgroupV1 false and cgroupfs; no QoS

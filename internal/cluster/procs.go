@@ -304,13 +304,23 @@ func tail(path string, n int) string {
 }
 
 // Kill sends SIGKILL to every process of the cluster in c.Dir and to their descendants (the
-// containers), as a crash would, and waits until they are gone. Tests use it; Up cleans up after it.
+// containers), as a crash would, and waits until they are gone. It repeats until no process is
+// left: a process can fork while the others die (containerd starting a shim, a shim runc).
+// Tests use it; Up and Start clean up after it.
 func Kill(c Config) error {
-	procs := withDescendants(ownProcs(c.Dir))
-	pids := make([]int, 0, len(procs))
-	for _, p := range procs {
-		pids = append(pids, p.PID)
-		_ = syscall.Kill(p.PID, syscall.SIGKILL)
+	for round := 0; round < 20; round++ {
+		procs := withDescendants(ownProcs(c.Dir))
+		if len(procs) == 0 {
+			return nil
+		}
+		pids := make([]int, 0, len(procs))
+		for _, p := range procs {
+			pids = append(pids, p.PID)
+			_ = syscall.Kill(p.PID, syscall.SIGKILL)
+		}
+		if err := stopProcs(pids, 5*time.Second); err != nil {
+			return err
+		}
 	}
-	return stopProcs(pids, 5*time.Second)
+	return fmt.Errorf("cluster: processes of %s keep appearing after 20 rounds of SIGKILL", c.Dir)
 }
