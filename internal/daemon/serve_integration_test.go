@@ -1,0 +1,346 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/smr-io/smr-cri/cri"
+	"github.com/smr-io/smr-cri/internal/nodelab"
+	"github.com/smr-io/smr-cri/netintercept"
+	"github.com/smr-io/smr-cri/replication"
+)
+
+// serveLab is one real `smr-cri serve` process in front of a private
+// containerd, with stdout and stderr appended to one log file as the
+// installed systemd unit does.
+type serveLab struct {
+	t       *testing.T
+	bin     string
+	args    []string
+	logPath string
+	cmd     *exec.Cmd
+	exited  <-chan struct{}
+	sock    string
+}
+
+func buildSmrCri(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	root, err := nodelab.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "smr-cri")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/smr-cri")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build smr-cri: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func (s *serveLab) start() {
+	s.t.Helper()
+	log, err := os.OpenFile(s.logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer log.Close()
+	s.cmd = exec.Command(s.bin, s.args...)
+	s.cmd.Stdout, s.cmd.Stderr = log, log
+	if s.exited, err = nodelab.StartChild(s.cmd); err != nil {
+		s.t.Fatalf("start smr-cri serve: %v", err)
+	}
+}
+
+func (s *serveLab) signal(sig syscall.Signal) {
+	s.t.Helper()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(sig)
+	select {
+	case <-s.exited:
+	case <-time.After(2 * time.Minute):
+		s.t.Errorf("smr-cri serve did not exit after %v", sig)
+	}
+	s.cmd = nil
+}
+
+func (s *serveLab) log() string {
+	b, _ := os.ReadFile(s.logPath)
+	return string(b)
+}
+
+// waitFor polls cond until it holds or ctx ends (no timing is asserted: the
+// deadline only bounds a broken run).
+func waitFor(t *testing.T, ctx context.Context, what string, cond func() (bool, string)) {
+	t.Helper()
+	last := ""
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		select {
+		case <-ctx.Done():
+			t.Fatalf("waiting for %s: %v (last state: %s)", what, ctx.Err(), last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+type replica struct {
+	name, sandbox, ip, netns string
+	viaPod                   *redis.Client // podIP:6379 from the host: redirected to smr-cri
+	direct                   *redis.Client // 127.0.0.1:6379 inside the pod netns: the app itself
+}
+
+// TestIntegrationServeReplicatesRedis runs three Redis pods of one group
+// through one real `smr-cri serve` process in front of a private containerd
+// (nodelab): the three members live in one process, each with its raft
+// endpoint at its own pod IP inside its own netns. Clients write through one
+// replica and read through another, concurrent INCRs end equal on every
+// replica's app, the ordering traces reach serve's stdout log, and after a
+// SIGKILL of serve and a restart the pods keep running, are re-attached, and
+// nothing is applied twice.
+func TestIntegrationServeReplicatesRedis(t *testing.T) {
+	nodelab.RequireIntegration(t)
+	c := nodelab.StartContainerdT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	s := &serveLab{t: t, bin: buildSmrCri(t, ctx), logPath: filepath.Join(dir, "smr-cri.log"), sock: filepath.Join(dir, "smr-cri.sock")}
+	s.args = []string{"serve", "--listen", s.sock, "--runtime-endpoint", c.Endpoint(),
+		"--data-dir", filepath.Join(dir, "data"), "--log-level", "info", "--shutdown-timeout", "20s"}
+	s.start()
+	t.Cleanup(func() {
+		s.signal(syscall.SIGTERM)
+		if t.Failed() {
+			t.Logf("smr-cri log:\n%s", s.log())
+		}
+	})
+
+	conn, err := grpc.NewClient("unix://"+s.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rt := runtimeapi.NewRuntimeServiceClient(conn)
+	if _, err := rt.Version(ctx, &runtimeapi.VersionRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("smr-cri serve not answering: %v", err)
+	}
+
+	// Static membership names the pod IPs, known before the pods run: the
+	// lab's host-local IPAM hands out a fresh subnet's addresses in order,
+	// after the gateway (.1). Checked below against the real IPs.
+	prefix, err := netip.ParsePrefix(c.Subnet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := prefix.Masked().Addr().Next()
+	var ips, peers []string
+	for i := range 3 {
+		ip = ip.Next()
+		ips = append(ips, ip.String())
+		peers = append(peers, fmt.Sprintf("%d=%s:7480", i+1, ip))
+	}
+	reps := make([]*replica, 3)
+	for i := range reps {
+		name := fmt.Sprintf("redis-%d", i)
+		cfg := &runtimeapi.PodSandboxConfig{
+			Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "smrtest", Uid: "uid-" + name},
+			Labels:       map[string]string{cri.ReplicateLabel: cri.ReplicateValue, "app": "redis"},
+			Annotations:  map[string]string{replication.AnnotationPorts: "6379/resp", replication.AnnotationPeers: strings.Join(peers, ",")},
+			LogDirectory: filepath.Join(dir, "logs", name),
+			Linux:        &runtimeapi.LinuxPodSandboxConfig{},
+		}
+		run, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+		if err != nil {
+			t.Fatalf("RunPodSandbox %s through smr-cri: %v", name, err)
+		}
+		ctr, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: run.PodSandboxId, SandboxConfig: cfg,
+			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "redis"},
+				Image: &runtimeapi.ImageSpec{Image: nodelab.RedisImage}, LogPath: "redis.log"}})
+		if err != nil {
+			t.Fatalf("CreateContainer %s: %v", name, err)
+		}
+		if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: ctr.ContainerId}); err != nil {
+			t.Fatalf("StartContainer %s: %v", name, err)
+		}
+		st, err := rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: run.PodSandboxId, Verbose: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod, err := cri.SandboxPodInfo(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pod.IPs) == 0 || pod.IPs[0] != ips[i] {
+			t.Fatalf("pod %s got IPs %v, the static peers assumed %s", name, pod.IPs, ips[i])
+		}
+		r := &replica{name: name, sandbox: run.PodSandboxId, ip: ips[i], netns: pod.NetNSPath}
+		r.viaPod = redis.NewClient(&redis.Options{Addr: net.JoinHostPort(r.ip, "6379"), Protocol: 2, DisableIdentity: true, MaxRetries: -1})
+		netns := r.netns
+		r.direct = redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", Protocol: 2, DisableIdentity: true,
+			Dialer: func(ctx context.Context, _, addr string) (net.Conn, error) {
+				return netintercept.DialInNetns(ctx, netns, "tcp4", addr)
+			}})
+		defer r.viaPod.Close()
+		defer r.direct.Close()
+		reps[i] = r
+	}
+	t.Cleanup(func() {
+		// Tear down through smr-cri (detach, redirect removed); containerd's
+		// own cleanup by nodelab catches anything left.
+		cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer ccancel()
+		for _, r := range reps {
+			if r == nil {
+				continue
+			}
+			_, _ = rt.StopPodSandbox(cctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: r.sandbox})
+			_, _ = rt.RemovePodSandbox(cctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: r.sandbox})
+		}
+	})
+
+	// Retry through the start (apps coming up, first election, RESETs).
+	retry := func(what string, op func() error) {
+		t.Helper()
+		var err error
+		waitFor(t, ctx, what, func() (bool, string) {
+			err = op()
+			return err == nil, fmt.Sprint(err)
+		})
+	}
+	retry("SET through redis-0", func() error { return reps[0].viaPod.Set(ctx, "greeting", "hello", 0).Err() })
+	retry("GET through redis-1", func() error {
+		v, err := reps[1].viaPod.Get(ctx, "greeting").Result()
+		if err == nil && v != "hello" {
+			return fmt.Errorf("GET greeting via redis-1 = %q, want hello", v)
+		}
+		return err
+	})
+
+	// Concurrent INCRs through every replica.
+	incrAll := func(clients, each int) {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make(chan error, clients)
+		for cl := range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c := redis.NewClient(&redis.Options{Addr: net.JoinHostPort(reps[cl%3].ip, "6379"), Protocol: 2,
+					DisableIdentity: true, MaxRetries: -1, PoolSize: 1})
+				defer c.Close()
+				for i := 0; i < each; i++ {
+					if err := c.Incr(ctx, "counter").Err(); err != nil {
+						// An INCR whose outcome is unknown would make the
+						// expected total unknown: fail instead of retrying.
+						errs <- fmt.Errorf("client %d INCR %d via %s: %w", cl, i, reps[cl%3].name, err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	}
+	equalEverywhere := func(want int64) {
+		t.Helper()
+		waitFor(t, ctx, fmt.Sprintf("counter=%d on every replica's app", want), func() (bool, string) {
+			var got []string
+			ok := true
+			for _, r := range reps {
+				v, err := r.direct.Get(ctx, "counter").Int64()
+				got = append(got, fmt.Sprintf("%s=%d(%v)", r.name, v, err))
+				ok = ok && err == nil && v == want
+			}
+			return ok, strings.Join(got, " ")
+		})
+		for _, r := range reps {
+			if v, err := r.direct.Get(ctx, "greeting").Result(); err != nil || v != "hello" {
+				t.Fatalf("%s app: greeting=%q (%v), want hello", r.name, v, err)
+			}
+		}
+	}
+	const clients, each = 6, 50
+	incrAll(clients, each)
+	equalEverywhere(clients * each)
+
+	// Ordering traces on serve's stdout (the unit's log file).
+	if n := strings.Count(s.log(), `smr=commit group=smrtest.redis`); n < 3*clients*each {
+		t.Fatalf("found %d ordering trace lines of group smrtest.redis in serve's output, want >= %d (every replica traces every INCR)", n, 3*clients*each)
+	}
+	if !strings.Contains(s.log(), `op="INCR"`) {
+		t.Fatal(`no op="INCR" trace line in serve's output`)
+	}
+
+	// SIGKILL the daemon: the pods keep running.
+	s.signal(syscall.SIGKILL)
+	direct := dialContainerd(t, c)
+	for _, r := range reps {
+		st, err := direct.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: r.sandbox})
+		if err != nil || st.GetStatus().GetState() != runtimeapi.PodSandboxState_SANDBOX_READY {
+			t.Fatalf("%s after smr-cri SIGKILL: %v %v, want READY", r.name, st.GetStatus().GetState(), err)
+		}
+		if v, err := r.direct.Get(ctx, "counter").Int64(); err != nil || v != clients*each {
+			t.Fatalf("%s app after smr-cri SIGKILL: counter=%d (%v)", r.name, v, err)
+		}
+	}
+	before := strings.Count(s.log(), "re-attached running replicated pod")
+	s.start()
+	waitFor(t, ctx, "the three pods re-attached", func() (bool, string) {
+		n := strings.Count(s.log(), "re-attached running replicated pod") - before
+		return n == 3, fmt.Sprintf("%d re-attached", n)
+	})
+	// The apps were not replayed into: still the same counter.
+	for _, r := range reps {
+		if v, err := r.direct.Get(ctx, "counter").Int64(); err != nil || v != clients*each {
+			t.Fatalf("%s app after re-attach: counter=%d (%v), want %d (no entry applied twice)", r.name, v, err, clients*each)
+		}
+	}
+	for _, r := range reps {
+		retry("SET through "+r.name+" after restart", func() error { return r.viaPod.Set(ctx, "after", r.name, 0).Err() })
+	}
+	incrAll(clients, each)
+	equalEverywhere(2 * clients * each)
+	if !strings.Contains(s.log(), "resumed executor at the running app's position") {
+		t.Fatal("serve's log does not say the executors resumed at the apps' positions")
+	}
+	for _, line := range strings.Split(s.log(), "\n") {
+		if strings.Contains(line, "resumed executor") || strings.Contains(line, "re-attached running") {
+			t.Log(line)
+		}
+	}
+	t.Logf("%d ordering trace lines in serve's output", strings.Count(s.log(), "smr=commit"))
+}
+
+func dialContainerd(t *testing.T, c *nodelab.Containerd) runtimeapi.RuntimeServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient(c.Endpoint(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return runtimeapi.NewRuntimeServiceClient(conn)
+}
