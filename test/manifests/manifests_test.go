@@ -48,6 +48,10 @@ func newObject(tm metav1.TypeMeta) (any, error) {
 		return &rbacv1.ClusterRole{}, nil
 	case "rbac.authorization.k8s.io/v1/ClusterRoleBinding":
 		return &rbacv1.ClusterRoleBinding{}, nil
+	case "rbac.authorization.k8s.io/v1/Role":
+		return &rbacv1.Role{}, nil
+	case "rbac.authorization.k8s.io/v1/RoleBinding":
+		return &rbacv1.RoleBinding{}, nil
 	case "apps/v1/DaemonSet":
 		return &appsv1.DaemonSet{}, nil
 	case "apps/v1/StatefulSet":
