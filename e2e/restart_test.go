@@ -27,6 +27,25 @@ func TestStopStart(t *testing.T) {
 	mustKubectl(ctx, t, pod, "apply", "-f", "-")
 	mustKubectl(ctx, t, "", "wait", "-n", ns, "--for=condition=Ready", "pod/keeper", "--timeout=180s")
 	first := mustKubectl(ctx, t, "", "exec", "-n", ns, "keeper", "--", "cat", "/data/first")
+	// With the replicated Redis deployed (the replicated scenarios ran), a write acknowledged
+	// before the stop must be read after the start: the apps come back empty and rebuild their
+	// state from smr-cri's log, kept in the state directory.
+	var h *history
+	var withRedis bool
+	redisSetOnce.Lock()
+	withRedis = redisSetUp == cl
+	redisSetOnce.Unlock()
+	if withRedis {
+		h = &history{base: time.Now()}
+		dial, addr := serviceClient(ctx, t, cl, cl.Nodes[0].Name)
+		rdb := workload{Addr: addr, Dial: dial}.client()
+		do(ctx, rdb, h, 0, redisOp{Kind: "set", Key: "stop-start:marker", Value: "before-stop"})
+		do(ctx, rdb, h, 0, redisOp{Kind: "incr", Key: "stop-start:n"})
+		rdb.Close()
+		if h.ok != 2 {
+			t.Fatalf("writes before the stop failed (%d ok)", h.ok)
+		}
+	}
 
 	if err := cluster.Stop(ctx, cl.Config, os.Stderr); err != nil {
 		t.Fatalf("stop: %v", err)
@@ -40,6 +59,11 @@ func TestStopStart(t *testing.T) {
 		t.Fatalf("start: %v", err)
 	}
 	kube = again
+	if withRedis {
+		redisSetOnce.Lock()
+		redisSetUp = again
+		redisSetOnce.Unlock()
+	}
 
 	if v := mustKubectl(ctx, t, "", "get", "configmap", "-n", ns, "marker", "-o", "jsonpath={.data.value}"); v != "before-stop" {
 		t.Fatalf("configmap after restart = %q, want before-stop", v)
@@ -60,4 +84,20 @@ func TestStopStart(t *testing.T) {
 		}
 		return nil
 	})
+	if withRedis {
+		waitRedisSet(ctx, t)
+		dial, addr := serviceClient(ctx, t, again, again.Nodes[0].Name)
+		eventually(ctx, t, 2*time.Minute, "replicated redis answers after the restart", func() error {
+			_, err := appState(ctx, addr, dial)
+			return err
+		})
+		rdb := workload{Addr: addr, Dial: dial}.client()
+		defer rdb.Close()
+		for _, key := range []string{"stop-start:marker", "stop-start:n"} {
+			do(ctx, rdb, h, finalReader, redisOp{Kind: "get", Key: key})
+		}
+		v := h.check(t)
+		v.Diverged = diverged(ctx, t, again)
+		report(t, "stop-start-cluster", v)
+	}
 }

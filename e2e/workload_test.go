@@ -102,6 +102,7 @@ type workload struct {
 	Clients int
 	Keys    int // per kind
 	Seed    uint64
+	Prefix  string // of every key, so runs on one Redis do not share keys
 }
 
 func (w workload) client() *redis.Client {
@@ -131,13 +132,13 @@ func runWorkload(ctx context.Context, w workload) *history {
 				var op redisOp
 				switch p := rnd.IntN(10); {
 				case p < 2:
-					op = redisOp{Kind: "get", Key: fmt.Sprintf("s:%d", k)}
+					op = redisOp{Kind: "get", Key: fmt.Sprintf("%ss:%d", w.Prefix, k)}
 				case p < 4:
-					op = redisOp{Kind: "get", Key: fmt.Sprintf("n:%d", k)}
+					op = redisOp{Kind: "get", Key: fmt.Sprintf("%sn:%d", w.Prefix, k)}
 				case p < 7:
-					op = redisOp{Kind: "set", Key: fmt.Sprintf("s:%d", k), Value: fmt.Sprintf("c%d-%d", c, seq)}
+					op = redisOp{Kind: "set", Key: fmt.Sprintf("%ss:%d", w.Prefix, k), Value: fmt.Sprintf("c%d-%d", c, seq)}
 				default:
-					op = redisOp{Kind: "incr", Key: fmt.Sprintf("n:%d", k)}
+					op = redisOp{Kind: "incr", Key: fmt.Sprintf("%sn:%d", w.Prefix, k)}
 				}
 				do(ctx, rdb, h, c, op)
 			}
@@ -150,7 +151,7 @@ func runWorkload(ctx context.Context, w workload) *history {
 	rdb := w.client()
 	defer rdb.Close()
 	for k := 0; k < w.Keys; k++ {
-		for _, key := range []string{fmt.Sprintf("s:%d", k), fmt.Sprintf("n:%d", k)} {
+		for _, key := range []string{fmt.Sprintf("%ss:%d", w.Prefix, k), fmt.Sprintf("%sn:%d", w.Prefix, k)} {
 			do(final, rdb, h, finalReader, redisOp{Kind: "get", Key: key})
 		}
 	}
