@@ -105,8 +105,17 @@ func (t *GRPC) authorizeIn(ctx context.Context, f *frame) error {
 			cert = ti.State.PeerCertificates[0]
 		}
 	}
+	// A frame usually holds many messages of one sender: check each
+	// distinct (group, sender) of the frame once.
+	var lastGroup string
+	var lastFrom uint64
+	checked := false
 	for _, b := range f.batches {
 		for _, m := range b.msgs {
+			if checked && b.group == lastGroup && m.GetFrom() == lastFrom {
+				continue
+			}
+			lastGroup, lastFrom, checked = b.group, m.GetFrom(), true
 			if err := t.cfg.AuthorizePeer(cert, b.group, m.GetFrom()); err != nil {
 				remote := ""
 				if pr != nil {

@@ -131,14 +131,17 @@ func TestTLSServerRefusesPeers(t *testing.T) {
 		group   string
 		from    uint64
 		wantLog string // "" = delivered
+		also    uint64 // if set, a second message in the same batch claims this sender
 	}{
-		{"member", pki.TLSConfig(ca.Pool(), pki.Static{Cert: issue(ca, pki.IssueOptions{}, pki.Identity{Group: "kv", Member: 2})}), "kv", 2, ""},
-		{"plaintext", nil, "kv", 2, "refused peer connection"},
-		{"no certificate", rogueTLS(nil), "kv", 2, "no certificate"},
-		{"foreign CA", rogueTLS(issue(foreignCA, pki.IssueOptions{}, pki.Identity{Group: "kv", Member: 2})), "kv", 2, "not signed by the cluster CA"},
-		{"expired", rogueTLS(issue(ca, pki.IssueOptions{NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Hour)}, pki.Identity{Group: "kv", Member: 2})), "kv", 2, "expired at"},
-		{"wrong group", rogueTLS(issue(ca, pki.IssueOptions{}, pki.Identity{Group: "web", Member: 2})), "kv", 2, "is not valid for group kv"},
-		{"wrong member", rogueTLS(issue(ca, pki.IssueOptions{}, pki.Identity{Group: "kv", Member: 2})), "kv", 3, "member id mismatch"},
+		{"member", pki.TLSConfig(ca.Pool(), pki.Static{Cert: issue(ca, pki.IssueOptions{}, pki.Identity{Group: "kv", Member: 2})}), "kv", 2, "", 0},
+		{"plaintext", nil, "kv", 2, "refused peer connection", 0},
+		{"no certificate", rogueTLS(nil), "kv", 2, "no certificate", 0},
+		{"foreign CA", rogueTLS(issue(foreignCA, pki.IssueOptions{}, pki.Identity{Group: "kv", Member: 2})), "kv", 2, "not signed by the cluster CA", 0},
+		{"expired", rogueTLS(issue(ca, pki.IssueOptions{NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Hour)}, pki.Identity{Group: "kv", Member: 2})), "kv", 2, "expired at", 0},
+		{"wrong group", rogueTLS(issue(ca, pki.IssueOptions{}, pki.Identity{Group: "web", Member: 2})), "kv", 2, "is not valid for group kv", 0},
+		{"wrong member", rogueTLS(issue(ca, pki.IssueOptions{}, pki.Identity{Group: "kv", Member: 2})), "kv", 3, "member id mismatch", 0},
+		// A genuine first message does not carry a forged second one.
+		{"wrong member after a valid one", rogueTLS(issue(ca, pki.IssueOptions{}, pki.Identity{Group: "kv", Member: 2})), "kv", 2, "member id mismatch", 3},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -152,7 +155,11 @@ func TestTLSServerRefusesPeers(t *testing.T) {
 				}
 			}
 			cli, _ := startTLS(t, false, tc.tls, auth, newRecHandler())
-			cli.Send(tc.group, 1, srv.Addr(), heartbeat(tc.from, 1))
+			msgs := heartbeat(tc.from, 1)
+			if tc.also != 0 {
+				msgs = append(msgs, heartbeat(tc.also, 1)...)
+			}
+			cli.Send(tc.group, 1, srv.Addr(), msgs)
 			if tc.wantLog == "" {
 				<-h.got
 				h.mu.Lock()
