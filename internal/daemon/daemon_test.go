@@ -154,9 +154,14 @@ type loopbackDaemon struct {
 
 func newLoopbackDaemon(t *testing.T, dataDir string, app *counterApp) *loopbackDaemon {
 	t.Helper()
+	return newLoopbackDaemonWithRuntime(t, dataDir, app, "")
+}
+
+func newLoopbackDaemonWithRuntime(t *testing.T, dataDir string, app *counterApp, runtimeEndpoint string) *loopbackDaemon {
+	t.Helper()
 	ld := &loopbackDaemon{clientAddr: make(chan string, 4), ic: &nopInterceptor{}}
 	d, err := New(Config{
-		DataDir: dataDir, TickInterval: 10 * time.Millisecond, Intercept: ld.ic,
+		DataDir: dataDir, RuntimeEndpoint: runtimeEndpoint, TickInterval: 10 * time.Millisecond, Intercept: ld.ic,
 		OriginalPort: func(net.Conn) (int, error) { return 6379, nil },
 		ListenApp: func(_, _ string) (net.Listener, error) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")

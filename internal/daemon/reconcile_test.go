@@ -1,0 +1,138 @@
+package daemon
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/smr-io/smr-cri/cri"
+)
+
+// fakeRuntime serves the two CRI calls Reconcile makes, from a table of
+// sandboxes, honouring the state and label filter as containerd does.
+type fakeRuntime struct {
+	runtimeapi.UnimplementedRuntimeServiceServer
+	mu        sync.Mutex
+	sandboxes map[string]*runtimeapi.PodSandboxStatusResponse
+}
+
+func (f *fakeRuntime) ListPodSandbox(_ context.Context, req *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resp := &runtimeapi.ListPodSandboxResponse{}
+	for id, st := range f.sandboxes {
+		s := st.GetStatus()
+		if want := req.GetFilter().GetState(); want != nil && want.GetState() != s.GetState() {
+			continue
+		}
+		match := true
+		for k, v := range req.GetFilter().GetLabelSelector() {
+			match = match && s.GetLabels()[k] == v
+		}
+		if match {
+			resp.Items = append(resp.Items, &runtimeapi.PodSandbox{Id: id, Metadata: s.GetMetadata(), State: s.GetState(), Labels: s.GetLabels()})
+		}
+	}
+	return resp, nil
+}
+
+func (f *fakeRuntime) PodSandboxStatus(_ context.Context, req *runtimeapi.PodSandboxStatusRequest) (*runtimeapi.PodSandboxStatusResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, ok := f.sandboxes[req.GetPodSandboxId()]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "sandbox %s not found", req.GetPodSandboxId())
+	}
+	return st, nil
+}
+
+func (f *fakeRuntime) set(id string, st *runtimeapi.PodSandboxStatusResponse) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if st == nil {
+		delete(f.sandboxes, id)
+		return
+	}
+	f.sandboxes[id] = st
+}
+
+func sandboxStatus(pod cri.PodInfo, state runtimeapi.PodSandboxState, info string) *runtimeapi.PodSandboxStatusResponse {
+	return &runtimeapi.PodSandboxStatusResponse{
+		Status: &runtimeapi.PodSandboxStatus{Id: pod.SandboxID, State: state,
+			Metadata: &runtimeapi.PodSandboxMetadata{Name: pod.Name, Namespace: pod.Namespace, Uid: pod.UID},
+			Labels:   pod.Labels, Annotations: pod.Annotations,
+			Network: &runtimeapi.PodSandboxNetworkStatus{Ip: pod.IPs[0]}},
+		Info: map[string]string{"info": info},
+	}
+}
+
+const netnsInfo = `{"runtimeSpec":{"linux":{"namespaces":[{"type":"network","path":"/var/run/netns/fake"}]}}}`
+
+// Reconcile attaches the READY replicated sandboxes (a broken one is logged
+// and does not stop the others), leaves unlabelled and not-ready ones alone,
+// and detaches attached sandboxes that stopped or disappeared.
+func TestReconcile(t *testing.T) {
+	ctx := context.Background()
+	fr := &fakeRuntime{sandboxes: map[string]*runtimeapi.PodSandboxStatusResponse{}}
+	sock := filepath.Join(t.TempDir(), "cri.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	runtimeapi.RegisterRuntimeServiceServer(srv, fr)
+	go srv.Serve(ln)
+	defer srv.Stop()
+
+	app := newCounterApp(t)
+	d := newLoopbackDaemonWithRuntime(t, t.TempDir(), app, "unix://"+sock)
+	defer d.Close(ctx)
+
+	good := onePod("sb-good", freePort(t))
+	broken := onePod("sb-broken", freePort(t))
+	plain := onePod("sb-plain", freePort(t))
+	plain.Labels = map[string]string{"app": "plain"}
+	stopped := onePod("sb-stopped", freePort(t))
+	fr.set(good.SandboxID, sandboxStatus(good, runtimeapi.PodSandboxState_SANDBOX_READY, netnsInfo))
+	fr.set(broken.SandboxID, sandboxStatus(broken, runtimeapi.PodSandboxState_SANDBOX_READY, `{"pid":1}`))
+	fr.set(plain.SandboxID, sandboxStatus(plain, runtimeapi.PodSandboxState_SANDBOX_READY, netnsInfo))
+	fr.set(stopped.SandboxID, sandboxStatus(stopped, runtimeapi.PodSandboxState_SANDBOX_NOTREADY, netnsInfo))
+
+	if err := d.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Attached(); !slices.Equal(got, []string{"sb-good"}) {
+		t.Fatalf("attached %v, want [sb-good]", got)
+	}
+	// Idempotent.
+	if err := d.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Attached(); !slices.Equal(got, []string{"sb-good"}) {
+		t.Fatalf("second pass: attached %v, want [sb-good]", got)
+	}
+	// The sandbox stops while nobody called StopPodSandbox through smr-cri.
+	fr.set(good.SandboxID, sandboxStatus(good, runtimeapi.PodSandboxState_SANDBOX_NOTREADY, netnsInfo))
+	if err := d.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Attached(); len(got) != 0 {
+		t.Fatalf("stopped sandbox still attached: %v", got)
+	}
+	if d.ic.cleanups != 1 {
+		t.Fatalf("detach of a stopped sandbox ran %d cleanups, want 1", d.ic.cleanups)
+	}
+	// A runtime that is down is an error (Run retries).
+	srv.Stop()
+	if err := d.Reconcile(ctx); err == nil {
+		t.Fatal("reconcile with the runtime down succeeded")
+	}
+}
