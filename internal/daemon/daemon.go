@@ -47,6 +47,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -110,6 +111,15 @@ type Daemon struct {
 	disc      *Discovery
 	conn      *grpc.ClientConn
 	runtime   runtimeapi.RuntimeServiceClient
+
+	mu      sync.Mutex
+	members map[string]*runningMember // by member directory
+}
+
+// runningMember is a started raft member and the sandbox it serves.
+type runningMember struct {
+	sandbox string
+	stop    func() error
 }
 
 var _ cri.Replicator = (*Daemon)(nil)
@@ -151,7 +161,8 @@ func New(cfg Config) (*Daemon, error) {
 			return netintercept.ListenInNetns(netns, "tcp", addr)
 		}
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Log, intercept: &keepingInterceptor{Interceptor: cfg.Intercept}}
+	d := &Daemon{cfg: cfg, log: cfg.Log, intercept: &keepingInterceptor{Interceptor: cfg.Intercept},
+		members: map[string]*runningMember{}}
 	if cfg.Kube != nil {
 		d.disc = &Discovery{Client: cfg.Kube, Log: cfg.Log}
 	}
@@ -253,6 +264,9 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 		}
 	}()
 	dir := d.memberDir(spec)
+	if err := d.takeOver(ctx, dir, pod.SandboxID, spec); err != nil {
+		return nil, nil, err
+	}
 	prog, err := OpenProgress(dir, pod.SandboxID)
 	if err != nil {
 		return nil, nil, err
@@ -294,11 +308,47 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 	idx, sub := prog.Resume()
 	d.log.Info("raft member started", "group", spec.GroupKey(), "member", spec.MemberID, "listen", self,
 		"peers", fmt.Sprint(peers), "dir", dir, "resume_index", idx, "resume_sub", sub, "node", d.cfg.NodeName)
+	var once sync.Once
+	var stopErr error
 	stop := func() error {
-		cancel()
-		return errors.Join(node.Close(), prog.Close())
+		once.Do(func() {
+			cancel()
+			stopErr = errors.Join(node.Close(), prog.Close())
+			d.mu.Lock()
+			if m := d.members[dir]; m != nil && m.sandbox == pod.SandboxID {
+				delete(d.members, dir)
+			}
+			d.mu.Unlock()
+		})
+		return stopErr
 	}
+	d.mu.Lock()
+	d.members[dir] = &runningMember{sandbox: pod.SandboxID, stop: stop}
+	d.mu.Unlock()
 	return g, stop, nil
+}
+
+// takeOver makes sure no other sandbox runs this member here. A member of a
+// sandbox that is no longer READY (replaced while its stop did not pass
+// through smr-cri, e.g. while the daemon was down) is stopped; one whose
+// sandbox still runs is a second pod with the same member ID: refused.
+func (d *Daemon) takeOver(ctx context.Context, dir, sandboxID string, spec replication.Spec) error {
+	d.mu.Lock()
+	old := d.members[dir]
+	d.mu.Unlock()
+	if old == nil || old.sandbox == sandboxID {
+		return nil
+	}
+	if d.runtime != nil {
+		st, err := d.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: old.sandbox})
+		if err == nil && st.GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_READY {
+			return fmt.Errorf("member %d of group %s already runs here in sandbox %s: two pods with one member ID",
+				spec.MemberID, spec.GroupKey(), old.sandbox)
+		}
+	}
+	d.log.Info("stopping the member of a replaced sandbox", "group", spec.GroupKey(), "member", spec.MemberID,
+		"old_sandbox", old.sandbox, "sandbox", sandboxID)
+	return old.stop()
 }
 
 // Run re-attaches the replicated sandboxes now and every ReconcileInterval

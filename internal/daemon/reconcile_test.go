@@ -5,6 +5,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -134,5 +135,54 @@ func TestReconcile(t *testing.T) {
 	srv.Stop()
 	if err := d.Reconcile(ctx); err == nil {
 		t.Fatal("reconcile with the runtime down succeeded")
+	}
+}
+
+// A second sandbox with the same member ID is refused while the first still
+// runs; once the first is no longer READY (replaced behind smr-cri's back)
+// its member is stopped and the new sandbox takes over the member's log.
+func TestSameMemberTwoSandboxes(t *testing.T) {
+	ctx := context.Background()
+	fr := &fakeRuntime{sandboxes: map[string]*runtimeapi.PodSandboxStatusResponse{}}
+	sock := filepath.Join(t.TempDir(), "cri.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	runtimeapi.RegisterRuntimeServiceServer(srv, fr)
+	go srv.Serve(ln)
+	defer srv.Stop()
+	app := newCounterApp(t)
+	d := newLoopbackDaemonWithRuntime(t, t.TempDir(), app, "unix://"+sock)
+	defer d.Close(ctx)
+
+	raftPort := freePort(t)
+	first := onePod("sb1", raftPort)
+	fr.set(first.SandboxID, sandboxStatus(first, runtimeapi.PodSandboxState_SANDBOX_READY, netnsInfo))
+	if err := d.AttachPod(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	incr(t, ctx, <-d.clientAddr, 3)
+	second := onePod("sb2", raftPort)
+	if err := d.AttachPod(ctx, second); err == nil || !strings.Contains(err.Error(), "two pods with one member ID") {
+		t.Fatalf("second sandbox of member 1 while the first runs: %v", err)
+	}
+	<-d.clientAddr // the refused attach had opened (and closed) its client listener
+	fr.set(first.SandboxID, sandboxStatus(first, runtimeapi.PodSandboxState_SANDBOX_NOTREADY, netnsInfo))
+	if err := d.AttachPod(ctx, second); err != nil {
+		t.Fatalf("attach after the first sandbox stopped: %v", err)
+	}
+	incr(t, ctx, <-d.clientAddr, 1)
+	// Same app here (the test's stand-in), so the new sandbox's replay of
+	// the 3 INCRs shows up: a new sandbox means a fresh app in real life.
+	if n, _ := app.counts(); n != 3+3+1 {
+		t.Fatalf("app executed %d INCRs, want 7 (3, replay of 3, 1)", n)
+	}
+	if err := d.DetachPod(ctx, first.SandboxID); err != nil {
+		t.Fatalf("late detach of the replaced sandbox: %v", err)
+	}
+	if got := d.Attached(); !slices.Equal(got, []string{"sb2"}) {
+		t.Fatalf("attached %v, want [sb2]", got)
 	}
 }
