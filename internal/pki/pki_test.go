@@ -381,3 +381,35 @@ func TestNewMemberMembership(t *testing.T) {
 		t.Fatal("NewMember without identities accepted")
 	}
 }
+
+// flakyStore fails until ok is set (RBAC not applied yet).
+type flakyStore struct {
+	memStore
+	ok bool
+}
+
+func (f *flakyStore) GetSecret(ctx context.Context, ns, name string) (map[string][]byte, bool, error) {
+	if !f.ok {
+		return nil, false, errors.New("secrets \"smr-cri-ca\" is forbidden")
+	}
+	return f.memStore.GetSecret(ctx, ns, name)
+}
+
+func TestLazyCARetries(t *testing.T) {
+	ctx := context.Background()
+	store := &flakyStore{memStore: memStore{data: map[string]map[string][]byte{}}}
+	var sources []string
+	l := &LazyCA{Dir: t.TempDir(), Store: store, Loaded: func(s string) { sources = append(sources, s) }}
+	if _, err := l.Get(ctx); err == nil || !strings.Contains(err.Error(), "forbidden") {
+		t.Fatalf("first Get = %v, want the forbidden error", err)
+	}
+	store.ok = true
+	first, err := l.Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := l.Get(ctx)
+	if err != nil || again != first || len(sources) != 1 || store.creates != 1 {
+		t.Fatalf("second Get: same=%v err=%v sources=%v creates=%d", again == first, err, sources, store.creates)
+	}
+}

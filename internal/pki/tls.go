@@ -282,3 +282,35 @@ func EnsureCA(ctx context.Context, dir string, store SecretStore) (ca *CA, sourc
 	}
 	return ca, "secret " + SecretNamespace + "/" + SecretName, nil
 }
+
+// LazyCA loads the cluster CA on first use (EnsureCA) and keeps it. A
+// failure is returned and retried at the next call: on a fresh cluster the
+// node daemon may start before the Secret's RBAC is applied, so it asks
+// when the first member starts (and again at the next reconcile).
+type LazyCA struct {
+	Dir   string
+	Store SecretStore // nil: Dir only
+	// Loaded, if set, is told where the CA came from (for the log).
+	Loaded func(source string)
+
+	mu sync.Mutex
+	ca *CA
+}
+
+// Get returns the CA, loading or creating it if not done yet.
+func (l *LazyCA) Get(ctx context.Context) (*CA, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ca != nil {
+		return l.ca, nil
+	}
+	ca, src, err := EnsureCA(ctx, l.Dir, l.Store)
+	if err != nil {
+		return nil, fmt.Errorf("cluster CA (mutual TLS between ordering nodes; --insecure-raft turns it off): %w", err)
+	}
+	if l.Loaded != nil {
+		l.Loaded(src)
+	}
+	l.ca = ca
+	return ca, nil
+}
