@@ -93,9 +93,9 @@ func TestStopStart(t *testing.T) {
 		})
 		rdb := workload{Addr: addr, Dial: dial}.client()
 		defer rdb.Close()
-		for _, key := range []string{"stop-start:marker", "stop-start:n"} {
-			do(ctx, rdb, h, finalReader, redisOp{Kind: "get", Key: key})
-		}
+		final, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		finalRead(final, rdb, h, "stop-start:marker", "stop-start:n")
 		v := h.check(t)
 		v.Diverged = diverged(ctx, t, again)
 		report(t, "stop-start-cluster", v)

@@ -151,11 +151,30 @@ func runWorkload(ctx context.Context, w workload) *history {
 	rdb := w.client()
 	defer rdb.Close()
 	for k := 0; k < w.Keys; k++ {
-		for _, key := range []string{fmt.Sprintf("%ss:%d", w.Prefix, k), fmt.Sprintf("%sn:%d", w.Prefix, k)} {
-			do(final, rdb, h, finalReader, redisOp{Kind: "get", Key: key})
-		}
+		finalRead(final, rdb, h, fmt.Sprintf("%ss:%d", w.Prefix, k), fmt.Sprintf("%sn:%d", w.Prefix, k))
 	}
 	return h
+}
+
+// finalRead reads each key as client finalReader, retrying a failed read (it proves nothing)
+// until it succeeds or ctx ends.
+func finalRead(ctx context.Context, rdb *redis.Client, h *history, keys ...string) {
+	for _, key := range keys {
+		for ctx.Err() == nil {
+			before := h.recorded()
+			do(ctx, rdb, h, finalReader, redisOp{Kind: "get", Key: key})
+			if h.recorded() > before {
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+}
+
+func (h *history) recorded() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.ops)
 }
 
 // do runs one operation and records it.
