@@ -282,7 +282,7 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 		return nil, nil, err
 	}
 	node, err := raftcore.NewNode(raftcore.NodeConfig{DataDir: dir, Transport: tr, TickInterval: d.cfg.TickInterval,
-		Logger: d.log.With("group", spec.GroupKey(), "member", spec.MemberID)})
+		Logger: d.log}) // raftcore adds group and member
 	if err != nil {
 		_ = tr.Close()
 		return nil, nil, err
