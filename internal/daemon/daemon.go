@@ -37,6 +37,22 @@
 // running app got, and the replay skips the client requests up to there.
 // Stopping the daemon (SIGTERM) keeps each pod's iptables redirect: clients
 // are refused until the daemon is back, never served by one unreplicated app.
+//
+// Limits of the restart (see also progress.go):
+//   - An entry the app executed just before a SIGKILL, whose record was not
+//     written yet, is executed once more (at most one request per member).
+//   - App connections die with the daemon. Sessions still open at the resume
+//     point are re-opened as fresh app connections, so their connection state
+//     (SELECT, MULTI in progress) is lost; sessions of this replica's own
+//     clients end with its RESET, as before.
+//   - The record is keyed by sandbox: an app container that restarted inside
+//     the same sandbox while the daemon was down comes back empty but is
+//     treated as the running app. Restart the pod (new sandbox) in that case.
+//   - Kubernetes membership fixes the group's members at its first start
+//     (IDs 1..highest pod index seen); growing a group later needs
+//     raftcore's AddMember, which nothing calls yet. A member whose data
+//     directory is lost (pod moved to another node without its disk) starts
+//     empty with its old ID, which raft does not allow in general.
 package daemon
 
 import (
