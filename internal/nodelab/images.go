@@ -30,16 +30,19 @@ const (
 	HttpdImage        = "registry.k8s.io/e2e-test-images/httpd:2.4.39-4"
 	HostNetNginxImage = "gcr.io/k8s-staging-cri-tools/hostnet-nginx-amd64:latest"
 	RedisImage        = "localhost/redis:smr"
+	// ExampleRedisImage is the reference examples/redis uses; the lab gives it the same image.
+	ExampleRedisImage = "docker.io/library/redis:7.2"
 )
 
 // DefaultImages is what StartContainerd imports unless told otherwise.
 var DefaultImages = []string{PauseImage, BusyboxImage, NginxImage, HttpdImage, HostNetNginxImage, RedisImage}
 
 const (
-	busyboxPath = "/bin/busybox" // from Debian's busybox-static
-	redisPath   = "/usr/bin/redis-server"
-	ipcsPath    = "/usr/bin/ipcs" // util-linux
-	imagePATH   = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	busyboxPath  = "/bin/busybox" // from Debian's busybox-static
+	redisPath    = "/usr/bin/redis-server"
+	redisCLIPath = "/usr/bin/redis-cli"
+	ipcsPath     = "/usr/bin/ipcs" // util-linux
+	imagePATH    = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 )
 
 // layerFile is one entry of an image layer. Exactly one of Content, HostPath, Link is used;
@@ -357,7 +360,7 @@ func (b *imageBuilder) build(ref string) (v1.Image, error) {
 	case HostNetNginxImage:
 		// critest's host-network specs expect this image to serve on 12003 in the host netns.
 		return b.webServer("nginx", "12003")
-	case RedisImage:
+	case RedisImage, ExampleRedisImage:
 		base, err := b.busyboxLayer()
 		if err != nil {
 			return nil, err
@@ -373,6 +376,10 @@ func (b *imageBuilder) build(ref string) (v1.Image, error) {
 			{Path: redisPath, HostPath: redisPath, Mode: 0o755},
 			{Path: "/data", Dir: true, Mode: 0o777},
 		}, libs...)
+		// redis-cli (redis-tools; the same libraries) for exec probes such as examples/redis'.
+		if _, err := os.Stat(redisCLIPath); err == nil {
+			files = append(files, layerFile{Path: redisCLIPath, HostPath: redisCLIPath, Mode: 0o755})
+		}
 		l, err := buildLayer(files)
 		if err != nil {
 			return nil, fmt.Errorf("redis layer: %w", err)
