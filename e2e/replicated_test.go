@@ -1,16 +1,10 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"maps"
 	"net"
-	"os"
-	"path/filepath"
-	"regexp"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -186,43 +180,14 @@ func diverged(ctx context.Context, t *testing.T, cl *cluster.Cluster) int {
 	}
 }
 
-var leaderLine = regexp.MustCompile(`^time=(\S+) .*msg="(\d+) became leader at term (\d+)" group=` + regexp.QuoteMeta(smrNS) + `\.redis`)
-
-// leaderChange is one "became leader" line of the ordering nodes' logs.
-type leaderChange struct {
-	At     string
-	Member int
-	Term   int
-}
-
-// leaderChanges reads every node's smr-cri log for the group's leader elections, oldest first.
-func leaderChanges(t *testing.T, cl *cluster.Cluster) []leaderChange {
+// leaderNode is the node of the current leader of the replicated set (member N is pod
+// redis-(N-1)), from the ordering nodes' logs.
+func leaderNode(ctx context.Context, t *testing.T, cl *cluster.Cluster) (string, cluster.LeaderChange) {
 	t.Helper()
-	var out []leaderChange
-	for _, n := range cl.Nodes {
-		f, err := os.Open(filepath.Join(cl.LogDir(), n.Name+"-smr-cri.log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			if m := leaderLine.FindStringSubmatch(sc.Text()); m != nil {
-				member, _ := strconv.Atoi(m[2])
-				term, _ := strconv.Atoi(m[3])
-				out = append(out, leaderChange{At: m[1], Member: member, Term: term})
-			}
-		}
-		f.Close()
+	changes, err := cl.LeaderChanges(smrNS + ".redis")
+	if err != nil {
+		t.Fatal(err)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Term < out[j].Term })
-	return out
-}
-
-// leaderNode is the node of the current leader (member N is pod redis-(N-1)).
-func leaderNode(ctx context.Context, t *testing.T, cl *cluster.Cluster) (string, leaderChange) {
-	t.Helper()
-	changes := leaderChanges(t, cl)
 	if len(changes) == 0 {
 		t.Fatal("no leader election in the smr-cri logs")
 	}

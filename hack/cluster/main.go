@@ -4,6 +4,7 @@
 //	go run ./hack/cluster down [--dir DIR] [--keep-logs DIR]  stop everything and remove what it made
 //	go run ./hack/cluster stop [--dir DIR]               stop everything but keep the state directory
 //	go run ./hack/cluster start [--dir DIR] [--nodes N]  start a stopped (or crashed) cluster on its state
+//	go run ./hack/cluster demo [--dir DIR]               up, then examples/redis replicated: write, read every replica, kill the leader
 //	go run ./hack/cluster rss  [--dir DIR]               resident memory of the running cluster
 //	go run ./hack/cluster env  [--dir DIR]               print KUBECONFIG=... and the kubectl path
 //
@@ -33,7 +34,7 @@ func main() {
 	}
 }
 
-const usage = `usage: cluster up|down|stop|start|rss|env [--dir DIR] [--nodes N] [--keep-logs DIR]`
+const usage = `usage: cluster up|down|stop|start|demo|rss|env [--dir DIR] [--nodes N] [--keep-logs DIR]`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -72,6 +73,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cluster.Down(ctx, cfg, stdout, cluster.DownOptions{KeepLogsIn: *keepLogs})
 	case "stop":
 		return cluster.Stop(ctx, cfg, stdout)
+	case "demo":
+		return demo(ctx, cfg, stdout)
 	case "rss":
 		c, err := cfg.Resolve()
 		if err != nil {

@@ -21,7 +21,7 @@ import (
 )
 
 // Images imported into every node's containerd (nothing can be pulled on these machines).
-var Images = []string{nodelab.PauseImage, nodelab.BusyboxImage, nodelab.RedisImage}
+var Images = []string{nodelab.PauseImage, nodelab.BusyboxImage, nodelab.RedisImage, nodelab.ExampleRedisImage}
 
 // Cluster is a running cluster.
 type Cluster struct {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bufio"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
@@ -351,5 +352,21 @@ Flags:
 	}
 	if strings.Contains(args, "--kubeconfig") || strings.Contains(args, "--pki-dir") {
 		t.Errorf("smr-cri args %q pass a flag this build does not know", args)
+	}
+}
+
+func TestParseLeaderChanges(t *testing.T) {
+	log := `time=2026-11-25T13:20:22.050Z level=INFO msg="2 became follower at term 2" group=default.redis member=2
+time=2026-11-25T13:20:22.054Z level=INFO msg="1 became leader at term 2" group=default.redis member=1 group=default.redis member=1
+time=2026-11-25T13:21:00.000Z level=INFO msg="3 became leader at term 1" group=other.redis member=3
+ts=2026-11-25T13:20:22.060Z smr=commit group=default.redis index=5 term=2 session=0 op="RESET" origin=2
+time=2026-11-25T13:22:00.000Z level=INFO msg="1 became leader at term 4" group=default.redis member=1`
+	got := parseLeaderChanges(bufio.NewScanner(strings.NewReader(log)), "default.redis", "smr-node1")
+	want := []LeaderChange{
+		{At: "2026-11-25T13:20:22.054Z", Member: 1, Term: 2, Node: "smr-node1"},
+		{At: "2026-11-25T13:22:00.000Z", Member: 1, Term: 4, Node: "smr-node1"},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("parseLeaderChanges = %+v, want %+v", got, want)
 	}
 }

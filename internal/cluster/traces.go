@@ -1,0 +1,54 @@
+package cluster
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+)
+
+// LeaderChange is one leader election of a replication group, as the raft library logs it in
+// smr-cri's log on the winner's node ("<member> became leader at term <term>").
+type LeaderChange struct {
+	At     string // the log line's time
+	Member int
+	Term   int
+	Node   string // the node whose smr-cri logged it
+}
+
+var leaderLine = regexp.MustCompile(`^time=(\S+) .*msg="(\d+) became leader at term (\d+)" group=(\S+)`)
+
+// LeaderChanges reads every node's smr-cri log for the elections of group (<namespace>.<name>),
+// lowest term first; the last one is the current leader.
+func (cl *Cluster) LeaderChanges(group string) ([]LeaderChange, error) {
+	var out []LeaderChange
+	for _, n := range cl.Nodes {
+		path := filepath.Join(cl.LogDir(), n.Name+"-smr-cri.log")
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+		out = append(out, parseLeaderChanges(bufio.NewScanner(f), group, n.Name)...)
+		f.Close()
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Term < out[j].Term })
+	return out, nil
+}
+
+func parseLeaderChanges(sc *bufio.Scanner, group, node string) []LeaderChange {
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	var out []LeaderChange
+	for sc.Scan() {
+		m := leaderLine.FindStringSubmatch(sc.Text())
+		if m == nil || m[4] != group {
+			continue
+		}
+		member, _ := strconv.Atoi(m[2])
+		term, _ := strconv.Atoi(m[3])
+		out = append(out, LeaderChange{At: m[1], Member: member, Term: term, Node: node})
+	}
+	return out
+}
