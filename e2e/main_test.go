@@ -28,6 +28,14 @@ func runMain(m *testing.M) int {
 		return m.Run() // every test skips with a message
 	}
 	ctx := context.Background()
+	// Another run of this package (hack/test.sh's go test ./... beside make e2e) would replace
+	// the cluster under this one: wait for it instead.
+	release, err := cluster.LockSession(os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer release()
 	before, err := hostSnapshot(ctx)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)

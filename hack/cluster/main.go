@@ -53,6 +53,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cfg := cluster.Config{Dir: *dir, Nodes: *nodes}
 	switch args[0] {
+	case "up", "start", "stop", "down", "demo":
+		// An e2e run owns the cluster while it runs: wait for it rather than pull the cluster
+		// from under its tests.
+		release, err := cluster.LockSession(stderr)
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
+	switch args[0] {
 	case "up", "start":
 		t0 := time.Now()
 		boot := cluster.Up
