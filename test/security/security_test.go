@@ -427,10 +427,14 @@ func TestRoguePeers(t *testing.T) {
 	lead := c.leader(ctx)
 	target := c.members[lead].raft
 	before := c.state(ctx)
-	other := uint64(1)
-	if other == lead {
-		other = 2
+	// other and third: the two followers.
+	var followers []uint64
+	for id := uint64(1); id <= 3; id++ {
+		if id != lead {
+			followers = append(followers, id)
+		}
 	}
+	other, third := followers[0], followers[1]
 	tests := []struct {
 		name, kind string // kind: the summary key
 		args       []string
@@ -443,7 +447,8 @@ func TestRoguePeers(t *testing.T) {
 		{"not-a-member", "rogue-peer", []string{"-cert", "issued", "-cert-member", "9", "-from", "9"}, "member 9 is not a current member of group kv"},
 		{"wrong-group", "wrong-group", []string{"-cert", "issued", "-cert-group", "web", "-cert-member", fmt.Sprint(other), "-from", fmt.Sprint(other)},
 			fmt.Sprintf("peer certificate for group web member %d is not valid for group kv", other)},
-		{"wrong-member", "wrong-group", []string{"-cert", "issued", "-cert-member", "9", "-from", fmt.Sprint(other)}, "member id mismatch"},
+		// A genuine member's certificate used to speak as another member.
+		{"wrong-member", "wrong-group", []string{"-cert", "issued", "-cert-member", fmt.Sprint(other), "-from", fmt.Sprint(third)}, "member id mismatch"},
 	}
 	verdict := map[string]string{"rogue-peer": "rejected", "wrong-group": "rejected"}
 	for _, tc := range tests {
