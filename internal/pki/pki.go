@@ -125,7 +125,7 @@ func Authorize(cert *x509.Certificate, group string, member uint64) error {
 			sameGroup = sameGroup || id.Group == group
 		}
 		if sameGroup {
-			return fmt.Errorf("smr-cri: peer certificate for %s claims to be member %d of group %s: member id mismatch", describe(ids), member, group)
+			return fmt.Errorf("smr-cri: peer certificate for %s is not valid for member %d of group %s (member id mismatch)", describe(ids), member, group)
 		}
 		return fmt.Errorf("smr-cri: peer certificate for %s is not valid for group %s", describe(ids), group)
 	}
