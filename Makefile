@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO    ?= go
 BIN   := bin
 
-.PHONY: all build run test unit critest bench bench-cri bench-raft bench-netintercept vet fmt clean help
+.PHONY: all build run test unit critest e2e cluster-up cluster-down test-security fuzz kind-up bench bench-cri bench-raft bench-netintercept vet fmt clean help
 
 all: build
 
@@ -26,6 +26,27 @@ unit: ## unit tests only: no root, no daemons
 critest: ## CRI validation suite directly against containerd and through smr-cri
 	hack/critest.sh
 
+e2e: ## end-to-end fault scenarios on the local multi-node cluster (needs root)
+	hack/cluster/e2e.sh
+
+cluster-up: ## a control plane and three worker nodes (network namespaces) on this machine
+	hack/install-deps.sh
+	$(GO) build -o $(BIN)/smr-cri ./cmd/smr-cri
+	$(GO) run ./hack/cluster up
+
+cluster-down: ## remove every process, namespace, mount, rule and file of the local cluster
+	$(GO) run ./hack/cluster down
+
+test-security: ## mTLS between ordering nodes, rogue peers, replay, socket modes
+	hack/test-security.sh
+
+fuzz: ## run each protocol framer fuzzer for FUZZTIME (default 30s)
+	for f in FuzzRESPRequest FuzzRESPResponse FuzzHTTPRequest FuzzHTTPResponse; do \
+		$(GO) test ./replication/framing -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
+
+kind-up: ## create a kind cluster from hack/kind-config.yaml and install smr-cri (needs kind + docker)
+	hack/kind-up.sh
+
 bench: ## redis-benchmark: plain Redis pod vs a 3-replica smr group
 	hack/bench.sh
 
@@ -36,7 +57,7 @@ bench-raft: ## raftcore 3 processes vs a 3-member etcd cluster
 	hack/bench-raft.sh
 
 bench-netintercept: ## apply/cleanup and redirect latency (needs root)
-	SMR_INTEGRATION=1 $(GO) test -run '^$$' -bench . ./netintercept/
+	SMR_INTEGRATION=1 $(GO) test -run '^$$' -bench . -benchtime 300x -count 3 ./netintercept/
 
 vet:
 	$(GO) vet ./...
