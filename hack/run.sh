@@ -22,6 +22,6 @@ The cluster is still running. Talk to the replicated Redis:
   export KUBECONFIG=$ROOT/_out/cluster/admin.kubeconfig
   $ROOT/_cache/kube-v1.37.2/kubectl get pods -o wide
   $ROOT/_cache/kube-v1.37.2/kubectl exec -it redis-0 -- redis-cli -h redis    # through the Service
-  tail -f $ROOT/_out/cluster/logs/smr-cri-smr-node1.log                      # ordering traces
+  tail -f $ROOT/_out/cluster/logs/smr-node1-smr-cri.log                      # ordering traces
 Take it down with: make cluster-down
 MSG
