@@ -423,18 +423,18 @@ func TestRedisExampleContract(t *testing.T) {
 	}
 }
 
-// TestDocumentedCommands: every manifest path docs/install.md uses exists.
+// TestDocumentedCommands: every manifest path the README uses exists.
 func TestDocumentedCommands(t *testing.T) {
-	doc, err := os.ReadFile(filepath.Join(repo, "docs/install.md"))
+	doc, err := os.ReadFile(filepath.Join(repo, "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range regexp.MustCompile("(?:-k|-f|--config) ((?:manifests|examples|hack)/[^\\s)`]*)").FindAllSubmatch(doc, -1) {
 		if _, err := os.Stat(filepath.Join(repo, string(m[1]))); err != nil {
-			t.Errorf("docs/install.md uses %s: %v", m[1], err)
+			t.Errorf("README.md uses %s: %v", m[1], err)
 		}
 	}
 	if !bytes.Contains(doc, []byte("hack/kind-up.sh")) {
-		t.Error("docs/install.md does not mention hack/kind-up.sh")
+		t.Error("README.md does not mention hack/kind-up.sh")
 	}
 }
