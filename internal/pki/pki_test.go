@@ -413,3 +413,46 @@ func TestLazyCARetries(t *testing.T) {
 		t.Fatalf("second Get: same=%v err=%v sources=%v creates=%d", again == first, err, sources, store.creates)
 	}
 }
+
+// The TLS config asks the issuer at every handshake: once a third of the
+// lifetime remains, the next handshake presents a new certificate (same
+// identity, later expiry) and the peer still accepts it.
+func TestRotationReachesHandshakes(t *testing.T) {
+	ca := mustCA(t)
+	is, err := NewIssuer(ca, []Identity{{"kv", 1}}, 3*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first certificate was issued two hours ago (1h of 3h left).
+	start := time.Now()
+	is.now = func() time.Time { return start.Add(-2 * time.Hour) }
+	if err := is.SetIdentities([]Identity{{"kv", 1}}); err != nil {
+		t.Fatal(err)
+	}
+	client := TLSConfig(ca.Pool(), Static{mustIssue(t, ca, IssueOptions{}, Identity{"kv", 2})})
+	handshake := func() *x509.Certificate {
+		t.Helper()
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		errc := make(chan error, 1)
+		go func() { errc <- tls.Server(a, TLSConfig(ca.Pool(), is)).HandshakeContext(context.Background()) }()
+		c := tls.Client(b, client)
+		if err := c.HandshakeContext(context.Background()); err != nil {
+			t.Fatalf("client handshake: %v", err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatalf("server handshake: %v", err)
+		}
+		return c.ConnectionState().PeerCertificates[0]
+	}
+	first := handshake() // the issuer still thinks it is two hours ago: no renewal
+	is.now = time.Now    // now only a third is left: the next handshake renews
+	second := handshake()
+	if first.SerialNumber.Cmp(second.SerialNumber) == 0 || !second.NotAfter.After(first.NotAfter) {
+		t.Fatalf("no rotation: serial %v -> %v, expiry %v -> %v", first.SerialNumber, second.SerialNumber, first.NotAfter, second.NotAfter)
+	}
+	if err := Authorize(second, "kv", 1); err != nil {
+		t.Fatalf("rotated certificate: %v", err)
+	}
+}
