@@ -333,6 +333,7 @@ func TestEnsureCA(t *testing.T) {
 		{"dir only, empty", nil, false, "created in", false},
 		{"dir only, existing", nil, true, "loaded from", false},
 		{"secret created and cached", &memStore{data: map[string]map[string][]byte{}}, false, "created secret smr-system/smr-cri-ca", false},
+		{"secret created from the CA in dir", &memStore{data: map[string]map[string][]byte{}}, true, "created secret smr-system/smr-cri-ca", false},
 		{"api down, cached copy", failingStore{}, true, "cached copy", false},
 		{"api down, no copy", failingStore{}, false, "", true},
 	}
@@ -344,6 +345,7 @@ func TestEnsureCA(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			seeded, _ := LoadCA(dir)
 			ca, src, err := EnsureCA(ctx, dir, tc.store)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("err = %v, wantErr %v", err, tc.wantErr)
@@ -357,6 +359,9 @@ func TestEnsureCA(t *testing.T) {
 			cached, err := LoadCA(dir)
 			if err != nil || !cached.Cert.Equal(ca.Cert) {
 				t.Errorf("dir does not hold the CA: %v", err)
+			}
+			if seeded != nil && !seeded.Cert.Equal(ca.Cert) {
+				t.Errorf("the CA already in dir was replaced")
 			}
 		})
 	}

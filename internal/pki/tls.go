@@ -190,6 +190,12 @@ const (
 // creating it if missing. Two nodes racing to create it end with the same
 // CA: the loser re-reads the winner's Secret.
 func EnsureCASecret(ctx context.Context, s SecretStore, namespace, name string) (ca *CA, created bool, err error) {
+	return ensureCASecret(ctx, s, namespace, name, nil)
+}
+
+// ensureCASecret is EnsureCASecret that, if the Secret is missing, stores
+// seed (when not nil) instead of a new CA.
+func ensureCASecret(ctx context.Context, s SecretStore, namespace, name string, seed *CA) (ca *CA, created bool, err error) {
 	for attempt := 0; attempt < 2; attempt++ {
 		data, found, err := s.GetSecret(ctx, namespace, name)
 		if err != nil {
@@ -202,9 +208,11 @@ func EnsureCASecret(ctx context.Context, s SecretStore, namespace, name string) 
 			}
 			return ca, false, nil
 		}
-		ca, err := NewCA("smr-cri cluster CA", DefaultCAValidity)
-		if err != nil {
-			return nil, false, err
+		ca := seed
+		if ca == nil {
+			if ca, err = NewCA("smr-cri cluster CA", DefaultCAValidity); err != nil {
+				return nil, false, err
+			}
 		}
 		exists, err := s.CreateSecret(ctx, namespace, name, map[string][]byte{CACertFile: ca.CertPEM, CAKeyFile: ca.KeyPEM})
 		if err != nil {
@@ -250,8 +258,8 @@ func NewMember(ca *CA, self []Identity, validity time.Duration, isMember func(gr
 
 // EnsureCA returns the cluster CA for a node daemon. With a SecretStore
 // (Kubernetes), the Secret is the source of truth: it is created if
-// missing (the first node to start creates it; the others read it) and
-// cached in dir, so a restart while the API server is unreachable still
+// missing (the first node to start creates it, from the CA already in dir
+// if there is one; the others read it) and cached in dir, so a restart while the API server is unreachable still
 // finds it. Without one (a single node, the local test cluster), dir holds
 // the CA and it is created there if missing. source says where it came
 // from, for the log.
@@ -266,7 +274,10 @@ func EnsureCA(ctx context.Context, dir string, store SecretStore) (ca *CA, sourc
 		}
 		return ca, "loaded from " + dir, nil
 	}
-	ca, created, err := EnsureCASecret(ctx, store, SecretNamespace, SecretName)
+	// A CA already in dir (e.g. made by 'smr-cri pki init') becomes the
+	// cluster CA if the Secret does not exist yet.
+	seed, _ := LoadCA(dir)
+	ca, created, err := ensureCASecret(ctx, store, SecretNamespace, SecretName, seed)
 	if err != nil {
 		cached, cerr := LoadCA(dir)
 		if cerr != nil {
