@@ -2,6 +2,7 @@ package raftnode
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -80,4 +81,25 @@ func respErr(resp *http.Response, body []byte) error {
 	default:
 		return fmt.Errorf("%w: http %d: %s", raftcore.ErrLeaderLost, resp.StatusCode, msg)
 	}
+}
+
+// Status returns the member's raft status (GET /status).
+func (c *Client) Status(ctx context.Context) (raftcore.Status, error) {
+	var st raftcore.Status
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Base+"/status", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("status: http %d", resp.StatusCode)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, fmt.Errorf("status: %w", err)
+	}
+	return st, nil
 }

@@ -2,7 +2,6 @@ package security
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,8 +10,6 @@ import (
 	"testing"
 	"time"
 )
-
-func decodeJSON(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }
 
 // recProxy forwards TCP connections to target and records the bytes each
 // connection's dialer sent (the captured traffic an attacker on the path

@@ -322,13 +322,7 @@ func (c *cluster) client(id uint64) *raftnode.Client {
 }
 
 func (c *cluster) status(id uint64) (raftcore.Status, error) {
-	var st raftcore.Status
-	resp, err := c.hc.Get("http://" + c.members[id].http + "/status")
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	return st, decodeJSON(resp.Body, &st)
+	return c.client(id).Status(context.Background())
 }
 
 func (c *cluster) leader(ctx context.Context) uint64 {
