@@ -200,7 +200,8 @@ func newLogTail(r io.Reader) *logTail {
 }
 
 // waitFor returns the first line at or after position from that contains
-// every substring, or "" if none came before the (failure-only) bound.
+// every substring, or "" if none came before the (failure-only) bound; a
+// bound <= 0 only looks at the lines already there.
 func (l *logTail) waitFor(from int, bound time.Duration, substrs ...string) string {
 	timer := time.AfterFunc(bound, func() { l.mu.Lock(); l.cond.Broadcast(); l.mu.Unlock() })
 	defer timer.Stop()
@@ -217,7 +218,7 @@ func (l *logTail) waitFor(from int, bound time.Duration, substrs ...string) stri
 				return l.lines[i]
 			}
 		}
-		if time.Now().After(deadline) {
+		if bound <= 0 || time.Now().After(deadline) {
 			return ""
 		}
 		l.cond.Wait()
@@ -461,6 +462,16 @@ func TestRoguePeers(t *testing.T) {
 				t.Fatalf("group state changed under attack: %s", d)
 			}
 		})
+	}
+	// Refusals name peers and reasons, never the payload they carried or
+	// key material.
+	for id, m := range c.members {
+		if line := m.logs.waitFor(0, 0, "pwned"); line != "" {
+			t.Errorf("member %d logged a rogue payload: %s", id, line)
+		}
+		if line := m.logs.waitFor(0, 0, "PRIVATE KEY"); line != "" {
+			t.Errorf("member %d logged key material: %s", id, line)
+		}
 	}
 	report(t, "rogue-peer", verdict["rogue-peer"])
 	report(t, "wrong-group", verdict["wrong-group"])
