@@ -74,7 +74,9 @@ func TestCRISocketMode(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			var stderr syncBuffer
-			cmd := exec.CommandContext(ctx, bin, "serve", "--listen", sock, "--runtime-endpoint", "unix://"+filepath.Join(base, "no-runtime.sock"))
+			// Replication stays on (as on a node) with its data in the test's directory.
+			cmd := exec.CommandContext(ctx, bin, "serve", "--listen", sock, "--runtime-endpoint", "unix://"+filepath.Join(base, "no-runtime.sock"),
+				"--data-dir", filepath.Join(base, "data"))
 			cmd.Stderr = &stderr
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
