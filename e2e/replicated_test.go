@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -171,13 +172,35 @@ func diverged(ctx context.Context, t *testing.T, cl *cluster.Cluster) int {
 			for pod, st := range last {
 				if !maps.Equal(st, last["redis-0"]) {
 					n++
-					t.Errorf("replica %s holds %d keys that differ from redis-0's %d", pod, len(st), len(last["redis-0"]))
+					t.Errorf("replica %s differs from redis-0: %s", pod, stateDiff(last["redis-0"], st))
 				}
 			}
 			return n
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// stateDiff describes up to 10 keys where two replicas' states differ.
+func stateDiff(a, b map[string]string) string {
+	keys := slices.Sorted(maps.Keys(a))
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	var diffs []string
+	for _, k := range keys {
+		va, oka := a[k]
+		vb, okb := b[k]
+		if va != vb || oka != okb {
+			diffs = append(diffs, fmt.Sprintf("%s: %q vs %q", k, va, vb))
+		}
+	}
+	if len(diffs) > 10 {
+		diffs = append(diffs[:10], fmt.Sprintf("... %d more", len(diffs)-10))
+	}
+	return strings.Join(diffs, "; ")
 }
 
 // leaderNode is the node of the current leader of the replicated set (member N is pod
