@@ -31,6 +31,7 @@ const (
 //	kubeconfig: /var/lib/smr-cri/kube/kubeconfig
 //	nodeName: node1
 //	traceFile: "-"
+//	probeSources: [auto]
 type ServeConfig struct {
 	APIVersion      string `json:"apiVersion"`
 	Kind            string `json:"kind"`
@@ -43,6 +44,8 @@ type ServeConfig struct {
 	Kubeconfig      string `json:"kubeconfig,omitempty"`
 	NodeName        string `json:"nodeName,omitempty"`
 	TraceFile       string `json:"traceFile,omitempty"`
+	// ProbeSources are --probe-source values (IPv4 addresses, auto, none).
+	ProbeSources []string `json:"probeSources,omitempty"`
 }
 
 // ErrBadConfig marks an invalid configuration file or value.

@@ -50,9 +50,17 @@ type replicationOptions struct {
 	Kubeconfig string // "" : static smr.io/peers only
 	NodeName   string // "" : the host name
 	TraceFile  string // "-" : stdout
+	// ProbeSource is the comma list of --probe-source values (validated by
+	// daemon.ParseProbeSources): addresses whose connections bypass the
+	// redirect, "auto" or "none".
+	ProbeSource string
 }
 
-var defaultReplication = replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: DefaultTraceFile}
+// DefaultProbeSource: no bypass (see internal/daemon, "Kubelet probes").
+const DefaultProbeSource = daemon.ProbeSourceNone
+
+var defaultReplication = replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: DefaultTraceFile,
+	ProbeSource: DefaultProbeSource}
 
 const serveHelp = `Usage: smr-cri serve [flags]
 
@@ -83,7 +91,8 @@ func serveFlags(fs *flag.FlagSet) (listen, endpoint, config, logLevel, metricsAd
 			"connects lazily and reconnects by itself; while the runtime is down calls fail at once with Unavailable.")
 	config = fs.String("config", "",
 		"optional YAML file (apiVersion: "+ConfigAPIVersion+", kind: "+ConfigKind+") with the fields listen,\n"+
-			"runtimeEndpoint, logLevel, metricsAddr, shutdownTimeout, dataDir, kubeconfig, nodeName, traceFile.\n"+
+			"runtimeEndpoint, logLevel, metricsAddr, shutdownTimeout, dataDir, kubeconfig, nodeName, traceFile,\n"+
+			"probeSources (a list).\n"+
 			"Unknown fields are errors. Flags given on the\n"+
 			"command line override the file.")
 	logLevel = fs.String("log-level", DefaultLogLevel, "log level: debug, info, warn or error. Logs go to stderr.")
@@ -96,7 +105,31 @@ func serveFlags(fs *flag.FlagSet) (listen, endpoint, config, logLevel, metricsAd
 	return
 }
 
-func replicationFlags(fs *flag.FlagSet) (enabled *bool, dataDir, kubeconfig, nodeName, traceFile *string) {
+// listFlag is a repeatable string flag: its values (each may itself be a
+// comma list) are joined with commas into *dst, the first use replacing the
+// default.
+type listFlag struct {
+	dst *string
+	set bool
+}
+
+func (l *listFlag) String() string {
+	if l.dst == nil {
+		return ""
+	}
+	return *l.dst
+}
+
+func (l *listFlag) Set(v string) error {
+	if l.set {
+		*l.dst += "," + v
+	} else {
+		*l.dst, l.set = v, true
+	}
+	return nil
+}
+
+func replicationFlags(fs *flag.FlagSet) (enabled *bool, dataDir, kubeconfig, nodeName, traceFile, probeSource *string) {
 	enabled = fs.Bool("replication", true,
 		"replicate pods labelled smr.io/replicate=true. false only logs them (the proxy alone, an escape hatch).")
 	dataDir = fs.String("data-dir", DefaultDataDir,
@@ -109,6 +142,14 @@ func replicationFlags(fs *flag.FlagSet) (enabled *bool, dataDir, kubeconfig, nod
 	traceFile = fs.String("trace-file", DefaultTraceFile,
 		"where the ordering trace lines go (one per applied request): \"-\" is stdout (the installed unit appends\n"+
 			"it to the log file that `smr-cri trace --follow` tails), or a file appended to.")
+	probeSource = new(string)
+	*probeSource = DefaultProbeSource
+	fs.Var(&listFlag{dst: probeSource}, "probe-source",
+		"source addresses whose connections to a replicated pod's service ports bypass the redirect and reach\n"+
+			"the app directly, for kubelet's tcpSocket/httpGet probes (repeatable, or a comma list): IPv4 addresses,\n"+
+			"\"auto\" (per pod: the gateway of the pod's default route and the node's source address for its route\n"+
+			"to the pod IP), or \"none\". Any client connecting from such an address (processes on the node,\n"+
+			"Service traffic the node masquerades) also bypasses replication, hence the default \"none\".")
 	return
 }
 
@@ -117,7 +158,7 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	listen, endpoint, config, logLevel, metricsAddr, shutdown := serveFlags(fs)
-	replicate, dataDir, kubeconfig, nodeName, traceFile := replicationFlags(fs)
+	replicate, dataDir, kubeconfig, nodeName, traceFile, probeSource := replicationFlags(fs)
 	printHelp := func(w io.Writer) {
 		fmt.Fprint(w, serveHelp)
 		fs.VisitAll(func(f *flag.Flag) {
@@ -165,6 +206,7 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 			"kubeconfig":       {kubeconfig, c.Kubeconfig},
 			"node-name":        {nodeName, c.NodeName},
 			"trace-file":       {traceFile, c.TraceFile},
+			"probe-source":     {probeSource, strings.Join(c.ProbeSources, ",")},
 		} {
 			if !set[name] && p.val != "" {
 				*p.dst = p.val
@@ -191,6 +233,9 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	if *traceFile == "" {
 		return serveOptions{}, fmt.Errorf("%w: --trace-file must not be empty (\"-\" is stdout)", ErrBadConfig)
 	}
+	if _, err := daemon.ParseProbeSources(strings.Split(*probeSource, ",")); err != nil {
+		return serveOptions{}, fmt.Errorf("%w: --probe-source: %w", ErrBadConfig, err)
+	}
 	return serveOptions{
 		Listen:          *listen,
 		RuntimeEndpoint: *endpoint,
@@ -198,7 +243,7 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 		MetricsAddr:     *metricsAddr,
 		ShutdownTimeout: timeout,
 		Replication: replicationOptions{Enabled: *replicate, DataDir: *dataDir, Kubeconfig: *kubeconfig,
-			NodeName: *nodeName, TraceFile: *traceFile},
+			NodeName: *nodeName, TraceFile: *traceFile, ProbeSource: *probeSource},
 	}, nil
 }
 
@@ -302,7 +347,13 @@ func startReplication(ctx context.Context, o serveOptions, log *slog.Logger, reg
 			_ = traceFile.Close()
 		}
 	}
-	cfg := daemon.Config{DataDir: ro.DataDir, RuntimeEndpoint: o.RuntimeEndpoint, NodeName: ro.NodeName, Log: log}
+	probes, err := daemon.ParseProbeSources(strings.Split(ro.ProbeSource, ","))
+	if err != nil {
+		closeTrace()
+		return nil, nil, fmt.Errorf("%w: --probe-source: %w", ErrBadConfig, err)
+	}
+	cfg := daemon.Config{DataDir: ro.DataDir, RuntimeEndpoint: o.RuntimeEndpoint, NodeName: ro.NodeName, Log: log,
+		ProbeSources: probes}
 	if cfg.NodeName == "" {
 		cfg.NodeName, _ = os.Hostname()
 	}
@@ -336,7 +387,8 @@ func startReplication(ctx context.Context, o serveOptions, log *slog.Logger, reg
 		defer close(done)
 		d.Run(runCtx)
 	}()
-	log.Info("replication on", "dataDir", ro.DataDir, "trace", ro.TraceFile, "kubernetes", ro.Kubeconfig != "", "node", cfg.NodeName)
+	log.Info("replication on", "dataDir", ro.DataDir, "trace", ro.TraceFile, "kubernetes", ro.Kubeconfig != "", "node", cfg.NodeName,
+		"probeSource", ro.ProbeSource)
 	stop := func() {
 		cancel()
 		<-done

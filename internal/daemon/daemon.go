@@ -26,6 +26,34 @@
 // needs --kubeconfig: the initial membership is listed from the API server
 // (Discovery.Peers) and a pod watch moves addresses with Group.SetPeerAddr.
 //
+// # Kubelet probes
+//
+// kubelet probes a pod (tcpSocket, httpGet, grpc) by connecting to podIP:port
+// from the node, so the connection's source is the node's address on the pod
+// network: on a bridge CNI the bridge's address, which is also the pod's
+// default gateway (198.19.N.1 on the local cluster); on ptp CNIs (kindnet)
+// the host-side veth's address, again the pod's gateway. Connections from a
+// netintercept.Spec.ProbeSources address skip the redirect and reach the
+// app directly. serve's --probe-source (Config.ProbeSources) chooses them:
+//   - explicit IPv4 addresses, for all pods;
+//   - "auto": per pod at attach (detectProbeSources), the gateways of the
+//     pod netns's IPv4 default routes, plus the source address the daemon's
+//     own netns (the node's) picks for its route to each pod IP, i.e. the
+//     `src` of `ip route get <podIP>`; never one of the pod's own IPs;
+//   - "none" (the default): no bypass; probes to a service port go through
+//     the ordered stream like any client (a tcpSocket probe opens and closes
+//     a session in the log; an exec probe to 127.0.0.1 is never redirected).
+//
+// "auto" is not the default because a source address cannot tell kubelet
+// from other node-originated traffic: connections from processes or
+// hostNetwork pods on the node, and Service traffic the node masquerades
+// (kube-proxy SNATs traffic from outside the cluster CIDR, e.g. NodePort
+// with externalTrafficPolicy=Cluster or a ClusterIP dialed from the node, to
+// the bridge address when the endpoint is local) carry the same address and
+// would silently reach one replica's app unreplicated, making the replicas
+// diverge. Turn it on (or list the address) only where clients never come
+// from the node's own address, and prefer exec probes otherwise.
+//
 // # Restart of the daemon
 //
 // The CRI proxy keeps no state. At start, and every ReconcileInterval (so
@@ -61,7 +89,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -116,6 +146,12 @@ type Config struct {
 	Dialer       func(netnsPath string) replication.AppDialer
 	OriginalPort func(net.Conn) (int, error)
 	ListenerPort int
+	// ProbeSources are the source addresses whose connections bypass each
+	// pod's redirect (kubelet probes); see "Kubelet probes" above.
+	ProbeSources ProbeSources
+	// detect finds a pod's probe sources when ProbeSources.Auto; nil means
+	// detectProbeSources (tests replace it).
+	detect func(netnsPath string) ([]netip.Addr, error)
 }
 
 // Daemon is the cri.Replicator of `smr-cri serve`.
@@ -143,9 +179,39 @@ var _ cri.Replicator = (*Daemon)(nil)
 // keepingInterceptor removes a pod's redirect on detach, except while the
 // daemon shuts down: then the redirect stays and clients are refused (no
 // listener) until the restarted daemon re-attaches the pod.
+// It also adds the probe sources to every pod's interception spec.
 type keepingInterceptor struct {
 	replication.Interceptor
-	keep atomic.Bool
+	keep   atomic.Bool
+	probes ProbeSources
+	detect func(netnsPath string) ([]netip.Addr, error)
+	log    *slog.Logger
+}
+
+// Apply adds the explicit and (with auto) the detected probe sources of the
+// pod to spec. A failed detection is logged and the pod is still attached:
+// its probes then pass through the ordered stream, which is safe.
+func (k *keepingInterceptor) Apply(ctx context.Context, netnsPath string, spec netintercept.Spec) (netintercept.Result, error) {
+	sources := slices.Concat(spec.ProbeSources, k.probes.Addrs)
+	if k.probes.Auto {
+		found, err := k.detect(netnsPath)
+		if err != nil {
+			k.log.Warn("cannot detect the kubelet probe source of a pod; its probes go through the ordered stream",
+				"netns", netnsPath, "err", err)
+		}
+		sources = append(sources, found...)
+	}
+	spec.ProbeSources = nil
+	for _, a := range sources {
+		if !slices.Contains(spec.ProbeSources, a.Unmap()) {
+			spec.ProbeSources = append(spec.ProbeSources, a.Unmap())
+		}
+	}
+	if len(spec.ProbeSources) > 0 {
+		k.log.Info("connections from these sources bypass the redirect (kubelet probes)", "netns", netnsPath,
+			"probe_sources", fmt.Sprint(spec.ProbeSources))
+	}
+	return k.Interceptor.Apply(ctx, netnsPath, spec)
 }
 
 func (k *keepingInterceptor) Cleanup(ctx context.Context, netnsPath string) (netintercept.Result, error) {
@@ -177,8 +243,11 @@ func New(cfg Config) (*Daemon, error) {
 			return netintercept.ListenInNetns(netns, "tcp", addr)
 		}
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Log, intercept: &keepingInterceptor{Interceptor: cfg.Intercept},
-		members: map[string]*runningMember{}}
+	if cfg.detect == nil {
+		cfg.detect = detectProbeSources
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Log, members: map[string]*runningMember{},
+		intercept: &keepingInterceptor{Interceptor: cfg.Intercept, probes: cfg.ProbeSources, detect: cfg.detect, log: cfg.Log}}
 	if cfg.Kube != nil {
 		d.disc = &Discovery{Client: cfg.Kube, Log: cfg.Log}
 	}

@@ -27,6 +27,7 @@ type counterApp struct {
 	mu   sync.Mutex
 	vals map[string]int
 	incr int
+	from map[string]string // key -> host of the connection of its last INCR
 }
 
 func newCounterApp(t *testing.T) *counterApp {
@@ -35,7 +36,12 @@ func newCounterApp(t *testing.T) *counterApp {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &counterApp{ln: ln, vals: map[string]int{}}
+	return newCounterAppOn(t, ln)
+}
+
+func newCounterAppOn(t *testing.T, ln net.Listener) *counterApp {
+	t.Helper()
+	a := &counterApp{ln: ln, vals: map[string]int{}, from: map[string]string{}}
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -63,6 +69,7 @@ func (a *counterApp) serve(c net.Conn) {
 		case "INCR":
 			a.incr++
 			a.vals[args[1]]++
+			a.from[args[1]], _, _ = net.SplitHostPort(c.RemoteAddr().String())
 			reply = ":" + strconv.Itoa(a.vals[args[1]]) + "\r\n"
 		case "GET":
 			v := strconv.Itoa(a.vals[args[1]])
