@@ -137,7 +137,8 @@ func replicationFlags(fs *flag.FlagSet) (enabled *bool, dataDir, kubeconfig, nod
 			"<namespace>.<group>/member-<id>. Must be an absolute path and survive restarts.")
 	kubeconfig = fs.String("kubeconfig", "",
 		"kubeconfig of the API server, for smr.io/membership=kubernetes (members found and followed from the\n"+
-			"pods of the group). Empty: only static smr.io/peers membership.")
+			"pods of the group). Empty: only static smr.io/peers membership. The file may appear after serve\n"+
+			"started (the DaemonSet writes it): it is then read at the first attach of such a pod.")
 	nodeName = fs.String("node-name", "", "this node's name, in logs (default: the host name).")
 	traceFile = fs.String("trace-file", DefaultTraceFile,
 		"where the ordering trace lines go (one per applied request): \"-\" is stdout (the installed unit appends\n"+
@@ -365,14 +366,9 @@ func startReplication(ctx context.Context, o serveOptions, log *slog.Logger, reg
 		}
 		cfg.Metrics = m
 	}
-	if ro.Kubeconfig != "" {
-		cs, err := daemon.NewKubeClient(ro.Kubeconfig)
-		if err != nil {
-			closeTrace()
-			return nil, nil, fmt.Errorf("%w: --kubeconfig: %w", ErrBadConfig, err)
-		}
-		cfg.Kube = cs
-	}
+	// Read now if present, else at the first attach that needs it: the
+	// DaemonSet's trace container writes it after serve started.
+	cfg.Kubeconfig = ro.Kubeconfig
 	tracer := replication.NewTracer(traceOut)
 	cfg.Trace = tracer
 	d, err := daemon.New(cfg)

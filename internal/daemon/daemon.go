@@ -25,6 +25,12 @@
 // Static (smr.io/peers) needs nothing else. smr.io/membership=kubernetes
 // needs --kubeconfig: the initial membership is listed from the API server
 // (Discovery.Peers) and a pod watch moves addresses with Group.SetPeerAddr.
+// The kubeconfig is read at start when the file is there (a broken one stops
+// serve), otherwise at the first attach that needs it, and again at each
+// such attach until it loads: the installed unit names the file the
+// DaemonSet's trace container writes, which may come after serve started.
+// Until then those pods fail to attach with an error naming the file (and
+// Reconcile retries them).
 //
 // # Kubelet probes
 //
@@ -90,6 +96,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -124,8 +131,15 @@ type Config struct {
 	// RuntimeEndpoint is the CRI endpoint of containerd, to list the
 	// sandboxes to re-attach (unix:///path).
 	RuntimeEndpoint string
-	// Kube enables smr.io/membership=kubernetes; nil: static peers only.
+	// Kube enables smr.io/membership=kubernetes; nil: static peers only,
+	// unless Kubeconfig is set.
 	Kube kubernetes.Interface
+	// Kubeconfig, used when Kube is nil, is read at New if the file exists
+	// (a broken file is an error there) and otherwise at the first attach
+	// that needs the API server, again at each such attach until it loads:
+	// on a node the DaemonSet's trace container writes it
+	// (--export-credentials) after the init container started serve.
+	Kubeconfig string
 	// NodeName is logged with attach events.
 	NodeName string
 	Trace    *replication.Tracer
@@ -166,6 +180,7 @@ type Daemon struct {
 
 	mu      sync.Mutex
 	members map[string]*runningMember // by member directory
+	discMu  sync.Mutex                // guards disc (loaded lazily from cfg.Kubeconfig)
 }
 
 // runningMember is a started raft member and the sandbox it serves.
@@ -250,6 +265,15 @@ func New(cfg Config) (*Daemon, error) {
 		intercept: &keepingInterceptor{Interceptor: cfg.Intercept, probes: cfg.ProbeSources, detect: cfg.detect, log: cfg.Log}}
 	if cfg.Kube != nil {
 		d.disc = &Discovery{Client: cfg.Kube, Log: cfg.Log}
+	} else if cfg.Kubeconfig != "" {
+		if _, err := os.Stat(cfg.Kubeconfig); err == nil {
+			if _, err := d.discovery(); err != nil {
+				return nil, fmt.Errorf("daemon: %w", err)
+			}
+		} else {
+			cfg.Log.Info("kubeconfig not there yet; it is read at the first attach of a pod with kubernetes membership",
+				"kubeconfig", cfg.Kubeconfig, "err", err)
+		}
 	}
 	if cfg.RuntimeEndpoint != "" {
 		target, err := cri.ParseEndpoint(cfg.RuntimeEndpoint)
@@ -311,6 +335,32 @@ func (d *Daemon) closeConn() {
 	}
 }
 
+// discovery returns the API server client of kubernetes membership, loading
+// cfg.Kubeconfig if that was not done yet. Failures are not remembered: the
+// next attach tries again.
+func (d *Daemon) discovery() (*Discovery, error) {
+	d.discMu.Lock()
+	defer d.discMu.Unlock()
+	if d.disc != nil {
+		return d.disc, nil
+	}
+	need := fmt.Sprintf("%s=%s needs the API server", replication.AnnotationMembership, replication.MembershipKubernetes)
+	if d.cfg.Kubeconfig == "" {
+		return nil, errors.New(need + ": start smr-cri serve with --kubeconfig")
+	}
+	if _, err := os.Stat(d.cfg.Kubeconfig); err != nil {
+		return nil, fmt.Errorf("%s: kubeconfig %s is not readable yet (on a node the smr-cri DaemonSet's trace container writes it with --export-credentials; is that pod running?): %w",
+			need, d.cfg.Kubeconfig, err)
+	}
+	cs, err := NewKubeClient(d.cfg.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", need, err)
+	}
+	d.disc = &Discovery{Client: cs, Log: d.log}
+	d.log.Info("API server client loaded", "kubeconfig", d.cfg.Kubeconfig)
+	return d.disc, nil
+}
+
 // memberDir is where a member keeps its raft data and progress record.
 func (d *Daemon) memberDir(spec replication.Spec) string {
 	return filepath.Join(d.cfg.DataDir, spec.GroupKey(), "member-"+strconv.FormatUint(spec.MemberID, 10))
@@ -327,11 +377,11 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 	var peers map[uint64]string
 	switch spec.Membership {
 	case replication.MembershipKubernetes:
-		if d.disc == nil {
-			return nil, nil, fmt.Errorf("%s=%s needs the API server: start smr-cri serve with --kubeconfig",
-				replication.AnnotationMembership, replication.MembershipKubernetes)
+		disc, err := d.discovery()
+		if err != nil {
+			return nil, nil, err
 		}
-		if peers, err = d.disc.Peers(ctx, spec, self); err != nil {
+		if peers, err = disc.Peers(ctx, spec, self); err != nil {
 			return nil, nil, err
 		}
 	default:
@@ -380,9 +430,10 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	cleanup = append(cleanup, func() error { cancel(); return nil })
-	if d.disc != nil && spec.Membership == replication.MembershipKubernetes {
+	if spec.Membership == replication.MembershipKubernetes {
+		disc, _ := d.discovery() // loaded above
 		go func() {
-			if err := d.disc.Watch(bg, spec, g.SetPeerAddr); err != nil && bg.Err() == nil {
+			if err := disc.Watch(bg, spec, g.SetPeerAddr); err != nil && bg.Err() == nil {
 				d.log.Error("pod watch failed; member addresses will not follow pods", "group", spec.GroupKey(), "err", err)
 			}
 		}()

@@ -166,9 +166,15 @@ func newLoopbackDaemon(t *testing.T, dataDir string, app *counterApp) *loopbackD
 
 func newLoopbackDaemonWithRuntime(t *testing.T, dataDir string, app *counterApp, runtimeEndpoint string) *loopbackDaemon {
 	t.Helper()
+	return newLoopbackDaemonWithConfig(t, dataDir, app, func(c *Config) { c.RuntimeEndpoint = runtimeEndpoint })
+}
+
+// newLoopbackDaemonWithConfig lets set change the config before New.
+func newLoopbackDaemonWithConfig(t *testing.T, dataDir string, app *counterApp, set func(*Config)) *loopbackDaemon {
+	t.Helper()
 	ld := &loopbackDaemon{clientAddr: make(chan string, 4), ic: &nopInterceptor{}}
-	d, err := New(Config{
-		DataDir: dataDir, RuntimeEndpoint: runtimeEndpoint, TickInterval: 10 * time.Millisecond, Intercept: ld.ic,
+	cfg := Config{
+		DataDir: dataDir, TickInterval: 10 * time.Millisecond, Intercept: ld.ic,
 		OriginalPort: func(net.Conn) (int, error) { return 6379, nil },
 		ListenApp: func(_, _ string) (net.Listener, error) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -179,7 +185,9 @@ func newLoopbackDaemonWithRuntime(t *testing.T, dataDir string, app *counterApp,
 		},
 		ListenRaft: func(_, addr string) (net.Listener, error) { return net.Listen("tcp", addr) },
 		Dialer:     func(string) replication.AppDialer { return appDialer{app.ln.Addr().String()} },
-	})
+	}
+	set(&cfg)
+	d, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,6 +43,9 @@ const (
 	// CredentialsDir holds the ServiceAccount token, CA and kubeconfig the
 	// DaemonSet's trace container keeps for smr-cri serve.
 	CredentialsDir = StateDir + "/kube"
+	// KubeconfigPath is the kubeconfig in CredentialsDir; the unit passes it
+	// to serve, which reads it once it exists (smr.io/membership: kubernetes).
+	KubeconfigPath = CredentialsDir + "/kubeconfig"
 	BackupSuffix   = ".smr-cri.orig"
 )
 
@@ -111,6 +114,9 @@ var ErrChanged = errors.New("kubelet file changed since install")
 
 // UnitFile renders the systemd unit running smr-cri in front of runtimeEndpoint.
 // Its output goes to LogFile, which `smr-cri trace --follow` tails.
+// serve gets --kubeconfig KubeconfigPath: the DaemonSet's trace container
+// writes that file after this unit started, and serve reads it at the first
+// attach that needs the API server.
 func UnitFile(runtimeEndpoint string) []byte {
 	return []byte(`# Installed by smr-cri install; removed by smr-cri uninstall.
 [Unit]
@@ -120,7 +126,7 @@ After=network-online.target containerd.service cri-docker.service
 Before=kubelet.service
 
 [Service]
-ExecStart=` + BinaryPath + ` serve --runtime-endpoint ` + runtimeEndpoint + ` --listen ` + SocketPath + `
+ExecStart=` + BinaryPath + ` serve --runtime-endpoint ` + runtimeEndpoint + ` --listen ` + SocketPath + ` --kubeconfig ` + KubeconfigPath + `
 Restart=always
 RestartSec=2
 StandardOutput=append:` + LogFile + `

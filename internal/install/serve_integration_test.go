@@ -196,6 +196,11 @@ func TestInstallRealServe(t *testing.T) {
 			if !strings.Contains(string(logged), "smr-cri serving") || !strings.Contains(string(logged), "unix:///run/containerd/containerd.sock") {
 				t.Errorf("%s lacks serve's start line naming the runtime:\n%s", LogFile, logged)
 			}
+			// The unit names the kubeconfig the DaemonSet writes later: serve
+			// starts without it and says it will read it at first use.
+			if !strings.Contains(string(logged), "kubeconfig not there yet") || !strings.Contains(string(logged), KubeconfigPath) {
+				t.Errorf("%s: serve does not say it waits for %s:\n%s", LogFile, KubeconfigPath, logged)
+			}
 
 			if err := Uninstall(context.Background(), o); err != nil {
 				t.Fatalf("uninstall: %v\n%s", err, log.String())
