@@ -2,7 +2,7 @@
 # The whole test suite (what `make test` and CI run), on a fresh machine as root:
 #   hack/install-deps.sh                      apt packages + crictl/critest/kubelet into _cache/
 #   go build ./... && go vet ./...
-#   SMR_INTEGRATION=1 go test -count=1 -timeout 40m ./...   unit + integration tests (real parts)
+#   SMR_INTEGRATION=1 go test -p 1 -count=1 -timeout 60m ./...   unit + integration tests (real parts)
 #   hack/critest.sh                           CRI validation suite, direct vs through smr-cri
 set -euo pipefail
 
@@ -30,7 +30,10 @@ go vet ./...
 sweep
 say "go test (SMR_INTEGRATION=1) ./..."
 gotest=0
-SMR_INTEGRATION=1 go test -count=1 -timeout 40m ./... || gotest=$?
+# -p 1: one test binary at a time. The integration packages each start real daemons (containerd,
+# kubelet, raft groups, a whole cluster in e2e/); run side by side on 2 cores they starve each
+# other's raft election timers. Compilation already happened in go vet above.
+SMR_INTEGRATION=1 go test -p 1 -count=1 -timeout 60m ./... || gotest=$?
 sweep
 [[ $gotest -eq 0 ]] || say "go test FAILED (exit $gotest); running critest anyway"
 # critest runs either way, so one CI run reports both; its summary line comes last.
