@@ -51,6 +51,10 @@ type Config struct {
 	// certificate does not authorize is closed before any of its frame
 	// reaches raft.
 	AuthorizePeer AuthorizeFunc
+	// Dialer, if set, opens the connections to peers (e.g. from inside a
+	// pod's network namespace, so that peers and NetworkPolicies see the
+	// pod's address as the source). nil dials from the process's own netns.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // GRPC implements raftcore.Transport over gRPC.
@@ -257,10 +261,13 @@ func (p *peer) run() {
 			return
 		}
 		if conn == nil {
-			c, err := grpc.NewClient(p.addr,
-				grpc.WithTransportCredentials(p.clientCreds()),
+			opts := []grpc.DialOption{grpc.WithTransportCredentials(p.clientCreds()),
 				grpc.WithInitialWindowSize(windowSize), grpc.WithInitialConnWindowSize(windowSize),
-				grpc.WithDefaultCallOptions(grpc.ForceCodec(codec{}), grpc.MaxCallSendMsgSize(maxMessageBytes)))
+				grpc.WithDefaultCallOptions(grpc.ForceCodec(codec{}), grpc.MaxCallSendMsgSize(maxMessageBytes))}
+			if p.t.cfg.Dialer != nil {
+				opts = append(opts, grpc.WithContextDialer(p.t.cfg.Dialer))
+			}
+			c, err := grpc.NewClient("passthrough:///"+p.addr, opts...)
 			if err != nil {
 				p.t.log.Error("raft transport: bad peer address", "addr", p.addr, "err", err)
 				if !p.failFor(time.Second) {

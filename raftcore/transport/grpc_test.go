@@ -262,3 +262,43 @@ func TestCallerListener(t *testing.T) {
 		t.Fatal("listener still open after Close without Start")
 	}
 }
+
+// A caller's Dialer (inside a pod's netns in smr-cri serve) opens the peer
+// connections: it is called with the peer's address and its connection carries
+// the messages.
+func TestCallerDialer(t *testing.T) {
+	srv, err := New(Config{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := deliverHandler{got: make(chan string, 1)}
+	if err := srv.Start(h); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	dialed := make(chan string, 16)
+	cli, err := New(Config{Dialer: func(ctx context.Context, addr string) (net.Conn, error) {
+		dialed <- addr
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cli.Start(countingHandler{unreachable: make(chan uint64, 16)}); err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	cli.Send("g1", 1, srv.Addr(), []*raftpb.Message{{Type: raftpb.MsgHeartbeat.Enum()}})
+	select {
+	case g := <-h.got:
+		if g != "g1" {
+			t.Fatalf("delivered group %q, want g1", g)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("message not delivered through the caller's dialer")
+	}
+	if got := <-dialed; got != srv.Addr() {
+		t.Fatalf("dialer called with %q, want %q", got, srv.Addr())
+	}
+}
