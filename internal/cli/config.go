@@ -32,6 +32,8 @@ const (
 //	nodeName: node1
 //	traceFile: "-"
 //	probeSources: [auto]
+//	pkiDir: /var/lib/smr-cri/pki
+//	insecureRaft: false
 type ServeConfig struct {
 	APIVersion      string `json:"apiVersion"`
 	Kind            string `json:"kind"`
@@ -46,6 +48,9 @@ type ServeConfig struct {
 	TraceFile       string `json:"traceFile,omitempty"`
 	// ProbeSources are --probe-source values (IPv4 addresses, auto, none).
 	ProbeSources []string `json:"probeSources,omitempty"`
+	// PKIDir is --pki-dir, InsecureRaft --insecure-raft (nil: not set).
+	PKIDir       string `json:"pkiDir,omitempty"`
+	InsecureRaft *bool  `json:"insecureRaft,omitempty"`
 }
 
 // ErrBadConfig marks an invalid configuration file or value.

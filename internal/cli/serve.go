@@ -20,6 +20,7 @@ import (
 
 	"github.com/smr-io/smr-cri/cri"
 	"github.com/smr-io/smr-cri/internal/daemon"
+	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/replication"
 )
 
@@ -54,13 +55,20 @@ type replicationOptions struct {
 	// daemon.ParseProbeSources): addresses whose connections bypass the
 	// redirect, "auto" or "none".
 	ProbeSource string
+	// PKIDir holds (or caches) the cluster CA of raft mutual TLS; "" with
+	// InsecureRaft (plaintext raft).
+	PKIDir       string
+	InsecureRaft bool
 }
+
+// DefaultPKIDir is where serve keeps the cluster CA (docs/security.md).
+const DefaultPKIDir = DefaultDataDir + "/pki"
 
 // DefaultProbeSource: no bypass (see internal/daemon, "Kubelet probes").
 const DefaultProbeSource = daemon.ProbeSourceNone
 
 var defaultReplication = replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: DefaultTraceFile,
-	ProbeSource: DefaultProbeSource}
+	ProbeSource: DefaultProbeSource, PKIDir: DefaultPKIDir}
 
 const serveHelp = `Usage: smr-cri serve [flags]
 
@@ -70,7 +78,9 @@ call unchanged to the runtime (containerd). Pods labelled smr.io/replicate=true
 are handed to replication once their sandbox runs: each replica's raft member
 listens at its pod IP and smr.io/raft-port, keeps its log under --data-dir, and
 every replica writes one ordering trace line per applied request to
---trace-file. At start (and whenever the runtime comes back) the running
+--trace-file. Members talk raft over mutual TLS with certificates issued from
+the cluster CA in --pki-dir (and the Secret smr-system/smr-cri-ca with
+--kubeconfig), loaded or created when the first member starts. At start (and whenever the runtime comes back) the running
 replicated sandboxes are re-attached, resuming where their apps are. Point
 kubelet at it with --container-runtime-endpoint=unix://<listen socket>.
 
@@ -92,7 +102,7 @@ func serveFlags(fs *flag.FlagSet) (listen, endpoint, config, logLevel, metricsAd
 	config = fs.String("config", "",
 		"optional YAML file (apiVersion: "+ConfigAPIVersion+", kind: "+ConfigKind+") with the fields listen,\n"+
 			"runtimeEndpoint, logLevel, metricsAddr, shutdownTimeout, dataDir, kubeconfig, nodeName, traceFile,\n"+
-			"probeSources (a list).\n"+
+			"probeSources (a list), pkiDir, insecureRaft (a boolean).\n"+
 			"Unknown fields are errors. Flags given on the\n"+
 			"command line override the file.")
 	logLevel = fs.String("log-level", DefaultLogLevel, "log level: debug, info, warn or error. Logs go to stderr.")
@@ -154,12 +164,26 @@ func replicationFlags(fs *flag.FlagSet) (enabled *bool, dataDir, kubeconfig, nod
 	return
 }
 
+func raftSecurityFlags(fs *flag.FlagSet) (pkiDir *string, insecureRaft *bool) {
+	pkiDir = fs.String("pki-dir", DefaultPKIDir,
+		"directory of the cluster CA (ca.crt, ca.key 0600) from which each raft member's mutual-TLS certificate\n"+
+			"is issued. With --kubeconfig the CA is the Secret smr-system/smr-cri-ca (created from this directory's CA,\n"+
+			"or a new one, if missing) and cached here; without, it is created here if missing (on several nodes,\n"+
+			"make it once with `smr-cri pki init` and copy it). Read when the first member starts: a bad directory\n"+
+			"fails that pod's attach (retried at each reconcile) with an error naming it. Must be an absolute path.")
+	insecureRaft = fs.Bool("insecure-raft", false,
+		"plaintext, unauthenticated raft traffic between members: any process that reaches a raft port can inject\n"+
+			"entries into a group's log. Tests and benchmarks only; logged at WARN. Excludes --pki-dir.")
+	return
+}
+
 // parseServe resolves defaults, config file and flags.
 func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	listen, endpoint, config, logLevel, metricsAddr, shutdown := serveFlags(fs)
 	replicate, dataDir, kubeconfig, nodeName, traceFile, probeSource := replicationFlags(fs)
+	pkiDir, insecureRaft := raftSecurityFlags(fs)
 	printHelp := func(w io.Writer) {
 		fmt.Fprint(w, serveHelp)
 		fs.VisitAll(func(f *flag.Flag) {
@@ -208,10 +232,15 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 			"node-name":        {nodeName, c.NodeName},
 			"trace-file":       {traceFile, c.TraceFile},
 			"probe-source":     {probeSource, strings.Join(c.ProbeSources, ",")},
+			"pki-dir":          {pkiDir, c.PKIDir},
 		} {
 			if !set[name] && p.val != "" {
 				*p.dst = p.val
+				set[name] = true
 			}
+		}
+		if !set["insecure-raft"] && c.InsecureRaft != nil {
+			*insecureRaft = *c.InsecureRaft
 		}
 	}
 	level, err := parseLogLevel(*logLevel)
@@ -237,6 +266,14 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	if _, err := daemon.ParseProbeSources(strings.Split(*probeSource, ",")); err != nil {
 		return serveOptions{}, fmt.Errorf("%w: --probe-source: %w", ErrBadConfig, err)
 	}
+	switch {
+	case *insecureRaft && set["pki-dir"]:
+		return serveOptions{}, fmt.Errorf("%w: --insecure-raft and --pki-dir exclude each other (plaintext raft has no CA)", ErrBadConfig)
+	case *insecureRaft:
+		*pkiDir = ""
+	case *replicate && !filepath.IsAbs(*pkiDir):
+		return serveOptions{}, fmt.Errorf("%w: --pki-dir %q must be an absolute path", ErrBadConfig, *pkiDir)
+	}
 	return serveOptions{
 		Listen:          *listen,
 		RuntimeEndpoint: *endpoint,
@@ -244,7 +281,7 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 		MetricsAddr:     *metricsAddr,
 		ShutdownTimeout: timeout,
 		Replication: replicationOptions{Enabled: *replicate, DataDir: *dataDir, Kubeconfig: *kubeconfig,
-			NodeName: *nodeName, TraceFile: *traceFile, ProbeSource: *probeSource},
+			NodeName: *nodeName, TraceFile: *traceFile, ProbeSource: *probeSource, PKIDir: *pkiDir, InsecureRaft: *insecureRaft},
 	}, nil
 }
 
@@ -328,6 +365,25 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, stdout io.Writ
 	return err
 }
 
+// raftCA is the cluster CA of raft mutual TLS, nil with --insecure-raft
+// (daemon.New then warns). It is loaded at the first member's start; with a
+// kubeconfig the daemon keeps it in the Secret through its API client.
+func raftCA(ro replicationOptions, log *slog.Logger) *pki.LazyCA {
+	if ro.InsecureRaft {
+		return nil
+	}
+	return &pki.LazyCA{Dir: ro.PKIDir, Loaded: func(source string) {
+		log.Info("cluster CA for raft mutual TLS loaded", "source", source)
+	}}
+}
+
+func raftSecurity(ro replicationOptions) string {
+	if ro.InsecureRaft {
+		return "plaintext (--insecure-raft)"
+	}
+	return "mutual TLS, CA in " + ro.PKIDir
+}
+
 // startReplication builds the replication daemon (tracer, metrics, optional
 // API server client) and starts re-attaching the running replicated
 // sandboxes in the background. stop ends it: members stop, their pods'
@@ -369,6 +425,7 @@ func startReplication(ctx context.Context, o serveOptions, log *slog.Logger, reg
 	// Read now if present, else at the first attach that needs it: the
 	// DaemonSet's trace container writes it after serve started.
 	cfg.Kubeconfig = ro.Kubeconfig
+	cfg.CA = raftCA(ro, log)
 	tracer := replication.NewTracer(traceOut)
 	cfg.Trace = tracer
 	d, err := daemon.New(cfg)
@@ -384,7 +441,7 @@ func startReplication(ctx context.Context, o serveOptions, log *slog.Logger, reg
 		d.Run(runCtx)
 	}()
 	log.Info("replication on", "dataDir", ro.DataDir, "trace", ro.TraceFile, "kubernetes", ro.Kubeconfig != "", "node", cfg.NodeName,
-		"probeSource", ro.ProbeSource)
+		"probeSource", ro.ProbeSource, "raftSecurity", raftSecurity(ro))
 	stop := func() {
 		cancel()
 		<-done

@@ -60,6 +60,22 @@
 // diverge. Turn it on (or list the address) only where clients never come
 // from the node's own address, and prefer exec probes otherwise.
 //
+// # Mutual TLS between members
+//
+// Raft traffic is mutual TLS when Config.CA is set, as serve does by default
+// (docs/security.md). The cluster CA is loaded (or created) at the first
+// member that starts, not at New: on Kubernetes the CA Secret's RBAC may be
+// applied after the daemon starts, and a failure is that attach's error,
+// retried at the next reconcile. With an API server (Kube or Kubeconfig) and
+// no SecretStore of its own, the CA is kept in the Secret
+// smr-system/smr-cri-ca through the daemon's API client (loaded lazily like
+// discovery's), cached in CA.Dir; without one, CA.Dir alone holds it. Each
+// member gets its own certificate (internal/pki Issuer, rotated before
+// expiry) proving spiffe://smr.io/group/<group>/member/<id>, and its
+// transport refuses a peer whose certificate does not prove the sender of
+// each raft message, or whose sender is no longer a member. A nil CA (serve
+// --insecure-raft) is plaintext, with a loud warning at New.
+//
 // # Restart of the daemon
 //
 // The CRI proxy keeps no state. At start, and every ReconcileInterval (so
@@ -112,6 +128,8 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/smr-io/smr-cri/cri"
+	"github.com/smr-io/smr-cri/internal/pki"
+	"github.com/smr-io/smr-cri/internal/pki/kubesecret"
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/raftcore/transport"
@@ -149,6 +167,11 @@ type Config struct {
 	ReconcileInterval time.Duration
 	// TickInterval is raft's tick (default raftcore's, 100ms).
 	TickInterval time.Duration
+	// CA is the cluster CA members issue their certificates from (mutual
+	// TLS between ordering nodes); nil: plaintext, unauthenticated raft.
+	CA *pki.LazyCA
+	// CertValidity is the lifetime of member certificates (0: pki's default).
+	CertValidity time.Duration
 
 	// Kernel-facing pieces; nil means the real ones (pod network
 	// namespaces). Unit tests run them on loopback.
@@ -250,6 +273,9 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.ReconcileInterval <= 0 {
 		cfg.ReconcileInterval = DefaultReconcileInterval
 	}
+	if cfg.CA == nil {
+		cfg.Log.Warn("INSECURE: raft traffic is plaintext and unauthenticated (--insecure-raft); any process that reaches a member's raft port can inject entries into its group's log")
+	}
 	if cfg.Intercept == nil {
 		cfg.Intercept = &netintercept.Interceptor{}
 	}
@@ -263,6 +289,9 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Log, members: map[string]*runningMember{},
 		intercept: &keepingInterceptor{Interceptor: cfg.Intercept, probes: cfg.ProbeSources, detect: cfg.detect, log: cfg.Log}}
+	if cfg.CA != nil && cfg.CA.Store == nil && (cfg.Kube != nil || cfg.Kubeconfig != "") {
+		cfg.CA.Store = caSecretStore{d}
+	}
 	if cfg.Kube != nil {
 		d.disc = &Discovery{Client: cfg.Kube, Log: cfg.Log}
 	} else if cfg.Kubeconfig != "" {
@@ -407,11 +436,17 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 		return nil, nil, err
 	}
 	cleanup = append(cleanup, prog.Close)
+	var grp atomic.Pointer[raftcore.Group]
+	tcfg, err := d.raftSecurity(ctx, spec, &grp)
+	if err != nil {
+		return nil, nil, err
+	}
 	ln, err := d.cfg.ListenRaft(pod.NetNSPath, self)
 	if err != nil {
 		return nil, nil, fmt.Errorf("raft listener at %s in the pod netns: %w", self, err)
 	}
-	tr, err := transport.New(transport.Config{Listener: ln, Logger: d.log.With("group", spec.GroupKey())})
+	tcfg.Listener, tcfg.Logger = ln, d.log.With("group", spec.GroupKey())
+	tr, err := transport.New(tcfg)
 	if err != nil {
 		_ = ln.Close()
 		return nil, nil, err
@@ -428,6 +463,7 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 	if err != nil {
 		return nil, nil, err
 	}
+	grp.Store(g)
 	bg, cancel := context.WithCancel(context.Background())
 	cleanup = append(cleanup, func() error { cancel(); return nil })
 	if spec.Membership == replication.MembershipKubernetes {
@@ -442,7 +478,11 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 		go d.cfg.Metrics.WatchLeader(bg, spec.GroupKey(), func() uint64 { return g.Status().Leader }, time.Second)
 	}
 	idx, sub := prog.Resume()
-	d.log.Info("raft member started", "group", spec.GroupKey(), "member", spec.MemberID, "listen", self,
+	security := "mtls"
+	if tcfg.TLS == nil {
+		security = "plaintext"
+	}
+	d.log.Info("raft member started", "group", spec.GroupKey(), "member", spec.MemberID, "listen", self, "raft_security", security,
 		"peers", fmt.Sprint(peers), "dir", dir, "resume_index", idx, "resume_sub", sub, "node", d.cfg.NodeName)
 	var once sync.Once
 	var stopErr error
@@ -462,6 +502,63 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 	d.members[dir] = &runningMember{sandbox: pod.SandboxID, stop: stop}
 	d.mu.Unlock()
 	return g, stop, nil
+}
+
+// raftSecurity is the transport's mutual TLS for member spec (empty without
+// a CA): a certificate for the member issued from the cluster CA, and
+// per message, a sender whose certificate proves it is that member of this
+// group and who is still a member of grp (nil until the group started).
+func (d *Daemon) raftSecurity(ctx context.Context, spec replication.Spec, grp *atomic.Pointer[raftcore.Group]) (transport.Config, error) {
+	if d.cfg.CA == nil {
+		return transport.Config{}, nil
+	}
+	ca, err := d.cfg.CA.Get(ctx)
+	if err != nil {
+		return transport.Config{}, err
+	}
+	// Status copies the membership: re-read at most once a second, so a
+	// removed member's streams are refused within a second.
+	var mu sync.Mutex
+	var members map[uint64]string
+	var readAt time.Time
+	isMember := func(group string, member uint64) bool {
+		g := grp.Load()
+		if g == nil || group != spec.GroupKey() {
+			return true // not started yet / not this group: raft drops it
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if now := time.Now(); members == nil || now.Sub(readAt) > time.Second {
+			members, readAt = g.Status().Members, now
+		}
+		_, ok := members[member]
+		return ok
+	}
+	m, err := pki.NewMember(ca, []pki.Identity{{Group: spec.GroupKey(), Member: spec.MemberID}}, d.cfg.CertValidity, isMember)
+	if err != nil {
+		return transport.Config{}, fmt.Errorf("member certificate for mutual TLS: %w", err)
+	}
+	return transport.Config{TLS: m.TLS, AuthorizePeer: m.Authorize}, nil
+}
+
+// caSecretStore keeps the cluster CA in its Secret through the daemon's API
+// client, loaded at first use (see discovery).
+type caSecretStore struct{ d *Daemon }
+
+func (s caSecretStore) GetSecret(ctx context.Context, namespace, name string) (map[string][]byte, bool, error) {
+	disc, err := s.d.discovery()
+	if err != nil {
+		return nil, false, err
+	}
+	return kubesecret.Store{Client: disc.Client}.GetSecret(ctx, namespace, name)
+}
+
+func (s caSecretStore) CreateSecret(ctx context.Context, namespace, name string, data map[string][]byte) (bool, error) {
+	disc, err := s.d.discovery()
+	if err != nil {
+		return false, err
+	}
+	return kubesecret.Store{Client: disc.Client}.CreateSecret(ctx, namespace, name, data)
 }
 
 // takeOver makes sure no other sandbox runs this member here. A member of a

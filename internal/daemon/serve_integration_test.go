@@ -127,7 +127,7 @@ func TestIntegrationServeReplicatesRedis(t *testing.T) {
 	dir := t.TempDir()
 	s := &serveLab{t: t, bin: buildSmrCri(t, ctx), logPath: filepath.Join(dir, "smr-cri.log"), sock: filepath.Join(dir, "smr-cri.sock")}
 	s.args = []string{"serve", "--listen", s.sock, "--runtime-endpoint", c.Endpoint(),
-		"--data-dir", filepath.Join(dir, "data"), "--log-level", "info", "--shutdown-timeout", "20s"}
+		"--data-dir", filepath.Join(dir, "data"), "--pki-dir", filepath.Join(dir, "pki"), "--log-level", "info", "--shutdown-timeout", "20s"}
 	s.start()
 	t.Cleanup(func() {
 		s.signal(syscall.SIGTERM)
@@ -296,6 +296,14 @@ func TestIntegrationServeReplicatesRedis(t *testing.T) {
 		n := strings.Count(s.log(), `smr=commit group=smrtest.redis`)
 		return n >= 3*clients*each, fmt.Sprintf("%d trace lines", n)
 	})
+	// Raft between the members ran over mutual TLS, with the cluster CA
+	// serve created in --pki-dir at the first member's start.
+	if n := strings.Count(s.log(), "raft_security=mtls"); n != 3 {
+		t.Errorf("%d members logged raft_security=mtls, want 3", n)
+	}
+	if !strings.Contains(s.log(), `cluster CA for raft mutual TLS loaded" source="created in `+filepath.Join(dir, "pki")) {
+		t.Errorf("serve did not create the cluster CA in its --pki-dir")
+	}
 	if !strings.Contains(s.log(), `op="INCR"`) {
 		t.Fatal(`no op="INCR" trace line in serve's output`)
 	}
