@@ -299,6 +299,11 @@ func (cl *Cluster) startSmrCRI(ctx context.Context, n Node) error {
 	if err != nil {
 		return err
 	}
+	if known["pki-dir"] {
+		if err := ensureRaftCA(ctx, c); err != nil {
+			return err
+		}
+	}
 	pid, err := start(c, smrCRIProc(c, n, known))
 	if err != nil {
 		return err

@@ -355,6 +355,23 @@ Flags:
 	}
 }
 
+// Every node's smr-cri gets the same raft CA directory (members on different nodes must trust
+// one CA), and not the Kubernetes PKI directory.
+func TestSmrCRISharedRaftPKIDir(t *testing.T) {
+	c := Config{Dir: "/state", SmrCRI: "/bin/smr-cri"}
+	nodes, _ := Nodes(2)
+	known := map[string]bool{"pki-dir": true}
+	for _, n := range nodes {
+		args := strings.Join(smrCRIProc(c, n, known).Args, " ")
+		if !strings.Contains(args, "--pki-dir=/state/smr-cri-pki") {
+			t.Errorf("%s: smr-cri args %q lack the shared --pki-dir=/state/smr-cri-pki", n.Name, args)
+		}
+	}
+	if c.raftPKIDir() == c.pkiDir() {
+		t.Fatal("raft CA directory is the Kubernetes PKI directory")
+	}
+}
+
 func TestParseLeaderChanges(t *testing.T) {
 	log := `time=2026-11-25T13:20:22.050Z level=INFO msg="2 became follower at term 2" group=default.redis member=2
 time=2026-11-25T13:20:22.054Z level=INFO msg="1 became leader at term 2" group=default.redis member=1 group=default.redis member=1

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 )
 
 // etcdProc: Debian's etcd 3.4 on the bridge address, plain HTTP (only the API server talks to it,
@@ -93,6 +94,8 @@ func schedulerProc(c Config) process {
 // cluster runs both older and newer builds of the daemon: every node gets a data directory of its
 // own (nodes share the host's file system, so the default /var/lib/smr-cri would be shared),
 // its node name, and the kubeconfig of the smr-cri identity (SmrCRIUser) for pod discovery.
+// The raft cluster CA directory (--pki-dir) is the one directory all nodes share (see
+// ensureRaftCA): members on different nodes must trust the same CA.
 func smrCRIProc(c Config, n Node, known map[string]bool) process {
 	args := []string{
 		c.SmrCRI, "serve",
@@ -101,7 +104,7 @@ func smrCRIProc(c Config, n Node, known map[string]bool) process {
 	}
 	for _, f := range []struct{ name, value string }{
 		{"data-dir", filepath.Join(c.nodeDir(n.Name), "smr-cri-data")},
-		{"pki-dir", filepath.Join(c.nodeDir(n.Name), "smr-cri-pki")},
+		{"pki-dir", c.raftPKIDir()},
 		{"node-name", n.Name},
 		{"kubeconfig", c.SmrCRIKubeconfig()},
 	} {
@@ -110,6 +113,25 @@ func smrCRIProc(c Config, n Node, known map[string]bool) process {
 		}
 	}
 	return process{Name: n.Name + "-smr-cri", NetNS: n.NetNS(), Env: []string{"KUBECONFIG=" + c.SmrCRIKubeconfig()}, Args: args}
+}
+
+// raftPKIDir holds the cluster CA of smr-cri's raft mutual TLS, shared by every node's smr-cri.
+// It is not pkiDir: that CA is the Kubernetes cluster's, which raft must not trust.
+func (c Config) raftPKIDir() string { return filepath.Join(c.Dir, "smr-cri-pki") }
+
+// raftCAMu serializes ensureRaftCA of nodes starting concurrently.
+var raftCAMu sync.Mutex
+
+// ensureRaftCA creates the raft cluster CA once (`smr-cri pki init` does nothing if the
+// directory has one), before any node's smr-cri could create a CA of its own there.
+func ensureRaftCA(ctx context.Context, c Config) error {
+	raftCAMu.Lock()
+	defer raftCAMu.Unlock()
+	out, err := exec.CommandContext(ctx, c.SmrCRI, "pki", "init", "--dir", c.raftPKIDir()).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("cluster: %s pki init: %w\n%s", c.SmrCRI, err, out)
+	}
+	return nil
 }
 
 // serveFlags lists the flags `smr-cri serve --help` documents (lines "  --name type" or "  -name").
