@@ -61,6 +61,7 @@ spec:
 var (
 	redisSetOnce sync.Mutex
 	redisSetUp   *cluster.Cluster // the cluster the set was deployed on
+	redisSetFail *cluster.Cluster // the cluster where deploying it failed (later tests fail fast)
 )
 
 // deployRedisSet deploys the replicated set (once per cluster) and waits until a write through
@@ -72,9 +73,13 @@ func deployRedisSet(ctx context.Context, t *testing.T, cl *cluster.Cluster) {
 	if redisSetUp == cl {
 		return
 	}
+	if redisSetFail == cl {
+		t.Fatal("the replicated Redis did not come up on this cluster (see the first replicated test)")
+	}
+	redisSetFail = cl // until it succeeds
 	root := cl.RepoRoot + "/manifests/"
 	mustKubectl(ctx, t, "", "apply", "-f", root+"namespace.yaml", "-f", root+"rbac.yaml")
-	mustKubectl(ctx, t, "", "create", "namespace", smrNS)
+	mustKubectl(ctx, t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: "+smrNS+"}\n", "apply", "-f", "-")
 	plain := podManifestImage(smrNS, "plain", cl.Nodes[0].Name, nodelab.RedisImage,
 		"exec redis-server --save '' --appendonly no --protected-mode no", nil)
 	mustKubectl(ctx, t, redisSetYAML+"---\n"+plain, "apply", "-f", "-")
@@ -86,7 +91,7 @@ func deployRedisSet(ctx context.Context, t *testing.T, cl *cluster.Cluster) {
 		defer rdb.Close()
 		return rdb.Set(ctx, "e2e:ready", "1", 0).Err()
 	})
-	redisSetUp = cl
+	redisSetUp, redisSetFail = cl, nil
 }
 
 // waitRedisSet waits until the 3 replicas are Ready.
