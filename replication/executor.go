@@ -129,6 +129,10 @@ type Executor struct {
 
 	closed    chan struct{}
 	closeOnce sync.Once
+
+	// sent, if set, is called under mu once a REQUEST entry's bytes were
+	// handed to the app, before its response is read (see OnRequestSent).
+	sent func(raftcore.Entry)
 }
 
 type appSession struct {
@@ -160,6 +164,18 @@ func NewExecutor(cfg ExecutorConfig) (*Executor, error) {
 		cfg: cfg, m: cfg.Metrics.forGroup(cfg.Group), sessions: map[uint64]*appSession{}, appliedCh: make(chan struct{}),
 		starts: map[[2]uint64]time.Time{}, closed: make(chan struct{}),
 	}, nil
+}
+
+// OnRequestSent registers f to be called, under the serial executor's lock,
+// as soon as a REQUEST entry's bytes were written to the app and before its
+// response is read: from that moment the app may have executed it, even if
+// this process dies before the response arrives. The node daemon records the
+// entry as applied there, so a restart never executes it again. Set it before
+// the first Apply; local reads do not call it.
+func (x *Executor) OnRequestSent(f func(raftcore.Entry)) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.sent = f
 }
 
 // Apply implements raftcore.StateMachine. Client-level failures (app closed
@@ -295,7 +311,11 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 		if !ok {
 			return x.replyLocked(e, op, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, e.Session)), false
 		}
-		return x.roundTripLocked(s, framing.Request{Raw: op.Raw, Op: op.Name}), false
+		return x.roundTripLocked(s, framing.Request{Raw: op.Raw, Op: op.Name}, func() {
+			if x.sent != nil {
+				x.sent(e)
+			}
+		}), false
 	case KindClose:
 		x.closeSessionLocked(e.Session)
 	case KindReset:
@@ -309,8 +329,8 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 }
 
 // roundTripLocked writes one request to the session's app connection and
-// reads exactly one complete response.
-func (x *Executor) roundTripLocked(s *appSession, req framing.Request) []byte {
+// reads exactly one complete response. sent (may be nil) runs between the two.
+func (x *Executor) roundTripLocked(s *appSession, req framing.Request, sent func()) []byte {
 	if s.dead != nil {
 		reply, _ := s.framer.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, s.dead))
 		return reply
@@ -319,6 +339,9 @@ func (x *Executor) roundTripLocked(s *appSession, req framing.Request) []byte {
 	resp, err := func() ([]byte, error) {
 		if _, err := s.conn.Write(req.Raw); err != nil {
 			return nil, fmt.Errorf("write to app: %w", err)
+		}
+		if sent != nil {
+			sent()
 		}
 		resp, err := s.framer.ReadResponse(s.r, req)
 		if err != nil {
@@ -384,7 +407,7 @@ func (x *Executor) Read(ctx context.Context, session uint64, req framing.Request
 	if !ok {
 		return nil, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, session)
 	}
-	val := x.roundTripLocked(s, req)
+	val := x.roundTripLocked(s, req, nil)
 	exec := time.Since(start)
 	x.cfg.Trace.Write(TraceLine{Kind: "read", Group: x.cfg.Group, Index: readIndex, Session: session,
 		Op: req.Op, Origin: x.cfg.Self, Latency: exec, Exec: exec})

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication"
@@ -145,10 +146,14 @@ type resumingSM struct {
 	group string
 	log   *slog.Logger
 
-	cur     position // last entry seen
-	resumed bool     // past the resume point
-	skipped int
-	open    map[uint64]openedAt // sessions opened in the skipped prefix, by session
+	// mu guards cur and applying: the executor's sent hook may run on its
+	// retry goroutine (entries queued while the app was down).
+	mu       sync.Mutex
+	cur      position        // last entry seen
+	applying *raftcore.Entry // the entry inside next.Apply, if any
+	resumed  bool            // past the resume point
+	skipped  int
+	open     map[uint64]openedAt // sessions opened in the skipped prefix, by session
 }
 
 type openedAt struct {
@@ -156,33 +161,72 @@ type openedAt struct {
 	pos position
 }
 
+// requestSentNotifier is implemented by *replication.Executor.
+type requestSentNotifier interface {
+	OnRequestSent(func(raftcore.Entry))
+}
+
 func newResumingSM(next raftcore.StateMachine, prog *Progress, group string, log *slog.Logger) *resumingSM {
-	return &resumingSM{next: next, prog: prog, group: group, log: log, resumed: prog.resume == position{},
+	r := &resumingSM{next: next, prog: prog, group: group, log: log, resumed: prog.resume == position{},
 		open: map[uint64]openedAt{}}
+	if n, ok := next.(requestSentNotifier); ok {
+		n.OnRequestSent(r.requestSent)
+	}
+	return r
+}
+
+// requestSent records a REQUEST as applied the moment its bytes reach the
+// app, not when its response has been read: a daemon killed while the app
+// executes it must not execute it again after the restart (the app has it).
+// What is left is the gap between the write to the app and this record (one
+// small pwrite), instead of the whole app round trip. Entries drained from
+// the executor's queue are not the one being applied: their record is
+// written by Apply's own rule.
+func (r *resumingSM) requestSent(e raftcore.Entry) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a := r.applying
+	if a == nil || a.Index != e.Index || a.Session != e.Session || a.Seq != e.Seq || a.Origin != e.Origin {
+		return
+	}
+	if err := r.prog.write(r.cur); err != nil {
+		r.log.Error("record applied position", "err", err)
+	}
 }
 
 // Apply implements raftcore.StateMachine.
 func (r *resumingSM) Apply(e raftcore.Entry) ([]byte, error) {
+	r.mu.Lock()
 	if e.Index != r.cur.index {
 		r.cur = position{e.Index, 0}
 	}
 	r.cur.sub++
+	cur := r.cur
+	r.mu.Unlock()
 	if !r.resumed {
-		if !r.prog.resume.less(r.cur) {
+		if !r.prog.resume.less(cur) {
 			r.follow(e)
 			return nil, nil
 		}
 		r.resume()
 	}
+	r.setApplying(&e)
 	val, err := r.next.Apply(e)
+	r.setApplying(nil)
 	// Entries queued for an app that is not up yet are not executed yet:
 	// keep the record where the app really is.
 	if h, ok := r.next.(healthReporter); !ok || h.Health() == nil {
-		if werr := r.prog.write(r.cur); werr != nil {
+		if werr := r.prog.write(cur); werr != nil {
 			r.log.Error("record applied position", "err", werr)
 		}
 	}
 	return val, err
+}
+
+func (r *resumingSM) setApplying(e *raftcore.Entry) {
+	r.mu.Lock()
+	r.applying = e
+	r.mu.Unlock()
 }
 
 // follow tracks the sessions of a skipped entry.

@@ -170,3 +170,71 @@ func TestOpenProgressBadInput(t *testing.T) {
 		t.Fatalf("new sandbox resumes at %d/%d", idx, sub)
 	}
 }
+
+// sendingSM is an executor that exposes the sent hook, so a test can stop
+// "the daemon" right after a REQUEST's bytes reached the app.
+type sendingSM struct {
+	recordingSM
+	sent func(raftcore.Entry)
+}
+
+func (s *sendingSM) OnRequestSent(f func(raftcore.Entry)) { s.sent = f }
+
+// A request whose bytes reached the app before the daemon died is not
+// executed again after the restart: it was recorded when it was sent.
+func TestResumingSMRequestInFlightAtCrash(t *testing.T) {
+	tests := []struct {
+		name    string
+		crashAt int // the entry in flight (1-based) when the daemon dies
+		want    []string
+	}{
+		{"A in flight", 3, []string{"OPEN", "OPEN", "B", "CLOSE", "C1", "C2", "RESET", "D"}},
+		{"C1 in flight, inside a batch", 6, []string{"OPEN", "C2", "RESET", "D"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			log := logOf(t)
+			prog, err := OpenProgress(dir, "sb1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := &sendingSM{}
+			sm := newResumingSM(first, prog, "ns.g", slog.New(slog.DiscardHandler))
+			// Apply up to the entry in flight, then start applying it as
+			// resumingSM.Apply does and stop right after the executor's hook:
+			// the daemon dies while the app executes it.
+			for _, e := range log[:tc.crashAt-1] {
+				if _, err := sm.Apply(e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			inFlight := log[tc.crashAt-1]
+			sm.mu.Lock()
+			if inFlight.Index != sm.cur.index {
+				sm.cur = position{inFlight.Index, 0}
+			}
+			sm.cur.sub++
+			sm.applying = &inFlight
+			sm.mu.Unlock()
+			first.sent(inFlight) // the bytes reached the app; then SIGKILL
+			prog.Close()
+
+			prog2, err := OpenProgress(dir, "sb1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer prog2.Close()
+			second := &recordingSM{}
+			sm2 := newResumingSM(second, prog2, "ns.g", slog.New(slog.DiscardHandler))
+			for _, e := range log {
+				if _, err := sm2.Apply(e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !slices.Equal(second.got, tc.want) {
+				t.Fatalf("executor got %q, want %q", second.got, tc.want)
+			}
+		})
+	}
+}
