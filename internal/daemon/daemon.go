@@ -15,10 +15,11 @@
 // raftcore's WAL and snapshots in <namespace>.<group>/, and the progress
 // record (progress.go) beside them.
 //
-// Peers are dialed from the node daemon's own (host) network namespace: pod
-// IPs are routable from the node on a Kubernetes cluster (and on the bridge
-// of internal/nodelab), and the raft port is excluded from interception, so
-// no per-peer netns dance is needed.
+// Peers are dialed from inside the member's pod network namespace
+// (netintercept.DialInNetns): the connection leaves from the pod's own
+// address, so a NetworkPolicy that admits only the group's pods to the raft
+// port (examples/redis/networkpolicy.yaml) lets it through. The raft port is
+// excluded from interception, and outbound traffic is never redirected.
 //
 // # Membership
 //
@@ -178,8 +179,13 @@ type Config struct {
 	Intercept replication.Interceptor
 	// ListenApp opens the in-pod client listener, ListenRaft the member's
 	// raft listener at podIP:raft-port, both inside netnsPath.
-	ListenApp    func(netnsPath, addr string) (net.Listener, error)
-	ListenRaft   func(netnsPath, addr string) (net.Listener, error)
+	ListenApp  func(netnsPath, addr string) (net.Listener, error)
+	ListenRaft func(netnsPath, addr string) (net.Listener, error)
+	// DialRaft opens a member's connection to a peer from inside the pod's
+	// network namespace, so the peer (and any NetworkPolicy) sees the pod's
+	// own address as the source. Default: netintercept.DialInNetns when
+	// ListenRaft is the default too; nil dials from the daemon's netns.
+	DialRaft     func(ctx context.Context, netnsPath, addr string) (net.Conn, error)
 	Dialer       func(netnsPath string) replication.AppDialer
 	OriginalPort func(net.Conn) (int, error)
 	ListenerPort int
@@ -282,6 +288,11 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.ListenRaft == nil {
 		cfg.ListenRaft = func(netns, addr string) (net.Listener, error) {
 			return netintercept.ListenInNetns(netns, "tcp", addr)
+		}
+		if cfg.DialRaft == nil {
+			cfg.DialRaft = func(ctx context.Context, netns, addr string) (net.Conn, error) {
+				return netintercept.DialInNetns(ctx, netns, "tcp", addr)
+			}
 		}
 	}
 	if cfg.detect == nil {
@@ -446,6 +457,10 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 		return nil, nil, fmt.Errorf("raft listener at %s in the pod netns: %w", self, err)
 	}
 	tcfg.Listener, tcfg.Logger = ln, d.log.With("group", spec.GroupKey())
+	if dial := d.cfg.DialRaft; dial != nil {
+		netns := pod.NetNSPath
+		tcfg.Dialer = func(ctx context.Context, addr string) (net.Conn, error) { return dial(ctx, netns, addr) }
+	}
 	tr, err := transport.New(tcfg)
 	if err != nil {
 		_ = ln.Close()
