@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -34,7 +33,7 @@ func demo(ctx context.Context, cfg cluster.Config, out io.Writer) error {
 	manifests := filepath.Join(cl.RepoRoot, "manifests")
 	step("applying the project's manifests: namespace smr-system and the RBAC smr-cri's pod discovery uses\n" +
 		"    (manifests/daemonset.yaml installs smr-cri on systemd nodes; here the cluster already runs\n" +
-		"    `smr-cri serve` on every node in front of containerd, so the DaemonSet is not applied)")
+		"    `smr-cri serve` on every node in front of containerd; its trace DaemonSet comes at the end)")
 	if _, err := kubectl("apply", "-f", filepath.Join(manifests, "namespace.yaml"), "-f", filepath.Join(manifests, "rbac.yaml")); err != nil {
 		return err
 	}
@@ -118,9 +117,42 @@ func demo(ctx context.Context, cfg cluster.Config, out io.Writer) error {
 		return err
 	}
 
+	step("the ordering traces through the project's DaemonSet: manifests/ with the local overlay %s\n"+
+		"    (no systemd installer here; each node's trace container tails that node's smr-cri log)", cluster.TraceOverlay)
+	if _, err := cl.ApplyTraceDaemonSet(ctx); err != nil {
+		return err
+	}
+	if _, err := kubectl("rollout", "status", "-n", "smr-system", "ds/smr-cri", "--timeout=3m"); err != nil {
+		return err
+	}
+	logsCmd := []string{"logs", "-n", "smr-system", "ds/smr-cri", "--tail=-1"}
+	var commits []string
+	if err := retry(ctx, time.Minute, func() error {
+		all, err := kubectl(logsCmd...)
+		if err != nil {
+			return err
+		}
+		commits = commits[:0]
+		for _, line := range strings.Split(all, "\n") {
+			if strings.Contains(line, "smr=commit") {
+				commits = append(commits, line)
+			}
+		}
+		if len(commits) == 0 {
+			return errors.New("no smr=commit lines yet in kubectl logs -n smr-system ds/smr-cri")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "$ KUBECONFIG=%s %s logs -n smr-system ds/smr-cri | grep smr=commit | tail -5\n%s\n",
+		cl.AdminKubeconfig(), cl.KubectlPath(), strings.Join(commits[max(0, len(commits)-5):], "\n"))
+
 	step("where to look")
 	logs := filepath.Join(cl.LogDir(), "smr-node*-smr-cri.log")
-	fmt.Fprintf(out, `ordering traces (one line per applied request; on a real cluster: kubectl logs -n smr-system ds/smr-cri):
+	fmt.Fprintf(out, `ordering traces (one line per applied request), one pod per node:
+    kubectl logs -n smr-system -l app.kubernetes.io/name=smr-cri --prefix --tail=-1 | grep smr=commit
+the same files on the host:
     grep -h 'smr=commit' %s | sort | tail
 leader elections:
     grep -h 'became leader' %s
@@ -129,8 +161,6 @@ the cluster:
 take it down:
     make cluster-down
 `, logs, logs, cl.AdminKubeconfig(), cl.KubectlPath())
-	traces, _ := exec.CommandContext(ctx, "sh", "-c", "grep -h 'smr=commit' "+logs+" | sort | tail -5").Output()
-	fmt.Fprintf(out, "\nlast ordering traces:\n%s", traces)
 	return nil
 }
 

@@ -20,8 +20,9 @@ import (
 	"github.com/smr-io/smr-cri/internal/nodelab"
 )
 
-// Images imported into every node's containerd (nothing can be pulled on these machines).
-var Images = []string{nodelab.PauseImage, nodelab.BusyboxImage, nodelab.RedisImage, nodelab.ExampleRedisImage}
+// Images imported into every node's containerd (nothing can be pulled on these machines);
+// SmrCRIImage is the DaemonSet's (TraceOverlay).
+var Images = []string{nodelab.PauseImage, nodelab.BusyboxImage, nodelab.RedisImage, nodelab.ExampleRedisImage, nodelab.SmrCRIImage}
 
 // Cluster is a running cluster.
 type Cluster struct {

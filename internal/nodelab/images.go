@@ -32,6 +32,9 @@ const (
 	RedisImage        = "localhost/redis:smr"
 	// ExampleRedisImage is the reference examples/redis uses; the lab gives it the same image.
 	ExampleRedisImage = "docker.io/library/redis:7.2"
+	// SmrCRIImage is the image manifests/daemonset.yaml runs (hack/kind-image builds the same
+	// layout for kind): the static smr-cri binary at /usr/local/bin/smr-cri, nothing else.
+	SmrCRIImage = "localhost/smr-cri:dev"
 )
 
 // DefaultImages is what StartContainerd imports unless told otherwise.
@@ -391,6 +394,16 @@ func (b *imageBuilder) build(ref string) (v1.Image, error) {
 			WorkingDir:   "/data",
 			ExposedPorts: map[string]struct{}{"6379/tcp": {}},
 		}, base, l)
+	case SmrCRIImage:
+		bin, err := b.bin("./cmd/smr-cri") // CGO_ENABLED=0: static
+		if err != nil {
+			return nil, err
+		}
+		l, err := buildLayer([]layerFile{{Path: "/usr/local/bin/smr-cri", HostPath: bin, Mode: 0o755}})
+		if err != nil {
+			return nil, err
+		}
+		return newImage(v1.Config{Entrypoint: []string{"/usr/local/bin/smr-cri"}, Env: []string{"PATH=/usr/local/bin"}}, l)
 	default:
 		return nil, fmt.Errorf("nodelab: unknown image %q (known: %s)", ref, strings.Join(DefaultImages, ", "))
 	}
