@@ -22,6 +22,7 @@ The cluster is still running. Talk to the replicated Redis:
   export KUBECONFIG=$ROOT/_out/cluster/admin.kubeconfig
   $ROOT/_cache/kube-v1.37.2/kubectl get pods -o wide
   $ROOT/_cache/kube-v1.37.2/kubectl exec -it redis-0 -- redis-cli -h redis    # through the Service
-  tail -f $ROOT/_out/cluster/logs/smr-node1-smr-cri.log                      # ordering traces
+  $ROOT/_cache/kube-v1.37.2/kubectl logs -n smr-system ds/smr-cri -f        # ordering traces (one node)
+  tail -f $ROOT/_out/cluster/logs/smr-node1-smr-cri.log                      # the same, from the file
 Take it down with: make cluster-down
 MSG
