@@ -94,20 +94,8 @@ func TestResumingSM(t *testing.T) {
 				}
 			}
 			// SIGKILL: the file is not closed; the page cache keeps the record.
-			prog2, err := OpenProgress(dir, tc.sandbox2)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer prog2.Close()
-			second := &recordingSM{}
-			sm2 := newResumingSM(second, prog2, "ns.g", slog.New(slog.DiscardHandler))
-			for _, e := range log {
-				if _, err := sm2.Apply(e); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if !slices.Equal(second.got, tc.want) {
-				t.Fatalf("executor got %q, want %q", second.got, tc.want)
+			if got := restartAndApply(t, dir, tc.sandbox2, log); !slices.Equal(got, tc.want) {
+				t.Fatalf("executor got %q, want %q", got, tc.want)
 			}
 			prog.Close()
 		})
@@ -220,21 +208,28 @@ func TestResumingSMRequestInFlightAtCrash(t *testing.T) {
 			first.sent(inFlight) // the bytes reached the app; then SIGKILL
 			prog.Close()
 
-			prog2, err := OpenProgress(dir, "sb1")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer prog2.Close()
-			second := &recordingSM{}
-			sm2 := newResumingSM(second, prog2, "ns.g", slog.New(slog.DiscardHandler))
-			for _, e := range log {
-				if _, err := sm2.Apply(e); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if !slices.Equal(second.got, tc.want) {
-				t.Fatalf("executor got %q, want %q", second.got, tc.want)
+			if got := restartAndApply(t, dir, "sb1", log); !slices.Equal(got, tc.want) {
+				t.Fatalf("executor got %q, want %q", got, tc.want)
 			}
 		})
 	}
+}
+
+// restartAndApply is the daemon coming back for sandboxID: it opens dir's
+// progress record, applies the whole log and returns what reached the app.
+func restartAndApply(t *testing.T, dir, sandboxID string, log []raftcore.Entry) []string {
+	t.Helper()
+	prog, err := OpenProgress(dir, sandboxID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	rec := &recordingSM{}
+	sm := newResumingSM(rec, prog, "ns.g", slog.New(slog.DiscardHandler))
+	for _, e := range log {
+		if _, err := sm.Apply(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return rec.got
 }

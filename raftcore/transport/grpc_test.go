@@ -237,15 +237,7 @@ func TestCallerListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	cli.Send("g1", 1, srv.Addr(), []*raftpb.Message{{Type: raftpb.MsgHeartbeat.Enum()}})
-	select {
-	case g := <-h.got:
-		if g != "g1" {
-			t.Fatalf("delivered group %q, want g1", g)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("message not delivered through the caller's listener")
-	}
+	sendAndExpect(t, cli, srv, h)
 
 	unused, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -289,6 +281,16 @@ func TestCallerDialer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
+	sendAndExpect(t, cli, srv, h)
+	if got := <-dialed; got != srv.Addr() {
+		t.Fatalf("dialer called with %q, want %q", got, srv.Addr())
+	}
+}
+
+// sendAndExpect sends one heartbeat of group g1 from cli to srv and waits for
+// srv's handler to deliver it.
+func sendAndExpect(t *testing.T, cli, srv *GRPC, h deliverHandler) {
+	t.Helper()
 	cli.Send("g1", 1, srv.Addr(), []*raftpb.Message{{Type: raftpb.MsgHeartbeat.Enum()}})
 	select {
 	case g := <-h.got:
@@ -296,9 +298,6 @@ func TestCallerDialer(t *testing.T) {
 			t.Fatalf("delivered group %q, want g1", g)
 		}
 	case <-time.After(20 * time.Second):
-		t.Fatal("message not delivered through the caller's dialer")
-	}
-	if got := <-dialed; got != srv.Addr() {
-		t.Fatalf("dialer called with %q, want %q", got, srv.Addr())
+		t.Fatal("message not delivered")
 	}
 }
