@@ -84,7 +84,11 @@ func TestKubeletThroughSmrCRI(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logFile.Close()
-	serve := exec.Command(smrBin, "serve", "--listen", smrSock, "--runtime-endpoint", ctd.Endpoint())
+	// --replication=false: this test is about the CRI proxy and its hook under a real kubelet, so
+	// the hook's LoggingReplicator logs each attach with the netns path. Replication itself runs
+	// under real kubelets in e2e/ and through this proxy in internal/daemon's integration tests.
+	serve := exec.Command(smrBin, "serve", "--listen", smrSock, "--runtime-endpoint", ctd.Endpoint(),
+		"--replication=false", "--data-dir", filepath.Join(dir, "data"))
 	serve.Stdout, serve.Stderr = logFile, logFile
 	serveExited, err := nodelab.StartChild(serve)
 	if err != nil {
