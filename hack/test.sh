@@ -23,6 +23,9 @@ sweep() { go run ./hack/lab sweep || true; }
 
 say "install dependencies"
 hack/install-deps.sh
+# The control-plane binaries for e2e/ (minutes when cold): built here, outside go test's timeout.
+say "Kubernetes binaries for the local cluster"
+hack/cluster/build-kube.sh
 say "go build ./..."
 go build ./...
 say "go vet ./..."
