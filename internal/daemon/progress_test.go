@@ -82,17 +82,7 @@ func TestResumingSM(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			log := logOf(t)
-			prog, err := OpenProgress(dir, "sb1")
-			if err != nil {
-				t.Fatal(err)
-			}
-			first := &recordingSM{}
-			sm := newResumingSM(first, prog, "ns.g", slog.New(slog.DiscardHandler))
-			for _, e := range log[:tc.crashAt] {
-				if _, err := sm.Apply(e); err != nil {
-					t.Fatal(err)
-				}
-			}
+			_, prog := firstRun(t, dir, &recordingSM{}, log[:tc.crashAt])
 			// SIGKILL: the file is not closed; the page cache keeps the record.
 			if got := restartAndApply(t, dir, tc.sandbox2, log); !slices.Equal(got, tc.want) {
 				t.Fatalf("executor got %q, want %q", got, tc.want)
@@ -183,20 +173,11 @@ func TestResumingSMRequestInFlightAtCrash(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			log := logOf(t)
-			prog, err := OpenProgress(dir, "sb1")
-			if err != nil {
-				t.Fatal(err)
-			}
-			first := &sendingSM{}
-			sm := newResumingSM(first, prog, "ns.g", slog.New(slog.DiscardHandler))
 			// Apply up to the entry in flight, then start applying it as
 			// resumingSM.Apply does and stop right after the executor's hook:
 			// the daemon dies while the app executes it.
-			for _, e := range log[:tc.crashAt-1] {
-				if _, err := sm.Apply(e); err != nil {
-					t.Fatal(err)
-				}
-			}
+			first := &sendingSM{}
+			sm, prog := firstRun(t, dir, first, log[:tc.crashAt-1])
 			inFlight := log[tc.crashAt-1]
 			sm.mu.Lock()
 			if inFlight.Index != sm.cur.index {
@@ -232,4 +213,22 @@ func restartAndApply(t *testing.T, dir, sandboxID string, log []raftcore.Entry) 
 		}
 	}
 	return rec.got
+}
+
+// firstRun is the daemon's first life for sandbox sb1: it opens dir's
+// progress record and applies entries through next. The caller closes prog
+// (or leaves it open, as a SIGKILL would).
+func firstRun(t *testing.T, dir string, next raftcore.StateMachine, entries []raftcore.Entry) (*resumingSM, *Progress) {
+	t.Helper()
+	prog, err := OpenProgress(dir, "sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sm := newResumingSM(next, prog, "ns.g", slog.New(slog.DiscardHandler))
+	for _, e := range entries {
+		if _, err := sm.Apply(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return sm, prog
 }
