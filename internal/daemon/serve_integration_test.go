@@ -33,7 +33,7 @@ import (
 // containerd, with stdout and stderr appended to one log file as the
 // installed systemd unit does.
 type serveLab struct {
-	t       *testing.T
+	t       testing.TB
 	bin     string
 	args    []string
 	logPath string
@@ -42,7 +42,7 @@ type serveLab struct {
 	sock    string
 }
 
-func buildSmrCri(t *testing.T, ctx context.Context) string {
+func buildSmrCri(t testing.TB, ctx context.Context) string {
 	t.Helper()
 	root, err := nodelab.RepoRoot()
 	if err != nil {
@@ -92,7 +92,7 @@ func (s *serveLab) log() string {
 
 // waitFor polls cond until it holds or ctx ends (no timing is asserted: the
 // deadline only bounds a broken run).
-func waitFor(t *testing.T, ctx context.Context, what string, cond func() (bool, string)) {
+func waitFor(t testing.TB, ctx context.Context, what string, cond func() (bool, string)) {
 	t.Helper()
 	last := ""
 	for {
@@ -137,7 +137,7 @@ type groupLab struct {
 // startReplicatedGroup starts the private containerd and serve, and creates
 // the three pods of spec through smr-cri with static smr.io/peers at the
 // pod IPs the lab's IPAM will hand out. Everything is torn down at cleanup.
-func startReplicatedGroup(t *testing.T, ctx context.Context, spec groupSpec) *groupLab {
+func startReplicatedGroup(t testing.TB, ctx context.Context, spec groupSpec) *groupLab {
 	t.Helper()
 	c := nodelab.StartContainerdT(t)
 	if spec.prepare != nil {
@@ -232,7 +232,7 @@ func startReplicatedGroup(t *testing.T, ctx context.Context, spec groupSpec) *gr
 }
 
 // retry runs op until it succeeds (apps coming up, first election, RESETs).
-func retry(t *testing.T, ctx context.Context, what string, op func() error) {
+func retry(t testing.TB, ctx context.Context, what string, op func() error) {
 	t.Helper()
 	var err error
 	waitFor(t, ctx, what, func() (bool, string) {
