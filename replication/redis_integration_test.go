@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/replication/framing"
 )
 
@@ -34,12 +35,10 @@ func startRedis(t testing.TB) string {
 	if err != nil {
 		t.Fatalf("redis-server not installed (apt-get install redis-server): %v", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := freeport.Port() // redis-server binds it later
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
 	dir := t.TempDir()
 	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", dir, "--daemonize", "no", "--logfile", dir+"/redis.log")

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/smr-io/smr-cri/examples/kvstore"
+	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/framing"
 )
@@ -218,9 +219,10 @@ func TestHTTPBadRequestsCloseOnlyThatConnection(t *testing.T) {
 func TestAppNotUpQueuesAndReplays(t *testing.T) {
 	stores, addrs := kvApps(t, 3)
 	// Replica 3's app "starts later": its dialer points at a closed port.
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	closedAddr := ln.Addr().String()
-	ln.Close()
+	closedAddr, err := freeport.Addr() // nobody listens there until the test says so
+	if err != nil {
+		t.Fatal(err)
+	}
 	late := addrs[2]
 	addrs[2] = closedAddr
 	c := newCluster(t, clusterOpts{port: httpPort, appAddrs: addrs})

@@ -13,7 +13,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -26,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/raftcore/kvtest"
@@ -328,15 +328,6 @@ func report(out io.Writer, name string, n int, r result) {
 		name, n, r.rate, ms(r.p50), ms(r.p99), r.errors, r.cpuPerOp.Microseconds(), strings.Join(rss, " "))
 }
 
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
 type procs []*exec.Cmd
 
 func (ps procs) stop() {
@@ -372,7 +363,7 @@ func startSMR(ctx context.Context, c config, name, pkiDir string) (_ *system, er
 	for id := 1; id <= 3; id++ {
 		var a [3]string
 		for i := range a {
-			p, err := freePort()
+			p, err := freeport.Addr()
 			if err != nil {
 				return nil, err
 			}
@@ -478,11 +469,11 @@ func smrLeader(ctx context.Context, hc *http.Client, addrs []string) (int, error
 func startEtcd(ctx context.Context, c config) (_ *system, err error) {
 	var peerURLs, clientURLs, initial []string
 	for id := 1; id <= 3; id++ {
-		p, err := freePort()
+		p, err := freeport.Addr()
 		if err != nil {
 			return nil, err
 		}
-		cl, err := freePort()
+		cl, err := freeport.Addr()
 		if err != nil {
 			return nil, err
 		}

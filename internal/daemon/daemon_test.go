@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/smr-io/smr-cri/cri"
+	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/replication"
 )
@@ -141,14 +142,14 @@ func (d appDialer) DialApp(ctx context.Context, _ int) (net.Conn, error) {
 	return nd.DialContext(ctx, "tcp", d.addr)
 }
 
+// freePort returns a port the daemon binds later (see package freeport).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // loopbackDaemon runs the daemon's wiring on loopback: the pod's client

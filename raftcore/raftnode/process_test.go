@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/raftcore/kvtest"
@@ -92,14 +93,15 @@ type procCluster struct {
 	pki   string // cluster CA directory: raft runs over mutual TLS, as by default
 }
 
+// freePort returns an address the member process binds later; see package
+// freeport for why it is not a closed :0 listener.
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 func newProcCluster(t *testing.T, n int) *procCluster {
@@ -153,14 +155,15 @@ func (c *procCluster) start(id uint64) {
 	if err := cmd.Start(); err != nil {
 		c.t.Fatalf("start member %d: %v", id, err)
 	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "http=") {
-		c.t.Fatalf("member %d did not start: %q %v", id, line, err)
-	}
+	// Live before the check below, so cleanup also kills a member that started badly.
 	p.cmd = cmd
 	c.mu.Lock()
 	c.live[id] = true
 	c.mu.Unlock()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "http=") {
+		c.t.Fatalf("member %d did not start: %q %v", id, line, err)
+	}
 }
 
 // isolate cuts every link between id and the other members (both ways).

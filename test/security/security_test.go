@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,6 +29,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/raftcore/kvtest"
@@ -239,14 +239,14 @@ type cluster struct {
 	hc      *http.Client
 }
 
+// freePort returns an address a member process binds later (see package freeport).
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // startCluster runs three raftnode members over mutual TLS; every link
@@ -260,6 +260,16 @@ func startCluster(t *testing.T) *cluster {
 	for id := uint64(1); id <= 3; id++ {
 		c.members[id] = &member{id: id, raft: freePort(t), http: freePort(t)}
 	}
+	// Registered before any start, so a member that fails to start does not
+	// leave the ones started before it running.
+	t.Cleanup(func() {
+		for _, m := range c.members {
+			if m.cmd != nil {
+				m.cmd.Process.Kill()
+				m.cmd.Wait()
+			}
+		}
+	})
 	for id, m := range c.members {
 		var peers []string
 		for to, p := range c.members {
@@ -295,12 +305,6 @@ func startCluster(t *testing.T) *cluster {
 		}
 		go io.Copy(io.Discard, stdout)
 	}
-	t.Cleanup(func() {
-		for _, m := range c.members {
-			m.cmd.Process.Kill()
-			m.cmd.Wait()
-		}
-	})
 	return c
 }
 
