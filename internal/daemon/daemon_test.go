@@ -142,16 +142,6 @@ func (d appDialer) DialApp(ctx context.Context, _ int) (net.Conn, error) {
 	return nd.DialContext(ctx, "tcp", d.addr)
 }
 
-// freePort returns a port the daemon binds later (see package freeport).
-func freePort(t *testing.T) int {
-	t.Helper()
-	p, err := freeport.Port()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // loopbackDaemon runs the daemon's wiring on loopback: the pod's client
 // listener, raft listener and app are plain loopback sockets.
 type loopbackDaemon struct {
@@ -232,7 +222,7 @@ func TestDaemonRestartDoesNotReapply(t *testing.T) {
 	defer cancel()
 	dataDir := t.TempDir()
 	app := newCounterApp(t)
-	raftPort := freePort(t)
+	raftPort := freeport.PortT(t)
 
 	d1 := newLoopbackDaemon(t, dataDir, app)
 	if err := d1.AttachPod(ctx, onePod("sb1", raftPort)); err != nil {
@@ -304,13 +294,13 @@ func TestAttachBadInput(t *testing.T) {
 	ctx := context.Background()
 	d := newLoopbackDaemon(t, t.TempDir(), newCounterApp(t))
 	defer d.Close(ctx)
-	pod := onePod("sb1", freePort(t))
+	pod := onePod("sb1", freeport.PortT(t))
 	delete(pod.Annotations, replication.AnnotationPeers)
 	pod.Annotations[replication.AnnotationMembership] = replication.MembershipKubernetes
 	if err := d.AttachPod(ctx, pod); err == nil || !strings.Contains(err.Error(), "--kubeconfig") {
 		t.Fatalf("kubernetes membership without API server: %v", err)
 	}
-	pod = onePod("sb2", freePort(t))
+	pod = onePod("sb2", freeport.PortT(t))
 	pod.IPs = nil
 	if err := d.AttachPod(ctx, pod); err == nil || !strings.Contains(err.Error(), "no IP") {
 		t.Fatalf("pod without IP: %v", err)

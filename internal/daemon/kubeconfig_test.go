@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/replication"
 )
 
@@ -35,7 +36,7 @@ func TestKubeconfigLoadedLazily(t *testing.T) {
 	kc := filepath.Join(t.TempDir(), "kube", "kubeconfig")
 	ld := newLoopbackDaemonWithConfig(t, t.TempDir(), newCounterApp(t), func(c *Config) { c.Kubeconfig = kc })
 	defer ld.Close(context.Background())
-	pod := onePod("sb-kube", freePort(t))
+	pod := onePod("sb-kube", freeport.PortT(t))
 	delete(pod.Annotations, replication.AnnotationPeers)
 	pod.Annotations[replication.AnnotationMembership] = replication.MembershipKubernetes
 	err := ld.AttachPod(context.Background(), pod)

@@ -15,6 +15,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/smr-io/smr-cri/cri"
+	"github.com/smr-io/smr-cri/internal/freeport"
 )
 
 // fakeRuntime serves the two CRI calls Reconcile makes, from a table of
@@ -97,11 +98,11 @@ func TestReconcile(t *testing.T) {
 	d := newLoopbackDaemonWithRuntime(t, t.TempDir(), app, "unix://"+sock)
 	defer d.Close(ctx)
 
-	good := onePod("sb-good", freePort(t))
-	broken := onePod("sb-broken", freePort(t))
-	plain := onePod("sb-plain", freePort(t))
+	good := onePod("sb-good", freeport.PortT(t))
+	broken := onePod("sb-broken", freeport.PortT(t))
+	plain := onePod("sb-plain", freeport.PortT(t))
 	plain.Labels = map[string]string{"app": "plain"}
-	stopped := onePod("sb-stopped", freePort(t))
+	stopped := onePod("sb-stopped", freeport.PortT(t))
 	fr.set(good.SandboxID, sandboxStatus(good, runtimeapi.PodSandboxState_SANDBOX_READY, netnsInfo))
 	fr.set(broken.SandboxID, sandboxStatus(broken, runtimeapi.PodSandboxState_SANDBOX_READY, `{"pid":1}`))
 	fr.set(plain.SandboxID, sandboxStatus(plain, runtimeapi.PodSandboxState_SANDBOX_READY, netnsInfo))
@@ -157,7 +158,7 @@ func TestSameMemberTwoSandboxes(t *testing.T) {
 	d := newLoopbackDaemonWithRuntime(t, t.TempDir(), app, "unix://"+sock)
 	defer d.Close(ctx)
 
-	raftPort := freePort(t)
+	raftPort := freeport.PortT(t)
 	first := onePod("sb1", raftPort)
 	fr.set(first.SandboxID, sandboxStatus(first, runtimeapi.PodSandboxState_SANDBOX_READY, netnsInfo))
 	if err := d.AttachPod(ctx, first); err != nil {

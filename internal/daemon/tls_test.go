@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/cri"
+	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/replication"
 )
@@ -50,7 +51,7 @@ func TestDaemonsOrderOverMutualTLS(t *testing.T) {
 	if _, _, err := pki.EnsureCADir(caDir); err != nil {
 		t.Fatal(err)
 	}
-	ports := []int{freePort(t), freePort(t), freePort(t)}
+	ports := []int{freeport.PortT(t), freeport.PortT(t), freeport.PortT(t)}
 	var apps []*counterApp
 	var logs []*lockedBuffer
 	var first string
@@ -143,7 +144,7 @@ func TestBadPKIDirFailsAttach(t *testing.T) {
 			buf := &lockedBuffer{}
 			ld := newLoopbackDaemonWithConfig(t, t.TempDir(), newCounterApp(t), withCA(dir, buf))
 			defer ld.Close(ctx)
-			pod := onePod("sb-bad-ca", freePort(t))
+			pod := onePod("sb-bad-ca", freeport.PortT(t))
 			err := ld.AttachPod(ctx, pod)
 			if err == nil || !strings.Contains(err.Error(), "cluster CA (mutual TLS between ordering nodes; --insecure-raft turns it off)") ||
 				!strings.Contains(err.Error(), tc.want) {
@@ -191,7 +192,7 @@ func TestNoCAIsPlaintextWithWarning(t *testing.T) {
 	if !strings.Contains(buf.String(), "level=WARN msg=\"INSECURE: raft traffic is plaintext and unauthenticated") {
 		t.Errorf("no INSECURE warning at New:\n%s", buf)
 	}
-	if err := ld.AttachPod(ctx, onePod("sb-plain", freePort(t))); err != nil {
+	if err := ld.AttachPod(ctx, onePod("sb-plain", freeport.PortT(t))); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(buf.String(), "raft_security=plaintext") {

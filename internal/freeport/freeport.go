@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 )
 
 // The window we pick from: below the usual ephemeral range (32768-60999) and
@@ -102,4 +103,24 @@ func ephemeralRange(path string) (low, high int, err error) {
 		return 0, 0, fmt.Errorf("freeport: %s: %w", path, err)
 	}
 	return low, high, nil
+}
+
+// AddrT is Addr for tests and benchmarks: it fails tb instead of returning an error.
+func AddrT(tb testing.TB) string {
+	tb.Helper()
+	addr, err := Addr()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return addr
+}
+
+// PortT is Port for tests and benchmarks: it fails tb instead of returning an error.
+func PortT(tb testing.TB) int {
+	tb.Helper()
+	p, err := Port()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
 }

@@ -93,17 +93,6 @@ type procCluster struct {
 	pki   string // cluster CA directory: raft runs over mutual TLS, as by default
 }
 
-// freePort returns an address the member process binds later; see package
-// freeport for why it is not a closed :0 listener.
-func freePort(t *testing.T) string {
-	t.Helper()
-	addr, err := freeport.Addr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return addr
-}
-
 func newProcCluster(t *testing.T, n int) *procCluster {
 	c := &procCluster{t: t, procs: map[uint64]*proc{}, live: map[uint64]bool{},
 		hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}, pki: t.TempDir()}
@@ -111,7 +100,7 @@ func newProcCluster(t *testing.T, n int) *procCluster {
 		t.Fatal(err)
 	}
 	for id := uint64(1); id <= uint64(n); id++ {
-		c.procs[id] = &proc{id: id, raft: freePort(t), http: freePort(t), dir: t.TempDir()}
+		c.procs[id] = &proc{id: id, raft: freeport.AddrT(t), http: freeport.AddrT(t), dir: t.TempDir()}
 	}
 	// Every directed link goes through its own TCP proxy, so tests can cut
 	// links between real processes.

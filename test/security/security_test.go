@@ -239,16 +239,6 @@ type cluster struct {
 	hc      *http.Client
 }
 
-// freePort returns an address a member process binds later (see package freeport).
-func freePort(t *testing.T) string {
-	t.Helper()
-	addr, err := freeport.Addr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return addr
-}
-
 // startCluster runs three raftnode members over mutual TLS; every link
 // between them goes through a recording proxy (the captured traffic the
 // replay test uses).
@@ -258,7 +248,7 @@ func startCluster(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	for id := uint64(1); id <= 3; id++ {
-		c.members[id] = &member{id: id, raft: freePort(t), http: freePort(t)}
+		c.members[id] = &member{id: id, raft: freeport.AddrT(t), http: freeport.AddrT(t)}
 	}
 	// Registered before any start, so a member that fails to start does not
 	// leave the ones started before it running.
