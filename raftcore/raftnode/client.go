@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
 )
@@ -102,4 +103,21 @@ func (c *Client) Status(ctx context.Context) (raftcore.Status, error) {
 		return st, fmt.Errorf("status: %w", err)
 	}
 	return st, nil
+}
+
+// Leader polls the members' status until one reports itself leader and
+// returns its id; members that do not answer are skipped (they may be down).
+func Leader(ctx context.Context, members map[uint64]*Client, poll time.Duration) (uint64, error) {
+	for {
+		for id, c := range members {
+			if st, err := c.Status(ctx); err == nil && st.State == "StateLeader" {
+				return id, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("no member reported itself leader: %w", ctx.Err())
+		case <-time.After(poll):
+		}
+	}
 }

@@ -3,7 +3,6 @@ package raftnode
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -264,26 +263,19 @@ func (c *procCluster) targets() []kvtest.Target {
 }
 
 func (c *procCluster) status(id uint64) (raftcore.Status, error) {
-	var st raftcore.Status
-	resp, err := c.hc.Get("http://" + c.procs[id].http + "/status")
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	return c.client(id).Status(context.Background())
 }
 
 func (c *procCluster) leader(ctx context.Context) uint64 {
-	for ctx.Err() == nil {
-		for id := range c.procs {
-			if st, err := c.status(id); err == nil && st.State == "StateLeader" {
-				return id
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
+	members := map[uint64]*Client{}
+	for id := range c.procs {
+		members[id] = c.client(id)
 	}
-	c.t.Fatal("no leader")
-	return 0
+	id, err := Leader(ctx, members, 20*time.Millisecond)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return id
 }
 
 // Separate processes on loopback gRPC: SIGKILL a minority (including the

@@ -321,16 +321,15 @@ func (c *cluster) status(id uint64) (raftcore.Status, error) {
 }
 
 func (c *cluster) leader(ctx context.Context) uint64 {
-	for ctx.Err() == nil {
-		for id := range c.members {
-			if st, err := c.status(id); err == nil && st.State == "StateLeader" {
-				return id
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
+	members := map[uint64]*raftnode.Client{}
+	for id := range c.members {
+		members[id] = c.client(id)
 	}
-	c.t.Fatal("no leader")
-	return 0
+	id, err := raftnode.Leader(ctx, members, 50*time.Millisecond)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return id
 }
 
 // put writes through the group, retrying through elections.
