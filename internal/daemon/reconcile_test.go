@@ -76,6 +76,23 @@ func sandboxStatus(pod cri.PodInfo, state runtimeapi.PodSandboxState, info strin
 	}
 }
 
+// serveFakeRuntime serves fr's RuntimeService on a unix socket until the
+// test ends (or srv is stopped) and returns its CRI endpoint.
+func serveFakeRuntime(t *testing.T) (fr *fakeRuntime, srv *grpc.Server, endpoint string) {
+	t.Helper()
+	fr = &fakeRuntime{sandboxes: map[string]*runtimeapi.PodSandboxStatusResponse{}}
+	sock := filepath.Join(t.TempDir(), "cri.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv = grpc.NewServer()
+	runtimeapi.RegisterRuntimeServiceServer(srv, fr)
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return fr, srv, "unix://" + sock
+}
+
 const netnsInfo = `{"runtimeSpec":{"linux":{"namespaces":[{"type":"network","path":"/var/run/netns/fake"}]}}}`
 
 // Reconcile attaches the READY replicated sandboxes (a broken one is logged
@@ -83,19 +100,9 @@ const netnsInfo = `{"runtimeSpec":{"linux":{"namespaces":[{"type":"network","pat
 // and detaches attached sandboxes that stopped or disappeared.
 func TestReconcile(t *testing.T) {
 	ctx := context.Background()
-	fr := &fakeRuntime{sandboxes: map[string]*runtimeapi.PodSandboxStatusResponse{}}
-	sock := filepath.Join(t.TempDir(), "cri.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	runtimeapi.RegisterRuntimeServiceServer(srv, fr)
-	go srv.Serve(ln)
-	defer srv.Stop()
-
+	fr, srv, endpoint := serveFakeRuntime(t)
 	app := newCounterApp(t)
-	d := newLoopbackDaemonWithRuntime(t, t.TempDir(), app, "unix://"+sock)
+	d := newLoopbackDaemonWithRuntime(t, t.TempDir(), app, endpoint)
 	defer d.Close(ctx)
 
 	good := onePod("sb-good", freeport.PortT(t))
@@ -144,18 +151,9 @@ func TestReconcile(t *testing.T) {
 // its member is stopped and the new sandbox takes over the member's log.
 func TestSameMemberTwoSandboxes(t *testing.T) {
 	ctx := context.Background()
-	fr := &fakeRuntime{sandboxes: map[string]*runtimeapi.PodSandboxStatusResponse{}}
-	sock := filepath.Join(t.TempDir(), "cri.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	runtimeapi.RegisterRuntimeServiceServer(srv, fr)
-	go srv.Serve(ln)
-	defer srv.Stop()
+	fr, _, endpoint := serveFakeRuntime(t)
 	app := newCounterApp(t)
-	d := newLoopbackDaemonWithRuntime(t, t.TempDir(), app, "unix://"+sock)
+	d := newLoopbackDaemonWithRuntime(t, t.TempDir(), app, endpoint)
 	defer d.Close(ctx)
 
 	raftPort := freeport.PortT(t)
