@@ -125,10 +125,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"k8s.io/client-go/kubernetes"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/smr-io/smr-cri/cri"
+	"github.com/smr-io/smr-cri/internal/kubecore"
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/internal/pki/kubesecret"
 	"github.com/smr-io/smr-cri/netintercept"
@@ -152,7 +152,7 @@ type Config struct {
 	RuntimeEndpoint string
 	// Kube enables smr.io/membership=kubernetes; nil: static peers only,
 	// unless Kubeconfig is set.
-	Kube kubernetes.Interface
+	Kube *kubecore.Client
 	// Kubeconfig, used when Kube is nil, is read at New if the file exists
 	// (a broken file is an error there) and otherwise at the first attach
 	// that needs the API server, again at each such attach until it loads:

@@ -9,12 +9,9 @@ import (
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/smr-io/smr-cri/internal/kubecore"
 	"github.com/smr-io/smr-cri/replication"
 )
 
@@ -27,18 +24,10 @@ const PendingAddr = "127.0.0.1:1"
 // replicateSelector selects the pods that ask for replication.
 var replicateSelector = replication.LabelReplicate + "=true"
 
-// NewKubeClient builds a clientset from a kubeconfig file.
-func NewKubeClient(kubeconfig string) (kubernetes.Interface, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
-	}
-	cfg.UserAgent = "smr-cri"
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	return cs, nil
+// NewKubeClient builds the API client from a kubeconfig file: core/v1
+// only (see package kubecore for why not client-go's typed clientset).
+func NewKubeClient(kubeconfig string) (*kubecore.Client, error) {
+	return kubecore.FromKubeconfig(kubeconfig)
 }
 
 // Discovery finds and follows the members of groups with
@@ -47,7 +36,7 @@ func NewKubeClient(kubeconfig string) (kubernetes.Interface, error) {
 // apps.kubernetes.io/pod-index + 1, or its name's ordinal + 1, as
 // replication.ParsePod reads it); address is podIP:smr.io/raft-port.
 type Discovery struct {
-	Client kubernetes.Interface
+	Client *kubecore.Client
 	Log    *slog.Logger
 }
 
@@ -104,7 +93,7 @@ func initialPeers(pods []corev1.Pod, spec replication.Spec, selfAddr string) map
 
 // Peers lists the group's pods and returns the initial membership.
 func (d *Discovery) Peers(ctx context.Context, spec replication.Spec, selfAddr string) (map[uint64]string, error) {
-	list, err := d.Client.CoreV1().Pods(spec.Namespace).List(ctx, metav1.ListOptions{LabelSelector: replicateSelector})
+	list, err := d.Client.ListPods(ctx, spec.Namespace, replicateSelector)
 	if err != nil {
 		return nil, fmt.Errorf("list pods of group %s: %w", spec.GroupKey(), err)
 	}
@@ -116,9 +105,7 @@ func (d *Discovery) Peers(ctx context.Context, spec replication.Spec, selfAddr s
 // new IP), until ctx ends. Its own member is left alone (it listens where
 // its sandbox is). It returns once the initial list is synced.
 func (d *Discovery) Watch(ctx context.Context, spec replication.Spec, setAddr func(id uint64, addr string)) error {
-	f := informers.NewSharedInformerFactoryWithOptions(d.Client, 0, informers.WithNamespace(spec.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = replicateSelector }))
-	inf := f.Core().V1().Pods().Informer()
+	inf := cache.NewSharedIndexInformer(d.Client.PodListWatch(spec.Namespace, replicateSelector), &corev1.Pod{}, 0, cache.Indexers{})
 	handle := func(obj any) {
 		pod, ok := obj.(*corev1.Pod)
 		if !ok {
@@ -134,7 +121,7 @@ func (d *Discovery) Watch(ctx context.Context, spec replication.Spec, setAddr fu
 	}); err != nil {
 		return fmt.Errorf("watch pods of group %s: %w", spec.GroupKey(), err)
 	}
-	f.Start(ctx.Done())
+	go inf.RunWithContext(ctx)
 	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 		return fmt.Errorf("watch pods of group %s: %w", spec.GroupKey(), errors.Join(ctx.Err(), errors.New("cache not synced")))
 	}

@@ -9,8 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/smr-io/smr-cri/internal/kubecore/kubecoretest"
 	"github.com/smr-io/smr-cri/replication"
 )
 
@@ -84,9 +84,9 @@ func TestInitialPeers(t *testing.T) {
 func TestDiscoveryWatch(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cs := fake.NewClientset(redisPod("default", 0, "198.18.1.2"), redisPod("default", 1, "198.18.2.2"),
+	srv := kubecoretest.New(t, redisPod("default", 0, "198.18.1.2"), redisPod("default", 1, "198.18.2.2"),
 		redisPod("default", 2, ""), redisPod("other", 2, "198.18.7.7"))
-	d := &Discovery{Client: cs}
+	d := &Discovery{Client: srv.Client(t)}
 	spec := redisSpec(t, 0)
 
 	peers, err := d.Peers(ctx, spec, "198.18.1.2:7480")
@@ -117,17 +117,26 @@ func TestDiscoveryWatch(t *testing.T) {
 		}
 	}
 	expect(set{2, "198.18.2.2:7480"}) // initial list: pod 0 is self, pod 2 has no IP
+	// The fake cannot replay changes made before the watch stream opens.
+	for srv.Watching() == 0 {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the informer never opened its watch")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 
+	pods := corev1.SchemeGroupVersion.WithResource("pods")
 	// Pod 2 gets its IP.
-	if _, err := cs.CoreV1().Pods("default").UpdateStatus(ctx, redisPod("default", 2, "198.18.3.2"), metav1.UpdateOptions{}); err != nil {
+	if err := srv.Tracker.Update(pods, redisPod("default", 2, "198.18.3.2"), "default"); err != nil {
 		t.Fatal(err)
 	}
 	expect(set{3, "198.18.3.2:7480"})
 	// Pod 1 is rescheduled: deleted, re-created elsewhere.
-	if err := cs.CoreV1().Pods("default").Delete(ctx, "redis-1", metav1.DeleteOptions{}); err != nil {
+	if err := srv.Tracker.Delete(pods, "default", "redis-1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cs.CoreV1().Pods("default").Create(ctx, redisPod("default", 1, "198.18.4.2"), metav1.CreateOptions{}); err != nil {
+	if err := srv.Tracker.Create(pods, redisPod("default", 1, "198.18.4.2"), "default"); err != nil {
 		t.Fatal(err)
 	}
 	expect(set{2, "198.18.4.2:7480"})

@@ -1,0 +1,264 @@
+// Package kubecoretest serves the part of the Kubernetes core/v1 API that
+// kubecore uses (pods: list and watch by label selector; secrets: get and
+// create) over HTTP from an in-memory object tracker, so that tests run the
+// real REST client, its encoding and its error statuses end to end without
+// an API server process.
+package kubecoretest
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/smr-io/smr-cri/internal/kubecore"
+)
+
+var (
+	podsGVR    = corev1.SchemeGroupVersion.WithResource("pods")
+	secretsGVR = corev1.SchemeGroupVersion.WithResource("secrets")
+)
+
+// Server is a fake API server for core/v1 pods and secrets.
+type Server struct {
+	// Tracker holds the objects: change pods through it to drive watches.
+	Tracker k8stesting.ObjectTracker
+	URL     string
+
+	mu   sync.Mutex
+	fail func(r *http.Request) error
+	// watching counts open watch streams (see WaitWatching).
+	watching atomic.Int32
+	rv       atomic.Int64
+}
+
+// New starts a server holding objs; it stops when the test ends.
+func New(t testing.TB, objs ...runtime.Object) *Server {
+	t.Helper()
+	s := &Server{Tracker: k8stesting.NewObjectTracker(kubecore.Scheme(),
+		serializer.NewCodecFactory(kubecore.Scheme()).UniversalDecoder())}
+	for _, o := range objs {
+		if err := s.Tracker.Add(o); err != nil {
+			t.Fatalf("kubecoretest: add %T: %v", o, err)
+		}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/namespaces/{ns}/pods", s.pods)
+	mux.HandleFunc("GET /api/v1/namespaces/{ns}/secrets/{name}", s.getSecret)
+	mux.HandleFunc("POST /api/v1/namespaces/{ns}/secrets", s.createSecret)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeStatus(w, apierrors.NewNotFound(corev1.Resource(r.URL.Path), ""))
+	})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		fail := s.fail
+		s.mu.Unlock()
+		if fail != nil {
+			if err := fail(r); err != nil {
+				writeStatus(w, err)
+				return
+			}
+		}
+		mux.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	s.URL = srv.URL
+	return s
+}
+
+// Client returns a kubecore client for this server.
+func (s *Server) Client(t testing.TB) *kubecore.Client {
+	t.Helper()
+	c, err := kubecore.NewForConfig(&rest.Config{Host: s.URL})
+	if err != nil {
+		t.Fatalf("kubecoretest: client: %v", err)
+	}
+	return c
+}
+
+// FailWith makes every request for which f returns an error answer with
+// that error's API status (an apierrors.StatusError), e.g. Forbidden.
+func (s *Server) FailWith(f func(r *http.Request) error) {
+	s.mu.Lock()
+	s.fail = f
+	s.mu.Unlock()
+}
+
+// Watching reports how many watch streams are open: a test waits for the
+// informer's watch before changing pods, since this fake (unlike an API
+// server) cannot replay changes made between a list and a watch.
+func (s *Server) Watching() int { return int(s.watching.Load()) }
+
+func (s *Server) pods(w http.ResponseWriter, r *http.Request) {
+	ns, q := r.PathValue("ns"), r.URL.Query()
+	sel, err := labels.Parse(q.Get("labelSelector"))
+	if err != nil {
+		writeStatus(w, apierrors.NewBadRequest(fmt.Sprintf("labelSelector: %v", err)))
+		return
+	}
+	if q.Get("watch") == "true" || q.Get("watch") == "1" {
+		s.watchPods(w, r, ns, sel, q.Get("sendInitialEvents") == "true")
+		return
+	}
+	list, err := s.listPods(ns, sel)
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+func (s *Server) listPods(ns string, sel labels.Selector) (*corev1.PodList, error) {
+	obj, err := s.Tracker.List(podsGVR, corev1.SchemeGroupVersion.WithKind("Pod"), ns)
+	if err != nil {
+		return nil, err
+	}
+	all, ok := obj.(*corev1.PodList)
+	if !ok {
+		return nil, fmt.Errorf("tracker listed %T, want *PodList", obj)
+	}
+	list := &corev1.PodList{TypeMeta: metav1.TypeMeta{Kind: "PodList", APIVersion: "v1"},
+		ListMeta: metav1.ListMeta{ResourceVersion: s.nextRV()}}
+	for _, p := range all.Items {
+		if sel.Matches(labels.Set(p.Labels)) {
+			list.Items = append(list.Items, p)
+		}
+	}
+	return list, nil
+}
+
+// watchPods streams watch events as JSON objects. With sendInitialEvents
+// (client-go's WatchList) the current pods come first as ADDED, then the
+// bookmark that ends the initial events.
+func (s *Server) watchPods(w http.ResponseWriter, r *http.Request, ns string, sel labels.Selector, initial bool) {
+	wi, err := s.Tracker.Watch(podsGVR, ns)
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	defer wi.Stop()
+	s.watching.Add(1)
+	defer s.watching.Add(-1)
+	flusher, _ := w.(http.Flusher)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(w)
+	send := func(typ watch.EventType, obj runtime.Object) error {
+		raw, err := json.Marshal(obj)
+		if err != nil {
+			return err
+		}
+		if err := enc.Encode(metav1.WatchEvent{Type: string(typ), Object: runtime.RawExtension{Raw: raw}}); err != nil {
+			return err
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		return nil
+	}
+	if initial {
+		list, err := s.listPods(ns, sel)
+		if err != nil {
+			return
+		}
+		for i := range list.Items {
+			if send(watch.Added, withPodType(&list.Items[i])) != nil {
+				return
+			}
+		}
+		mark := &corev1.Pod{TypeMeta: metav1.TypeMeta{Kind: "Pod", APIVersion: "v1"},
+			ObjectMeta: metav1.ObjectMeta{ResourceVersion: s.nextRV(),
+				Annotations: map[string]string{metav1.InitialEventsAnnotationKey: "true"}}}
+		if send(watch.Bookmark, mark) != nil {
+			return
+		}
+	}
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case ev, ok := <-wi.ResultChan():
+			if !ok {
+				return
+			}
+			p, isPod := ev.Object.(*corev1.Pod)
+			if !isPod || !sel.Matches(labels.Set(p.Labels)) {
+				continue
+			}
+			if send(ev.Type, withPodType(p)) != nil {
+				return
+			}
+		}
+	}
+}
+
+func (s *Server) getSecret(w http.ResponseWriter, r *http.Request) {
+	obj, err := s.Tracker.Get(secretsGVR, r.PathValue("ns"), r.PathValue("name"))
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	sec := obj.(*corev1.Secret).DeepCopy()
+	sec.TypeMeta = metav1.TypeMeta{Kind: "Secret", APIVersion: "v1"}
+	writeJSON(w, http.StatusOK, sec)
+}
+
+func (s *Server) createSecret(w http.ResponseWriter, r *http.Request) {
+	sec := &corev1.Secret{}
+	if err := json.NewDecoder(r.Body).Decode(sec); err != nil {
+		writeStatus(w, apierrors.NewBadRequest(fmt.Sprintf("decode secret: %v", err)))
+		return
+	}
+	if sec.Namespace != "" && sec.Namespace != r.PathValue("ns") {
+		writeStatus(w, apierrors.NewBadRequest("namespace of the body does not match the URL"))
+		return
+	}
+	sec.Namespace = r.PathValue("ns")
+	if err := s.Tracker.Create(secretsGVR, sec, sec.Namespace); err != nil {
+		writeStatus(w, err)
+		return
+	}
+	sec.TypeMeta = metav1.TypeMeta{Kind: "Secret", APIVersion: "v1"}
+	writeJSON(w, http.StatusCreated, sec)
+}
+
+func (s *Server) nextRV() string { return strconv.FormatInt(s.rv.Add(1), 10) }
+
+func withPodType(p *corev1.Pod) *corev1.Pod {
+	p = p.DeepCopy()
+	p.TypeMeta = metav1.TypeMeta{Kind: "Pod", APIVersion: "v1"}
+	return p
+}
+
+// writeStatus answers with err's API status (500 for other errors), the
+// way an API server does.
+func writeStatus(w http.ResponseWriter, err error) {
+	var st apierrors.APIStatus
+	if !errors.As(err, &st) {
+		st = apierrors.NewInternalError(err)
+	}
+	status := st.Status()
+	status.TypeMeta = metav1.TypeMeta{Kind: "Status", APIVersion: "v1"}
+	writeJSON(w, int(status.Code), &status)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
