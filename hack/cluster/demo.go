@@ -30,11 +30,11 @@ func demo(ctx context.Context, cfg cluster.Config, out io.Writer) error {
 		b, err := cl.Kubectl(ctx, args...)
 		return strings.TrimSpace(string(b)), err
 	}
-	manifests := filepath.Join(cl.RepoRoot, "manifests")
-	step("applying the project's manifests: namespace smr-system and the RBAC smr-cri's pod discovery uses\n" +
-		"    (manifests/daemonset.yaml installs smr-cri on systemd nodes; here the cluster already runs\n" +
-		"    `smr-cri serve` on every node in front of containerd; its trace DaemonSet comes at the end)")
-	if _, err := kubectl("apply", "-f", filepath.Join(manifests, "namespace.yaml"), "-f", filepath.Join(manifests, "rbac.yaml")); err != nil {
+	step("the project's manifests: cluster up applied namespace smr-system and its RBAC (pod discovery,\n" +
+		"    events, the raft CA Secret smr-system/smr-cri-ca) from manifests/; manifests/daemonset.yaml\n" +
+		"    installs smr-cri on systemd nodes, while here every node already runs `smr-cri serve` in front\n" +
+		"    of containerd (its trace DaemonSet comes at the end)")
+	if err := cl.ApplyInstallRBAC(ctx); err != nil {
 		return err
 	}
 	step("applying examples/redis: a Redis StatefulSet of 3 replicas labelled smr.io/replicate=true")

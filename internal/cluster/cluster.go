@@ -170,6 +170,12 @@ func boot(ctx context.Context, cfg Config, log io.Writer, fresh bool) (*Cluster,
 		<-imagesDone
 		return cl, err
 	}
+	// Before any smr-cri can ask for the raft CA Secret or watch pods: the install path's
+	// namespace and RBAC, so serve here runs with exactly the permissions it has on kind.
+	if err := p.step("smr-cri namespace and RBAC ("+InstallManifests+"/ without the DaemonSet)", func() error { return cl.ApplyInstallRBAC(ctx) }); err != nil {
+		<-imagesDone
+		return cl, err
+	}
 	if err := <-imagesDone; err != nil {
 		return cl, fmt.Errorf("cluster: images: %w", err)
 	}

@@ -204,7 +204,7 @@ func TestNodeConfigsAreDisjoint(t *testing.T) {
 		}
 	}
 	cfg := kubeletConfig(c, nodes[0])
-	for _, want := range []string{"containerRuntimeEndpoint: unix:///state/smr-node1/smr-cri.sock", "address: 198.18.0.11",
+	for _, want := range []string{"containerRuntimeEndpoint: unix:///state/trace/smr-node1/smr-cri.sock", "address: 198.18.0.11",
 		"podLogsDir: /state/smr-node1/pod-logs", "failCgroupV1: false", "imageGCHighThresholdPercent: 100"} {
 		if !strings.Contains(cfg, want) {
 			t.Errorf("kubelet config lacks %q:\n%s", want, cfg)
@@ -345,7 +345,7 @@ Flags:
 	c := Config{Dir: "/state", SmrCRI: "/bin/smr-cri"}
 	nodes, _ := Nodes(2)
 	args := strings.Join(smrCRIProc(c, nodes[1], known).Args, " ")
-	for _, want := range []string{"--listen=/state/smr-node2/smr-cri.sock", "--data-dir=/state/smr-node2/smr-cri-data", "--node-name=smr-node2"} {
+	for _, want := range []string{"--listen=/state/trace/smr-node2/smr-cri.sock", "--data-dir=/state/smr-node2/smr-cri-data", "--node-name=smr-node2"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("smr-cri args %q lack %s", args, want)
 		}
@@ -385,5 +385,54 @@ time=2026-11-25T13:22:00.000Z level=INFO msg="1 became leader at term 4" group=d
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("parseLeaderChanges = %+v, want %+v", got, want)
+	}
+}
+
+// smr-cri's output goes to the node's trace directory (all the trace DaemonSet mounts) and
+// logs/<name>.log links to it, whatever an earlier run left at that name.
+func TestLogFileOf(t *testing.T) {
+	c := Config{Dir: t.TempDir()}
+	n := Node{Name: "smr-node2"}
+	p := smrCRIProc(c, n, nil)
+	link := filepath.Join(c.logDir(), p.Name+".log")
+	if err := os.MkdirAll(c.logDir(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		before func() error
+	}{
+		{"fresh", func() error { return nil }},
+		{"again (restart)", func() error { return nil }},
+		{"a regular file of an older layout", func() error { os.Remove(link); return os.WriteFile(link, []byte("old\n"), 0o644) }},
+		{"a stale link", func() error { os.Remove(link); return os.Symlink("elsewhere.log", link) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.before(); err != nil {
+				t.Fatal(err)
+			}
+			got, err := logFileOf(c, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != c.smrLog(n.Name) || filepath.Dir(got) != c.traceDir(n.Name) || filepath.Dir(c.smrSocket(n.Name)) != c.traceDir(n.Name) {
+				t.Fatalf("log %s, socket %s: want both in %s", got, c.smrSocket(n.Name), c.traceDir(n.Name))
+			}
+			line := tc.name + "\n"
+			f, err := os.OpenFile(got, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteString(line)
+			f.Close()
+			b, err := os.ReadFile(link)
+			if err != nil || !strings.HasSuffix(string(b), line) {
+				t.Fatalf("%s reads %q, %v; want it to end with %q", link, b, err, line)
+			}
+		})
+	}
+	// Processes without LogFile keep their log in logs/.
+	if got, err := logFileOf(c, etcdProc(c)); err != nil || got != filepath.Join(c.logDir(), "etcd.log") {
+		t.Fatalf("etcd log = %s, %v", got, err)
 	}
 }

@@ -112,7 +112,8 @@ func smrCRIProc(c Config, n Node, known map[string]bool) process {
 			args = append(args, "--"+f.name+"="+f.value)
 		}
 	}
-	return process{Name: n.Name + "-smr-cri", NetNS: n.NetNS(), Env: []string{"KUBECONFIG=" + c.SmrCRIKubeconfig()}, Args: args}
+	return process{Name: n.Name + "-smr-cri", NetNS: n.NetNS(), Env: []string{"KUBECONFIG=" + c.SmrCRIKubeconfig()}, Args: args,
+		LogFile: c.smrLog(n.Name)}
 }
 
 // raftPKIDir holds the cluster CA of smr-cri's raft mutual TLS, shared by every node's smr-cri.

@@ -57,7 +57,7 @@ func down(ctx context.Context, c Config, log io.Writer) error {
 	// 2. Pods through smr-cri, so its teardown hooks run; then smr-cri itself.
 	nodeDirs, _ := filepath.Glob(filepath.Join(c.Dir, "smr-node*"))
 	for _, d := range nodeDirs {
-		sock := filepath.Join(d, "smr-cri.sock")
+		sock := c.smrSocket(filepath.Base(d))
 		if _, err := os.Stat(sock); err == nil {
 			if err := nodelab.RemoveAllPods(ctx, sock); err != nil {
 				p.say("removing pods through %s: %v (containerd cleanup follows)", sock, err)
@@ -177,7 +177,8 @@ func stopByProgram(c Config, names ...string) error {
 	return stopProcs(pids, 15*time.Second)
 }
 
-// copyDir copies the regular files of src into dst (flat; the logs directory has no subdirs).
+// copyDir copies the regular files of src into dst, following symlinks (flat; the logs
+// directory has no subdirs, and smr-cri's logs there are links into the trace directory).
 func copyDir(src, dst string) error {
 	entries, err := os.ReadDir(src)
 	if err != nil {
@@ -190,7 +191,7 @@ func copyDir(src, dst string) error {
 		return fmt.Errorf("cluster: keep logs: %w", err)
 	}
 	for _, e := range entries {
-		if !e.Type().IsRegular() {
+		if fi, err := os.Stat(filepath.Join(src, e.Name())); err != nil || !fi.Mode().IsRegular() {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(src, e.Name()))

@@ -157,7 +157,14 @@ func (c Config) logDir() string                { return filepath.Join(c.Dir, "lo
 func (c Config) pidDir() string                { return filepath.Join(c.Dir, "pids") }
 func (c Config) nodeDir(node string) string    { return filepath.Join(c.Dir, node) }
 func (c Config) kubeconfig(user string) string { return filepath.Join(c.Dir, user+".kubeconfig") }
-func (c Config) smrSocket(node string) string  { return filepath.Join(c.nodeDir(node), "smr-cri.sock") }
+func (c Config) smrSocket(node string) string  { return filepath.Join(c.traceDir(node), "smr-cri.sock") }
+func (c Config) smrLog(node string) string     { return filepath.Join(c.traceDir(node), "smr-cri.log") }
+
+// traceRoot holds, per node, the only files the trace DaemonSet (TraceOverlay) may see of that
+// node: traceDir(node) with smr-cri's log and CRI socket. Nothing else lives there; the node
+// directories next to it hold private keys (kubelet-pki) and the node's containerd state.
+func (c Config) traceRoot() string           { return filepath.Join(c.Dir, "trace") }
+func (c Config) traceDir(node string) string { return filepath.Join(c.traceRoot(), node) }
 func (c Config) containerdDir(node string) string {
 	return filepath.Join(c.nodeDir(node), "containerd")
 }

@@ -20,6 +20,9 @@ type process struct {
 	NetNS string   // network namespace path to enter with nsenter --net, or "" for the host's
 	Args  []string // program and arguments; some argument must name the state directory
 	Env   []string // added to this process's environment
+	// LogFile, if set, is where the output goes instead; logs/<Name>.log is then a symlink to
+	// it, so every log of the cluster is still found (and kept by --keep-logs) in logs/.
+	LogFile string
 }
 
 // start runs p detached (a session of its own, so it outlives `cluster up`), with stdout and
@@ -38,7 +41,11 @@ func start(c Config, p process) (int, error) {
 			return 0, fmt.Errorf("cluster: %w", err)
 		}
 	}
-	logFile, err := os.OpenFile(filepath.Join(c.logDir(), p.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logPath, err := logFileOf(c, p)
+	if err != nil {
+		return 0, err
+	}
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return 0, fmt.Errorf("cluster: %w", err)
 	}
@@ -59,6 +66,32 @@ func start(c Config, p process) (int, error) {
 		return pid, fmt.Errorf("cluster: %w", err)
 	}
 	return pid, nil
+}
+
+// logFileOf returns the file p's output is appended to: logs/<Name>.log, or p.LogFile with
+// logs/<Name>.log made a (relative) symlink to it.
+func logFileOf(c Config, p process) (string, error) {
+	link := filepath.Join(c.logDir(), p.Name+".log")
+	if p.LogFile == "" {
+		return link, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(p.LogFile), 0o755); err != nil {
+		return "", fmt.Errorf("cluster: %w", err)
+	}
+	target, err := filepath.Rel(c.logDir(), p.LogFile)
+	if err != nil {
+		return "", fmt.Errorf("cluster: log of %s: %w", p.Name, err)
+	}
+	if old, err := os.Readlink(link); err != nil || old != target {
+		// A regular file left by an older layout (or a stale link) gives way to the link.
+		if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("cluster: %w", err)
+		}
+		if err := os.Symlink(target, link); err != nil {
+			return "", fmt.Errorf("cluster: log of %s: %w", p.Name, err)
+		}
+	}
+	return p.LogFile, nil
 }
 
 // startedPIDs reads the pid files start wrote (long-running processes only; ownProcs also sees

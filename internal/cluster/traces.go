@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -26,7 +25,7 @@ var leaderLine = regexp.MustCompile(`^time=(\S+) .*msg="(\d+) became leader at t
 func (cl *Cluster) LeaderChanges(group string) ([]LeaderChange, error) {
 	var out []LeaderChange
 	for _, n := range cl.Nodes {
-		path := filepath.Join(cl.LogDir(), n.Name+"-smr-cri.log")
+		path := cl.smrLog(n.Name)
 		f, err := os.Open(path)
 		if err != nil {
 			return nil, fmt.Errorf("cluster: %w", err)
