@@ -330,6 +330,20 @@ func report(out io.Writer, name string, n int, r result) {
 
 type procs []*exec.Cmd
 
+// launched is what a start function has set up so far: its processes and the
+// clients to close, undone together on failure or at the end of the run.
+type launched struct {
+	procs   procs
+	closers []func() error
+}
+
+func (l *launched) stop() {
+	for _, f := range l.closers {
+		f()
+	}
+	l.procs.stop()
+}
+
 func (ps procs) stop() {
 	for _, p := range ps {
 		p.Process.Signal(syscall.SIGTERM)
@@ -360,30 +374,20 @@ func (ps procs) pids() []int {
 // "" (as etcd runs here), else mutual TLS with the CA in pkiDir.
 func startSMR(ctx context.Context, c config, name, pkiDir string) (_ *system, err error) {
 	var parts, httpAddrs, grpcAddrs []string
+	addrs, err := freeport.Addrs(9)
+	if err != nil {
+		return nil, err
+	}
 	for id := 1; id <= 3; id++ {
-		var a [3]string
-		for i := range a {
-			p, err := freeport.Addr()
-			if err != nil {
-				return nil, err
-			}
-			a[i] = p
-		}
+		a := addrs[3*(id-1):]
 		parts = append(parts, fmt.Sprintf("%d=%s", id, a[0]))
 		httpAddrs = append(httpAddrs, a[1])
 		grpcAddrs = append(grpcAddrs, a[2])
 	}
-	var ps procs
-	var closers []func() error
-	stop := func() {
-		for _, f := range closers {
-			f()
-		}
-		ps.stop()
-	}
+	var l launched
 	defer func() {
 		if err != nil {
-			stop()
+			l.stop()
 		}
 	}()
 	for id := 1; id <= 3; id++ {
@@ -401,7 +405,7 @@ func startSMR(ctx context.Context, c config, name, pkiDir string) (_ *system, er
 		if err := cmd.Start(); err != nil {
 			return nil, err
 		}
-		ps = append(ps, cmd)
+		l.procs = append(l.procs, cmd)
 		if _, err := bufio.NewReader(stdout).ReadString('\n'); err != nil {
 			return nil, fmt.Errorf("raftnode %d did not start: %w", id, err)
 		}
@@ -415,7 +419,7 @@ func startSMR(ctx context.Context, c config, name, pkiDir string) (_ *system, er
 		if err != nil {
 			return nil, err
 		}
-		closers = append(closers, cl.Close)
+		l.closers = append(l.closers, cl.Close)
 		clients[i] = cl
 	}
 	lead, err := smrLeader(ctx, hc, httpAddrs)
@@ -423,7 +427,7 @@ func startSMR(ctx context.Context, c config, name, pkiDir string) (_ *system, er
 		return nil, err
 	}
 	value := strings.Repeat("v", c.payload)
-	sys := &system{name: name, pids: ps.pids(), stop: stop}
+	sys := &system{name: name, pids: l.procs.pids(), stop: l.stop}
 	sys.proposer = func(n int) proposeFunc {
 		base := sessions.Add(uint64(n)) - uint64(n)
 		return func(ctx context.Context, p int, seq uint64) error {
@@ -468,30 +472,20 @@ func smrLeader(ctx context.Context, hc *http.Client, addrs []string) (int, error
 
 func startEtcd(ctx context.Context, c config) (_ *system, err error) {
 	var peerURLs, clientURLs, initial []string
+	addrs, err := freeport.Addrs(6)
+	if err != nil {
+		return nil, err
+	}
 	for id := 1; id <= 3; id++ {
-		p, err := freeport.Addr()
-		if err != nil {
-			return nil, err
-		}
-		cl, err := freeport.Addr()
-		if err != nil {
-			return nil, err
-		}
+		p, cl := addrs[2*(id-1)], addrs[2*(id-1)+1]
 		peerURLs = append(peerURLs, "http://"+p)
 		clientURLs = append(clientURLs, "http://"+cl)
 		initial = append(initial, fmt.Sprintf("e%d=http://%s", id, p))
 	}
-	var ps procs
-	var closers []func() error
-	stop := func() {
-		for _, f := range closers {
-			f()
-		}
-		ps.stop()
-	}
+	var l launched
 	defer func() {
 		if err != nil {
-			stop()
+			l.stop()
 		}
 	}()
 	for i := range 3 {
@@ -506,7 +500,7 @@ func startEtcd(ctx context.Context, c config) (_ *system, err error) {
 		if err := cmd.Start(); err != nil {
 			return nil, err
 		}
-		ps = append(ps, cmd)
+		l.procs = append(l.procs, cmd)
 	}
 	clients := make([]*clientv3.Client, 3)
 	for i, u := range clientURLs {
@@ -514,7 +508,7 @@ func startEtcd(ctx context.Context, c config) (_ *system, err error) {
 		if err != nil {
 			return nil, err
 		}
-		closers = append(closers, cl.Close)
+		l.closers = append(l.closers, cl.Close)
 		clients[i] = cl
 	}
 	lead, err := etcdLeader(ctx, clients, clientURLs)
@@ -522,7 +516,7 @@ func startEtcd(ctx context.Context, c config) (_ *system, err error) {
 		return nil, err
 	}
 	value := strings.Repeat("v", c.payload)
-	sys := &system{name: "etcd", pids: ps.pids(), stop: stop}
+	sys := &system{name: "etcd", pids: l.procs.pids(), stop: l.stop}
 	sys.proposer = func(int) proposeFunc {
 		return func(ctx context.Context, p int, _ uint64) error {
 			_, err := clients[(lead+p)%3].Put(ctx, fmt.Sprintf("k%d", p), value)

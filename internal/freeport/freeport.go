@@ -124,3 +124,16 @@ func PortT(tb testing.TB) int {
 	}
 	return p
 }
+
+// Addrs returns n distinct addresses as Addr does.
+func Addrs(n int) ([]string, error) {
+	out := make([]string, n)
+	for i := range out {
+		a, err := Addr()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = a
+	}
+	return out, nil
+}
