@@ -137,6 +137,10 @@ func boot(ctx context.Context, cfg Config, log io.Writer, fresh bool) (*Cluster,
 	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
+	// Before any kubelet starts (they change host-wide sysctls): down restores these.
+	if err := nodelab.SaveKernelTunablesTo(c.hostSysctls()); err != nil {
+		return nil, err
+	}
 	if err := p.step("certificates and configs", func() error {
 		if fresh {
 			if err := writePKI(c, nodes); err != nil {

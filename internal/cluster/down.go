@@ -22,7 +22,8 @@ type DownOptions struct {
 
 // Down stops the cluster in cfg's state directory and removes everything it made: processes
 // (found by their command lines, so it works after a crash), pods and containers, mounts,
-// network namespaces, links, routes and the state directory. It is idempotent.
+// network namespaces, links, routes and the state directory, and restores the host sysctls the
+// kubelets changed. It is idempotent.
 func Down(ctx context.Context, cfg Config, log io.Writer, opts DownOptions) error {
 	c, unlock, err := prepare(cfg, log)
 	if err != nil {
@@ -88,6 +89,10 @@ func down(ctx context.Context, c Config, log io.Writer) error {
 		pids = append(pids, pr.PID)
 	}
 	if err := stopProcs(pids, 15*time.Second); err != nil {
+		errs = append(errs, err)
+	}
+	// The kubelets set host-wide sysctls at start; put back the values from before the first.
+	if err := nodelab.RestoreKernelTunablesFrom(c.hostSysctls()); err != nil {
 		errs = append(errs, err)
 	}
 	// 5. Mounts (pod volumes under kubelet root dirs, pod network namespaces), then the network.

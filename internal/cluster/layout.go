@@ -160,6 +160,10 @@ func (c Config) kubeconfig(user string) string { return filepath.Join(c.Dir, use
 func (c Config) smrSocket(node string) string  { return filepath.Join(c.traceDir(node), "smr-cri.sock") }
 func (c Config) smrLog(node string) string     { return filepath.Join(c.traceDir(node), "smr-cri.log") }
 
+// hostSysctls holds the host-wide sysctls as they were before the cluster's first kubelet
+// started (nodelab.KernelTunables); down restores them.
+func (c Config) hostSysctls() string { return filepath.Join(c.Dir, "host-sysctls.json") }
+
 // traceRoot holds, per node, the only files the trace DaemonSet (TraceOverlay) may see of that
 // node: traceDir(node) with smr-cri's log and CRI socket. Nothing else lives there; the node
 // directories next to it hold private keys (kubelet-pki) and the node's containerd state.

@@ -34,7 +34,7 @@ type Kubelet struct {
 	netns   string
 	pid     int
 	exited  <-chan struct{}
-	sysctls map[string]string
+	sysctls Sysctls
 }
 
 // ManifestDir is the static pod directory (staticPodPath); drop pod YAML files here.
@@ -69,10 +69,6 @@ authorization: {mode: AlwaysAllow}
 evictionHard: {}
 resolvConf: ""
 `))
-
-// kernelTunables are host-wide sysctls kubelet sets at start (protectKernelDefaults: false);
-// StartKubelet saves them and Stop restores them.
-var kernelTunables = []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops"}
 
 const netnsPrefix = "smr-kubelet-"
 
@@ -120,12 +116,8 @@ func StartKubelet(ctx context.Context, opts KubeletOptions) (_ *Kubelet, err err
 	if err := os.WriteFile(filepath.Join(dir, "kubelet.yaml"), []byte(cfg.String()), 0o644); err != nil {
 		return nil, fmt.Errorf("nodelab: %w", err)
 	}
-	k := &Kubelet{dir: dir, netns: netnsPrefix + strconv.Itoa(os.Getpid()), sysctls: map[string]string{}}
-	for _, s := range kernelTunables {
-		if b, err := os.ReadFile("/proc/sys/" + s); err == nil {
-			k.sysctls[s] = strings.TrimSpace(string(b))
-		}
-	}
+	// KernelTunables: host-wide sysctls kubelet sets at start, restored by Stop.
+	k := &Kubelet{dir: dir, netns: netnsPrefix + strconv.Itoa(os.Getpid()), sysctls: SaveKernelTunables()}
 	defer func() {
 		if err != nil {
 			_ = k.Stop()
@@ -193,12 +185,8 @@ func (k *Kubelet) Stop() error {
 	if err := cleanKubeletLeftovers(k.netns, k.dir); err != nil {
 		errs = append(errs, err)
 	}
-	for s, v := range k.sysctls {
-		if b, err := os.ReadFile("/proc/sys/" + s); err == nil && strings.TrimSpace(string(b)) != v {
-			if err := os.WriteFile("/proc/sys/"+s, []byte(v), 0o644); err != nil {
-				errs = append(errs, fmt.Errorf("restore %s: %w", s, err))
-			}
-		}
+	if err := k.sysctls.Restore(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
