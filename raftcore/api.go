@@ -39,9 +39,19 @@ type Entry struct {
 // de-duplication: a proposal whose (Session, Seq) was already applied is not
 // applied again and returns the first result. Seq must grow per Session; a
 // Seq below the last applied one gets ErrStaleSeq.
+//
+// The de-duplication state of a session lives until the session ends:
+// EndSession drops it when this proposal is applied, EndOriginSessions
+// drops every session whose last applied entry was proposed by this member
+// (e.g. when it restarted and its old clients are gone). Both take effect in
+// apply, at the same log position on every member, so the replicated table
+// (and snapshots) stay identical. A retry of the ending proposal itself,
+// after it was applied, is applied again: make it idempotent.
 type Proposal struct {
-	Session, Seq uint64
-	Data         []byte
+	Session, Seq      uint64
+	Data              []byte
+	EndSession        bool
+	EndOriginSessions bool
 }
 
 // Result of a committed and locally applied proposal.
@@ -60,4 +70,7 @@ type Status struct {
 	Applied uint64 // last entry applied to the StateMachine here
 	Commit  uint64 // last committed index known here
 	Members map[uint64]string
+	// Sessions is the size of the replicated de-duplication table as of
+	// Applied (sessions not yet ended or forgotten).
+	Sessions int
 }

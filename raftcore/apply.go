@@ -52,6 +52,7 @@ func (g *Group) applyLoop(initial *raftpb.Snapshot) {
 			g.applyEntry(a, it)
 			a.applied = it.ent.GetIndex()
 		}
+		g.sessions.Store(int64(len(a.sessions)))
 		g.publishApplied(a.applied)
 		g.maybeSnapshot(a)
 	}
@@ -84,6 +85,7 @@ func (g *Group) restore(a *applier, s *raftpb.Snapshot) error {
 		return errors.New("snapshot has state machine data but the StateMachine is not a Snapshotter")
 	}
 	a.sessions, a.addrs = st.Sessions, st.Addrs
+	g.sessions.Store(int64(len(a.sessions)))
 	a.cs = md.GetConfState()
 	a.applied, a.lastSnap = md.GetIndex(), md.GetIndex()
 	g.mu.Lock()
@@ -214,9 +216,26 @@ func (g *Group) applyNormal(a *applier, e *raftpb.Entry, env envelope) (Result, 
 		err = &ApplyError{Msg: errMsg}
 	}
 	if env.Session != 0 {
-		a.sessions[env.Session] = sessionResult{Seq: env.Seq, Index: res.Index, Term: res.Term, Value: val, ErrMsg: errMsg}
+		a.sessions[env.Session] = sessionResult{Origin: env.Origin, Seq: env.Seq, Index: res.Index, Term: res.Term, Value: val, ErrMsg: errMsg}
 	}
+	a.endSessions(env)
 	return res, err
+}
+
+// endSessions drops the de-duplication state that the applied entry ends
+// (Proposal.EndSession, EndOriginSessions). Like the rest of apply it only
+// depends on the log, so every member's table stays identical.
+func (a *applier) endSessions(env envelope) {
+	if env.Flags&envEndSession != 0 {
+		delete(a.sessions, env.Session)
+	}
+	if env.Flags&envEndOriginSessions != 0 {
+		for id, r := range a.sessions {
+			if r.Origin == env.Origin {
+				delete(a.sessions, id)
+			}
+		}
+	}
 }
 
 // maybeSnapshot captures the state machine at exactly a.applied and hands it

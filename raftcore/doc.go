@@ -29,8 +29,12 @@
 // result (or error, as *ApplyError) goes back to the proposer on this
 // member. Entries with the same non-zero (Session, Seq) are applied once;
 // retries get the first result (the session table is replicated and is
-// part of snapshots; it keeps the last result per session and forgets a
-// session idle for GroupConfig.SessionRetention log entries).
+// part of snapshots; it keeps the last result per session until the
+// session ends: a proposal with EndSession drops its session, one with
+// EndOriginSessions every session last proposed by its member, both in
+// apply at the same log position everywhere; a session idle for
+// GroupConfig.SessionRetention log entries is forgotten as a backstop).
+// Status().Sessions is the table's size.
 //
 // # Errors
 //

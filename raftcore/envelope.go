@@ -12,31 +12,51 @@ import (
 // and the client's de-duplication key, then the opaque payload.
 //
 // Layout: version byte, uvarint origin, pid, session, seq, then payload.
+// Version 3 adds a uvarint of flags after seq; it is only written when a
+// flag is set, so ordinary entries keep the version 1 layout.
 type envelope struct {
 	Origin  uint64 // member id that proposed the entry
 	PID     uint64 // proposal id, unique on the origin member
 	Session uint64 // client session (0 = no de-duplication)
 	Seq     uint64 // client sequence within the session
+	Flags   uint64 // envEnd* bits
 	Data    []byte
 }
 
-const envelopeVersion = 1
+const (
+	envelopeVersion      = 1
+	envelopeFlagsVersion = 3 // 2 is the batch entry
+)
+
+// Envelope flags: what the applied entry ends in the session table.
+const (
+	envEndSession        = 1 << iota // drop this entry's session
+	envEndOriginSessions             // drop every session last proposed by Origin
+	envKnownFlags        = envEndSession | envEndOriginSessions
+)
 
 var errBadEnvelope = errors.New("raftcore: malformed entry envelope")
 
 func (e envelope) marshal() []byte {
-	b := make([]byte, 0, 1+4*binary.MaxVarintLen64+len(e.Data))
-	b = append(b, envelopeVersion)
+	b := make([]byte, 0, 1+5*binary.MaxVarintLen64+len(e.Data))
+	if e.Flags == 0 {
+		b = append(b, envelopeVersion)
+	} else {
+		b = append(b, envelopeFlagsVersion)
+	}
 	b = binary.AppendUvarint(b, e.Origin)
 	b = binary.AppendUvarint(b, e.PID)
 	b = binary.AppendUvarint(b, e.Session)
 	b = binary.AppendUvarint(b, e.Seq)
+	if e.Flags != 0 {
+		b = binary.AppendUvarint(b, e.Flags)
+	}
 	return append(b, e.Data...)
 }
 
 func unmarshalEnvelope(b []byte) (envelope, error) {
 	var e envelope
-	if len(b) == 0 || b[0] != envelopeVersion {
+	if len(b) == 0 || (b[0] != envelopeVersion && b[0] != envelopeFlagsVersion) {
 		return e, fmt.Errorf("%w: version", errBadEnvelope)
 	}
 	r := reader{b: b[1:]}
@@ -44,6 +64,12 @@ func unmarshalEnvelope(b []byte) (envelope, error) {
 	e.PID = r.uvarint()
 	e.Session = r.uvarint()
 	e.Seq = r.uvarint()
+	if b[0] == envelopeFlagsVersion {
+		e.Flags = r.uvarint()
+		if r.err == nil && e.Flags&^envKnownFlags != 0 {
+			return e, fmt.Errorf("%w: unknown flags %#x", errBadEnvelope, e.Flags)
+		}
+	}
 	if r.err != nil {
 		return e, r.err
 	}
@@ -127,6 +153,7 @@ func unmarshalBatch(b []byte) ([][]byte, error) {
 
 // sessionResult is the stored outcome of the last applied (session, seq).
 type sessionResult struct {
+	Origin uint64 // member that proposed the session's last applied entry
 	Seq    uint64
 	Index  uint64
 	Term   uint64
@@ -142,7 +169,12 @@ type snapshotState struct {
 	SM       []byte
 }
 
-const snapshotVersion = 1
+// Snapshot versions: 2 adds each session's origin (version 1 is still read,
+// with origin 0).
+const (
+	snapshotVersion   = 2
+	snapshotVersionV1 = 1
+)
 
 func (s snapshotState) marshal() []byte {
 	b := []byte{snapshotVersion}
@@ -156,6 +188,7 @@ func (s snapshotState) marshal() []byte {
 	for _, id := range ids {
 		r := s.Sessions[id]
 		b = binary.AppendUvarint(b, id)
+		b = binary.AppendUvarint(b, r.Origin)
 		b = binary.AppendUvarint(b, r.Seq)
 		b = binary.AppendUvarint(b, r.Index)
 		b = binary.AppendUvarint(b, r.Term)
@@ -180,7 +213,7 @@ func unmarshalSnapshotState(b []byte) (snapshotState, error) {
 	if len(b) == 0 {
 		return s, nil // empty snapshot (e.g. a follower's initial state)
 	}
-	if b[0] != snapshotVersion {
+	if b[0] != snapshotVersion && b[0] != snapshotVersionV1 {
 		return s, fmt.Errorf("%w: snapshot version %d", errBadEnvelope, b[0])
 	}
 	r := reader{b: b[1:]}
@@ -188,6 +221,9 @@ func unmarshalSnapshotState(b []byte) (snapshotState, error) {
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		id := r.uvarint()
 		var sr sessionResult
+		if b[0] == snapshotVersion {
+			sr.Origin = r.uvarint()
+		}
 		sr.Seq, sr.Index, sr.Term = r.uvarint(), r.uvarint(), r.uvarint()
 		sr.Value = r.bytes()
 		sr.ErrMsg = string(r.bytes())

@@ -65,6 +65,9 @@ type Group struct {
 	lead, term, commit atomic.Uint64
 	state              atomic.Uint32
 
+	// size of the session table, published by applyLoop with the applied index
+	sessions atomic.Int64
+
 	// applied index published by applyLoop
 	appliedMu sync.Mutex
 	applied   uint64
@@ -250,8 +253,15 @@ func (g *Group) Propose(ctx context.Context, p Proposal) (Result, error) {
 	if len(p.Data) > g.ncfg.MaxProposalBytes {
 		return Result{}, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(p.Data), g.ncfg.MaxProposalBytes)
 	}
+	var flags uint64
+	if p.EndSession {
+		flags |= envEndSession
+	}
+	if p.EndOriginSessions {
+		flags |= envEndOriginSessions
+	}
 	pr := &proposal{pid: g.nextID.Add(1), done: make(chan propResult, 1)}
-	pr.data = envelope{Origin: g.id, PID: pr.pid, Session: p.Session, Seq: p.Seq, Data: p.Data}.marshal()
+	pr.data = envelope{Origin: g.id, PID: pr.pid, Session: p.Session, Seq: p.Seq, Flags: flags, Data: p.Data}.marshal()
 	return g.submit(ctx, pr)
 }
 
@@ -355,7 +365,7 @@ func (g *Group) Status() Status {
 	return Status{
 		Group: g.name, ID: g.id, Leader: g.lead.Load(), Term: g.term.Load(),
 		State: raft.StateType(g.state.Load()).String(), Applied: applied, Commit: g.commit.Load(),
-		Members: members,
+		Members: members, Sessions: int(g.sessions.Load()),
 	}
 }
 

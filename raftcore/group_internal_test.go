@@ -110,3 +110,77 @@ func TestSweepSessions(t *testing.T) {
 		}
 	}
 }
+
+func TestEnvelopeFlags(t *testing.T) {
+	tests := []struct {
+		name  string
+		flags uint64
+		want  byte // version byte written
+	}{
+		{"no flags keeps the version 1 layout", 0, envelopeVersion},
+		{"end session", envEndSession, envelopeFlagsVersion},
+		{"end origin sessions", envEndOriginSessions, envelopeFlagsVersion},
+	}
+	for _, tc := range tests {
+		b := envelope{Origin: 2, PID: 7, Session: 9, Seq: 3, Flags: tc.flags, Data: []byte("x")}.marshal()
+		if b[0] != tc.want {
+			t.Errorf("%s: version byte %d, want %d", tc.name, b[0], tc.want)
+		}
+		got, err := unmarshalEnvelope(b)
+		if err != nil || got.Flags != tc.flags || got.Seq != 3 || string(got.Data) != "x" {
+			t.Errorf("%s: round trip %+v %v", tc.name, got, err)
+		}
+	}
+	// Unknown flag bits come from a newer or corrupt writer: refuse them.
+	bad := []byte{envelopeFlagsVersion, 1, 1, 1, 1, 0x40}
+	if _, err := unmarshalEnvelope(bad); err == nil {
+		t.Fatal("unknown envelope flags accepted")
+	}
+	if _, err := unmarshalEnvelope([]byte{envelopeFlagsVersion, 1, 1, 1, 1}); err == nil {
+		t.Fatal("envelope with truncated flags accepted")
+	}
+}
+
+// Version 1 snapshots (no session origin) written by an older smr-cri still load.
+func TestSnapshotStateV1(t *testing.T) {
+	v1 := []byte{snapshotVersionV1, 1, 5, 2, 10, 1, 1, 'v', 0, 0, 0}
+	st, err := unmarshalSnapshotState(v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := st.Sessions[5]; r.Seq != 2 || r.Index != 10 || string(r.Value) != "v" || r.Origin != 0 {
+		t.Fatalf("v1 session decoded as %+v", r)
+	}
+	st.Sessions[5] = sessionResult{Origin: 3, Seq: 2}
+	got, err := unmarshalSnapshotState(st.marshal())
+	if err != nil || got.Sessions[5].Origin != 3 {
+		t.Fatalf("v2 keeps the origin: %+v %v", got.Sessions[5], err)
+	}
+}
+
+func TestEndSessions(t *testing.T) {
+	tests := []struct {
+		name string
+		env  envelope
+		want []uint64 // sessions left
+	}{
+		{"no flag", envelope{Origin: 1, Session: 10}, []uint64{10, 11, 20}},
+		{"end one session", envelope{Origin: 1, Session: 10, Flags: envEndSession}, []uint64{11, 20}},
+		{"end an unknown session", envelope{Origin: 1, Session: 99, Flags: envEndSession}, []uint64{10, 11, 20}},
+		{"end every session of origin 1", envelope{Origin: 1, Flags: envEndOriginSessions}, []uint64{20}},
+	}
+	for _, tc := range tests {
+		a := &applier{sessions: map[uint64]sessionResult{
+			10: {Origin: 1, Seq: 1}, 11: {Origin: 1, Seq: 4}, 20: {Origin: 2, Seq: 2},
+		}}
+		a.endSessions(tc.env)
+		if len(a.sessions) != len(tc.want) {
+			t.Fatalf("%s: sessions left %v, want %v", tc.name, a.sessions, tc.want)
+		}
+		for _, id := range tc.want {
+			if _, ok := a.sessions[id]; !ok {
+				t.Fatalf("%s: session %d was dropped", tc.name, id)
+			}
+		}
+	}
+}

@@ -169,15 +169,16 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-// converged waits until every replica applied the same index and has no
-// open sessions left (all clients closed).
+// waitIdle waits until every replica applied the same index and has no
+// open sessions left (all clients closed): no app connection and no
+// de-duplication state in raftcore (CLOSE ends the session there too).
 func (c *cluster) waitIdle() {
 	c.t.Helper()
 	waitFor(c.t, "replicas to apply every CLOSE", func() bool {
 		var idx uint64
 		for i, r := range c.replicas {
 			st := r.group.Status()
-			if r.exec.Sessions() != 0 || st.Applied != st.Commit || (i > 0 && st.Applied != idx) {
+			if r.exec.Sessions() != 0 || st.Sessions != 0 || st.Applied != st.Commit || (i > 0 && st.Applied != idx) {
 				return false
 			}
 			idx = st.Applied

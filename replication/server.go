@@ -70,7 +70,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 // sessions this replica opened in a previous run (their clients are gone).
 // Call it once after the group starts and before serving clients.
 func ResetOrigin(ctx context.Context, o Orderer) error {
-	if _, err := o.Propose(ctx, raftcore.Proposal{Data: Op{Kind: KindReset}.Encode()}); err != nil {
+	// EndOriginSessions also drops raftcore's de-duplication state of
+	// those sessions on every replica.
+	if _, err := o.Propose(ctx, raftcore.Proposal{Data: Op{Kind: KindReset}.Encode(), EndOriginSessions: true}); err != nil {
 		return fmt.Errorf("propose RESET: %w", err)
 	}
 	return nil
@@ -232,7 +234,10 @@ func (s *Server) propose(ctx context.Context, session, seq uint64, op Op) (raftc
 	for attempt := 0; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 		s.cfg.Exec.markStart(session, seq, time.Now())
-		res, err := s.cfg.Orderer.Propose(actx, raftcore.Proposal{Session: session, Seq: seq, Data: data})
+		// CLOSE ends the session: raftcore drops its de-duplication state
+		// when the entry is applied, so the table does not grow with every
+		// client connection ever served.
+		res, err := s.cfg.Orderer.Propose(actx, raftcore.Proposal{Session: session, Seq: seq, Data: data, EndSession: op.Kind == KindClose})
 		cancel()
 		// Apply consumed the start time unless the entry was a de-duplicated
 		// retry or failed; drop it either way.

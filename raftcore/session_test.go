@@ -1,0 +1,103 @@
+package raftcore_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/raftcore/kvtest"
+)
+
+func appendOp(key, val string) []byte { return kvtest.Op{Kind: "append", Key: key, Value: val}.Encode() }
+
+// waitSessions waits until every live member applied `last` and holds
+// `want` sessions in its replicated de-duplication table.
+func waitSessions(t *testing.T, ctx context.Context, c *kvtest.Cluster, want int) {
+	t.Helper()
+	last, err := c.WaitConverged(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range c.Live() {
+		g := c.Member(id).Group
+		if err := g.WaitApplied(ctx, last); err != nil {
+			t.Fatal(err)
+		}
+		if got := g.Status().Sessions; got != want {
+			t.Fatalf("member %d holds %d sessions at index %d, want %d", id, got, last, want)
+		}
+	}
+}
+
+// Ending sessions keeps the de-duplication table bounded: sessions opened
+// and ended leave nothing behind on any member, a session still open keeps
+// de-duplicating retries, and a restart from a snapshot restores the same
+// table.
+func TestSessionEndDropsDedupState(t *testing.T) {
+	c, ctx, _ := startCluster(t, kvtest.Options{Members: 3, SnapshotEvery: 10})
+	propose := func(id uint64, p raftcore.Proposal) raftcore.Result {
+		t.Helper()
+		res, err := proposeRetry(ctx, c.Member(id).Group, p)
+		if err != nil {
+			t.Fatalf("member %d: propose %+v: %v", id, p, err)
+		}
+		return res
+	}
+	// Many short sessions, each ended by its last proposal, on every member.
+	for i := range 60 {
+		id, session := uint64(i%3+1), uint64(1000+i)
+		propose(id, raftcore.Proposal{Session: session, Seq: 1, Data: appendOp("many", ".")})
+		propose(id, raftcore.Proposal{Session: session, Seq: 2, Data: appendOp("many", "."), EndSession: true})
+	}
+	waitSessions(t, ctx, c, 0)
+
+	// Sessions proposed by member 2, ended together by one proposal of
+	// member 2 (a restarted replica ending its previous run's sessions).
+	for s := uint64(500); s < 505; s++ {
+		propose(2, raftcore.Proposal{Session: s, Seq: 1, Data: appendOp("m2", ".")})
+	}
+	open := raftcore.Proposal{Session: 7, Seq: 1, Data: appendOp("x", "a")}
+	first := propose(1, open)
+	waitSessions(t, ctx, c, 6)
+	propose(2, raftcore.Proposal{Data: appendOp("reset", "."), EndOriginSessions: true})
+	waitSessions(t, ctx, c, 1)
+
+	// The still-open session de-duplicates a retry on any member.
+	for _, id := range c.Live() {
+		if res := propose(id, open); res.Index != first.Index || string(res.Value) != "a" {
+			t.Fatalf("retry on member %d returned %+v, want the first result %+v", id, res, first)
+		}
+	}
+	// Enough entries that the newest snapshot holds session 7's state.
+	for i := range 25 {
+		propose(1, raftcore.Proposal{Data: kvtest.Op{Kind: "put", Key: "fill", Value: fmt.Sprint(i)}.Encode()})
+	}
+	waitSessions(t, ctx, c, 1)
+
+	for _, id := range c.Live() {
+		c.Stop(id)
+	}
+	for id := uint64(1); id <= 3; id++ {
+		if err := c.Start(id, false); err != nil {
+			t.Fatalf("restart %d: %v", id, err)
+		}
+	}
+	mustLeader(t, ctx, c)
+	waitSessions(t, ctx, c, 1)
+	if res := propose(3, open); res.Index != first.Index {
+		t.Fatalf("retry after restart returned %+v, want the first result %+v", res, first)
+	}
+	if _, err := c.WaitConverged(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range c.Live() {
+		kv := c.Member(id).KV
+		if got := kv.Get("x"); got != "a" {
+			t.Fatalf("member %d: x=%q, want a (applied once)", id, got)
+		}
+		if got := kv.Get("many"); len(got) != 120 {
+			t.Fatalf("member %d: %d appends of the ended sessions, want 120", id, len(got))
+		}
+	}
+}
