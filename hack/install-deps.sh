@@ -4,7 +4,8 @@
 #   apt: containerd runc CNI plugins iptables socat redis etcd busybox-static iproute2 procps
 #   _cache/bin/crictl   sigs.k8s.io/cri-tools/cmd/crictl  v1.37.0  (hack/tools/critest module)
 #   _cache/bin/critest  sigs.k8s.io/cri-tools/cmd/critest v1.37.0  (go test -c, same module)
-#   _cache/bin/kubelet  k8s.io/kubernetes/cmd/kubelet     v1.37.2  (hack/tools/kubelet module)
+#   _cache/bin/kubelet  k8s.io/kubernetes/cmd/kubelet     v1.37.2  (hack/tools/kubelet module,
+#                       version ldflags of hack/cluster/kube-version.sh, like the control plane)
 # Idempotent: each binary is skipped when it exists and its version stamp matches.
 # The kubelet build (8+ minutes cold on 2 cores) starts first, in the background.
 set -euo pipefail
@@ -24,7 +25,9 @@ die() { say "ERROR: $*" >&2; exit 1; }
 export PATH="/usr/local/go/bin:$PATH"
 command -v go >/dev/null || die "go not found (expected /usr/local/go/bin/go)"
 
-KUBELET_VERSION=v1.37.2
+# KUBE_VERSION, KUBE_BUILD, KUBE_LDFLAGS, kube_reports_version: kubelet is built exactly like the
+# control plane (hack/cluster/build-kube.sh), so it reports KUBE_VERSION, not v0.0.0-master.
+source "$ROOT/hack/cluster/kube-version.sh"
 CRITOOLS_VERSION=v1.37.0
 
 # stamp NAME: what the binary must have been built from (version + the build module's go.sum).
@@ -38,15 +41,17 @@ fresh() { # fresh NAME STAMP -> true when the binary exists and was built from S
 
 # --- kubelet: start first, in the background -------------------------------------------------
 KUBELET_MOD="$ROOT/hack/tools/kubelet"
-KUBELET_STAMP="$(stamp kubelet $KUBELET_VERSION "$KUBELET_MOD")"
+KUBELET_STAMP="$(stamp kubelet "$KUBE_BUILD" "$KUBELET_MOD")"
 KUBELET_PID=""
-if fresh kubelet "$KUBELET_STAMP"; then
-	say "kubelet $KUBELET_VERSION: cached ($BIN/kubelet)"
+# A stamp from before the version flags, or a binary reporting another version, is rebuilt
+# (only the link step when GOCACHE has the packages).
+if fresh kubelet "$KUBELET_STAMP" && kube_reports_version "$BIN/kubelet"; then
+	say "kubelet $KUBE_VERSION: cached ($BIN/kubelet)"
 else
-	say "kubelet $KUBELET_VERSION: building in the background (log $LOGS/kubelet-build.log)"
+	say "kubelet $KUBE_VERSION: building in the background (log $LOGS/kubelet-build.log)"
 	(
 		cd "$KUBELET_MOD"
-		go build -o "$BIN/kubelet.tmp.$$" k8s.io/kubernetes/cmd/kubelet &&
+		go build -ldflags "$KUBE_LDFLAGS" -o "$BIN/kubelet.tmp.$$" k8s.io/kubernetes/cmd/kubelet &&
 			mv "$BIN/kubelet.tmp.$$" "$BIN/kubelet" &&
 			echo "$KUBELET_STAMP" >"$BIN/kubelet.stamp"
 	) >"$LOGS/kubelet-build.log" 2>&1 &
@@ -124,6 +129,6 @@ if [[ -n "$KUBELET_PID" ]]; then
 fi
 fresh kubelet "$KUBELET_STAMP" || die "kubelet missing after build"
 
-"$BIN/kubelet" --version >/dev/null || die "kubelet does not run"
+kube_reports_version "$BIN/kubelet" || die "$BIN/kubelet does not run or does not report $KUBE_VERSION"
 "$BIN/crictl" --version >/dev/null || die "crictl does not run"
 say "done: $(ls "$BIN" | grep -v '\.stamp$' | tr '\n' ' ')"

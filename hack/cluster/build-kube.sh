@@ -15,7 +15,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${SMR_CACHE:-$ROOT/_cache}"
-KUBE_VERSION=v1.37.2
+# KUBE_VERSION, KUBE_BUILD, KUBE_LDFLAGS, kube_reports_version (shared with install-deps' kubelet)
+source "$ROOT/hack/cluster/kube-version.sh"
 OUT="$CACHE/kube-$KUBE_VERSION"
 MOD="$ROOT/hack/tools/kubelet"
 LOGS="$CACHE/logs"
@@ -43,14 +44,8 @@ if ! flock -n 9; then
 	flock 9
 fi
 
-# Without these the binaries report v0.0.0-master (kubectl then warns about version skew).
-LDFLAGS=""
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-	LDFLAGS+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=37 -X $pkg.gitTreeState=clean"
-done
-
-STAMP="$KUBE_VERSION ldflags-1 $(go version | awk '{print $3}') $(sha256sum "$MOD/go.sum" | cut -c1-16)"
-fresh() { [[ -x "$OUT/$1" && -f "$OUT/$1.stamp" && "$(cat "$OUT/$1.stamp")" == "$STAMP" ]]; }
+STAMP="$KUBE_BUILD $(go version | awk '{print $3}') $(sha256sum "$MOD/go.sum" | cut -c1-16)"
+fresh() { [[ -x "$OUT/$1" && -f "$OUT/$1.stamp" && "$(cat "$OUT/$1.stamp")" == "$STAMP" ]] && kube_reports_version "$OUT/$1"; }
 
 todo=()
 for b in "${WANT[@]}"; do
@@ -59,12 +54,13 @@ done
 
 # One `go build` per binary, one at a time: the machine has 2 cores shared with other work, and
 # the packages the binaries share are compiled once and reused from GOCACHE by the next build.
-# Same flags as install-deps' kubelet build (no -trimpath), so kubelet's cached packages count.
+# Same flags as install-deps' kubelet build (no -trimpath, KUBE_LDFLAGS), so kubelet's cached
+# packages count.
 for b in "${todo[@]}"; do
 	t0=$SECONDS
 	log="$LOGS/build-$b.log"
 	say "$b $KUBE_VERSION: building (log $log)"
-	(cd "$MOD" && nice -n 5 go build -ldflags "$LDFLAGS" -o "$OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b") >"$log" 2>&1 ||
+	(cd "$MOD" && nice -n 5 go build -ldflags "$KUBE_LDFLAGS" -o "$OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b") >"$log" 2>&1 ||
 		{ tail -30 "$log"; die "$b build failed (log $log)"; }
 	mv "$OUT/$b.tmp" "$OUT/$b"
 	echo "$STAMP" >"$OUT/$b.stamp"
@@ -76,7 +72,6 @@ if [[ -x "$CACHE/bin/kubelet" ]]; then
 	ln -sf "$CACHE/bin/kubelet" "$OUT/kubelet"
 fi
 for b in "${WANT[@]}"; do
-	"$OUT/$b" --version >/dev/null 2>&1 || "$OUT/$b" version --client >/dev/null 2>&1 ||
-		die "$OUT/$b does not run"
+	kube_reports_version "$OUT/$b" || die "$OUT/$b does not run or does not report $KUBE_VERSION"
 done
 say "done in $((SECONDS - START))s: $OUT"
