@@ -203,8 +203,12 @@ func TestIntegrationContainerdErrorsIdentical(t *testing.T) {
 }
 
 // BenchmarkProxyOverheadContainerd is BenchmarkProxyOverhead against a real
-// containerd holding 100 containers (10 pods of 10 created containers).
-// It needs root and SMR_INTEGRATION=1.
+// containerd holding 100 containers (10 pods of 10 created containers):
+// direct calls to containerd's socket and calls through the proxy, side by
+// side in one run. ratio-list and ratio-status are the issue's "through the
+// proxy vs direct" figures. It needs root and SMR_INTEGRATION=1:
+//
+//	SMR_INTEGRATION=1 go test -run '^$' -bench ProxyOverhead -benchtime 2s ./cri/
 func BenchmarkProxyOverheadContainerd(b *testing.B) {
 	e := newContainerdEnv(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"time"
 
 	"google.golang.org/grpc"
@@ -70,6 +71,12 @@ func New(opts Options) (*Proxy, error) {
 		grpc.MaxSendMsgSize(MaxMsgSize),
 		grpc.InitialWindowSize(1 << 20),
 		grpc.InitialConnWindowSize(1 << 20),
+		// Run calls on long-lived workers instead of a new goroutine per
+		// call: a fresh goroutine's stack grows (copystack) on every call
+		// through gRPC's handler path. When every worker is busy (long
+		// streams such as GetContainerEvents) gRPC starts a goroutine as
+		// before, so no call waits for a worker.
+		grpc.NumStreamWorkers(uint32(max(4, runtime.GOMAXPROCS(0)))),
 	}, opts.ServerOptions...)
 	p.server = grpc.NewServer(sopts...)
 	srv := &sandboxService{p: p}
