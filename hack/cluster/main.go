@@ -17,22 +17,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
+	"github.com/smr-io/smr-cri/hack/internal/cmdmain"
 	"github.com/smr-io/smr-cri/internal/cluster"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "cluster:", err)
-		os.Exit(1)
-	}
-}
+func main() { cmdmain.Main("cluster", run) }
 
 const usage = `usage: cluster up|down|stop|start|demo|rss|env [--dir DIR] [--nodes N] [--keep-logs DIR]`
 

@@ -16,26 +16,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 
+	"github.com/smr-io/smr-cri/hack/internal/cmdmain"
 	"github.com/smr-io/smr-cri/internal/nodelab"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, errQuiet) {
-			fmt.Fprintln(os.Stderr, "lab:", err)
-		}
-		os.Exit(1)
-	}
-}
-
-// errQuiet fails the command without another message.
-var errQuiet = errors.New("failed")
+func main() { cmdmain.Main("lab", run) }
 
 const usage = `usage:
   lab images OUT.tar [REF...]
@@ -90,7 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if !nodelab.CompareCritest(stdout, direct, via) {
-			return errQuiet // the DIFFERENCE lines are printed; the summary stays the last line
+			return cmdmain.ErrQuiet // the DIFFERENCE lines are printed; the summary stays the last line
 		}
 		return nil
 	default:

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/smr-io/smr-cri/hack/internal/cmdmain"
 )
 
 const report = `[{"SpecReports":[
@@ -65,7 +67,7 @@ func TestCritestReport(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
 			err := run(context.Background(), []string{"critest-report", tt.direct, tt.via}, &out, &errOut)
-			if (err != nil) != tt.wantErr || (err != nil && !errors.Is(err, errQuiet)) {
+			if (err != nil) != tt.wantErr || (err != nil && !errors.Is(err, cmdmain.ErrQuiet)) {
 				t.Fatalf("error = %v, want error %v (quiet)", err, tt.wantErr)
 			}
 			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
