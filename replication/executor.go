@@ -140,8 +140,11 @@ type appSession struct {
 	port   int
 	framer framing.Framer
 	conn   net.Conn
-	r      *bufio.Reader
-	dead   error // the app closed or failed this connection
+	// use serializes round trips on conn: log entries take it under the
+	// serial executor's lock, local reads without that lock.
+	use  sync.Mutex
+	r    *bufio.Reader
+	dead error // the app closed or failed this connection (guarded by use)
 }
 
 type queued struct {
@@ -331,6 +334,8 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 // roundTripLocked writes one request to the session's app connection and
 // reads exactly one complete response. sent (may be nil) runs between the two.
 func (x *Executor) roundTripLocked(s *appSession, req framing.Request, sent func()) []byte {
+	s.use.Lock()
+	defer s.use.Unlock()
 	if s.dead != nil {
 		reply, _ := s.framer.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, s.dead))
 		return reply
@@ -391,19 +396,27 @@ func (x *Executor) replyLocked(e raftcore.Entry, op Op, err error) []byte {
 
 // Read runs a read-only request on this replica: it waits until the entry at
 // readIndex (from Orderer.ReadIndex) is applied here, then executes the
-// request on the session's app connection through the serial executor, so
-// it sees every write committed before the read started.
+// request on the session's app connection, so it sees every write committed
+// before the read started.
+//
+// Reads do not hold the serial executor's lock during the app round trip:
+// they change no state, so reads of different sessions run side by side and
+// beside the write being applied (which is committed, so observing it is
+// linearizable). The session's own connection is still used by one request
+// at a time, and a read-only request never carries session state (the
+// framer marks nothing read-only inside MULTI).
 func (x *Executor) Read(ctx context.Context, session uint64, req framing.Request, readIndex uint64) ([]byte, error) {
 	start := time.Now()
 	if err := x.WaitApplied(ctx, readIndex); err != nil {
 		return nil, err
 	}
 	x.mu.Lock()
-	defer x.mu.Unlock()
 	if x.broken != nil || len(x.queue) > 0 {
+		x.mu.Unlock()
 		return nil, ErrNotReady
 	}
 	s, ok := x.sessions[session]
+	x.mu.Unlock()
 	if !ok {
 		return nil, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, session)
 	}
