@@ -224,6 +224,11 @@ func (s *Server) createSecret(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, apierrors.NewBadRequest(fmt.Sprintf("decode secret: %v", err)))
 		return
 	}
+	// An API server rejects a body of another kind, as this does.
+	if sec.Kind != "Secret" || sec.APIVersion != "v1" {
+		writeStatus(w, apierrors.NewBadRequest(fmt.Sprintf("body is %s %s, want v1 Secret", sec.APIVersion, sec.Kind)))
+		return
+	}
 	if sec.Namespace != "" && sec.Namespace != r.PathValue("ns") {
 		writeStatus(w, apierrors.NewBadRequest("namespace of the body does not match the URL"))
 		return
