@@ -204,9 +204,11 @@ func TestIntegrationContainerdErrorsIdentical(t *testing.T) {
 
 // BenchmarkProxyOverheadContainerd is BenchmarkProxyOverhead against a real
 // containerd holding 100 containers (10 pods of 10 created containers):
-// direct calls to containerd's socket and calls through the proxy, side by
-// side in one run. ratio-list and ratio-status are the issue's "through the
-// proxy vs direct" figures. It needs root and SMR_INTEGRATION=1:
+// direct calls to containerd's socket, calls through the proxy in this
+// process and through `smr-cri serve` as a process of its own, side by side
+// in one run. ratio-list/ratio-status (in-process proxy) and
+// serve-ratio-list/serve-ratio-status (as deployed) are the issue's
+// "through the proxy vs direct" figures. It needs root and SMR_INTEGRATION=1:
 //
 //	SMR_INTEGRATION=1 go test -run '^$' -bench ProxyOverhead -benchtime 2s ./cri/
 func BenchmarkProxyOverheadContainerd(b *testing.B) {
@@ -237,7 +239,13 @@ func BenchmarkProxyOverheadContainerd(b *testing.B) {
 			ids = append(ids, cr.ContainerId)
 		}
 	}
-	benchOverhead(b, e.direct, e.viaProxy, 100, ids[len(ids)/2])
+	serve := startServe(b, e.ctr.Endpoint())
+	defer serve.stop(b)
+	benchOverhead(b, []benchPath{
+		{name: "direct", rt: e.direct, cpu: cpuTime},
+		{name: "proxy", rt: e.viaProxy, cpu: cpuTime},
+		serve.path(b),
+	}, 100, ids[len(ids)/2])
 	// containerd is stopped with full cleanup by nodelab at the end.
 }
 
