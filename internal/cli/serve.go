@@ -351,10 +351,11 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, stdout io.Writ
 		}
 	}()
 	log.Info("smr-cri serving", "version", version, "listen", o.Listen, "runtime", p.Endpoint())
-	// Package initialisation (the Kubernetes API types client-go registers,
-	// even when no kubeconfig is used) leaves megabytes of garbage behind:
-	// collect it and hand it back to the OS once, so the idle daemon's
-	// footprint is what it really holds.
+	// Start-up (package initialisation, flag and config parsing, the
+	// daemon's re-attach pass) leaves garbage behind: collect it and hand
+	// it back to the OS once, so the idle daemon's footprint is what it
+	// really holds. (Since the API client is core/v1 only, internal/kubecore,
+	// this is worth well under a MiB.)
 	debug.FreeOSMemory()
 	go func() {
 		// Only informative: calls work as soon as the runtime is there.
