@@ -62,7 +62,9 @@
 // many proposals; the drained client proposals are coalesced into one raft
 // entry (applied one by one, in order, sharing that entry's Index); MaxInflightMsgs pipelines appends; PreVote and
 // CheckQuorum are on; concurrent ReadIndex calls share one raft read
-// request.
+// request, and reads arriving while one is in flight wait for its answer
+// (at most a tick) and then share the next, so a heartbeat round serves many
+// reads under load.
 //
 // # Membership
 //

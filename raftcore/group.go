@@ -75,6 +75,8 @@ type Group struct {
 
 	// owned by run()
 	readBatches map[uint64]*readBatch
+	readWait    []*readReq // reads not yet sent (a batch is in flight)
+	readSent    uint64     // tick when the newest batch was sent
 	ticks       uint64
 	durable     uint64      // last log index written to the WAL
 	batch       []*proposal // normal proposals drained, not yet proposed
@@ -606,11 +608,7 @@ func (g *Group) run() {
 			g.log.Error("close wal", "err", err)
 		}
 		g.failAllProposals(g.stoppedErr())
-		for _, b := range g.readBatches {
-			for _, r := range b.reqs {
-				r.done <- readResult{err: g.stoppedErr()}
-			}
-		}
+		g.failReads(g.stoppedErr())
 	}()
 	// raft panics on an impossible log (e.g. a member that lost its disk
 	// but kept its id). Contain it to this group: the other groups in the
@@ -636,7 +634,7 @@ func (g *Group) run() {
 		case ms := <-g.recvc:
 			g.step(ms)
 		case rr := <-g.readc:
-			g.readIndex(rr)
+			g.readWait = append(g.readWait, rr)
 		case r := <-g.reportc:
 			g.applyReport(r)
 		case f := <-g.ctrlc:
@@ -652,7 +650,12 @@ func (g *Group) run() {
 		// asking raft for a Ready, so many proposals and messages share
 		// one WAL write+fsync and one network write.
 		g.drain()
-		if err := g.handleReady(); err != nil {
+		err := g.handleReady()
+		// Reads that waited for the batch answered in this Ready go out now.
+		if err == nil && g.flushReads() {
+			err = g.handleReady()
+		}
+		if err != nil {
 			g.log.Error("storage failure; stopping group", "err", err)
 			g.stopWith(fmt.Errorf("%w: %w", ErrStopped, err))
 			return
@@ -661,7 +664,6 @@ func (g *Group) run() {
 }
 
 func (g *Group) drain() {
-	var reads []*readReq
 	for i := 0; i < maxDrain; i++ {
 		select {
 		case pr := <-g.propc:
@@ -669,14 +671,12 @@ func (g *Group) drain() {
 		case ms := <-g.recvc:
 			g.step(ms)
 		case rr := <-g.readc:
-			reads = append(reads, rr)
+			g.readWait = append(g.readWait, rr)
 		default:
 			i = maxDrain
 		}
 	}
-	if len(reads) > 0 {
-		g.readIndex(reads...)
-	}
+	g.flushReads()
 	g.flushProposals()
 }
 
@@ -753,12 +753,36 @@ func (g *Group) step(ms []*raftpb.Message) {
 	}
 }
 
-// readIndex coalesces every waiting read into one raft ReadIndex request:
-// one heartbeat round confirms leadership for all of them.
-func (g *Group) readIndex(rs ...*readReq) {
+// flushReads coalesces every waiting read into one raft ReadIndex request:
+// one heartbeat round confirms leadership for all of them. While a batch is
+// in flight new reads wait for its answer and then go out together, so under
+// load a heartbeat round serves many reads instead of a few; a batch
+// unanswered for a tick (lost message) no longer holds the next one back.
+// It reports whether a request was sent.
+func (g *Group) flushReads() bool {
+	if len(g.readWait) == 0 || (len(g.readBatches) > 0 && g.ticks == g.readSent) {
+		return false
+	}
 	id := g.nextID.Add(1)
-	g.readBatches[id] = &readBatch{reqs: rs, since: g.ticks}
+	g.readBatches[id] = &readBatch{reqs: g.readWait, since: g.ticks}
+	g.readWait = nil
+	g.readSent = g.ticks
 	g.sendReadIndex(id)
+	return true
+}
+
+// failReads fails every read, sent or waiting.
+func (g *Group) failReads(err error) {
+	for id, b := range g.readBatches {
+		for _, r := range b.reqs {
+			r.done <- readResult{err: err}
+		}
+		delete(g.readBatches, id)
+	}
+	for _, r := range g.readWait {
+		r.done <- readResult{err: err}
+	}
+	g.readWait = nil
 }
 
 func (g *Group) sendReadIndex(id uint64) {
@@ -993,12 +1017,7 @@ func (g *Group) onSoftState(ss *raft.SoftState) {
 	}
 	err := fmt.Errorf("group %s: %w (leader %d -> %d)", g.name, ErrLeaderLost, oldLead, ss.Lead)
 	g.failAllProposals(err)
-	for id, b := range g.readBatches {
-		for _, r := range b.reqs {
-			r.done <- readResult{err: err}
-		}
-		delete(g.readBatches, id)
-	}
+	g.failReads(err)
 }
 
 func (g *Group) onReadState(rs raft.ReadState) {
