@@ -9,7 +9,9 @@ import (
 	"github.com/smr-io/smr-cri/raftcore/kvtest"
 )
 
-func appendOp(key, val string) []byte { return kvtest.Op{Kind: "append", Key: key, Value: val}.Encode() }
+func appendOp(key, val string) []byte {
+	return kvtest.Op{Kind: "append", Key: key, Value: val}.Encode()
+}
 
 // waitSessions waits until every live member applied `last` and holds
 // `want` sessions in its replicated de-duplication table.
