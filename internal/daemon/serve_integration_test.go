@@ -117,6 +117,8 @@ type groupSpec struct {
 	// prepare runs on the private containerd before serve starts, e.g. to
 	// import an image the lab does not build by default.
 	prepare func(ctx context.Context, c *nodelab.Containerd) error
+	// serveArgs are appended to serve's arguments (e.g. --metrics-addr).
+	serveArgs []string
 }
 
 // labPod is one started member of the group.
@@ -149,6 +151,7 @@ func startReplicatedGroup(t testing.TB, ctx context.Context, spec groupSpec) *gr
 	s := &serveLab{t: t, bin: buildSmrCri(t, ctx), logPath: filepath.Join(dir, "smr-cri.log"), sock: filepath.Join(dir, "smr-cri.sock")}
 	s.args = []string{"serve", "--listen", s.sock, "--runtime-endpoint", c.Endpoint(),
 		"--data-dir", filepath.Join(dir, "data"), "--pki-dir", filepath.Join(dir, "pki"), "--log-level", "info", "--shutdown-timeout", "20s"}
+	s.args = append(s.args, spec.serveArgs...)
 	s.start()
 	t.Cleanup(func() {
 		s.signal(syscall.SIGTERM)
@@ -182,53 +185,64 @@ func startReplicatedGroup(t testing.TB, ctx context.Context, spec groupSpec) *gr
 		ips = append(ips, ip.String())
 		peers = append(peers, fmt.Sprintf("%d=%s:7480", i+1, ip))
 	}
-	t.Cleanup(func() {
-		// Tear down through smr-cri (detach, redirect removed); containerd's
-		// own cleanup by nodelab catches anything left.
-		cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer ccancel()
-		for _, p := range g.pods {
-			_, _ = rt.StopPodSandbox(cctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.sandbox})
-			_, _ = rt.RemovePodSandbox(cctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.sandbox})
-		}
-	})
 	for i := range 3 {
 		name := fmt.Sprintf("%s-%d", spec.app, i)
 		cfg := &runtimeapi.PodSandboxConfig{
-			Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "smrtest", Uid: "uid-" + name},
-			Labels:       map[string]string{cri.ReplicateLabel: cri.ReplicateValue, "app": spec.app},
-			Annotations:  map[string]string{replication.AnnotationPorts: spec.ports, replication.AnnotationPeers: strings.Join(peers, ",")},
-			LogDirectory: filepath.Join(dir, "logs", name),
-			Linux:        &runtimeapi.LinuxPodSandboxConfig{},
+			Metadata:    &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "smrtest", Uid: "uid-" + name},
+			Labels:      map[string]string{cri.ReplicateLabel: cri.ReplicateValue, "app": spec.app},
+			Annotations: map[string]string{replication.AnnotationPorts: spec.ports, replication.AnnotationPeers: strings.Join(peers, ",")},
 		}
-		run, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
-		if err != nil {
-			t.Fatalf("RunPodSandbox %s through smr-cri: %v", name, err)
+		p := g.runPod(t, ctx, cfg, spec.app, spec.image)
+		if p.ip != ips[i] {
+			t.Fatalf("pod %s got IP %s, the static peers assumed %s", name, p.ip, ips[i])
 		}
-		g.pods = append(g.pods, labPod{name: name, sandbox: run.PodSandboxId, ip: ips[i]})
-		ctr, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: run.PodSandboxId, SandboxConfig: cfg,
-			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: spec.app},
-				Image: &runtimeapi.ImageSpec{Image: spec.image}, LogPath: spec.app + ".log"}})
-		if err != nil {
-			t.Fatalf("CreateContainer %s: %v", name, err)
-		}
-		if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: ctr.ContainerId}); err != nil {
-			t.Fatalf("StartContainer %s: %v", name, err)
-		}
-		st, err := rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: run.PodSandboxId, Verbose: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		pod, err := cri.SandboxPodInfo(st)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(pod.IPs) == 0 || pod.IPs[0] != ips[i] {
-			t.Fatalf("pod %s got IPs %v, the static peers assumed %s", name, pod.IPs, ips[i])
-		}
-		g.pods[i].netns = pod.NetNSPath
+		g.pods = append(g.pods, p)
 	}
 	return g
+}
+
+// runPod runs a pod with cfg and one container of image named ctrName
+// through smr-cri, and returns it with its first IP and its netns. The pod
+// is stopped and removed through smr-cri (detach, redirect removed) at
+// cleanup; containerd's own cleanup by nodelab catches anything left.
+func (g *groupLab) runPod(t testing.TB, ctx context.Context, cfg *runtimeapi.PodSandboxConfig, ctrName, image string) labPod {
+	t.Helper()
+	name := cfg.GetMetadata().GetName()
+	cfg.LogDirectory = filepath.Join(g.dir, "logs", name)
+	if cfg.Linux == nil {
+		cfg.Linux = &runtimeapi.LinuxPodSandboxConfig{}
+	}
+	run, err := g.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+	if err != nil {
+		t.Fatalf("RunPodSandbox %s through smr-cri: %v", name, err)
+	}
+	t.Cleanup(func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer ccancel()
+		_, _ = g.rt.StopPodSandbox(cctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: run.PodSandboxId})
+		_, _ = g.rt.RemovePodSandbox(cctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: run.PodSandboxId})
+	})
+	ctr, err := g.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: run.PodSandboxId, SandboxConfig: cfg,
+		Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: ctrName},
+			Image: &runtimeapi.ImageSpec{Image: image}, LogPath: ctrName + ".log"}})
+	if err != nil {
+		t.Fatalf("CreateContainer %s: %v", name, err)
+	}
+	if _, err := g.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: ctr.ContainerId}); err != nil {
+		t.Fatalf("StartContainer %s: %v", name, err)
+	}
+	st, err := g.rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: run.PodSandboxId, Verbose: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod, err := cri.SandboxPodInfo(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pod.IPs) == 0 {
+		t.Fatalf("pod %s has no IP", name)
+	}
+	return labPod{name: name, sandbox: run.PodSandboxId, ip: pod.IPs[0], netns: pod.NetNSPath}
 }
 
 // retry runs op until it succeeds (apps coming up, first election, RESETs).

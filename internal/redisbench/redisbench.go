@@ -1,0 +1,240 @@
+// Package redisbench runs Debian's redis-benchmark (redis-tools) and turns
+// two side-by-side runs, a baseline and smr, into the one line `make bench`
+// ends with:
+//
+//	bench: set ratio=R1 get ratio=R2 p50 added latency at 1 client=L ms
+package redisbench
+
+import (
+	"context"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Result is one redis-benchmark test (SET or GET): throughput and median
+// latency.
+type Result struct {
+	RPS   float64 // requests per second
+	P50ms float64 // median latency, milliseconds
+}
+
+// Results maps a redis-benchmark test name ("SET", "GET") to its result.
+type Results map[string]Result
+
+// Options is one redis-benchmark invocation.
+type Options struct {
+	Addr     string // host:port of the server
+	Clients  int    // -c
+	Requests int    // -n
+	Keyspace int    // -r: random keys out of this many (0: one key)
+	Tests    string // -t, comma-separated (e.g. "set"); empty: "set,get"
+}
+
+func (o Options) tests() []string {
+	if o.Tests == "" {
+		return []string{"SET", "GET"}
+	}
+	return strings.Split(strings.ToUpper(o.Tests), ",")
+}
+
+// args validates o and renders redis-benchmark's arguments for SET and GET.
+func (o Options) args() ([]string, error) {
+	host, port, err := net.SplitHostPort(o.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("redisbench: address %q: %w", o.Addr, err)
+	}
+	if host == "" {
+		return nil, fmt.Errorf("redisbench: address %q has no host", o.Addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return nil, fmt.Errorf("redisbench: address %q: port must be 1-65535", o.Addr)
+	}
+	if o.Clients < 1 || o.Requests < 1 || o.Keyspace < 0 {
+		return nil, fmt.Errorf("redisbench: clients (%d) and requests (%d) must be positive, keyspace (%d) not negative",
+			o.Clients, o.Requests, o.Keyspace)
+	}
+	for _, t := range o.tests() {
+		if t == "" || strings.ContainsAny(t, " \t") {
+			return nil, fmt.Errorf("redisbench: tests %q: want comma-separated names such as set,get", o.Tests)
+		}
+	}
+	args := []string{"-h", host, "-p", port, "-c", strconv.Itoa(o.Clients), "-n", strconv.Itoa(o.Requests),
+		"-t", strings.ToLower(strings.Join(o.tests(), ",")), "--csv"}
+	if o.Keyspace > 0 {
+		args = append(args, "-r", strconv.Itoa(o.Keyspace))
+	}
+	return args, nil
+}
+
+// Run runs redis-benchmark with o and parses its CSV. redis-benchmark keeps
+// reconnecting forever to a server that refuses connections, so ctx must
+// carry a deadline.
+func Run(ctx context.Context, o Options) (Results, error) {
+	args, err := o.args()
+	if err != nil {
+		return nil, err
+	}
+	bin, err := exec.LookPath("redis-benchmark")
+	if err != nil {
+		return nil, fmt.Errorf("redisbench: redis-benchmark not installed (apt-get install redis-tools): %w", err)
+	}
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("redisbench: redis-benchmark against %s: %w\n%s", o.Addr, err, out)
+	}
+	res, err := Parse(string(out), o.tests()...)
+	if err != nil {
+		return nil, fmt.Errorf("redisbench: against %s: %w", o.Addr, err)
+	}
+	return res, nil
+}
+
+// Parse reads redis-benchmark's --csv output (a header row, then one row
+// per test). Lines that are not CSV rows (redis-benchmark's warnings such as
+// "WARNING: Could not fetch server CONFIG") are skipped. Every test named in
+// want (default SET and GET) must be present.
+func Parse(out string, want ...string) (Results, error) {
+	if len(want) == 0 {
+		want = []string{"SET", "GET"}
+	}
+	var header []string
+	res := Results{}
+	for _, line := range strings.Split(out, "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, `"`) {
+			continue
+		}
+		row, err := csv.NewReader(strings.NewReader(line)).Read()
+		if err != nil {
+			return nil, fmt.Errorf("parse redis-benchmark CSV line %q: %w", line, err)
+		}
+		if header == nil {
+			header = row
+			continue
+		}
+		r, err := parseRow(header, row)
+		if err != nil {
+			return nil, err
+		}
+		res[row[0]] = r
+	}
+	if header == nil {
+		return nil, fmt.Errorf("no CSV header in redis-benchmark output:\n%s", out)
+	}
+	for _, t := range want {
+		if _, ok := res[t]; !ok {
+			return nil, fmt.Errorf("redis-benchmark printed no %s result:\n%s", t, out)
+		}
+	}
+	return res, nil
+}
+
+func parseRow(header, row []string) (Result, error) {
+	if len(row) != len(header) {
+		return Result{}, fmt.Errorf("redis-benchmark CSV row %q has %d fields, header has %d", row, len(row), len(header))
+	}
+	var r Result
+	for _, col := range []struct {
+		name string
+		dst  *float64
+	}{{"rps", &r.RPS}, {"p50_latency_ms", &r.P50ms}} {
+		i := indexOf(header, col.name)
+		if i < 0 {
+			return Result{}, fmt.Errorf("redis-benchmark CSV header %q has no %s column", header, col.name)
+		}
+		v, err := strconv.ParseFloat(row[i], 64)
+		if err != nil {
+			return Result{}, fmt.Errorf("redis-benchmark %s %s=%q: %w", row[0], col.name, row[i], err)
+		}
+		if v < 0 {
+			return Result{}, fmt.Errorf("redis-benchmark %s %s=%v is negative", row[0], col.name, v)
+		}
+		*col.dst = v
+	}
+	return r, nil
+}
+
+func indexOf(s []string, v string) int {
+	for i, x := range s {
+		if x == v {
+			return i
+		}
+	}
+	return -1
+}
+
+// Line is the comparison `make bench` reports.
+type Line struct {
+	SetRatio, GetRatio float64 // smr req/s over baseline req/s at many clients
+	AddedP50ms         float64 // smr SET p50 minus baseline SET p50 at one client
+}
+
+// Compare builds the Line from the many-client runs (base, smr) and the
+// one-client runs (base1, smr1) of the same benchmark run.
+func Compare(base, smr, base1, smr1 Results) (Line, error) {
+	for _, r := range []struct {
+		name string
+		res  Results
+		test string
+	}{{"baseline", base, "SET"}, {"baseline", base, "GET"}, {"smr", smr, "SET"}, {"smr", smr, "GET"},
+		{"baseline 1-client", base1, "SET"}, {"smr 1-client", smr1, "SET"}} {
+		if _, ok := r.res[r.test]; !ok {
+			return Line{}, fmt.Errorf("redisbench: %s run has no %s result", r.name, r.test)
+		}
+	}
+	if base["SET"].RPS == 0 || base["GET"].RPS == 0 {
+		return Line{}, errors.New("redisbench: baseline throughput is zero, no ratio")
+	}
+	return Line{
+		SetRatio:   smr["SET"].RPS / base["SET"].RPS,
+		GetRatio:   smr["GET"].RPS / base["GET"].RPS,
+		AddedP50ms: smr1["SET"].P50ms - base1["SET"].P50ms,
+	}, nil
+}
+
+// Median is the field-wise median of lines (the mean of the middle two
+// for an even count), for a run that repeats the comparison to damp the
+// noise of a shared machine.
+func Median(lines []Line) (Line, error) {
+	if len(lines) == 0 {
+		return Line{}, errors.New("redisbench: median of no lines")
+	}
+	field := func(f func(Line) float64) float64 {
+		v := make([]float64, len(lines))
+		for i, l := range lines {
+			v[i] = f(l)
+		}
+		return MedianOf(v)
+	}
+	return Line{
+		SetRatio:   field(func(l Line) float64 { return l.SetRatio }),
+		GetRatio:   field(func(l Line) float64 { return l.GetRatio }),
+		AddedP50ms: field(func(l Line) float64 { return l.AddedP50ms }),
+	}, nil
+}
+
+// MedianOf is the median of v (0 for none); v is not modified.
+func MedianOf(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// Format renders l with the given label ("bench" for `make bench`'s last
+// line).
+func (l Line) Format(label string) string {
+	return fmt.Sprintf("%s: set ratio=%.2f get ratio=%.2f p50 added latency at 1 client=%.2f ms",
+		label, l.SetRatio, l.GetRatio, l.AddedP50ms)
+}
