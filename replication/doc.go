@@ -8,7 +8,9 @@
 //     connection into requests (package framing), proposes them to the pod's
 //     raft group (Orderer, satisfied by *raftcore.Group) and writes the
 //     result back to the client. Read-only requests skip the log: ReadIndex,
-//     then a local execution on the same serial executor.
+//     then a local execution on the session's own app connection, beside
+//     the serial executor (reads change no state, so reads of different
+//     sessions run at once and do not wait for the write being applied).
 //   - an Executor, the group's raftcore.StateMachine: every replica applies
 //     every committed entry strictly in log order, one at a time, writing
 //     the client's bytes to its own app and reading exactly one complete
@@ -20,8 +22,10 @@
 // (Redis SELECT, MULTI/EXEC, WATCH, HTTP keep-alive) stays equal. Sessions
 // are (origin << 48 | random) IDs; raftcore de-duplicates retried proposals
 // by (session, seq), so a proposal whose outcome was unknown is retried
-// safely. A replica orders RESET when it starts, ending the sessions of its
-// previous run on every replica.
+// safely, until the session's CLOSE (proposed with EndSession) drops that
+// state on every replica. A replica orders RESET when it starts, ending the
+// sessions of its previous run (app connections and de-duplication state,
+// EndOriginSessions) on every replica.
 //
 // The app is opaque, so there is no snapshot: the group keeps its whole log,
 // and a restarted replica with a fresh app container rebuilds the app's

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
@@ -111,10 +112,17 @@ type Executor struct {
 	cfg ExecutorConfig
 	m   *groupMetrics
 
-	// mu is the serial executor: it is held for every app round trip
-	// (Apply and local reads), so the app sees one request at a time.
-	mu       sync.Mutex
+	// mu is the serial executor: it is held for every log entry's app
+	// round trip, so the app sees one write at a time, in log order.
+	mu sync.Mutex
+	// smu guards sessions. It is held only briefly (never during an app
+	// round trip), so local reads find their session without waiting for
+	// the write being applied; changes happen under mu as well.
+	smu      sync.RWMutex
 	sessions map[uint64]*appSession
+	// degraded mirrors broken != nil || len(queue) > 0 for local reads,
+	// which do not take mu.
+	degraded atomic.Bool
 	queue    []*queued // entries waiting for an unreachable app, in log order
 	downMode bool      // AppWait expired: queue without waiting until drained
 	retrying bool
@@ -220,11 +228,13 @@ func (x *Executor) applyOrQueue(e raftcore.Entry, op Op) ([]byte, *queued) {
 		x.cfg.Log.Error("replica diverged", "group", x.cfg.Group, "err", x.broken)
 		x.queue = nil
 		x.m.setQueue(0)
+		x.degraded.Store(true)
 		return x.replyLocked(e, op, x.broken), nil
 	}
 	q := &queued{e: e, op: op, done: make(chan []byte, 1)}
 	x.queue = append(x.queue, q)
 	x.m.setQueue(len(x.queue))
+	x.degraded.Store(true)
 	if !x.retrying {
 		x.retrying = true
 		go x.retryLoop()
@@ -279,6 +289,7 @@ func (x *Executor) retryLoop() {
 		}
 		x.m.setQueue(len(x.queue))
 		if len(x.queue) == 0 {
+			x.degraded.Store(x.broken != nil)
 			x.downMode, x.retrying = false, false
 			x.mu.Unlock()
 			return
@@ -292,7 +303,7 @@ func (x *Executor) retryLoop() {
 func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 	switch op.Kind {
 	case KindOpen:
-		if _, ok := x.sessions[e.Session]; ok {
+		if _, ok := x.session(e.Session); ok {
 			return nil, false // already open (replayed OPEN)
 		}
 		if !slices.Contains(x.cfg.Ports, Port{Number: op.Port, Protocol: op.Protocol}) {
@@ -306,11 +317,14 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 			return nil, true
 		}
 		f, _ := framing.New(op.Protocol, x.cfg.Framing)
+		x.smu.Lock()
 		x.sessions[e.Session] = &appSession{origin: e.Origin, port: op.Port, framer: f, conn: conn, r: bufio.NewReaderSize(conn, 16<<10)}
-		x.m.setSessions(len(x.sessions))
+		n := len(x.sessions)
+		x.smu.Unlock()
+		x.m.setSessions(n)
 		return nil, false
 	case KindRequest:
-		s, ok := x.sessions[e.Session]
+		s, ok := x.session(e.Session)
 		if !ok {
 			return x.replyLocked(e, op, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, e.Session)), false
 		}
@@ -322,10 +336,8 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 	case KindClose:
 		x.closeSessionLocked(e.Session)
 	case KindReset:
-		for id, s := range x.sessions {
-			if s.origin == e.Origin {
-				x.closeSessionLocked(id)
-			}
+		for _, id := range x.sessionIDs(func(s *appSession) bool { return s.origin == e.Origin }) {
+			x.closeSessionLocked(id)
 		}
 	}
 	return nil, false
@@ -369,18 +381,42 @@ func (x *Executor) roundTripLocked(s *appSession, req framing.Request, sent func
 }
 
 func (x *Executor) closeSessionLocked(id uint64) {
-	if s, ok := x.sessions[id]; ok {
+	x.smu.Lock()
+	s, ok := x.sessions[id]
+	delete(x.sessions, id)
+	n := len(x.sessions)
+	x.smu.Unlock()
+	if ok {
 		_ = s.conn.Close()
-		delete(x.sessions, id)
-		x.m.setSessions(len(x.sessions))
+		x.m.setSessions(n)
 	}
+}
+
+func (x *Executor) session(id uint64) (*appSession, bool) {
+	x.smu.RLock()
+	defer x.smu.RUnlock()
+	s, ok := x.sessions[id]
+	return s, ok
+}
+
+// sessionIDs returns the IDs of the open sessions that match keep.
+func (x *Executor) sessionIDs(keep func(*appSession) bool) []uint64 {
+	x.smu.RLock()
+	defer x.smu.RUnlock()
+	var ids []uint64
+	for id, s := range x.sessions {
+		if keep(s) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // replyLocked renders err in the protocol of the entry's session (or of the
 // OPEN), so the origin can hand it to its client.
 func (x *Executor) replyLocked(e raftcore.Entry, op Op, err error) []byte {
 	proto := op.Protocol
-	if s, ok := x.sessions[e.Session]; ok {
+	if s, ok := x.session(e.Session); ok {
 		proto = s.framer.Protocol()
 	}
 	if proto == "" {
@@ -410,13 +446,10 @@ func (x *Executor) Read(ctx context.Context, session uint64, req framing.Request
 	if err := x.WaitApplied(ctx, readIndex); err != nil {
 		return nil, err
 	}
-	x.mu.Lock()
-	if x.broken != nil || len(x.queue) > 0 {
-		x.mu.Unlock()
+	if x.degraded.Load() {
 		return nil, ErrNotReady
 	}
-	s, ok := x.sessions[session]
-	x.mu.Unlock()
+	s, ok := x.session(session)
 	if !ok {
 		return nil, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, session)
 	}
@@ -481,8 +514,8 @@ func (x *Executor) Health() error {
 
 // Sessions returns the number of open app sessions.
 func (x *Executor) Sessions() int {
-	x.mu.Lock()
-	defer x.mu.Unlock()
+	x.smu.RLock()
+	defer x.smu.RUnlock()
 	return len(x.sessions)
 }
 
@@ -491,7 +524,7 @@ func (x *Executor) Close() error {
 	x.closeOnce.Do(func() { close(x.closed) })
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	for id := range x.sessions {
+	for _, id := range x.sessionIDs(func(*appSession) bool { return true }) {
 		x.closeSessionLocked(id)
 	}
 	return nil
