@@ -49,8 +49,8 @@ const (
 // The leader's pod is the entry point because a client there pays no
 // forwarding hop to the leader; SMR_BENCH_VIA=follower measures through a
 // follower's pod instead (what 2 of 3 clients of a Service spreading
-// clients over the replicas see). Three rounds alternate plain and smr, and
-// the median round is reported.
+// clients over the replicas see). Three rounds alternate plain and smr;
+// each figure reported is the median over the rounds.
 func BenchmarkRedisPodsReplicatedVsPlain(b *testing.B) {
 	nodelab.RequireIntegration(b)
 	scale, err := benchScale(os.Getenv("SMR_BENCH_SCALE"))
@@ -98,7 +98,7 @@ func BenchmarkRedisPodsReplicatedVsPlain(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		// Rounds alternate plain and smr so that a burst of load from
-		// elsewhere on the machine hits both; the median round is reported.
+		// elsewhere on the machine hits both; medians over rounds are reported.
 		var lines []redisbench.Line
 		rps := map[string][]float64{}
 		for round := 1; round <= benchRounds; round++ {
