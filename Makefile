@@ -53,8 +53,8 @@ bench: ## redis-benchmark: plain Redis pod vs a 3-replica smr group
 bench-raft-tls: ## mTLS vs plaintext raft commit rate, side by side
 	hack/bench-raft-tls.sh
 
-bench-cri: ## CRI proxy overhead vs direct containerd-style calls
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./cri/
+bench-cri: ## CRI proxy overhead vs direct calls: real containerd and a fake runtime, in-process and as `serve` (root)
+	SMR_INTEGRATION=1 $(GO) test -run '^$$' -bench . -benchtime 2s ./cri/
 
 bench-raft: ## raftcore 3 processes vs a 3-member etcd cluster
 	hack/bench-raft.sh

@@ -171,7 +171,7 @@ func EncodeCert(c *tls.Certificate) (certPEM, keyPEM []byte, err error) {
 }
 
 // SecretStore is the part of a Kubernetes client EnsureCASecret needs (an
-// adapter over client-go's Secrets(namespace) in the daemon/installer).
+// adapter over internal/kubecore's Secrets(namespace) in the daemon/installer).
 type SecretStore interface {
 	// GetSecret returns the secret's data; found is false if it does not exist.
 	GetSecret(ctx context.Context, namespace, name string) (data map[string][]byte, found bool, err error)
