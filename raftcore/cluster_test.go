@@ -54,14 +54,7 @@ func TestScenariosLinearizable(t *testing.T) {
 		}},
 		{name: "full-restart-from-disk", members: 3, snap: 100, run: func(t *testing.T, ctx context.Context, c *kvtest.Cluster) {
 			sleep(ctx, 400*time.Millisecond)
-			for _, id := range c.Live() {
-				c.Stop(id)
-			}
-			for id := uint64(1); id <= 3; id++ {
-				if err := c.Start(id, false); err != nil {
-					t.Fatalf("restart %d: %v", id, err)
-				}
-			}
+			restartAll(t, c)
 			mustLeader(t, ctx, c)
 			sleep(ctx, 500*time.Millisecond)
 		}},
@@ -165,6 +158,20 @@ func startCluster(t *testing.T, opts kvtest.Options) (*kvtest.Cluster, context.C
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return c, ctx, mustLeader(t, ctx, c)
+}
+
+// restartAll stops every live member, then starts members 1..Members again
+// from their disk state.
+func restartAll(t *testing.T, c *kvtest.Cluster) {
+	t.Helper()
+	for _, id := range c.Live() {
+		c.Stop(id)
+	}
+	for id := uint64(1); id <= uint64(c.Opts.Members); id++ {
+		if err := c.Start(id, false); err != nil {
+			t.Fatalf("restart %d: %v", id, err)
+		}
+	}
 }
 
 func mustLeader(t *testing.T, ctx context.Context, c *kvtest.Cluster, ids ...uint64) uint64 {

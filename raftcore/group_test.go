@@ -65,14 +65,7 @@ func TestRestartFromDiskReplaysSameSequence(t *testing.T) {
 				t.Fatal(err)
 			}
 			before, _ := c.Member(1).KV.ChainAt(last)
-			for _, id := range c.Live() {
-				c.Stop(id)
-			}
-			for id := uint64(1); id <= 3; id++ {
-				if err := c.Start(id, false); err != nil {
-					t.Fatalf("restart %d: %v", id, err)
-				}
-			}
+			restartAll(t, c)
 			for id := uint64(1); id <= 3; id++ {
 				if err := c.Member(id).Group.WaitApplied(ctx, last); err != nil {
 					t.Fatal(err)

@@ -77,14 +77,7 @@ func TestSessionEndDropsDedupState(t *testing.T) {
 	}
 	waitSessions(t, ctx, c, 1)
 
-	for _, id := range c.Live() {
-		c.Stop(id)
-	}
-	for id := uint64(1); id <= 3; id++ {
-		if err := c.Start(id, false); err != nil {
-			t.Fatalf("restart %d: %v", id, err)
-		}
-	}
+	restartAll(t, c)
 	mustLeader(t, ctx, c)
 	waitSessions(t, ctx, c, 1)
 	if res := propose(3, open); res.Index != first.Index {
