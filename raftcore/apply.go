@@ -52,7 +52,7 @@ func (g *Group) applyLoop(initial *raftpb.Snapshot) {
 			g.applyEntry(a, it)
 			a.applied = it.ent.GetIndex()
 		}
-		g.sessions.Store(int64(len(a.sessions)))
+		g.publishSessions(len(a.sessions))
 		g.publishApplied(a.applied)
 		g.maybeSnapshot(a)
 	}
@@ -66,6 +66,14 @@ func (g *Group) publishApplied(idx uint64) {
 		g.appliedCh = make(chan struct{})
 	}
 	g.appliedMu.Unlock()
+}
+
+// publishSessions makes the session table's size visible to Status and
+// the metrics (only when it changed: the gauge is not free per batch).
+func (g *Group) publishSessions(n int) {
+	if g.sessions.Swap(int64(n)) != int64(n) {
+		g.ncfg.Metrics.setSessions(g.name, n)
+	}
 }
 
 func (g *Group) restore(a *applier, s *raftpb.Snapshot) error {
@@ -85,7 +93,7 @@ func (g *Group) restore(a *applier, s *raftpb.Snapshot) error {
 		return errors.New("snapshot has state machine data but the StateMachine is not a Snapshotter")
 	}
 	a.sessions, a.addrs = st.Sessions, st.Addrs
-	g.sessions.Store(int64(len(a.sessions)))
+	g.publishSessions(len(a.sessions))
 	a.cs = md.GetConfState()
 	a.applied, a.lastSnap = md.GetIndex(), md.GetIndex()
 	g.mu.Lock()

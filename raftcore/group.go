@@ -765,6 +765,7 @@ func (g *Group) flushReads() bool {
 	}
 	id := g.nextID.Add(1)
 	g.readBatches[id] = &readBatch{reqs: g.readWait, since: g.ticks}
+	g.ncfg.Metrics.observeReadBatch(g.name, len(g.readWait))
 	g.readWait = nil
 	g.readSent = g.ticks
 	g.sendReadIndex(id)

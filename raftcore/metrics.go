@@ -13,6 +13,8 @@ import (
 type Metrics struct {
 	walSave     *prometheus.HistogramVec
 	batch       *prometheus.HistogramVec
+	readBatch   *prometheus.HistogramVec
+	sessions    *prometheus.GaugeVec
 	unreachable *prometheus.CounterVec
 	snapshots   *prometheus.CounterVec
 	expired     *prometheus.CounterVec
@@ -28,6 +30,11 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		batch: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "smr_raft_batch_requests",
 			Help:    "Client requests coalesced into one proposed raft entry.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 12)}, g),
+		readBatch: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "smr_raft_read_batch_requests",
+			Help:    "Reads served by one raft ReadIndex request.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 12)}, g),
+		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_dedup_sessions",
+			Help: "Client sessions in the replicated de-duplication table (not yet ended or forgotten)."}, g),
 		unreachable: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_raft_unreachable_total",
 			Help: "Times the transport reported a peer unreachable (dropped messages)."}, g),
 		snapshots: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_raft_snapshots_total",
@@ -35,7 +42,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		expired: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_raft_expired_requests_total",
 			Help: "Forwarded proposals and reads failed after staying unanswered."}, g),
 	}
-	for _, c := range []prometheus.Collector{m.walSave, m.batch, m.unreachable, m.snapshots, m.expired} {
+	for _, c := range []prometheus.Collector{m.walSave, m.batch, m.readBatch, m.sessions, m.unreachable, m.snapshots, m.expired} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("raftcore: register metrics: %w", err)
 		}
@@ -52,6 +59,18 @@ func (m *Metrics) observeWALSave(group string, d time.Duration) {
 func (m *Metrics) observeBatch(group string, n int) {
 	if m != nil {
 		m.batch.WithLabelValues(group).Observe(float64(n))
+	}
+}
+
+func (m *Metrics) observeReadBatch(group string, n int) {
+	if m != nil {
+		m.readBatch.WithLabelValues(group).Observe(float64(n))
+	}
+}
+
+func (m *Metrics) setSessions(group string, n int) {
+	if m != nil {
+		m.sessions.WithLabelValues(group).Set(float64(n))
 	}
 }
 
