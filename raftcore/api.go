@@ -45,8 +45,11 @@ type Entry struct {
 // drops every session whose last applied entry was proposed by this member
 // (e.g. when it restarted and its old clients are gone). Both take effect in
 // apply, at the same log position on every member, so the replicated table
-// (and snapshots) stay identical. A retry of the ending proposal itself,
-// after it was applied, is applied again: make it idempotent.
+// (and snapshots) stay identical. After the end nothing of the session is
+// de-duplicated any more: a retry of the ending proposal, or a late copy of
+// an earlier one, is applied again, so the state machine must ignore
+// requests of a session it closed (replication's executor answers them
+// with an error and never reaches the app).
 type Proposal struct {
 	Session, Seq      uint64
 	Data              []byte
