@@ -45,11 +45,12 @@ type Entry struct {
 // drops every session whose last applied entry was proposed by this member
 // (e.g. when it restarted and its old clients are gone). Both take effect in
 // apply, at the same log position on every member, so the replicated table
-// (and snapshots) stay identical. After the end nothing of the session is
-// de-duplicated any more: a retry of the ending proposal, or a late copy of
-// an earlier one, is applied again, so the state machine must ignore
-// requests of a session it closed (replication's executor answers them
-// with an error and never reaches the app).
+// (and snapshots) stay identical. An ended session stays as a tombstone for
+// GroupConfig.SessionEndGrace entries: a retry of the ending proposal still
+// gets the first result and a late copy of an earlier one ErrStaleSeq.
+// After that nothing of the session is de-duplicated any more, so the state
+// machine must ignore requests of a session it closed (replication's
+// executor answers them with an error and never reaches the app).
 type Proposal struct {
 	Session, Seq      uint64
 	Data              []byte
@@ -73,7 +74,9 @@ type Status struct {
 	Applied uint64 // last entry applied to the StateMachine here
 	Commit  uint64 // last committed index known here
 	Members map[uint64]string
-	// Sessions is the size of the replicated de-duplication table as of
-	// Applied (sessions not yet ended or forgotten).
-	Sessions int
+	// Sessions is the number of open sessions in the replicated
+	// de-duplication table as of Applied (not yet ended or forgotten);
+	// EndedSessions the ended ones kept as tombstones for
+	// GroupConfig.SessionEndGrace entries.
+	Sessions, EndedSessions int
 }

@@ -1,8 +1,10 @@
 package raftcore
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -12,6 +14,11 @@ import (
 // table, member addresses and ConfState as of the last applied entry.
 type applier struct {
 	sessions map[uint64]sessionResult
+	// ended lists tombstones (sessions ended at index) in log order, so
+	// they expire after GroupConfig.SessionEndGrace entries without a scan;
+	// tombs counts the table's records that are tombstones.
+	ended    []endedSession
+	tombs    int
 	addrs    map[uint64]string
 	cs       *raftpb.ConfState
 	applied  uint64
@@ -49,10 +56,11 @@ func (g *Group) applyLoop(initial *raftpb.Snapshot) {
 				continue // already covered by a restored snapshot
 			}
 			a.sweepSessions(it.ent.GetIndex(), g.sessionRetention())
+			a.expireEnded(it.ent.GetIndex(), g.sessionEndGrace())
 			g.applyEntry(a, it)
 			a.applied = it.ent.GetIndex()
 		}
-		g.publishSessions(len(a.sessions))
+		g.publishSessions(a)
 		g.publishApplied(a.applied)
 		g.maybeSnapshot(a)
 	}
@@ -68,11 +76,13 @@ func (g *Group) publishApplied(idx uint64) {
 	g.appliedMu.Unlock()
 }
 
-// publishSessions makes the session table's size visible to Status and
-// the metrics (only when it changed: the gauge is not free per batch).
-func (g *Group) publishSessions(n int) {
-	if g.sessions.Swap(int64(n)) != int64(n) {
-		g.ncfg.Metrics.setSessions(g.name, n)
+// publishSessions makes the session table visible to Status (open sessions,
+// tombstones) and the metrics (its whole size, only when it changed: the
+// gauge is not free per batch).
+func (g *Group) publishSessions(a *applier) {
+	g.endedSessions.Store(int64(a.tombs))
+	if n := int64(len(a.sessions) - a.tombs); g.sessions.Swap(n) != n {
+		g.ncfg.Metrics.setSessions(g.name, len(a.sessions))
 	}
 }
 
@@ -93,7 +103,9 @@ func (g *Group) restore(a *applier, s *raftpb.Snapshot) error {
 		return errors.New("snapshot has state machine data but the StateMachine is not a Snapshotter")
 	}
 	a.sessions, a.addrs = st.Sessions, st.Addrs
-	g.publishSessions(len(a.sessions))
+	a.ended = endedFromTable(a.sessions)
+	a.tombs = len(a.ended)
+	g.publishSessions(a)
 	a.cs = md.GetConfState()
 	a.applied, a.lastSnap = md.GetIndex(), md.GetIndex()
 	g.mu.Lock()
@@ -172,6 +184,13 @@ func (g *Group) applyEntry(a *applier, it applyItem) {
 // forgotten.
 const sessionSweepEvery = 4096
 
+func (g *Group) sessionEndGrace() uint64 {
+	if g.cfg.SessionEndGrace == 0 {
+		return 1 << 16
+	}
+	return g.cfg.SessionEndGrace
+}
+
 func (g *Group) sessionRetention() uint64 {
 	if g.cfg.SessionRetention == 0 {
 		return 1 << 20
@@ -190,7 +209,7 @@ func (a *applier) sweepSessions(index, retention uint64) {
 	}
 	for id, r := range a.sessions {
 		if r.Index < index-retention {
-			delete(a.sessions, id)
+			a.forget(id)
 		}
 	}
 }
@@ -224,26 +243,88 @@ func (g *Group) applyNormal(a *applier, e *raftpb.Entry, env envelope) (Result, 
 		err = &ApplyError{Msg: errMsg}
 	}
 	if env.Session != 0 {
+		if last, ok := a.sessions[env.Session]; ok && last.EndedAt != 0 {
+			a.tombs-- // an ended session used again is open again
+		}
 		a.sessions[env.Session] = sessionResult{Origin: env.Origin, Seq: env.Seq, Index: res.Index, Term: res.Term, Value: val, ErrMsg: errMsg}
 	}
-	a.endSessions(env)
+	a.endSessions(env, res.Index)
 	return res, err
 }
 
-// endSessions drops the de-duplication state that the applied entry ends
-// (Proposal.EndSession, EndOriginSessions). Like the rest of apply it only
-// depends on the log, so every member's table stays identical.
-func (a *applier) endSessions(env envelope) {
-	if env.Flags&envEndSession != 0 {
-		delete(a.sessions, env.Session)
+type endedSession struct{ index, id uint64 }
+
+// forget removes session id from the table.
+func (a *applier) forget(id uint64) {
+	if r, ok := a.sessions[id]; ok {
+		if r.EndedAt != 0 {
+			a.tombs--
+		}
+		delete(a.sessions, id)
 	}
-	if env.Flags&envEndOriginSessions != 0 {
-		for id, r := range a.sessions {
-			if r.Origin == env.Origin {
-				delete(a.sessions, id)
-			}
+}
+
+// endSessions ends the sessions that the applied entry at index ends
+// (Proposal.EndSession, EndOriginSessions): each becomes a tombstone that
+// keeps refusing late copies of its proposals until expireEnded drops it.
+// Like the rest of apply it only depends on the log, so every member's
+// table stays identical.
+func (a *applier) endSessions(env envelope, index uint64) {
+	end := func(id uint64) {
+		if r, ok := a.sessions[id]; ok && r.EndedAt == 0 {
+			r.EndedAt = index
+			a.sessions[id] = r
+			a.tombs++
+			a.ended = append(a.ended, endedSession{index: index, id: id})
 		}
 	}
+	if env.Flags&envEndSession != 0 {
+		end(env.Session)
+	}
+	if env.Flags&envEndOriginSessions != 0 {
+		var ids []uint64
+		for id, r := range a.sessions {
+			if r.Origin == env.Origin {
+				ids = append(ids, id)
+			}
+		}
+		// Sorted so every member lists the tombstones in the same order.
+		slices.Sort(ids)
+		for _, id := range ids {
+			end(id)
+		}
+	}
+}
+
+// expireEnded drops the tombstones of sessions that ended more than grace
+// entries before index.
+func (a *applier) expireEnded(index, grace uint64) {
+	n := 0
+	for n < len(a.ended) && a.ended[n].index+grace < index {
+		e := a.ended[n]
+		// The session may have been swept, or used again after its end.
+		if r, ok := a.sessions[e.id]; ok && r.EndedAt == e.index {
+			a.forget(e.id)
+		}
+		n++
+	}
+	if n > 0 {
+		a.ended = slices.Delete(a.ended, 0, n)
+	}
+}
+
+// endedFromTable rebuilds the tombstone list of a restored session table.
+func endedFromTable(t map[uint64]sessionResult) []endedSession {
+	var out []endedSession
+	for id, r := range t {
+		if r.EndedAt != 0 {
+			out = append(out, endedSession{index: r.EndedAt, id: id})
+		}
+	}
+	slices.SortFunc(out, func(a, b endedSession) int {
+		return cmp.Or(cmp.Compare(a.index, b.index), cmp.Compare(a.id, b.id))
+	})
+	return out
 }
 
 // maybeSnapshot captures the state machine at exactly a.applied and hands it

@@ -55,6 +55,12 @@ type GroupConfig struct {
 	// session table does not grow with every client connection ever seen.
 	// It must be equal on every member (it changes replicated state).
 	SessionRetention uint64
+	// SessionEndGrace is how many log entries an ended session
+	// (Proposal.EndSession, EndOriginSessions) stays in the table as a
+	// tombstone that still refuses late copies of its proposals, e.g. a
+	// forwarded proposal that reached the leader after its retry (default
+	// 65536). It must be equal on every member.
+	SessionEndGrace uint64
 }
 
 var groupNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)

@@ -30,11 +30,13 @@
 // member. Entries with the same non-zero (Session, Seq) are applied once;
 // retries get the first result (the session table is replicated and is
 // part of snapshots; it keeps the last result per session until the
-// session ends: a proposal with EndSession drops its session, one with
+// session ends: a proposal with EndSession ends its session, one with
 // EndOriginSessions every session last proposed by its member, both in
-// apply at the same log position everywhere; a session idle for
-// GroupConfig.SessionRetention log entries is forgotten as a backstop).
-// Status().Sessions is the table's size.
+// apply at the same log position everywhere; an ended session stays a
+// tombstone refusing late copies of its proposals for
+// GroupConfig.SessionEndGrace entries, then it is dropped; a session idle
+// for GroupConfig.SessionRetention log entries is forgotten as a backstop).
+// Status() counts open sessions and tombstones.
 //
 // # Errors
 //

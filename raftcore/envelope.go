@@ -153,12 +153,13 @@ func unmarshalBatch(b []byte) ([][]byte, error) {
 
 // sessionResult is the stored outcome of the last applied (session, seq).
 type sessionResult struct {
-	Origin uint64 // member that proposed the session's last applied entry
-	Seq    uint64
-	Index  uint64
-	Term   uint64
-	Value  []byte
-	ErrMsg string // non-empty when StateMachine.Apply returned an error
+	Origin  uint64 // member that proposed the session's last applied entry
+	EndedAt uint64 // log index where the session ended (0 = open)
+	Seq     uint64
+	Index   uint64
+	Term    uint64
+	Value   []byte
+	ErrMsg  string // non-empty when StateMachine.Apply returned an error
 }
 
 // snapshotState is what raftcore stores in a raft snapshot: the replicated
@@ -169,8 +170,8 @@ type snapshotState struct {
 	SM       []byte
 }
 
-// Snapshot versions: 2 adds each session's origin (version 1 is still read,
-// with origin 0).
+// Snapshot versions: 2 adds each session's origin and end index (version 1
+// is still read, with both 0).
 const (
 	snapshotVersion   = 2
 	snapshotVersionV1 = 1
@@ -189,6 +190,7 @@ func (s snapshotState) marshal() []byte {
 		r := s.Sessions[id]
 		b = binary.AppendUvarint(b, id)
 		b = binary.AppendUvarint(b, r.Origin)
+		b = binary.AppendUvarint(b, r.EndedAt)
 		b = binary.AppendUvarint(b, r.Seq)
 		b = binary.AppendUvarint(b, r.Index)
 		b = binary.AppendUvarint(b, r.Term)
@@ -222,7 +224,7 @@ func unmarshalSnapshotState(b []byte) (snapshotState, error) {
 		id := r.uvarint()
 		var sr sessionResult
 		if b[0] == snapshotVersion {
-			sr.Origin = r.uvarint()
+			sr.Origin, sr.EndedAt = r.uvarint(), r.uvarint()
 		}
 		sr.Seq, sr.Index, sr.Term = r.uvarint(), r.uvarint(), r.uvarint()
 		sr.Value = r.bytes()

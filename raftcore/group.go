@@ -65,8 +65,9 @@ type Group struct {
 	lead, term, commit atomic.Uint64
 	state              atomic.Uint32
 
-	// size of the session table, published by applyLoop with the applied index
-	sessions atomic.Int64
+	// open sessions and tombstones in the session table, published by
+	// applyLoop with the applied index
+	sessions, endedSessions atomic.Int64
 
 	// applied index published by applyLoop
 	appliedMu sync.Mutex
@@ -367,7 +368,7 @@ func (g *Group) Status() Status {
 	return Status{
 		Group: g.name, ID: g.id, Leader: g.lead.Load(), Term: g.term.Load(),
 		State: raft.StateType(g.state.Load()).String(), Applied: applied, Commit: g.commit.Load(),
-		Members: members, Sessions: int(g.sessions.Load()),
+		Members: members, Sessions: int(g.sessions.Load()), EndedSessions: int(g.endedSessions.Load()),
 	}
 }
 

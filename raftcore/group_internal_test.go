@@ -1,6 +1,9 @@
 package raftcore
 
-import "testing"
+import (
+	"fmt"
+	"testing"
+)
 
 // An entry replayed from an earlier incarnation that happens to carry the
 // same proposal id must not resolve a new waiter.
@@ -151,36 +154,65 @@ func TestSnapshotStateV1(t *testing.T) {
 	if r := st.Sessions[5]; r.Seq != 2 || r.Index != 10 || string(r.Value) != "v" || r.Origin != 0 {
 		t.Fatalf("v1 session decoded as %+v", r)
 	}
-	st.Sessions[5] = sessionResult{Origin: 3, Seq: 2}
+	st.Sessions[5] = sessionResult{Origin: 3, EndedAt: 8, Seq: 2}
 	got, err := unmarshalSnapshotState(st.marshal())
-	if err != nil || got.Sessions[5].Origin != 3 {
-		t.Fatalf("v2 keeps the origin: %+v %v", got.Sessions[5], err)
+	if err != nil || got.Sessions[5].Origin != 3 || got.Sessions[5].EndedAt != 8 {
+		t.Fatalf("v2 keeps the origin and end: %+v %v", got.Sessions[5], err)
 	}
 }
 
 func TestEndSessions(t *testing.T) {
 	tests := []struct {
-		name string
-		env  envelope
-		want []uint64 // sessions left
+		name  string
+		env   envelope
+		ended []uint64 // sessions that became tombstones
 	}{
-		{"no flag", envelope{Origin: 1, Session: 10}, []uint64{10, 11, 20}},
-		{"end one session", envelope{Origin: 1, Session: 10, Flags: envEndSession}, []uint64{11, 20}},
-		{"end an unknown session", envelope{Origin: 1, Session: 99, Flags: envEndSession}, []uint64{10, 11, 20}},
-		{"end every session of origin 1", envelope{Origin: 1, Flags: envEndOriginSessions}, []uint64{20}},
+		{"no flag", envelope{Origin: 1, Session: 10}, nil},
+		{"end one session", envelope{Origin: 1, Session: 10, Flags: envEndSession}, []uint64{10}},
+		{"end an unknown session", envelope{Origin: 1, Session: 99, Flags: envEndSession}, nil},
+		{"end every session of origin 1", envelope{Origin: 1, Flags: envEndOriginSessions}, []uint64{10, 11}},
 	}
 	for _, tc := range tests {
 		a := &applier{sessions: map[uint64]sessionResult{
 			10: {Origin: 1, Seq: 1}, 11: {Origin: 1, Seq: 4}, 20: {Origin: 2, Seq: 2},
 		}}
-		a.endSessions(tc.env)
-		if len(a.sessions) != len(tc.want) {
-			t.Fatalf("%s: sessions left %v, want %v", tc.name, a.sessions, tc.want)
-		}
-		for _, id := range tc.want {
-			if _, ok := a.sessions[id]; !ok {
-				t.Fatalf("%s: session %d was dropped", tc.name, id)
+		a.endSessions(tc.env, 100)
+		var ended []uint64
+		for _, e := range a.ended {
+			ended = append(ended, e.id)
+			if a.sessions[e.id].EndedAt != 100 {
+				t.Errorf("%s: session %d EndedAt=%d, want 100", tc.name, e.id, a.sessions[e.id].EndedAt)
 			}
 		}
+		if fmt.Sprint(ended) != fmt.Sprint(tc.ended) {
+			t.Fatalf("%s: tombstones %v, want %v", tc.name, ended, tc.ended)
+		}
+		// Within the grace the tombstones stay; after it they are gone and
+		// the live sessions are untouched.
+		a.expireEnded(110, 10)
+		if len(a.sessions) != 3 {
+			t.Fatalf("%s: %d sessions left within the grace, want 3", tc.name, len(a.sessions))
+		}
+		a.expireEnded(111, 10)
+		if len(a.sessions) != 3-len(tc.ended) || len(a.ended) != 0 {
+			t.Fatalf("%s: after the grace %v left (tombstones %v)", tc.name, a.sessions, a.ended)
+		}
+	}
+}
+
+// A tombstone refuses late copies of the session's proposals; one reused
+// after its end is not expired by the old end.
+func TestEndedSessionTombstone(t *testing.T) {
+	a := &applier{sessions: map[uint64]sessionResult{7: {Origin: 1, Seq: 3, Value: []byte("v")}}}
+	a.endSessions(envelope{Origin: 1, Session: 7, Flags: envEndSession}, 50)
+	a.sessions[7] = sessionResult{Origin: 1, Seq: 4} // used again at a later seq
+	a.expireEnded(1000, 10)
+	if _, ok := a.sessions[7]; !ok {
+		t.Fatal("the old end expired a session used again after it")
+	}
+	// A restored table lists its tombstones in log order.
+	got := endedFromTable(map[uint64]sessionResult{1: {EndedAt: 9}, 2: {}, 3: {EndedAt: 4}, 4: {EndedAt: 9}})
+	if fmt.Sprint(got) != "[{4 3} {9 1} {9 4}]" {
+		t.Fatalf("tombstones from a restored table: %v", got)
 	}
 }

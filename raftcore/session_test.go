@@ -2,6 +2,7 @@ package raftcore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 
@@ -14,7 +15,8 @@ func appendOp(key, val string) []byte {
 }
 
 // waitSessions waits until every live member applied `last` and holds
-// `want` sessions in its replicated de-duplication table.
+// `want` open sessions and no tombstones in its replicated de-duplication
+// table.
 func waitSessions(t *testing.T, ctx context.Context, c *kvtest.Cluster, want int) {
 	t.Helper()
 	last, err := c.WaitConverged(ctx)
@@ -26,18 +28,20 @@ func waitSessions(t *testing.T, ctx context.Context, c *kvtest.Cluster, want int
 		if err := g.WaitApplied(ctx, last); err != nil {
 			t.Fatal(err)
 		}
-		if got := g.Status().Sessions; got != want {
-			t.Fatalf("member %d holds %d sessions at index %d, want %d", id, got, last, want)
+		if st := g.Status(); st.Sessions != want || st.EndedSessions != 0 {
+			t.Fatalf("member %d holds %d open and %d ended sessions at index %d, want %d and 0", id, st.Sessions, st.EndedSessions, last, want)
 		}
 	}
 }
 
 // Ending sessions keeps the de-duplication table bounded: sessions opened
-// and ended leave nothing behind on any member, a session still open keeps
-// de-duplicating retries, and a restart from a snapshot restores the same
-// table.
+// and ended leave nothing behind on any member once their tombstones
+// expired (a tombstone still refuses a late copy of an ended session's
+// proposal), a session still open keeps de-duplicating retries, and a
+// restart from a snapshot restores the same table.
 func TestSessionEndDropsDedupState(t *testing.T) {
-	c, ctx, _ := startCluster(t, kvtest.Options{Members: 3, SnapshotEvery: 10})
+	const grace = 4
+	c, ctx, _ := startCluster(t, kvtest.Options{Members: 3, SnapshotEvery: 10, SessionEndGrace: grace})
 	propose := func(id uint64, p raftcore.Proposal) raftcore.Result {
 		t.Helper()
 		res, err := proposeRetry(ctx, c.Member(id).Group, p)
@@ -46,12 +50,37 @@ func TestSessionEndDropsDedupState(t *testing.T) {
 		}
 		return res
 	}
+	// fill proposes sessionless entries, past the tombstones' grace.
+	fill := func(n int) {
+		for i := range n {
+			propose(1, raftcore.Proposal{Data: kvtest.Op{Kind: "put", Key: "fill", Value: fmt.Sprint(i)}.Encode()})
+		}
+	}
 	// Many short sessions, each ended by its last proposal, on every member.
 	for i := range 60 {
 		id, session := uint64(i%3+1), uint64(1000+i)
 		propose(id, raftcore.Proposal{Session: session, Seq: 1, Data: appendOp("many", ".")})
 		propose(id, raftcore.Proposal{Session: session, Seq: 2, Data: appendOp("many", "."), EndSession: true})
 	}
+	// Within the grace a late copy of an ended session's proposal is refused.
+	late := raftcore.Proposal{Session: 1059, Seq: 1, Data: appendOp("many", ".")}
+	if _, err := proposeRetry(ctx, c.Member(2).Group, late); !errors.Is(err, raftcore.ErrStaleSeq) {
+		t.Fatalf("late copy of an ended session's proposal: got %v, want ErrStaleSeq", err)
+	}
+	last, err := c.WaitConverged(ctx) // one entry: still within the grace
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range c.Live() {
+		g := c.Member(id).Group
+		if err := g.WaitApplied(ctx, last); err != nil {
+			t.Fatal(err)
+		}
+		if st := g.Status(); st.Sessions != 0 || st.EndedSessions == 0 {
+			t.Fatalf("member %d within the grace: %d open, %d ended sessions; want 0 and some", id, st.Sessions, st.EndedSessions)
+		}
+	}
+	fill(grace + 1)
 	waitSessions(t, ctx, c, 0)
 
 	// Sessions proposed by member 2, ended together by one proposal of
@@ -63,6 +92,7 @@ func TestSessionEndDropsDedupState(t *testing.T) {
 	first := propose(1, open)
 	waitSessions(t, ctx, c, 6)
 	propose(2, raftcore.Proposal{Data: appendOp("reset", "."), EndOriginSessions: true})
+	fill(grace + 1)
 	waitSessions(t, ctx, c, 1)
 
 	// The still-open session de-duplicates a retry on any member.
@@ -72,9 +102,7 @@ func TestSessionEndDropsDedupState(t *testing.T) {
 		}
 	}
 	// Enough entries that the newest snapshot holds session 7's state.
-	for i := range 25 {
-		propose(1, raftcore.Proposal{Data: kvtest.Op{Kind: "put", Key: "fill", Value: fmt.Sprint(i)}.Encode()})
-	}
+	fill(25)
 	waitSessions(t, ctx, c, 1)
 
 	restartAll(t, c)

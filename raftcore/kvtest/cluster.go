@@ -22,6 +22,8 @@ type Options struct {
 	Members       int
 	SnapshotEvery uint64
 	Tick          time.Duration // default 20ms
+	// SessionEndGrace is passed to every member's GroupConfig.
+	SessionEndGrace uint64
 }
 
 // Member is one in-process member: its own Node, Group and KV.
@@ -108,7 +110,7 @@ func (c *Cluster) Start(id uint64, join bool) error {
 	kv := NewRecordingKV()
 	g, err := n.StartGroup(raftcore.GroupConfig{
 		Name: GroupName, SelfID: id, Peers: maps.Clone(c.peers), Join: join,
-		SnapshotEvery: c.Opts.SnapshotEvery,
+		SnapshotEvery: c.Opts.SnapshotEvery, SessionEndGrace: c.Opts.SessionEndGrace,
 	}, kv)
 	if err != nil {
 		n.Close()
