@@ -60,8 +60,9 @@ func BenchmarkRedisPodsReplicatedVsPlain(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	metricsAddr := freeport.AddrT(b)
-	g := startReplicatedGroup(b, ctx, groupSpec{app: "redis", image: nodelab.RedisImage, ports: "6379/resp",
-		serveArgs: []string{"--metrics-addr", metricsAddr}})
+	// SMR_BENCH_SERVE_ARGS adds serve flags for an A/B run (e.g. --insecure-raft).
+	serveArgs := append([]string{"--metrics-addr", metricsAddr}, strings.Fields(os.Getenv("SMR_BENCH_SERVE_ARGS"))...)
+	g := startReplicatedGroup(b, ctx, groupSpec{app: "redis", image: nodelab.RedisImage, ports: "6379/resp", serveArgs: serveArgs})
 	plain := g.runPod(b, ctx, &runtimeapi.PodSandboxConfig{
 		Metadata: &runtimeapi.PodSandboxMetadata{Name: "redis-plain", Namespace: "smrtest", Uid: "uid-redis-plain"},
 		Labels:   map[string]string{"app": "redis-plain"}, // no smr.io/replicate: containerd alone

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -150,7 +151,10 @@ func startReplicatedGroup(t testing.TB, ctx context.Context, spec groupSpec) *gr
 	dir := t.TempDir()
 	s := &serveLab{t: t, bin: buildSmrCri(t, ctx), logPath: filepath.Join(dir, "smr-cri.log"), sock: filepath.Join(dir, "smr-cri.sock")}
 	s.args = []string{"serve", "--listen", s.sock, "--runtime-endpoint", c.Endpoint(),
-		"--data-dir", filepath.Join(dir, "data"), "--pki-dir", filepath.Join(dir, "pki"), "--log-level", "info", "--shutdown-timeout", "20s"}
+		"--data-dir", filepath.Join(dir, "data"), "--log-level", "info", "--shutdown-timeout", "20s"}
+	if !slices.Contains(spec.serveArgs, "--insecure-raft") { // the two exclude each other
+		s.args = append(s.args, "--pki-dir", filepath.Join(dir, "pki"))
+	}
 	s.args = append(s.args, spec.serveArgs...)
 	s.start()
 	t.Cleanup(func() {
@@ -166,8 +170,19 @@ func startReplicatedGroup(t testing.TB, ctx context.Context, spec groupSpec) *gr
 	}
 	t.Cleanup(func() { conn.Close() })
 	rt := runtimeapi.NewRuntimeServiceClient(conn)
-	if _, err := rt.Version(ctx, &runtimeapi.VersionRequest{}, grpc.WaitForReady(true)); err != nil {
-		t.Fatalf("smr-cri serve not answering: %v", err)
+	// Wait for serve's socket, but not past serve's exit (a bad flag).
+	vctx, vcancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-s.exited:
+		case <-vctx.Done():
+		}
+		vcancel()
+	}()
+	_, err = rt.Version(vctx, &runtimeapi.VersionRequest{}, grpc.WaitForReady(true))
+	vcancel()
+	if err != nil {
+		t.Fatalf("smr-cri serve not answering (log below if it exited): %v", err)
 	}
 	g := &groupLab{c: c, s: s, rt: rt, dir: dir}
 
