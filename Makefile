@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO    ?= go
 BIN   := bin
 
-.PHONY: all build run test unit critest e2e cluster-up cluster-down test-security fuzz kind-up bench bench-cri bench-raft bench-raft-tls bench-netintercept vet fmt clean help
+.PHONY: all build run test unit critest e2e cluster-up cluster-down test-security fuzz kind-up bench bench-ceiling bench-cri bench-raft bench-raft-tls bench-netintercept vet fmt clean help
 
 all: build
 
@@ -49,6 +49,9 @@ kind-up: ## create a kind cluster from hack/kind-config.yaml and install smr-cri
 
 bench: ## redis-benchmark: plain Redis pod vs a 3-replica smr group
 	hack/bench.sh
+
+bench-ceiling: ## upper bound for `make bench` SET: three serial SET loops with no ordering vs redis-benchmark -c 50
+	SMR_INTEGRATION=1 $(GO) test -count=1 -run '^$$' -bench SerialAppCeiling -benchtime 1x ./replication/
 
 bench-raft-tls: ## mTLS vs plaintext raft commit rate, side by side
 	hack/bench-raft-tls.sh
