@@ -13,7 +13,7 @@
 #   bench-core: set ratio=.. get ratio=.. p50 added latency at 1 client=.. ms
 #   bench: set ratio=R1 get ratio=R2 p50 added latency at 1 client=L ms
 # Knobs: SMR_BENCH_SCALE (request counts, default 1), SMR_BENCH_VIA=leader|follower (which replica pod the
-# smr clients connect to, default leader), SMR_BENCH_SERVE_ARGS (extra `smr-cri serve` flags for an A/B run,
+# smr clients connect to, default leader), SMR_BENCH_ROUNDS (default 3), SMR_BENCH_SERVE_ARGS (extra `smr-cri serve` flags for an A/B run,
 # e.g. --insecure-raft), SMR_BENCH_CORE=0 (skip the bench-core line).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

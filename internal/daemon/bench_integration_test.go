@@ -30,7 +30,7 @@ const (
 	benchSmrRequests    = 25000  // 50 clients, replicated group
 	benchSingleRequests = 2000   // 1 client, each
 	benchKeyspace       = 1000   // -r
-	benchRounds         = 3      // median of this many plain/smr rounds
+	benchRounds         = 3      // median of this many plain/smr rounds (SMR_BENCH_ROUNDS)
 	benchGroup          = "smrtest.redis"
 )
 
@@ -54,6 +54,10 @@ const (
 func BenchmarkRedisPodsReplicatedVsPlain(b *testing.B) {
 	nodelab.RequireIntegration(b)
 	scale, err := benchScale(os.Getenv("SMR_BENCH_SCALE"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	rounds, err := benchRoundsFrom(os.Getenv("SMR_BENCH_ROUNDS"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -102,7 +106,7 @@ func BenchmarkRedisPodsReplicatedVsPlain(b *testing.B) {
 		// elsewhere on the machine hits both; medians over rounds are reported.
 		var lines []redisbench.Line
 		rps := map[string][]float64{}
-		for round := 1; round <= benchRounds; round++ {
+		for round := 1; round <= rounds; round++ {
 			base, smr := run(plainAddr, 50, benchPlainRequests), run(smrAddr, 50, benchSmrRequests)
 			base1, smr1 := run(plainAddr, 1, benchSingleRequests), run(smrAddr, 1, benchSingleRequests)
 			line, err := redisbench.Compare(base, smr, base1, smr1)
@@ -179,6 +183,18 @@ func benchEntry(pods []labPod, leader int, via string) (labPod, string, error) {
 		return pods[leader%len(pods)], "follower", nil
 	}
 	return labPod{}, "", fmt.Errorf("SMR_BENCH_VIA=%q: want leader or follower", via)
+}
+
+// benchRoundsFrom parses SMR_BENCH_ROUNDS: empty is benchRounds.
+func benchRoundsFrom(s string) (int, error) {
+	if s == "" {
+		return benchRounds, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 20 {
+		return 0, fmt.Errorf("SMR_BENCH_ROUNDS=%q: want a whole number from 1 to 20", s)
+	}
+	return n, nil
 }
 
 // redisSet runs one SET on a fresh connection.

@@ -66,6 +66,33 @@ func TestBenchScale(t *testing.T) {
 	}
 }
 
+func TestBenchRoundsFrom(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int
+		wantErr string
+	}{
+		{in: "", want: benchRounds},
+		{in: "1", want: 1},
+		{in: "20", want: 20},
+		{in: "0", wantErr: "SMR_BENCH_ROUNDS"},
+		{in: "21", wantErr: "SMR_BENCH_ROUNDS"},
+		{in: "2.5", wantErr: "SMR_BENCH_ROUNDS"},
+		{in: "many", wantErr: "SMR_BENCH_ROUNDS"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := benchRoundsFrom(tc.in)
+			if errorCase(t, "benchRoundsFrom", err, tc.wantErr) {
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("benchRoundsFrom(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+			}
+		})
+	}
+}
+
 func TestBenchEntry(t *testing.T) {
 	pods := []labPod{{name: "redis-0"}, {name: "redis-1"}, {name: "redis-2"}}
 	tests := []struct {
