@@ -14,21 +14,33 @@ func appendOp(key, val string) []byte {
 	return kvtest.Op{Kind: "append", Key: key, Value: val}.Encode()
 }
 
-// waitSessions waits until every live member applied `last` and holds
-// `want` open sessions and no tombstones in its replicated de-duplication
-// table.
-func waitSessions(t *testing.T, ctx context.Context, c *kvtest.Cluster, want int) {
+// convergedStatus waits until every live member applied the last entry and
+// returns that index and each member's status there.
+func convergedStatus(t *testing.T, ctx context.Context, c *kvtest.Cluster) (uint64, map[uint64]raftcore.Status) {
 	t.Helper()
 	last, err := c.WaitConverged(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	out := map[uint64]raftcore.Status{}
 	for _, id := range c.Live() {
 		g := c.Member(id).Group
 		if err := g.WaitApplied(ctx, last); err != nil {
 			t.Fatal(err)
 		}
-		if st := g.Status(); st.Sessions != want || st.EndedSessions != 0 {
+		out[id] = g.Status()
+	}
+	return last, out
+}
+
+// waitSessions waits until every live member applied the last entry and
+// checks it holds `want` open sessions and no tombstones in its replicated
+// de-duplication table.
+func waitSessions(t *testing.T, ctx context.Context, c *kvtest.Cluster, want int) {
+	t.Helper()
+	last, sts := convergedStatus(t, ctx, c)
+	for id, st := range sts {
+		if st.Sessions != want || st.EndedSessions != 0 {
 			t.Fatalf("member %d holds %d open and %d ended sessions at index %d, want %d and 0", id, st.Sessions, st.EndedSessions, last, want)
 		}
 	}
@@ -67,16 +79,9 @@ func TestSessionEndDropsDedupState(t *testing.T) {
 	if _, err := proposeRetry(ctx, c.Member(2).Group, late); !errors.Is(err, raftcore.ErrStaleSeq) {
 		t.Fatalf("late copy of an ended session's proposal: got %v, want ErrStaleSeq", err)
 	}
-	last, err := c.WaitConverged(ctx) // one entry: still within the grace
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range c.Live() {
-		g := c.Member(id).Group
-		if err := g.WaitApplied(ctx, last); err != nil {
-			t.Fatal(err)
-		}
-		if st := g.Status(); st.Sessions != 0 || st.EndedSessions == 0 {
+	_, sts := convergedStatus(t, ctx, c) // one entry: still within the grace
+	for id, st := range sts {
+		if st.Sessions != 0 || st.EndedSessions == 0 {
 			t.Fatalf("member %d within the grace: %d open, %d ended sessions; want 0 and some", id, st.Sessions, st.EndedSessions)
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"strings"
 	"testing"
+
+	"github.com/smr-io/smr-cri/internal/testcheck"
 )
 
 func TestParseLeader(t *testing.T) {
@@ -26,7 +28,7 @@ func TestParseLeader(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := parseLeader(bufio.NewScanner(strings.NewReader(tc.text)), group, 3)
-			if errorCase(t, "parseLeader", err, tc.wantErr) {
+			if testcheck.ErrorCase(t, "parseLeader", err, tc.wantErr) {
 				return
 			}
 			if err != nil || got != tc.want {
@@ -83,7 +85,7 @@ func TestBenchRoundsFrom(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.in, func(t *testing.T) {
 			got, err := benchRoundsFrom(tc.in)
-			if errorCase(t, "benchRoundsFrom", err, tc.wantErr) {
+			if testcheck.ErrorCase(t, "benchRoundsFrom", err, tc.wantErr) {
 				return
 			}
 			if err != nil || got != tc.want {
@@ -113,7 +115,7 @@ func TestBenchEntry(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.via+"/"+tc.want, func(t *testing.T) {
 			p, role, err := benchEntry(pods, tc.leader, tc.via)
-			if errorCase(t, "benchEntry", err, tc.wantErr) {
+			if testcheck.ErrorCase(t, "benchEntry", err, tc.wantErr) {
 				return
 			}
 			if err != nil || p.name != tc.want || role != tc.wantRole {
@@ -121,17 +123,4 @@ func TestBenchEntry(t *testing.T) {
 			}
 		})
 	}
-}
-
-// errorCase reports whether want names an error case; if so it fails t
-// unless err contains want.
-func errorCase(t *testing.T, what string, err error, want string) bool {
-	t.Helper()
-	if want == "" {
-		return false
-	}
-	if err == nil || !strings.Contains(err.Error(), want) {
-		t.Fatalf("%s error = %v, want one containing %q", what, err, want)
-	}
-	return true
 }

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/smr-io/smr-cri/internal/testcheck"
 )
 
 // sample is redis-benchmark 7.0.15's --csv output for -t set,get.
@@ -38,7 +40,7 @@ func TestParse(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := Parse(tc.out)
-			if errorCase(t, "Parse", err, tc.wantErr) {
+			if testcheck.ErrorCase(t, "Parse", err, tc.wantErr) {
 				return
 			}
 			if err != nil {
@@ -82,7 +84,7 @@ func TestOptionsArgs(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := tc.o.args()
-			if errorCase(t, "args", err, tc.wantErr) {
+			if testcheck.ErrorCase(t, "args", err, tc.wantErr) {
 				return
 			}
 			if err != nil {
@@ -168,7 +170,7 @@ func TestCompare(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			l, err := Compare(tc.base, tc.smr, tc.base1, tc.smr1)
-			if errorCase(t, "Compare", err, tc.wantErr) {
+			if testcheck.ErrorCase(t, "Compare", err, tc.wantErr) {
 				return
 			}
 			if err != nil {
@@ -179,17 +181,4 @@ func TestCompare(t *testing.T) {
 			}
 		})
 	}
-}
-
-// errorCase reports whether want names an error case; if so it fails t
-// unless err contains want.
-func errorCase(t *testing.T, what string, err error, want string) bool {
-	t.Helper()
-	if want == "" {
-		return false
-	}
-	if err == nil || !strings.Contains(err.Error(), want) {
-		t.Fatalf("%s error = %v, want one containing %q", what, err, want)
-	}
-	return true
 }
