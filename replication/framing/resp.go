@@ -195,15 +195,14 @@ func (f *RESP) classify(raw []byte, args []argSpan, block bool) (Request, error)
 		op = strings.ToUpper(string(name))
 	}
 	req := Request{Raw: raw, Op: op}
-	sub := ""
-	if len(args) > 1 {
-		sub = strings.ToUpper(string(raw[args[1].start:args[1].end]))
-	}
 	switch {
 	case info.unsupported != "":
 		return req, errorf(ErrUnsupported, "%s %s", op, info.unsupported)
-	case op == "CLIENT" && (sub == "REPLY" || sub == "TRACKING"):
-		return req, errorf(ErrUnsupported, "CLIENT %s changes how replies are delivered and cannot be replicated", sub)
+	case op == "CLIENT" && len(args) > 1:
+		// Only CLIENT looks at its subcommand; other requests skip the copy.
+		if sub := strings.ToUpper(string(raw[args[1].start:args[1].end])); sub == "REPLY" || sub == "TRACKING" {
+			return req, errorf(ErrUnsupported, "CLIENT %s changes how replies are delivered and cannot be replicated", sub)
+		}
 	case (op == "XREAD" || op == "XREADGROUP") && block:
 		return req, errorf(ErrUnsupported, "%s BLOCK would stall the group's serial executor", op)
 	}
