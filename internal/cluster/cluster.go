@@ -343,7 +343,7 @@ func (cl *Cluster) waitReady(ctx context.Context, since time.Time) error {
 	}
 	return cl.waitFor(ctx, "nodes", 0, 3*time.Minute, func() error {
 		for _, pid := range pids {
-			if !alive(pid) {
+			if !nodelab.ProcessAlive(pid) {
 				return fmt.Errorf("%w: pid %d exited (see %s)", errDied, pid, cl.logDir())
 			}
 		}
@@ -372,9 +372,9 @@ func (c Config) waitFor(ctx context.Context, what string, pid int, timeout time.
 		if errors.Is(last, errDied) {
 			return fmt.Errorf("cluster: %s: %w", what, last)
 		}
-		if pid > 0 && !alive(pid) {
+		if pid > 0 && !nodelab.ProcessAlive(pid) {
 			logPath := filepath.Join(c.logDir(), what+".log")
-			return fmt.Errorf("cluster: %s (pid %d) exited; last lines of %s:\n%s", what, pid, logPath, tail(logPath, 15))
+			return fmt.Errorf("cluster: %s (pid %d) exited; last lines of %s:\n%s", what, pid, logPath, nodelab.TailFile(logPath, 15))
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("cluster: %s not ready after %s: %w", what, timeout, last)

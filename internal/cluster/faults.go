@@ -16,6 +16,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/smr-io/smr-cri/cri"
+	"github.com/smr-io/smr-cri/internal/nodelab"
 	"github.com/smr-io/smr-cri/netintercept"
 )
 
@@ -125,16 +126,16 @@ func (cl *Cluster) KillSmrCRI(name string) error {
 	if err != nil {
 		return err
 	}
-	if !alive(pid) {
+	if !nodelab.ProcessAlive(pid) {
 		return fmt.Errorf("cluster: smr-cri of %s (pid %d) is not running", name, pid)
 	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("cluster: kill smr-cri of %s: %w", name, err)
 	}
-	for i := 0; i < 100 && alive(pid); i++ {
+	for i := 0; i < 100 && nodelab.ProcessAlive(pid); i++ {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if alive(pid) {
+	if nodelab.ProcessAlive(pid) {
 		return fmt.Errorf("cluster: smr-cri of %s (pid %d) survived SIGKILL", name, pid)
 	}
 	return nil
@@ -146,7 +147,7 @@ func (cl *Cluster) RestartSmrCRI(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if pid, err := cl.nodePID(n, "smr-cri"); err == nil && alive(pid) {
+	if pid, err := cl.nodePID(n, "smr-cri"); err == nil && nodelab.ProcessAlive(pid) {
 		return fmt.Errorf("cluster: smr-cri of %s is still running (pid %d)", name, pid)
 	}
 	return cl.startSmrCRI(ctx, n)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/smr-io/smr-cri/internal/nodelab"
 )
 
 // process is one long-running program of the cluster.
@@ -274,12 +276,6 @@ func (r RSS) String() string {
 	return fmt.Sprintf("total %d MiB in %d processes (%s)", r.TotalKiB/1024, r.Procs, strings.Join(parts, " "))
 }
 
-// alive reports whether pid is a live, non-zombie process.
-func alive(pid int) bool {
-	_, ok := readProc(pid)
-	return ok
-}
-
 // stopProcs sends SIGTERM to every pid, waits up to grace, then SIGKILLs the survivors.
 func stopProcs(pids []int, grace time.Duration) error {
 	for _, pid := range pids {
@@ -307,7 +303,7 @@ func stopProcs(pids []int, grace time.Duration) error {
 	}
 	var errs []error
 	for _, pid := range pids {
-		if alive(pid) {
+		if nodelab.ProcessAlive(pid) {
 			errs = append(errs, fmt.Errorf("pid %d survived SIGKILL", pid))
 		}
 	}
@@ -316,24 +312,11 @@ func stopProcs(pids []int, grace time.Duration) error {
 
 func anyAlive(pids []int) bool {
 	for _, pid := range pids {
-		if alive(pid) {
+		if nodelab.ProcessAlive(pid) {
 			return true
 		}
 	}
 	return false
-}
-
-// tail returns the last n lines of a file (for error messages).
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // Kill sends SIGKILL to every process of the cluster in c.Dir and to their descendants (the

@@ -99,7 +99,7 @@ func SweepStale(ctx context.Context, log io.Writer) error {
 			}
 			continue
 		}
-		if st.Owner == 0 || processAlive(st.Owner) {
+		if st.Owner == 0 || ProcessAlive(st.Owner) {
 			continue
 		}
 		if log != nil {
@@ -132,7 +132,7 @@ func StopContainerd(ctx context.Context, dir string, log io.Writer) error {
 	}
 	var errs []error
 	sock := socketPath(dir)
-	if processAlive(st.PID) && isOurContainerd(st.PID, dir) {
+	if ProcessAlive(st.PID) && isOurContainerd(st.PID, dir) {
 		if err := removeAllPods(ctx, sock); err != nil {
 			logf("removing pods through CRI: %v (continuing with forced cleanup)", err)
 		}
@@ -228,16 +228,16 @@ func terminate(pid int, grace time.Duration) error {
 	}
 	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
-		if !processAlive(pid) {
+		if !ProcessAlive(pid) {
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	_ = syscall.Kill(pid, syscall.SIGKILL)
-	for i := 0; i < 50 && processAlive(pid); i++ {
+	for i := 0; i < 50 && ProcessAlive(pid); i++ {
 		time.Sleep(100 * time.Millisecond)
 	}
-	if processAlive(pid) {
+	if ProcessAlive(pid) {
 		return fmt.Errorf("pid %d survived SIGKILL", pid)
 	}
 	return nil

@@ -211,7 +211,7 @@ func StartContainerd(ctx context.Context, opts ContainerdOptions) (_ *Containerd
 		logf("sweeping stale labs: %v", err)
 	}
 	if st, err := readLabState(dir); err == nil {
-		if processAlive(st.PID) {
+		if ProcessAlive(st.PID) {
 			return nil, fmt.Errorf("nodelab: containerd already running in %s (pid %d); stop it first", dir, st.PID)
 		}
 		if err := StopContainerd(ctx, dir, opts.Log); err != nil {
@@ -271,7 +271,7 @@ func StartContainerd(ctx context.Context, opts ContainerdOptions) (_ *Containerd
 	}
 	logf("containerd pid %d in %s, bridge %s, subnet %s", c.state.PID, dir, st.Bridge, st.Subnet)
 	if err := waitReady(ctx, c.Socket(), exited); err != nil {
-		return nil, fmt.Errorf("nodelab: containerd in %s: %w\n%s", dir, err, tailFile(filepath.Join(dir, "containerd.log"), 20))
+		return nil, fmt.Errorf("nodelab: containerd in %s: %w\n%s", dir, err, TailFile(filepath.Join(dir, "containerd.log"), 20))
 	}
 	if !opts.NoImages {
 		tarPath := opts.ImagesTar
@@ -427,8 +427,8 @@ func writeLabState(dir string, st labState) error {
 	return nil
 }
 
-// processAlive reports whether pid names a live (non-zombie) process.
-func processAlive(pid int) bool {
+// ProcessAlive reports whether pid names a live (non-zombie) process.
+func ProcessAlive(pid int) bool {
 	if pid <= 0 {
 		return false
 	}
@@ -442,7 +442,9 @@ func processAlive(pid int) bool {
 	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
 }
 
-func tailFile(path string, lines int) string {
+// TailFile returns the last lines of the file at path ("" if it cannot be read), for error
+// messages.
+func TailFile(path string, lines int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return ""

@@ -97,7 +97,7 @@ func TestContainerdLab(t *testing.T) {
 	if pids := shimPIDs(c.Socket()); len(pids) > 0 {
 		t.Errorf("shims left: %v", pids)
 	}
-	if processAlive(c.PID()) {
+	if ProcessAlive(c.PID()) {
 		t.Errorf("containerd pid %d still running", c.PID())
 	}
 	if _, err := netlink.LinkByName(c.Bridge()); err == nil {

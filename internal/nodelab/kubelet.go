@@ -159,7 +159,7 @@ func StartKubelet(ctx context.Context, opts KubeletOptions) (_ *Kubelet, err err
 	// kubelet has no readiness signal without an API server; give it a moment to fail fast.
 	select {
 	case <-k.exited:
-		return nil, fmt.Errorf("nodelab: kubelet exited at start:\n%s", tailFile(k.LogFile(), 30))
+		return nil, fmt.Errorf("nodelab: kubelet exited at start:\n%s", TailFile(k.LogFile(), 30))
 	case <-time.After(2 * time.Second):
 	}
 	return k, nil
@@ -231,7 +231,7 @@ func sweepKubelets(ctx context.Context) []error {
 			continue
 		}
 		pid, err := strconv.Atoi(rest)
-		if err != nil || processAlive(pid) || ctx.Err() != nil {
+		if err != nil || ProcessAlive(pid) || ctx.Err() != nil {
 			continue
 		}
 		dir, err := os.ReadFile(filepath.Join(KubeletRegistry, e.Name()))
