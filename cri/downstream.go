@@ -107,20 +107,21 @@ func (p *Proxy) runtimeErr(err error, origin *callOrigin) error {
 // Transport-level keys are left to gRPC. Deadline and cancellation come with
 // ctx itself.
 func outgoingContext(ctx context.Context) context.Context {
-	in, ok := metadata.FromIncomingContext(ctx)
-	if !ok || len(in) == 0 {
+	// FromIncomingContext already returns a copy of its own: filter it in
+	// place rather than copying it a second time on every call.
+	md, ok := metadata.FromIncomingContext(ctx)
+	if !ok || len(md) == 0 {
 		return ctx
 	}
-	out := make(metadata.MD, len(in))
-	for k, v := range in {
+	for k := range md {
 		if strings.HasPrefix(k, ":") || strings.HasPrefix(k, "grpc-") {
+			delete(md, k)
 			continue
 		}
 		switch k {
 		case "content-type", "user-agent", "te":
-			continue
+			delete(md, k)
 		}
-		out[k] = v
 	}
-	return metadata.NewOutgoingContext(ctx, out)
+	return metadata.NewOutgoingContext(ctx, md)
 }
