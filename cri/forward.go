@@ -61,7 +61,7 @@ func (p *Proxy) invokeRaw(ctx context.Context, method string, req *frame) (any, 
 	resp := &frame{}
 	var header, trailer metadata.MD
 	callCtx, origin := withOrigin(outgoingContext(ctx))
-	err := p.conn.Invoke(callCtx, method, req, resp, grpc.ForceCodecV2(p.codec), grpc.Header(&header), grpc.Trailer(&trailer))
+	err := p.conn.Invoke(callCtx, method, req, resp, p.rawCall, grpc.Header(&header), grpc.Trailer(&trailer))
 	req.free()
 	if len(trailer) > 0 {
 		_ = grpc.SetTrailer(ctx, trailer)
@@ -95,7 +95,7 @@ func (p *Proxy) forwardStream(ctx context.Context, method string, ss grpc.Server
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the downstream stream when the caller's ends
 	ctx, origin := withOrigin(ctx)
-	cs, err := p.conn.NewStream(ctx, anyStream, method, grpc.ForceCodecV2(p.codec))
+	cs, err := p.conn.NewStream(ctx, anyStream, method, p.rawCall)
 	if err != nil {
 		return p.runtimeErr(err, origin)
 	}

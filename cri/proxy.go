@@ -35,8 +35,10 @@ type Proxy struct {
 	runtime    runtimeapi.RuntimeServiceClient
 	replicator Replicator
 	log        *slog.Logger
-	codec      rawCodec
-	server     *grpc.Server
+	// rawCall makes a downstream call carry frames as raw bytes (rawCodec).
+	// Built once: the option is an interface value, allocated when made.
+	rawCall grpc.CallOption
+	server  *grpc.Server
 }
 
 // New creates a proxy for the runtime at opts.RuntimeEndpoint. It does not
@@ -50,13 +52,14 @@ func New(opts Options) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
+	codec := newRawCodec()
 	p := &Proxy{
 		endpoint:   target,
 		conn:       conn,
 		runtime:    runtimeapi.NewRuntimeServiceClient(conn),
 		replicator: opts.Replicator,
 		log:        opts.Log,
-		codec:      newRawCodec(),
+		rawCall:    grpc.ForceCodecV2(codec),
 	}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -65,7 +68,7 @@ func New(opts Options) (*Proxy, error) {
 		p.replicator = NewLoggingReplicator(p.log)
 	}
 	sopts := append([]grpc.ServerOption{
-		grpc.ForceServerCodecV2(p.codec),
+		grpc.ForceServerCodecV2(codec),
 		grpc.UnknownServiceHandler(p.forward),
 		grpc.MaxRecvMsgSize(MaxMsgSize),
 		grpc.MaxSendMsgSize(MaxMsgSize),
