@@ -207,7 +207,8 @@ func TestIntegrationLegacyBackend(t *testing.T) {
 	foreign := "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p icmp -j ACCEPT\nCOMMIT\n"
 	pn.restore(t, "iptables-legacy-restore", foreign)
 	ic := &Interceptor{}
-	res, err := ic.Apply(ctx, pn.path, Spec{ServicePorts: []uint16{svcPort}, ListenerPort: listenerPort, ProbeSources: []netip.Addr{pn.node}})
+	spec := Spec{ServicePorts: []uint16{svcPort}, ListenerPort: listenerPort, ProbeSources: []netip.Addr{pn.node}}
+	res, err := ic.Apply(ctx, pn.path, spec)
 	if err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
@@ -216,7 +217,7 @@ func TestIntegrationLegacyBackend(t *testing.T) {
 	}
 	expectServer(t, pn.client, netip.AddrPortFrom(pn.pod, svcPort), "smr")
 	expectServer(t, pn.node, netip.AddrPortFrom(pn.pod, svcPort), "app")
-	if res, err := ic.Apply(ctx, pn.path, Spec{ServicePorts: []uint16{svcPort}, ListenerPort: listenerPort, ProbeSources: []netip.Addr{pn.node}}); err != nil || res.Changed {
+	if res, err := ic.Apply(ctx, pn.path, spec); err != nil || res.Changed {
 		t.Errorf("re-apply = %+v, %v; want no change", res, err)
 	}
 	if _, err := ic.Cleanup(ctx, pn.path); err != nil {
