@@ -61,19 +61,9 @@ func (g *Group) applyLoop(initial *raftpb.Snapshot) {
 			a.applied = it.ent.GetIndex()
 		}
 		g.publishSessions(a)
-		g.publishApplied(a.applied)
+		g.applied.Advance(a.applied)
 		g.maybeSnapshot(a)
 	}
-}
-
-func (g *Group) publishApplied(idx uint64) {
-	g.appliedMu.Lock()
-	if idx > g.applied {
-		g.applied = idx
-		close(g.appliedCh)
-		g.appliedCh = make(chan struct{})
-	}
-	g.appliedMu.Unlock()
 }
 
 // publishSessions makes the session table visible to Status (open sessions,
@@ -116,7 +106,7 @@ func (g *Group) restore(a *applier, s *raftpb.Snapshot) error {
 	}
 	g.members = confMembers(a.cs)
 	g.mu.Unlock()
-	g.publishApplied(a.applied)
+	g.applied.Advance(a.applied)
 	return nil
 }
 

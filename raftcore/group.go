@@ -19,6 +19,8 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/smr-io/smr-cri/internal/watermark"
 )
 
 // compactMargin is how many applied entries stay in the log after a
@@ -70,9 +72,7 @@ type Group struct {
 	sessions, endedSessions atomic.Int64
 
 	// applied index published by applyLoop
-	appliedMu sync.Mutex
-	applied   uint64
-	appliedCh chan struct{} // closed and replaced on every advance
+	applied watermark.Mark
 
 	// owned by run()
 	readBatches map[uint64]*readBatch
@@ -148,7 +148,6 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 		applyc:      make(chan struct{}),
 		props:       map[uint64]*proposal{},
 		peers:       maps.Clone(cfg.Peers),
-		appliedCh:   make(chan struct{}),
 		readBatches: map[uint64]*readBatch{},
 		sendBuf:     map[uint64][]*raftpb.Message{},
 	}
@@ -190,7 +189,7 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 		}
 	}
 	g.rn = rn
-	g.applied = applied
+	g.applied.Advance(applied)
 	if g.durable, err = ds.mem.LastIndex(); err != nil {
 		ds.close()
 		return nil, fmt.Errorf("last index: %w", err)
@@ -337,28 +336,19 @@ func (g *Group) ReadIndex(ctx context.Context) (uint64, error) {
 
 // WaitApplied blocks until this member applied index idx (or ctx ends).
 func (g *Group) WaitApplied(ctx context.Context, idx uint64) error {
-	for {
-		g.appliedMu.Lock()
-		applied, ch := g.applied, g.appliedCh
-		g.appliedMu.Unlock()
-		if applied >= idx {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("group %s: wait applied %d (at %d): %w (%w)", g.name, idx, applied, ErrTimeout, ctx.Err())
-		case <-g.applyc:
-			return g.stoppedErr()
-		}
+	applied, err := g.applied.Wait(ctx, idx, g.applyc)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, watermark.ErrStopped):
+		return g.stoppedErr()
 	}
+	return fmt.Errorf("group %s: wait applied %d (at %d): %w (%w)", g.name, idx, applied, ErrTimeout, err)
 }
 
 // Status returns leader, term, commit/applied indexes and members.
 func (g *Group) Status() Status {
-	g.appliedMu.Lock()
-	applied := g.applied
-	g.appliedMu.Unlock()
+	applied := g.applied.Load()
 	g.mu.Lock()
 	members := make(map[uint64]string, len(g.members))
 	for _, id := range g.members {

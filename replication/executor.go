@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/smr-io/smr-cri/internal/watermark"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/framing"
 )
@@ -128,9 +129,7 @@ type Executor struct {
 	retrying bool
 	broken   error // the queue overflowed; this replica diverged
 
-	appliedMu sync.Mutex
-	applied   uint64
-	appliedCh chan struct{} // closed and replaced when applied grows
+	applied watermark.Mark
 
 	startsMu sync.Mutex
 	starts   map[[2]uint64]time.Time // (session, seq) -> propose time, origin only
@@ -172,7 +171,7 @@ func NewExecutor(cfg ExecutorConfig) (*Executor, error) {
 		return nil, err
 	}
 	return &Executor{
-		cfg: cfg, m: cfg.Metrics.forGroup(cfg.Group), sessions: map[uint64]*appSession{}, appliedCh: make(chan struct{}),
+		cfg: cfg, m: cfg.Metrics.forGroup(cfg.Group), sessions: map[uint64]*appSession{},
 		starts: map[[2]uint64]time.Time{}, closed: make(chan struct{}),
 	}, nil
 }
@@ -463,38 +462,23 @@ func (x *Executor) Read(ctx context.Context, session uint64, req framing.Request
 
 // WaitApplied blocks until the entry at idx is applied here.
 func (x *Executor) WaitApplied(ctx context.Context, idx uint64) error {
-	for {
-		x.appliedMu.Lock()
-		applied, ch := x.applied, x.appliedCh
-		x.appliedMu.Unlock()
-		if applied >= idx {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("wait for index %d (applied %d): %w", idx, applied, ctx.Err())
-		case <-x.closed:
-			return fmt.Errorf("wait for index %d: %w", idx, ErrNotReady)
-		}
+	applied, err := x.applied.Wait(ctx, idx, x.closed)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, watermark.ErrStopped):
+		return fmt.Errorf("wait for index %d: %w", idx, ErrNotReady)
 	}
+	return fmt.Errorf("wait for index %d (applied %d): %w", idx, applied, err)
 }
 
 // Applied returns the last applied index.
 func (x *Executor) Applied() uint64 {
-	x.appliedMu.Lock()
-	defer x.appliedMu.Unlock()
-	return x.applied
+	return x.applied.Load()
 }
 
 func (x *Executor) setApplied(idx uint64) {
-	x.appliedMu.Lock()
-	if idx > x.applied {
-		x.applied = idx
-		close(x.appliedCh)
-		x.appliedCh = make(chan struct{})
-	}
-	x.appliedMu.Unlock()
+	x.applied.Advance(idx)
 	x.m.setApplied(idx)
 }
 
