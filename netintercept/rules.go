@@ -1,6 +1,7 @@
 package netintercept
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -56,31 +57,25 @@ func Build(s Spec) (Ruleset, error) {
 		add("-s", a.Unmap().String()+"/32", "-j", "RETURN")
 	}
 	// Sorted, so that the same set of ports always renders the same rules.
-	for _, p := range sortedPorts(s.ExcludePorts) {
+	for _, p := range sorted(s.ExcludePorts) {
 		add("-p", "tcp", "-m", "tcp", "--dport", fmt.Sprint(p), "-j", "RETURN")
 	}
-	for _, p := range sortedPorts(s.ServicePorts) {
+	for _, p := range sorted(s.ServicePorts) {
 		add("-p", "tcp", "-m", "tcp", "--dport", fmt.Sprint(p), "-j", "REDIRECT", "--to-ports", fmt.Sprint(s.ListenerPort))
 	}
 	return rs, nil
 }
 
-func sortedPorts(ps []uint16) []uint16 {
-	out := slices.Clone(ps)
+// sorted returns a sorted copy of s.
+func sorted[T cmp.Ordered](s []T) []T {
+	out := slices.Clone(s)
 	slices.Sort(out)
 	return out
 }
 
 // Lines are the rules as iptables-save prints them: the jumps, then the owned chains' rules.
 func (rs Ruleset) Lines() []string {
-	var out []string
-	for _, r := range rs.Jumps {
-		out = append(out, r.String())
-	}
-	for _, r := range rs.Rules {
-		out = append(out, r.String())
-	}
-	return out
+	return append(ruleStrings(rs.Jumps), ruleStrings(rs.Rules)...)
 }
 
 // Render is the iptables-restore --noflush transaction that installs rs in a namespace that has
@@ -94,7 +89,7 @@ func (rs Ruleset) Render() string {
 // table as saved now) into one holding exactly rs, or changed=false when it already does.
 func planApply(rs Ruleset, cur *tableState) (script string, changed bool) {
 	owned := cur.owned()
-	if slices.Equal(owned.chains, sortedCopy(rs.Chains)) &&
+	if slices.Equal(owned.chains, sorted(rs.Chains)) &&
 		slices.Equal(owned.rules, ruleStrings(rs.Rules)) &&
 		slices.Equal(owned.jumps, ruleStrings(rs.Jumps)) {
 		return "", false
@@ -156,12 +151,6 @@ func ruleStrings(rs []Rule) []string {
 	for _, r := range rs {
 		out = append(out, r.String())
 	}
-	return out
-}
-
-func sortedCopy(s []string) []string {
-	out := slices.Clone(s)
-	slices.Sort(out)
 	return out
 }
 
