@@ -121,7 +121,7 @@ func TestKubeletThroughSmrCRI(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("kubelet log (tail):\n%s", tail(readFile(kl.LogFile()), 60))
+			t.Logf("kubelet log (tail):\n%s", nodelab.TailFile(kl.LogFile(), 60))
 		}
 		if err := kl.Stop(); err != nil {
 			t.Errorf("stop kubelet: %v", err)
@@ -318,14 +318,6 @@ func waitFor(t *testing.T, ctx context.Context, what string, cond func() error) 
 func readFile(p string) string {
 	b, _ := os.ReadFile(p)
 	return string(b)
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 type testLog struct{ t *testing.T }
