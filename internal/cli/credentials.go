@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/smr-io/smr-cri/internal/install"
 )
 
 // DefaultServiceAccountDir is where Kubernetes mounts a pod's ServiceAccount token.
@@ -85,11 +87,7 @@ func (c credExporter) sync() error {
 		if old, err := os.ReadFile(p); err == nil && bytes.Equal(old, data) {
 			continue
 		}
-		tmp := p + ".tmp"
-		if err := os.WriteFile(tmp, data, 0o600); err != nil {
-			return fmt.Errorf("export credentials: %w", err)
-		}
-		if err := os.Rename(tmp, p); err != nil {
+		if err := install.WriteFileAtomic(p, data, 0o600); err != nil {
 			return fmt.Errorf("export credentials: %w", err)
 		}
 	}

@@ -75,6 +75,12 @@ func (s fileState) restore(p string) error {
 	return writeFile(p, s.data, s.mode, s.uid, s.gid)
 }
 
+// WriteFileAtomic replaces p atomically with data and mode, keeping the
+// running user as owner: writeFile for callers outside the installer.
+func WriteFileAtomic(p string, data []byte, mode fs.FileMode) error {
+	return writeFile(p, data, mode, -1, -1)
+}
+
 // writeFile replaces p atomically (temp file in the same directory, then
 // rename), with the given mode and, when running as root, owner.
 func writeFile(p string, data []byte, mode fs.FileMode, uid, gid int) error {
