@@ -531,24 +531,8 @@ func (d *Daemon) raftSecurity(ctx context.Context, spec replication.Spec, grp *a
 	if err != nil {
 		return transport.Config{}, err
 	}
-	// Status copies the membership: re-read at most once a second, so a
-	// removed member's streams are refused within a second.
-	var mu sync.Mutex
-	var members map[uint64]string
-	var readAt time.Time
-	isMember := func(group string, member uint64) bool {
-		g := grp.Load()
-		if g == nil || group != spec.GroupKey() {
-			return true // not started yet / not this group: raft drops it
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if now := time.Now(); members == nil || now.Sub(readAt) > time.Second {
-			members, readAt = g.Status().Members, now
-		}
-		_, ok := members[member]
-		return ok
-	}
+	// A removed member's streams are refused within a second.
+	isMember := raftcore.MemberCheck(grp, spec.GroupKey(), time.Second)
 	m, err := pki.NewMember(ca, []pki.Identity{{Group: spec.GroupKey(), Member: spec.MemberID}}, d.cfg.CertValidity, isMember)
 	if err != nil {
 		return transport.Config{}, fmt.Errorf("member certificate for mutual TLS: %w", err)

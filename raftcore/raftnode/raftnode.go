@@ -28,7 +28,6 @@ import (
 	_ "net/http/pprof" // only routed with -pprof
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -173,24 +172,8 @@ func raftTLS(pkiDir string, insecure bool, validity time.Duration, self pki.Iden
 	if err != nil {
 		return transport.Config{}, fmt.Errorf("-pki-dir: %w", err)
 	}
-	// Membership is re-read at most once a second (Status copies it): a
-	// removed member's streams are refused within a second.
-	var mu sync.Mutex
-	var members map[uint64]string
-	var readAt time.Time
-	isMember := func(group string, member uint64) bool {
-		g := grp.Load()
-		if g == nil || group != self.Group {
-			return true // not started yet / not ours: raft ignores it
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if now := time.Now(); members == nil || now.Sub(readAt) > time.Second {
-			members, readAt = g.Status().Members, now
-		}
-		_, ok := members[member]
-		return ok
-	}
+	// A removed member's streams are refused within a second.
+	isMember := raftcore.MemberCheck(grp, self.Group, time.Second)
 	m, err := pki.NewMember(ca, []pki.Identity{self}, validity, isMember)
 	if err != nil {
 		return transport.Config{}, fmt.Errorf("issue member certificate: %w", err)
