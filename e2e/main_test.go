@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -147,16 +146,8 @@ func requireCluster(t *testing.T) *cluster.Cluster {
 // kubectl runs kubectl with the admin kubeconfig; stdin feeds `apply -f -`.
 func kubectl(ctx context.Context, t *testing.T, stdin string, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.CommandContext(ctx, kube.KubectlPath(), append([]string{"--kubeconfig", kube.AdminKubeconfig()}, args...)...)
-	if stdin != "" {
-		cmd.Stdin = strings.NewReader(stdin)
-	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return stdout.String(), nil
+	out, err := kube.KubectlIn(ctx, stdin, args...)
+	return string(out), err
 }
 
 // mustKubectl is kubectl that fails the test on error.

@@ -419,7 +419,15 @@ func httpOK(ctx context.Context, client *http.Client, url, want string) error {
 
 // Kubectl runs kubectl with the admin kubeconfig and returns its stdout; stderr goes into the error.
 func (c Config) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
+	return c.KubectlIn(ctx, "", args...)
+}
+
+// KubectlIn is Kubectl with stdin, if not "", fed to kubectl (for `apply -f -`).
+func (c Config) KubectlIn(ctx context.Context, stdin string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, c.KubectlPath(), append([]string{"--kubeconfig", c.AdminKubeconfig()}, args...)...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
