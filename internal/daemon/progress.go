@@ -50,7 +50,7 @@ type Progress struct {
 	resume  position // entries at or before it were applied by this sandbox's app
 	fresh   bool     // no usable record: replay everything
 	buf     [appliedRecordLen]byte
-	written position
+	written position // what the record on disk holds
 }
 
 // OpenProgress opens dir's progress for sandboxID. When the record belongs
@@ -213,8 +213,13 @@ func (r *resumingSM) Apply(e raftcore.Entry) ([]byte, error) {
 	r.setApplying(&e)
 	val, err := r.next.Apply(e)
 	r.setApplying(nil)
-	// Entries queued for an app that is not up yet are not executed yet:
-	// keep the record where the app really is.
+	// A REQUEST's record was already written by requestSent while the app
+	// round trip ran: one pwrite per entry, not two. Entries queued for an
+	// app that is not up yet are not executed yet: keep the record where the
+	// app really is.
+	if cur == r.prog.written {
+		return val, err
+	}
 	if h, ok := r.next.(healthReporter); !ok || h.Health() == nil {
 		if werr := r.prog.write(cur); werr != nil {
 			r.log.Error("record applied position", "err", werr)
