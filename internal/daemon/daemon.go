@@ -624,8 +624,10 @@ func (d *Daemon) Reconcile(ctx context.Context) error {
 	for _, id := range d.mgr.Attached() {
 		attached[id] = true
 	}
+	listed := map[string]bool{}
 	for _, sb := range resp.GetItems() {
 		id := sb.GetId()
+		listed[id] = true
 		if attached[id] {
 			continue
 		}
@@ -633,10 +635,6 @@ func (d *Daemon) Reconcile(ctx context.Context) error {
 			d.log.Error("re-attach replicated pod", "sandbox", id,
 				"pod", sb.GetMetadata().GetNamespace()+"/"+sb.GetMetadata().GetName(), "err", err)
 		}
-	}
-	listed := map[string]bool{}
-	for _, sb := range resp.GetItems() {
-		listed[sb.GetId()] = true
 	}
 	for id := range attached {
 		if listed[id] {
