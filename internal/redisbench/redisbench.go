@@ -144,7 +144,7 @@ func parseRow(header, row []string) (Result, error) {
 		name string
 		dst  *float64
 	}{{"rps", &r.RPS}, {"p50_latency_ms", &r.P50ms}} {
-		i := indexOf(header, col.name)
+		i := slices.Index(header, col.name)
 		if i < 0 {
 			return Result{}, fmt.Errorf("redis-benchmark CSV header %q has no %s column", header, col.name)
 		}
@@ -158,15 +158,6 @@ func parseRow(header, row []string) (Result, error) {
 		*col.dst = v
 	}
 	return r, nil
-}
-
-func indexOf(s []string, v string) int {
-	for i, x := range s {
-		if x == v {
-			return i
-		}
-	}
-	return -1
 }
 
 // Line is the comparison `make bench` reports.
