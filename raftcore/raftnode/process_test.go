@@ -289,11 +289,7 @@ func TestProcessesSigkillMinority(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
 			lead := c.leader(ctx)
-			cctx, stop := context.WithCancel(ctx)
-			done := make(chan *kvtest.History)
-			go func() {
-				done <- kvtest.RunClients(cctx, kvtest.ClientConfig{Clients: 6, Keys: 4, Targets: c.targets, Seed: uint64(n)})
-			}()
+			stopClients := c.runClients(ctx, uint64(n))
 			time.Sleep(700 * time.Millisecond)
 			victims := []uint64{lead}
 			for id := uint64(1); len(victims) < (n-1)/2; id++ {
@@ -309,10 +305,22 @@ func TestProcessesSigkillMinority(t *testing.T) {
 				c.start(id)
 			}
 			time.Sleep(time.Second)
-			stop()
-			h := <-done
-			c.finish(ctx, h)
+			c.finish(ctx, stopClients())
 		})
+	}
+}
+
+// runClients starts 6 kvtest clients on 4 keys against the live members; the
+// returned function stops them and returns their history.
+func (c *procCluster) runClients(ctx context.Context, seed uint64) (stop func() *kvtest.History) {
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan *kvtest.History)
+	go func() {
+		done <- kvtest.RunClients(cctx, kvtest.ClientConfig{Clients: 6, Keys: 4, Targets: c.targets, Seed: seed})
+	}()
+	return func() *kvtest.History {
+		cancel()
+		return <-done
 	}
 }
 
@@ -361,11 +369,7 @@ func TestProcessesPartitionLeader(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	lead := c.leader(ctx)
-	cctx, stop := context.WithCancel(ctx)
-	done := make(chan *kvtest.History)
-	go func() {
-		done <- kvtest.RunClients(cctx, kvtest.ClientConfig{Clients: 6, Keys: 4, Targets: c.targets, Seed: 11})
-	}()
+	stopClients := c.runClients(ctx, 11)
 	time.Sleep(500 * time.Millisecond)
 	c.isolate(lead, true)
 	// The isolated member answers with a typed error well before 10s.
@@ -385,7 +389,5 @@ func TestProcessesPartitionLeader(t *testing.T) {
 	time.Sleep(time.Second)
 	c.isolate(lead, false)
 	time.Sleep(time.Second)
-	stop()
-	h := <-done
-	c.finish(ctx, h)
+	c.finish(ctx, stopClients())
 }
