@@ -34,27 +34,30 @@ func (p *Proxy) serviceDescs() []*grpc.ServiceDesc {
 				d.Methods = append(d.Methods, m)
 				continue
 			}
-			d.Methods = append(d.Methods, grpc.MethodDesc{MethodName: m.MethodName, Handler: p.rawUnary})
+			d.Methods = append(d.Methods, grpc.MethodDesc{MethodName: m.MethodName, Handler: p.rawUnary("/" + sd.ServiceName + "/" + m.MethodName)})
 		}
 		descs = append(descs, &d)
 	}
 	return descs
 }
 
-// rawUnary relays one unary call as raw bytes.
-func (p *Proxy) rawUnary(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
-	req := &frame{}
-	if err := dec(req); err != nil {
-		return nil, err
-	}
-	method, _ := grpc.Method(ctx)
-	if interceptor == nil {
-		return p.invokeRaw(ctx, method, req)
-	}
+// rawUnary returns the handler that relays calls of the unary method (its
+// full name) as raw bytes. The name and the interceptors' info are fixed at
+// registration rather than looked up and built on every call.
+func (p *Proxy) rawUnary(method string) grpc.MethodHandler {
 	info := &grpc.UnaryServerInfo{Server: p, FullMethod: method}
-	return interceptor(ctx, req, info, func(ctx context.Context, req any) (any, error) {
-		return p.invokeRaw(ctx, method, req.(*frame))
-	})
+	return func(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+		req := &frame{}
+		if err := dec(req); err != nil {
+			return nil, err
+		}
+		if interceptor == nil {
+			return p.invokeRaw(ctx, method, req)
+		}
+		return interceptor(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+			return p.invokeRaw(ctx, method, req.(*frame))
+		})
+	}
 }
 
 func (p *Proxy) invokeRaw(ctx context.Context, method string, req *frame) (any, error) {
