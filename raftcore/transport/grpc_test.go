@@ -160,15 +160,8 @@ func (h countingHandler) ReportSnapshot(string, uint64, bool) {}
 // Messages to an address nobody listens on are reported unreachable, and
 // the peer retires once unused (no goroutine per stale address).
 func TestUnreachablePeerReportedAndRetired(t *testing.T) {
-	tr, err := New(Config{PeerIdleTimeout: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
 	h := countingHandler{unreachable: make(chan uint64, 16)}
-	if err := tr.Start(h); err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := startTransport(t, Config{PeerIdleTimeout: 50 * time.Millisecond}, h)
 	dead := "127.0.0.1:1" // nothing listens on port 1
 	tr.Send("g", 7, dead, []*raftpb.Message{{Type: raftpb.MsgHeartbeat.Enum(), To: new(uint64(7))}})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -217,26 +210,12 @@ func TestCallerListener(t *testing.T) {
 	if _, err := New(Config{Listen: "127.0.0.1:0", Listener: ln}); err == nil {
 		t.Fatal("Listen and Listener together accepted")
 	}
-	srv, err := New(Config{Listener: ln})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := deliverHandler{got: make(chan string, 1)}
+	srv := startTransport(t, Config{Listener: ln}, h)
 	if srv.Addr() != ln.Addr().String() {
 		t.Fatalf("Addr %q, want %q", srv.Addr(), ln.Addr())
 	}
-	h := deliverHandler{got: make(chan string, 1)}
-	if err := srv.Start(h); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	cli, err := New(Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cli.Start(countingHandler{unreachable: make(chan uint64, 16)}); err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := startTransport(t, Config{}, countingHandler{unreachable: make(chan uint64, 16)})
 	sendAndExpect(t, cli, srv, h)
 
 	unused, err := net.Listen("tcp", "127.0.0.1:0")
@@ -259,32 +238,33 @@ func TestCallerListener(t *testing.T) {
 // connections: it is called with the peer's address and its connection carries
 // the messages.
 func TestCallerDialer(t *testing.T) {
-	srv, err := New(Config{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	h := deliverHandler{got: make(chan string, 1)}
-	if err := srv.Start(h); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	srv := startTransport(t, Config{Listen: "127.0.0.1:0"}, h)
 	dialed := make(chan string, 16)
-	cli, err := New(Config{Dialer: func(ctx context.Context, addr string) (net.Conn, error) {
+	cli := startTransport(t, Config{Dialer: func(ctx context.Context, addr string) (net.Conn, error) {
 		dialed <- addr
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", addr)
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cli.Start(countingHandler{unreachable: make(chan uint64, 16)}); err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	}}, countingHandler{unreachable: make(chan uint64, 16)})
 	sendAndExpect(t, cli, srv, h)
 	if got := <-dialed; got != srv.Addr() {
 		t.Fatalf("dialer called with %q, want %q", got, srv.Addr())
 	}
+}
+
+// startTransport creates a transport from cfg and starts it with h; it is
+// closed when the test ends.
+func startTransport(t *testing.T, cfg Config, h raftcore.Handler) *GRPC {
+	t.Helper()
+	tr, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Start(h); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr
 }
 
 // sendAndExpect sends one heartbeat of group g1 from cli to srv and waits for

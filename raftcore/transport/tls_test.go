@@ -75,15 +75,7 @@ func startTLS(t *testing.T, listen bool, tc *tls.Config, auth AuthorizeFunc, h *
 	if listen {
 		cfg.Listen = "127.0.0.1:0"
 	}
-	tr, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tr.Start(h); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	return tr, logs
+	return startTransport(t, cfg, h), logs
 }
 
 func heartbeat(from, to uint64) []*raftpb.Message {
