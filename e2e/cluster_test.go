@@ -82,10 +82,7 @@ func TestPodNetworkServiceLogsExec(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	const ns = "e2e-net"
-	mustKubectl(ctx, t, "", "create", "namespace", ns)
-	t.Cleanup(func() {
-		_, _ = kubectl(context.Background(), t, "", "delete", "namespace", ns, "--wait=false")
-	})
+	createNamespace(ctx, t, ns)
 	server := podManifest(ns, "web", cl.Nodes[1].Name,
 		"mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && echo server-ready && exec httpd -f -v -p 8080 -h /www", nil)
 	client := podManifest(ns, "client", cl.Nodes[0].Name, "echo client-ready; exec sleep 100000", nil)

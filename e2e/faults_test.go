@@ -12,8 +12,7 @@ import (
 // and returns the server's pod IP.
 func webAndClient(ctx context.Context, t *testing.T, ns, serverNode, clientNode string) string {
 	t.Helper()
-	mustKubectl(ctx, t, "", "create", "namespace", ns)
-	t.Cleanup(func() { _, _ = kubectl(context.Background(), t, "", "delete", "namespace", ns, "--wait=false") })
+	createNamespace(ctx, t, ns)
 	server := podManifest(ns, "web", serverNode,
 		"mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www", nil)
 	client := podManifest(ns, "client", clientNode, "exec sleep 100000", nil)

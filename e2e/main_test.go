@@ -160,6 +160,13 @@ func mustKubectl(ctx context.Context, t *testing.T, stdin string, args ...string
 	return out
 }
 
+// createNamespace creates namespace ns and deletes it (without waiting) when the test ends.
+func createNamespace(ctx context.Context, t *testing.T, ns string) {
+	t.Helper()
+	mustKubectl(ctx, t, "", "create", "namespace", ns)
+	t.Cleanup(func() { _, _ = kubectl(context.Background(), t, "", "delete", "namespace", ns, "--wait=false") })
+}
+
 // eventually retries f every second until it succeeds or the timeout passes (kube-proxy and
 // endpoints need a moment after a pod turns Ready). It is a wait, not a timed assertion.
 func eventually(ctx context.Context, t *testing.T, timeout time.Duration, what string, f func() error) {

@@ -52,8 +52,7 @@ func TestRedisUnreplicated(t *testing.T) {
 	defer cancel()
 	const ns = "e2e-redis-plain"
 	server, client := cl.Nodes[len(cl.Nodes)-1].Name, cl.Nodes[0].Name
-	mustKubectl(ctx, t, "", "create", "namespace", ns)
-	t.Cleanup(func() { _, _ = kubectl(context.Background(), t, "", "delete", "namespace", ns, "--wait=false") })
+	createNamespace(ctx, t, ns)
 	pod := podManifestImage(ns, "redis", server, nodelab.RedisImage,
 		"exec redis-server --save '' --appendonly no --protected-mode no", nil)
 	service := fmt.Sprintf(`apiVersion: v1
