@@ -415,10 +415,10 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 	}
 	self := net.JoinHostPort(pod.IPs[0], strconv.Itoa(spec.RaftPort))
 	var peers map[uint64]string
+	var disc *Discovery // kubernetes membership: also watches the pods below
 	switch spec.Membership {
 	case replication.MembershipKubernetes:
-		disc, err := d.discovery()
-		if err != nil {
+		if disc, err = d.discovery(); err != nil {
 			return nil, nil, err
 		}
 		if peers, err = disc.Peers(ctx, spec, self); err != nil {
@@ -481,8 +481,7 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 	grp.Store(g)
 	bg, cancel := context.WithCancel(context.Background())
 	cleanup = append(cleanup, func() error { cancel(); return nil })
-	if spec.Membership == replication.MembershipKubernetes {
-		disc, _ := d.discovery() // loaded above
+	if disc != nil {
 		go func() {
 			if err := disc.Watch(bg, spec, g.SetPeerAddr); err != nil && bg.Err() == nil {
 				d.log.Error("pod watch failed; member addresses will not follow pods", "group", spec.GroupKey(), "err", err)
