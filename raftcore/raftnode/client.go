@@ -75,9 +75,9 @@ func (c *Client) Read(ctx context.Context, key string) (string, error) {
 func respErr(resp *http.Response, body []byte) error {
 	msg := strings.TrimSpace(string(body))
 	switch resp.Header.Get("X-Raft-Outcome") {
-	case "none":
+	case outcomeNone:
 		return fmt.Errorf("%w: %s", raftcore.ErrNoLeader, msg)
-	case "applied":
+	case outcomeApplied:
 		return &raftcore.ApplyError{Msg: msg}
 	default:
 		return fmt.Errorf("%w: http %d: %s", raftcore.ErrLeaderLost, resp.StatusCode, msg)

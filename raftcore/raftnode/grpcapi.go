@@ -99,11 +99,10 @@ func (s *kvServer) propose(ctx context.Context, in []byte) (*[]byte, error) {
 }
 
 func toStatus(err error) error {
-	var ae *raftcore.ApplyError
-	switch {
-	case errors.As(err, &ae):
+	switch outcome(err) {
+	case outcomeApplied:
 		return status.Error(codes.Aborted, err.Error())
-	case errors.Is(err, raftcore.ErrNoLeader), errors.Is(err, raftcore.ErrGroupFull), errors.Is(err, raftcore.ErrTooLarge):
+	case outcomeNone:
 		return status.Error(codes.FailedPrecondition, err.Error())
 	default:
 		return status.Error(codes.Unavailable, err.Error())

@@ -229,17 +229,30 @@ func parseOptUint(s string) (uint64, error) {
 	return v, nil
 }
 
-func writeErr(w http.ResponseWriter, err error) {
-	outcome := "unknown"
+// Outcomes of a failed Propose or ReadIndex, told to clients by both APIs.
+const (
+	outcomeApplied = "applied" // applied; the state machine returned an error
+	outcomeNone    = "none"    // definitely not applied
+	outcomeUnknown = "unknown"
+)
+
+func outcome(err error) string {
 	var ae *raftcore.ApplyError
 	switch {
 	case errors.As(err, &ae):
-		w.Header().Set("X-Raft-Outcome", "applied")
-		http.Error(w, err.Error(), http.StatusUnprocessableEntity)
-		return
+		return outcomeApplied
 	case errors.Is(err, raftcore.ErrNoLeader), errors.Is(err, raftcore.ErrGroupFull), errors.Is(err, raftcore.ErrTooLarge):
-		outcome = "none"
+		return outcomeNone
 	}
-	w.Header().Set("X-Raft-Outcome", outcome)
-	http.Error(w, err.Error(), http.StatusServiceUnavailable)
+	return outcomeUnknown
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	o := outcome(err)
+	w.Header().Set("X-Raft-Outcome", o)
+	code := http.StatusServiceUnavailable
+	if o == outcomeApplied {
+		code = http.StatusUnprocessableEntity
+	}
+	http.Error(w, err.Error(), code)
 }
