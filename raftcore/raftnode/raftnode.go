@@ -8,7 +8,8 @@
 //	GET  /status                     JSON raftcore.Status
 //
 // Errors answer 503 with header X-Raft-Outcome: "none" (definitely not
-// applied) or "unknown", and the error text as body.
+// applied) or "unknown", or 422 with "applied" (the state machine returned
+// an error), and the error text as body.
 //
 // Raft traffic is mutual TLS by default: -pki-dir names a cluster CA (see
 // internal/pki, 'smr-cri pki init') from which the process issues its own
