@@ -696,13 +696,14 @@ const maxBatchBytes = 256 << 10
 // envelopes), so the WAL, the append messages and raft's bookkeeping pay
 // per batch instead of per request.
 func (g *Group) flushProposals() {
-	for len(g.batch) > 0 {
-		n, size := 1, len(g.batch[0].data)
-		for n < len(g.batch) && size+len(g.batch[n].data) <= maxBatchBytes {
-			size += len(g.batch[n].data)
+	rest := g.batch
+	for len(rest) > 0 {
+		n, size := 1, len(rest[0].data)
+		for n < len(rest) && size+len(rest[n].data) <= maxBatchBytes {
+			size += len(rest[n].data)
 			n++
 		}
-		chunk := g.batch[:n]
+		chunk := rest[:n]
 		var data []byte
 		if n == 1 {
 			data = chunk[0].data
@@ -715,8 +716,12 @@ func (g *Group) flushProposals() {
 		}
 		g.proposeFailed(chunk, g.rn.Propose(data))
 		g.ncfg.Metrics.observeBatch(g.name, n)
-		g.batch = g.batch[n:]
+		rest = rest[n:]
 	}
+	// Reuse the backing array for the next iteration's batch (slicing
+	// g.batch itself above would leave it at the array's end), without
+	// keeping the proposals alive.
+	clear(g.batch)
 	g.batch = g.batch[:0]
 }
 
