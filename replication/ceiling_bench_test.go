@@ -47,7 +47,7 @@ func BenchmarkSerialAppCeiling(b *testing.B) {
 	const n = 20000
 	b.ResetTimer()
 	for range b.N {
-		base := redisBenchmarkT(b, plain, 50, n, "set")["SET"][0]
+		base := redisBenchmark(b, plain, 50, n, "set")["SET"].RPS
 		rates := make([]float64, len(apps))
 		errs := make([]error, len(apps))
 		var wg sync.WaitGroup
