@@ -276,47 +276,20 @@ func (r RSS) String() string {
 	return fmt.Sprintf("total %d MiB in %d processes (%s)", r.TotalKiB/1024, r.Procs, strings.Join(parts, " "))
 }
 
-// stopProcs sends SIGTERM to every pid, waits up to grace, then SIGKILLs the survivors.
+// stopProcs sends SIGTERM to every pid, waits up to grace, then SIGKILLs the survivors, saying
+// on stderr which ones.
 func stopProcs(pids []int, grace time.Duration) error {
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-	}
-	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) {
-		if !anyAlive(pids) {
-			return nil
+	return nodelab.TerminateAll(pids, grace, func(survivors []int) {
+		var killed []string
+		for _, pid := range survivors {
+			if p, ok := readProc(pid); ok {
+				killed = append(killed, fmt.Sprintf("%d %s", pid, filepath.Base(p.Args[0])))
+			}
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	var killed []string
-	for _, pid := range pids {
-		if p, ok := readProc(pid); ok {
-			killed = append(killed, fmt.Sprintf("%d %s", pid, filepath.Base(p.Args[0])))
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+		if len(killed) > 0 {
+			fmt.Fprintf(os.Stderr, "cluster: SIGKILL after %s: %s\n", grace, strings.Join(killed, ", "))
 		}
-	}
-	if len(killed) > 0 {
-		fmt.Fprintf(os.Stderr, "cluster: SIGKILL after %s: %s\n", grace, strings.Join(killed, ", "))
-	}
-	for i := 0; i < 50 && anyAlive(pids); i++ {
-		time.Sleep(100 * time.Millisecond)
-	}
-	var errs []error
-	for _, pid := range pids {
-		if nodelab.ProcessAlive(pid) {
-			errs = append(errs, fmt.Errorf("pid %d survived SIGKILL", pid))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func anyAlive(pids []int) bool {
-	for _, pid := range pids {
-		if nodelab.ProcessAlive(pid) {
-			return true
-		}
-	}
-	return false
+	})
 }
 
 // Kill sends SIGKILL to every process of the cluster in c.Dir and to their descendants (the

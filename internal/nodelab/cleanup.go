@@ -136,7 +136,7 @@ func StopContainerd(ctx context.Context, dir string, log io.Writer) error {
 		if err := removeAllPods(ctx, sock); err != nil {
 			logf("removing pods through CRI: %v (continuing with forced cleanup)", err)
 		}
-		if err := terminate(st.PID, 15*time.Second); err != nil {
+		if err := Terminate(st.PID, 15*time.Second); err != nil {
 			errs = append(errs, fmt.Errorf("stop containerd pid %d: %w", st.PID, err))
 		}
 	}
@@ -219,28 +219,50 @@ func removeAllPods(ctx context.Context, sock string) error {
 }
 
 // Terminate sends pid SIGTERM, waits up to grace, then SIGKILL, and waits until it is gone.
-func Terminate(pid int, grace time.Duration) error { return terminate(pid, grace) }
+func Terminate(pid int, grace time.Duration) error { return TerminateAll([]int{pid}, grace, nil) }
 
-// terminate sends SIGTERM, waits, then SIGKILL.
-func terminate(pid int, grace time.Duration) error {
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return err
+// TerminateAll stops the processes pids together: SIGTERM to each, a wait of up to grace for
+// all of them, then SIGKILL to the survivors (after beforeKill, if set, is called with their
+// pids), and a wait until they are gone. A pid that cannot be signalled (other than already
+// gone) is reported and not waited for.
+func TerminateAll(pids []int, grace time.Duration, beforeKill func(survivors []int)) error {
+	var errs []error
+	var waiting []int
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, err)
+			continue
+		}
+		waiting = append(waiting, pid)
+	}
+	alive := func() []int {
+		var left []int
+		for _, pid := range waiting {
+			if ProcessAlive(pid) {
+				left = append(left, pid)
+			}
+		}
+		return left
 	}
 	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) {
-		if !ProcessAlive(pid) {
-			return nil
+	for time.Now().Before(deadline) && len(alive()) > 0 {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if left := alive(); len(left) > 0 {
+		if beforeKill != nil {
+			beforeKill(left)
 		}
-		time.Sleep(100 * time.Millisecond)
+		for _, pid := range left {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		for i := 0; i < 50 && len(alive()) > 0; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+		for _, pid := range alive() {
+			errs = append(errs, fmt.Errorf("pid %d survived SIGKILL", pid))
+		}
 	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-	for i := 0; i < 50 && ProcessAlive(pid); i++ {
-		time.Sleep(100 * time.Millisecond)
-	}
-	if ProcessAlive(pid) {
-		return fmt.Errorf("pid %d survived SIGKILL", pid)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // killContainers force-deletes every container in the runc roots under runcDir (one per

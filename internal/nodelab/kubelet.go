@@ -174,7 +174,7 @@ func (k *Kubelet) Exited() <-chan struct{} { return k.exited }
 func (k *Kubelet) Stop() error {
 	var errs []error
 	if k.pid > 0 {
-		if err := terminate(k.pid, 15*time.Second); err != nil {
+		if err := Terminate(k.pid, 15*time.Second); err != nil {
 			errs = append(errs, fmt.Errorf("stop kubelet: %w", err))
 		}
 		if k.exited != nil {
