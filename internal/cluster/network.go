@@ -55,7 +55,8 @@ func networkSteps(nodes []Node) [][]string {
 }
 
 // setupNetwork runs networkSteps. bridge-nf-call-iptables is per network namespace on current
-// kernels and needs the br_netfilter module; it is set where available and skipped otherwise.
+// kernels and needs the br_netfilter module: modprobe is only tried (kmod may be absent where
+// the module is built in or already loaded), but each node's sysctl must then be set.
 func setupNetwork(ctx context.Context, nodes []Node) error {
 	for _, s := range networkSteps(nodes) {
 		if err := run(ctx, s...); err != nil {
