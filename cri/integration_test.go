@@ -17,7 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/smr-io/smr-cri/internal/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 // containerdEnv is a private real containerd with a proxy in front of it.

@@ -1,5 +1,5 @@
 // Package e2e holds the end-to-end tests that run on the local multi-node cluster
-// (internal/cluster). They need root and run with SMR_INTEGRATION=1:
+// (test/lab/cluster). They need root and run with SMR_INTEGRATION=1:
 //
 //	SMR_INTEGRATION=1 go test -count=1 -v ./e2e/
 package e2e
@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/cluster"
-	"github.com/smr-io/smr-cri/internal/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/cluster"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 func TestNodesReady(t *testing.T) {

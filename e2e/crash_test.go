@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/cluster"
+	"github.com/smr-io/smr-cri/test/lab/cluster"
 )
 
 // TestUpAfterCrash: every process of the cluster, containers included, dies with SIGKILL (a

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/cluster"
-	"github.com/smr-io/smr-cri/internal/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/cluster"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 // kube is the cluster every test of the package shares; nil when integration tests are off.

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/nodelab"
 	"github.com/smr-io/smr-cri/netintercept"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 // scenario results, summed into the last line TestMain prints.

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/cluster"
-	"github.com/smr-io/smr-cri/internal/nodelab"
 	"github.com/smr-io/smr-cri/netintercept"
+	"github.com/smr-io/smr-cri/test/lab/cluster"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 // The replicated Redis of the fault scenarios: a StatefulSet of 3 replicas labelled

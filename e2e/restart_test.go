@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/cluster"
+	"github.com/smr-io/smr-cri/test/lab/cluster"
 )
 
 // TestStopStart: the whole cluster stops (every process, the network, the mounts) and starts

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/redisbench"
+	"github.com/smr-io/smr-cri/test/lab/redisbench"
 )
 
 // redisBenchmark runs Debian's redis-benchmark against addr (random keys out

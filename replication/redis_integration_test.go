@@ -13,8 +13,8 @@ import (
 	"testing"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/test/lab/freeport"
 )
 
 // Integration tests against real redis-server processes (one per replica).

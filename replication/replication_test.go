@@ -15,9 +15,9 @@ import (
 	"testing"
 
 	"github.com/smr-io/smr-cri/examples/kvstore"
-	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/test/lab/freeport"
 )
 
 // kvApps starts n independent kvstore apps (the unmodified application).

@@ -12,8 +12,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/smr-io/smr-cri/internal/cluster"
 	"github.com/smr-io/smr-cri/netintercept"
+	"github.com/smr-io/smr-cri/test/lab/cluster"
 )
 
 // demo brings a fresh cluster up and shows the product on it: the project's manifests and

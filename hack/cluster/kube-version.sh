@@ -1,6 +1,6 @@
 # Sourced by hack/install-deps.sh (kubelet) and hack/cluster/build-kube.sh (control plane and
 # kubectl), so that every Kubernetes binary of the cluster is built the same way: the release it
-# is built from (internal/cluster.KubeVersion must say the same) and the linker flags that make it
+# is built from (test/lab/cluster.KubeVersion must say the same) and the linker flags that make it
 # report that release. Without them `--version` says v0.0.0-master, `kubectl get nodes` shows
 # that for every node and kubectl warns about version skew.
 KUBE_VERSION=v1.37.2

@@ -1,4 +1,4 @@
-// Command cluster starts and stops the local multi-node Kubernetes cluster (internal/cluster):
+// Command cluster starts and stops the local multi-node Kubernetes cluster (test/lab/cluster):
 //
 //	go run ./hack/cluster up   [--dir DIR] [--nodes N]   clean leftovers, build what is missing, start, wait Ready
 //	go run ./hack/cluster down [--dir DIR] [--keep-logs DIR]  stop everything and remove what it made
@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/hack/internal/cmdmain"
-	"github.com/smr-io/smr-cri/internal/cluster"
+	"github.com/smr-io/smr-cri/test/lab/cluster"
 )
 
 func main() { cmdmain.Main("cluster", run) }

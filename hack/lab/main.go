@@ -18,7 +18,7 @@ import (
 	"io"
 
 	"github.com/smr-io/smr-cri/hack/internal/cmdmain"
-	"github.com/smr-io/smr-cri/internal/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 func main() { cmdmain.Main("lab", run) }

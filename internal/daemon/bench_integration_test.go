@@ -15,10 +15,10 @@ import (
 	"github.com/redis/go-redis/v9"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/smr-io/smr-cri/internal/freeport"
-	"github.com/smr-io/smr-cri/internal/nodelab"
-	"github.com/smr-io/smr-cri/internal/redisbench"
 	"github.com/smr-io/smr-cri/netintercept"
+	"github.com/smr-io/smr-cri/test/lab/freeport"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/redisbench"
 )
 
 // Request counts of one `make bench` run. The plain pod is about ten times

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smr-io/smr-cri/internal/testcheck"
+	"github.com/smr-io/smr-cri/test/lab/testcheck"
 )
 
 func TestParseLeader(t *testing.T) {

@@ -15,9 +15,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/smr-io/smr-cri/cri"
-	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/test/lab/freeport"
 )
 
 // counterApp is a tiny RESP server standing in for the pod's app in unit

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/test/lab/freeport"
 )
 
 const testKubeconfig = `apiVersion: v1

@@ -15,7 +15,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/smr-io/smr-cri/cri"
-	"github.com/smr-io/smr-cri/internal/freeport"
+	"github.com/smr-io/smr-cri/test/lab/freeport"
 )
 
 // fakeRuntime serves the two CRI calls Reconcile makes, from a table of

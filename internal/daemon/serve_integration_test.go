@@ -25,9 +25,9 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/smr-io/smr-cri/cri"
-	"github.com/smr-io/smr-cri/internal/nodelab"
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 // serveLab is one real `smr-cri serve` process in front of a private

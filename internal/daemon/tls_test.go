@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/cri"
-	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/test/lab/freeport"
 )
 
 // withCA sets a LazyCA over dir and a log captured in buf.

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 // TestHostExecutorNsenter runs a command the way the DaemonSet's init

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 // unitRunner plays systemd for smr-cri.service on a host root: "restart"

@@ -16,10 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/raftcore/kvtest"
+	"github.com/smr-io/smr-cri/test/lab/freeport"
 )
 
 // TestMain lets the test binary act as the raftnode process, so the

@@ -29,12 +29,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/raftcore/kvtest"
 	"github.com/smr-io/smr-cri/raftcore/raftnode"
 	"github.com/smr-io/smr-cri/raftcore/transport"
+	"github.com/smr-io/smr-cri/test/lab/freeport"
 	"go.etcd.io/raft/v3/raftpb"
 )
 

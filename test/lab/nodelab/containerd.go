@@ -91,7 +91,7 @@ func (c *Containerd) Stop(ctx context.Context) error { return StopContainerd(ctx
 
 func socketPath(dir string) string { return filepath.Join(dir, "containerd.sock") }
 
-var configTemplate = template.Must(template.New("config").Parse(`# Written by smr-cri's node lab (internal/nodelab). See NODE-LAB.md.
+var configTemplate = template.Must(template.New("config").Parse(`# Written by smr-cri's node lab (test/lab/nodelab). See NODE-LAB.md.
 version = 2
 root = "{{.Dir}}/root"
 state = "{{.Dir}}/state"

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smr-io/smr-cri/internal/testcheck"
+	"github.com/smr-io/smr-cri/test/lab/testcheck"
 )
 
 // sample is redis-benchmark 7.0.15's --csv output for -t set,get.

@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 // process is one long-running program of the cluster.

@@ -323,7 +323,7 @@ func (b *imageBuilder) webServer(name, port string) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	bin, err := b.bin("./internal/nodelab/webserver")
+	bin, err := b.bin("./test/lab/nodelab/webserver")
 	if err != nil {
 		return nil, err
 	}
@@ -341,7 +341,7 @@ func (b *imageBuilder) webServer(name, port string) (v1.Image, error) {
 func (b *imageBuilder) build(ref string) (v1.Image, error) {
 	switch ref {
 	case PauseImage:
-		bin, err := b.bin("./internal/nodelab/pause")
+		bin, err := b.bin("./test/lab/nodelab/pause")
 		if err != nil {
 			return nil, err
 		}

@@ -17,7 +17,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 // Images imported into every node's containerd (nothing can be pulled on these machines);

@@ -1,7 +1,7 @@
 // Package cluster brings up a real multi-node Kubernetes on one machine without Docker or a
 // registry, and tears it down again: etcd, kube-apiserver, kube-controller-manager and
 // kube-scheduler on a host bridge, and worker nodes that are network namespaces, each with its own
-// containerd (internal/nodelab), smr-cri in front of it, kubelet and kube-proxy.
+// containerd (test/lab/nodelab), smr-cri in front of it, kubelet and kube-proxy.
 //
 // Addresses (all in 198.18.0.0/15, the range reserved for benchmarking; nothing leaves the machine):
 //
@@ -22,7 +22,7 @@ import (
 	"path/filepath"
 	"strconv"
 
-	"github.com/smr-io/smr-cri/internal/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 // Fixed addresses and names of the cluster network.

@@ -16,8 +16,8 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/smr-io/smr-cri/cri"
-	"github.com/smr-io/smr-cri/internal/nodelab"
 	"github.com/smr-io/smr-cri/netintercept"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 // Fault injection for end-to-end tests. Every fault lives inside one node's network namespace or

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 // DownOptions tunes Down.

@@ -10,7 +10,7 @@ import (
 
 // kubeVersionScript is sourced by both Kubernetes builds (hack/install-deps.sh for kubelet,
 // hack/cluster/build-kube.sh for the rest) so that every node reports KubeVersion.
-var kubeVersionScript = filepath.Join("..", "..", "hack", "cluster", "kube-version.sh")
+var kubeVersionScript = filepath.Join("..", "..", "..", "hack", "cluster", "kube-version.sh")
 
 // sourced runs a bash snippet after sourcing kubeVersionScript; args are its $2, $3, ...
 func sourced(t *testing.T, snippet string, args ...string) (string, error) {
@@ -41,7 +41,7 @@ func TestKubeVersionScript(t *testing.T) {
 	}
 	// Both builds use it: the kubelet is linked like the control plane.
 	for _, script := range []string{"hack/install-deps.sh", "hack/cluster/build-kube.sh"} {
-		b, err := os.ReadFile(filepath.Join("..", "..", script))
+		b, err := os.ReadFile(filepath.Join("..", "..", "..", script))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -64,7 +64,7 @@ func TestWriteTraceOverlay(t *testing.T) {
 // hostPath volume (the trace root), mounted read-only through subPathExpr $(NODE_NAME), and
 // every path in its arguments inside that mount.
 func TestTraceOverlayMountsOnlyTheNodesTraceDir(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join("..", "..", TraceOverlay, "daemonset-patch.yaml"))
+	b, err := os.ReadFile(filepath.Join("..", "..", "..", TraceOverlay, "daemonset-patch.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func TestTraceOverlayMountsOnlyTheNodesTraceDir(t *testing.T) {
 // The cluster applies the install path's namespace and RBAC, the CA Secret's Role included,
 // and never the systemd installer DaemonSet.
 func TestInstallRBACFilesOfTheRepo(t *testing.T) {
-	files, err := InstallRBACFiles(filepath.Join("..", ".."))
+	files, err := InstallRBACFiles(filepath.Join("..", "..", ".."))
 	if err != nil {
 		t.Fatal(err)
 	}
