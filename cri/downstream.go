@@ -45,11 +45,22 @@ func ParseEndpoint(endpoint string) (string, error) {
 	return "unix://" + filepath.Clean(path), nil
 }
 
-// dialRuntime creates the client connection to the downstream runtime. It
+// DialRuntime creates smr-cri's one kind of client connection to the
+// container runtime at endpoint (validated by ParseEndpoint), used by the
+// proxy for the calls it forwards and by the daemon for its own calls. It
 // never blocks: the connection is made lazily and re-made after failures with
-// a short backoff, so the proxy follows containerd restarts by itself.
-func dialRuntime(target string) (*grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(target,
+// a short backoff, so both follow containerd restarts by themselves. extra
+// adds options (the proxy adds its stats handler).
+func DialRuntime(endpoint string, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
+	target, err := ParseEndpoint(endpoint)
+	if err != nil {
+		return nil, err
+	}
+	return dialRuntime(target, extra...)
+}
+
+func dialRuntime(target string, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
+	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			// gRPC's default backoff grows to 120s; a local runtime that
@@ -69,10 +80,10 @@ func dialRuntime(target string) (*grpc.ClientConn, error) {
 			// at once when containerd is down, not a hung call.
 			grpc.WaitForReady(false),
 		),
-		grpc.WithStatsHandler(originStats{}),
-		grpc.WithInitialWindowSize(1<<20),
-		grpc.WithInitialConnWindowSize(1<<20),
-	)
+		grpc.WithInitialWindowSize(1 << 20),
+		grpc.WithInitialConnWindowSize(1 << 20),
+	}, extra...)
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("create client for runtime %s: %w", target, err)
 	}

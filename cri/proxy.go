@@ -48,7 +48,7 @@ func New(opts Options) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := dialRuntime(target)
+	conn, err := dialRuntime(target, grpc.WithStatsHandler(originStats{}))
 	if err != nil {
 		return nil, err
 	}

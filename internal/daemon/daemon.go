@@ -123,7 +123,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -316,11 +315,8 @@ func New(cfg Config) (*Daemon, error) {
 		}
 	}
 	if cfg.RuntimeEndpoint != "" {
-		target, err := cri.ParseEndpoint(cfg.RuntimeEndpoint)
-		if err != nil {
-			return nil, fmt.Errorf("daemon: %w", err)
-		}
-		if d.conn, err = grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+		var err error
+		if d.conn, err = cri.DialRuntime(cfg.RuntimeEndpoint); err != nil {
 			return nil, fmt.Errorf("daemon: runtime client: %w", err)
 		}
 		d.runtime = runtimeapi.NewRuntimeServiceClient(d.conn)

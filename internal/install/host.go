@@ -15,8 +15,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/smr-io/smr-cri/cri"
 )
 
 // HostExecutor runs commands on the node. With Root "/" it runs them
@@ -74,9 +75,9 @@ func findNsenter(root string) (string, error) {
 // GRPCChecker is the real CRIChecker: a CRI RuntimeService client on a unix socket.
 type GRPCChecker struct{}
 
-// dialCRI connects to a CRI unix socket.
+// dialCRI connects to a CRI unix socket the way smr-cri itself does (cri.DialRuntime).
 func dialCRI(socket string) (*grpc.ClientConn, runtimeapi.RuntimeServiceClient, error) {
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := cri.DialRuntime("unix://" + socket)
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to %s: %w", socket, err)
 	}
