@@ -129,6 +129,7 @@ type Broadcaster struct {
 	// dropped counts events lost to a full queue, the rate limit or API
 	// errors (Stats).
 	dropped, sent, patched atomic.Int64
+	seq                    atomic.Uint64
 
 	// Owned by the sending goroutine.
 	seen    map[dedupKey]*seenEvent
@@ -203,7 +204,9 @@ func (b *Broadcaster) Event(pod Pod, eventType, reason, message string) {
 	ev := corev1.Event{
 		TypeMeta: metav1.TypeMeta{Kind: "Event", APIVersion: "v1"},
 		ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace,
-			Name: fmt.Sprintf("%s.%x", pod.Name, now.UnixNano())},
+			// client-go's name (object.hex nanoseconds) plus a sequence
+			// number, so events within one clock tick do not collide.
+			Name: fmt.Sprintf("%s.%x%04x", pod.Name, now.UnixNano(), b.seq.Add(1)&0xffff)},
 		InvolvedObject: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: pod.Namespace, Name: pod.Name,
 			UID: types.UID(pod.UID)},
 		Reason: reason, Message: message, Type: eventType,
