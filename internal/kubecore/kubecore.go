@@ -166,3 +166,11 @@ func (c *Client) ListEvents(ctx context.Context, ns, fieldSelector string) (*cor
 	}
 	return list, nil
 }
+
+// ExecRequest is the request of a command run in a pod's container
+// (pods/exec), for a streaming executor such as client-go's remotecommand:
+// this package does not import one, so `serve` does not carry it.
+func (c *Client) ExecRequest(ns, pod string, opts *corev1.PodExecOptions) *rest.Request {
+	return c.rest.Post().Namespace(ns).Resource("pods").Name(pod).SubResource("exec").
+		VersionedParams(opts, runtime.NewParameterCodec(Scheme()))
+}
