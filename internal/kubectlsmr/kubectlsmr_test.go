@@ -20,7 +20,9 @@ func TestParse(t *testing.T) {
 		check   func(Options) bool
 		wantErr string
 	}{
-		{[]string{"status"}, func(o Options) bool { return o.Group == "" && !o.Watch && o.Output == "table" && o.SystemNamespace == "smr-system" }, ""},
+		{[]string{"status"}, func(o Options) bool {
+			return o.Group == "" && !o.Watch && o.Output == "table" && o.SystemNamespace == "smr-system"
+		}, ""},
 		{[]string{"status", "redis", "-n", "prod", "--watch"}, func(o Options) bool { return o.Group == "redis" && o.Namespace == "prod" && o.Watch }, ""},
 		{[]string{"status", "-A", "redis", "-o", "json"}, func(o Options) bool { return o.AllNamespaces && o.Group == "redis" && o.Output == "json" }, ""},
 		{nil, nil, "no command given"},
@@ -55,7 +57,9 @@ type fakePods struct {
 	err  error
 }
 
-func (f fakePods) ListPods(context.Context, string, string) (*corev1.PodList, error) { return f.list, f.err }
+func (f fakePods) ListPods(context.Context, string, string) (*corev1.PodList, error) {
+	return f.list, f.err
+}
 
 type fakeNodes map[string]any // pod name -> nodestatus.Report or error
 
