@@ -112,8 +112,8 @@ func serveFlags(fs *flag.FlagSet) (listen, endpoint, config, logLevel, metricsAd
 			"command line override the file.")
 	logLevel = fs.String("log-level", DefaultLogLevel, "log level: debug, info, warn or error. Logs go to stderr.")
 	metricsAddr = fs.String("metrics-addr", "",
-		"host:port to serve Prometheus metrics on at /metrics (e.g. 127.0.0.1:9810). Empty (the default) turns\n"+
-			"metrics off.")
+		"host:port to serve Prometheus metrics on at /metrics (e.g. 127.0.0.1:9810). Empty (the default): metrics\n"+
+			"only on the root-only --status-socket, which `smr-cri trace --health-addr` re-exports.")
 	shutdown = fs.String("shutdown-timeout", DefaultShutdownTimeout,
 		"on SIGTERM/SIGINT, how long to wait for calls in flight before cancelling them (long streams such as\n"+
 			"GetContainerEvents never end by themselves).")
@@ -315,23 +315,25 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 func serve(ctx context.Context, o serveOptions, log *slog.Logger, stdout io.Writer) error {
 	popts := cri.Options{RuntimeEndpoint: o.RuntimeEndpoint, Log: log}
-	var metricsSrv *http.Server
-	var reg *prometheus.Registry
+	// One registry, always: with --metrics-addr it is served on that TCP
+	// address, and it is always on the root-only status socket, where the
+	// DaemonSet's `smr-cri trace --health-addr` reads and re-exports it.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m, err := cri.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	popts.ServerOptions = m.ServerOptions()
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	if o.MetricsAddr != "" {
-		reg = prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		m, err := cri.NewMetrics(reg)
-		if err != nil {
-			return err
-		}
-		popts.ServerOptions = m.ServerOptions()
 		lis, err := net.Listen("tcp", o.MetricsAddr)
 		if err != nil {
 			return fmt.Errorf("metrics listener: %w", err)
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		mux.Handle("/metrics", metrics)
+		metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := metricsSrv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("metrics server stopped", "error", err)
@@ -351,7 +353,7 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, stdout io.Writ
 		defer stop()
 		popts.Replicator = d
 		if o.StatusSocket != "-" {
-			stopStatus, err := nodestatus.Serve(o.StatusSocket, d.Status)
+			stopStatus, err := nodestatus.Serve(o.StatusSocket, d.Status, metrics)
 			if err != nil {
 				return err
 			}

@@ -2,6 +2,8 @@ package nodestatus
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,7 +81,9 @@ func TestBytes(t *testing.T) {
 func TestServeFetch(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "run", SocketName)
 	want := Report{Node: "node1", Time: time.Unix(100, 0).UTC(), Members: []Member{member("g", 1, "leader", 1, StateServing)}}
-	stop, err := Serve(path, func() Report { return want })
+	stop, err := Serve(path, func() Report { return want }, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "smr_x 1\n")
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +91,7 @@ func TestServeFetch(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("socket %v %v, want mode 0600", fi, err)
 	}
-	if _, err := Serve(path, func() Report { return want }); err == nil || !strings.Contains(err.Error(), "another server answers") {
+	if _, err := Serve(path, func() Report { return want }, nil); err == nil || !strings.Contains(err.Error(), "another server answers") {
 		t.Errorf("second Serve on a live socket: %v", err)
 	}
 	got, err := Fetch(context.Background(), path)
@@ -96,6 +100,12 @@ func TestServeFetch(t *testing.T) {
 	}
 	if got.Node != want.Node || !got.Time.Equal(want.Time) || len(got.Members) != 1 || got.Members[0] != want.Members[0] {
 		t.Fatalf("Fetch = %+v, want %+v", got, want)
+	}
+	if m, err := Get(context.Background(), path, MetricsPath); err != nil || string(m) != "smr_x 1\n" {
+		t.Errorf("metrics on the socket: %q %v", m, err)
+	}
+	if _, err := Get(context.Background(), path, "/nope"); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("unknown path: %v", err)
 	}
 	if err := stop(); err != nil {
 		t.Fatal(err)

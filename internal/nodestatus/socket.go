@@ -28,8 +28,13 @@ func DefaultSocket(criSocket string) string {
 	return filepath.Join(filepath.Dir(criSocket), SocketName)
 }
 
-// Path of the status document on the socket.
-const Path = "/v1/status"
+// Paths on the socket: the status document, and serve's Prometheus
+// metrics (which `smr-cri trace --health-addr` re-exports for the
+// DaemonSet's PodMonitor, so serve itself opens no TCP port).
+const (
+	Path        = "/v1/status"
+	MetricsPath = "/metrics"
+)
 
 // maxReport bounds what Fetch reads (a node runs at most some hundreds of
 // members; a row is well under 1 KiB).
@@ -38,8 +43,9 @@ const maxReport = 16 << 20
 // Source produces the current report.
 type Source func() Report
 
-// Handler answers GET Path with the report as JSON.
-func Handler(src Source) http.Handler {
+// Handler answers GET Path with the report as JSON, and GET MetricsPath
+// with metrics (when not nil).
+func Handler(src Source, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+Path, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -47,46 +53,61 @@ func Handler(src Source) http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(src())
 	})
+	if metrics != nil {
+		mux.Handle("GET "+MetricsPath, metrics)
+	}
 	return mux
 }
 
 // Serve listens on the unix socket path (mode SocketMode; a stale socket
 // of a dead process is replaced, a live one is an error) and answers until
 // the returned stop is called; stop removes the socket.
-func Serve(path string, src Source) (stop func() error, err error) {
+func Serve(path string, src Source, metrics http.Handler) (stop func() error, err error) {
 	lis, err := cri.ListenMode(path, SocketMode)
 	if err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
-	srv := &http.Server{Handler: Handler(src), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: Handler(src, metrics), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(lis) //nolint:errcheck // ends with Close below
 	return srv.Close, nil
 }
 
 // Fetch reads the report from the status socket at path.
 func Fetch(ctx context.Context, path string) (Report, error) {
+	body, err := Get(ctx, path, Path)
+	if err != nil {
+		return Report{}, err
+	}
+	return Decode(body)
+}
+
+// Get reads urlPath (Path or MetricsPath) from the status socket at path.
+func Get(ctx context.Context, path, urlPath string) ([]byte, error) {
 	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", path)
 	}}}
 	defer c.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://smr-cri"+Path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://smr-cri"+urlPath, nil)
 	if err != nil {
-		return Report{}, err
+		return nil, err
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return Report{}, fmt.Errorf("status socket %s (is smr-cri serve running here, and are you root?): %w", path, err)
+		return nil, fmt.Errorf("status socket %s (is smr-cri serve running here, and are you root?): %w", path, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxReport+1))
 	if err != nil {
-		return Report{}, fmt.Errorf("status socket %s: read: %w", path, err)
+		return nil, fmt.Errorf("status socket %s: read: %w", path, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return Report{}, fmt.Errorf("status socket %s: %s: %s", path, resp.Status, body)
+		return nil, fmt.Errorf("status socket %s%s: %s: %s", path, urlPath, resp.Status, preview(body))
 	}
-	return Decode(body)
+	if len(body) > maxReport {
+		return nil, fmt.Errorf("status socket %s%s: answer larger than %d bytes", path, urlPath, maxReport)
+	}
+	return body, nil
 }
 
 // Decode parses a report (as written by Handler or `smr-cri status -o json`),
