@@ -50,7 +50,7 @@ type traceOptions struct {
 	// StatusSocket is serve's status socket, whose /metrics the health
 	// server re-exports (default: beside Socket).
 	StatusSocket string
-	Poll       time.Duration
+	Poll         time.Duration
 	// ExportDir, if set, receives the pod's ServiceAccount credentials and a
 	// kubeconfig for the node daemon (see credExporter).
 	ExportDir string

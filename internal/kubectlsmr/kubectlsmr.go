@@ -43,6 +43,8 @@ const (
 	// DefaultSocket is the status socket as the trace container sees it
 	// (the node's /run/smr-cri is mounted at the same path).
 	DefaultSocket = "/run/smr-cri/" + nodestatus.SocketName
+	// DefaultBinary is smr-cri in the DaemonSet's image.
+	DefaultBinary = "/usr/local/bin/smr-cri"
 )
 
 // UsageError is a bad command line (exit code 2).
@@ -95,6 +97,7 @@ type Options struct {
 	Selector            string
 	Container           string
 	Socket              string
+	Binary              string
 	Timeout             time.Duration
 }
 
@@ -118,6 +121,7 @@ func parse(args []string, stdout io.Writer) (Options, error) {
 	fs.StringVar(&o.Selector, "selector", DefaultSelector, "label selector of the smr-cri DaemonSet's pods")
 	fs.StringVar(&o.Container, "container", DefaultContainer, "container of those pods to run smr-cri status in")
 	fs.StringVar(&o.Socket, "status-socket", DefaultSocket, "the status socket's path inside that container")
+	fs.StringVar(&o.Binary, "binary", DefaultBinary, "smr-cri's path inside that container")
 	fs.DurationVar(&o.Timeout, "timeout", 20*time.Second, "how long one node may take to answer")
 	help := func(w io.Writer) {
 		fmt.Fprint(w, usage)
@@ -214,7 +218,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "kubectl smr: %v\n", err)
 		return err
 	}
-	err = Status(ctx, o, client, &execFetcher{cfg: cfg, client: client, container: o.Container, socket: o.Socket}, stdout, stderr)
+	err = Status(ctx, o, client, &execFetcher{cfg: cfg, client: client, container: o.Container, socket: o.Socket, binary: o.Binary}, stdout, stderr)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		fmt.Fprintf(stderr, "kubectl smr: %v\n", err)
 	}
@@ -319,18 +323,19 @@ func keep(o Options, m nodestatus.Member) bool {
 	return m.Group == o.Group || m.Group == ns+"."+o.Group
 }
 
-// execFetcher runs `smr-cri status -o json` in the pod's container through
+// execFetcher runs `smr-cri status -o json` (binary) in the pod's container through
 // the API server (pods/exec): WebSocket first, SPDY for older servers, as
 // kubectl exec does.
 type execFetcher struct {
 	cfg               *rest.Config
 	client            *kubecore.Client
 	container, socket string
+	binary            string
 }
 
 func (f *execFetcher) Fetch(ctx context.Context, pod corev1.Pod) (nodestatus.Report, error) {
 	req := f.client.ExecRequest(pod.Namespace, pod.Name, &corev1.PodExecOptions{Container: f.container,
-		Command: []string{"smr-cri", "status", "-o", "json", "--socket", f.socket}, Stdout: true, Stderr: true})
+		Command: []string{f.binary, "status", "-o", "json", "--socket", f.socket}, Stdout: true, Stderr: true})
 	ws, err := remotecommand.NewWebSocketExecutor(f.cfg, "GET", req.URL().String())
 	if err != nil {
 		return nodestatus.Report{}, fmt.Errorf("exec: %w", err)
