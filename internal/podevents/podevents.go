@@ -119,7 +119,7 @@ const (
 // Broadcaster sends events to the API server in the background.
 type Broadcaster struct {
 	cfg   Config
-	queue chan corev1.Event
+	queue chan *corev1.Event
 	done  chan struct{}
 	stop  context.CancelFunc
 
@@ -179,7 +179,7 @@ func New(cfg Config) *Broadcaster {
 		cfg.Component = "smr-cri"
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	b := &Broadcaster{cfg: cfg, queue: make(chan corev1.Event, cfg.QueueSize), done: make(chan struct{}), stop: cancel,
+	b := &Broadcaster{cfg: cfg, queue: make(chan *corev1.Event, cfg.QueueSize), done: make(chan struct{}), stop: cancel,
 		seen: map[dedupKey]*seenEvent{}, buckets: map[string]*bucket{}}
 	go b.run(ctx)
 	return b
@@ -201,7 +201,7 @@ func (b *Broadcaster) Event(pod Pod, eventType, reason, message string) {
 		message = message[:maxMessage-3] + "..."
 	}
 	now := metav1.NewTime(b.cfg.Now())
-	ev := corev1.Event{
+	ev := &corev1.Event{
 		TypeMeta: metav1.TypeMeta{Kind: "Event", APIVersion: "v1"},
 		ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace,
 			// client-go's name (object.hex nanoseconds) plus a sequence
@@ -278,7 +278,7 @@ func (b *Broadcaster) allow(pod string, now time.Time) bool {
 	return true
 }
 
-func (b *Broadcaster) send(ctx context.Context, ev corev1.Event) {
+func (b *Broadcaster) send(ctx context.Context, ev *corev1.Event) {
 	if b.cfg.Sink == nil {
 		b.dropped.Add(1)
 		return
@@ -311,7 +311,7 @@ func (b *Broadcaster) send(ctx context.Context, ev corev1.Event) {
 		// The event expired (the API server keeps them an hour): a new one.
 		ev.FirstTimestamp = ev.LastTimestamp
 	}
-	out, err := b.cfg.Sink.CreateEvent(cctx, &ev)
+	out, err := b.cfg.Sink.CreateEvent(cctx, ev)
 	if err != nil {
 		b.dropped.Add(1)
 		b.cfg.Log.Warn("event not recorded", "pod", key.pod, "reason", ev.Reason, "err", err)
