@@ -73,3 +73,12 @@ fmt:
 
 clean: ## remove build outputs (keeps the _cache of built Kubernetes tools)
 	rm -rf $(BIN) _out
+
+.PHONY: kubectl-smr check-monitoring
+
+kubectl-smr: ## build bin/kubectl-smr, the kubectl plugin (put it on PATH: kubectl smr status)
+	$(GO) build -o $(BIN)/kubectl-smr ./cmd/kubectl-smr
+
+check-monitoring: ## promtool check of manifests/monitoring's rules, dashboard and metric-name checks (no daemons)
+	promtool check rules manifests/monitoring/rules.yaml
+	SMR_INTEGRATION=1 $(GO) test -count=1 ./internal/monitoring/

@@ -22,6 +22,12 @@ var ErrSocketInUse = errors.New("socket in use")
 // removed; a path held by a live server, or one that is not a socket, is an
 // error and is never touched. The socket gets SocketMode.
 func Listen(path string) (*net.UnixListener, error) {
+	return ListenMode(path, SocketMode)
+}
+
+// ListenMode is Listen with another mode for the socket (e.g. 0600 for a
+// root-only endpoint beside the CRI socket).
+func ListenMode(path string, mode fs.FileMode) (*net.UnixListener, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("listen socket %q: path must be absolute", path)
 	}
@@ -42,7 +48,7 @@ func Listen(path string) (*net.UnixListener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, SocketMode); err != nil {
+	if err := os.Chmod(path, mode); err != nil {
 		_ = lis.Close()
 		return nil, fmt.Errorf("set mode of %s: %w", path, err)
 	}

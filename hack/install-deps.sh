@@ -2,6 +2,7 @@
 # Installs what the node lab needs on a fresh Debian machine (as root, no systemd) and builds the
 # CRI tools and kubelet from Go modules into the repository's _cache/ (reused by later runs).
 #   apt: containerd runc CNI plugins iptables socat redis etcd busybox-static iproute2 procps
+#        prometheus (promtool checks manifests/monitoring)
 #   _cache/bin/crictl   sigs.k8s.io/cri-tools/cmd/crictl  v1.37.0  (hack/tools/critest module)
 #   _cache/bin/critest  sigs.k8s.io/cri-tools/cmd/critest v1.37.0  (go test -c, same module)
 #   _cache/bin/kubelet  k8s.io/kubernetes/cmd/kubelet     v1.37.2  (hack/tools/kubelet module,
@@ -65,7 +66,7 @@ trap '[[ -n "$KUBELET_PID" ]] && { pkill -TERM -P "$KUBELET_PID"; kill "$KUBELET
 
 # --- apt packages ----------------------------------------------------------------------------
 PKGS=(containerd runc containernetworking-plugins iptables socat redis-server redis-tools
-	etcd-server etcd-client busybox-static iproute2 procps util-linux)
+	etcd-server etcd-client busybox-static iproute2 procps util-linux prometheus)
 missing=()
 for p in "${PKGS[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

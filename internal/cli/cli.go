@@ -54,6 +54,7 @@ func commands() map[string]command {
 		"serve":     {"run the CRI proxy between kubelet and the container runtime", runServe},
 		"install":   {"install smr-cri on this node and point kubelet at it", runInstall},
 		"uninstall": {"restore kubelet's runtime and remove smr-cri from this node", runUninstall},
+		"status":    {"print this node's raft members: role, log positions, replica state, log size", runStatus},
 		"trace":     {"print (and with --follow, stream) this node's ordering traces", runTrace},
 		"pki":       {"create the cluster CA or issue a member certificate (mutual TLS between ordering nodes)", runPKI},
 		"version":   {"print the version", runVersion},

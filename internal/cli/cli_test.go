@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/smr-io/smr-cri/internal/nodestatus"
 )
 
 func run(t *testing.T, args ...string) (stdout, stderr string, err error) {
@@ -160,6 +162,16 @@ func TestParseServe(t *testing.T) {
 		{"insecure raft with pki dir", "", []string{"--insecure-raft", "--pki-dir", "/p"}, serveOptions{}, "--insecure-raft and --pki-dir exclude each other"},
 		{"insecure raft with pki dir in file", header + "pkiDir: /p\n", []string{"--insecure-raft"}, serveOptions{}, "--insecure-raft and --pki-dir exclude each other"},
 		{"insecure raft not a bool in file", header + "insecureRaft: maybe\n", nil, serveOptions{}, "cannot unmarshal"},
+		{"status socket flag", "", []string{"--status-socket", "/run/x/status.sock"},
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second, StatusSocket: "/run/x/status.sock"}, ""},
+		{"status socket off", "", []string{"--status-socket", "-"},
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second, StatusSocket: "-"}, ""},
+		{"status socket in file, flag wins", header + "statusSocket: /f/status.sock\n", []string{"--status-socket", "/g/status.sock"},
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second, StatusSocket: "/g/status.sock"}, ""},
+		{"status socket in file", header + "statusSocket: /f/status.sock\n", nil,
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second, StatusSocket: "/f/status.sock"}, ""},
+		{"relative status socket", "", []string{"--status-socket", "status.sock"}, serveOptions{}, `--status-socket "status.sock" must be an absolute path`},
+		{"status socket is the CRI socket", "", []string{"--listen", "/run/a.sock", "--status-socket", "/run/a.sock"}, serveOptions{}, "must differ from --listen"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -185,6 +197,9 @@ func TestParseServe(t *testing.T) {
 			}
 			if tc.want.Replication == (replicationOptions{}) {
 				tc.want.Replication = defaultReplication // cases written before replication existed
+			}
+			if tc.want.StatusSocket == "" {
+				tc.want.StatusSocket = nodestatus.DefaultSocket(tc.want.Listen) // beside the CRI socket
 			}
 			if got != tc.want {
 				t.Fatalf("options = %+v, want %+v", got, tc.want)
@@ -234,8 +249,21 @@ func TestServeLifecycle(t *testing.T) {
 	if fi.Mode().Perm() != 0o660 || fi.Mode().Type() != os.ModeSocket {
 		t.Errorf("socket mode %v, want socket 0660", fi.Mode())
 	}
+	// The status socket is beside it, root only, and `smr-cri status` reads it.
+	statusSock := filepath.Join(dir, "run", nodestatus.SocketName)
+	if fi, err := os.Lstat(statusSock); err != nil || fi.Mode().Perm() != 0o600 || fi.Mode().Type() != os.ModeSocket {
+		t.Errorf("status socket: %v %v, want socket 0600", fi, err)
+	}
+	out, errOut, err := run(t, "status", "--socket", statusSock)
+	if err != nil || out != "no replicated members\n" {
+		t.Errorf("status: %v %q %q, want no members", err, out, errOut)
+	}
+	out, _, err = run(t, "status", "--socket", statusSock, "-o", "json")
+	if r, derr := nodestatus.Decode([]byte(out)); err != nil || derr != nil || len(r.Members) != 0 {
+		t.Errorf("status -o json: %v %v %q", err, derr, out)
+	}
 
-	_, errOut, err := run(t, "serve", "--listen", sock, "--runtime-endpoint", "unix://"+runtimeSock)
+	_, errOut, err = run(t, "serve", "--listen", sock, "--runtime-endpoint", "unix://"+runtimeSock)
 	if ExitCode(err) != 1 || !strings.Contains(errOut, "another server answers on it") {
 		t.Errorf("second serve on a live socket: %v %q, want refusal", err, errOut)
 	}
@@ -249,5 +277,27 @@ func TestServeLifecycle(t *testing.T) {
 	}
 	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket still present after shutdown: %v", err)
+	}
+	if _, err := os.Lstat(statusSock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("status socket still present after shutdown: %v", err)
+	}
+	if _, errOut, err := run(t, "status", "--socket", statusSock); ExitCode(err) != 1 || !strings.Contains(errOut, "is smr-cri serve running here") {
+		t.Errorf("status without serve: %v %q, want a clear error", err, errOut)
+	}
+}
+
+func TestStatusUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"status", "-o", "yaml"}, `-o "yaml": want table or json`},
+		{[]string{"status", "--timeout", "0s"}, "--timeout must be positive"},
+		{[]string{"status", "extra"}, "unexpected arguments"},
+	} {
+		_, errOut, err := run(t, tc.args...)
+		if ExitCode(err) != 2 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%v: %v %q, want usage error %q", tc.args, err, errOut, tc.want)
+		}
 	}
 }

@@ -34,6 +34,7 @@ const (
 //	probeSources: [auto]
 //	pkiDir: /var/lib/smr-cri/pki
 //	insecureRaft: false
+//	statusSocket: /run/smr-cri/smr-cri-status.sock
 type ServeConfig struct {
 	APIVersion      string `json:"apiVersion"`
 	Kind            string `json:"kind"`
@@ -51,6 +52,8 @@ type ServeConfig struct {
 	// PKIDir is --pki-dir, InsecureRaft --insecure-raft (nil: not set).
 	PKIDir       string `json:"pkiDir,omitempty"`
 	InsecureRaft *bool  `json:"insecureRaft,omitempty"`
+	// StatusSocket is --status-socket.
+	StatusSocket string `json:"statusSocket,omitempty"`
 }
 
 // ErrBadConfig marks an invalid configuration file or value.

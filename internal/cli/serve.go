@@ -21,6 +21,7 @@ import (
 
 	"github.com/smr-io/smr-cri/cri"
 	"github.com/smr-io/smr-cri/internal/daemon"
+	"github.com/smr-io/smr-cri/internal/nodestatus"
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/replication"
 )
@@ -42,7 +43,10 @@ type serveOptions struct {
 	LogLevel        slog.Level
 	MetricsAddr     string
 	ShutdownTimeout time.Duration
-	Replication     replicationOptions
+	// StatusSocket is the root-only unix socket `smr-cri status` reads
+	// (internal/nodestatus); "-": none.
+	StatusSocket string
+	Replication  replicationOptions
 }
 
 // replicationOptions are serve's replication settings.
@@ -103,13 +107,13 @@ func serveFlags(fs *flag.FlagSet) (listen, endpoint, config, logLevel, metricsAd
 	config = fs.String("config", "",
 		"optional YAML file (apiVersion: "+ConfigAPIVersion+", kind: "+ConfigKind+") with the fields listen,\n"+
 			"runtimeEndpoint, logLevel, metricsAddr, shutdownTimeout, dataDir, kubeconfig, nodeName, traceFile,\n"+
-			"probeSources (a list), pkiDir, insecureRaft (a boolean).\n"+
+			"probeSources (a list), pkiDir, insecureRaft (a boolean), statusSocket.\n"+
 			"Unknown fields are errors. Flags given on the\n"+
 			"command line override the file.")
 	logLevel = fs.String("log-level", DefaultLogLevel, "log level: debug, info, warn or error. Logs go to stderr.")
 	metricsAddr = fs.String("metrics-addr", "",
-		"host:port to serve Prometheus metrics on at /metrics (e.g. 127.0.0.1:9810). Empty (the default) turns\n"+
-			"metrics off.")
+		"host:port to serve Prometheus metrics on at /metrics (e.g. 127.0.0.1:9810). Empty (the default): metrics\n"+
+			"only on the root-only --status-socket, which `smr-cri trace --health-addr` re-exports.")
 	shutdown = fs.String("shutdown-timeout", DefaultShutdownTimeout,
 		"on SIGTERM/SIGINT, how long to wait for calls in flight before cancelling them (long streams such as\n"+
 			"GetContainerEvents never end by themselves).")
@@ -185,6 +189,9 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	listen, endpoint, config, logLevel, metricsAddr, shutdown := serveFlags(fs)
 	replicate, dataDir, kubeconfig, nodeName, traceFile, probeSource := replicationFlags(fs)
 	pkiDir, insecureRaft := raftSecurityFlags(fs)
+	statusSocket := fs.String("status-socket", "",
+		"unix socket (mode 0600, root only) that `smr-cri status` reads this node's members from. Default: "+nodestatus.SocketName+"\n"+
+			"beside --listen; \"-\" turns it off. Never a TCP port: cluster-wide views go through the API server.")
 	printHelp := func(w io.Writer) {
 		fmt.Fprint(w, serveHelp)
 		fs.VisitAll(func(f *flag.Flag) {
@@ -233,6 +240,7 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 			"node-name":        {nodeName, c.NodeName},
 			"trace-file":       {traceFile, c.TraceFile},
 			"probe-source":     {probeSource, strings.Join(c.ProbeSources, ",")},
+			"status-socket":    {statusSocket, c.StatusSocket},
 			"pki-dir":          {pkiDir, c.PKIDir},
 		} {
 			if !set[name] && p.val != "" {
@@ -261,6 +269,15 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	if *replicate && !filepath.IsAbs(*dataDir) {
 		return serveOptions{}, fmt.Errorf("%w: --data-dir %q must be an absolute path", ErrBadConfig, *dataDir)
 	}
+	if *statusSocket == "" {
+		*statusSocket = nodestatus.DefaultSocket(*listen)
+	}
+	if *statusSocket != "-" && !filepath.IsAbs(*statusSocket) {
+		return serveOptions{}, fmt.Errorf("%w: --status-socket %q must be an absolute path (or \"-\")", ErrBadConfig, *statusSocket)
+	}
+	if *statusSocket == *listen {
+		return serveOptions{}, fmt.Errorf("%w: --status-socket must differ from --listen", ErrBadConfig)
+	}
 	if *traceFile == "" {
 		return serveOptions{}, fmt.Errorf("%w: --trace-file must not be empty (\"-\" is stdout)", ErrBadConfig)
 	}
@@ -281,6 +298,7 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 		LogLevel:        level,
 		MetricsAddr:     *metricsAddr,
 		ShutdownTimeout: timeout,
+		StatusSocket:    *statusSocket,
 		Replication: replicationOptions{Enabled: *replicate, DataDir: *dataDir, Kubeconfig: *kubeconfig,
 			NodeName: *nodeName, TraceFile: *traceFile, ProbeSource: *probeSource, PKIDir: *pkiDir, InsecureRaft: *insecureRaft},
 	}, nil
@@ -297,23 +315,25 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 func serve(ctx context.Context, o serveOptions, log *slog.Logger, stdout io.Writer) error {
 	popts := cri.Options{RuntimeEndpoint: o.RuntimeEndpoint, Log: log}
-	var metricsSrv *http.Server
-	var reg *prometheus.Registry
+	// One registry, always: with --metrics-addr it is served on that TCP
+	// address, and it is always on the root-only status socket, where the
+	// DaemonSet's `smr-cri trace --health-addr` reads and re-exports it.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m, err := cri.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	popts.ServerOptions = m.ServerOptions()
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	if o.MetricsAddr != "" {
-		reg = prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		m, err := cri.NewMetrics(reg)
-		if err != nil {
-			return err
-		}
-		popts.ServerOptions = m.ServerOptions()
 		lis, err := net.Listen("tcp", o.MetricsAddr)
 		if err != nil {
 			return fmt.Errorf("metrics listener: %w", err)
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		mux.Handle("/metrics", metrics)
+		metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := metricsSrv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("metrics server stopped", "error", err)
@@ -332,6 +352,14 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, stdout io.Writ
 		// no hook can attach a pod while the members stop.
 		defer stop()
 		popts.Replicator = d
+		if o.StatusSocket != "-" {
+			stopStatus, err := nodestatus.Serve(o.StatusSocket, d.Status, metrics)
+			if err != nil {
+				return err
+			}
+			defer stopStatus()
+			log.Info("serving status", "socket", o.StatusSocket)
+		}
 	}
 
 	p, err := cri.New(popts)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/smr-io/smr-cri/internal/install"
+	"github.com/smr-io/smr-cri/internal/nodestatus"
 )
 
 const traceHelp = `Usage: smr-cri trace [--follow] [flags]
@@ -32,7 +34,8 @@ mounted, so 'kubectl logs -n smr-system ds/smr-cri' shows the traces.
 With --follow it waits for the file to appear, keeps reading as it grows, and
 starts over when the file is truncated or replaced (logrotate). Only whole
 lines are printed. With --health-addr it serves /healthz (200 when smr-cri
-answers CRI Version on --socket, 503 otherwise) and Prometheus /metrics.
+answers CRI Version on --socket, 503 otherwise) and Prometheus /metrics:
+its own and smr-cri serve's, read from serve's root-only status socket.
 With --export-credentials DIR it also keeps the pod's ServiceAccount token,
 CA and a kubeconfig in DIR for smr-cri serve (pod discovery and events).
 
@@ -44,7 +47,10 @@ type traceOptions struct {
 	Follow     bool
 	Socket     string
 	HealthAddr string
-	Poll       time.Duration
+	// StatusSocket is serve's status socket, whose /metrics the health
+	// server re-exports (default: beside Socket).
+	StatusSocket string
+	Poll         time.Duration
 	// ExportDir, if set, receives the pod's ServiceAccount credentials and a
 	// kubeconfig for the node daemon (see credExporter).
 	ExportDir string
@@ -58,7 +64,9 @@ func parseTrace(args []string, stdout io.Writer) (traceOptions, error) {
 	fs.StringVar(&o.File, "file", install.LogFile, "smr-cri's log file (the systemd unit appends serve's output there)")
 	fs.BoolVar(&o.Follow, "follow", false, "keep printing new lines until stopped (SIGTERM/SIGINT)")
 	fs.StringVar(&o.Socket, "socket", install.SocketPath, "smr-cri's CRI socket, checked by /healthz")
-	fs.StringVar(&o.HealthAddr, "health-addr", "", "host:port for /healthz and /metrics (e.g. :9811); empty: none")
+	fs.StringVar(&o.HealthAddr, "health-addr", "", "host:port for /healthz and /metrics (e.g. :9811); empty: none.\n"+
+		"/metrics has this command's metrics and smr-cri serve's, read from its --status-socket")
+	fs.StringVar(&o.StatusSocket, "status-socket", "", "smr-cri serve's status socket (default: "+nodestatus.SocketName+" beside --socket)")
 	fs.StringVar(&o.ExportDir, "export-credentials", "",
 		"host directory (mounted at the same path) to keep a copy of this pod's ServiceAccount token and CA in,\n"+
 			"with a kubeconfig naming them, for smr-cri serve on the node (refreshed every minute); empty: none")
@@ -69,6 +77,9 @@ func parseTrace(args []string, stdout io.Writer) (traceOptions, error) {
 	}
 	if o.File == "" {
 		return o, &UsageError{Err: errors.New("trace: --file must not be empty"), Usage: printHelp}
+	}
+	if o.StatusSocket == "" {
+		o.StatusSocket = nodestatus.DefaultSocket(o.Socket)
 	}
 	return o, nil
 }
@@ -120,7 +131,14 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("trace: health listener: %w", err)
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		var lastErr atomic.Value
+		serveMetrics := serveGatherer{socket: o.StatusSocket, timeout: 5 * time.Second, onError: func(err error) {
+			// Say it once per kind of failure, not at every scrape.
+			if prev, _ := lastErr.Swap(err.Error()).(string); prev != err.Error() {
+				fmt.Fprintf(stderr, "smr-cri trace: serve's metrics not available: %v\n", err)
+			}
+		}}
+		mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{reg, serveMetrics}, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 			v, err := (install.GRPCChecker{}).Version(r.Context(), o.Socket)
 			if err != nil {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/smr-io/smr-cri/internal/nodestatus"
 )
 
 // syncBuf is a bytes.Buffer safe to read while followFile writes.
@@ -161,6 +163,28 @@ func TestTraceHealth(t *testing.T) {
 	if _, body := get("/metrics"); !strings.Contains(body, "smr_trace_lines_total 2") || !strings.Contains(body, "smr_daemon_up 0") {
 		t.Errorf("/metrics: %q", body)
 	}
+	if !strings.Contains(errOut.String(), "serve's metrics not available") {
+		t.Errorf("no word about serve's missing status socket: %q", errOut.String())
+	}
+
+	// serve's metrics come from its status socket (default beside --socket), merged in; garbage
+	// there is reported and dropped, never failing the scrape.
+	body := "# TYPE smr_commits_total counter\nsmr_commits_total{group=\"g\",kind=\"REQUEST\"} 7\n"
+	stop, err := nodestatus.Serve(filepath.Join(dir, nodestatus.SocketName), func() nodestatus.Report { return nodestatus.Report{Node: "n"} },
+		http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, body) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	if code, got := get("/metrics"); code != http.StatusOK || !strings.Contains(got, `smr_commits_total{group="g",kind="REQUEST"} 7`) ||
+		!strings.Contains(got, "smr_trace_lines_total 2") {
+		t.Errorf("/metrics with serve's socket: %d %q", code, got)
+	}
+	body = "not { prometheus text\n"
+	if code, got := get("/metrics"); code != http.StatusOK || strings.Contains(got, "smr_commits_total") || !strings.Contains(got, "smr_trace_lines_total 2") {
+		t.Errorf("/metrics with garbage from serve: %d %q", code, got)
+	}
+	waitOutput(t, errOut, "parse serve's metrics")
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

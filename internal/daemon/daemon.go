@@ -130,6 +130,7 @@ import (
 	"github.com/smr-io/smr-cri/internal/kubecore"
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/internal/pki/kubesecret"
+	"github.com/smr-io/smr-cri/internal/podevents"
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/raftcore/transport"
@@ -172,6 +173,9 @@ type Config struct {
 	CA *pki.LazyCA
 	// CertValidity is the lifetime of member certificates (0: pki's default).
 	CertValidity time.Duration
+	// Events records Kubernetes Events on replica pods (status.go); nil: a
+	// podevents.Broadcaster over the API client when there is one.
+	Events podevents.Recorder
 
 	// Kernel-facing pieces; nil means the real ones (pod network
 	// namespaces). Unit tests run them on loopback.
@@ -209,6 +213,10 @@ type Daemon struct {
 	mu      sync.Mutex
 	members map[string]*runningMember // by member directory
 	discMu  sync.Mutex                // guards disc (loaded lazily from cfg.Kubeconfig)
+
+	status      members // the operator's view (status.go)
+	events      podevents.Recorder
+	closeEvents func(context.Context)
 }
 
 // runningMember is a started raft member and the sandbox it serves.
@@ -331,12 +339,17 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
 	d.mgr = mgr
+	d.events, d.closeEvents = newRecorder(cfg, d)
 	return d, nil
 }
 
 // AttachPod implements cri.Replicator.
 func (d *Daemon) AttachPod(ctx context.Context, pod cri.PodInfo) error {
-	return d.mgr.Attach(ctx, podRef(pod))
+	err := d.mgr.Attach(withPodUID(ctx, pod.UID), podRef(pod))
+	if err != nil {
+		d.recordAttachError(podevents.Pod{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID}, err)
+	}
+	return err
 }
 
 // DetachPod implements cri.Replicator.
@@ -361,6 +374,7 @@ func podRef(pod cri.PodInfo) replication.PodRef {
 func (d *Daemon) Close(ctx context.Context) error {
 	d.intercept.keep.Store(true)
 	err := d.mgr.Close(ctx)
+	d.closeEvents(ctx)
 	d.closeConn()
 	return err
 }
@@ -475,6 +489,7 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 		return nil, nil, err
 	}
 	grp.Store(g)
+	untrack := d.trackMember(ctx, pod, spec, dir, g, sm, self)
 	bg, cancel := context.WithCancel(context.Background())
 	cleanup = append(cleanup, func() error { cancel(); return nil })
 	if disc != nil {
@@ -499,6 +514,7 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 	stop := func() error {
 		once.Do(func() {
 			cancel()
+			untrack()
 			stopErr = errors.Join(node.Close(), prog.Close())
 			d.mu.Lock()
 			if m := d.members[dir]; m != nil && m.sandbox == pod.SandboxID {

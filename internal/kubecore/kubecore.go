@@ -1,5 +1,5 @@
 // Package kubecore is the daemon's Kubernetes API client: a REST client for
-// the core/v1 group only (pods for membership discovery, the CA Secret).
+// the core/v1 group only (pods for membership discovery, the CA Secret, events).
 //
 // It exists instead of client-go's typed clientset (k8s.io/client-go/kubernetes)
 // because importing that package registers every API group's types in a
@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -122,4 +123,54 @@ func (c *Client) CreateSecret(ctx context.Context, sec *corev1.Secret) (*corev1.
 		return nil, fmt.Errorf("create secret %s/%s: %w", sec.Namespace, sec.Name, err)
 	}
 	return out, nil
+}
+
+// CreateEvent creates ev in its namespace (the involved object's) and
+// returns what the API server stored.
+func (c *Client) CreateEvent(ctx context.Context, ev *corev1.Event) (*corev1.Event, error) {
+	if ev == nil || ev.Namespace == "" {
+		return nil, errors.New("create event: namespace must be set")
+	}
+	out := &corev1.Event{}
+	if err := c.rest.Post().Namespace(ev.Namespace).Resource("events").Body(ev).Do(ctx).Into(out); err != nil {
+		return nil, fmt.Errorf("create event %s/%s: %w", ev.Namespace, ev.Name, err)
+	}
+	return out, nil
+}
+
+// PatchEvent applies a strategic merge patch to the event ns/name (a
+// repeated event's count and last timestamp, as client-go's recorder does).
+// Errors keep the API server's status (apierrors.IsNotFound: the event
+// expired, create a new one).
+func (c *Client) PatchEvent(ctx context.Context, ns, name string, patch []byte) (*corev1.Event, error) {
+	if ns == "" || name == "" {
+		return nil, fmt.Errorf("patch event %q/%q: namespace and name must be set", ns, name)
+	}
+	out := &corev1.Event{}
+	if err := c.rest.Patch(types.StrategicMergePatchType).Namespace(ns).Resource("events").Name(name).
+		Body(patch).Do(ctx).Into(out); err != nil {
+		return nil, fmt.Errorf("patch event %s/%s: %w", ns, name, err)
+	}
+	return out, nil
+}
+
+// ListEvents lists the events of namespace ns matching a field selector
+// ("" for all), e.g. involvedObject.name=redis-1.
+func (c *Client) ListEvents(ctx context.Context, ns, fieldSelector string) (*corev1.EventList, error) {
+	list := &corev1.EventList{}
+	err := c.rest.Get().Namespace(ns).Resource("events").
+		VersionedParams(&metav1.ListOptions{FieldSelector: fieldSelector}, metav1.ParameterCodec).
+		Do(ctx).Into(list)
+	if err != nil {
+		return nil, fmt.Errorf("list events in namespace %q (fields %q): %w", ns, fieldSelector, err)
+	}
+	return list, nil
+}
+
+// ExecRequest is the request of a command run in a pod's container
+// (pods/exec), for a streaming executor such as client-go's remotecommand:
+// this package does not import one, so `serve` does not carry it.
+func (c *Client) ExecRequest(ns, pod string, opts *corev1.PodExecOptions) *rest.Request {
+	return c.rest.Post().Namespace(ns).Resource("pods").Name(pod).SubResource("exec").
+		VersionedParams(opts, runtime.NewParameterCodec(Scheme()))
 }

@@ -1,6 +1,7 @@
 // Package kubecoretest serves the part of the Kubernetes core/v1 API that
 // kubecore uses (pods: list and watch by label selector; secrets: get and
-// create) over HTTP from an in-memory object tracker, so that tests run the
+// create; events: create, strategic merge patch of count/lastTimestamp/message,
+// list) over HTTP from an in-memory object tracker, so that tests run the
 // real REST client, its encoding and its error statuses end to end without
 // an API server process.
 package kubecoretest
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -32,6 +34,7 @@ import (
 var (
 	podsGVR    = corev1.SchemeGroupVersion.WithResource("pods")
 	secretsGVR = corev1.SchemeGroupVersion.WithResource("secrets")
+	eventsGVR  = corev1.SchemeGroupVersion.WithResource("events")
 )
 
 // Server is a fake API server for core/v1 pods and secrets.
@@ -61,6 +64,9 @@ func New(t testing.TB, objs ...runtime.Object) *Server {
 	mux.HandleFunc("GET /api/v1/namespaces/{ns}/pods", s.pods)
 	mux.HandleFunc("GET /api/v1/namespaces/{ns}/secrets/{name}", s.getSecret)
 	mux.HandleFunc("POST /api/v1/namespaces/{ns}/secrets", s.createSecret)
+	mux.HandleFunc("POST /api/v1/namespaces/{ns}/events", s.createEvent)
+	mux.HandleFunc("PATCH /api/v1/namespaces/{ns}/events/{name}", s.patchEvent)
+	mux.HandleFunc("GET /api/v1/namespaces/{ns}/events", s.listEvents)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, apierrors.NewNotFound(corev1.Resource(r.URL.Path), ""))
 	})
@@ -240,6 +246,110 @@ func (s *Server) createSecret(w http.ResponseWriter, r *http.Request) {
 	}
 	sec.TypeMeta = metav1.TypeMeta{Kind: "Secret", APIVersion: "v1"}
 	writeJSON(w, http.StatusCreated, sec)
+}
+
+func (s *Server) createEvent(w http.ResponseWriter, r *http.Request) {
+	ev := &corev1.Event{}
+	if err := json.NewDecoder(r.Body).Decode(ev); err != nil {
+		writeStatus(w, apierrors.NewBadRequest(fmt.Sprintf("decode event: %v", err)))
+		return
+	}
+	if ev.Kind != "Event" || ev.APIVersion != "v1" {
+		writeStatus(w, apierrors.NewBadRequest(fmt.Sprintf("body is %s %s, want v1 Event", ev.APIVersion, ev.Kind)))
+		return
+	}
+	if ev.Namespace != r.PathValue("ns") || ev.InvolvedObject.Namespace != ev.Namespace {
+		// The API server requires the event in its object's namespace.
+		writeStatus(w, apierrors.NewBadRequest("event namespace must match the URL and the involved object"))
+		return
+	}
+	if ev.Name == "" || ev.Reason == "" {
+		writeStatus(w, apierrors.NewBadRequest("event name and reason are required"))
+		return
+	}
+	if err := s.Tracker.Create(eventsGVR, ev, ev.Namespace); err != nil {
+		writeStatus(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, withEventType(ev))
+}
+
+// patchEvent applies the fields client-go's recorder patches on a repeat.
+func (s *Server) patchEvent(w http.ResponseWriter, r *http.Request) {
+	if ct := r.Header.Get("Content-Type"); ct != "application/strategic-merge-patch+json" {
+		writeStatus(w, apierrors.NewBadRequest("want a strategic merge patch, got "+ct))
+		return
+	}
+	var p struct {
+		Count         *int32       `json:"count"`
+		LastTimestamp *metav1.Time `json:"lastTimestamp"`
+		Message       *string      `json:"message"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&p); err != nil {
+		writeStatus(w, apierrors.NewBadRequest(fmt.Sprintf("decode patch: %v", err)))
+		return
+	}
+	obj, err := s.Tracker.Get(eventsGVR, r.PathValue("ns"), r.PathValue("name"))
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	ev := obj.(*corev1.Event).DeepCopy()
+	if p.Count != nil {
+		ev.Count = *p.Count
+	}
+	if p.LastTimestamp != nil {
+		ev.LastTimestamp = *p.LastTimestamp
+	}
+	if p.Message != nil {
+		ev.Message = *p.Message
+	}
+	if err := s.Tracker.Update(eventsGVR, ev, ev.Namespace); err != nil {
+		writeStatus(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, withEventType(ev))
+}
+
+func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
+	obj, err := s.Tracker.List(eventsGVR, corev1.SchemeGroupVersion.WithKind("Event"), r.PathValue("ns"))
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	list := obj.(*corev1.EventList).DeepCopy()
+	list.TypeMeta = metav1.TypeMeta{Kind: "EventList", APIVersion: "v1"}
+	if sel := r.URL.Query().Get("fieldSelector"); sel != "" {
+		name, ok := strings.CutPrefix(sel, "involvedObject.name=")
+		if !ok || strings.ContainsAny(name, ",=!") {
+			writeStatus(w, apierrors.NewBadRequest("this fake supports only the field selector involvedObject.name=NAME, got "+sel))
+			return
+		}
+		keep := list.Items[:0]
+		for _, ev := range list.Items {
+			if ev.InvolvedObject.Name == name {
+				keep = append(keep, ev)
+			}
+		}
+		list.Items = keep
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+// Events returns the stored events of namespace ns.
+func (s *Server) Events(t testing.TB, ns string) []corev1.Event {
+	t.Helper()
+	obj, err := s.Tracker.List(eventsGVR, corev1.SchemeGroupVersion.WithKind("Event"), ns)
+	if err != nil {
+		t.Fatalf("kubecoretest: list events: %v", err)
+	}
+	return obj.(*corev1.EventList).Items
+}
+
+func withEventType(ev *corev1.Event) *corev1.Event {
+	ev = ev.DeepCopy()
+	ev.TypeMeta = metav1.TypeMeta{Kind: "Event", APIVersion: "v1"}
+	return ev
 }
 
 func (s *Server) nextRV() string { return strconv.FormatInt(s.rv.Add(1), 10) }

@@ -160,6 +160,11 @@ func (c Config) kubeconfig(user string) string { return filepath.Join(c.Dir, use
 func (c Config) smrSocket(node string) string  { return filepath.Join(c.traceDir(node), "smr-cri.sock") }
 func (c Config) smrLog(node string) string     { return filepath.Join(c.traceDir(node), "smr-cri.log") }
 
+// SmrStatusSocket is node's `smr-cri status` socket (serve's default: beside its CRI socket).
+func (c Config) SmrStatusSocket(node string) string {
+	return filepath.Join(c.traceDir(node), "smr-cri-status.sock")
+}
+
 // hostSysctls holds the host-wide sysctls as they were before the cluster's first kubelet
 // started (nodelab.KernelTunables); down restores them.
 func (c Config) hostSysctls() string { return filepath.Join(c.Dir, "host-sysctls.json") }
