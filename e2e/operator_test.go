@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/cluster"
 	"github.com/smr-io/smr-cri/internal/kubecore"
 	"github.com/smr-io/smr-cri/internal/nodestatus"
 	"github.com/smr-io/smr-cri/internal/podevents"
+	"github.com/smr-io/smr-cri/test/lab/cluster"
 )
 
 // TestOperatorView checks what an operator sees, the way they would see it, on the replicated

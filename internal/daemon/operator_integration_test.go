@@ -19,10 +19,10 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/internal/monitoring"
-	"github.com/smr-io/smr-cri/internal/nodelab"
 	"github.com/smr-io/smr-cri/internal/nodestatus"
+	"github.com/smr-io/smr-cri/test/lab/freeport"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 // TestIntegrationStatusAndMetrics runs what an operator looks at on a node,

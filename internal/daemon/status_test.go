@@ -12,11 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/internal/freeport"
 	"github.com/smr-io/smr-cri/internal/nodestatus"
 	"github.com/smr-io/smr-cri/internal/podevents"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/test/lab/freeport"
 )
 
 // eventLog is a Recorder keeping what it was given.

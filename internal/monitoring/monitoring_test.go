@@ -12,7 +12,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/smr-io/smr-cri/internal/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
 const dir = "../../manifests/monitoring"
