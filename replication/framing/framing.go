@@ -164,8 +164,22 @@ func readLine(r *bufio.Reader, dst []byte, max int, what string) ([]byte, []byte
 	}
 }
 
-// readN appends exactly n bytes from r to dst.
+// fits reports whether n more bytes plus extra (framing bytes such as a
+// CRLF) fit into a frame that already holds used bytes, without exceeding max.
+// It never overflows: lengths come from the peer and may be anything an int64
+// holds (a RESP bulk length near 2^63 once wrapped the sum negative and
+// passed the check).
+func fits(used int, n, extra int64, max int) bool {
+	room := int64(max) - int64(used) - extra
+	return n >= 0 && room >= 0 && n <= room
+}
+
+// readN appends exactly n bytes from r to dst. Callers bound n with fits; a
+// negative n is a caller bug reported as malformed input, never a panic.
 func readN(r *bufio.Reader, dst []byte, n int) ([]byte, error) {
+	if n < 0 {
+		return dst, errorf(ErrMalformed, "negative length %d", n)
+	}
 	for n > 0 {
 		chunk, err := r.Peek(min(n, r.Size()))
 		if len(chunk) > 0 {

@@ -94,7 +94,7 @@ func (f *RESP) readMultibulk(r *bufio.Reader, args *[3]argSpan) ([]byte, int, bo
 		if size < 0 {
 			return nil, 0, false, errorf(ErrMalformed, "argument %d has negative length %d", i, size)
 		}
-		if int64(len(raw))+size+2 > int64(max) {
+		if !fits(len(raw), size, 2, max) {
 			return nil, 0, false, errorf(ErrTooLarge, "request exceeds %d bytes", max)
 		}
 		start := len(raw)
@@ -249,7 +249,7 @@ func (f *RESP) ReadResponse(r *bufio.Reader, _ Request) ([]byte, error) {
 				}
 				return nil, errorf(ErrMalformed, "negative length in %q", truncate(line))
 			}
-			if int64(len(raw))+n+2 > int64(max) {
+			if !fits(len(raw), n, 2, max) {
 				return nil, errorf(ErrTooLarge, "response exceeds %d bytes", max)
 			}
 			if raw, err = readN(r, raw, int(n)+2); err != nil {
@@ -271,7 +271,7 @@ func (f *RESP) ReadResponse(r *bufio.Reader, _ Request) ([]byte, error) {
 			}
 			// Every element takes at least 3 bytes, so a count larger than the
 			// remaining budget can never complete.
-			if n > int64(max) || need+2*n+1 > int64(max) {
+			if !fits(0, n, 0, max) || !fits(0, 2*n, need+1, max) {
 				return nil, errorf(ErrTooLarge, "response aggregate of %d elements exceeds %d bytes", n, max)
 			}
 			switch line[0] {
