@@ -119,8 +119,27 @@ func newSessionID(origin uint64) uint64 {
 
 // ServeConn serves one client connection and closes it. Requests of one
 // connection are handled in order, one at a time, like the app would.
-func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
+//
+// A panic anywhere in the handler ends only this connection: it is
+// recovered, logged with its stack, counted (smr_connection_panics_total)
+// and answered with a protocol error; the session's CLOSE is still ordered
+// (deferred in serveConn), so every replica ends the session too.
+func (s *Server) ServeConn(ctx context.Context, conn net.Conn) (err error) {
 	defer conn.Close()
+	defer func() {
+		if p := recover(); p != nil {
+			err = panicked(s.cfg.Log, s.m, s.cfg.Group, panicPathClient, p)
+			if f, ferr := framing.New(s.cfg.Port.Protocol, s.cfg.Framing); ferr == nil {
+				reply, _ := f.ErrorReply(err)
+				_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+				_, _ = conn.Write(reply)
+			}
+		}
+	}()
+	return s.serveConn(ctx, conn)
+}
+
+func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer stop()
 
