@@ -16,6 +16,7 @@ import (
 
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
 
 // ServerConfig configures the client side of one replicated port.
@@ -190,8 +191,22 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 		if req.ReadOnly {
 			val, err = s.read(ctx, session, req)
 		} else {
+			raw := req.Raw
+			if req.Rewrite {
+				// Stamped with this replica's clock at propose time (relative
+				// expiries, stream IDs): every replica applies the same bytes.
+				raw, err = rediscmd.Rewrite(req.Raw, time.Now().UnixMilli())
+				if err != nil {
+					err = fmt.Errorf("%w: rewrite %s: %v", framing.ErrMalformed, req.Op, err)
+					s.m.badRequest(reason(err))
+					reply, _ := f.ErrorReply(err)
+					_, _ = bw.Write(reply)
+					_ = bw.Flush()
+					return err
+				}
+			}
 			seq++
-			res, err = s.propose(ctx, session, seq, Op{Kind: KindRequest, Name: req.Op, Raw: req.Raw})
+			res, err = s.propose(ctx, session, seq, Op{Kind: KindRequest, Name: req.Op, Raw: raw})
 			val = res.Value
 		}
 		if err != nil {

@@ -17,6 +17,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
 
 // Errors returned by framers. They are wrapped with detail; test with errors.Is.
@@ -45,6 +47,9 @@ type Request struct {
 	// ReadOnly is true when the request cannot change application state or
 	// connection state, so it may run locally after a ReadIndex.
 	ReadOnly bool
+	// Rewrite is true when the origin must rewrite Raw into a deterministic
+	// equivalent stamped with its clock before proposing (rediscmd.Rewrite).
+	Rewrite bool
 }
 
 // Framer frames one connection's requests and the matching responses.
@@ -104,6 +109,9 @@ type Options struct {
 	// caller answers "100 Continue" so the client sends the body (the framer
 	// itself never writes). Clients accept further 1xx from the app.
 	OnExpectContinue func()
+	// RedisAllow is what the pod opted in to (smr.io/redis-allow): scripts,
+	// key expiry. Without it those Redis commands are refused.
+	RedisAllow rediscmd.Allow
 }
 
 // Protocol names accepted by New.
