@@ -73,3 +73,11 @@ fmt:
 
 clean: ## remove build outputs (keeps the _cache of built Kubernetes tools)
 	rm -rf $(BIN) _out
+
+.PHONY: hostile-input fuzz-rediscmd
+
+hostile-input: ## hostile byte streams against a real serve with 3 Redis pods for SMR_HOSTILE_DURATION (default 3m; root)
+	SMR_INTEGRATION=1 SMR_HOSTILE_DURATION=$${SMR_HOSTILE_DURATION:-3m} $(GO) test -count=1 -timeout 30m -v -run '^TestIntegrationHostileInput$$' ./internal/daemon/
+
+fuzz-rediscmd: ## fuzz the Redis request splitter and origin rewrites for FUZZTIME (default 30s)
+	$(GO) test ./replication/rediscmd -run '^$$' -fuzz '^FuzzRewrite$$' -fuzztime $${FUZZTIME:-30s}

@@ -142,3 +142,23 @@ func TestLookup(t *testing.T) {
 		}
 	}
 }
+
+// Any request the framer could hand over: splitting and rewriting never
+// panic, and a rewrite is a well-formed request of the same command family.
+func FuzzRewrite(f *testing.F) {
+	for _, s := range []string{"SET k v EX 10\r\n", "*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nPX\r\n$20\r\n99999999999999999999\r\n",
+		"XADD s MAXLEN ~ 1 LIMIT 2 * f v\r\n", "XADD s\r\n", "XADD s NOMKSTREAM MAXLEN\r\n", "RESTORE k 9223372036854775807 x\r\n",
+		"EXPIRE k -9223372036854775808\r\n", "SETEX k 1\r\n", "GETEX k EX\r\n", "XTRIM s MINID ~\r\n", "SET \"a\\x4\" 'b\r\n"} {
+		f.Add([]byte(s), int64(1_700_000_000_000))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte, now int64) {
+		out, err := Rewrite(raw, now)
+		if err != nil || len(out) == 0 || &out[0] == &raw[0] {
+			return
+		}
+		args, err := SplitRequest(out)
+		if err != nil || len(args) == 0 {
+			t.Fatalf("rewrite of %q is not a request: %q (%v)", raw, out, err)
+		}
+	})
+}
