@@ -18,10 +18,13 @@ const (
 func init() {
 	// Strings, bitmaps, HyperLogLog.
 	group(Local, 0, readNote, "GET", "MGET", "STRLEN", "GETRANGE", "SUBSTR", "GETBIT", "BITCOUNT", "BITPOS", "LCS",
-		"BITFIELD_RO", "PFCOUNT", "EXISTS", "TYPE", "DUMP", "SORT_RO", "TOUCH", "DBSIZE", "PFSELFTEST")
+		"BITFIELD_RO", "EXISTS", "TYPE", "DUMP", "SORT_RO", "TOUCH", "DBSIZE", "PFSELFTEST")
 	group(Ordered, 0, writeNote, "APPEND", "INCR", "INCRBY", "INCRBYFLOAT", "DECR", "DECRBY", "MSET", "MSETNX", "SETNX",
 		"SETRANGE", "GETSET", "GETDEL", "SETBIT", "BITOP", "BITFIELD", "PFADD", "PFMERGE", "DEL", "UNLINK", "RENAME",
 		"RENAMENX", "COPY", "MOVE", "PERSIST", "SORT", "FLUSHDB", "FLUSHALL", "SWAPDB", "PUBLISH", "SPUBLISH")
+	// PFCOUNT caches the cardinality inside the HyperLogLog value: served
+	// by one replica it would leave that replica's bytes different.
+	add("PFCOUNT", Ordered, 0, "updates the cardinality cached inside the HyperLogLog value, so every replica runs it")
 	add("PFDEBUG", Refused, 0, "is a debugging command that changes a value's internal encoding")
 	// Hashes, lists, sets, sorted sets, geo.
 	group(Local, 0, readNote, "HGET", "HMGET", "HEXISTS", "HLEN", "HSTRLEN", "HGETALL", "HKEYS", "HVALS",
