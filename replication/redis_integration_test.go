@@ -41,7 +41,7 @@ func startRedis(t testing.TB, extraArgs ...string) string {
 	}
 	dir := t.TempDir()
 	cmd := exec.Command(bin, append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", dir, "--daemonize", "no", "--logfile", dir+"/redis.log"}, extraArgs...)...)
+		"--dir", dir, "--daemonize", "no", "--logfile", dir + "/redis.log"}, extraArgs...)...)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}
