@@ -63,7 +63,7 @@ func (f *RESP) NextRequest(r *bufio.Reader) (Request, error) {
 		if nargs == 0 {
 			continue
 		}
-		return f.classify(raw, args[:min(nargs, len(args))])
+		return f.classify(raw, args[:min(nargs, len(args))], nargs)
 	}
 }
 
@@ -170,7 +170,7 @@ func truncate(b []byte) string {
 // classify looks the command up in the one command table
 // (replication/rediscmd), refuses what would make replicas diverge, marks
 // requests the origin must rewrite, and decides whether it is read-only.
-func (f *RESP) classify(raw []byte, args []argSpan) (Request, error) {
+func (f *RESP) classify(raw []byte, args []argSpan, nargs int) (Request, error) {
 	name := bytes.Trim(raw[args[0].start:args[0].end], `"'`)
 	var sub []byte
 	if len(args) > 1 {
@@ -178,8 +178,8 @@ func (f *RESP) classify(raw []byte, args []argSpan) (Request, error) {
 	}
 	c, _ := rediscmd.Lookup(name, sub)
 	req := Request{Raw: raw, Op: c.DisplayName()}
-	all := [][]byte{name}
-	if c.NeedsArgs() {
+	var all [][]byte // only commands whose treatment depends on arguments read them
+	if c.NeedsArgs(nargs) {
 		var err error
 		if all, err = rediscmd.SplitRequest(raw); err != nil || len(all) == 0 {
 			return Request{}, errorf(ErrMalformed, "%s: %v", req.Op, err)
@@ -198,7 +198,7 @@ func (f *RESP) classify(raw []byte, args []argSpan) (Request, error) {
 	req.ReadOnly = c.Local() && !f.inMulti
 	// Only requests the rewrite changes pay for it at the origin (the
 	// deadline values differ with the clock, never whether one is made).
-	req.Rewrite = c.Treatment == rediscmd.Rewritten && c.Rewrite(all, 0) != nil
+	req.Rewrite = c.Treatment == rediscmd.Rewritten && all != nil && c.Rewrite(all, 0) != nil
 	return req, nil
 }
 

@@ -105,7 +105,7 @@ func TestRESPBadRequests(t *testing.T) {
 		{"XREAD BLOCK", "XREAD BLOCK 0 STREAMS s $\r\n", ErrUnsupported},
 		{"unknown command", "FOO.BAR x\r\n", ErrUnsupported},
 		{"unknown subcommand", "CLIENT FROB\r\n", ErrUnsupported},
-		{"unbalanced inline quotes in an argument-checked command", "SET k \"v\r\n", ErrMalformed},
+		{"unbalanced inline quotes in an argument-checked command", "SET k \"v EX 1\r\n", ErrMalformed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -132,6 +132,9 @@ type Command struct {
 	check func(args [][]byte, allow Allow) error
 	// rewrite returns the deterministic equivalent (nil: unchanged).
 	rewrite func(args [][]byte, nowMs int64) [][]byte
+	// plainUpTo: requests with at most this many arguments (name included)
+	// carry no option check or rewrite looks at ("SET k v").
+	plainUpTo int
 }
 
 // Local reports whether an accepted request of this command is served by
@@ -219,8 +222,10 @@ func (c *Command) Check(args [][]byte, allow Allow) error {
 	return nil
 }
 
-// NeedsArgs reports whether Check or Rewrite look past the subcommand.
-func (c *Command) NeedsArgs() bool { return c.check != nil || c.rewrite != nil }
+// NeedsArgs reports whether Check or Rewrite look at the arguments of a
+// request of n arguments (the name included), so the framer splits only
+// those (a plain "SET k v" is not split).
+func (c *Command) NeedsArgs(n int) bool { return (c.check != nil || c.rewrite != nil) && n > c.plainUpTo }
 
 // Rewrite returns the deterministic equivalent of args stamped with the
 // origin's clock (Unix milliseconds), or nil when args are fine as they are.

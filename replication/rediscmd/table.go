@@ -49,7 +49,7 @@ func init() {
 
 	// Expiry: made absolute at the origin, and only when the pod allows expiry.
 	c := add("SET", Rewritten, Args, "EX/PX become PXAT <origin time + ttl>; any expiry option needs smr.io/redis-allow: expiry")
-	c.check, c.rewrite = checkSet, rewriteSet
+	c.check, c.rewrite, c.plainUpTo = checkSet, rewriteSet, 3
 	c = add("SETEX", Rewritten, Expiry, "becomes SET key value PXAT <origin time + seconds>")
 	c.check, c.rewrite = checkExpiry, rewriteSetex(1000)
 	c = add("PSETEX", Rewritten, Expiry, "becomes SET key value PXAT <origin time + milliseconds>")
@@ -63,7 +63,7 @@ func init() {
 	c = add("PEXPIREAT", Restricted, Expiry, "absolute deadline, ordered as is; needs smr.io/redis-allow: expiry")
 	c.check = checkExpiry
 	c = add("GETEX", Rewritten, Args, "EX/PX become PXAT <origin time + ttl>; any expiry option but PERSIST needs smr.io/redis-allow: expiry")
-	c.check, c.rewrite = checkGetex, rewriteGetex
+	c.check, c.rewrite, c.plainUpTo = checkGetex, rewriteGetex, 2
 	c = add("RESTORE", Rewritten, Args, "a relative TTL becomes <origin time + ttl> ABSTTL; a TTL needs smr.io/redis-allow: expiry")
 	c.check, c.rewrite = checkRestore, rewriteRestore
 
