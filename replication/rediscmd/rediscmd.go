@@ -225,7 +225,9 @@ func (c *Command) Check(args [][]byte, allow Allow) error {
 // NeedsArgs reports whether Check or Rewrite look at the arguments of a
 // request of n arguments (the name included), so the framer splits only
 // those (a plain "SET k v" is not split).
-func (c *Command) NeedsArgs(n int) bool { return (c.check != nil || c.rewrite != nil) && n > c.plainUpTo }
+func (c *Command) NeedsArgs(n int) bool {
+	return (c.check != nil || c.rewrite != nil) && n > c.plainUpTo
+}
 
 // Rewrite returns the deterministic equivalent of args stamped with the
 // origin's clock (Unix milliseconds), or nil when args are fine as they are.
