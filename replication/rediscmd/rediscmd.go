@@ -155,8 +155,8 @@ func (r *refusal) Unwrap() error { return ErrRefused }
 
 func refuse(cmd, why string) error { return &refusal{cmd: cmd, why: why} }
 
-// table maps Name to its row; containers map to a row whose Treatment is
-// Unknown and whose subcommands are looked up as "NAME|SUB".
+// table maps Name to its row; a container's subcommands are rows of their
+// own ("CLIENT|KILL").
 var table = map[string]*Command{}
 
 // containers are the commands whose first argument is a subcommand.
@@ -164,8 +164,10 @@ var containers = map[string]bool{}
 
 // Lookup returns the row of command name (any case) with its first argument
 // sub (used only for container commands such as CLIENT or CONFIG). ok is
-// false for a command, or a subcommand, the table does not know.
-func Lookup(name, sub []byte) (c *Command, ok bool) {
+// false for a command, or a subcommand, the table does not know; the row
+// returned then has Treatment Unknown, which Check refuses. The row is a
+// copy: callers cannot change the table.
+func Lookup(name, sub []byte) (c Command, ok bool) {
 	var buf [32]byte
 	n := upper(buf[:0], name)
 	if containers[string(n)] && sub != nil {
@@ -173,10 +175,10 @@ func Lookup(name, sub []byte) (c *Command, ok bool) {
 		n = upper(n, sub)
 	}
 	if c, ok := table[string(n)]; ok {
-		return c, true
+		return *c, true
 	}
 	key := string(n)
-	return &Command{Name: key, display: strings.ReplaceAll(key, "|", " "), Treatment: Unknown}, false
+	return Command{Name: key, display: strings.ReplaceAll(key, "|", " "), Treatment: Unknown}, false
 }
 
 func upper(dst, s []byte) []byte {
