@@ -82,3 +82,11 @@ kubectl-smr: ## build bin/kubectl-smr, the kubectl plugin (put it on PATH: kubec
 check-monitoring: ## promtool check of manifests/monitoring's rules, dashboard and metric-name checks (no daemons)
 	promtool check rules manifests/monitoring/rules.yaml
 	SMR_INTEGRATION=1 $(GO) test -count=1 ./internal/monitoring/
+
+.PHONY: hostile-input fuzz-rediscmd
+
+hostile-input: ## hostile byte streams against a real serve with 3 Redis pods for SMR_HOSTILE_DURATION (default 3m; root)
+	SMR_INTEGRATION=1 SMR_HOSTILE_DURATION=$${SMR_HOSTILE_DURATION:-3m} $(GO) test -count=1 -timeout 30m -v -run '^TestIntegrationHostileInput$$' ./internal/daemon/
+
+fuzz-rediscmd: ## fuzz the Redis request splitter and origin rewrites for FUZZTIME (default 30s)
+	$(GO) test ./replication/rediscmd -run '^$$' -fuzz '^FuzzRewrite$$' -fuzztime $${FUZZTIME:-30s}

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
 
 // Label and annotation keys of the pod contract (see CONTRACT.md).
@@ -25,6 +26,7 @@ const (
 	AnnotationMemberID        = "smr.io/member-id"
 	AnnotationHTTPGetReadOnly = "smr.io/http-get-readonly"
 	AnnotationMaxRequestBytes = "smr.io/max-request-bytes"
+	AnnotationRedisAllow      = "smr.io/redis-allow"
 
 	// LabelPodIndex is set by the StatefulSet controller (Kubernetes >= 1.28).
 	LabelPodIndex = "apps.kubernetes.io/pod-index"
@@ -41,7 +43,7 @@ const (
 
 var knownAnnotations = []string{
 	AnnotationGroup, AnnotationPorts, AnnotationRaftPort, AnnotationPeers, AnnotationMembership,
-	AnnotationMemberID, AnnotationHTTPGetReadOnly, AnnotationMaxRequestBytes,
+	AnnotationMemberID, AnnotationHTTPGetReadOnly, AnnotationMaxRequestBytes, AnnotationRedisAllow,
 }
 
 // Membership modes.
@@ -82,6 +84,8 @@ type Spec struct {
 	MemberID        uint64
 	HTTPGetReadOnly bool
 	MaxRequestBytes int
+	// RedisAllow is what the pod opted in to (smr.io/redis-allow).
+	RedisAllow rediscmd.Allow
 }
 
 // GroupKey names the raft group: "<namespace>.<group>" (both are DNS labels,
@@ -93,6 +97,7 @@ func (s Spec) FramingOptions() framing.Options {
 	return framing.Options{
 		Limits:          framing.Limits{MaxRequestBytes: s.MaxRequestBytes},
 		HTTPGetReadOnly: s.HTTPGetReadOnly,
+		RedisAllow:      s.RedisAllow,
 	}
 }
 
@@ -217,6 +222,13 @@ func ParsePod(pod PodMeta) (spec Spec, ok bool, err error) {
 			bad(AnnotationHTTPGetReadOnly, "%q: want true or false", v)
 		}
 		spec.HTTPGetReadOnly = b
+	}
+	if v, set := ann[AnnotationRedisAllow]; set {
+		a, perr := rediscmd.ParseAllow(v)
+		if perr != nil {
+			bad(AnnotationRedisAllow, "%v", perr)
+		}
+		spec.RedisAllow = a
 	}
 	if v, set := ann[AnnotationMaxRequestBytes]; set {
 		n, perr := parseSize(v)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
 
 func pod(name string, labels, ann map[string]string) PodMeta {
@@ -36,9 +37,11 @@ func TestParsePod(t *testing.T) {
 		{"everything explicit, kubernetes membership", pod("whatever", map[string]string{LabelPodIndex: "4"}, map[string]string{
 			AnnotationGroup: "kv", AnnotationPorts: "8080/http", AnnotationRaftPort: "7000",
 			AnnotationMembership: "kubernetes", AnnotationHTTPGetReadOnly: "true", AnnotationMaxRequestBytes: "4Mi",
+			AnnotationRedisAllow: "scripts, expiry",
 		}), Spec{
 			Namespace: "shop", Group: "kv", RaftPort: 7000, Membership: MembershipKubernetes, MemberID: 5,
 			Ports: []Port{{8080, framing.ProtoHTTP}}, HTTPGetReadOnly: true, MaxRequestBytes: 4 << 20,
+			RedisAllow: rediscmd.AllowScripts | rediscmd.AllowExpiry,
 		}},
 		{"group label and member-id annotation win", pod("redis-0", map[string]string{LabelGroup: "cache", LabelPodIndex: "0"}, map[string]string{
 			AnnotationPorts: "6379/resp", AnnotationMemberID: "9", AnnotationPeers: "9=10.0.0.1:7480",
@@ -115,6 +118,7 @@ func TestParsePodBadContract(t *testing.T) {
 		{"duplicate peer addr", pod("r-0", nil, with(AnnotationPeers, "1=a:1,2=a:1")), "address a:1 listed twice"},
 		{"self not in peers", pod("r-4", nil, good()), "does not list this pod's member ID 5"},
 		{"bad bool", pod("r-0", nil, with(AnnotationHTTPGetReadOnly, "maybe")), "want true or false"},
+		{"bad redis-allow", pod("r-0", nil, with(AnnotationRedisAllow, "scripts,time")), `smr.io/redis-allow: unknown value "time"`},
 		{"bad size", pod("r-0", nil, with(AnnotationMaxRequestBytes, "1GB")), "positive size"},
 		{"size too small", pod("r-0", nil, with(AnnotationMaxRequestBytes, "10")), "out of range"},
 		{"size too large", pod("r-0", nil, with(AnnotationMaxRequestBytes, "5Mi")), "out of range"},

@@ -352,14 +352,20 @@ func (x *Executor) roundTripLocked(s *appSession, req framing.Request, sent func
 		return reply
 	}
 	_ = s.conn.SetDeadline(time.Now().Add(x.cfg.AppTimeout))
-	resp, err := func() ([]byte, error) {
+	resp, err := func() (resp []byte, err error) {
+		// A panic reading the app's response ends only this session here.
+		defer func() {
+			if p := recover(); p != nil {
+				err = panicked(x.cfg.Log, x.m, x.cfg.Group, panicPathAppResponse, p)
+			}
+		}()
 		if _, err := s.conn.Write(req.Raw); err != nil {
 			return nil, fmt.Errorf("write to app: %w", err)
 		}
 		if sent != nil {
 			sent()
 		}
-		resp, err := s.framer.ReadResponse(s.r, req)
+		resp, err = s.framer.ReadResponse(s.r, req)
 		if err != nil {
 			return resp, fmt.Errorf("read app response to %s: %w", req.Op, err)
 		}

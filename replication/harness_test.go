@@ -56,6 +56,10 @@ type cluster struct {
 	replicas []*replica
 	metrics  *Metrics
 	reg      *prometheus.Registry
+	// for replicas restarted by a test (rebuildReplica)
+	network *memnet.Network
+	dir     string
+	peers   map[uint64]string
 }
 
 type syncBuffer struct {
@@ -94,6 +98,7 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		peers[uint64(i+1)] = fmt.Sprintf("m%d", i+1)
 	}
 	dir := t.TempDir()
+	c.network, c.dir, c.peers = network, dir, peers
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
 		cancel()

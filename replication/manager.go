@@ -13,6 +13,7 @@ import (
 
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/replication/framing"
 )
 
 // Interceptor redirects a pod's inbound app ports to smr-cri's listener in
@@ -74,6 +75,7 @@ type attached struct {
 	pod   *Pod
 	netns string
 	spec  Spec
+	stop  context.CancelFunc // ends background checks of this pod's app
 }
 
 // NewManager validates cfg and fills its defaults.
@@ -153,7 +155,13 @@ func (m *Manager) Attach(ctx context.Context, ref PodRef) (err error) {
 		_, cerr := m.cfg.Intercept.Cleanup(context.WithoutCancel(ctx), ref.NetNSPath)
 		return errors.Join(fail("start", err), cerr)
 	}
-	m.pods[ref.SandboxID] = &attached{pod: pod, netns: ref.NetNSPath, spec: spec}
+	checks, stop := context.WithCancel(context.WithoutCancel(ctx))
+	for _, p := range spec.Ports {
+		if p.Protocol == framing.ProtoRESP {
+			go warnIfEvicting(checks, m.cfg.Log, m.cfg.Dialer(ref.NetNSPath), spec.GroupKey(), p.Number)
+		}
+	}
+	m.pods[ref.SandboxID] = &attached{pod: pod, netns: ref.NetNSPath, spec: spec, stop: stop}
 	m.cfg.Log.Info("pod attached to replication", "sandbox", ref.SandboxID, "pod", spec.Namespace+"/"+ref.Meta.Name,
 		"group", spec.GroupKey(), "member", spec.MemberID, "ports", fmt.Sprint(spec.Ports))
 	return nil
@@ -171,6 +179,7 @@ func (m *Manager) Detach(ctx context.Context, sandboxID string) error {
 	if !ok {
 		return nil
 	}
+	a.stop()
 	errs := []error{a.pod.Stop()}
 	if _, err := m.cfg.Intercept.Cleanup(ctx, a.netns); err != nil {
 		errs = append(errs, err)

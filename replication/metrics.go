@@ -24,6 +24,7 @@ type Metrics struct {
 	queue         *prometheus.GaugeVec
 	leaderChanges *prometheus.CounterVec
 	leader        *prometheus.GaugeVec
+	connPanics    *prometheus.CounterVec
 
 	mu         sync.Mutex
 	lastLeader map[string]uint64
@@ -58,10 +59,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Leader changes observed by this replica."}, g),
 		leader: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_leader",
 			Help: "Current leader member ID as seen here (0 = none)."}, g),
+		connPanics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_connection_panics_total",
+			Help: "Panics recovered while serving one connection (path=client: a client connection's handler; path=app_response: reading an app response); only that connection ended."}, []string{"group", "path"}),
 		lastLeader: map[string]uint64{},
 	}
 	for _, c := range []prometheus.Collector{m.proposals, m.proposalErrs, m.commits, m.reads, m.badRequests,
-		m.applyLagH, m.execDuration, m.appliedIndex, m.sessions, m.queue, m.leaderChanges, m.leader} {
+		m.applyLagH, m.execDuration, m.appliedIndex, m.sessions, m.queue, m.leaderChanges, m.leader, m.connPanics} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register replication metrics: %w", err)
 		}
@@ -126,6 +129,12 @@ func (g *groupMetrics) read() {
 func (g *groupMetrics) badRequest(reason string) {
 	if g != nil {
 		g.m.badRequests.WithLabelValues(g.group, reason).Inc()
+	}
+}
+
+func (g *groupMetrics) connPanic(path string) {
+	if g != nil {
+		g.m.connPanics.WithLabelValues(g.group, path).Inc()
 	}
 }
 

@@ -113,15 +113,29 @@ func (p *Pod) run(ctx context.Context, orderer Orderer) {
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	backoff := time.Duration(0)
 	for {
 		conn, err := p.cfg.Listener.Accept()
 		if err != nil {
-			if ctx.Err() == nil {
-				p.err = fmt.Errorf("accept: %w", err)
-				p.cfg.Log.Error("replication listener failed", "group", p.cfg.Spec.GroupKey(), "err", err)
+			if ctx.Err() != nil {
+				return
 			}
+			if !errors.Is(err, net.ErrClosed) {
+				// Out of file descriptors (many clients at once) and other
+				// transient failures: wait and accept again, as net/http
+				// does, rather than ending the replicated port for good.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				p.cfg.Log.Warn("accept failed (will retry)", "group", p.cfg.Spec.GroupKey(), "err", err, "retry_in", backoff)
+				if sleep(ctx, backoff) != nil {
+					return
+				}
+				continue
+			}
+			p.err = fmt.Errorf("accept: %w", err)
+			p.cfg.Log.Error("replication listener failed", "group", p.cfg.Spec.GroupKey(), "err", err)
 			return
 		}
+		backoff = 0
 		srv, err := p.serverFor(conn)
 		if err != nil {
 			p.cfg.Log.Warn("dropping connection", "group", p.cfg.Spec.GroupKey(), "remote", conn.RemoteAddr().String(), "err", err)

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +26,12 @@ import (
 // replays its log.
 func kvPod(t *testing.T, network *memnet.Network, dir string, i int, app string) (*Pod, string) {
 	t.Helper()
+	return kvPodWith(t, network, dir, i, app, nil)
+}
+
+// kvPodWith is kvPod with the pod's listener wrapped by wrap (nil: as is).
+func kvPodWith(t *testing.T, network *memnet.Network, dir string, i int, app string, wrap func(net.Listener) net.Listener) (*Pod, string) {
+	t.Helper()
 	spec, ok, err := ParsePod(PodMeta{Name: fmt.Sprintf("kv-%d", i), Namespace: "demo",
 		Labels:      map[string]string{LabelReplicate: "true"},
 		Annotations: map[string]string{AnnotationPorts: "8080/http", AnnotationPeers: "1=m1:7480,2=m2:7480,3=m3:7480"}})
@@ -34,13 +42,17 @@ func kvPod(t *testing.T, network *memnet.Network, dir string, i int, app string)
 	if err != nil {
 		t.Fatal(err)
 	}
+	var podLn net.Listener = ln
+	if wrap != nil {
+		podLn = wrap(ln)
+	}
 	raftPeers := map[uint64]string{}
 	for _, p := range spec.Peers {
 		raftPeers[p.ID] = strings.TrimSuffix(p.Addr, ":7480")
 	}
 	self := raftPeers[spec.MemberID]
 	pod, err := StartPod(context.Background(), PodConfig{
-		Spec: spec, Listener: ln, Dialer: &addrDialer{addr: app},
+		Spec: spec, Listener: podLn, Dialer: &addrDialer{addr: app},
 		StartGroup: func(sm raftcore.StateMachine) (Orderer, func() error, error) {
 			node, err := raftcore.NewNode(raftcore.NodeConfig{DataDir: filepath.Join(dir, self),
 				Transport: network.Endpoint(self), TickInterval: 10 * time.Millisecond, UnsafeNoFsync: true})
@@ -160,5 +172,40 @@ func TestPodDropsUnknownPort(t *testing.T) {
 	p.cfg.OriginalPort = func(net.Conn) (int, error) { return 0, io.ErrClosedPipe }
 	if _, err := p.serverFor(a); err == nil || !strings.Contains(err.Error(), "original destination") {
 		t.Fatalf("serverFor: %v", err)
+	}
+}
+
+// flakyListener fails its first Accepts the way a process out of file
+// descriptors does.
+type flakyListener struct {
+	net.Listener
+	fails atomic.Int32
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.fails.Add(-1) >= 0 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: syscall.EMFILE}
+	}
+	return l.Listener.Accept()
+}
+
+// Running out of file descriptors for a moment does not end the replicated
+// port: the pod accepts again once it can.
+func TestPodAcceptRetriesAfterEMFILE(t *testing.T) {
+	_, apps := kvApps(t, 3)
+	network := memnet.New()
+	t.Cleanup(network.Close)
+	dir := t.TempDir()
+	var addrs []string
+	for i := range 3 {
+		_, addr := kvPodWith(t, network, dir, i, apps[i], func(ln net.Listener) net.Listener {
+			f := &flakyListener{Listener: ln}
+			f.fails.Store(5)
+			return f
+		})
+		addrs = append(addrs, addr)
+	}
+	for i, a := range addrs {
+		incr(t, a, i+1)
 	}
 }

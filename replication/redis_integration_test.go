@@ -29,7 +29,7 @@ func requireIntegration(t testing.TB) {
 }
 
 // startRedis runs a private redis-server on a free 127.0.0.1 port.
-func startRedis(t testing.TB) string {
+func startRedis(t testing.TB, extraArgs ...string) string {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -40,8 +40,8 @@ func startRedis(t testing.TB) string {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", dir, "--daemonize", "no", "--logfile", dir+"/redis.log")
+	cmd := exec.Command(bin, append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", dir, "--daemonize", "no", "--logfile", dir + "/redis.log"}, extraArgs...)...)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}

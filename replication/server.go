@@ -16,6 +16,7 @@ import (
 
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
 
 // ServerConfig configures the client side of one replicated port.
@@ -119,8 +120,27 @@ func newSessionID(origin uint64) uint64 {
 
 // ServeConn serves one client connection and closes it. Requests of one
 // connection are handled in order, one at a time, like the app would.
-func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
+//
+// A panic anywhere in the handler ends only this connection: it is
+// recovered, logged with its stack, counted (smr_connection_panics_total)
+// and answered with a protocol error; the session's CLOSE is still ordered
+// (deferred in serveConn), so every replica ends the session too.
+func (s *Server) ServeConn(ctx context.Context, conn net.Conn) (err error) {
 	defer conn.Close()
+	defer func() {
+		if p := recover(); p != nil {
+			err = panicked(s.cfg.Log, s.m, s.cfg.Group, panicPathClient, p)
+			if f, ferr := framing.New(s.cfg.Port.Protocol, s.cfg.Framing); ferr == nil {
+				reply, _ := f.ErrorReply(err)
+				_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+				_, _ = conn.Write(reply)
+			}
+		}
+	}()
+	return s.serveConn(ctx, conn)
+}
+
+func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer stop()
 
@@ -171,8 +191,22 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 		if req.ReadOnly {
 			val, err = s.read(ctx, session, req)
 		} else {
+			raw := req.Raw
+			if req.Rewrite {
+				// Stamped with this replica's clock at propose time (relative
+				// expiries, stream IDs): every replica applies the same bytes.
+				raw, err = rediscmd.Rewrite(req.Raw, time.Now().UnixMilli())
+				if err != nil {
+					err = fmt.Errorf("%w: rewrite %s: %v", framing.ErrMalformed, req.Op, err)
+					s.m.badRequest(reason(err))
+					reply, _ := f.ErrorReply(err)
+					_, _ = bw.Write(reply)
+					_ = bw.Flush()
+					return err
+				}
+			}
 			seq++
-			res, err = s.propose(ctx, session, seq, Op{Kind: KindRequest, Name: req.Op, Raw: req.Raw})
+			res, err = s.propose(ctx, session, seq, Op{Kind: KindRequest, Name: req.Op, Raw: raw})
 			val = res.Value
 		}
 		if err != nil {

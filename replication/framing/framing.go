@@ -17,6 +17,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
 
 // Errors returned by framers. They are wrapped with detail; test with errors.Is.
@@ -45,6 +47,9 @@ type Request struct {
 	// ReadOnly is true when the request cannot change application state or
 	// connection state, so it may run locally after a ReadIndex.
 	ReadOnly bool
+	// Rewrite is true when the origin must rewrite Raw into a deterministic
+	// equivalent stamped with its clock before proposing (rediscmd.Rewrite).
+	Rewrite bool
 }
 
 // Framer frames one connection's requests and the matching responses.
@@ -104,6 +109,9 @@ type Options struct {
 	// caller answers "100 Continue" so the client sends the body (the framer
 	// itself never writes). Clients accept further 1xx from the app.
 	OnExpectContinue func()
+	// RedisAllow is what the pod opted in to (smr.io/redis-allow): scripts,
+	// key expiry. Without it those Redis commands are refused.
+	RedisAllow rediscmd.Allow
 }
 
 // Protocol names accepted by New.
@@ -164,8 +172,22 @@ func readLine(r *bufio.Reader, dst []byte, max int, what string) ([]byte, []byte
 	}
 }
 
-// readN appends exactly n bytes from r to dst.
+// fits reports whether n more bytes plus extra (framing bytes such as a
+// CRLF) fit into a frame that already holds used bytes, without exceeding max.
+// It never overflows: lengths come from the peer and may be anything an int64
+// holds (a RESP bulk length near 2^63 once wrapped the sum negative and
+// passed the check).
+func fits(used int, n, extra int64, max int) bool {
+	room := int64(max) - int64(used) - extra
+	return n >= 0 && room >= 0 && n <= room
+}
+
+// readN appends exactly n bytes from r to dst. Callers bound n with fits; a
+// negative n is a caller bug reported as malformed input, never a panic.
 func readN(r *bufio.Reader, dst []byte, n int) ([]byte, error) {
+	if n < 0 {
+		return dst, errorf(ErrMalformed, "negative length %d", n)
+	}
 	for n > 0 {
 		chunk, err := r.Peek(min(n, r.Size()))
 		if len(chunk) > 0 {

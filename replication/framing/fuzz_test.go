@@ -17,6 +17,7 @@ var respRequestSeeds = []string{
 	"PING\r\nMULTI\r\nINCR a\r\nEXEC\r\n",
 	"*1\r\n$-1\r\n", "*-1\r\n", "*0\r\n", "\r\n\n", "SUBSCRIBE x\r\n", "XREAD BLOCK 0 STREAMS s $\r\n",
 	"*2\r\n$4\r\nECHO\r\n$4\r\na\r\nb\r\n", "*99999999999999999999\r\n",
+	"*2\r\n$3\r\nGET\r\n$9223372036854775807\r\nk\r\n", "*1\r\n$9223372036854775806\r\n",
 }
 
 var respResponseSeeds = []string{

@@ -82,7 +82,7 @@ func (f *HTTP) NextRequest(r *bufio.Reader) (Request, error) {
 	case h.hasTE && !h.chunked:
 		return req, errorf(ErrMalformed, "request transfer coding must end with chunked")
 	case h.expect100 && f.onContinue != nil && (h.chunked || h.contentLength > 0) &&
-		int64(len(raw))+max64(h.contentLength, 0) <= int64(max) && r.Buffered() == 0:
+		fits(len(raw), max64(h.contentLength, 0), 0, max) && r.Buffered() == 0:
 		// The client waits for 100 Continue before it sends the body.
 		f.onContinue()
 		fallthrough
@@ -104,7 +104,7 @@ func (f *HTTP) readBody(r *bufio.Reader, raw []byte, h httpHeaders, max int) ([]
 	case h.chunked:
 		raw, err = readChunked(r, raw, max, "request")
 	case h.contentLength > 0:
-		if int64(len(raw))+h.contentLength > int64(max) {
+		if !fits(len(raw), h.contentLength, 0, max) {
 			return raw, errorf(ErrTooLarge, "request body of %d bytes exceeds the %d byte limit", h.contentLength, max)
 		}
 		raw, err = readN(r, raw, int(h.contentLength))
@@ -224,7 +224,7 @@ func readChunked(r *bufio.Reader, raw []byte, max int, what string) ([]byte, err
 				}
 			}
 		}
-		if int64(len(raw))+size+2 > int64(max) {
+		if !fits(len(raw), size, 2, max) {
 			return raw, errorf(ErrTooLarge, "%s body exceeds %d bytes", what, max)
 		}
 		if raw, err = readN(r, raw, int(size)+2); err != nil {
@@ -302,7 +302,7 @@ func (f *HTTP) ReadResponse(r *bufio.Reader, req Request) ([]byte, error) {
 		case h.chunked:
 			return readChunked(r, raw, max, "response")
 		case !h.hasTE && h.contentLength >= 0:
-			if int64(len(raw))+h.contentLength > int64(max) {
+			if !fits(len(raw), h.contentLength, 0, max) {
 				return raw, errorf(ErrTooLarge, "response body of %d bytes exceeds %d", h.contentLength, max)
 			}
 			raw, err = readN(r, raw, int(h.contentLength))

@@ -6,7 +6,8 @@ import (
 	"errors"
 	"io"
 	"strconv"
-	"strings"
+
+	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
 
 // RESP frames the Redis serialization protocol: requests are arrays of bulk
@@ -20,11 +21,14 @@ import (
 // MULTI, because queued commands are never read-only.
 type RESP struct {
 	lim     Limits
+	allow   rediscmd.Allow
 	inMulti bool
 }
 
 // NewRESP returns a RESP framer for one connection.
-func NewRESP(opts Options) *RESP { return &RESP{lim: opts.Limits.withDefaults()} }
+func NewRESP(opts Options) *RESP {
+	return &RESP{lim: opts.Limits.withDefaults(), allow: opts.RedisAllow}
+}
 
 // Protocol implements Framer.
 func (f *RESP) Protocol() string { return ProtoRESP }
@@ -45,14 +49,13 @@ func (f *RESP) NextRequest(r *bufio.Reader) (Request, error) {
 		}
 		var (
 			raw   []byte
-			args  [3]argSpan // command name and the first two arguments
+			args  [2]argSpan // command name and the first argument (a subcommand)
 			nargs int
-			block bool // some argument is BLOCK (XREAD ... BLOCK ms)
 		)
 		if head[0] == '*' {
-			raw, nargs, block, err = f.readMultibulk(r, &args)
+			raw, nargs, err = f.readMultibulk(r, &args)
 		} else {
-			raw, nargs, block, err = f.readInline(r, &args)
+			raw, nargs, err = f.readInline(r, &args)
 		}
 		if err != nil {
 			return Request{}, err
@@ -60,71 +63,67 @@ func (f *RESP) NextRequest(r *bufio.Reader) (Request, error) {
 		if nargs == 0 {
 			continue
 		}
-		return f.classify(raw, args[:min(nargs, len(args))], block)
+		return f.classify(raw, args[:min(nargs, len(args))], nargs)
 	}
 }
 
 // readMultibulk reads "*N\r\n" followed by N "$len\r\n<bytes>\r\n".
-func (f *RESP) readMultibulk(r *bufio.Reader, args *[3]argSpan) ([]byte, int, bool, error) {
+func (f *RESP) readMultibulk(r *bufio.Reader, args *[2]argSpan) ([]byte, int, error) {
 	max := f.lim.MaxRequestBytes
 	raw, line, err := readLine(r, nil, max, "request")
 	if err != nil {
-		return nil, 0, false, unexpectedEOF(err)
+		return nil, 0, unexpectedEOF(err)
 	}
 	n, err := parseRESPInt(line, '*')
 	if err != nil {
-		return nil, 0, false, err
+		return nil, 0, err
 	}
 	if n <= 0 {
-		return raw, 0, false, nil // Redis ignores *0 and *-1
+		return raw, 0, nil // Redis ignores *0 and *-1
 	}
 	if n > int64(f.lim.MaxArgs) {
-		return nil, 0, false, errorf(ErrTooLarge, "request has %d arguments, limit %d", n, f.lim.MaxArgs)
+		return nil, 0, errorf(ErrTooLarge, "request has %d arguments, limit %d", n, f.lim.MaxArgs)
 	}
-	block := false
 	for i := 0; i < int(n); i++ {
 		raw, line, err = readLine(r, raw, max, "request")
 		if err != nil {
-			return nil, 0, false, unexpectedEOF(err)
+			return nil, 0, unexpectedEOF(err)
 		}
 		size, err := parseRESPInt(line, '$')
 		if err != nil {
-			return nil, 0, false, err
+			return nil, 0, err
 		}
 		if size < 0 {
-			return nil, 0, false, errorf(ErrMalformed, "argument %d has negative length %d", i, size)
+			return nil, 0, errorf(ErrMalformed, "argument %d has negative length %d", i, size)
 		}
-		if int64(len(raw))+size+2 > int64(max) {
-			return nil, 0, false, errorf(ErrTooLarge, "request exceeds %d bytes", max)
+		if !fits(len(raw), size, 2, max) {
+			return nil, 0, errorf(ErrTooLarge, "request exceeds %d bytes", max)
 		}
 		start := len(raw)
 		raw, err = readN(r, raw, int(size)+2)
 		if err != nil {
-			return nil, 0, false, unexpectedEOF(err)
+			return nil, 0, unexpectedEOF(err)
 		}
 		if !bytes.HasSuffix(raw, []byte("\r\n")) {
-			return nil, 0, false, errorf(ErrMalformed, "argument %d is not terminated by CRLF", i)
+			return nil, 0, errorf(ErrMalformed, "argument %d is not terminated by CRLF", i)
 		}
 		end := len(raw) - 2
 		if i < len(args) {
 			args[i] = argSpan{start, end}
 		}
-		if i > 0 && end-start == 5 && bytes.EqualFold(raw[start:end], []byte("BLOCK")) {
-			block = true
-		}
 	}
-	return raw, int(n), block, nil
+	return raw, int(n), nil
 }
 
 // readInline reads one inline command line ("SET k v\r\n"). Quoting is left
 // to the app: smr-cri only needs the command word to classify the request.
-func (f *RESP) readInline(r *bufio.Reader, args *[3]argSpan) ([]byte, int, bool, error) {
+func (f *RESP) readInline(r *bufio.Reader, args *[2]argSpan) ([]byte, int, error) {
 	raw, line, err := readLine(r, nil, f.lim.MaxRequestBytes, "inline request")
 	if err != nil {
-		return nil, 0, false, unexpectedEOF(err)
+		return nil, 0, unexpectedEOF(err)
 	}
 	body := trimEOL(line)
-	n, block := 0, false
+	n := 0
 	i := 0
 	for i < len(body) {
 		for i < len(body) && (body[i] == ' ' || body[i] == '\t') {
@@ -140,15 +139,12 @@ func (f *RESP) readInline(r *bufio.Reader, args *[3]argSpan) ([]byte, int, bool,
 		if n < len(args) {
 			args[n] = argSpan{start, i}
 		}
-		if n > 0 && i-start == 5 && bytes.EqualFold(body[start:i], []byte("BLOCK")) {
-			block = true
-		}
 		n++
 	}
 	if n > 0 && bytes.ContainsAny(body, "\x00") {
-		return nil, 0, false, errorf(ErrMalformed, "inline request contains a NUL byte")
+		return nil, 0, errorf(ErrMalformed, "inline request contains a NUL byte")
 	}
-	return raw, n, block, nil
+	return raw, n, nil
 }
 
 // parseRESPInt parses a "<prefix><int>\r\n" header line strictly.
@@ -171,51 +167,47 @@ func truncate(b []byte) string {
 	return string(b)
 }
 
-// classify names the command, rejects the ones smr-cri cannot replicate and
-// decides whether it is read-only.
-func (f *RESP) classify(raw []byte, args []argSpan, block bool) (Request, error) {
-	name := raw[args[0].start:args[0].end]
-	name = bytes.Trim(name, `"'`)
-	var up [24]byte
-	op := ""
-	info := cmdInfo{}
-	if len(name) <= len(up) {
-		for i, c := range name {
-			if 'a' <= c && c <= 'z' {
-				c -= 'a' - 'A'
-			}
-			up[i] = c
-		}
-		if ci, ok := commands[string(up[:len(name)])]; ok {
-			op, info = ci.name, ci
-		} else {
-			op = string(up[:len(name)])
-		}
-	} else {
-		op = strings.ToUpper(string(name))
+// classify looks the command up in the one command table
+// (replication/rediscmd), refuses what would make replicas diverge, marks
+// requests the origin must rewrite, and decides whether it is read-only.
+func (f *RESP) classify(raw []byte, args []argSpan, nargs int) (Request, error) {
+	name := bytes.Trim(raw[args[0].start:args[0].end], `"'`)
+	var sub []byte
+	if len(args) > 1 {
+		sub = raw[args[1].start:args[1].end]
 	}
-	req := Request{Raw: raw, Op: op}
-	switch {
-	case info.unsupported != "":
-		return req, errorf(ErrUnsupported, "%s %s", op, info.unsupported)
-	case op == "CLIENT" && len(args) > 1:
-		// Only CLIENT looks at its subcommand; other requests skip the copy.
-		if sub := strings.ToUpper(string(raw[args[1].start:args[1].end])); sub == "REPLY" || sub == "TRACKING" {
-			return req, errorf(ErrUnsupported, "CLIENT %s changes how replies are delivered and cannot be replicated", sub)
+	c, _ := rediscmd.Lookup(name, sub)
+	req := Request{Raw: raw, Op: c.DisplayName()}
+	var all [][]byte // only commands whose treatment depends on arguments read them
+	if c.NeedsArgs(nargs) {
+		var err error
+		if all, err = rediscmd.SplitRequest(raw); err != nil || len(all) == 0 {
+			return Request{}, errorf(ErrMalformed, "%s: %v", req.Op, err)
 		}
-	case (op == "XREAD" || op == "XREADGROUP") && block:
-		return req, errorf(ErrUnsupported, "%s BLOCK would stall the group's serial executor", op)
 	}
-	wasMulti := f.inMulti
-	switch op {
+	if err := c.Check(all, f.allow); err != nil {
+		return req, refused{err}
+	}
+	switch c.Name {
 	case "MULTI":
 		f.inMulti = true
-	case "EXEC", "DISCARD":
+	case "EXEC", "DISCARD", "RESET":
 		f.inMulti = false
+		return req, nil
 	}
-	req.ReadOnly = info.readOnly && !wasMulti
+	req.ReadOnly = c.Local() && !f.inMulti
+	// Only requests the rewrite changes pay for it at the origin (the
+	// deadline values differ with the clock, never whether one is made).
+	req.Rewrite = c.Treatment == rediscmd.Rewritten && all != nil && c.Rewrite(all, 0) != nil
 	return req, nil
 }
+
+// refused is a request the command table refuses: its text is
+// "<COMMAND>: <why>" and it matches ErrUnsupported.
+type refused struct{ err error }
+
+func (r refused) Error() string   { return r.err.Error() }
+func (r refused) Unwrap() []error { return []error{ErrUnsupported, r.err} }
 
 // ReadResponse implements Framer: it reads one RESP2/RESP3 value, counting
 // the elements still owed by open aggregates instead of recursing, so deep
@@ -249,7 +241,7 @@ func (f *RESP) ReadResponse(r *bufio.Reader, _ Request) ([]byte, error) {
 				}
 				return nil, errorf(ErrMalformed, "negative length in %q", truncate(line))
 			}
-			if int64(len(raw))+n+2 > int64(max) {
+			if !fits(len(raw), n, 2, max) {
 				return nil, errorf(ErrTooLarge, "response exceeds %d bytes", max)
 			}
 			if raw, err = readN(r, raw, int(n)+2); err != nil {
@@ -271,7 +263,7 @@ func (f *RESP) ReadResponse(r *bufio.Reader, _ Request) ([]byte, error) {
 			}
 			// Every element takes at least 3 bytes, so a count larger than the
 			// remaining budget can never complete.
-			if n > int64(max) || need+2*n+1 > int64(max) {
+			if !fits(0, n, 0, max) || !fits(0, 2*n, need+1, max) {
 				return nil, errorf(ErrTooLarge, "response aggregate of %d elements exceeds %d bytes", n, max)
 			}
 			switch line[0] {

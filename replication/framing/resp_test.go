@@ -51,7 +51,10 @@ func TestRESPRequests(t *testing.T) {
 		{"DISCARD ends MULTI", "MULTI\r\nDISCARD\r\nEXISTS a\r\n",
 			[]want{{"MULTI\r\n", "MULTI", false}, {"DISCARD\r\n", "DISCARD", false}, {"EXISTS a\r\n", "EXISTS", true}}},
 		{"SELECT changes connection state", "SELECT 2\r\n", []want{{"SELECT 2\r\n", "SELECT", false}}},
-		{"unknown command is ordered", "FOO.BAR x\r\n", []want{{"FOO.BAR x\r\n", "FOO.BAR", false}}},
+		{"RESET ends MULTI", "MULTI\r\nRESET\r\nGET a\r\n",
+			[]want{{"MULTI\r\n", "MULTI", false}, {"RESET\r\n", "RESET", false}, {"GET a\r\n", "GET", true}}},
+		{"subcommands are named", "CLIENT setname x\r\nCONFIG GET maxmemory\r\n",
+			[]want{{"CLIENT setname x\r\n", "CLIENT SETNAME", false}, {"CONFIG GET maxmemory\r\n", "CONFIG GET", true}}},
 		{"XREAD without BLOCK is a read", "XREAD STREAMS s 0\r\n", []want{{"XREAD STREAMS s 0\r\n", "XREAD", true}}},
 	}
 	for _, tt := range tests {
@@ -100,6 +103,9 @@ func TestRESPBadRequests(t *testing.T) {
 		{"SPOP", "SPOP s\r\n", ErrUnsupported},
 		{"CLIENT REPLY", "CLIENT reply off\r\n", ErrUnsupported},
 		{"XREAD BLOCK", "XREAD BLOCK 0 STREAMS s $\r\n", ErrUnsupported},
+		{"unknown command", "FOO.BAR x\r\n", ErrUnsupported},
+		{"unknown subcommand", "CLIENT FROB\r\n", ErrUnsupported},
+		{"unbalanced inline quotes in an argument-checked command", "SET k \"v EX 1\r\n", ErrMalformed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
