@@ -78,7 +78,7 @@ func (m Member) Problem() string {
 		}
 		p = append(p, s)
 	}
-	if m.Leader == 0 {
+	if m.Leader == 0 && m.State != StateUnknown {
 		p = append(p, "no leader")
 	}
 	return strings.Join(p, "; ")
@@ -194,8 +194,12 @@ func WriteTable(w io.Writer, members []Member, o TableOptions) error {
 		if m.Leader != 0 {
 			leader = strconv.FormatUint(m.Leader, 10)
 		}
-		row = append(row, m.Role, u(m.Term), leader, u(m.Commit), u(m.Applied), u(m.Lag), strconv.Itoa(m.Sessions),
-			m.State, u(m.SnapshotIndex), Bytes(m.LogBytes))
+		if m.State == StateUnknown { // nobody reports it: no numbers to show
+			row = append(row, m.Role, "-", "-", "-", "-", "-", "-", m.State, "-", "-")
+		} else {
+			row = append(row, m.Role, u(m.Term), leader, u(m.Commit), u(m.Applied), u(m.Lag), strconv.Itoa(m.Sessions),
+				m.State, u(m.SnapshotIndex), Bytes(m.LogBytes))
+		}
 		line := strings.Join(row, "\t") + "\t"
 		color := ""
 		switch {

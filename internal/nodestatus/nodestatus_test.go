@@ -151,8 +151,15 @@ func TestAddMissing(t *testing.T) {
 	if strings.Join(ids, " ") != strings.Join(want, " ") {
 		t.Fatalf("AddMissing = %v, want %v", ids, want)
 	}
-	if got[2].Healthy() || !strings.Contains(got[2].Problem(), "no node reports") {
-		t.Errorf("missing member %+v", got[2])
+	if got[2].Healthy() || got[2].Problem() != "unknown: no node reports this member (pod, node or smr-cri down?)" {
+		t.Errorf("missing member %+v: %q", got[2], got[2].Problem())
+	}
+	var b strings.Builder
+	if err := WriteTable(&b, got[:3], TableOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "g      3       ?            ?         -     -       -       -        -    -         unknown  -         -      <- unknown: no node") {
+		t.Errorf("missing member's row:\n%s", b.String())
 	}
 	if n := len(AddMissing(nil)); n != 0 {
 		t.Errorf("AddMissing(nil) = %d rows", n)
