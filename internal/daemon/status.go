@@ -43,8 +43,8 @@ type appProgress interface {
 // leader-elected and membership events.
 const statusPoll = 500 * time.Millisecond
 
-// members is the registry of running members for Status.
-type members struct {
+// memberRegistry is the registry of running members for Status.
+type memberRegistry struct {
 	mu   sync.Mutex
 	byID map[string]*trackedMember // by member directory
 }
