@@ -357,7 +357,10 @@ func (f *execFetcher) Fetch(ctx context.Context, pod corev1.Pod) (nodestatus.Rep
 	}
 	var out, errOut bytes.Buffer
 	if err := exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &out, Stderr: &errOut}); err != nil {
-		return nodestatus.Report{}, fmt.Errorf("smr-cri status in container %s: %w: %s", f.container, err, strings.TrimSpace(errOut.String()))
+		if msg := strings.TrimSpace(errOut.String()); msg != "" {
+			err = fmt.Errorf("%w: %s", err, msg)
+		}
+		return nodestatus.Report{}, fmt.Errorf("smr-cri status in container %s: %w", f.container, err)
 	}
 	return nodestatus.Decode(out.Bytes())
 }
