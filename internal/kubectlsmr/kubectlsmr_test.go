@@ -8,6 +8,7 @@ import (
 	"flag"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -136,5 +137,24 @@ func TestStatusAggregates(t *testing.T) {
 	}
 	if _, _, err := Collect(context.Background(), o, fakePods{err: errors.New("forbidden")}, nodes); err == nil || !strings.Contains(err.Error(), "forbidden") {
 		t.Errorf("list error: %v", err)
+	}
+}
+
+func TestStatusWatch(t *testing.T) {
+	pods := fakePods{list: &corev1.PodList{Items: []corev1.Pod{dsPod("smr-cri-a", "node1", corev1.PodRunning)}}}
+	nodes := fakeNodes{"smr-cri-a": nodestatus.Report{Node: "node1", Members: []nodestatus.Member{
+		withPeers(mem("default.redis", 1, "default/redis-0", "leader", 1), 1)}}}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	var out bytes.Buffer
+	o := Options{Namespace: "default", Watch: true, Output: "table", Color: "always", Interval: 20 * time.Millisecond, Timeout: time.Second}
+	if err := Status(ctx, o, pods, nodes, &out, &bytes.Buffer{}); err != nil {
+		t.Fatalf("watch ended with %v, want nil at cancel", err)
+	}
+	if n := strings.Count(out.String(), "every 20ms"); n < 2 {
+		t.Errorf("%d refreshes, want several:\n%s", n, out.String())
+	}
+	if !strings.Contains(out.String(), "\x1b[H\x1b[2J") || !strings.Contains(out.String(), "\x1b[1m") {
+		t.Errorf("no screen clear or bold leader with --color always: %q", out.String())
 	}
 }
