@@ -21,8 +21,9 @@ import (
 // Redis: `kubectl smr status` (the plugin binary found by kubectl on PATH, through the API
 // server's pods/exec into the DaemonSet's pods) and `smr-cri status` on each node; the leader's
 // node cut off (its member shown unhealthy in both, a new leader elected, then all healthy
-// again); and the pods' Events read from the API after that leader change and after a pod
-// delete.
+// again); the pods' Events read from the API after that leader change and after a pod
+// delete; and smr-cri killed on a follower's node (its member shown unknown, then healthy again
+// after the restart).
 func TestOperatorView(t *testing.T) {
 	cl := requireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
@@ -145,6 +146,51 @@ func TestOperatorView(t *testing.T) {
 		}
 		return allHealthy(ms)
 	})
+	// Kill smr-cri on a follower's node: that node no longer answers, and its member is shown as
+	// an unknown, unhealthy row from the leader's membership; after the restart, healthy again.
+	ms, err = plugin.members(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var victim nodestatus.Member
+	for _, m := range ms {
+		if m.Role != "leader" {
+			victim = m
+		}
+	}
+	if err := cl.KillSmrCRI(victim.Node); err != nil {
+		t.Fatal(err)
+	}
+	restarted := false
+	defer func() {
+		if !restarted {
+			_ = cl.RestartSmrCRI(context.Background(), victim.Node)
+		}
+	}()
+	eventually(ctx, t, time.Minute, "the killed member shown unknown", func() error {
+		ms, stderr, _ := plugin.membersAndErrors(ctx)
+		for _, m := range ms {
+			if m.MemberID == victim.MemberID && m.State == nodestatus.StateUnknown && !m.Healthy() &&
+				strings.Contains(stderr, "! node "+victim.Node) {
+				return nil
+			}
+		}
+		return fmt.Errorf("member %d not shown unknown: %+v %q", victim.MemberID, ms, stderr)
+	})
+	out, _ := plugin.run(ctx, "-n", smrNS)
+	t.Logf("kubectl smr status with smr-cri killed on %s:\n%s", victim.Node, out)
+	if err := cl.RestartSmrCRI(ctx, victim.Node); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	eventually(ctx, t, 2*time.Minute, "all healthy after smr-cri restarted", func() error {
+		ms, err := plugin.members(ctx)
+		if err != nil {
+			return err
+		}
+		return allHealthy(ms)
+	})
+
 	t.Logf("kubectl describe pod redis-1 (events):\n%s", mustKubectl(ctx, t, "", "describe", "pod", "-n", smrNS, "redis-1"))
 	t.Logf("kubectl smr status -A:\n%s", plugin.table(ctx, t, "-A"))
 }
@@ -175,17 +221,27 @@ func (p pluginRunner) run(ctx context.Context, args ...string) (string, error) {
 	return string(out), nil
 }
 
-// members is `kubectl smr status redis -n e2e-smr -o json`.
+// members is `kubectl smr status redis -n e2e-smr -o json`; a node that does not answer is an
+// error. membersAndErrors also returns the members when one does not, and the `!` lines.
 func (p pluginRunner) members(ctx context.Context) ([]nodestatus.Member, error) {
-	out, err := p.run(ctx, "redis", "-n", smrNS, "-o", "json")
-	if err != nil {
-		return nil, err
-	}
+	ms, _, err := p.membersAndErrors(ctx)
+	return ms, err
+}
+
+func (p pluginRunner) membersAndErrors(ctx context.Context) ([]nodestatus.Member, string, error) {
+	cmd := exec.CommandContext(ctx, p.kubectl, "smr", "status", "redis", "-n", smrNS, "-o", "json")
+	cmd.Env = append(os.Environ(), "PATH="+p.path, "KUBECONFIG="+p.kubeconfig)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, runErr := cmd.Output()
 	var ms []nodestatus.Member
-	if err := json.Unmarshal([]byte(out), &ms); err != nil {
-		return nil, fmt.Errorf("kubectl smr status -o json: %w: %q", err, out)
+	if err := json.Unmarshal(out, &ms); err != nil {
+		return nil, stderr.String(), fmt.Errorf("kubectl smr status -o json: %w (exit %v): %q %q", err, runErr, out, stderr.String())
 	}
-	return ms, nil
+	if runErr != nil {
+		return ms, stderr.String(), fmt.Errorf("kubectl smr status: %w: %s", runErr, stderr.String())
+	}
+	return ms, stderr.String(), nil
 }
 
 // table is `kubectl smr status ARGS` as printed for a person.

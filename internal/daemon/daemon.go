@@ -214,7 +214,7 @@ type Daemon struct {
 	members map[string]*runningMember // by member directory
 	discMu  sync.Mutex                // guards disc (loaded lazily from cfg.Kubeconfig)
 
-	status      members // the operator's view (status.go)
+	status      memberRegistry // the operator's view (status.go)
 	events      podevents.Recorder
 	closeEvents func(context.Context)
 }

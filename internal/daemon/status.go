@@ -43,8 +43,8 @@ type appProgress interface {
 // leader-elected and membership events.
 const statusPoll = 500 * time.Millisecond
 
-// members is the registry of running members for Status.
-type members struct {
+// memberRegistry is the registry of running members for Status.
+type memberRegistry struct {
 	mu   sync.Mutex
 	byID map[string]*trackedMember // by member directory
 }
@@ -227,7 +227,8 @@ func (d *Daemon) Status() nodestatus.Report {
 func (tm *trackedMember) status() nodestatus.Member {
 	st := tm.group.Status()
 	m := nodestatus.Member{Group: st.Group, MemberID: st.ID, Pod: tm.pod.String(), Role: roleName(st.State),
-		Term: st.Term, Leader: st.Leader, Commit: st.Commit, Applied: st.Applied, Sessions: st.Sessions}
+		Term: st.Term, Leader: st.Leader, Commit: st.Commit, Applied: st.Applied, Sessions: st.Sessions,
+		Peers: sortedIDs(st.Members)}
 	if p, ok := tm.sm.(appProgress); ok {
 		m.Applied, m.Sessions = p.Applied(), p.Sessions()
 	}

@@ -68,7 +68,8 @@ func TestDaemonStatusAndEvents(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if m.Group != "default.redis" || m.MemberID != 1 || m.Pod != "default/redis-0" || m.Role != "leader" || m.Leader != 1 ||
-		m.Term == 0 || m.Commit < 6 || m.Lag != 0 || m.State != nodestatus.StateServing || m.LogBytes <= 0 || !m.Healthy() {
+		m.Term == 0 || m.Commit < 6 || m.Lag != 0 || m.State != nodestatus.StateServing || m.LogBytes <= 0 || !m.Healthy() ||
+		!slices.Equal(m.Peers, []uint64{1}) {
 		t.Fatalf("member %+v", m)
 	}
 	// The leader event is recorded once, by the leader, however often it is polled.

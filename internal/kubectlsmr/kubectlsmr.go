@@ -249,8 +249,13 @@ func Status(ctx context.Context, o Options, pods PodLister, nodes NodeFetcher, s
 		} else if err := nodestatus.WriteTable(&buf, ms, nodestatus.TableOptions{Node: true, Color: color}); err != nil {
 			return err
 		}
+		// Nodes that did not answer: after the table, or on stderr beside JSON.
+		errOut := io.Writer(&buf)
+		if o.Output == "json" {
+			errOut = stderr
+		}
 		for _, e := range nodeErrs {
-			fmt.Fprintf(&buf, "! %v\n", e)
+			fmt.Fprintf(errOut, "! %v\n", e)
 		}
 		if _, err := stdout.Write(buf.Bytes()); err != nil {
 			return err
@@ -306,7 +311,7 @@ func Collect(ctx context.Context, o Options, pods PodLister, nodes NodeFetcher) 
 		})
 	}
 	wg.Wait()
-	nodestatus.Sort(ms)
+	ms = nodestatus.AddMissing(ms)
 	slices.SortFunc(nodeErrs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
 	return ms, nodeErrs, nil
 }
@@ -352,7 +357,10 @@ func (f *execFetcher) Fetch(ctx context.Context, pod corev1.Pod) (nodestatus.Rep
 	}
 	var out, errOut bytes.Buffer
 	if err := exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &out, Stderr: &errOut}); err != nil {
-		return nodestatus.Report{}, fmt.Errorf("smr-cri status in container %s: %w: %s", f.container, err, strings.TrimSpace(errOut.String()))
+		if msg := strings.TrimSpace(errOut.String()); msg != "" {
+			err = fmt.Errorf("%w: %s", err, msg)
+		}
+		return nodestatus.Report{}, fmt.Errorf("smr-cri status in container %s: %w", f.container, err)
 	}
 	return nodestatus.Decode(out.Bytes())
 }

@@ -3,10 +3,12 @@ package kubectlsmr
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -73,6 +75,11 @@ func (f fakeNodes) Fetch(_ context.Context, pod corev1.Pod) (nodestatus.Report, 
 	return nodestatus.Report{}, errors.New("unknown pod")
 }
 
+func withPeers(m nodestatus.Member, ids ...uint64) nodestatus.Member {
+	m.Peers = ids
+	return m
+}
+
 func dsPod(name, node string, phase corev1.PodPhase) corev1.Pod {
 	return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "smr-system"}, Spec: corev1.PodSpec{NodeName: node},
 		Status: corev1.PodStatus{Phase: phase}}
@@ -87,7 +94,7 @@ func TestStatusAggregates(t *testing.T) {
 		dsPod("smr-cri-a", "node1", corev1.PodRunning), dsPod("smr-cri-b", "node2", corev1.PodRunning),
 		dsPod("smr-cri-c", "node3", corev1.PodRunning), dsPod("smr-cri-d", "node4", corev1.PodPending)}}}
 	nodes := fakeNodes{
-		"smr-cri-a": nodestatus.Report{Node: "node1", Members: []nodestatus.Member{mem("default.redis", 1, "default/redis-0", "leader", 1),
+		"smr-cri-a": nodestatus.Report{Node: "node1", Members: []nodestatus.Member{withPeers(mem("default.redis", 1, "default/redis-0", "leader", 1), 1, 2, 3),
 			mem("prod.redis", 1, "prod/redis-0", "follower", 2)}},
 		"smr-cri-b": nodestatus.Report{Node: "node2", Members: []nodestatus.Member{mem("default.redis", 2, "default/redis-1", "follower", 0)}},
 		"smr-cri-c": errors.New("connection refused"),
@@ -100,7 +107,8 @@ func TestStatusAggregates(t *testing.T) {
 	}
 	got := out.String()
 	for _, want := range []string{"default.redis  *1      default/redis-0  node1", "default.redis  2       default/redis-1  node2",
-		"<- no leader", "! node node3 (pod smr-cri-c): connection refused", "! node node4: pod smr-cri-d is Pending"} {
+		"<- no leader", "! node node3 (pod smr-cri-c): connection refused",
+		"default.redis  3       ?                ?", "<- unknown: no node reports this member", "! node node4: pod smr-cri-d is Pending"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q:\n%s", want, got)
 		}
@@ -108,9 +116,18 @@ func TestStatusAggregates(t *testing.T) {
 	if strings.Contains(got, "prod") {
 		t.Errorf("namespace filter let prod through:\n%s", got)
 	}
+	// JSON: node errors go to stderr, stdout stays JSON.
+	out.Reset()
+	errOut.Reset()
+	o.Output = "json"
+	_ = Status(context.Background(), o, pods, nodes, &out, &errOut)
+	var ms []nodestatus.Member
+	if err := json.Unmarshal(out.Bytes(), &ms); err != nil || len(ms) != 3 || !strings.Contains(errOut.String(), "! node node3") {
+		t.Errorf("json: %v %d members, stderr %q", err, len(ms), errOut.String())
+	}
 	// -A with namespace.group keeps only that group.
 	o = Options{AllNamespaces: true, Group: "prod.redis", Output: "json", Color: "never", Interval: 1, Timeout: 1e9}
-	ms, _, err := Collect(context.Background(), o, pods, nodes)
+	ms, _, err = Collect(context.Background(), o, pods, nodes)
 	if err != nil || len(ms) != 1 || ms[0].Pod != "prod/redis-0" || ms[0].Node != "node1" {
 		t.Errorf("Collect -A prod.redis = %+v %v", ms, err)
 	}
@@ -120,5 +137,24 @@ func TestStatusAggregates(t *testing.T) {
 	}
 	if _, _, err := Collect(context.Background(), o, fakePods{err: errors.New("forbidden")}, nodes); err == nil || !strings.Contains(err.Error(), "forbidden") {
 		t.Errorf("list error: %v", err)
+	}
+}
+
+func TestStatusWatch(t *testing.T) {
+	pods := fakePods{list: &corev1.PodList{Items: []corev1.Pod{dsPod("smr-cri-a", "node1", corev1.PodRunning)}}}
+	nodes := fakeNodes{"smr-cri-a": nodestatus.Report{Node: "node1", Members: []nodestatus.Member{
+		withPeers(mem("default.redis", 1, "default/redis-0", "leader", 1), 1)}}}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	var out bytes.Buffer
+	o := Options{Namespace: "default", Watch: true, Output: "table", Color: "always", Interval: 20 * time.Millisecond, Timeout: time.Second}
+	if err := Status(ctx, o, pods, nodes, &out, &bytes.Buffer{}); err != nil {
+		t.Fatalf("watch ended with %v, want nil at cancel", err)
+	}
+	if n := strings.Count(out.String(), "every 20ms"); n < 2 {
+		t.Errorf("%d refreshes, want several:\n%s", n, out.String())
+	}
+	if !strings.Contains(out.String(), "\x1b[H\x1b[2J") || !strings.Contains(out.String(), "\x1b[1m") {
+		t.Errorf("no screen clear or bold leader with --color always: %q", out.String())
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/smr-io/smr-cri/test/lab/cluster"
 	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
@@ -135,6 +136,57 @@ func TestDashboard(t *testing.T) {
 	for _, want := range []string{"Throughput", "latency", "lag", "Leader changes", "Repairs"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("no panel about %s: %s", want, all)
+		}
+	}
+}
+
+// The component applies on top of manifests/ as the README shows: kubectl kustomize of an overlay
+// with manifests/ as a resource and manifests/monitoring as a component yields the PodMonitor,
+// the PrometheusRule and the dashboard ConfigMap, all in smr-system, beside the DaemonSet.
+func TestComponentBuilds(t *testing.T) {
+	nodelab.RequireIntegration(t)
+	c, err := cluster.Config{}.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlay := t.TempDir()
+	rel, err := filepath.Rel(overlay, repo) // kustomize refuses absolute roots
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := "resources: [" + rel + "/manifests]\ncomponents: [" + rel + "/manifests/monitoring]\n"
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(c.KubectlPath(), "kustomize", overlay).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl kustomize: %v\n%s", err, out)
+	}
+	kinds := map[string]string{}
+	for _, doc := range strings.Split(string(out), "\n---\n") {
+		var o struct {
+			Kind     string `json:"kind"`
+			Metadata struct {
+				Name, Namespace string
+				Labels          map[string]string
+			} `json:"metadata"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &o); err != nil {
+			t.Fatal(err)
+		}
+		kinds[o.Kind] = o.Metadata.Namespace + "/" + o.Metadata.Name
+		if o.Kind == "ConfigMap" && o.Metadata.Labels["grafana_dashboard"] != "1" {
+			t.Errorf("dashboard ConfigMap without the grafana_dashboard label: %+v", o.Metadata)
+		}
+	}
+	for kind, want := range map[string]string{"PodMonitor": "smr-system/smr-cri", "PrometheusRule": "smr-system/smr-cri",
+		"ConfigMap": "smr-system/smr-cri-dashboard", "DaemonSet": "smr-system/smr-cri"} {
+		if kinds[kind] != want {
+			t.Errorf("%s = %q, want %s (all: %v)", kind, kinds[kind], want, kinds)
 		}
 	}
 }

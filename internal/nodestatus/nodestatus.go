@@ -28,6 +28,10 @@ const (
 	StateRebuilding = "rebuilding"
 	// StateBroken: the replica diverged or cannot follow the log any more.
 	StateBroken = "broken"
+	// StateUnknown: a member of the group (in its leader's membership) that
+	// no node reports: its pod, node or smr-cri is down. Only cluster-wide
+	// views (AddMissing) produce it.
+	StateUnknown = "unknown"
 )
 
 // Member is one raft member on one node.
@@ -57,6 +61,8 @@ type Member struct {
 	SnapshotIndex uint64 `json:"snapshotIndex"`
 	// LogBytes is the size of the member's WAL and snapshot files on disk.
 	LogBytes int64 `json:"logBytes"`
+	// Peers are the group's member IDs as this member knows them.
+	Peers []uint64 `json:"peers,omitempty"`
 }
 
 // Healthy reports whether the member serves and knows a leader.
@@ -72,7 +78,7 @@ func (m Member) Problem() string {
 		}
 		p = append(p, s)
 	}
-	if m.Leader == 0 {
+	if m.Leader == 0 && m.State != StateUnknown {
 		p = append(p, "no leader")
 	}
 	return strings.Join(p, "; ")
@@ -83,6 +89,40 @@ type Report struct {
 	Node    string    `json:"node"`
 	Time    time.Time `json:"time"`
 	Members []Member  `json:"members"`
+}
+
+// AddMissing adds a StateUnknown row for every member that a reported
+// member lists in Peers (the leader's view when there is one) but no row
+// stands for: a cluster-wide view shows a member whose node, pod or
+// smr-cri is down instead of leaving it out.
+func AddMissing(ms []Member) []Member {
+	type key struct {
+		group string
+		id    uint64
+	}
+	have := map[key]bool{}
+	peers := map[string][]uint64{} // by group: the leader's view, else the widest
+	leading := map[string]bool{}
+	for _, m := range ms {
+		have[key{m.Group, m.MemberID}] = true
+		switch {
+		case m.Role == "leader" && !leading[m.Group]:
+			peers[m.Group], leading[m.Group] = m.Peers, true
+		case !leading[m.Group] && len(m.Peers) > len(peers[m.Group]):
+			peers[m.Group] = m.Peers
+		}
+	}
+	out := slices.Clone(ms)
+	for group, ids := range peers {
+		for _, id := range ids {
+			if !have[key{group, id}] {
+				out = append(out, Member{Group: group, MemberID: id, Pod: "?", Node: "?", Role: "?",
+					State: StateUnknown, StateDetail: "no node reports this member (pod, node or smr-cri down?)"})
+			}
+		}
+	}
+	Sort(out)
+	return out
 }
 
 // Sort orders members by group, then member ID, then node.
@@ -154,8 +194,12 @@ func WriteTable(w io.Writer, members []Member, o TableOptions) error {
 		if m.Leader != 0 {
 			leader = strconv.FormatUint(m.Leader, 10)
 		}
-		row = append(row, m.Role, u(m.Term), leader, u(m.Commit), u(m.Applied), u(m.Lag), strconv.Itoa(m.Sessions),
-			m.State, u(m.SnapshotIndex), Bytes(m.LogBytes))
+		if m.State == StateUnknown { // nobody reports it: no numbers to show
+			row = append(row, m.Role, "-", "-", "-", "-", "-", "-", m.State, "-", "-")
+		} else {
+			row = append(row, m.Role, u(m.Term), leader, u(m.Commit), u(m.Applied), u(m.Lag), strconv.Itoa(m.Sessions),
+				m.State, u(m.SnapshotIndex), Bytes(m.LogBytes))
+		}
 		line := strings.Join(row, "\t") + "\t"
 		color := ""
 		switch {

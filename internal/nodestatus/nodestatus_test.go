@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -98,7 +99,7 @@ func TestServeFetch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Node != want.Node || !got.Time.Equal(want.Time) || len(got.Members) != 1 || got.Members[0] != want.Members[0] {
+	if got.Node != want.Node || !got.Time.Equal(want.Time) || len(got.Members) != 1 || !reflect.DeepEqual(got.Members[0], want.Members[0]) {
 		t.Fatalf("Fetch = %+v, want %+v", got, want)
 	}
 	if m, err := Get(context.Background(), path, MetricsPath); err != nil || string(m) != "smr_x 1\n" {
@@ -131,5 +132,36 @@ func TestDecodeBadInput(t *testing.T) {
 	r, err := Decode([]byte(`{"node":"n","members":[{"group":"g","member":1,"future":true}]}`))
 	if err != nil || r.Members[0].MemberID != 1 {
 		t.Errorf("Decode with an unknown field: %+v %v", r, err)
+	}
+}
+
+func TestAddMissing(t *testing.T) {
+	l := member("g", 1, "leader", 1, StateServing)
+	l.Peers = []uint64{1, 2, 3}
+	f := member("g", 2, "follower", 1, StateServing)
+	f.Peers = []uint64{1, 2, 3, 4} // a stale or wider view: the leader's wins
+	lone := member("h", 5, "follower", 0, StateServing)
+	lone.Peers = []uint64{5, 6}
+	got := AddMissing([]Member{f, l, lone})
+	var ids []string
+	for _, m := range got {
+		ids = append(ids, m.Group+"/"+u(m.MemberID)+"/"+m.State)
+	}
+	want := []string{"g/1/serving", "g/2/serving", "g/3/unknown", "h/5/serving", "h/6/unknown"}
+	if strings.Join(ids, " ") != strings.Join(want, " ") {
+		t.Fatalf("AddMissing = %v, want %v", ids, want)
+	}
+	if got[2].Healthy() || got[2].Problem() != "unknown: no node reports this member (pod, node or smr-cri down?)" {
+		t.Errorf("missing member %+v: %q", got[2], got[2].Problem())
+	}
+	var b strings.Builder
+	if err := WriteTable(&b, got[:3], TableOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "g      3       ?            ?         -     -       -       -        -    -         unknown  -         -      <- unknown: no node") {
+		t.Errorf("missing member's row:\n%s", b.String())
+	}
+	if n := len(AddMissing(nil)); n != 0 {
+		t.Errorf("AddMissing(nil) = %d rows", n)
 	}
 }
