@@ -15,6 +15,7 @@ import (
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/raftcore/memnet"
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // kvPod starts replica i (0-based) of a 3-replica "kv" group from its parsed
@@ -24,9 +25,9 @@ import (
 // replays its log.
 func kvPod(t *testing.T, network *memnet.Network, dir string, i int, app string) (*Pod, string) {
 	t.Helper()
-	spec, ok, err := ParsePod(PodMeta{Name: fmt.Sprintf("kv-%d", i), Namespace: "demo",
-		Labels:      map[string]string{LabelReplicate: "true"},
-		Annotations: map[string]string{AnnotationPorts: "8080/http", AnnotationPeers: "1=m1:7480,2=m2:7480,3=m3:7480"}})
+	spec, ok, err := ParsePod(podcontract.Meta{Name: fmt.Sprintf("kv-%d", i), Namespace: "demo",
+		Labels:      map[string]string{podcontract.LabelReplicate: "true"},
+		Annotations: map[string]string{podcontract.AnnotationPorts: "8080/http", podcontract.AnnotationPeers: "1=m1:7480,2=m2:7480,3=m3:7480"}})
 	if err != nil || !ok {
 		t.Fatalf("ParsePod: %v", err)
 	}
