@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	critest "k8s.io/cri-api/pkg/apis/testing"
+
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // fakeRuntime serves the recording fakes of k8s.io/cri-api/pkg/apis/testing
@@ -412,12 +414,12 @@ func dialTest(t testing.TB, sock string) *grpc.ClientConn {
 // recordingReplicator records hook calls and can be made to fail.
 type recordingReplicator struct {
 	mu        sync.Mutex
-	attached  []PodInfo
+	attached  []podcontract.Pod
 	detached  []string
 	attachErr error
 }
 
-func (r *recordingReplicator) AttachPod(_ context.Context, pod PodInfo) error {
+func (r *recordingReplicator) AttachPod(_ context.Context, pod podcontract.Pod) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.attachErr != nil {
@@ -434,10 +436,10 @@ func (r *recordingReplicator) DetachPod(_ context.Context, id string) error {
 	return nil
 }
 
-func (r *recordingReplicator) snapshot() ([]PodInfo, []string) {
+func (r *recordingReplicator) snapshot() ([]podcontract.Pod, []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]PodInfo(nil), r.attached...), append([]string(nil), r.detached...)
+	return append([]podcontract.Pod(nil), r.attached...), append([]string(nil), r.detached...)
 }
 
 // bytesCodec is the tests' own raw codec (independent of the proxy's): it

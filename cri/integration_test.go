@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/smr-io/smr-cri/replication/podcontract"
 	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
@@ -79,7 +80,7 @@ func TestIntegrationContainerdHooks(t *testing.T) {
 		labels     map[string]string
 		wantAttach bool
 	}{
-		{"replicated", map[string]string{ReplicateLabel: ReplicateValue}, true},
+		{"replicated", map[string]string{podcontract.LabelReplicate: podcontract.ValueReplicate}, true},
 		{"plain", map[string]string{"app": "plain"}, false},
 	}
 	for _, tc := range tests {
@@ -135,7 +136,7 @@ func TestIntegrationContainerdHookFailure(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	e.rep.attachErr = errors.New("replication group not ready")
-	_, err := e.viaProxy.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: e.podConfig("doomed", map[string]string{ReplicateLabel: ReplicateValue})})
+	_, err := e.viaProxy.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: e.podConfig("doomed", map[string]string{podcontract.LabelReplicate: podcontract.ValueReplicate})})
 	st := status.Convert(err)
 	if st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), "smr-cri") || !strings.Contains(st.Message(), "replication group not ready") {
 		t.Fatalf("RunPodSandbox = %v, want FailedPrecondition naming smr-cri and the cause", err)
@@ -278,7 +279,7 @@ func TestIntegrationProxyRestartKeepsPods(t *testing.T) {
 	p1, rt1, close1 := start()
 	cfg := &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "survivor", Namespace: "smr-cri-test", Uid: "uid-survivor"},
-		Labels:       map[string]string{ReplicateLabel: ReplicateValue},
+		Labels:       map[string]string{podcontract.LabelReplicate: podcontract.ValueReplicate},
 		LogDirectory: filepath.Join(dir, "logs"),
 		Linux:        &runtimeapi.LinuxPodSandboxConfig{},
 	}

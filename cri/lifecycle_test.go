@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // TestShutdownWithOpenStream checks Shutdown returns although a
@@ -78,7 +80,7 @@ func TestLoggingReplicator(t *testing.T) {
 	var buf bytes.Buffer
 	r := NewLoggingReplicator(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	ctx := context.Background()
-	if err := r.AttachPod(ctx, PodInfo{SandboxID: "s1", Name: "redis-0", Namespace: "db", NetNSPath: "/var/run/netns/cni-1", IPs: []string{"198.19.1.5"}}); err != nil {
+	if err := r.AttachPod(ctx, podcontract.Pod{SandboxID: "s1", Meta: podcontract.Meta{Name: "redis-0", Namespace: "db"}, NetNSPath: "/var/run/netns/cni-1", IPs: []string{"198.19.1.5"}}); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"s1", "s1", "unknown"} { // idempotent, unknown IDs ignored

@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // ErrNoNetNS is returned when a sandbox has no network namespace of its own
@@ -52,21 +54,23 @@ func netNSPath(info map[string]string) (string, error) {
 	return "", fmt.Errorf("%w: runtimeSpec has no network namespace (host network pod?)", ErrNoNetNS)
 }
 
-// podInfo builds the PodInfo of a sandbox from its config and its verbose
+// podInfo builds the podcontract.Pod of a sandbox from its config and its verbose
 // status.
-func podInfo(id string, cfg *runtimeapi.PodSandboxConfig, st *runtimeapi.PodSandboxStatusResponse) (PodInfo, error) {
+func podInfo(id string, cfg *runtimeapi.PodSandboxConfig, st *runtimeapi.PodSandboxStatusResponse) (podcontract.Pod, error) {
 	path, err := netNSPath(st.GetInfo())
 	if err != nil {
-		return PodInfo{}, err
+		return podcontract.Pod{}, err
 	}
-	pod := PodInfo{
-		SandboxID:   id,
-		Name:        cfg.GetMetadata().GetName(),
-		Namespace:   cfg.GetMetadata().GetNamespace(),
-		UID:         cfg.GetMetadata().GetUid(),
-		Labels:      cfg.GetLabels(),
-		Annotations: cfg.GetAnnotations(),
-		NetNSPath:   path,
+	pod := podcontract.Pod{
+		SandboxID: id,
+		Meta: podcontract.Meta{
+			Name:        cfg.GetMetadata().GetName(),
+			Namespace:   cfg.GetMetadata().GetNamespace(),
+			Labels:      cfg.GetLabels(),
+			Annotations: cfg.GetAnnotations(),
+		},
+		UID:       cfg.GetMetadata().GetUid(),
+		NetNSPath: path,
 	}
 	network := st.GetStatus().GetNetwork()
 	if ip := network.GetIp(); ip != "" {
@@ -80,15 +84,15 @@ func podInfo(id string, cfg *runtimeapi.PodSandboxConfig, st *runtimeapi.PodSand
 	return pod, nil
 }
 
-// SandboxPodInfo builds the PodInfo of a running sandbox from its verbose
+// SandboxPodInfo builds the podcontract.Pod of a running sandbox from its verbose
 // PodSandboxStatus alone (metadata, labels and annotations are part of the
 // status): the node daemon uses it to re-attach the replicated sandboxes
 // that kept running while it was down, with the same extraction as the
 // RunPodSandbox hook.
-func SandboxPodInfo(st *runtimeapi.PodSandboxStatusResponse) (PodInfo, error) {
+func SandboxPodInfo(st *runtimeapi.PodSandboxStatusResponse) (podcontract.Pod, error) {
 	s := st.GetStatus()
 	if s.GetId() == "" {
-		return PodInfo{}, errors.New("sandbox status has no ID")
+		return podcontract.Pod{}, errors.New("sandbox status has no ID")
 	}
 	cfg := &runtimeapi.PodSandboxConfig{Metadata: s.GetMetadata(), Labels: s.GetLabels(), Annotations: s.GetAnnotations()}
 	return podInfo(s.GetId(), cfg, st)

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 func TestNetNSPath(t *testing.T) {
@@ -109,7 +111,7 @@ func TestSandboxPodInfo(t *testing.T) {
 		Status: &runtimeapi.PodSandboxStatus{
 			Id:          "sb1",
 			Metadata:    &runtimeapi.PodSandboxMetadata{Name: "redis-0", Namespace: "default", Uid: "u1"},
-			Labels:      map[string]string{ReplicateLabel: ReplicateValue},
+			Labels:      map[string]string{podcontract.LabelReplicate: podcontract.ValueReplicate},
 			Annotations: map[string]string{"smr.io/ports": "6379/resp"},
 			Network:     &runtimeapi.PodSandboxNetworkStatus{Ip: "198.18.5.2"},
 		},
@@ -121,7 +123,7 @@ func TestSandboxPodInfo(t *testing.T) {
 	}
 	if pod.SandboxID != "sb1" || pod.Name != "redis-0" || pod.Namespace != "default" || pod.UID != "u1" ||
 		pod.NetNSPath != fakeNetNS("sb1") || len(pod.IPs) != 1 || pod.IPs[0] != "198.18.5.2" ||
-		pod.Labels[ReplicateLabel] != ReplicateValue || pod.Annotations["smr.io/ports"] != "6379/resp" {
+		pod.Labels[podcontract.LabelReplicate] != podcontract.ValueReplicate || pod.Annotations["smr.io/ports"] != "6379/resp" {
 		t.Fatalf("unexpected pod info %+v", pod)
 	}
 	for name, bad := range map[string]*runtimeapi.PodSandboxStatusResponse{

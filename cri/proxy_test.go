@@ -16,6 +16,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	critest "k8s.io/cri-api/pkg/apis/testing"
+
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // testCtx bounds a test call. The bound only keeps a broken proxy from hanging
@@ -305,7 +307,7 @@ func TestErrorsPreserved(t *testing.T) {
 			}, detailed},
 		{"hooked run", "RunPodSandbox", status.Error(codes.FailedPrecondition, "failed to setup network for sandbox"),
 			func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, _ runtimeapi.ImageServiceClient) (proto.Message, error) {
-				return rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podConfig("r", map[string]string{ReplicateLabel: "true"})})
+				return rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podConfig("r", map[string]string{podcontract.LabelReplicate: "true"})})
 			}, status.New(codes.FailedPrecondition, "failed to setup network for sandbox")},
 		{"hooked stop", "StopPodSandbox", status.Error(codes.DeadlineExceeded, "stop timed out"),
 			func(ctx context.Context, rt runtimeapi.RuntimeServiceClient, _ runtimeapi.ImageServiceClient) (proto.Message, error) {
@@ -480,10 +482,10 @@ func TestHooks(t *testing.T) {
 		labels     map[string]string
 		wantAttach bool
 	}{
-		{"labelled", map[string]string{ReplicateLabel: "true", "app": "redis"}, true},
+		{"labelled", map[string]string{podcontract.LabelReplicate: "true", "app": "redis"}, true},
 		{"unlabelled", map[string]string{"app": "web"}, false},
-		{"label false", map[string]string{ReplicateLabel: "false"}, false},
-		{"label other case", map[string]string{ReplicateLabel: "True"}, false},
+		{"label false", map[string]string{podcontract.LabelReplicate: "false"}, false},
+		{"label other case", map[string]string{podcontract.LabelReplicate: "True"}, false},
 		{"no labels", nil, false},
 	}
 	for _, tc := range tests {
@@ -499,7 +501,7 @@ func TestHooks(t *testing.T) {
 			attached, _ := e.rep.snapshot()
 			if !tc.wantAttach {
 				if len(attached) != 0 {
-					t.Fatalf("AttachPod called for a pod without %s=true: %+v", ReplicateLabel, attached)
+					t.Fatalf("AttachPod called for a pod without %s=true: %+v", podcontract.LabelReplicate, attached)
 				}
 				if contains(e.fake.rt.GetCalls(), "PodSandboxStatus") {
 					t.Errorf("proxy read the status of a pod it does not replicate")
@@ -509,9 +511,9 @@ func TestHooks(t *testing.T) {
 					t.Fatalf("AttachPod calls = %d, want 1", len(attached))
 				}
 				got := attached[0]
-				want := PodInfo{
-					SandboxID: run.PodSandboxId, Name: "redis-0", Namespace: "default", UID: "uid-redis-0",
-					Labels: tc.labels, Annotations: cfg.Annotations,
+				want := podcontract.Pod{
+					SandboxID: run.PodSandboxId, UID: "uid-redis-0",
+					Meta:      podcontract.Meta{Name: "redis-0", Namespace: "default", Labels: tc.labels, Annotations: cfg.Annotations},
 					NetNSPath: fakeNetNS(run.PodSandboxId), IPs: critest.FakePodSandboxIPs,
 				}
 				if fmt.Sprint(got) != fmt.Sprint(want) {
@@ -555,7 +557,7 @@ func TestHookFailureCleansUp(t *testing.T) {
 				e.fake.rt.InjectError("PodSandboxStatus", tc.statusErr)
 			}
 			rt := runtimeapi.NewRuntimeServiceClient(e.viaProxy)
-			_, err := rt.RunPodSandbox(testCtx(t), &runtimeapi.RunPodSandboxRequest{Config: podConfig("redis-0", map[string]string{ReplicateLabel: "true"})})
+			_, err := rt.RunPodSandbox(testCtx(t), &runtimeapi.RunPodSandboxRequest{Config: podConfig("redis-0", map[string]string{podcontract.LabelReplicate: "true"})})
 			st := status.Convert(err)
 			if st.Code() != codes.FailedPrecondition {
 				t.Fatalf("code = %v (%v), want FailedPrecondition", st.Code(), err)

@@ -4,12 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"sync"
-)
 
-// ReplicateLabel marks a pod whose containers are replicated by smr-cri.
-const (
-	ReplicateLabel = "smr.io/replicate"
-	ReplicateValue = "true"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // Replicator is what the proxy needs from the replication side. It is called
@@ -18,30 +14,11 @@ const (
 type Replicator interface {
 	// AttachPod starts replicating a pod. An error fails the pod's
 	// RunPodSandbox; the proxy then stops and removes the sandbox.
-	AttachPod(ctx context.Context, pod PodInfo) error
+	AttachPod(ctx context.Context, pod podcontract.Pod) error
 	// DetachPod stops replicating a sandbox. It is called for every stopped
 	// or removed sandbox (the proxy keeps no state), may be called more than
 	// once for the same ID and must ignore sandboxes it does not know.
 	DetachPod(ctx context.Context, sandboxID string) error
-}
-
-// PodInfo describes a sandbox handed to the Replicator.
-type PodInfo struct {
-	SandboxID   string
-	Name        string
-	Namespace   string
-	UID         string
-	Labels      map[string]string
-	Annotations map[string]string
-	// NetNSPath is the pod's network namespace, e.g. /var/run/netns/cni-1234....
-	NetNSPath string
-	// IPs are the pod's addresses, primary first.
-	IPs []string
-}
-
-// wantsReplication reports whether a sandbox's labels ask for replication.
-func wantsReplication(labels map[string]string) bool {
-	return labels[ReplicateLabel] == ReplicateValue
 }
 
 // LoggingReplicator logs what replication would do. It is the default until
@@ -60,7 +37,7 @@ func NewLoggingReplicator(log *slog.Logger) *LoggingReplicator {
 	return &LoggingReplicator{Log: log, attached: map[string]bool{}}
 }
 
-func (r *LoggingReplicator) AttachPod(ctx context.Context, pod PodInfo) error {
+func (r *LoggingReplicator) AttachPod(ctx context.Context, pod podcontract.Pod) error {
 	r.mu.Lock()
 	r.attached[pod.SandboxID] = true
 	r.mu.Unlock()

@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // cleanupTimeout bounds stopping and removing a sandbox whose hook failed.
@@ -57,7 +59,7 @@ func call[Req, Resp any](ctx context.Context, p *Proxy, fn func(context.Context,
 // message naming smr-cri and the cause.
 func (s *sandboxService) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandboxRequest) (*runtimeapi.RunPodSandboxResponse, error) {
 	resp, err := call(ctx, s.p, s.p.runtime.RunPodSandbox, req)
-	if err != nil || !wantsReplication(req.GetConfig().GetLabels()) {
+	if err != nil || !podcontract.WantsReplication(req.GetConfig().GetLabels()) {
 		return resp, err
 	}
 	id := resp.GetPodSandboxId()
@@ -65,7 +67,7 @@ func (s *sandboxService) RunPodSandbox(ctx context.Context, req *runtimeapi.RunP
 	if err != nil {
 		meta := req.GetConfig().GetMetadata()
 		msg := fmt.Sprintf("smr-cri: pod %s/%s (sandbox %s) labelled %s=%s: %v",
-			meta.GetNamespace(), meta.GetName(), id, ReplicateLabel, ReplicateValue, err)
+			meta.GetNamespace(), meta.GetName(), id, podcontract.LabelReplicate, podcontract.ValueReplicate, err)
 		if cerr := s.removeSandbox(ctx, id); cerr != nil {
 			msg += fmt.Sprintf("; cleanup failed, the sandbox may be left behind: %v", cerr)
 		} else {
@@ -80,17 +82,17 @@ func (s *sandboxService) RunPodSandbox(ctx context.Context, req *runtimeapi.RunP
 
 // attach reads the sandbox's netns and IPs from the runtime and calls
 // AttachPod.
-func (s *sandboxService) attach(ctx context.Context, id string, cfg *runtimeapi.PodSandboxConfig) (PodInfo, error) {
+func (s *sandboxService) attach(ctx context.Context, id string, cfg *runtimeapi.PodSandboxConfig) (podcontract.Pod, error) {
 	st, err := s.p.runtime.PodSandboxStatus(outgoingContext(ctx), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id, Verbose: true})
 	if err != nil {
-		return PodInfo{}, fmt.Errorf("read sandbox status: %w", err)
+		return podcontract.Pod{}, fmt.Errorf("read sandbox status: %w", err)
 	}
 	pod, err := podInfo(id, cfg, st)
 	if err != nil {
-		return PodInfo{}, fmt.Errorf("find pod network: %w", err)
+		return podcontract.Pod{}, fmt.Errorf("find pod network: %w", err)
 	}
 	if err := s.p.replicator.AttachPod(ctx, pod); err != nil {
-		return PodInfo{}, fmt.Errorf("attach to replication: %w", err)
+		return podcontract.Pod{}, fmt.Errorf("attach to replication: %w", err)
 	}
 	return pod, nil
 }

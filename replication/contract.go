@@ -11,28 +11,12 @@ import (
 	"strings"
 
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
 
-// Label and annotation keys of the pod contract (see CONTRACT.md).
+// Defaults and bounds of the pod contract (its keys are in podcontract).
 const (
-	LabelReplicate = "smr.io/replicate"
-
-	AnnotationGroup           = "smr.io/group"
-	AnnotationPorts           = "smr.io/ports"
-	AnnotationRaftPort        = "smr.io/raft-port"
-	AnnotationPeers           = "smr.io/peers"
-	AnnotationMembership      = "smr.io/membership"
-	AnnotationMemberID        = "smr.io/member-id"
-	AnnotationHTTPGetReadOnly = "smr.io/http-get-readonly"
-	AnnotationMaxRequestBytes = "smr.io/max-request-bytes"
-	AnnotationRedisAllow      = "smr.io/redis-allow"
-
-	// LabelPodIndex is set by the StatefulSet controller (Kubernetes >= 1.28).
-	LabelPodIndex = "apps.kubernetes.io/pod-index"
-	// LabelGroup may carry the group name when the pod name is not "<sts>-<ordinal>".
-	LabelGroup = "smr.io/group"
-
 	DefaultRaftPort = 7480
 	// MaxRequestBytesCeiling bounds smr.io/max-request-bytes: each request is
 	// one raft log entry, and entries are held in memory until applied. It
@@ -40,23 +24,6 @@ const (
 	// exceeds the node's limit (entry header included) gets a "too large" reply.
 	MaxRequestBytesCeiling = 4 << 20
 )
-
-var knownAnnotations = []string{
-	AnnotationGroup, AnnotationPorts, AnnotationRaftPort, AnnotationPeers, AnnotationMembership,
-	AnnotationMemberID, AnnotationHTTPGetReadOnly, AnnotationMaxRequestBytes, AnnotationRedisAllow,
-}
-
-// Membership modes.
-const (
-	MembershipStatic     = "static"
-	MembershipKubernetes = "kubernetes"
-)
-
-// PodMeta is what the contract reads from a pod (or a CRI PodSandboxConfig).
-type PodMeta struct {
-	Name, Namespace     string
-	Labels, Annotations map[string]string
-}
 
 // Port is one replicated application port.
 type Port struct {
@@ -78,7 +45,7 @@ type Spec struct {
 	Group    string
 	Ports    []Port
 	RaftPort int
-	// Membership is MembershipStatic (Peers set) or MembershipKubernetes.
+	// Membership is podcontract.MembershipStatic (Peers set) or podcontract.MembershipKubernetes.
 	Membership      string
 	Peers           []Peer
 	MemberID        uint64
@@ -112,15 +79,15 @@ var (
 // ParsePod reads the contract from a pod. It returns ok=false (and no error)
 // for pods that do not ask for replication. All violations are reported
 // together, each naming its key, so one pod event tells the user everything.
-func ParsePod(pod PodMeta) (spec Spec, ok bool, err error) {
-	switch v := pod.Labels[LabelReplicate]; v {
+func ParsePod(pod podcontract.Meta) (spec Spec, ok bool, err error) {
+	switch v := pod.Labels[podcontract.LabelReplicate]; v {
 	case "":
 		return Spec{}, false, nil
 	case "false":
 		return Spec{}, false, nil
 	case "true":
 	default:
-		return Spec{}, false, fmt.Errorf("%w: label %s=%q: want \"true\" or \"false\"", ErrContract, LabelReplicate, v)
+		return Spec{}, false, fmt.Errorf("%w: label %s=%q: want \"true\" or \"false\"", ErrContract, podcontract.LabelReplicate, v)
 	}
 	var errs []error
 	bad := func(key, format string, args ...any) {
@@ -128,8 +95,8 @@ func ParsePod(pod PodMeta) (spec Spec, ok bool, err error) {
 	}
 	ann := pod.Annotations
 	for k := range ann {
-		if strings.HasPrefix(k, "smr.io/") && !slices.Contains(knownAnnotations, k) {
-			bad(k, "unknown annotation (known: %s)", strings.Join(knownAnnotations, ", "))
+		if strings.HasPrefix(k, "smr.io/") && !podcontract.IsAnnotation(k) {
+			bad(k, "unknown annotation (known: %s)", strings.Join(podcontract.Annotations(), ", "))
 		}
 	}
 	spec = Spec{Namespace: pod.Namespace, RaftPort: DefaultRaftPort, MaxRequestBytes: framing.DefaultMaxRequestBytes}
@@ -143,100 +110,100 @@ func ParsePod(pod PodMeta) (spec Spec, ok bool, err error) {
 		spec.Group = m[1]
 		ordinal, _ = strconv.ParseInt(m[2], 10, 64)
 	}
-	if v := pod.Labels[LabelGroup]; v != "" {
+	if v := pod.Labels[podcontract.LabelGroup]; v != "" {
 		spec.Group = v
 	}
-	if v, set := ann[AnnotationGroup]; set {
+	if v, set := ann[podcontract.AnnotationGroup]; set {
 		spec.Group = v
 	}
 	switch {
 	case spec.Group == "":
-		bad(AnnotationGroup, "not set and pod name %q is not \"<statefulset>-<ordinal>\"", pod.Name)
+		bad(podcontract.AnnotationGroup, "not set and pod name %q is not \"<statefulset>-<ordinal>\"", pod.Name)
 	case len(spec.Group) > 63 || !dnsLabel.MatchString(spec.Group):
-		bad(AnnotationGroup, "%q is not a DNS label (lower-case letters, digits, '-', at most 63)", spec.Group)
+		bad(podcontract.AnnotationGroup, "%q is not a DNS label (lower-case letters, digits, '-', at most 63)", spec.Group)
 	}
 
 	// Ports.
-	if v, set := ann[AnnotationPorts]; !set || strings.TrimSpace(v) == "" {
-		bad(AnnotationPorts, `required, e.g. "6379/resp,8080/http"`)
+	if v, set := ann[podcontract.AnnotationPorts]; !set || strings.TrimSpace(v) == "" {
+		bad(podcontract.AnnotationPorts, `required, e.g. "6379/resp,8080/http"`)
 	} else if spec.Ports, err = parsePorts(v); err != nil {
-		bad(AnnotationPorts, "%v", err)
+		bad(podcontract.AnnotationPorts, "%v", err)
 	}
-	if v, set := ann[AnnotationRaftPort]; set {
+	if v, set := ann[podcontract.AnnotationRaftPort]; set {
 		if spec.RaftPort, err = parsePort(v); err != nil {
-			bad(AnnotationRaftPort, "%v", err)
+			bad(podcontract.AnnotationRaftPort, "%v", err)
 		}
 	}
 	for _, p := range spec.Ports {
 		if p.Number == spec.RaftPort {
-			bad(AnnotationRaftPort, "%d is also a replicated app port", p.Number)
+			bad(podcontract.AnnotationRaftPort, "%d is also a replicated app port", p.Number)
 		}
 	}
 
 	// Member ID: annotation, then pod-index label + 1, then pod name ordinal + 1.
 	switch {
-	case ann[AnnotationMemberID] != "":
-		id, perr := strconv.ParseUint(ann[AnnotationMemberID], 10, 64)
+	case ann[podcontract.AnnotationMemberID] != "":
+		id, perr := strconv.ParseUint(ann[podcontract.AnnotationMemberID], 10, 64)
 		if perr != nil || id == 0 {
-			bad(AnnotationMemberID, "%q: want a positive integer", ann[AnnotationMemberID])
+			bad(podcontract.AnnotationMemberID, "%q: want a positive integer", ann[podcontract.AnnotationMemberID])
 		}
 		spec.MemberID = id
-	case pod.Labels[LabelPodIndex] != "":
-		idx, perr := strconv.ParseUint(pod.Labels[LabelPodIndex], 10, 64)
+	case pod.Labels[podcontract.LabelPodIndex] != "":
+		idx, perr := strconv.ParseUint(pod.Labels[podcontract.LabelPodIndex], 10, 64)
 		if perr != nil {
-			bad(LabelPodIndex, "%q: want a non-negative integer", pod.Labels[LabelPodIndex])
+			bad(podcontract.LabelPodIndex, "%q: want a non-negative integer", pod.Labels[podcontract.LabelPodIndex])
 		}
 		spec.MemberID = idx + 1
 	case ordinal >= 0:
 		spec.MemberID = uint64(ordinal) + 1
 	default:
-		bad(AnnotationMemberID, "not set, no %s label and no ordinal in pod name %q", LabelPodIndex, pod.Name)
+		bad(podcontract.AnnotationMemberID, "not set, no %s label and no ordinal in pod name %q", podcontract.LabelPodIndex, pod.Name)
 	}
 
 	// Membership.
-	mode, peers := ann[AnnotationMembership], ann[AnnotationPeers]
+	mode, peers := ann[podcontract.AnnotationMembership], ann[podcontract.AnnotationPeers]
 	switch {
-	case mode == "" && peers != "", mode == MembershipStatic:
-		spec.Membership = MembershipStatic
+	case mode == "" && peers != "", mode == podcontract.MembershipStatic:
+		spec.Membership = podcontract.MembershipStatic
 		if peers == "" {
-			bad(AnnotationPeers, "required with %s=static", AnnotationMembership)
+			bad(podcontract.AnnotationPeers, "required with %s=static", podcontract.AnnotationMembership)
 		} else if spec.Peers, err = parsePeers(peers); err != nil {
-			bad(AnnotationPeers, "%v", err)
+			bad(podcontract.AnnotationPeers, "%v", err)
 		} else if spec.MemberID != 0 && !slices.ContainsFunc(spec.Peers, func(p Peer) bool { return p.ID == spec.MemberID }) {
-			bad(AnnotationPeers, "does not list this pod's member ID %d", spec.MemberID)
+			bad(podcontract.AnnotationPeers, "does not list this pod's member ID %d", spec.MemberID)
 		}
-	case mode == MembershipKubernetes:
-		spec.Membership = MembershipKubernetes
+	case mode == podcontract.MembershipKubernetes:
+		spec.Membership = podcontract.MembershipKubernetes
 		if peers != "" {
-			bad(AnnotationPeers, "must be empty with %s=kubernetes", AnnotationMembership)
+			bad(podcontract.AnnotationPeers, "must be empty with %s=kubernetes", podcontract.AnnotationMembership)
 		}
 	case mode == "":
-		bad(AnnotationMembership, "set %s (static) or %s=kubernetes", AnnotationPeers, AnnotationMembership)
+		bad(podcontract.AnnotationMembership, "set %s (static) or %s=kubernetes", podcontract.AnnotationPeers, podcontract.AnnotationMembership)
 	default:
-		bad(AnnotationMembership, "%q: want %q or %q", mode, MembershipStatic, MembershipKubernetes)
+		bad(podcontract.AnnotationMembership, "%q: want %q or %q", mode, podcontract.MembershipStatic, podcontract.MembershipKubernetes)
 	}
 
-	if v, set := ann[AnnotationHTTPGetReadOnly]; set {
+	if v, set := ann[podcontract.AnnotationHTTPGetReadOnly]; set {
 		b, perr := strconv.ParseBool(v)
 		if perr != nil {
-			bad(AnnotationHTTPGetReadOnly, "%q: want true or false", v)
+			bad(podcontract.AnnotationHTTPGetReadOnly, "%q: want true or false", v)
 		}
 		spec.HTTPGetReadOnly = b
 	}
-	if v, set := ann[AnnotationRedisAllow]; set {
+	if v, set := ann[podcontract.AnnotationRedisAllow]; set {
 		a, perr := rediscmd.ParseAllow(v)
 		if perr != nil {
-			bad(AnnotationRedisAllow, "%v", perr)
+			bad(podcontract.AnnotationRedisAllow, "%v", perr)
 		}
 		spec.RedisAllow = a
 	}
-	if v, set := ann[AnnotationMaxRequestBytes]; set {
+	if v, set := ann[podcontract.AnnotationMaxRequestBytes]; set {
 		n, perr := parseSize(v)
 		switch {
 		case perr != nil:
-			bad(AnnotationMaxRequestBytes, "%v", perr)
+			bad(podcontract.AnnotationMaxRequestBytes, "%v", perr)
 		case n < 64 || n > MaxRequestBytesCeiling:
-			bad(AnnotationMaxRequestBytes, "%d out of range [64, %d]", n, MaxRequestBytesCeiling)
+			bad(podcontract.AnnotationMaxRequestBytes, "%d out of range [64, %d]", n, MaxRequestBytesCeiling)
 		default:
 			spec.MaxRequestBytes = int(n)
 		}

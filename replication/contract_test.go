@@ -7,46 +7,47 @@ import (
 	"testing"
 
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
 
-func pod(name string, labels, ann map[string]string) PodMeta {
-	l := map[string]string{LabelReplicate: "true"}
+func pod(name string, labels, ann map[string]string) podcontract.Meta {
+	l := map[string]string{podcontract.LabelReplicate: "true"}
 	for k, v := range labels {
 		l[k] = v
 	}
-	return PodMeta{Name: name, Namespace: "shop", Labels: l, Annotations: ann}
+	return podcontract.Meta{Name: name, Namespace: "shop", Labels: l, Annotations: ann}
 }
 
 func TestParsePod(t *testing.T) {
 	static := map[string]string{
-		AnnotationPorts: "6379/resp, 8080/HTTP",
-		AnnotationPeers: "2=198.18.0.12:7480,1=198.18.0.11:7480,3=198.18.0.13:7480",
+		podcontract.AnnotationPorts: "6379/resp, 8080/HTTP",
+		podcontract.AnnotationPeers: "2=198.18.0.12:7480,1=198.18.0.11:7480,3=198.18.0.13:7480",
 	}
 	tests := []struct {
 		name string
-		pod  PodMeta
+		pod  podcontract.Meta
 		want Spec
 	}{
 		{"statefulset defaults", pod("redis-1", nil, static), Spec{
-			Namespace: "shop", Group: "redis", RaftPort: 7480, Membership: MembershipStatic, MemberID: 2,
+			Namespace: "shop", Group: "redis", RaftPort: 7480, Membership: podcontract.MembershipStatic, MemberID: 2,
 			Ports:           []Port{{6379, framing.ProtoRESP}, {8080, framing.ProtoHTTP}},
 			Peers:           []Peer{{1, "198.18.0.11:7480"}, {2, "198.18.0.12:7480"}, {3, "198.18.0.13:7480"}},
 			MaxRequestBytes: framing.DefaultMaxRequestBytes,
 		}},
-		{"everything explicit, kubernetes membership", pod("whatever", map[string]string{LabelPodIndex: "4"}, map[string]string{
-			AnnotationGroup: "kv", AnnotationPorts: "8080/http", AnnotationRaftPort: "7000",
-			AnnotationMembership: "kubernetes", AnnotationHTTPGetReadOnly: "true", AnnotationMaxRequestBytes: "4Mi",
-			AnnotationRedisAllow: "scripts, expiry",
+		{"everything explicit, kubernetes membership", pod("whatever", map[string]string{podcontract.LabelPodIndex: "4"}, map[string]string{
+			podcontract.AnnotationGroup: "kv", podcontract.AnnotationPorts: "8080/http", podcontract.AnnotationRaftPort: "7000",
+			podcontract.AnnotationMembership: "kubernetes", podcontract.AnnotationHTTPGetReadOnly: "true", podcontract.AnnotationMaxRequestBytes: "4Mi",
+			podcontract.AnnotationRedisAllow: "scripts, expiry",
 		}), Spec{
-			Namespace: "shop", Group: "kv", RaftPort: 7000, Membership: MembershipKubernetes, MemberID: 5,
+			Namespace: "shop", Group: "kv", RaftPort: 7000, Membership: podcontract.MembershipKubernetes, MemberID: 5,
 			Ports: []Port{{8080, framing.ProtoHTTP}}, HTTPGetReadOnly: true, MaxRequestBytes: 4 << 20,
 			RedisAllow: rediscmd.AllowScripts | rediscmd.AllowExpiry,
 		}},
-		{"group label and member-id annotation win", pod("redis-0", map[string]string{LabelGroup: "cache", LabelPodIndex: "0"}, map[string]string{
-			AnnotationPorts: "6379/resp", AnnotationMemberID: "9", AnnotationPeers: "9=10.0.0.1:7480",
+		{"group label and member-id annotation win", pod("redis-0", map[string]string{podcontract.LabelGroup: "cache", podcontract.LabelPodIndex: "0"}, map[string]string{
+			podcontract.AnnotationPorts: "6379/resp", podcontract.AnnotationMemberID: "9", podcontract.AnnotationPeers: "9=10.0.0.1:7480",
 		}), Spec{
-			Namespace: "shop", Group: "cache", RaftPort: 7480, Membership: MembershipStatic, MemberID: 9,
+			Namespace: "shop", Group: "cache", RaftPort: 7480, Membership: podcontract.MembershipStatic, MemberID: 9,
 			Ports: []Port{{6379, framing.ProtoRESP}}, Peers: []Peer{{9, "10.0.0.1:7480"}},
 			MaxRequestBytes: framing.DefaultMaxRequestBytes,
 		}},
@@ -68,8 +69,8 @@ func TestParsePod(t *testing.T) {
 }
 
 func TestParsePodNotReplicated(t *testing.T) {
-	for _, labels := range []map[string]string{nil, {LabelReplicate: "false"}, {"app": "x"}} {
-		_, ok, err := ParsePod(PodMeta{Name: "a-0", Labels: labels})
+	for _, labels := range []map[string]string{nil, {podcontract.LabelReplicate: "false"}, {"app": "x"}} {
+		_, ok, err := ParsePod(podcontract.Meta{Name: "a-0", Labels: labels})
 		if ok || err != nil {
 			t.Errorf("labels %v: ok=%v err=%v", labels, ok, err)
 		}
@@ -78,7 +79,7 @@ func TestParsePodNotReplicated(t *testing.T) {
 
 func TestParsePodBadContract(t *testing.T) {
 	good := func() map[string]string {
-		return map[string]string{AnnotationPorts: "6379/resp", AnnotationPeers: "1=198.18.0.11:7480"}
+		return map[string]string{podcontract.AnnotationPorts: "6379/resp", podcontract.AnnotationPeers: "1=198.18.0.11:7480"}
 	}
 	with := func(k, v string) map[string]string {
 		m := good()
@@ -91,37 +92,37 @@ func TestParsePodBadContract(t *testing.T) {
 	}
 	tests := []struct {
 		name string
-		pod  PodMeta
+		pod  podcontract.Meta
 		want string // substring naming the key and the problem
 	}{
-		{"label value", PodMeta{Name: "r-0", Labels: map[string]string{LabelReplicate: "yes"}}, `smr.io/replicate="yes"`},
-		{"no ports", pod("r-0", nil, with(AnnotationPorts, "")), "smr.io/ports: required"},
-		{"port without protocol", pod("r-0", nil, with(AnnotationPorts, "6379")), "want <port>/<protocol>"},
-		{"port out of range", pod("r-0", nil, with(AnnotationPorts, "70000/resp")), "want 1-65535"},
-		{"unknown protocol", pod("r-0", nil, with(AnnotationPorts, "6379/grpc")), `protocol "grpc" unknown`},
-		{"duplicate port", pod("r-0", nil, with(AnnotationPorts, "6379/resp,6379/http")), "listed twice"},
-		{"raft port clash", pod("r-0", nil, with(AnnotationRaftPort, "6379")), "also a replicated app port"},
-		{"bad raft port", pod("r-0", nil, with(AnnotationRaftPort, "x")), "smr.io/raft-port"},
-		{"no group", pod("standalone", nil, with(AnnotationMemberID, "1")), "is not \"<statefulset>-<ordinal>\""},
-		{"bad group", pod("r-0", nil, with(AnnotationGroup, "Bad_Name")), "not a DNS label"},
-		{"no member id", pod("standalone", nil, with(AnnotationGroup, "g")), "smr.io/member-id: not set"},
-		{"zero member id", pod("r-0", nil, with(AnnotationMemberID, "0")), "want a positive integer"},
-		{"bad pod-index", pod("x", map[string]string{LabelPodIndex: "a"}, with(AnnotationGroup, "g")), "apps.kubernetes.io/pod-index"},
-		{"no membership", pod("r-0", nil, with(AnnotationPeers, "")), "smr.io/membership: set smr.io/peers"},
-		{"unknown membership", pod("r-0", nil, with(AnnotationMembership, "dns")), `"dns": want`},
-		{"static without peers", pod("r-0", nil, map[string]string{AnnotationPorts: "1/resp", AnnotationMembership: "static"}), "required with"},
-		{"kubernetes with peers", pod("r-0", nil, with(AnnotationMembership, "kubernetes")), "must be empty"},
-		{"peer without id", pod("r-0", nil, with(AnnotationPeers, "198.18.0.11:7480")), "want <id>=<host>:<port>"},
-		{"peer zero id", pod("r-0", nil, with(AnnotationPeers, "0=198.18.0.11:7480")), "positive integer"},
-		{"peer without port", pod("r-0", nil, with(AnnotationPeers, "1=198.18.0.11")), "<host>:<port>"},
-		{"duplicate peer id", pod("r-0", nil, with(AnnotationPeers, "1=a:1,1=b:1")), "member ID 1 listed twice"},
-		{"duplicate peer addr", pod("r-0", nil, with(AnnotationPeers, "1=a:1,2=a:1")), "address a:1 listed twice"},
+		{"label value", podcontract.Meta{Name: "r-0", Labels: map[string]string{podcontract.LabelReplicate: "yes"}}, `smr.io/replicate="yes"`},
+		{"no ports", pod("r-0", nil, with(podcontract.AnnotationPorts, "")), "smr.io/ports: required"},
+		{"port without protocol", pod("r-0", nil, with(podcontract.AnnotationPorts, "6379")), "want <port>/<protocol>"},
+		{"port out of range", pod("r-0", nil, with(podcontract.AnnotationPorts, "70000/resp")), "want 1-65535"},
+		{"unknown protocol", pod("r-0", nil, with(podcontract.AnnotationPorts, "6379/grpc")), `protocol "grpc" unknown`},
+		{"duplicate port", pod("r-0", nil, with(podcontract.AnnotationPorts, "6379/resp,6379/http")), "listed twice"},
+		{"raft port clash", pod("r-0", nil, with(podcontract.AnnotationRaftPort, "6379")), "also a replicated app port"},
+		{"bad raft port", pod("r-0", nil, with(podcontract.AnnotationRaftPort, "x")), "smr.io/raft-port"},
+		{"no group", pod("standalone", nil, with(podcontract.AnnotationMemberID, "1")), "is not \"<statefulset>-<ordinal>\""},
+		{"bad group", pod("r-0", nil, with(podcontract.AnnotationGroup, "Bad_Name")), "not a DNS label"},
+		{"no member id", pod("standalone", nil, with(podcontract.AnnotationGroup, "g")), "smr.io/member-id: not set"},
+		{"zero member id", pod("r-0", nil, with(podcontract.AnnotationMemberID, "0")), "want a positive integer"},
+		{"bad pod-index", pod("x", map[string]string{podcontract.LabelPodIndex: "a"}, with(podcontract.AnnotationGroup, "g")), "apps.kubernetes.io/pod-index"},
+		{"no membership", pod("r-0", nil, with(podcontract.AnnotationPeers, "")), "smr.io/membership: set smr.io/peers"},
+		{"unknown membership", pod("r-0", nil, with(podcontract.AnnotationMembership, "dns")), `"dns": want`},
+		{"static without peers", pod("r-0", nil, map[string]string{podcontract.AnnotationPorts: "1/resp", podcontract.AnnotationMembership: "static"}), "required with"},
+		{"kubernetes with peers", pod("r-0", nil, with(podcontract.AnnotationMembership, "kubernetes")), "must be empty"},
+		{"peer without id", pod("r-0", nil, with(podcontract.AnnotationPeers, "198.18.0.11:7480")), "want <id>=<host>:<port>"},
+		{"peer zero id", pod("r-0", nil, with(podcontract.AnnotationPeers, "0=198.18.0.11:7480")), "positive integer"},
+		{"peer without port", pod("r-0", nil, with(podcontract.AnnotationPeers, "1=198.18.0.11")), "<host>:<port>"},
+		{"duplicate peer id", pod("r-0", nil, with(podcontract.AnnotationPeers, "1=a:1,1=b:1")), "member ID 1 listed twice"},
+		{"duplicate peer addr", pod("r-0", nil, with(podcontract.AnnotationPeers, "1=a:1,2=a:1")), "address a:1 listed twice"},
 		{"self not in peers", pod("r-4", nil, good()), "does not list this pod's member ID 5"},
-		{"bad bool", pod("r-0", nil, with(AnnotationHTTPGetReadOnly, "maybe")), "want true or false"},
-		{"bad redis-allow", pod("r-0", nil, with(AnnotationRedisAllow, "scripts,time")), `smr.io/redis-allow: unknown value "time"`},
-		{"bad size", pod("r-0", nil, with(AnnotationMaxRequestBytes, "1GB")), "positive size"},
-		{"size too small", pod("r-0", nil, with(AnnotationMaxRequestBytes, "10")), "out of range"},
-		{"size too large", pod("r-0", nil, with(AnnotationMaxRequestBytes, "5Mi")), "out of range"},
+		{"bad bool", pod("r-0", nil, with(podcontract.AnnotationHTTPGetReadOnly, "maybe")), "want true or false"},
+		{"bad redis-allow", pod("r-0", nil, with(podcontract.AnnotationRedisAllow, "scripts,time")), `smr.io/redis-allow: unknown value "time"`},
+		{"bad size", pod("r-0", nil, with(podcontract.AnnotationMaxRequestBytes, "1GB")), "positive size"},
+		{"size too small", pod("r-0", nil, with(podcontract.AnnotationMaxRequestBytes, "10")), "out of range"},
+		{"size too large", pod("r-0", nil, with(podcontract.AnnotationMaxRequestBytes, "5Mi")), "out of range"},
 		{"typo annotation", pod("r-0", nil, with("smr.io/prots", "1/resp")), "smr.io/prots: unknown annotation"},
 	}
 	for _, tt := range tests {
@@ -139,8 +140,8 @@ func TestParsePodBadContract(t *testing.T) {
 
 // All violations are reported at once.
 func TestParsePodReportsEveryViolation(t *testing.T) {
-	_, _, err := ParsePod(pod("r-0", nil, map[string]string{AnnotationPorts: "x", AnnotationRaftPort: "0", AnnotationMembership: "dns"}))
-	for _, key := range []string{AnnotationPorts, AnnotationRaftPort, AnnotationMembership} {
+	_, _, err := ParsePod(pod("r-0", nil, map[string]string{podcontract.AnnotationPorts: "x", podcontract.AnnotationRaftPort: "0", podcontract.AnnotationMembership: "dns"}))
+	for _, key := range []string{podcontract.AnnotationPorts, podcontract.AnnotationRaftPort, podcontract.AnnotationMembership} {
 		if err == nil || !strings.Contains(err.Error(), key+":") {
 			t.Errorf("error %v does not mention %s", err, key)
 		}

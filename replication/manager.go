@@ -14,6 +14,7 @@ import (
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // Interceptor redirects a pod's inbound app ports to smr-cri's listener in
@@ -25,18 +26,10 @@ type Interceptor interface {
 
 var _ Interceptor = (*netintercept.Interceptor)(nil)
 
-// PodRef is a running pod sandbox handed over by the CRI proxy.
-type PodRef struct {
-	SandboxID string
-	Meta      PodMeta
-	NetNSPath string
-	IPs       []string // primary first
-}
-
 // GroupStarter starts the raft group of an attached pod with sm as its state
 // machine (membership from spec.Peers or the Kubernetes API, transport at
 // the pod IP and spec.RaftPort), and returns a function that stops it.
-type GroupStarter func(ctx context.Context, pod PodRef, spec Spec, sm raftcore.StateMachine) (Orderer, func() error, error)
+type GroupStarter func(ctx context.Context, pod podcontract.Pod, spec Spec, sm raftcore.StateMachine) (Orderer, func() error, error)
 
 // ManagerConfig configures a Manager. Listen, Dialer and OriginalPort
 // default to the netintercept implementations (pod network namespaces).
@@ -110,7 +103,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 // a no-op). A broken contract is returned as an error naming each bad key,
 // for the pod's events; nothing is left behind on failure. Attaching an
 // attached sandbox again is a no-op.
-func (m *Manager) Attach(ctx context.Context, ref PodRef) (err error) {
+func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 	spec, ok, err := ParsePod(ref.Meta)
 	if err != nil || !ok {
 		return err

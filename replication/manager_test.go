@@ -15,6 +15,7 @@ import (
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/raftcore/memnet"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // recordingInterceptor records Apply/Cleanup calls (the real one is tested
@@ -69,7 +70,7 @@ func (e *testEnv) manager(t *testing.T, ic Interceptor) *Manager {
 		},
 		Dialer:       func(netns string) AppDialer { return &addrDialer{addr: e.apps[netns]} },
 		OriginalPort: func(net.Conn) (int, error) { return 8080, nil },
-		StartGroup: func(ctx context.Context, pod PodRef, spec Spec, sm raftcore.StateMachine) (Orderer, func() error, error) {
+		StartGroup: func(ctx context.Context, pod podcontract.Pod, spec Spec, sm raftcore.StateMachine) (Orderer, func() error, error) {
 			peers := map[uint64]string{}
 			for _, p := range spec.Peers {
 				peers[p.ID] = p.Addr
@@ -95,14 +96,14 @@ func (e *testEnv) manager(t *testing.T, ic Interceptor) *Manager {
 	return m
 }
 
-func kvPodRef(i int, ann map[string]string) PodRef {
-	a := map[string]string{AnnotationPorts: "8080/http", AnnotationPeers: "1=198.18.0.11:7480,2=198.18.0.12:7480,3=198.18.0.13:7480"}
+func kvPodRef(i int, ann map[string]string) podcontract.Pod {
+	a := map[string]string{podcontract.AnnotationPorts: "8080/http", podcontract.AnnotationPeers: "1=198.18.0.11:7480,2=198.18.0.12:7480,3=198.18.0.13:7480"}
 	for k, v := range ann {
 		a[k] = v
 	}
-	return PodRef{SandboxID: fmt.Sprintf("sb%d", i), NetNSPath: fmt.Sprintf("/var/run/netns/pod%d", i),
-		Meta: PodMeta{Name: fmt.Sprintf("kv-%d", i), Namespace: "demo",
-			Labels: map[string]string{LabelReplicate: "true"}, Annotations: a}}
+	return podcontract.Pod{SandboxID: fmt.Sprintf("sb%d", i), NetNSPath: fmt.Sprintf("/var/run/netns/pod%d", i),
+		Meta: podcontract.Meta{Name: fmt.Sprintf("kv-%d", i), Namespace: "demo",
+			Labels: map[string]string{podcontract.LabelReplicate: "true"}, Annotations: a}}
 }
 
 func TestManagerAttachDetach(t *testing.T) {
@@ -168,14 +169,14 @@ func TestManagerAttachErrors(t *testing.T) {
 	noNetns.NetNSPath = ""
 	tests := []struct {
 		name      string
-		ref       PodRef
+		ref       podcontract.Pod
 		applyErr  error
 		want      string
 		wantCalls []string
 	}{
-		{"bad annotation", kvPodRef(0, map[string]string{AnnotationPorts: "6379/grpc"}), nil, `protocol "grpc" unknown`, nil},
+		{"bad annotation", kvPodRef(0, map[string]string{podcontract.AnnotationPorts: "6379/grpc"}), nil, `protocol "grpc" unknown`, nil},
 		{"no netns", noNetns, nil, "network namespace are required", nil},
-		{"listener port clash", kvPodRef(0, map[string]string{AnnotationPorts: "15006/http"}), nil, "interception spec", nil},
+		{"listener port clash", kvPodRef(0, map[string]string{podcontract.AnnotationPorts: "15006/http"}), nil, "interception spec", nil},
 		{"interception fails", kvPodRef(0, nil), errors.New("iptables-restore: exit 1"), "intercept: iptables-restore",
 			[]string{"apply /var/run/netns/pod0 ports=[8080] listener=15006 exclude=[7480]"}},
 	}

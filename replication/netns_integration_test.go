@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/raftcore/memnet"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // The data path with the real kernel parts: three pod-like network
@@ -126,10 +127,10 @@ func TestManagerRealNetnsRedis(t *testing.T) {
 	m.cfg.OriginalPort = OriginalPort
 	ctx := context.Background()
 	for i, p := range pods {
-		ref := PodRef{SandboxID: p.name, NetNSPath: p.path, IPs: []string{p.ip.String()},
-			Meta: PodMeta{Name: fmt.Sprintf("redis-%d", i), Namespace: "default",
-				Labels:      map[string]string{LabelReplicate: "true"},
-				Annotations: map[string]string{AnnotationPorts: "6379/resp", AnnotationPeers: strings.Join(peers, ",")}}}
+		ref := podcontract.Pod{SandboxID: p.name, NetNSPath: p.path, IPs: []string{p.ip.String()},
+			Meta: podcontract.Meta{Name: fmt.Sprintf("redis-%d", i), Namespace: "default",
+				Labels:      map[string]string{podcontract.LabelReplicate: "true"},
+				Annotations: map[string]string{podcontract.AnnotationPorts: "6379/resp", podcontract.AnnotationPeers: strings.Join(peers, ",")}}}
 		if err := m.Attach(ctx, ref); err != nil {
 			t.Fatalf("attach %s: %v", p.name, err)
 		}

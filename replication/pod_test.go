@@ -17,6 +17,7 @@ import (
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/raftcore/memnet"
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // kvPod starts replica i (0-based) of a 3-replica "kv" group from its parsed
@@ -32,9 +33,9 @@ func kvPod(t *testing.T, network *memnet.Network, dir string, i int, app string)
 // kvPodWith is kvPod with the pod's listener wrapped by wrap (nil: as is).
 func kvPodWith(t *testing.T, network *memnet.Network, dir string, i int, app string, wrap func(net.Listener) net.Listener) (*Pod, string) {
 	t.Helper()
-	spec, ok, err := ParsePod(PodMeta{Name: fmt.Sprintf("kv-%d", i), Namespace: "demo",
-		Labels:      map[string]string{LabelReplicate: "true"},
-		Annotations: map[string]string{AnnotationPorts: "8080/http", AnnotationPeers: "1=m1:7480,2=m2:7480,3=m3:7480"}})
+	spec, ok, err := ParsePod(podcontract.Meta{Name: fmt.Sprintf("kv-%d", i), Namespace: "demo",
+		Labels:      map[string]string{podcontract.LabelReplicate: "true"},
+		Annotations: map[string]string{podcontract.AnnotationPorts: "8080/http", podcontract.AnnotationPeers: "1=m1:7480,2=m2:7480,3=m3:7480"}})
 	if err != nil || !ok {
 		t.Fatalf("ParsePod: %v", err)
 	}

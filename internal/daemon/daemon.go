@@ -135,6 +135,7 @@ import (
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/raftcore/transport"
 	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // Defaults.
@@ -344,8 +345,8 @@ func New(cfg Config) (*Daemon, error) {
 }
 
 // AttachPod implements cri.Replicator.
-func (d *Daemon) AttachPod(ctx context.Context, pod cri.PodInfo) error {
-	err := d.mgr.Attach(withPodUID(ctx, pod.UID), podRef(pod))
+func (d *Daemon) AttachPod(ctx context.Context, pod podcontract.Pod) error {
+	err := d.mgr.Attach(ctx, pod)
 	if err != nil {
 		d.recordAttachError(podevents.Pod{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID}, err)
 	}
@@ -359,15 +360,6 @@ func (d *Daemon) DetachPod(ctx context.Context, sandboxID string) error {
 
 // Attached lists the attached sandbox IDs.
 func (d *Daemon) Attached() []string { return d.mgr.Attached() }
-
-func podRef(pod cri.PodInfo) replication.PodRef {
-	return replication.PodRef{
-		SandboxID: pod.SandboxID,
-		Meta:      replication.PodMeta{Name: pod.Name, Namespace: pod.Namespace, Labels: pod.Labels, Annotations: pod.Annotations},
-		NetNSPath: pod.NetNSPath,
-		IPs:       pod.IPs,
-	}
-}
 
 // Close stops every member (their sessions close through the log) but keeps
 // the pods' redirects, for a restarted daemon to re-attach.
@@ -394,7 +386,7 @@ func (d *Daemon) discovery() (*Discovery, error) {
 	if d.disc != nil {
 		return d.disc, nil
 	}
-	need := fmt.Sprintf("%s=%s needs the API server", replication.AnnotationMembership, replication.MembershipKubernetes)
+	need := fmt.Sprintf("%s=%s needs the API server", podcontract.AnnotationMembership, podcontract.MembershipKubernetes)
 	if d.cfg.Kubeconfig == "" {
 		return nil, errors.New(need + ": start smr-cri serve with --kubeconfig")
 	}
@@ -419,7 +411,7 @@ func (d *Daemon) memberDir(spec replication.Spec) string {
 // startGroup is the Manager's GroupStarter: a raftcore node for this member
 // serving at podIP:raft-port inside the pod's netns, the executor wrapped to
 // resume where the running app is.
-func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec replication.Spec, sm raftcore.StateMachine) (_ replication.Orderer, _ func() error, err error) {
+func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec replication.Spec, sm raftcore.StateMachine) (_ replication.Orderer, _ func() error, err error) {
 	if len(pod.IPs) == 0 {
 		return nil, nil, errors.New("the pod has no IP: its raft endpoint listens at podIP:" + strconv.Itoa(spec.RaftPort))
 	}
@@ -427,7 +419,7 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 	var peers map[uint64]string
 	var disc *Discovery // kubernetes membership: also watches the pods below
 	switch spec.Membership {
-	case replication.MembershipKubernetes:
+	case podcontract.MembershipKubernetes:
 		if disc, err = d.discovery(); err != nil {
 			return nil, nil, err
 		}
@@ -626,7 +618,7 @@ func (d *Daemon) Reconcile(ctx context.Context) error {
 	}
 	resp, err := d.runtime.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{
 		State:         &runtimeapi.PodSandboxStateValue{State: runtimeapi.PodSandboxState_SANDBOX_READY},
-		LabelSelector: map[string]string{cri.ReplicateLabel: cri.ReplicateValue},
+		LabelSelector: map[string]string{podcontract.LabelReplicate: podcontract.ValueReplicate},
 	}})
 	if err != nil {
 		return fmt.Errorf("list replicated sandboxes: %w", err)

@@ -14,9 +14,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/smr-io/smr-cri/cri"
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 	"github.com/smr-io/smr-cri/test/lab/freeport"
 )
 
@@ -186,13 +186,14 @@ func newLoopbackDaemonWithConfig(t *testing.T, dataDir string, app *counterApp, 
 	return ld
 }
 
-func onePod(sandbox string, raftPort int) cri.PodInfo {
-	return cri.PodInfo{
-		SandboxID: sandbox, Name: "redis-0", Namespace: "default", UID: "u-" + sandbox,
-		Labels: map[string]string{cri.ReplicateLabel: cri.ReplicateValue},
-		Annotations: map[string]string{replication.AnnotationPorts: "6379/resp",
-			replication.AnnotationRaftPort: strconv.Itoa(raftPort),
-			replication.AnnotationPeers:    "1=127.0.0.1:" + strconv.Itoa(raftPort)},
+func onePod(sandbox string, raftPort int) podcontract.Pod {
+	return podcontract.Pod{
+		SandboxID: sandbox, UID: "u-" + sandbox,
+		Meta: podcontract.Meta{Name: "redis-0", Namespace: "default",
+			Labels: map[string]string{podcontract.LabelReplicate: podcontract.ValueReplicate},
+			Annotations: map[string]string{podcontract.AnnotationPorts: "6379/resp",
+				podcontract.AnnotationRaftPort: strconv.Itoa(raftPort),
+				podcontract.AnnotationPeers:    "1=127.0.0.1:" + strconv.Itoa(raftPort)}},
 		NetNSPath: "/var/run/netns/fake", IPs: []string{"127.0.0.1"},
 	}
 }
@@ -295,8 +296,8 @@ func TestAttachBadInput(t *testing.T) {
 	d := newLoopbackDaemon(t, t.TempDir(), newCounterApp(t))
 	defer d.Close(ctx)
 	pod := onePod("sb1", freeport.PortT(t))
-	delete(pod.Annotations, replication.AnnotationPeers)
-	pod.Annotations[replication.AnnotationMembership] = replication.MembershipKubernetes
+	delete(pod.Annotations, podcontract.AnnotationPeers)
+	pod.Annotations[podcontract.AnnotationMembership] = podcontract.MembershipKubernetes
 	if err := d.AttachPod(ctx, pod); err == nil || !strings.Contains(err.Error(), "--kubeconfig") {
 		t.Fatalf("kubernetes membership without API server: %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/smr-io/smr-cri/internal/kubecore"
 	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // PendingAddr stands for a member whose pod has no IP yet (its sandbox does
@@ -22,7 +23,7 @@ import (
 const PendingAddr = "127.0.0.1:1"
 
 // replicateSelector selects the pods that ask for replication.
-var replicateSelector = replication.LabelReplicate + "=true"
+var replicateSelector = podcontract.LabelReplicate + "=true"
 
 // NewKubeClient builds the API client from a kubeconfig file: core/v1
 // only (see package kubecore for why not client-go's typed clientset).
@@ -53,7 +54,7 @@ func podMember(pod *corev1.Pod, spec replication.Spec) (member, bool) {
 	if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return member{}, false
 	}
-	ps, ok, err := replication.ParsePod(replication.PodMeta{Name: pod.Name, Namespace: pod.Namespace,
+	ps, ok, err := replication.ParsePod(podcontract.Meta{Name: pod.Name, Namespace: pod.Namespace,
 		Labels: pod.Labels, Annotations: pod.Annotations})
 	if err != nil || !ok || ps.GroupKey() != spec.GroupKey() {
 		return member{}, false

@@ -12,6 +12,7 @@ import (
 
 	"github.com/smr-io/smr-cri/internal/kubecore/kubecoretest"
 	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // redisPod is a pod of the example StatefulSet "redis" (kubernetes membership).
@@ -19,9 +20,9 @@ func redisPod(ns string, ordinal int, ip string, mutate ...func(*corev1.Pod)) *c
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: fmt.Sprintf("redis-%d", ordinal), Namespace: ns,
-			Labels: map[string]string{replication.LabelReplicate: "true", "apps.kubernetes.io/pod-index": fmt.Sprint(ordinal)},
-			Annotations: map[string]string{replication.AnnotationPorts: "6379/resp",
-				replication.AnnotationMembership: replication.MembershipKubernetes, replication.AnnotationRaftPort: "7480"},
+			Labels: map[string]string{podcontract.LabelReplicate: "true", "apps.kubernetes.io/pod-index": fmt.Sprint(ordinal)},
+			Annotations: map[string]string{podcontract.AnnotationPorts: "6379/resp",
+				podcontract.AnnotationMembership: podcontract.MembershipKubernetes, podcontract.AnnotationRaftPort: "7480"},
 		},
 		Status: corev1.PodStatus{PodIP: ip, Phase: corev1.PodRunning},
 	}
@@ -34,7 +35,7 @@ func redisPod(ns string, ordinal int, ip string, mutate ...func(*corev1.Pod)) *c
 func redisSpec(t *testing.T, ordinal int) replication.Spec {
 	t.Helper()
 	p := redisPod("default", ordinal, "")
-	spec, ok, err := replication.ParsePod(replication.PodMeta{Name: p.Name, Namespace: p.Namespace, Labels: p.Labels, Annotations: p.Annotations})
+	spec, ok, err := replication.ParsePod(podcontract.Meta{Name: p.Name, Namespace: p.Namespace, Labels: p.Labels, Annotations: p.Annotations})
 	if err != nil || !ok {
 		t.Fatalf("parse example pod: %v %v", ok, err)
 	}
@@ -54,14 +55,14 @@ func TestInitialPeers(t *testing.T) {
 			map[uint64]string{1: "198.18.1.9:7480", 2: PendingAddr, 3: PendingAddr}},
 		{"only self", nil, map[uint64]string{1: "198.18.1.9:7480"}},
 		{"other groups, broken contracts, terminating and finished pods are ignored", []*corev1.Pod{
-			redisPod("default", 4, "198.18.9.9", func(p *corev1.Pod) { p.Annotations[replication.AnnotationGroup] = "other" }),
-			redisPod("default", 5, "198.18.9.8", func(p *corev1.Pod) { p.Annotations[replication.AnnotationPorts] = "nope" }),
+			redisPod("default", 4, "198.18.9.9", func(p *corev1.Pod) { p.Annotations[podcontract.AnnotationGroup] = "other" }),
+			redisPod("default", 5, "198.18.9.8", func(p *corev1.Pod) { p.Annotations[podcontract.AnnotationPorts] = "nope" }),
 			redisPod("default", 6, "198.18.9.7", func(p *corev1.Pod) { p.DeletionTimestamp = &now }),
 			redisPod("default", 7, "198.18.9.6", func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed }),
 			redisPod("default", 1, "198.18.2.2"),
 		}, map[uint64]string{1: "198.18.1.9:7480", 2: "198.18.2.2:7480"}},
 		{"raft port from each pod's annotation", []*corev1.Pod{
-			redisPod("default", 1, "198.18.2.2", func(p *corev1.Pod) { p.Annotations[replication.AnnotationRaftPort] = "7000" })},
+			redisPod("default", 1, "198.18.2.2", func(p *corev1.Pod) { p.Annotations[podcontract.AnnotationRaftPort] = "7000" })},
 			map[uint64]string{1: "198.18.1.9:7480", 2: "198.18.2.2:7000"}},
 	}
 	for _, tc := range tests {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 	"github.com/smr-io/smr-cri/test/lab/freeport"
 )
 
@@ -37,8 +37,8 @@ func TestKubeconfigLoadedLazily(t *testing.T) {
 	ld := newLoopbackDaemonWithConfig(t, t.TempDir(), newCounterApp(t), func(c *Config) { c.Kubeconfig = kc })
 	defer ld.Close(context.Background())
 	pod := onePod("sb-kube", freeport.PortT(t))
-	delete(pod.Annotations, replication.AnnotationPeers)
-	pod.Annotations[replication.AnnotationMembership] = replication.MembershipKubernetes
+	delete(pod.Annotations, podcontract.AnnotationPeers)
+	pod.Annotations[podcontract.AnnotationMembership] = podcontract.MembershipKubernetes
 	err := ld.AttachPod(context.Background(), pod)
 	if err == nil || !strings.Contains(err.Error(), "kubeconfig "+kc+" is not readable yet") {
 		t.Fatalf("attach before the kubeconfig exists: %v, want an error naming %s", err, kc)

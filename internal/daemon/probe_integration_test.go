@@ -15,9 +15,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/smr-io/smr-cri/cri"
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
@@ -107,11 +107,12 @@ func TestIntegrationProbeSourceBypassesRedirect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pod := cri.PodInfo{
-		SandboxID: "probe-sandbox", Name: "redis-0", Namespace: "default", UID: "u-probe",
-		Labels: map[string]string{cri.ReplicateLabel: cri.ReplicateValue},
-		Annotations: map[string]string{replication.AnnotationPorts: "6379/resp", replication.AnnotationRaftPort: "7480",
-			replication.AnnotationPeers: "1=" + probePodIP + ":7480"},
+	pod := podcontract.Pod{
+		SandboxID: "probe-sandbox", UID: "u-probe",
+		Meta: podcontract.Meta{Name: "redis-0", Namespace: "default",
+			Labels: map[string]string{podcontract.LabelReplicate: podcontract.ValueReplicate},
+			Annotations: map[string]string{podcontract.AnnotationPorts: "6379/resp", podcontract.AnnotationRaftPort: "7480",
+				podcontract.AnnotationPeers: "1=" + probePodIP + ":7480"}},
 		NetNSPath: netnsPath, IPs: []string{probePodIP},
 	}
 	if err := d.AttachPod(ctx, pod); err != nil {

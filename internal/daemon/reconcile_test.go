@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/smr-io/smr-cri/cri"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 	"github.com/smr-io/smr-cri/test/lab/freeport"
 )
 
@@ -66,7 +66,7 @@ func (f *fakeRuntime) set(id string, st *runtimeapi.PodSandboxStatusResponse) {
 	f.sandboxes[id] = st
 }
 
-func sandboxStatus(pod cri.PodInfo, state runtimeapi.PodSandboxState, info string) *runtimeapi.PodSandboxStatusResponse {
+func sandboxStatus(pod podcontract.Pod, state runtimeapi.PodSandboxState, info string) *runtimeapi.PodSandboxStatusResponse {
 	return &runtimeapi.PodSandboxStatusResponse{
 		Status: &runtimeapi.PodSandboxStatus{Id: pod.SandboxID, State: state,
 			Metadata: &runtimeapi.PodSandboxMetadata{Name: pod.Name, Namespace: pod.Namespace, Uid: pod.UID},

@@ -26,7 +26,7 @@ import (
 
 	"github.com/smr-io/smr-cri/cri"
 	"github.com/smr-io/smr-cri/netintercept"
-	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
@@ -114,7 +114,7 @@ func waitFor(t testing.TB, ctx context.Context, what string, cond func() (bool, 
 type groupSpec struct {
 	app   string // pod name prefix and "app" label: the group is smrtest.<app>
 	image string
-	ports string // replication.AnnotationPorts, e.g. "6379/resp"
+	ports string // podcontract.AnnotationPorts, e.g. "6379/resp"
 	// prepare runs on the private containerd before serve starts, e.g. to
 	// import an image the lab does not build by default.
 	prepare func(ctx context.Context, c *nodelab.Containerd) error
@@ -204,8 +204,8 @@ func startReplicatedGroup(t testing.TB, ctx context.Context, spec groupSpec) *gr
 		name := fmt.Sprintf("%s-%d", spec.app, i)
 		cfg := &runtimeapi.PodSandboxConfig{
 			Metadata:    &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "smrtest", Uid: "uid-" + name},
-			Labels:      map[string]string{cri.ReplicateLabel: cri.ReplicateValue, "app": spec.app},
-			Annotations: map[string]string{replication.AnnotationPorts: spec.ports, replication.AnnotationPeers: strings.Join(peers, ",")},
+			Labels:      map[string]string{podcontract.LabelReplicate: podcontract.ValueReplicate, "app": spec.app},
+			Annotations: map[string]string{podcontract.AnnotationPorts: spec.ports, podcontract.AnnotationPeers: strings.Join(peers, ",")},
 		}
 		p := g.runPod(t, ctx, cfg, spec.app, spec.image)
 		if p.ip != ips[i] {

@@ -18,6 +18,7 @@ import (
 	"github.com/smr-io/smr-cri/internal/podevents"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // This file is the operator's view of the daemon: the members it runs (for
@@ -55,19 +56,6 @@ type trackedMember struct {
 	dir     string // member directory; raft data in dir/<group>
 	group   *raftcore.Group
 	sm      raftcore.StateMachine
-}
-
-type podUIDKey struct{}
-
-// withPodUID carries the pod's UID from AttachPod to startGroup (through
-// the Manager's Attach), for the pod's events.
-func withPodUID(ctx context.Context, uid string) context.Context {
-	return context.WithValue(ctx, podUIDKey{}, uid)
-}
-
-func podUID(ctx context.Context) string {
-	uid, _ := ctx.Value(podUIDKey{}).(string)
-	return uid
 }
 
 // Events returns the recorder the daemon records pod events with (never
@@ -126,10 +114,10 @@ func (d *Daemon) recordAttachError(pod podevents.Pod, err error) {
 // trackMember registers a started member for Status, records its attach
 // event and watches its raft state for leader and membership events until
 // untrack is called (when the member stops).
-func (d *Daemon) trackMember(ctx context.Context, pod replication.PodRef, spec replication.Spec, dir string,
+func (d *Daemon) trackMember(ctx context.Context, pod podcontract.Pod, spec replication.Spec, dir string,
 	g *raftcore.Group, sm raftcore.StateMachine, self string) (untrack func()) {
 	tm := &trackedMember{sandbox: pod.SandboxID, dir: dir, group: g, sm: sm,
-		pod: podevents.Pod{Namespace: pod.Meta.Namespace, Name: pod.Meta.Name, UID: podUID(ctx)}}
+		pod: podevents.Pod{Namespace: pod.Meta.Namespace, Name: pod.Meta.Name, UID: pod.UID}}
 	d.status.mu.Lock()
 	if d.status.byID == nil {
 		d.status.byID = map[string]*trackedMember{}

@@ -16,6 +16,7 @@ import (
 	"github.com/smr-io/smr-cri/internal/podevents"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 	"github.com/smr-io/smr-cri/test/lab/freeport"
 )
 
@@ -90,12 +91,12 @@ func TestDaemonStatusAndEvents(t *testing.T) {
 
 	// A broken contract is a Warning ContractError on that pod.
 	bad := onePod("sb2", freeport.PortT(t))
-	bad.Annotations[replication.AnnotationPorts] = "6379/gopher"
+	bad.Annotations[podcontract.AnnotationPorts] = "6379/gopher"
 	if err := d.AttachPod(ctx, bad); err == nil {
 		t.Fatal("bad contract attached")
 	}
 	if got := evs.with(podevents.ReasonContractError); len(got) != 1 || !strings.Contains(got[0], "u-sb2 Warning") ||
-		!strings.Contains(got[0], replication.AnnotationPorts) {
+		!strings.Contains(got[0], podcontract.AnnotationPorts) {
 		t.Errorf("contract events %q", got)
 	}
 }

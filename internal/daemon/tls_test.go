@@ -12,9 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/cri"
 	"github.com/smr-io/smr-cri/internal/pki"
-	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 	"github.com/smr-io/smr-cri/test/lab/freeport"
 )
 
@@ -29,14 +28,14 @@ func withCA(dir string, buf *lockedBuffer) func(*Config) {
 }
 
 // groupPod is member id of a static group whose members listen at ports.
-func groupPod(id int, ports []int) cri.PodInfo {
+func groupPod(id int, ports []int) podcontract.Pod {
 	var peers []string
 	for i, p := range ports {
 		peers = append(peers, fmt.Sprintf("%d=127.0.0.1:%d", i+1, p))
 	}
 	pod := onePod("sb-m"+strconv.Itoa(id), ports[id-1])
 	pod.Name = "redis-" + strconv.Itoa(id-1)
-	pod.Annotations[replication.AnnotationPeers] = strings.Join(peers, ",")
+	pod.Annotations[podcontract.AnnotationPeers] = strings.Join(peers, ",")
 	return pod
 }
 

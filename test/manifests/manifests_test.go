@@ -27,6 +27,7 @@ import (
 
 	"github.com/smr-io/smr-cri/internal/install"
 	"github.com/smr-io/smr-cri/replication"
+	"github.com/smr-io/smr-cri/replication/podcontract"
 )
 
 // repo is the repository root, relative to this package.
@@ -354,8 +355,8 @@ func TestRedisExampleContract(t *testing.T) {
 		t.Fatal("no StatefulSet redis")
 	}
 	tmpl := sts.Spec.Template
-	if sts.Spec.Replicas == nil || *sts.Spec.Replicas != 3 || tmpl.Labels[replication.LabelReplicate] != "true" {
-		t.Fatalf("want 3 replicas labelled %s=true", replication.LabelReplicate)
+	if sts.Spec.Replicas == nil || *sts.Spec.Replicas != 3 || tmpl.Labels[podcontract.LabelReplicate] != "true" {
+		t.Fatalf("want 3 replicas labelled %s=true", podcontract.LabelReplicate)
 	}
 	var raftPort int32
 	for _, p := range tmpl.Spec.Containers[0].Ports {
@@ -364,11 +365,11 @@ func TestRedisExampleContract(t *testing.T) {
 		}
 	}
 	for i := range 3 {
-		labels := map[string]string{replication.LabelPodIndex: fmt.Sprint(i)}
+		labels := map[string]string{podcontract.LabelPodIndex: fmt.Sprint(i)}
 		for k, v := range tmpl.Labels {
 			labels[k] = v
 		}
-		spec, ok, err := replication.ParsePod(replication.PodMeta{
+		spec, ok, err := replication.ParsePod(podcontract.Meta{
 			Name: fmt.Sprintf("%s-%d", sts.Name, i), Namespace: sts.Namespace, Labels: labels, Annotations: tmpl.Annotations,
 		})
 		if err != nil || !ok {
@@ -376,7 +377,7 @@ func TestRedisExampleContract(t *testing.T) {
 		}
 		if spec.Group != "redis" || spec.MemberID != uint64(i+1) || spec.GroupKey() != "default.redis" ||
 			len(spec.Ports) != 1 || spec.Ports[0] != (replication.Port{Number: 6379, Protocol: "resp"}) ||
-			spec.Membership != replication.MembershipKubernetes || spec.RaftPort != int(raftPort) {
+			spec.Membership != podcontract.MembershipKubernetes || spec.RaftPort != int(raftPort) {
 			t.Errorf("replica %d: spec %+v (raft container port %d)", i, spec, raftPort)
 		}
 	}
