@@ -91,14 +91,27 @@ func TestParseEndpoint(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.in, func(t *testing.T) {
 			got, err := ParseEndpoint(tc.in)
+			// DialRuntime, the one runtime client of proxy, daemon and
+			// install, takes the same endpoints to a lazy connection.
+			conn, dialErr := DialRuntime(tc.in)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.Is(err, ErrBadEndpoint) {
 					t.Fatalf("ParseEndpoint(%q) = %q, %v; want ErrBadEndpoint containing %q", tc.in, got, err, tc.wantErr)
+				}
+				if dialErr == nil || !errors.Is(dialErr, ErrBadEndpoint) {
+					t.Fatalf("DialRuntime(%q) error = %v, want ErrBadEndpoint", tc.in, dialErr)
 				}
 				return
 			}
 			if err != nil || got != tc.want {
 				t.Fatalf("ParseEndpoint(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+			}
+			if dialErr != nil {
+				t.Fatalf("DialRuntime(%q): %v", tc.in, dialErr)
+			}
+			defer conn.Close()
+			if conn.Target() != tc.want {
+				t.Fatalf("DialRuntime(%q) target = %q, want %q", tc.in, conn.Target(), tc.want)
 			}
 		})
 	}
@@ -133,37 +146,5 @@ func TestSandboxPodInfo(t *testing.T) {
 		if _, err := SandboxPodInfo(bad); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
-	}
-}
-
-// DialRuntime is the one runtime client of proxy, daemon and install: it
-// rejects what ParseEndpoint rejects and otherwise returns a lazy
-// connection to the cleaned unix target.
-func TestDialRuntime(t *testing.T) {
-	tests := []struct {
-		in, wantTarget, wantErr string
-	}{
-		{"/run/containerd/containerd.sock", "unix:///run/containerd/containerd.sock", ""},
-		{"unix:///run//containerd/c.sock", "unix:///run/containerd/c.sock", ""},
-		{"tcp://127.0.0.1:1234", "", "only unix:// endpoints"},
-		{"", "", "empty socket path"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.in, func(t *testing.T) {
-			conn, err := DialRuntime(tc.in)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.Is(err, ErrBadEndpoint) {
-					t.Fatalf("DialRuntime(%q) error = %v; want ErrBadEndpoint containing %q", tc.in, err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("DialRuntime(%q): %v", tc.in, err)
-			}
-			defer conn.Close()
-			if conn.Target() != tc.wantTarget {
-				t.Fatalf("DialRuntime(%q) target = %q, want %q", tc.in, conn.Target(), tc.wantTarget)
-			}
-		})
 	}
 }

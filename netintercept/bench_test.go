@@ -49,7 +49,7 @@ func BenchmarkApplyCleanup(b *testing.B) {
 	var saveD []time.Duration
 	for range 20 {
 		t0 := time.Now()
-		if _, err := (NetnsExecutor{}).Run(ctx, Cmd{Netns: pn.path, Name: BackendNFT.saveCmd()}); err != nil {
+		if _, err := (NetnsRunner{}).Run(ctx, Cmd{Netns: pn.path, Name: BackendNFT.saveCmd()}); err != nil {
 			b.Fatalf("baseline save: %v", err)
 		}
 		saveD = append(saveD, time.Since(t0))

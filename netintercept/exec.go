@@ -20,19 +20,19 @@ func (c Cmd) String() string {
 	return strings.TrimSpace(c.Name + " " + strings.Join(c.Args, " "))
 }
 
-// Executor runs commands inside a network namespace. Unit tests use a recording fake; the real
-// one is NetnsExecutor. A program that cannot be found must give an error that wraps
+// CmdRunner runs commands inside a network namespace. Unit tests use a recording fake; the real
+// one is NetnsRunner. A program that cannot be found must give an error that wraps
 // exec.ErrNotFound.
-type Executor interface {
+type CmdRunner interface {
 	Run(ctx context.Context, c Cmd) (stdout []byte, err error)
 }
 
-// NetnsExecutor runs commands in a namespace by starting them from an OS thread switched into
+// NetnsRunner runs commands in a namespace by starting them from an OS thread switched into
 // it (the child inherits the thread's namespace), avoiding an extra nsenter process.
-type NetnsExecutor struct{}
+type NetnsRunner struct{}
 
-// Run implements Executor.
-func (NetnsExecutor) Run(ctx context.Context, c Cmd) ([]byte, error) {
+// Run implements CmdRunner.
+func (NetnsRunner) Run(ctx context.Context, c Cmd) ([]byte, error) {
 	path, err := exec.LookPath(c.Name)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", c.Name, err)

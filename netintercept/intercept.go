@@ -45,7 +45,7 @@ type Result struct {
 // Interceptor applies and removes a pod's interception rules inside its network namespace.
 // The zero value runs the real commands.
 type Interceptor struct {
-	Exec   Executor     // nil: NetnsExecutor
+	Exec   CmdRunner    // nil: NetnsRunner
 	Tables TableRemover // nil with a nil Exec: NFTables; nil otherwise: empty tables are kept
 
 	// mu serializes read-plan-restore sequences of this process, so that two of them never
@@ -53,9 +53,9 @@ type Interceptor struct {
 	mu sync.Mutex
 }
 
-func (ic *Interceptor) exec() Executor {
+func (ic *Interceptor) exec() CmdRunner {
 	if ic.Exec == nil {
-		return NetnsExecutor{}
+		return NetnsRunner{}
 	}
 	return ic.Exec
 }

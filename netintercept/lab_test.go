@@ -110,7 +110,7 @@ func newPodNet(t testing.TB) *podNet {
 // (they hold a timestamp) and with chain packet counters zeroed (they count the test's traffic).
 func (pn *podNet) save(t testing.TB, b Backend) string {
 	t.Helper()
-	out, err := NetnsExecutor{}.Run(context.Background(), Cmd{Netns: pn.path, Name: b.saveCmd()})
+	out, err := NetnsRunner{}.Run(context.Background(), Cmd{Netns: pn.path, Name: b.saveCmd()})
 	if err != nil {
 		t.Fatalf("save: %v", err)
 	}
@@ -166,7 +166,7 @@ func serve(t testing.TB, l net.Listener, name string) {
 // restore loads rules of the test's own into the namespace with the given restore program.
 func (pn *podNet) restore(t testing.TB, program, rules string) {
 	t.Helper()
-	if _, err := (NetnsExecutor{}).Run(context.Background(), Cmd{Netns: pn.path, Name: program, Args: []string{"--noflush"}, Stdin: []byte(rules)}); err != nil {
+	if _, err := (NetnsRunner{}).Run(context.Background(), Cmd{Netns: pn.path, Name: program, Args: []string{"--noflush"}, Stdin: []byte(rules)}); err != nil {
 		t.Fatalf("load test rules: %v", err)
 	}
 }

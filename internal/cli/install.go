@@ -113,7 +113,7 @@ func parseFlags(fs *flag.FlagSet, name, help string, args []string, stdout io.Wr
 // wire fills in the real executor and checkers.
 func (o installOptions) wire(stderr io.Writer) install.Options {
 	opts := o.Options
-	opts.Exec = install.HostExecutor{Root: o.HostRoot}
+	opts.Exec = install.HostRunner{Root: o.HostRoot}
 	opts.CRI = install.GRPCChecker{}
 	opts.Node = install.KubeletReady{HealthzURL: o.Healthz, Socket: filepath.Join(o.HostRoot, install.SocketPath)}
 	opts.Log = stderr

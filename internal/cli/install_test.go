@@ -30,7 +30,7 @@ func TestParseInstall(t *testing.T) {
 		t.Errorf("uninstall --force: %+v, %v", o, err)
 	}
 	w := o.wire(&bytes.Buffer{})
-	if h, ok := w.Exec.(install.HostExecutor); !ok || h.Root != "/" {
+	if h, ok := w.Exec.(install.HostRunner); !ok || h.Root != "/" {
 		t.Errorf("executor %#v", w.Exec)
 	}
 	if n, ok := w.Node.(install.KubeletReady); !ok || n.Socket != install.SocketPath {

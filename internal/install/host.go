@@ -20,20 +20,20 @@ import (
 	"github.com/smr-io/smr-cri/cri"
 )
 
-// HostExecutor runs commands on the node. With Root "/" it runs them
+// HostRunner runs commands on the node. With Root "/" it runs them
 // directly; otherwise (inside the DaemonSet's init container, which has the
 // node's / at Root and shares the node's PID namespace) it chroots into Root
 // and runs the node's own nsenter into PID 1's namespaces, so systemctl talks
 // to the node's systemd. The image thus needs nothing but smr-cri itself.
-type HostExecutor struct {
+type HostRunner struct {
 	Root string
 	// TargetPID is the process whose namespaces commands enter (default 1,
 	// the node's init; tests use a process of their own).
 	TargetPID int
 }
 
-// Run implements Executor.
-func (h HostExecutor) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+// Run implements CommandRunner.
+func (h HostRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
 	var cmd *exec.Cmd
 	if filepath.Clean(h.Root) == "/" {
 		cmd = exec.CommandContext(ctx, name, args...)

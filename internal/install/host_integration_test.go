@@ -13,10 +13,10 @@ import (
 	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
 
-// TestHostExecutorNsenter runs a command the way the DaemonSet's init
+// TestHostRunnerNsenter runs a command the way the DaemonSet's init
 // container does: chrooted into a host root that is a bind mount of this
 // machine's /, through the host's own nsenter into PID 1's namespaces.
-func TestHostExecutorNsenter(t *testing.T) {
+func TestHostRunnerNsenter(t *testing.T) {
 	nodelab.RequireIntegration(t)
 	if _, err := os.Stat("/usr/bin/nsenter"); err != nil {
 		t.Fatalf("nsenter (util-linux) is required: %v", err)
@@ -57,7 +57,7 @@ func TestHostExecutorNsenter(t *testing.T) {
 		}
 	}
 
-	h := HostExecutor{Root: root, TargetPID: initProc.Process.Pid}
+	h := HostRunner{Root: root, TargetPID: initProc.Process.Pid}
 	out, err := h.Run(context.Background(), "sh", "-c", "echo hello from $(readlink /proc/self/ns/mnt)")
 	if err != nil {
 		t.Fatalf("run through chroot+nsenter: %v: %s", err, out)

@@ -82,13 +82,13 @@ func TestKubeletReady(t *testing.T) {
 	}
 }
 
-// TestHostExecutorDirect runs a command on "this node" (root /).
-func TestHostExecutorDirect(t *testing.T) {
-	out, err := HostExecutor{Root: "/"}.Run(context.Background(), "echo", "hello")
+// TestHostRunnerDirect runs a command on "this node" (root /).
+func TestHostRunnerDirect(t *testing.T) {
+	out, err := HostRunner{Root: "/"}.Run(context.Background(), "echo", "hello")
 	if err != nil || string(out) != "hello\n" {
 		t.Errorf("got %q, %v", out, err)
 	}
-	if _, err := (HostExecutor{Root: "/"}).Run(context.Background(), "false"); err == nil || !strings.Contains(err.Error(), "run false") {
+	if _, err := (HostRunner{Root: "/"}).Run(context.Background(), "false"); err == nil || !strings.Contains(err.Error(), "run false") {
 		t.Errorf("failing command: %v", err)
 	}
 }
@@ -103,7 +103,7 @@ func TestFindNsenter(t *testing.T) {
 	if p, err := findNsenter(root); p != "/bin/nsenter" || err != nil {
 		t.Errorf("got %q, %v", p, err)
 	}
-	if _, err := (HostExecutor{Root: t.TempDir()}).Run(context.Background(), "systemctl", "daemon-reload"); err == nil {
+	if _, err := (HostRunner{Root: t.TempDir()}).Run(context.Background(), "systemctl", "daemon-reload"); err == nil {
 		t.Error("a host root without nsenter ran a command")
 	}
 }

@@ -5,7 +5,7 @@
 // kubelet reads its runtime endpoint), restarts kubelet and waits for the
 // node to be Ready. Every file operation is relative to a host root (the
 // DaemonSet mounts the node's / at /host), and every command goes through
-// an Executor, so tests run on fixture trees with a recording executor.
+// a CommandRunner, so tests run on fixture trees with a recording runner.
 //
 // A failed step undoes every completed step; uninstall restores kubelet's
 // original files byte for byte.
@@ -49,9 +49,9 @@ const (
 	BackupSuffix   = ".smr-cri.orig"
 )
 
-// Executor runs a command on the host (systemctl); it returns the combined
+// CommandRunner runs a command on the host (systemctl); it returns the combined
 // output, and an error that includes it when the command fails.
-type Executor interface {
+type CommandRunner interface {
 	Run(ctx context.Context, name string, args ...string) ([]byte, error)
 }
 
@@ -72,7 +72,7 @@ type Options struct {
 	HostRoot string
 	// Binary is the smr-cri binary to copy (install only).
 	Binary string
-	Exec   Executor
+	Exec   CommandRunner
 	CRI    CRIChecker
 	Node   NodeChecker
 	// Log receives one line per step (nil: discarded).

@@ -13,7 +13,7 @@ import (
 	"time"
 )
 
-// recorder is the recording Executor: it logs every command and fails the
+// recorder is the recording CommandRunner: it logs every command and fails the
 // first run of each command listed in fail (a transient failure, so the
 // rollback's own run of the same command succeeds).
 type recorder struct {
