@@ -56,6 +56,13 @@ type ManagerConfig struct {
 	Metrics      *Metrics
 	// Executor tunes every pod's executor (timeouts, queue bound).
 	Executor ExecutorConfig
+	// MemberDir is where a member keeps its progress record (beside its
+	// raft data); nil: no record, a restart replays the whole log.
+	MemberDir func(Spec) string
+	// SandboxRunning reports whether a sandbox still runs (containerd is the
+	// source of truth); nil: a member found under another sandbox is
+	// assumed replaced.
+	SandboxRunning func(ctx context.Context, sandboxID string) (bool, error)
 }
 
 // DefaultListenerPort is the in-pod port of smr-cri's client listener.
@@ -63,17 +70,33 @@ const DefaultListenerPort = 15006
 
 // Manager attaches and detaches pods: it is the replication side of the CRI
 // proxy's hooks. It keeps only what it started; containerd stays the source
-// of truth for which sandboxes exist.
+// of truth for which sandboxes exist. Its one registry of members is keyed
+// by sandbox.
 type Manager struct {
-	cfg  ManagerConfig
-	mu   sync.Mutex
-	pods map[string]*attached // by sandbox ID
+	cfg     ManagerConfig
+	mu      sync.Mutex
+	members map[string]*member // by sandbox ID
 }
 
-type attached struct {
-	pod   *Pod
-	netns string
-	spec  Spec
+// member is one replica on this host: the pod's replication (listener,
+// executor, raft group) and its progress record. It owns the replica's
+// lifecycle: start (Attach), resume (the progress record), stop (Detach).
+type member struct {
+	sandbox string
+	pod     *Pod
+	prog    *Progress // nil without MemberDir
+	netns   string
+	spec    Spec
+}
+
+// stop ends the pod (sessions close through the log, the group stops),
+// then closes the progress record.
+func (mb *member) stop() error {
+	err := mb.pod.Stop()
+	if mb.prog != nil {
+		err = errors.Join(err, mb.prog.Close())
+	}
+	return err
 }
 
 // NewManager validates cfg and fills its defaults.
@@ -101,7 +124,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{cfg: cfg, pods: map[string]*attached{}}, nil
+	return &Manager{cfg: cfg, members: map[string]*member{}}, nil
 }
 
 // Attach starts replicating a pod if its labels ask for it (otherwise it is
@@ -115,7 +138,7 @@ func (m *Manager) Attach(ctx context.Context, ref PodRef) (err error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.pods[ref.SandboxID]; ok {
+	if _, ok := m.members[ref.SandboxID]; ok {
 		return nil
 	}
 	if ref.SandboxID == "" || ref.NetNSPath == "" {
@@ -132,30 +155,81 @@ func (m *Manager) Attach(ctx context.Context, ref PodRef) (err error) {
 	if err := ispec.Validate(); err != nil {
 		return fail("interception spec", err)
 	}
+	if err := m.takeOverLocked(ctx, ref.SandboxID, spec); err != nil {
+		return fail("take over", err)
+	}
+	mb := &member{sandbox: ref.SandboxID, netns: ref.NetNSPath, spec: spec}
+	if m.cfg.MemberDir != nil {
+		if mb.prog, err = OpenProgress(m.cfg.MemberDir(spec), ref.SandboxID); err != nil {
+			return fail("progress record", err)
+		}
+	}
+	closeProg := func() {
+		if mb.prog != nil {
+			_ = mb.prog.Close()
+		}
+	}
 	// Listen before redirecting, so no redirected client is refused.
 	ln, err := m.cfg.Listen(ref.NetNSPath, ":"+strconv.Itoa(m.cfg.ListenerPort))
 	if err != nil {
+		closeProg()
 		return fail("listen", err)
 	}
 	if _, err := m.cfg.Intercept.Apply(ctx, ref.NetNSPath, ispec); err != nil {
 		_ = ln.Close()
+		closeProg()
 		return fail("intercept", err)
 	}
 	pod, err := StartPod(ctx, PodConfig{
 		Spec: spec, Listener: ln, OriginalPort: m.cfg.OriginalPort, Dialer: m.cfg.Dialer(ref.NetNSPath),
 		StartGroup: func(sm raftcore.StateMachine) (Orderer, func() error, error) {
+			if mb.prog != nil {
+				sm = newResumingSM(sm, mb.prog, spec.GroupKey(), m.cfg.Log)
+			}
 			return m.cfg.StartGroup(ctx, ref, spec, sm)
 		},
 		Trace: m.cfg.Trace, Log: m.cfg.Log, Metrics: m.cfg.Metrics, Executor: m.cfg.Executor,
 	})
 	if err != nil {
 		_ = ln.Close()
+		closeProg()
 		_, cerr := m.cfg.Intercept.Cleanup(context.WithoutCancel(ctx), ref.NetNSPath)
 		return errors.Join(fail("start", err), cerr)
 	}
-	m.pods[ref.SandboxID] = &attached{pod: pod, netns: ref.NetNSPath, spec: spec}
+	mb.pod = pod
+	m.members[ref.SandboxID] = mb
+	var idx, sub uint64
+	if mb.prog != nil {
+		idx, sub = mb.prog.Resume()
+	}
 	m.cfg.Log.Info("pod attached to replication", "sandbox", ref.SandboxID, "pod", spec.Namespace+"/"+ref.Meta.Name,
-		"group", spec.GroupKey(), "member", spec.MemberID, "ports", fmt.Sprint(spec.Ports))
+		"group", spec.GroupKey(), "member", spec.MemberID, "ports", fmt.Sprint(spec.Ports),
+		"resume_index", idx, "resume_sub", sub)
+	return nil
+}
+
+// takeOverLocked makes sure no other sandbox runs this member here. A member
+// of a sandbox that no longer runs (replaced while its stop did not pass
+// through smr-cri, e.g. while the daemon was down) is stopped; one whose
+// sandbox still runs is a second pod with the same member ID: refused.
+func (m *Manager) takeOverLocked(ctx context.Context, sandboxID string, spec Spec) error {
+	for id, old := range m.members {
+		if id == sandboxID || old.spec.GroupKey() != spec.GroupKey() || old.spec.MemberID != spec.MemberID {
+			continue
+		}
+		if m.cfg.SandboxRunning != nil {
+			if running, err := m.cfg.SandboxRunning(ctx, id); err == nil && running {
+				return fmt.Errorf("member %d of group %s already runs here in sandbox %s: two pods with one member ID",
+					spec.MemberID, spec.GroupKey(), id)
+			}
+		}
+		m.cfg.Log.Info("stopping the member of a replaced sandbox", "group", spec.GroupKey(), "member", spec.MemberID,
+			"old_sandbox", id, "sandbox", sandboxID)
+		delete(m.members, id)
+		if err := old.stop(); err != nil {
+			m.cfg.Log.Warn("stop the member of a replaced sandbox", "old_sandbox", id, "err", err)
+		}
+	}
 	return nil
 }
 
@@ -165,13 +239,13 @@ func (m *Manager) Attach(ctx context.Context, ref PodRef) (err error) {
 // sandboxes are ignored, so it may be called for every stopped sandbox.
 func (m *Manager) Detach(ctx context.Context, sandboxID string) error {
 	m.mu.Lock()
-	a, ok := m.pods[sandboxID]
-	delete(m.pods, sandboxID)
+	a, ok := m.members[sandboxID]
+	delete(m.members, sandboxID)
 	m.mu.Unlock()
 	if !ok {
 		return nil
 	}
-	errs := []error{a.pod.Stop()}
+	errs := []error{a.stop()}
 	if _, err := m.cfg.Intercept.Cleanup(ctx, a.netns); err != nil {
 		errs = append(errs, err)
 	}
@@ -186,7 +260,7 @@ func (m *Manager) Attached() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var ids []string
-	for id := range m.pods {
+	for id := range m.members {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)

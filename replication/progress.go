@@ -1,4 +1,4 @@
-package daemon
+package replication
 
 import (
 	"errors"
@@ -12,7 +12,6 @@ import (
 	"sync"
 
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/replication"
 )
 
 // Files of a member's progress, beside its raft directory.
@@ -131,7 +130,7 @@ func (p *Progress) write(pos position) error {
 // Close closes the record file.
 func (p *Progress) Close() error { return p.f.Close() }
 
-// healthReporter is implemented by *replication.Executor.
+// healthReporter is implemented by *Executor.
 type healthReporter interface{ Health() error }
 
 // resumingSM wraps a member's executor. Entries the running app already
@@ -161,7 +160,7 @@ type openedAt struct {
 	pos position
 }
 
-// requestSentNotifier is implemented by *replication.Executor.
+// requestSentNotifier is implemented by *Executor.
 type requestSentNotifier interface {
 	OnRequestSent(func(raftcore.Entry))
 }
@@ -237,16 +236,16 @@ func (r *resumingSM) setApplying(e *raftcore.Entry) {
 // follow tracks the sessions of a skipped entry.
 func (r *resumingSM) follow(e raftcore.Entry) {
 	r.skipped++
-	op, err := replication.DecodeOp(e.Data)
+	op, err := DecodeOp(e.Data)
 	if err != nil {
 		return
 	}
 	switch op.Kind {
-	case replication.KindOpen:
+	case KindOpen:
 		r.open[e.Session] = openedAt{e, r.cur}
-	case replication.KindClose:
+	case KindClose:
 		delete(r.open, e.Session)
-	case replication.KindReset:
+	case KindReset:
 		for id, o := range r.open {
 			if o.e.Origin == e.Origin {
 				delete(r.open, id)

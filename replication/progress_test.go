@@ -1,4 +1,4 @@
-package daemon
+package replication
 
 import (
 	"errors"
@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/replication"
 )
 
 // recordingSM records which entries reached the executor.
@@ -20,12 +19,12 @@ type recordingSM struct {
 }
 
 func (r *recordingSM) Apply(e raftcore.Entry) ([]byte, error) {
-	op, err := replication.DecodeOp(e.Data)
+	op, err := DecodeOp(e.Data)
 	if err != nil {
 		return nil, err
 	}
 	name := op.Name
-	if op.Kind != replication.KindRequest {
+	if op.Kind != KindRequest {
 		name = op.Kind.String()
 	}
 	r.got = append(r.got, name)
@@ -34,7 +33,7 @@ func (r *recordingSM) Apply(e raftcore.Entry) ([]byte, error) {
 
 func (r *recordingSM) Health() error { return r.health }
 
-func entry(t *testing.T, index, session, origin uint64, op replication.Op) raftcore.Entry {
+func entry(t *testing.T, index, session, origin uint64, op Op) raftcore.Entry {
 	t.Helper()
 	return raftcore.Entry{Group: "ns.g", Index: index, Term: 1, Session: session, Origin: origin, Data: op.Encode()}
 }
@@ -44,19 +43,19 @@ func entry(t *testing.T, index, session, origin uint64, op replication.Op) raftc
 // origin 1 restarts (RESET) at 7.
 func logOf(t *testing.T) []raftcore.Entry {
 	t.Helper()
-	open := replication.Op{Kind: replication.KindOpen, Port: 6379, Protocol: "resp"}
-	req := func(name string) replication.Op {
-		return replication.Op{Kind: replication.KindRequest, Name: name, Raw: []byte("*1\r\n$4\r\n" + name + "\r\n")}
+	open := Op{Kind: KindOpen, Port: 6379, Protocol: "resp"}
+	req := func(name string) Op {
+		return Op{Kind: KindRequest, Name: name, Raw: []byte("*1\r\n$4\r\n" + name + "\r\n")}
 	}
 	return []raftcore.Entry{
 		entry(t, 1, 10, 1, open),
 		entry(t, 2, 20, 2, open),
 		entry(t, 3, 10, 1, req("A")),
 		entry(t, 4, 20, 2, req("B")),
-		entry(t, 5, 10, 1, replication.Op{Kind: replication.KindClose}),
+		entry(t, 5, 10, 1, Op{Kind: KindClose}),
 		entry(t, 6, 20, 2, req("C1")),
 		entry(t, 6, 20, 2, req("C2")),
-		entry(t, 7, 0, 1, replication.Op{Kind: replication.KindReset}),
+		entry(t, 7, 0, 1, Op{Kind: KindReset}),
 		entry(t, 8, 20, 2, req("D")),
 	}
 }
