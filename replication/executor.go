@@ -137,9 +137,11 @@ type Executor struct {
 	closed    chan struct{}
 	closeOnce sync.Once
 
-	// sent, if set, is called under mu once a REQUEST entry's bytes were
-	// handed to the app, before its response is read (see OnRequestSent).
-	sent func(raftcore.Entry)
+	// sending, if set, is called under mu just before a REQUEST entry's
+	// bytes are handed to the app (see OnRequestSending).
+	sending func(raftcore.Entry)
+	// restoring is set while RestoreApp brings the app to a known state.
+	restoring atomic.Bool
 }
 
 type appSession struct {
@@ -170,22 +172,24 @@ func NewExecutor(cfg ExecutorConfig) (*Executor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Executor{
+	x := &Executor{
 		cfg: cfg, m: cfg.Metrics.forGroup(cfg.Group), sessions: map[uint64]*appSession{},
 		starts: map[[2]uint64]time.Time{}, closed: make(chan struct{}),
-	}, nil
+	}
+	x.m.setState(StateServing)
+	return x, nil
 }
 
-// OnRequestSent registers f to be called, under the serial executor's lock,
-// as soon as a REQUEST entry's bytes were written to the app and before its
-// response is read: from that moment the app may have executed it, even if
-// this process dies before the response arrives. The node daemon records the
-// entry as applied there, so a restart never executes it again. Set it before
-// the first Apply; local reads do not call it.
-func (x *Executor) OnRequestSent(f func(raftcore.Entry)) {
+// OnRequestSending registers f to be called, under the serial executor's
+// lock, just before a REQUEST entry's bytes are written to the app: from
+// that moment until Apply returns the app may or may not have executed it.
+// The member records the entry as in flight there, so a restart repairs
+// the app instead of guessing. Set it before the first Apply; local reads
+// do not call it.
+func (x *Executor) OnRequestSending(f func(raftcore.Entry)) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.sent = f
+	x.sending = f
 }
 
 // Apply implements raftcore.StateMachine. Client-level failures (app closed
@@ -228,12 +232,16 @@ func (x *Executor) applyOrQueue(e raftcore.Entry, op Op) ([]byte, *queued) {
 		x.queue = nil
 		x.m.setQueue(0)
 		x.degraded.Store(true)
+		x.publishStateLocked()
 		return x.replyLocked(e, op, x.broken), nil
 	}
 	q := &queued{e: e, op: op, done: make(chan []byte, 1)}
 	x.queue = append(x.queue, q)
 	x.m.setQueue(len(x.queue))
 	x.degraded.Store(true)
+	if len(x.queue) == 1 {
+		x.publishStateLocked()
+	}
 	if !x.retrying {
 		x.retrying = true
 		go x.retryLoop()
@@ -290,6 +298,7 @@ func (x *Executor) retryLoop() {
 		if len(x.queue) == 0 {
 			x.degraded.Store(x.broken != nil)
 			x.downMode, x.retrying = false, false
+			x.publishStateLocked()
 			x.mu.Unlock()
 			return
 		}
@@ -327,11 +336,10 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 		if !ok {
 			return x.replyLocked(e, op, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, e.Session)), false
 		}
-		return x.roundTripLocked(s, framing.Request{Raw: op.Raw, Op: op.Name}, func() {
-			if x.sent != nil {
-				x.sent(e)
-			}
-		}), false
+		if x.sending != nil {
+			x.sending(e)
+		}
+		return x.roundTripLocked(s, framing.Request{Raw: op.Raw, Op: op.Name}), false
 	case KindClose:
 		x.closeSessionLocked(e.Session)
 	case KindReset:
@@ -343,8 +351,8 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 }
 
 // roundTripLocked writes one request to the session's app connection and
-// reads exactly one complete response. sent (may be nil) runs between the two.
-func (x *Executor) roundTripLocked(s *appSession, req framing.Request, sent func()) []byte {
+// reads exactly one complete response.
+func (x *Executor) roundTripLocked(s *appSession, req framing.Request) []byte {
 	s.use.Lock()
 	defer s.use.Unlock()
 	if s.dead != nil {
@@ -355,9 +363,6 @@ func (x *Executor) roundTripLocked(s *appSession, req framing.Request, sent func
 	resp, err := func() ([]byte, error) {
 		if _, err := s.conn.Write(req.Raw); err != nil {
 			return nil, fmt.Errorf("write to app: %w", err)
-		}
-		if sent != nil {
-			sent()
 		}
 		resp, err := s.framer.ReadResponse(s.r, req)
 		if err != nil {
@@ -452,7 +457,7 @@ func (x *Executor) Read(ctx context.Context, session uint64, req framing.Request
 	if !ok {
 		return nil, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, session)
 	}
-	val := x.roundTripLocked(s, req, nil)
+	val := x.roundTripLocked(s, req)
 	exec := time.Since(start)
 	x.cfg.Trace.Write(TraceLine{Kind: "read", Group: x.cfg.Group, Index: readIndex, Session: session,
 		Op: req.Op, Origin: x.cfg.Self, Latency: exec, Exec: exec})

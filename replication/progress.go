@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,19 +11,26 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
 )
 
 // Files of a member's progress, beside its raft directory.
 const (
-	appliedFile = "applied" // fixed-width "<index> <sub>\n", rewritten in place after each apply
+	appliedFile = "applied" // fixed-width "<index> <sub> <state>\n", rewritten in place
 	sandboxFile = "sandbox" // ID of the sandbox whose running app the applied position describes
 )
 
 // appliedRecordLen is the fixed length of the applied record: one pwrite of
 // it replaces the whole record, so a reader never sees two halves.
-const appliedRecordLen = 20 + 1 + 10 + 1
+const appliedRecordLen = 20 + 1 + 10 + 1 + 1 + 1
+
+// States of the applied record.
+const (
+	stateApplied  = 'a' // every entry up to the position was applied by the app
+	stateInFlight = 'f' // the entry at the position may have reached the app, or not
+)
 
 // position is a point in the applied sequence: raft index, and how many of
 // the requests coalesced into that raft entry were applied (they share the
@@ -37,19 +45,22 @@ func (p position) less(q position) bool {
 // daemon resumes the executor there instead of replaying the whole log into
 // an app that already executed it.
 //
-// The record is rewritten (one pwrite, no fsync) after every applied entry.
-// A killed process (SIGKILL, crash) keeps the page cache, so the record
-// survives; a machine crash also ends the app, whose sandbox is then new and
-// replays from the start anyway. The narrow window: an entry the app has
-// executed, when the daemon dies before the record is written, is executed
-// once more after the restart (at most one request per group).
+// The record is rewritten (one pwrite, no fsync) before a REQUEST's bytes
+// are handed to the app (state in flight) and after every applied entry
+// (state applied). A killed process (SIGKILL, crash) keeps the page cache,
+// so the record survives; a machine crash also ends the app, whose sandbox
+// is then new and replays from the start anyway. A restart that finds an
+// entry in flight cannot know whether the app executed it: it does not
+// guess, the app's state is uncertain and the member repairs it (Uncertain).
 type Progress struct {
-	dir     string
-	f       *os.File
-	resume  position // entries at or before it were applied by this sandbox's app
-	fresh   bool     // no usable record: replay everything
-	buf     [appliedRecordLen]byte
-	written position // what the record on disk holds
+	dir       string
+	f         *os.File
+	resume    position // entries at or before it were applied by this sandbox's app
+	fresh     bool     // no usable record: replay everything
+	uncertain string   // why the running app's state is unknown ("" if it is known)
+	buf       [appliedRecordLen]byte
+	written   position // what the record on disk holds
+	wstate    byte     // and in which state
 }
 
 // OpenProgress opens dir's progress for sandboxID. When the record belongs
@@ -71,8 +82,15 @@ func OpenProgress(dir, sandboxID string) (*Progress, error) {
 		if rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 			return nil, fmt.Errorf("progress: %w", rerr)
 		}
-		if p.resume, rerr = parseApplied(raw); rerr != nil {
+		var st byte
+		if p.resume, st, rerr = parseApplied(raw); rerr != nil {
 			return nil, fmt.Errorf("progress: %s: %w", filepath.Join(dir, appliedFile), rerr)
+		}
+		if st == stateInFlight {
+			// The record stays as it is until the app was repaired
+			// (Repaired), so a crash during the repair repairs again.
+			p.uncertain = fmt.Sprintf("the entry at index %d (sub %d) was in flight to the app when smr-cri stopped", p.resume.index, p.resume.sub)
+			p.resume = position{}
 		}
 	case err == nil || errors.Is(err, os.ErrNotExist):
 		p.fresh = true
@@ -84,7 +102,7 @@ func OpenProgress(dir, sandboxID string) (*Progress, error) {
 		return nil, fmt.Errorf("progress: %w", err)
 	}
 	if p.fresh {
-		if err := p.write(position{}); err != nil {
+		if err := p.write(position{}, stateApplied); err != nil {
 			p.f.Close()
 			return nil, err
 		}
@@ -93,37 +111,61 @@ func OpenProgress(dir, sandboxID string) (*Progress, error) {
 			return nil, fmt.Errorf("progress: %w", err)
 		}
 	}
-	p.written = p.resume
+	if p.uncertain == "" {
+		p.written, p.wstate = p.resume, stateApplied
+	}
 	return p, nil
 }
 
-// parseApplied reads "<index> <sub>"; an empty record means nothing applied.
-func parseApplied(raw []byte) (position, error) {
+// parseApplied reads "<index> <sub> <state>" (records of older versions have
+// no state: applied); an empty record means nothing applied.
+func parseApplied(raw []byte) (position, byte, error) {
 	s := strings.TrimSpace(string(raw))
 	if s == "" {
-		return position{}, nil
+		return position{}, stateApplied, nil
 	}
 	f := strings.Fields(s)
-	if len(f) != 2 {
-		return position{}, fmt.Errorf("malformed applied record %q", s)
+	if len(f) != 2 && len(f) != 3 {
+		return position{}, 0, fmt.Errorf("malformed applied record %q", s)
+	}
+	st := byte(stateApplied)
+	if len(f) == 3 {
+		if f[2] != string(rune(stateApplied)) && f[2] != string(rune(stateInFlight)) {
+			return position{}, 0, fmt.Errorf("malformed applied record %q: unknown state %q", s, f[2])
+		}
+		st = f[2][0]
 	}
 	idx, err1 := strconv.ParseUint(f[0], 10, 64)
 	sub, err2 := strconv.ParseUint(f[1], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return position{}, fmt.Errorf("malformed applied record %q: %w", s, err)
+		return position{}, 0, fmt.Errorf("malformed applied record %q: %w", s, err)
 	}
-	return position{idx, sub}, nil
+	return position{idx, sub}, st, nil
+}
+
+// Uncertain says why the running app's state is unknown, or "" when the
+// record describes it. An uncertain member brings its app to a known state
+// (AppRestorer) before anything else reaches it.
+func (p *Progress) Uncertain() string { return p.uncertain }
+
+// repaired records that the app was brought to the state at pos.
+func (p *Progress) repaired(pos position) error {
+	if err := p.write(pos, stateApplied); err != nil {
+		return err
+	}
+	p.uncertain = ""
+	return nil
 }
 
 // Resume is the position up to which the running app already applied the log.
 func (p *Progress) Resume() (index, sub uint64) { return p.resume.index, p.resume.sub }
 
-func (p *Progress) write(pos position) error {
-	b := fmt.Appendf(p.buf[:0], "%020d %010d\n", pos.index, pos.sub)
+func (p *Progress) write(pos position, state byte) error {
+	b := fmt.Appendf(p.buf[:0], "%020d %010d %c\n", pos.index, pos.sub, state)
 	if _, err := p.f.WriteAt(b, 0); err != nil {
 		return fmt.Errorf("progress: write %s: %w", filepath.Join(p.dir, appliedFile), err)
 	}
-	p.written = pos
+	p.written, p.wstate = pos, state
 	return nil
 }
 
@@ -153,6 +195,9 @@ type resumingSM struct {
 	resumed  bool            // past the resume point
 	skipped  int
 	open     map[uint64]openedAt // sessions opened in the skipped prefix, by session
+	// restoreErr is the failed repair of an uncertain app: it is not retried
+	// (the executor is broken and refuses every request).
+	restoreErr error
 }
 
 type openedAt struct {
@@ -160,41 +205,88 @@ type openedAt struct {
 	pos position
 }
 
-// requestSentNotifier is implemented by *Executor.
-type requestSentNotifier interface {
-	OnRequestSent(func(raftcore.Entry))
+// requestSendingNotifier is implemented by *Executor.
+type requestSendingNotifier interface {
+	OnRequestSending(func(raftcore.Entry))
 }
+
+// AppRestorer brings this replica's app to a known state when its state is
+// uncertain, before anything else reaches it. Today there are no app
+// snapshots: *Executor empties the app and returns 0, and the member replays
+// the log from the start. A snapshot-backed restorer returns the index of
+// the snapshot it restored, and only the log after it is replayed.
+type AppRestorer interface {
+	RestoreApp(ctx context.Context, cause Cause) (index uint64, err error)
+}
+
+// restoreTimeout bounds one repair (the app may still be starting): after
+// it the repair stops with a clear error instead of looping.
+var restoreTimeout = 2 * time.Minute
 
 func newResumingSM(next raftcore.StateMachine, prog *Progress, group string, log *slog.Logger) *resumingSM {
 	r := &resumingSM{next: next, prog: prog, group: group, log: log, resumed: prog.resume == position{},
 		open: map[uint64]openedAt{}}
-	if n, ok := next.(requestSentNotifier); ok {
-		n.OnRequestSent(r.requestSent)
+	if n, ok := next.(requestSendingNotifier); ok {
+		n.OnRequestSending(r.requestSending)
 	}
 	return r
 }
 
-// requestSent records a REQUEST as applied the moment its bytes reach the
-// app, not when its response has been read: a daemon killed while the app
-// executes it must not execute it again after the restart (the app has it).
-// What is left is the gap between the write to the app and this record (one
-// small pwrite), instead of the whole app round trip. Entries drained from
-// the executor's queue are not the one being applied: their record is
-// written by Apply's own rule.
-func (r *resumingSM) requestSent(e raftcore.Entry) {
+// requestSending records a REQUEST as in flight before its bytes reach the
+// app: a daemon killed from here until the entry is recorded applied leaves
+// a record saying the app may or may not have executed it, and the restart
+// repairs the app instead of guessing (executing it twice, or never).
+// Entries drained from the executor's queue are not the one being applied:
+// their record is written by Apply's own rule.
+func (r *resumingSM) requestSending(e raftcore.Entry) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	a := r.applying
 	if a == nil || a.Index != e.Index || a.Session != e.Session || a.Seq != e.Seq || a.Origin != e.Origin {
 		return
 	}
-	if err := r.prog.write(r.cur); err != nil {
-		r.log.Error("record applied position", "err", err)
+	if err := r.prog.write(r.cur, stateInFlight); err != nil {
+		r.log.Error("record entry in flight", "err", err)
 	}
+}
+
+// restore brings an uncertain app to a known state before the first entry
+// reaches it, and resumes from the position the restorer reports.
+func (r *resumingSM) restore() error {
+	cause := r.prog.Uncertain()
+	rs, ok := r.next.(AppRestorer)
+	if !ok {
+		return fmt.Errorf("group %s: the app's state is uncertain (%s) and nothing can restore it", r.group, cause)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
+	defer cancel()
+	idx, err := rs.RestoreApp(ctx, Cause{Kind: CauseInFlight, Detail: cause})
+	if err != nil {
+		return err
+	}
+	pos := position{index: idx}
+	if idx > 0 {
+		pos.sub = 1<<32 - 1 // every request of that index
+	}
+	if err := r.prog.repaired(pos); err != nil {
+		return err
+	}
+	r.prog.resume = pos
+	r.resumed = pos == position{}
+	return nil
 }
 
 // Apply implements raftcore.StateMachine.
 func (r *resumingSM) Apply(e raftcore.Entry) ([]byte, error) {
+	if r.prog.Uncertain() != "" && r.restoreErr == nil {
+		if r.restoreErr = r.restore(); r.restoreErr != nil {
+			err := r.restoreErr
+			// The executor is broken now (it refuses every request);
+			// nothing reaches the app in an unknown state.
+			r.log.Error("repair of the app failed; this replica stays broken", "group", r.group, "err", err)
+			return r.next.Apply(e)
+		}
+	}
 	r.mu.Lock()
 	if e.Index != r.cur.index {
 		r.cur = position{e.Index, 0}
@@ -212,15 +304,12 @@ func (r *resumingSM) Apply(e raftcore.Entry) ([]byte, error) {
 	r.setApplying(&e)
 	val, err := r.next.Apply(e)
 	r.setApplying(nil)
-	// A REQUEST's record was already written by requestSent while the app
-	// round trip ran: one pwrite per entry, not two. Entries queued for an
-	// app that is not up yet are not executed yet: keep the record where the
-	// app really is.
-	if cur == r.prog.written {
-		return val, err
-	}
-	if h, ok := r.next.(healthReporter); !ok || h.Health() == nil {
-		if werr := r.prog.write(cur); werr != nil {
+	// Entries queued for an app that is not up yet are not executed yet:
+	// keep the record where the app really is. An entry recorded in flight
+	// was executed by the app: it is applied now.
+	inFlight := cur == r.prog.written && r.prog.wstate == stateInFlight
+	if h, ok := r.next.(healthReporter); inFlight || !ok || h.Health() == nil {
+		if werr := r.prog.write(cur, stateApplied); werr != nil {
 			r.log.Error("record applied position", "err", werr)
 		}
 	}
