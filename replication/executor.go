@@ -140,8 +140,10 @@ type Executor struct {
 	// sending, if set, is called under mu just before a REQUEST entry's
 	// bytes are handed to the app (see OnRequestSending).
 	sending func(raftcore.Entry)
-	// restoring is set while RestoreApp brings the app to a known state.
+	// restoring is set while RestoreApp brings the app to a known state, and
+	// from Fence until then; fenced (under mu) keeps entries from the app.
 	restoring atomic.Bool
+	fenced    bool
 }
 
 type appSession struct {
@@ -218,6 +220,9 @@ func (x *Executor) applyOrQueue(e raftcore.Entry, op Op) ([]byte, *queued) {
 	defer x.mu.Unlock()
 	if x.broken != nil {
 		return x.replyLocked(e, op, x.broken), nil
+	}
+	if x.fenced {
+		return x.replyLocked(e, op, fmt.Errorf("%w: the app is being rebuilt", ErrNotReady)), nil
 	}
 	if len(x.queue) == 0 {
 		val, down := x.execLocked(e, op)
@@ -494,6 +499,9 @@ func (x *Executor) Health() error {
 	defer x.mu.Unlock()
 	if x.broken != nil {
 		return x.broken
+	}
+	if x.fenced {
+		return fmt.Errorf("%w: the app is being rebuilt", ErrNotReady)
 	}
 	if len(x.queue) > 0 {
 		return fmt.Errorf("%w: %d entries wait for the app", ErrNotReady, len(x.queue))

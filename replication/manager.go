@@ -83,15 +83,24 @@ type Manager struct {
 // lifecycle: start (Attach), resume (the progress record), stop (Detach).
 type member struct {
 	sandbox string
-	pod     *Pod
 	prog    *Progress // nil without MemberDir
 	netns   string
 	spec    Spec
+	// start listens in the pod's netns and starts its replication (the
+	// redirect is in place already).
+	start func() (*Pod, error)
+
+	life    sync.Mutex // serializes stop and rebuild
+	pod     *Pod
+	stopped bool
 }
 
 // stop ends the pod (sessions close through the log, the group stops),
 // then closes the progress record.
 func (mb *member) stop() error {
+	mb.life.Lock()
+	defer mb.life.Unlock()
+	mb.stopped = true
 	err := mb.pod.Stop()
 	if mb.prog != nil {
 		err = errors.Join(err, mb.prog.Close())
@@ -169,8 +178,34 @@ func (m *Manager) Attach(ctx context.Context, ref PodRef) (err error) {
 			_ = mb.prog.Close()
 		}
 	}
+	listen := func() (net.Listener, error) {
+		return m.cfg.Listen(ref.NetNSPath, ":"+strconv.Itoa(m.cfg.ListenerPort))
+	}
+	startPod := func(ctx context.Context, ln net.Listener) (*Pod, error) {
+		return StartPod(ctx, PodConfig{
+			Spec: spec, Listener: ln, OriginalPort: m.cfg.OriginalPort, Dialer: m.cfg.Dialer(ref.NetNSPath),
+			StartGroup: func(sm raftcore.StateMachine) (Orderer, func() error, error) {
+				if mb.prog != nil {
+					sm = newResumingSM(sm, mb.prog, spec.GroupKey(), m.cfg.Log)
+				}
+				return m.cfg.StartGroup(ctx, ref, spec, sm)
+			},
+			Trace: m.cfg.Trace, Log: m.cfg.Log, Metrics: m.cfg.Metrics, Executor: m.cfg.Executor,
+		})
+	}
+	mb.start = func() (*Pod, error) {
+		ln, err := listen()
+		if err != nil {
+			return nil, fmt.Errorf("listen: %w", err)
+		}
+		pod, err := startPod(context.Background(), ln)
+		if err != nil {
+			_ = ln.Close()
+		}
+		return pod, err
+	}
 	// Listen before redirecting, so no redirected client is refused.
-	ln, err := m.cfg.Listen(ref.NetNSPath, ":"+strconv.Itoa(m.cfg.ListenerPort))
+	ln, err := listen()
 	if err != nil {
 		closeProg()
 		return fail("listen", err)
@@ -180,16 +215,7 @@ func (m *Manager) Attach(ctx context.Context, ref PodRef) (err error) {
 		closeProg()
 		return fail("intercept", err)
 	}
-	pod, err := StartPod(ctx, PodConfig{
-		Spec: spec, Listener: ln, OriginalPort: m.cfg.OriginalPort, Dialer: m.cfg.Dialer(ref.NetNSPath),
-		StartGroup: func(sm raftcore.StateMachine) (Orderer, func() error, error) {
-			if mb.prog != nil {
-				sm = newResumingSM(sm, mb.prog, spec.GroupKey(), m.cfg.Log)
-			}
-			return m.cfg.StartGroup(ctx, ref, spec, sm)
-		},
-		Trace: m.cfg.Trace, Log: m.cfg.Log, Metrics: m.cfg.Metrics, Executor: m.cfg.Executor,
-	})
+	pod, err := startPod(ctx, ln)
 	if err != nil {
 		_ = ln.Close()
 		closeProg()
@@ -231,6 +257,61 @@ func (m *Manager) takeOverLocked(ctx context.Context, sandboxID string, spec Spe
 		}
 	}
 	return nil
+}
+
+// ContainerCreating implements cri.ContainerWatcher. A container created
+// again (attempt > 0) in an attached sandbox restarts empty: the member is
+// fenced at once (no entry and no local read reaches the app), the progress
+// record says so (a crash of smr-cri still repairs), and the member is
+// rebuilt in the background: its replication restarts, the app is brought
+// to a known state (emptied) and the log replayed into it.
+func (m *Manager) ContainerCreating(_ context.Context, sandboxID, container string, attempt uint32) {
+	if attempt == 0 {
+		return
+	}
+	m.mu.Lock()
+	mb := m.members[sandboxID]
+	m.mu.Unlock()
+	if mb == nil {
+		return
+	}
+	mb.life.Lock()
+	defer mb.life.Unlock()
+	if mb.stopped {
+		return
+	}
+	mb.pod.Executor().Fence()
+	if mb.prog != nil {
+		if err := mb.prog.MarkRebuild(); err != nil {
+			m.cfg.Log.Error("record the rebuild of a restarted app", "sandbox", sandboxID, "err", err)
+		}
+	}
+	m.cfg.Log.Warn("app container created again in a replicated sandbox: rebuilding this replica",
+		"sandbox", sandboxID, "group", mb.spec.GroupKey(), "member", mb.spec.MemberID, "container", container, "attempt", attempt)
+	go m.rebuild(mb)
+}
+
+// rebuild restarts a fenced member's replication: the new executor finds
+// the record uncertain and repairs the app before the log reaches it.
+func (m *Manager) rebuild(mb *member) {
+	mb.life.Lock()
+	defer mb.life.Unlock()
+	if mb.stopped {
+		return
+	}
+	if err := mb.pod.Stop(); err != nil {
+		m.cfg.Log.Warn("stop the replication of a rebuilt member", "sandbox", mb.sandbox, "err", err)
+	}
+	pod, err := mb.start()
+	if err != nil {
+		// The old pod is stopped: clients are refused (the redirect stays),
+		// never served by an app in an unknown state. Reconcile cannot
+		// restart it (the sandbox is still attached): say so loudly.
+		m.cfg.Log.Error("rebuild of a replica failed; it stays down until its pod is restarted",
+			"sandbox", mb.sandbox, "group", mb.spec.GroupKey(), "err", err)
+		return
+	}
+	mb.pod = pod
 }
 
 // Detach stops replicating a sandbox: the listener closes first (clients

@@ -30,6 +30,7 @@ const appliedRecordLen = 20 + 1 + 10 + 1 + 1 + 1
 const (
 	stateApplied  = 'a' // every entry up to the position was applied by the app
 	stateInFlight = 'f' // the entry at the position may have reached the app, or not
+	stateRebuild  = 'r' // the app restarted empty (its container was created again)
 )
 
 // position is a point in the applied sequence: raft index, and how many of
@@ -58,9 +59,13 @@ type Progress struct {
 	resume    position // entries at or before it were applied by this sandbox's app
 	fresh     bool     // no usable record: replay everything
 	uncertain string   // why the running app's state is unknown ("" if it is known)
+	cause     string   // and the Cause kind of that
 	buf       [appliedRecordLen]byte
-	written   position // what the record on disk holds
-	wstate    byte     // and in which state
+	// mu guards the record: the apply goroutine writes it, and MarkRebuild
+	// from the CRI hook.
+	mu      sync.Mutex
+	written position // what the record on disk holds
+	wstate  byte     // and in which state
 }
 
 // OpenProgress opens dir's progress for sandboxID. When the record belongs
@@ -86,10 +91,16 @@ func OpenProgress(dir, sandboxID string) (*Progress, error) {
 		if p.resume, st, rerr = parseApplied(raw); rerr != nil {
 			return nil, fmt.Errorf("progress: %s: %w", filepath.Join(dir, appliedFile), rerr)
 		}
-		if st == stateInFlight {
-			// The record stays as it is until the app was repaired
-			// (Repaired), so a crash during the repair repairs again.
+		// The record stays as it is until the app was repaired
+		// (repaired), so a crash during the repair repairs again.
+		switch st {
+		case stateInFlight:
+			p.cause = CauseInFlight
 			p.uncertain = fmt.Sprintf("the entry at index %d (sub %d) was in flight to the app when smr-cri stopped", p.resume.index, p.resume.sub)
+			p.resume = position{}
+		case stateRebuild:
+			p.cause = CauseContainerRestart
+			p.uncertain = "the app's container was created again in the same sandbox (it starts empty)"
 			p.resume = position{}
 		}
 	case err == nil || errors.Is(err, os.ErrNotExist):
@@ -130,7 +141,7 @@ func parseApplied(raw []byte) (position, byte, error) {
 	}
 	st := byte(stateApplied)
 	if len(f) == 3 {
-		if f[2] != string(rune(stateApplied)) && f[2] != string(rune(stateInFlight)) {
+		if f[2] != string(rune(stateApplied)) && f[2] != string(rune(stateInFlight)) && f[2] != string(rune(stateRebuild)) {
 			return position{}, 0, fmt.Errorf("malformed applied record %q: unknown state %q", s, f[2])
 		}
 		st = f[2][0]
@@ -148,6 +159,21 @@ func parseApplied(raw []byte) (position, byte, error) {
 // (AppRestorer) before anything else reaches it.
 func (p *Progress) Uncertain() string { return p.uncertain }
 
+// MarkRebuild records that the app restarted empty (its container was
+// created again): whatever runs the member next repairs it first, even
+// after a crash of smr-cri.
+func (p *Progress) MarkRebuild() error {
+	p.mu.Lock()
+	pos := p.written
+	p.mu.Unlock()
+	if err := p.write(pos, stateRebuild); err != nil {
+		return err
+	}
+	p.cause = CauseContainerRestart
+	p.uncertain = "the app's container was created again in the same sandbox (it starts empty)"
+	return nil
+}
+
 // repaired records that the app was brought to the state at pos.
 func (p *Progress) repaired(pos position) error {
 	if err := p.write(pos, stateApplied); err != nil {
@@ -161,6 +187,8 @@ func (p *Progress) repaired(pos position) error {
 func (p *Progress) Resume() (index, sub uint64) { return p.resume.index, p.resume.sub }
 
 func (p *Progress) write(pos position, state byte) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	b := fmt.Appendf(p.buf[:0], "%020d %010d %c\n", pos.index, pos.sub, state)
 	if _, err := p.f.WriteAt(b, 0); err != nil {
 		return fmt.Errorf("progress: write %s: %w", filepath.Join(p.dir, appliedFile), err)
@@ -260,7 +288,7 @@ func (r *resumingSM) restore() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
 	defer cancel()
-	idx, err := rs.RestoreApp(ctx, Cause{Kind: CauseInFlight, Detail: cause})
+	idx, err := rs.RestoreApp(ctx, Cause{Kind: r.prog.cause, Detail: cause})
 	if err != nil {
 		return err
 	}
@@ -307,8 +335,11 @@ func (r *resumingSM) Apply(e raftcore.Entry) ([]byte, error) {
 	// Entries queued for an app that is not up yet are not executed yet:
 	// keep the record where the app really is. An entry recorded in flight
 	// was executed by the app: it is applied now.
+	r.prog.mu.Lock()
 	inFlight := cur == r.prog.written && r.prog.wstate == stateInFlight
-	if h, ok := r.next.(healthReporter); inFlight || !ok || h.Health() == nil {
+	rebuild := r.prog.wstate == stateRebuild
+	r.prog.mu.Unlock()
+	if h, ok := r.next.(healthReporter); !rebuild && (inFlight || !ok || h.Health() == nil) {
 		if werr := r.prog.write(cur, stateApplied); werr != nil {
 			r.log.Error("record applied position", "err", werr)
 		}

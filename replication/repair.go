@@ -48,8 +48,21 @@ type Cause struct{ Kind, Detail string }
 
 // Repair causes.
 const (
-	CauseInFlight = "in-flight-at-restart" // an entry was in flight to the app when smr-cri stopped
+	CauseInFlight         = "in-flight-at-restart" // an entry was in flight to the app when smr-cri stopped
+	CauseContainerRestart = "container-restart"    // the app's container is created again in the same sandbox
 )
+
+// Fence stops this replica from serving at once: no entry and no local read
+// reaches the app until RestoreApp brought it to a known state. It is what
+// a restarted (empty) app container needs before it exists.
+func (x *Executor) Fence() {
+	x.restoring.Store(true)
+	x.degraded.Store(true)
+	x.mu.Lock()
+	x.fenced = true
+	x.publishStateLocked()
+	x.mu.Unlock()
+}
 
 // emptyAppRequests empty a RESP app: every database, and the functions
 // library (Redis 7; an older Redis answers "unknown command", which is fine:
@@ -72,6 +85,7 @@ func (x *Executor) RestoreApp(ctx context.Context, cause Cause) (uint64, error) 
 	defer x.mu.Unlock()
 	x.publishStateLocked()
 	defer func() {
+		x.fenced = false
 		x.restoring.Store(false)
 		x.publishStateLocked()
 	}()

@@ -631,3 +631,11 @@ func (d *Daemon) reattach(ctx context.Context, id string) error {
 	d.log.Info("re-attached running replicated pod", "sandbox", id, "pod", pod.Namespace+"/"+pod.Name, "ips", pod.IPs)
 	return nil
 }
+
+var _ cri.ContainerWatcher = (*Daemon)(nil)
+
+// ContainerCreating implements cri.ContainerWatcher: a container created
+// again in a replicated sandbox fences and rebuilds its member.
+func (d *Daemon) ContainerCreating(ctx context.Context, sandboxID, container string, attempt uint32) {
+	d.mgr.ContainerCreating(ctx, sandboxID, container, attempt)
+}

@@ -29,6 +29,15 @@ type counterApp struct {
 	vals map[string]int
 	incr int
 	from map[string]string // key -> host of the connection of its last INCR
+	// flushes counts FLUSHALLs (repairs).
+	flushes int
+}
+
+// restartEmpty is the app's container restarting: its state is gone.
+func (a *counterApp) restartEmpty() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.vals = map[string]int{}
 }
 
 func newCounterApp(t *testing.T) *counterApp {
@@ -75,6 +84,10 @@ func (a *counterApp) serve(c net.Conn) {
 		case "GET":
 			v := strconv.Itoa(a.vals[args[1]])
 			reply = "$" + strconv.Itoa(len(v)) + "\r\n" + v + "\r\n"
+		case "FLUSHALL": // what a repair sends to empty the app
+			a.flushes++
+			a.vals = map[string]int{}
+			reply = "+OK\r\n"
 		case "HELLO": // go-redis falls back to RESP2
 			reply = "-ERR unknown command 'HELLO'\r\n"
 		default:

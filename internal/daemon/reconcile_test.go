@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -182,5 +183,38 @@ func TestSameMemberTwoSandboxes(t *testing.T) {
 	}
 	if got := d.Attached(); !slices.Equal(got, []string{"sb2"}) {
 		t.Fatalf("attached %v, want [sb2]", got)
+	}
+}
+
+// A container created again in an attached sandbox (kubelet restarting the
+// app: attempt 1) rebuilds the member: the restarted, empty app gets the
+// whole log again and the replica serves the replicated state, not its own
+// empty one.
+func TestContainerRestartRebuildsTheReplica(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	fr, _, endpoint := serveFakeRuntime(t)
+	app := newCounterApp(t)
+	d := newLoopbackDaemonWithRuntime(t, t.TempDir(), app, endpoint)
+	defer d.Close(ctx)
+	pod := onePod("sb1", freeport.PortT(t))
+	fr.set(pod.SandboxID, sandboxStatus(pod, runtimeapi.PodSandboxState_SANDBOX_READY, netnsInfo))
+	if err := d.AttachPod(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	incr(t, ctx, <-d.clientAddr, 3)
+	d.ContainerCreating(ctx, "sb1", "app", 0) // first creation: nothing to do
+	d.ContainerCreating(ctx, "other", "app", 1)
+	app.restartEmpty()
+	d.ContainerCreating(ctx, "sb1", "app", 1)
+	incr(t, ctx, <-d.clientAddr, 1) // the rebuilt member's new listener
+	app.mu.Lock()
+	k, flushes := app.vals["k"], app.flushes
+	app.mu.Unlock()
+	if k != 4 || flushes != 1 {
+		t.Fatalf("after the rebuild k=%d (want 4: 3 replayed + 1) and %d FLUSHALL (want 1)", k, flushes)
+	}
+	if got := d.Attached(); !slices.Equal(got, []string{"sb1"}) {
+		t.Fatalf("attached %v", got)
 	}
 }
