@@ -144,6 +144,8 @@ type Executor struct {
 	// from Fence until then; fenced (under mu) keeps entries from the app.
 	restoring atomic.Bool
 	fenced    bool
+	// uncertain is the OnUncertain hook.
+	uncertain atomic.Pointer[func(Cause)]
 }
 
 type appSession struct {
@@ -234,6 +236,7 @@ func (x *Executor) applyOrQueue(e raftcore.Entry, op Op) ([]byte, *queued) {
 		x.broken = fmt.Errorf("%w: it stayed unreachable for %d entries; restart the pod to rebuild it from the log",
 			ErrNotReady, x.cfg.MaxQueue)
 		x.cfg.Log.Error("replica diverged", "group", x.cfg.Group, "err", x.broken)
+		x.uncertainLocked(Cause{Kind: CauseQueueOverflow, Detail: x.broken.Error()})
 		x.queue = nil
 		x.m.setQueue(0)
 		x.degraded.Store(true)
@@ -385,6 +388,7 @@ func (x *Executor) roundTripLocked(s *appSession, req framing.Request) []byte {
 		return resp // e.g. a close-delimited HTTP body that ended at EOF
 	}
 	x.cfg.Log.Warn("app session failed", "group", x.cfg.Group, "op", req.Op, "err", err)
+	x.uncertainLocked(Cause{Kind: CauseSessionBroken, Detail: fmt.Sprintf("%s: %v", req.Op, err)})
 	reply, _ := s.framer.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, err))
 	return reply
 }

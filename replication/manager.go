@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/raftcore"
@@ -93,7 +94,17 @@ type member struct {
 	life    sync.Mutex // serializes stop and rebuild
 	pod     *Pod
 	stopped bool
+	// repairs are the start times of recent repairs (under life): more
+	// than maxRepairs within repairWindow is a loop, and the member stays
+	// broken.
+	repairs []time.Time
 }
+
+// Repair loop bound.
+const (
+	maxRepairs   = 3
+	repairWindow = 10 * time.Minute
+)
 
 // stop ends the pod (sessions close through the log, the group stops),
 // then closes the progress record.
@@ -223,6 +234,7 @@ func (m *Manager) Attach(ctx context.Context, ref PodRef) (err error) {
 		return errors.Join(fail("start", err), cerr)
 	}
 	mb.pod = pod
+	m.watch(mb)
 	m.members[ref.SandboxID] = mb
 	var idx, sub uint64
 	if mb.prog != nil {
@@ -261,10 +273,7 @@ func (m *Manager) takeOverLocked(ctx context.Context, sandboxID string, spec Spe
 
 // ContainerCreating implements cri.ContainerWatcher. A container created
 // again (attempt > 0) in an attached sandbox restarts empty: the member is
-// fenced at once (no entry and no local read reaches the app), the progress
-// record says so (a crash of smr-cri still repairs), and the member is
-// rebuilt in the background: its replication restarts, the app is brought
-// to a known state (emptied) and the log replayed into it.
+// repaired (see repair).
 func (m *Manager) ContainerCreating(_ context.Context, sandboxID, container string, attempt uint32) {
 	if attempt == 0 {
 		return
@@ -275,19 +284,45 @@ func (m *Manager) ContainerCreating(_ context.Context, sandboxID, container stri
 	if mb == nil {
 		return
 	}
+	m.repair(mb, Cause{Kind: CauseContainerRestart, Detail: fmt.Sprintf("container %s attempt %d", container, attempt)})
+}
+
+// repair is the one repair path of a running member whose app state became
+// uncertain: it is fenced at once (no entry and no local read reaches the
+// app), the progress record says so (a crash of smr-cri still repairs),
+// and the member is rebuilt in the background: its replication restarts,
+// the app is brought to a known state (emptied) and the log replayed into
+// it. Too many repairs in a short time stop with a clear error.
+func (m *Manager) repair(mb *member, cause Cause) {
 	mb.life.Lock()
 	defer mb.life.Unlock()
 	if mb.stopped {
 		return
 	}
-	mb.pod.Executor().Fence()
+	x := mb.pod.Executor()
+	x.Fence()
 	if mb.prog != nil {
-		if err := mb.prog.MarkRebuild(); err != nil {
-			m.cfg.Log.Error("record the rebuild of a restarted app", "sandbox", sandboxID, "err", err)
+		if err := mb.prog.MarkRebuild(cause); err != nil {
+			m.cfg.Log.Error("record the repair of an uncertain app", "sandbox", mb.sandbox, "err", err)
 		}
 	}
-	m.cfg.Log.Warn("app container created again in a replicated sandbox: rebuilding this replica",
-		"sandbox", sandboxID, "group", mb.spec.GroupKey(), "member", mb.spec.MemberID, "container", container, "attempt", attempt)
+	now := time.Now()
+	recent := mb.repairs[:0]
+	for _, t := range mb.repairs {
+		if now.Sub(t) < repairWindow {
+			recent = append(recent, t)
+		}
+	}
+	mb.repairs = append(recent, now)
+	if len(mb.repairs) > maxRepairs {
+		err := fmt.Errorf("%w: %d repairs within %s, the last for %s (%s): this replica stays broken until its pod is restarted",
+			ErrRepairLoop, len(mb.repairs), repairWindow, cause.Kind, cause.Detail)
+		x.breakWith(err, cause.Kind)
+		m.cfg.Log.Error("repair loop stopped", "sandbox", mb.sandbox, "group", mb.spec.GroupKey(), "err", err)
+		return
+	}
+	m.cfg.Log.Warn("replica's app state is uncertain: rebuilding this replica", "sandbox", mb.sandbox,
+		"group", mb.spec.GroupKey(), "member", mb.spec.MemberID, "cause", cause.Kind, "detail", cause.Detail)
 	go m.rebuild(mb)
 }
 
@@ -312,6 +347,12 @@ func (m *Manager) rebuild(mb *member) {
 		return
 	}
 	mb.pod = pod
+	m.watch(mb)
+}
+
+// watch sends the running executor's uncertainties to the repair path.
+func (m *Manager) watch(mb *member) {
+	mb.pod.Executor().OnUncertain(func(c Cause) { m.repair(mb, c) })
 }
 
 // Detach stops replicating a sandbox: the listener closes first (clients
@@ -334,6 +375,20 @@ func (m *Manager) Detach(ctx context.Context, sandboxID string) error {
 		return fmt.Errorf("detach sandbox %s (group %s): %w", sandboxID, a.spec.GroupKey(), err)
 	}
 	return nil
+}
+
+// ReplicaState is the state of the member of a sandbox (serving,
+// rebuilding, broken), or "" when it is not attached.
+func (m *Manager) ReplicaState(sandboxID string) string {
+	m.mu.Lock()
+	mb := m.members[sandboxID]
+	m.mu.Unlock()
+	if mb == nil {
+		return ""
+	}
+	mb.life.Lock()
+	defer mb.life.Unlock()
+	return mb.pod.Executor().ReplicaState()
 }
 
 // Attached lists the attached sandbox IDs, sorted.

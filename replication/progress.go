@@ -157,20 +157,25 @@ func parseApplied(raw []byte) (position, byte, error) {
 // Uncertain says why the running app's state is unknown, or "" when the
 // record describes it. An uncertain member brings its app to a known state
 // (AppRestorer) before anything else reaches it.
-func (p *Progress) Uncertain() string { return p.uncertain }
+func (p *Progress) Uncertain() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.uncertain
+}
 
 // MarkRebuild records that the app restarted empty (its container was
 // created again): whatever runs the member next repairs it first, even
 // after a crash of smr-cri.
-func (p *Progress) MarkRebuild() error {
+func (p *Progress) MarkRebuild(cause Cause) error {
 	p.mu.Lock()
 	pos := p.written
 	p.mu.Unlock()
 	if err := p.write(pos, stateRebuild); err != nil {
 		return err
 	}
-	p.cause = CauseContainerRestart
-	p.uncertain = "the app's container was created again in the same sandbox (it starts empty)"
+	p.mu.Lock()
+	p.cause, p.uncertain = cause.Kind, cause.Detail
+	p.mu.Unlock()
 	return nil
 }
 
@@ -179,7 +184,9 @@ func (p *Progress) repaired(pos position) error {
 	if err := p.write(pos, stateApplied); err != nil {
 		return err
 	}
+	p.mu.Lock()
 	p.uncertain = ""
+	p.mu.Unlock()
 	return nil
 }
 
@@ -226,6 +233,7 @@ type resumingSM struct {
 	// restoreErr is the failed repair of an uncertain app: it is not retried
 	// (the executor is broken and refuses every request).
 	restoreErr error
+	started    bool // the first entry was seen (only the apply goroutine)
 }
 
 type openedAt struct {
@@ -282,13 +290,16 @@ func (r *resumingSM) requestSending(e raftcore.Entry) {
 // reaches it, and resumes from the position the restorer reports.
 func (r *resumingSM) restore() error {
 	cause := r.prog.Uncertain()
+	r.prog.mu.Lock()
+	kind := r.prog.cause
+	r.prog.mu.Unlock()
 	rs, ok := r.next.(AppRestorer)
 	if !ok {
 		return fmt.Errorf("group %s: the app's state is uncertain (%s) and nothing can restore it", r.group, cause)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
 	defer cancel()
-	idx, err := rs.RestoreApp(ctx, Cause{Kind: r.prog.cause, Detail: cause})
+	idx, err := rs.RestoreApp(ctx, Cause{Kind: kind, Detail: cause})
 	if err != nil {
 		return err
 	}
@@ -306,7 +317,11 @@ func (r *resumingSM) restore() error {
 
 // Apply implements raftcore.StateMachine.
 func (r *resumingSM) Apply(e raftcore.Entry) ([]byte, error) {
-	if r.prog.Uncertain() != "" && r.restoreErr == nil {
+	// Only a starting member repairs: an uncertainty found later (MarkRebuild)
+	// belongs to the member's next start, this executor is fenced.
+	started := r.started
+	r.started = true
+	if !started && r.prog.Uncertain() != "" {
 		if r.restoreErr = r.restore(); r.restoreErr != nil {
 			err := r.restoreErr
 			// The executor is broken now (it refuses every request);

@@ -50,7 +50,33 @@ type Cause struct{ Kind, Detail string }
 const (
 	CauseInFlight         = "in-flight-at-restart" // an entry was in flight to the app when smr-cri stopped
 	CauseContainerRestart = "container-restart"    // the app's container is created again in the same sandbox
+	CauseQueueOverflow    = "queue-overflow"       // the app stayed unreachable for more entries than the queue holds
+	CauseSessionBroken    = "session-broken"       // an app connection failed on this replica only
 )
+
+// OnUncertain registers f, called (on its own goroutine) when this replica's
+// app state became uncertain while it runs: the queue overflowed, or an app
+// connection failed here (its later requests would be skipped here only).
+// The member repairs the replica there.
+func (x *Executor) OnUncertain(f func(Cause)) { x.uncertain.Store(&f) }
+
+// uncertainLocked reports c to the OnUncertain hook, unless the executor is
+// closing (its connections end on purpose then).
+func (x *Executor) uncertainLocked(c Cause) {
+	select {
+	case <-x.closed:
+		return
+	default:
+	}
+	if f := x.uncertain.Load(); f != nil {
+		go (*f)(c)
+	}
+}
+
+// ErrRepairLoop: the member was repaired too often in a short time (the same
+// failure again and again, e.g. an app that runs out of memory replaying
+// the log); it stays broken instead of looping.
+var ErrRepairLoop = errors.New("replication: repairs keep failing")
 
 // Fence stops this replica from serving at once: no entry and no local read
 // reaches the app until RestoreApp brought it to a known state. It is what
@@ -186,3 +212,15 @@ func roundTrip(conn net.Conn, r *bufio.Reader, f framing.Framer, req framing.Req
 
 var _ AppRestorer = (*Executor)(nil)
 var _ raftcore.StateMachine = (*Executor)(nil)
+
+// breakWith marks the replica broken with err (it refuses every request).
+func (x *Executor) breakWith(err error, cause string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.broken = err
+	x.fenced = false
+	x.restoring.Store(false)
+	x.degraded.Store(true)
+	x.m.repair(cause, false)
+	x.publishStateLocked()
+}

@@ -341,6 +341,10 @@ func (d *Daemon) DetachPod(ctx context.Context, sandboxID string) error {
 	return d.mgr.Detach(ctx, sandboxID)
 }
 
+// ReplicaState is the state of a sandbox's member: serving, rebuilding,
+// broken, or "" when it is not attached.
+func (d *Daemon) ReplicaState(sandboxID string) string { return d.mgr.ReplicaState(sandboxID) }
+
 // Attached lists the attached sandbox IDs.
 func (d *Daemon) Attached() []string { return d.mgr.Attached() }
 

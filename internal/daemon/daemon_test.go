@@ -29,8 +29,9 @@ type counterApp struct {
 	vals map[string]int
 	incr int
 	from map[string]string // key -> host of the connection of its last INCR
-	// flushes counts FLUSHALLs (repairs).
-	flushes int
+	// flushes counts FLUSHALLs (repairs); drops is how many DROPs still
+	// close their connection without an answer.
+	flushes, drops int
 }
 
 // restartEmpty is the app's container restarting: its state is gone.
@@ -84,6 +85,13 @@ func (a *counterApp) serve(c net.Conn) {
 		case "GET":
 			v := strconv.Itoa(a.vals[args[1]])
 			reply = "$" + strconv.Itoa(len(v)) + "\r\n" + v + "\r\n"
+		case "DROP": // the app closes this connection (idle timeout, bug)
+			if a.drops > 0 {
+				a.drops--
+				a.mu.Unlock()
+				return
+			}
+			reply = "+OK\r\n"
 		case "FLUSHALL": // what a repair sends to empty the app
 			a.flushes++
 			a.vals = map[string]int{}
@@ -321,4 +329,10 @@ func TestAttachBadInput(t *testing.T) {
 	if got := d.Attached(); len(got) != 0 {
 		t.Fatalf("failed attaches left %v attached", got)
 	}
+}
+
+func (a *counterApp) flushCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.flushes
 }

@@ -10,12 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/smr-io/smr-cri/cri"
+	"github.com/smr-io/smr-cri/replication"
 	"github.com/smr-io/smr-cri/internal/freeport"
 )
 
@@ -216,5 +218,61 @@ func TestContainerRestartRebuildsTheReplica(t *testing.T) {
 	}
 	if got := d.Attached(); !slices.Equal(got, []string{"sb1"}) {
 		t.Fatalf("attached %v", got)
+	}
+}
+
+// An app connection that fails on this replica only (the app closed it)
+// repairs the replica: emptied and replayed, it ends equal. A failure that
+// comes back on every replay stops after a bounded number of repairs with
+// the replica broken, instead of looping.
+func TestSessionBrokenOnOneReplicaRepairs(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		drops int
+		want  string
+	}{
+		{"once", 1, replication.StateServing},
+		{"on every replay", 1000, replication.StateBroken},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			fr, _, endpoint := serveFakeRuntime(t)
+			app := newCounterApp(t)
+			d := newLoopbackDaemonWithRuntime(t, t.TempDir(), app, endpoint)
+			defer d.Close(ctx)
+			pod := onePod("sb1", freeport.PortT(t))
+			fr.set(pod.SandboxID, sandboxStatus(pod, runtimeapi.PodSandboxState_SANDBOX_READY, netnsInfo))
+			if err := d.AttachPod(ctx, pod); err != nil {
+				t.Fatal(err)
+			}
+			addr := <-d.clientAddr
+			incr(t, ctx, addr, 2)
+			app.mu.Lock()
+			app.drops = tc.drops
+			app.mu.Unlock()
+			c := redis.NewClient(&redis.Options{Addr: addr, Protocol: 2, DisableIdentity: true, MaxRetries: -1})
+			_ = c.Do(ctx, "DROP").Err() // the app drops it: this replica's answer is an error
+			c.Close()
+			for {
+				st := d.ReplicaState("sb1")
+				if st == tc.want && (tc.want != replication.StateServing || app.flushCount() > 0) {
+					break
+				}
+				if ctx.Err() != nil {
+					t.Fatalf("state %s, want %s", st, tc.want)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if tc.want == replication.StateServing {
+				incr(t, ctx, <-d.clientAddr, 1)
+				app.mu.Lock()
+				k := app.vals["k"]
+				app.mu.Unlock()
+				if k != 3 {
+					t.Fatalf("k=%d after the repair, want 3", k)
+				}
+			}
+		})
 	}
 }
