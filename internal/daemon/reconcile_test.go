@@ -17,8 +17,8 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/smr-io/smr-cri/cri"
-	"github.com/smr-io/smr-cri/replication"
 	"github.com/smr-io/smr-cri/internal/freeport"
+	"github.com/smr-io/smr-cri/replication"
 )
 
 // fakeRuntime serves the two CRI calls Reconcile makes, from a table of
