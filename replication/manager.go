@@ -98,6 +98,9 @@ type member struct {
 	// than maxRepairs within repairWindow is a loop, and the member stays
 	// broken.
 	repairs []time.Time
+	// pending: a rebuild is scheduled (under life); gaveUp: the repair loop
+	// bound was hit, nothing rebuilds this member any more.
+	pending, gaveUp bool
 }
 
 // Repair loop bound.
@@ -296,10 +299,13 @@ func (m *Manager) ContainerCreating(_ context.Context, sandboxID, container stri
 func (m *Manager) repair(mb *member, cause Cause) {
 	mb.life.Lock()
 	defer mb.life.Unlock()
-	if mb.stopped {
+	if mb.stopped || mb.gaveUp {
 		return
 	}
 	x := mb.pod.Executor()
+	if mb.pending {
+		return // the scheduled rebuild covers this cause too
+	}
 	x.Fence()
 	if mb.prog != nil {
 		if err := mb.prog.MarkRebuild(cause); err != nil {
@@ -318,11 +324,13 @@ func (m *Manager) repair(mb *member, cause Cause) {
 		err := fmt.Errorf("%w: %d repairs within %s, the last for %s (%s): this replica stays broken until its pod is restarted",
 			ErrRepairLoop, len(mb.repairs), repairWindow, cause.Kind, cause.Detail)
 		x.breakWith(err, cause.Kind)
+		mb.gaveUp = true
 		m.cfg.Log.Error("repair loop stopped", "sandbox", mb.sandbox, "group", mb.spec.GroupKey(), "err", err)
 		return
 	}
 	m.cfg.Log.Warn("replica's app state is uncertain: rebuilding this replica", "sandbox", mb.sandbox,
 		"group", mb.spec.GroupKey(), "member", mb.spec.MemberID, "cause", cause.Kind, "detail", cause.Detail)
+	mb.pending = true
 	go m.rebuild(mb)
 }
 
@@ -331,7 +339,8 @@ func (m *Manager) repair(mb *member, cause Cause) {
 func (m *Manager) rebuild(mb *member) {
 	mb.life.Lock()
 	defer mb.life.Unlock()
-	if mb.stopped {
+	mb.pending = false
+	if mb.stopped || mb.gaveUp {
 		return
 	}
 	if err := mb.pod.Stop(); err != nil {
