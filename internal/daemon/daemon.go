@@ -90,15 +90,17 @@
 // are refused until the daemon is back, never served by one unreplicated app.
 //
 // Limits of the restart (see also replication/progress.go):
-//   - An entry the app executed just before a SIGKILL, whose record was not
-//     written yet, is executed once more (at most one request per member).
+//   - An entry in flight to the app at a SIGKILL is recorded as such before
+//     its bytes reach the app; the restart empties the app and replays the
+//     log instead of guessing (replication's repair path).
 //   - App connections die with the daemon. Sessions still open at the resume
 //     point are re-opened as fresh app connections, so their connection state
 //     (SELECT, MULTI in progress) is lost; sessions of this replica's own
 //     clients end with its RESET, as before.
 //   - The record is keyed by sandbox: an app container that restarted inside
 //     the same sandbox while the daemon was down comes back empty but is
-//     treated as the running app. Restart the pod (new sandbox) in that case.
+//     treated as the running app (a restart while the daemon runs is seen at
+//     CreateContainer and repaired). Restart the pod (new sandbox) then.
 //   - Kubernetes membership fixes the group's members at its first start
 //     (IDs 1..highest pod index seen); growing a group later needs
 //     raftcore's AddMember, which nothing calls yet. A member whose data
