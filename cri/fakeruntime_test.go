@@ -417,6 +417,20 @@ type recordingReplicator struct {
 	attached  []podcontract.Pod
 	detached  []string
 	attachErr error
+	// creating records ContainerCreating calls; beforeCreate runs inside
+	// the hook (tests check what the runtime has at that moment).
+	creating     []string
+	beforeCreate func()
+}
+
+func (r *recordingReplicator) ContainerCreating(_ context.Context, sandboxID, name string, attempt uint32) {
+	r.mu.Lock()
+	r.creating = append(r.creating, fmt.Sprintf("%s/%s#%d", sandboxID, name, attempt))
+	f := r.beforeCreate
+	r.mu.Unlock()
+	if f != nil {
+		f()
+	}
 }
 
 func (r *recordingReplicator) AttachPod(_ context.Context, pod podcontract.Pod) error {

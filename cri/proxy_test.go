@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -644,5 +645,55 @@ func TestRuntimeDownAndBack(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s after the runtime came back: %v", c.name, err)
 		}
+	}
+}
+
+// A CreateContainer reaches a ContainerWatcher Replicator before the runtime
+// creates the container (so a restarted app is fenced first), with the
+// sandbox, container name and attempt; the runtime's answer passes through.
+func TestCreateContainerHookRunsBeforeForwarding(t *testing.T) {
+	e := newTestEnv(t)
+	seed(e.fake)
+	ctx := testCtx(t)
+	rt := runtimeapi.NewRuntimeServiceClient(e.viaProxy)
+	run, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podConfig("plain", nil)})
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v", err)
+	}
+	direct := runtimeapi.NewRuntimeServiceClient(e.direct)
+	seeded, err := direct.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := len(seeded.GetContainers())
+	var before []int
+	e.rep.beforeCreate = func() {
+		l, err := direct.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
+		if err != nil {
+			t.Errorf("list containers in the hook: %v", err)
+		}
+		before = append(before, len(l.GetContainers()))
+	}
+	var ids []string
+	for attempt := range uint32(2) {
+		create, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: run.PodSandboxId, SandboxConfig: podConfig("plain", nil),
+			Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "app", Attempt: attempt}, Image: &runtimeapi.ImageSpec{Image: fixtureImage}}})
+		if err != nil {
+			t.Fatalf("CreateContainer attempt %d: %v", attempt, err)
+		}
+		ids = append(ids, create.ContainerId)
+	}
+	e.rep.mu.Lock()
+	got := e.rep.creating
+	e.rep.mu.Unlock()
+	want := []string{run.PodSandboxId + "/app#0", run.PodSandboxId + "/app#1"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("hook calls %q, want %q", got, want)
+	}
+	if !slices.Equal(before, []int{n, n + 1}) {
+		t.Fatalf("containers in the runtime during the hook: %v, want [%d %d] (hook before forwarding)", before, n, n+1)
+	}
+	if ids[0] == "" || ids[0] == ids[1] {
+		t.Fatalf("container IDs %q not passed through", ids)
 	}
 }

@@ -21,6 +21,18 @@ type Replicator interface {
 	DetachPod(ctx context.Context, sandboxID string) error
 }
 
+// ContainerWatcher is implemented by Replicators that follow the containers
+// of attached pods. ContainerCreating is called before the proxy forwards a
+// CreateContainer of any container in a sandbox (the Replicator ignores
+// sandboxes it does not replicate): attempt > 0 means kubelet restarts that
+// container inside the same sandbox, so the app in it starts empty and the
+// replica must stop feeding and reading it before the new container exists.
+// It must not block for long and cannot fail the call: the proxy forwards
+// every call unchanged.
+type ContainerWatcher interface {
+	ContainerCreating(ctx context.Context, sandboxID, container string, attempt uint32)
+}
+
 // LoggingReplicator logs what replication would do. It is the default until
 // the replication side is wired in.
 type LoggingReplicator struct {

@@ -24,6 +24,7 @@ var hookedMethods = map[string]bool{
 	"RunPodSandbox":    true,
 	"StopPodSandbox":   true,
 	"RemovePodSandbox": true,
+	"CreateContainer":  true,
 }
 
 // sandboxService serves the hooked pod sandbox RPCs. It embeds the
@@ -134,4 +135,15 @@ func (s *sandboxService) detach(ctx context.Context, id string) {
 	if err := s.p.replicator.DetachPod(ctx, id); err != nil {
 		s.p.log.WarnContext(ctx, "replication detach failed", "sandbox", id, "error", err)
 	}
+}
+
+// CreateContainer tells a ContainerWatcher Replicator that a container of
+// the sandbox is being created, BEFORE forwarding: a restarted app container
+// starts empty, and the replica stops feeding and reading it first. The
+// request and the runtime's answer pass through unchanged.
+func (s *sandboxService) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
+	if w, ok := s.p.replicator.(ContainerWatcher); ok {
+		w.ContainerCreating(ctx, req.GetPodSandboxId(), req.GetConfig().GetMetadata().GetName(), req.GetConfig().GetMetadata().GetAttempt())
+	}
+	return call(ctx, s.p, s.p.runtime.CreateContainer, req)
 }

@@ -249,14 +249,6 @@ func TestDaemonDoesNotDecodeEntries(t *testing.T) {
 		if f.test || f.pkgDir != "internal/daemon" {
 			continue
 		}
-		if f.path == "internal/daemon/progress.go" {
-			// TODO(divergence): the divergence helper (issue #11 step 2) moves
-			// progress/resume, which decodes replication.Op to follow
-			// OPEN/CLOSE/RESET, into replication beside the executor. Remove
-			// this skip once internal/daemon/progress.go is gone.
-			t.Logf("skipping %s until its entry decoding moves into replication", f.path)
-			continue
-		}
 		name := importName(f.ast, module+"/replication")
 		if name == "" {
 			continue

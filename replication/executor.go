@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -137,9 +138,15 @@ type Executor struct {
 	closed    chan struct{}
 	closeOnce sync.Once
 
-	// sent, if set, is called under mu once a REQUEST entry's bytes were
-	// handed to the app, before its response is read (see OnRequestSent).
-	sent func(raftcore.Entry)
+	// sending, if set, is called under mu just before a REQUEST entry's
+	// bytes are handed to the app (see OnRequestSending).
+	sending func(raftcore.Entry)
+	// restoring is set while RestoreApp brings the app to a known state, and
+	// from Fence until then; fenced (under mu) keeps entries from the app.
+	restoring atomic.Bool
+	fenced    bool
+	// uncertain is the OnUncertain hook.
+	uncertain atomic.Pointer[func(Cause)]
 }
 
 type appSession struct {
@@ -170,22 +177,24 @@ func NewExecutor(cfg ExecutorConfig) (*Executor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Executor{
+	x := &Executor{
 		cfg: cfg, m: cfg.Metrics.forGroup(cfg.Group), sessions: map[uint64]*appSession{},
 		starts: map[[2]uint64]time.Time{}, closed: make(chan struct{}),
-	}, nil
+	}
+	x.m.setState(StateServing)
+	return x, nil
 }
 
-// OnRequestSent registers f to be called, under the serial executor's lock,
-// as soon as a REQUEST entry's bytes were written to the app and before its
-// response is read: from that moment the app may have executed it, even if
-// this process dies before the response arrives. The node daemon records the
-// entry as applied there, so a restart never executes it again. Set it before
-// the first Apply; local reads do not call it.
-func (x *Executor) OnRequestSent(f func(raftcore.Entry)) {
+// OnRequestSending registers f to be called, under the serial executor's
+// lock, just before a REQUEST entry's bytes are written to the app: from
+// that moment until Apply returns the app may or may not have executed it.
+// The member records the entry as in flight there, so a restart repairs
+// the app instead of guessing. Set it before the first Apply; local reads
+// do not call it.
+func (x *Executor) OnRequestSending(f func(raftcore.Entry)) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.sent = f
+	x.sending = f
 }
 
 // Apply implements raftcore.StateMachine. Client-level failures (app closed
@@ -215,6 +224,9 @@ func (x *Executor) applyOrQueue(e raftcore.Entry, op Op) ([]byte, *queued) {
 	if x.broken != nil {
 		return x.replyLocked(e, op, x.broken), nil
 	}
+	if x.fenced {
+		return x.replyLocked(e, op, fmt.Errorf("%w: the app is being rebuilt", ErrNotReady)), nil
+	}
 	if len(x.queue) == 0 {
 		val, down := x.execLocked(e, op)
 		if !down {
@@ -225,15 +237,20 @@ func (x *Executor) applyOrQueue(e raftcore.Entry, op Op) ([]byte, *queued) {
 		x.broken = fmt.Errorf("%w: it stayed unreachable for %d entries; restart the pod to rebuild it from the log",
 			ErrNotReady, x.cfg.MaxQueue)
 		x.cfg.Log.Error("replica diverged", "group", x.cfg.Group, "err", x.broken)
+		x.uncertainLocked(Cause{Kind: CauseQueueOverflow, Detail: x.broken.Error()})
 		x.queue = nil
 		x.m.setQueue(0)
 		x.degraded.Store(true)
+		x.publishStateLocked()
 		return x.replyLocked(e, op, x.broken), nil
 	}
 	q := &queued{e: e, op: op, done: make(chan []byte, 1)}
 	x.queue = append(x.queue, q)
 	x.m.setQueue(len(x.queue))
 	x.degraded.Store(true)
+	if len(x.queue) == 1 {
+		x.publishStateLocked()
+	}
 	if !x.retrying {
 		x.retrying = true
 		go x.retryLoop()
@@ -290,6 +307,7 @@ func (x *Executor) retryLoop() {
 		if len(x.queue) == 0 {
 			x.degraded.Store(x.broken != nil)
 			x.downMode, x.retrying = false, false
+			x.publishStateLocked()
 			x.mu.Unlock()
 			return
 		}
@@ -327,11 +345,10 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 		if !ok {
 			return x.replyLocked(e, op, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, e.Session)), false
 		}
-		return x.roundTripLocked(s, framing.Request{Raw: op.Raw, Op: op.Name}, func() {
-			if x.sent != nil {
-				x.sent(e)
-			}
-		}), false
+		if x.sending != nil {
+			x.sending(e)
+		}
+		return x.roundTripLocked(s, framing.Request{Raw: op.Raw, Op: op.Name}), false
 	case KindClose:
 		x.closeSessionLocked(e.Session)
 	case KindReset:
@@ -343,8 +360,8 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 }
 
 // roundTripLocked writes one request to the session's app connection and
-// reads exactly one complete response. sent (may be nil) runs between the two.
-func (x *Executor) roundTripLocked(s *appSession, req framing.Request, sent func()) []byte {
+// reads exactly one complete response.
+func (x *Executor) roundTripLocked(s *appSession, req framing.Request) []byte {
 	s.use.Lock()
 	defer s.use.Unlock()
 	if s.dead != nil {
@@ -362,9 +379,6 @@ func (x *Executor) roundTripLocked(s *appSession, req framing.Request, sent func
 		if _, err := s.conn.Write(req.Raw); err != nil {
 			return nil, fmt.Errorf("write to app: %w", err)
 		}
-		if sent != nil {
-			sent()
-		}
 		resp, err = s.framer.ReadResponse(s.r, req)
 		if err != nil {
 			return resp, fmt.Errorf("read app response to %s: %w", req.Op, err)
@@ -381,6 +395,14 @@ func (x *Executor) roundTripLocked(s *appSession, req framing.Request, sent func
 		return resp // e.g. a close-delimited HTTP body that ended at EOF
 	}
 	x.cfg.Log.Warn("app session failed", "group", x.cfg.Group, "op", req.Op, "err", err)
+	// Only a timeout is taken as this replica's own failure (a slow or paused
+	// app): an app that closes the connection (after QUIT, an HTTP
+	// "Connection: close", a crash) does so on every replica alike, and
+	// repairing all of them would replay into the same close and leave the
+	// whole group broken. Telling those apart needs the origin's outcome.
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		x.uncertainLocked(Cause{Kind: CauseSessionBroken, Detail: fmt.Sprintf("%s: %v", req.Op, err)})
+	}
 	reply, _ := s.framer.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, err))
 	return reply
 }
@@ -458,7 +480,7 @@ func (x *Executor) Read(ctx context.Context, session uint64, req framing.Request
 	if !ok {
 		return nil, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, session)
 	}
-	val := x.roundTripLocked(s, req, nil)
+	val := x.roundTripLocked(s, req)
 	exec := time.Since(start)
 	x.cfg.Trace.Write(TraceLine{Kind: "read", Group: x.cfg.Group, Index: readIndex, Session: session,
 		Op: req.Op, Origin: x.cfg.Self, Latency: exec, Exec: exec})
@@ -495,6 +517,9 @@ func (x *Executor) Health() error {
 	defer x.mu.Unlock()
 	if x.broken != nil {
 		return x.broken
+	}
+	if x.fenced {
+		return fmt.Errorf("%w: the app is being rebuilt", ErrNotReady)
 	}
 	if len(x.queue) > 0 {
 		return fmt.Errorf("%w: %d entries wait for the app", ErrNotReady, len(x.queue))

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/raftcore"
@@ -50,6 +51,13 @@ type ManagerConfig struct {
 	Metrics      *Metrics
 	// Executor tunes every pod's executor (timeouts, queue bound).
 	Executor ExecutorConfig
+	// MemberDir is where a member keeps its progress record (beside its
+	// raft data); nil: no record, a restart replays the whole log.
+	MemberDir func(Spec) string
+	// SandboxRunning reports whether a sandbox still runs (containerd is the
+	// source of truth); nil: a member found under another sandbox is
+	// assumed replaced.
+	SandboxRunning func(ctx context.Context, sandboxID string) (bool, error)
 }
 
 // DefaultListenerPort is the in-pod port of smr-cri's client listener.
@@ -57,18 +65,60 @@ const DefaultListenerPort = 15006
 
 // Manager attaches and detaches pods: it is the replication side of the CRI
 // proxy's hooks. It keeps only what it started; containerd stays the source
-// of truth for which sandboxes exist.
+// of truth for which sandboxes exist. Its one registry of members is keyed
+// by sandbox.
 type Manager struct {
-	cfg  ManagerConfig
-	mu   sync.Mutex
-	pods map[string]*attached // by sandbox ID
+	cfg     ManagerConfig
+	mu      sync.Mutex
+	members map[string]*member // by sandbox ID
 }
 
-type attached struct {
-	pod   *Pod
-	netns string
-	spec  Spec
-	stop  context.CancelFunc // ends background checks of this pod's app
+// member is one replica on this host: the pod's replication (listener,
+// executor, raft group) and its progress record. It owns the replica's
+// lifecycle: start (Attach), resume (the progress record), stop (Detach).
+type member struct {
+	sandbox string
+	prog    *Progress // nil without MemberDir
+	netns   string
+	spec    Spec
+	// start listens in the pod's netns and starts its replication (the
+	// redirect is in place already).
+	start func() (*Pod, error)
+
+	life    sync.Mutex // serializes stop and rebuild
+	pod     *Pod
+	stopped bool
+	// repairs are the start times of recent repairs (under life): more
+	// than maxRepairs within repairWindow is a loop, and the member stays
+	// broken.
+	repairs []time.Time
+	// stopChecks ends the background checks of the pod's app (eviction policy).
+	stopChecks context.CancelFunc
+	// pending: a rebuild is scheduled (under life); gaveUp: the repair loop
+	// bound was hit, nothing rebuilds this member any more.
+	pending, gaveUp bool
+}
+
+// Repair loop bound.
+const (
+	maxRepairs   = 3
+	repairWindow = 10 * time.Minute
+)
+
+// stop ends the pod (sessions close through the log, the group stops),
+// then closes the progress record.
+func (mb *member) stop() error {
+	mb.life.Lock()
+	defer mb.life.Unlock()
+	mb.stopped = true
+	if mb.stopChecks != nil {
+		mb.stopChecks()
+	}
+	err := mb.pod.Stop()
+	if mb.prog != nil {
+		err = errors.Join(err, mb.prog.Close())
+	}
+	return err
 }
 
 // NewManager validates cfg and fills its defaults.
@@ -96,7 +146,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{cfg: cfg, pods: map[string]*attached{}}, nil
+	return &Manager{cfg: cfg, members: map[string]*member{}}, nil
 }
 
 // Attach starts replicating a pod if its labels ask for it (otherwise it is
@@ -110,7 +160,7 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.pods[ref.SandboxID]; ok {
+	if _, ok := m.members[ref.SandboxID]; ok {
 		return nil
 	}
 	if ref.SandboxID == "" || ref.NetNSPath == "" {
@@ -127,37 +177,197 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 	if err := ispec.Validate(); err != nil {
 		return fail("interception spec", err)
 	}
+	if err := m.takeOverLocked(ctx, ref.SandboxID, spec); err != nil {
+		return fail("take over", err)
+	}
+	mb := &member{sandbox: ref.SandboxID, netns: ref.NetNSPath, spec: spec}
+	if m.cfg.MemberDir != nil {
+		if mb.prog, err = OpenProgress(m.cfg.MemberDir(spec), ref.SandboxID); err != nil {
+			return fail("progress record", err)
+		}
+	}
+	closeProg := func() {
+		if mb.prog != nil {
+			_ = mb.prog.Close()
+		}
+	}
+	listen := func() (net.Listener, error) {
+		return m.cfg.Listen(ref.NetNSPath, ":"+strconv.Itoa(m.cfg.ListenerPort))
+	}
+	startPod := func(ctx context.Context, ln net.Listener) (*Pod, error) {
+		return StartPod(ctx, PodConfig{
+			Spec: spec, Listener: ln, OriginalPort: m.cfg.OriginalPort, Dialer: m.cfg.Dialer(ref.NetNSPath),
+			StartGroup: func(sm raftcore.StateMachine) (Orderer, func() error, error) {
+				if mb.prog != nil {
+					sm = newResumingSM(sm, mb.prog, spec.GroupKey(), m.cfg.Log)
+				}
+				return m.cfg.StartGroup(ctx, ref, spec, sm)
+			},
+			Trace: m.cfg.Trace, Log: m.cfg.Log, Metrics: m.cfg.Metrics, Executor: m.cfg.Executor,
+		})
+	}
+	mb.start = func() (*Pod, error) {
+		ln, err := listen()
+		if err != nil {
+			return nil, fmt.Errorf("listen: %w", err)
+		}
+		pod, err := startPod(context.Background(), ln)
+		if err != nil {
+			_ = ln.Close()
+		}
+		return pod, err
+	}
 	// Listen before redirecting, so no redirected client is refused.
-	ln, err := m.cfg.Listen(ref.NetNSPath, ":"+strconv.Itoa(m.cfg.ListenerPort))
+	ln, err := listen()
 	if err != nil {
+		closeProg()
 		return fail("listen", err)
 	}
 	if _, err := m.cfg.Intercept.Apply(ctx, ref.NetNSPath, ispec); err != nil {
 		_ = ln.Close()
+		closeProg()
 		return fail("intercept", err)
 	}
-	pod, err := StartPod(ctx, PodConfig{
-		Spec: spec, Listener: ln, OriginalPort: m.cfg.OriginalPort, Dialer: m.cfg.Dialer(ref.NetNSPath),
-		StartGroup: func(sm raftcore.StateMachine) (Orderer, func() error, error) {
-			return m.cfg.StartGroup(ctx, ref, spec, sm)
-		},
-		Trace: m.cfg.Trace, Log: m.cfg.Log, Metrics: m.cfg.Metrics, Executor: m.cfg.Executor,
-	})
+	pod, err := startPod(ctx, ln)
 	if err != nil {
 		_ = ln.Close()
+		closeProg()
 		_, cerr := m.cfg.Intercept.Cleanup(context.WithoutCancel(ctx), ref.NetNSPath)
 		return errors.Join(fail("start", err), cerr)
 	}
-	checks, stop := context.WithCancel(context.WithoutCancel(ctx))
+	checks, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
 	for _, p := range spec.Ports {
 		if p.Protocol == framing.ProtoRESP {
 			go warnIfEvicting(checks, m.cfg.Log, m.cfg.Dialer(ref.NetNSPath), spec.GroupKey(), p.Number)
 		}
 	}
-	m.pods[ref.SandboxID] = &attached{pod: pod, netns: ref.NetNSPath, spec: spec, stop: stop}
+	mb.stopChecks = stopChecks
+	mb.pod = pod
+	m.watch(mb)
+	m.members[ref.SandboxID] = mb
+	var idx, sub uint64
+	if mb.prog != nil {
+		idx, sub = mb.prog.Resume()
+	}
 	m.cfg.Log.Info("pod attached to replication", "sandbox", ref.SandboxID, "pod", spec.Namespace+"/"+ref.Meta.Name,
-		"group", spec.GroupKey(), "member", spec.MemberID, "ports", fmt.Sprint(spec.Ports))
+		"group", spec.GroupKey(), "member", spec.MemberID, "ports", fmt.Sprint(spec.Ports),
+		"resume_index", idx, "resume_sub", sub)
 	return nil
+}
+
+// takeOverLocked makes sure no other sandbox runs this member here. A member
+// of a sandbox that no longer runs (replaced while its stop did not pass
+// through smr-cri, e.g. while the daemon was down) is stopped; one whose
+// sandbox still runs is a second pod with the same member ID: refused.
+func (m *Manager) takeOverLocked(ctx context.Context, sandboxID string, spec Spec) error {
+	for id, old := range m.members {
+		if id == sandboxID || old.spec.GroupKey() != spec.GroupKey() || old.spec.MemberID != spec.MemberID {
+			continue
+		}
+		if m.cfg.SandboxRunning != nil {
+			if running, err := m.cfg.SandboxRunning(ctx, id); err == nil && running {
+				return fmt.Errorf("member %d of group %s already runs here in sandbox %s: two pods with one member ID",
+					spec.MemberID, spec.GroupKey(), id)
+			}
+		}
+		m.cfg.Log.Info("stopping the member of a replaced sandbox", "group", spec.GroupKey(), "member", spec.MemberID,
+			"old_sandbox", id, "sandbox", sandboxID)
+		delete(m.members, id)
+		if err := old.stop(); err != nil {
+			m.cfg.Log.Warn("stop the member of a replaced sandbox", "old_sandbox", id, "err", err)
+		}
+	}
+	return nil
+}
+
+// ContainerCreating implements cri.ContainerWatcher. A container created
+// again (attempt > 0) in an attached sandbox restarts empty: the member is
+// repaired (see repair).
+func (m *Manager) ContainerCreating(_ context.Context, sandboxID, container string, attempt uint32) {
+	if attempt == 0 {
+		return
+	}
+	m.mu.Lock()
+	mb := m.members[sandboxID]
+	m.mu.Unlock()
+	if mb == nil {
+		return
+	}
+	m.repair(mb, Cause{Kind: CauseContainerRestart, Detail: fmt.Sprintf("container %s attempt %d", container, attempt)})
+}
+
+// repair is the one repair path of a running member whose app state became
+// uncertain: it is fenced at once (no entry and no local read reaches the
+// app), the progress record says so (a crash of smr-cri still repairs),
+// and the member is rebuilt in the background: its replication restarts,
+// the app is brought to a known state (emptied) and the log replayed into
+// it. Too many repairs in a short time stop with a clear error.
+func (m *Manager) repair(mb *member, cause Cause) {
+	mb.life.Lock()
+	defer mb.life.Unlock()
+	if mb.stopped || mb.gaveUp {
+		return
+	}
+	x := mb.pod.Executor()
+	if mb.pending {
+		return // the scheduled rebuild covers this cause too
+	}
+	x.Fence()
+	if mb.prog != nil {
+		if err := mb.prog.MarkRebuild(cause); err != nil {
+			m.cfg.Log.Error("record the repair of an uncertain app", "sandbox", mb.sandbox, "err", err)
+		}
+	}
+	now := time.Now()
+	recent := mb.repairs[:0]
+	for _, t := range mb.repairs {
+		if now.Sub(t) < repairWindow {
+			recent = append(recent, t)
+		}
+	}
+	mb.repairs = append(recent, now)
+	if len(mb.repairs) > maxRepairs {
+		err := fmt.Errorf("%w: %d repairs within %s, the last for %s (%s): this replica stays broken until its pod is restarted",
+			ErrRepairLoop, len(mb.repairs), repairWindow, cause.Kind, cause.Detail)
+		x.breakWith(err, cause.Kind)
+		mb.gaveUp = true
+		m.cfg.Log.Error("repair loop stopped", "sandbox", mb.sandbox, "group", mb.spec.GroupKey(), "err", err)
+		return
+	}
+	m.cfg.Log.Warn("replica's app state is uncertain: rebuilding this replica", "sandbox", mb.sandbox,
+		"group", mb.spec.GroupKey(), "member", mb.spec.MemberID, "cause", cause.Kind, "detail", cause.Detail)
+	mb.pending = true
+	go m.rebuild(mb)
+}
+
+// rebuild restarts a fenced member's replication: the new executor finds
+// the record uncertain and repairs the app before the log reaches it.
+func (m *Manager) rebuild(mb *member) {
+	mb.life.Lock()
+	defer mb.life.Unlock()
+	mb.pending = false
+	if mb.stopped || mb.gaveUp {
+		return
+	}
+	if err := mb.pod.Stop(); err != nil {
+		m.cfg.Log.Warn("stop the replication of a rebuilt member", "sandbox", mb.sandbox, "err", err)
+	}
+	pod, err := mb.start()
+	if err != nil {
+		// The old pod is stopped: clients are refused (the redirect stays),
+		// never served by an app in an unknown state. Reconcile cannot
+		// restart it (the sandbox is still attached): say so loudly.
+		m.cfg.Log.Error("rebuild of a replica failed; it stays down until its pod is restarted",
+			"sandbox", mb.sandbox, "group", mb.spec.GroupKey(), "err", err)
+		return
+	}
+	mb.pod = pod
+	m.watch(mb)
+}
+
+// watch sends the running executor's uncertainties to the repair path.
+func (m *Manager) watch(mb *member) {
+	mb.pod.Executor().OnUncertain(func(c Cause) { m.repair(mb, c) })
 }
 
 // Detach stops replicating a sandbox: the listener closes first (clients
@@ -166,14 +376,13 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 // sandboxes are ignored, so it may be called for every stopped sandbox.
 func (m *Manager) Detach(ctx context.Context, sandboxID string) error {
 	m.mu.Lock()
-	a, ok := m.pods[sandboxID]
-	delete(m.pods, sandboxID)
+	a, ok := m.members[sandboxID]
+	delete(m.members, sandboxID)
 	m.mu.Unlock()
 	if !ok {
 		return nil
 	}
-	a.stop()
-	errs := []error{a.pod.Stop()}
+	errs := []error{a.stop()}
 	if _, err := m.cfg.Intercept.Cleanup(ctx, a.netns); err != nil {
 		errs = append(errs, err)
 	}
@@ -183,12 +392,26 @@ func (m *Manager) Detach(ctx context.Context, sandboxID string) error {
 	return nil
 }
 
+// ReplicaState is the state of the member of a sandbox (serving,
+// rebuilding, broken), or "" when it is not attached.
+func (m *Manager) ReplicaState(sandboxID string) string {
+	m.mu.Lock()
+	mb := m.members[sandboxID]
+	m.mu.Unlock()
+	if mb == nil {
+		return ""
+	}
+	mb.life.Lock()
+	defer mb.life.Unlock()
+	return mb.pod.Executor().ReplicaState()
+}
+
 // Attached lists the attached sandbox IDs, sorted.
 func (m *Manager) Attached() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var ids []string
-	for id := range m.pods {
+	for id := range m.members {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)

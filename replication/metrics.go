@@ -25,6 +25,8 @@ type Metrics struct {
 	leaderChanges *prometheus.CounterVec
 	leader        *prometheus.GaugeVec
 	connPanics    *prometheus.CounterVec
+	replicaState  *prometheus.GaugeVec
+	repairs       *prometheus.CounterVec
 
 	mu         sync.Mutex
 	lastLeader map[string]uint64
@@ -59,12 +61,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Leader changes observed by this replica."}, g),
 		leader: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_leader",
 			Help: "Current leader member ID as seen here (0 = none)."}, g),
+		replicaState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_replica_state",
+			Help: "1 for this replica's current state (serving, rebuilding, broken), 0 for the others."}, []string{"group", "state"}),
+		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_repairs_total",
+			Help: "Repairs of this replica's app, by cause and result (ok, failed)."}, []string{"group", "cause", "result"}),
 		connPanics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_connection_panics_total",
 			Help: "Panics recovered while serving one connection (path=client: a client connection's handler; path=app_response: reading an app response); only that connection ended."}, []string{"group", "path"}),
 		lastLeader: map[string]uint64{},
 	}
 	for _, c := range []prometheus.Collector{m.proposals, m.proposalErrs, m.commits, m.reads, m.badRequests,
-		m.applyLagH, m.execDuration, m.appliedIndex, m.sessions, m.queue, m.leaderChanges, m.leader, m.connPanics} {
+		m.applyLagH, m.execDuration, m.appliedIndex, m.sessions, m.queue, m.leaderChanges, m.leader, m.replicaState, m.repairs, m.connPanics} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register replication metrics: %w", err)
 		}
@@ -190,4 +196,30 @@ func (m *Metrics) WatchLeader(ctx context.Context, group string, leader func() u
 		case <-t.C:
 		}
 	}
+}
+
+// setState publishes the replica's state: 1 for state, 0 for the others.
+func (g *groupMetrics) setState(state string) {
+	if g == nil {
+		return
+	}
+	for _, s := range []string{StateServing, StateRebuilding, StateBroken} {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		g.m.replicaState.WithLabelValues(g.group, s).Set(v)
+	}
+}
+
+// repair counts one repair of the app.
+func (g *groupMetrics) repair(cause string, ok bool) {
+	if g == nil {
+		return
+	}
+	result := "ok"
+	if !ok {
+		result = "failed"
+	}
+	g.m.repairs.WithLabelValues(g.group, cause, result).Inc()
 }

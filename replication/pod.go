@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/replication/framing"
 )
 
 // PodConfig wires the replication of one pod on this host. The host side
@@ -142,6 +144,12 @@ func (p *Pod) run(ctx context.Context, orderer Orderer) {
 			_ = conn.Close()
 			continue
 		}
+		if p.exec.degraded.Load() {
+			if st := p.exec.ReplicaState(); st != StateServing {
+				refuse(conn, srv, st)
+				continue
+			}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -150,6 +158,28 @@ func (p *Pod) run(ctx context.Context, orderer Orderer) {
 			}
 		}()
 	}
+}
+
+// refuse answers a new client of a replica that does not serve (rebuilding,
+// broken) with a protocol error naming the state, instead of holding it in
+// the backlog or serving it from an app in an unknown state.
+func refuse(conn net.Conn, srv *Server, state string) {
+	defer conn.Close()
+	f, err := framing.New(srv.cfg.Port.Protocol, srv.cfg.Framing)
+	if err != nil {
+		return
+	}
+	reply, _ := f.ErrorReply(fmt.Errorf("%w: this replica is %s; try another replica", ErrNotReady, state))
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	if _, err := conn.Write(reply); err != nil {
+		return
+	}
+	// Half-close and drain what the client already sent: closing with
+	// unread bytes resets the connection, and the client may lose the reply.
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(conn, 64<<10))
 }
 
 func (p *Pod) serverFor(conn net.Conn) (*Server, error) {

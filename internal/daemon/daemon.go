@@ -13,7 +13,7 @@
 // member therefore has its own raftcore.Node (one transport per listen
 // address) with its data under <data-dir>/<namespace>.<group>/member-<id>/:
 // raftcore's WAL and snapshots in <namespace>.<group>/, and the progress
-// record (progress.go) beside them.
+// record (replication/progress.go) beside them.
 //
 // Peers are dialed from inside the member's pod network namespace
 // (netintercept.DialInNetns): the connection leaves from the pod's own
@@ -89,16 +89,18 @@
 // Stopping the daemon (SIGTERM) keeps each pod's iptables redirect: clients
 // are refused until the daemon is back, never served by one unreplicated app.
 //
-// Limits of the restart (see also progress.go):
-//   - An entry the app executed just before a SIGKILL, whose record was not
-//     written yet, is executed once more (at most one request per member).
+// Limits of the restart (see also replication/progress.go):
+//   - An entry in flight to the app at a SIGKILL is recorded as such before
+//     its bytes reach the app; the restart empties the app and replays the
+//     log instead of guessing (replication's repair path).
 //   - App connections die with the daemon. Sessions still open at the resume
 //     point are re-opened as fresh app connections, so their connection state
 //     (SELECT, MULTI in progress) is lost; sessions of this replica's own
 //     clients end with its RESET, as before.
 //   - The record is keyed by sandbox: an app container that restarted inside
 //     the same sandbox while the daemon was down comes back empty but is
-//     treated as the running app. Restart the pod (new sandbox) in that case.
+//     treated as the running app (a restart while the daemon runs is seen at
+//     CreateContainer and repaired). Restart the pod (new sandbox) then.
 //   - Kubernetes membership fixes the group's members at its first start
 //     (IDs 1..highest pod index seen); growing a group later needs
 //     raftcore's AddMember, which nothing calls yet. A member whose data
@@ -178,6 +180,10 @@ type Config struct {
 	// podevents.Broadcaster over the API client when there is one.
 	Events podevents.Recorder
 
+	// Executor tunes every pod's executor (app timeout, queue bound); the
+	// zero value takes replication's defaults.
+	Executor replication.ExecutorConfig
+
 	// Kernel-facing pieces; nil means the real ones (pod network
 	// namespaces). Unit tests run them on loopback.
 	Intercept replication.Interceptor
@@ -211,19 +217,11 @@ type Daemon struct {
 	conn      *grpc.ClientConn
 	runtime   runtimeapi.RuntimeServiceClient
 
-	mu      sync.Mutex
-	members map[string]*runningMember // by member directory
-	discMu  sync.Mutex                // guards disc (loaded lazily from cfg.Kubeconfig)
+	discMu sync.Mutex // guards disc (loaded lazily from cfg.Kubeconfig)
 
 	status      memberRegistry // the operator's view (status.go)
 	events      podevents.Recorder
 	closeEvents func(context.Context)
-}
-
-// runningMember is a started raft member and the sandbox it serves.
-type runningMember struct {
-	sandbox string
-	stop    func() error
 }
 
 var _ cri.Replicator = (*Daemon)(nil)
@@ -306,7 +304,7 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.detect == nil {
 		cfg.detect = detectProbeSources
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Log, members: map[string]*runningMember{},
+	d := &Daemon{cfg: cfg, log: cfg.Log,
 		intercept: &keepingInterceptor{Interceptor: cfg.Intercept, probes: cfg.ProbeSources, detect: cfg.detect, log: cfg.Log}}
 	if cfg.CA != nil && cfg.CA.Store == nil && (cfg.Kube != nil || cfg.Kubeconfig != "") {
 		cfg.CA.Store = caSecretStore{d}
@@ -334,6 +332,7 @@ func New(cfg Config) (*Daemon, error) {
 		Intercept: d.intercept, StartGroup: d.startGroup, ListenerPort: cfg.ListenerPort,
 		Listen: cfg.ListenApp, Dialer: cfg.Dialer, OriginalPort: cfg.OriginalPort,
 		Trace: cfg.Trace, Log: cfg.Log, Metrics: cfg.Metrics,
+		MemberDir: d.memberDir, SandboxRunning: d.sandboxRunning, Executor: cfg.Executor,
 	})
 	if err != nil {
 		d.closeConn()
@@ -357,6 +356,10 @@ func (d *Daemon) AttachPod(ctx context.Context, pod podcontract.Pod) error {
 func (d *Daemon) DetachPod(ctx context.Context, sandboxID string) error {
 	return d.mgr.Detach(ctx, sandboxID)
 }
+
+// ReplicaState is the state of a sandbox's member: serving, rebuilding,
+// broken, or "" when it is not attached.
+func (d *Daemon) ReplicaState(sandboxID string) string { return d.mgr.ReplicaState(sandboxID) }
 
 // Attached lists the attached sandbox IDs.
 func (d *Daemon) Attached() []string { return d.mgr.Attached() }
@@ -409,8 +412,8 @@ func (d *Daemon) memberDir(spec replication.Spec) string {
 }
 
 // startGroup is the Manager's GroupStarter: a raftcore node for this member
-// serving at podIP:raft-port inside the pod's netns, the executor wrapped to
-// resume where the running app is.
+// serving at podIP:raft-port inside the pod's netns, with sm (the executor,
+// wrapped by replication to resume where the running app is).
 func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec replication.Spec, sm raftcore.StateMachine) (_ replication.Orderer, _ func() error, err error) {
 	if len(pod.IPs) == 0 {
 		return nil, nil, errors.New("the pod has no IP: its raft endpoint listens at podIP:" + strconv.Itoa(spec.RaftPort))
@@ -441,14 +444,6 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 		}
 	}()
 	dir := d.memberDir(spec)
-	if err := d.takeOver(ctx, dir, pod.SandboxID, spec); err != nil {
-		return nil, nil, err
-	}
-	prog, err := OpenProgress(dir, pod.SandboxID)
-	if err != nil {
-		return nil, nil, err
-	}
-	cleanup = append(cleanup, prog.Close)
 	var grp atomic.Pointer[raftcore.Group]
 	tcfg, err := d.raftSecurity(ctx, spec, &grp)
 	if err != nil {
@@ -475,8 +470,7 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 		return nil, nil, err
 	}
 	cleanup = append(cleanup, node.Close)
-	g, err := node.StartGroup(raftcore.GroupConfig{Name: spec.GroupKey(), SelfID: spec.MemberID, Peers: peers},
-		newResumingSM(sm, prog, spec.GroupKey(), d.log))
+	g, err := node.StartGroup(raftcore.GroupConfig{Name: spec.GroupKey(), SelfID: spec.MemberID, Peers: peers}, sm)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -494,31 +488,22 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 	if d.cfg.Metrics != nil {
 		go d.cfg.Metrics.WatchLeader(bg, spec.GroupKey(), func() uint64 { return g.Status().Leader }, time.Second)
 	}
-	idx, sub := prog.Resume()
 	security := "mtls"
 	if tcfg.TLS == nil {
 		security = "plaintext"
 	}
 	d.log.Info("raft member started", "group", spec.GroupKey(), "member", spec.MemberID, "listen", self, "raft_security", security,
-		"peers", fmt.Sprint(peers), "dir", dir, "resume_index", idx, "resume_sub", sub, "node", d.cfg.NodeName)
+		"peers", fmt.Sprint(peers), "dir", dir, "node", d.cfg.NodeName)
 	var once sync.Once
 	var stopErr error
 	stop := func() error {
 		once.Do(func() {
 			cancel()
 			untrack()
-			stopErr = errors.Join(node.Close(), prog.Close())
-			d.mu.Lock()
-			if m := d.members[dir]; m != nil && m.sandbox == pod.SandboxID {
-				delete(d.members, dir)
-			}
-			d.mu.Unlock()
+			stopErr = node.Close()
 		})
 		return stopErr
 	}
-	d.mu.Lock()
-	d.members[dir] = &runningMember{sandbox: pod.SandboxID, stop: stop}
-	d.mu.Unlock()
 	return g, stop, nil
 }
 
@@ -563,27 +548,17 @@ func (s caSecretStore) CreateSecret(ctx context.Context, namespace, name string,
 	return kubesecret.Store{Client: disc.Client}.CreateSecret(ctx, namespace, name, data)
 }
 
-// takeOver makes sure no other sandbox runs this member here. A member of a
-// sandbox that is no longer READY (replaced while its stop did not pass
-// through smr-cri, e.g. while the daemon was down) is stopped; one whose
-// sandbox still runs is a second pod with the same member ID: refused.
-func (d *Daemon) takeOver(ctx context.Context, dir, sandboxID string, spec replication.Spec) error {
-	d.mu.Lock()
-	old := d.members[dir]
-	d.mu.Unlock()
-	if old == nil || old.sandbox == sandboxID {
-		return nil
+// sandboxRunning asks the runtime whether a sandbox is READY (for the
+// Manager's take-over of a member whose sandbox was replaced).
+func (d *Daemon) sandboxRunning(ctx context.Context, id string) (bool, error) {
+	if d.runtime == nil {
+		return false, nil
 	}
-	if d.runtime != nil {
-		st, err := d.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: old.sandbox})
-		if err == nil && st.GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_READY {
-			return fmt.Errorf("member %d of group %s already runs here in sandbox %s: two pods with one member ID",
-				spec.MemberID, spec.GroupKey(), old.sandbox)
-		}
+	st, err := d.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id})
+	if err != nil {
+		return false, fmt.Errorf("sandbox status: %w", err)
 	}
-	d.log.Info("stopping the member of a replaced sandbox", "group", spec.GroupKey(), "member", spec.MemberID,
-		"old_sandbox", old.sandbox, "sandbox", sandboxID)
-	return old.stop()
+	return st.GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_READY, nil
 }
 
 // Run re-attaches the replicated sandboxes now and every ReconcileInterval
@@ -669,4 +644,12 @@ func (d *Daemon) reattach(ctx context.Context, id string) error {
 	}
 	d.log.Info("re-attached running replicated pod", "sandbox", id, "pod", pod.Namespace+"/"+pod.Name, "ips", pod.IPs)
 	return nil
+}
+
+var _ cri.ContainerWatcher = (*Daemon)(nil)
+
+// ContainerCreating implements cri.ContainerWatcher: a container created
+// again in a replicated sandbox fences and rebuilds its member.
+func (d *Daemon) ContainerCreating(ctx context.Context, sandboxID, container string, attempt uint32) {
+	d.mgr.ContainerCreating(ctx, sandboxID, container, attempt)
 }

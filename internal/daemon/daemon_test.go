@@ -29,6 +29,16 @@ type counterApp struct {
 	vals map[string]int
 	incr int
 	from map[string]string // key -> host of the connection of its last INCR
+	// flushes counts FLUSHALLs (repairs); drops is how many STALLs still
+	// close their connection without an answer.
+	flushes, drops int
+}
+
+// restartEmpty is the app's container restarting: its state is gone.
+func (a *counterApp) restartEmpty() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.vals = map[string]int{}
 }
 
 func newCounterApp(t *testing.T) *counterApp {
@@ -75,6 +85,18 @@ func (a *counterApp) serve(c net.Conn) {
 		case "GET":
 			v := strconv.Itoa(a.vals[args[1]])
 			reply = "$" + strconv.Itoa(len(v)) + "\r\n" + v + "\r\n"
+		case "LPUSH": // stands for a request the app stalls on this request past the executor's AppTimeout (paused, throttled)
+			if a.drops > 0 {
+				a.drops--
+				a.mu.Unlock()
+				time.Sleep(2 * time.Second)
+				return
+			}
+			reply = "+OK\r\n"
+		case "FLUSHALL": // what a repair sends to empty the app
+			a.flushes++
+			a.vals = map[string]int{}
+			reply = "+OK\r\n"
 		case "HELLO": // go-redis falls back to RESP2
 			reply = "-ERR unknown command 'HELLO'\r\n"
 		default:
@@ -309,4 +331,10 @@ func TestAttachBadInput(t *testing.T) {
 	if got := d.Attached(); len(got) != 0 {
 		t.Fatalf("failed attaches left %v attached", got)
 	}
+}
+
+func (a *counterApp) flushCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.flushes
 }

@@ -8,12 +8,15 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/smr-io/smr-cri/replication"
 	"github.com/smr-io/smr-cri/replication/podcontract"
 	"github.com/smr-io/smr-cri/test/lab/freeport"
 )
@@ -167,7 +170,6 @@ func TestSameMemberTwoSandboxes(t *testing.T) {
 	if err := d.AttachPod(ctx, second); err == nil || !strings.Contains(err.Error(), "two pods with one member ID") {
 		t.Fatalf("second sandbox of member 1 while the first runs: %v", err)
 	}
-	<-d.clientAddr // the refused attach had opened (and closed) its client listener
 	fr.set(first.SandboxID, sandboxStatus(first, runtimeapi.PodSandboxState_SANDBOX_NOTREADY, netnsInfo))
 	if err := d.AttachPod(ctx, second); err != nil {
 		t.Fatalf("attach after the first sandbox stopped: %v", err)
@@ -183,5 +185,97 @@ func TestSameMemberTwoSandboxes(t *testing.T) {
 	}
 	if got := d.Attached(); !slices.Equal(got, []string{"sb2"}) {
 		t.Fatalf("attached %v, want [sb2]", got)
+	}
+}
+
+// A container created again in an attached sandbox (kubelet restarting the
+// app: attempt 1) rebuilds the member: the restarted, empty app gets the
+// whole log again and the replica serves the replicated state, not its own
+// empty one.
+func TestContainerRestartRebuildsTheReplica(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	fr, _, endpoint := serveFakeRuntime(t)
+	app := newCounterApp(t)
+	d := newLoopbackDaemonWithRuntime(t, t.TempDir(), app, endpoint)
+	defer d.Close(ctx)
+	pod := onePod("sb1", freeport.PortT(t))
+	fr.set(pod.SandboxID, sandboxStatus(pod, runtimeapi.PodSandboxState_SANDBOX_READY, netnsInfo))
+	if err := d.AttachPod(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	incr(t, ctx, <-d.clientAddr, 3)
+	d.ContainerCreating(ctx, "sb1", "app", 0) // first creation: nothing to do
+	d.ContainerCreating(ctx, "other", "app", 1)
+	app.restartEmpty()
+	d.ContainerCreating(ctx, "sb1", "app", 1)
+	incr(t, ctx, <-d.clientAddr, 1) // the rebuilt member's new listener
+	app.mu.Lock()
+	k, flushes := app.vals["k"], app.flushes
+	app.mu.Unlock()
+	if k != 4 || flushes != 1 {
+		t.Fatalf("after the rebuild k=%d (want 4: 3 replayed + 1) and %d FLUSHALL (want 1)", k, flushes)
+	}
+	if got := d.Attached(); !slices.Equal(got, []string{"sb1"}) {
+		t.Fatalf("attached %v", got)
+	}
+}
+
+// An app request that times out on this replica only (a stalled app)
+// repairs the replica: emptied and replayed, it ends equal. A failure that
+// comes back on every replay stops after a bounded number of repairs with
+// the replica broken, instead of looping.
+func TestSessionBrokenOnOneReplicaRepairs(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		drops int
+		want  string
+	}{
+		{"once", 1, replication.StateServing},
+		{"on every replay", 1000, replication.StateBroken},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			fr, _, endpoint := serveFakeRuntime(t)
+			app := newCounterApp(t)
+			d := newLoopbackDaemonWithConfig(t, t.TempDir(), app, func(c *Config) {
+				c.RuntimeEndpoint = endpoint
+				c.Executor.AppTimeout = 300 * time.Millisecond
+			})
+			defer d.Close(ctx)
+			pod := onePod("sb1", freeport.PortT(t))
+			fr.set(pod.SandboxID, sandboxStatus(pod, runtimeapi.PodSandboxState_SANDBOX_READY, netnsInfo))
+			if err := d.AttachPod(ctx, pod); err != nil {
+				t.Fatal(err)
+			}
+			addr := <-d.clientAddr
+			incr(t, ctx, addr, 2)
+			app.mu.Lock()
+			app.drops = tc.drops
+			app.mu.Unlock()
+			c := redis.NewClient(&redis.Options{Addr: addr, Protocol: 2, DisableIdentity: true, MaxRetries: -1})
+			_ = c.Do(ctx, "LPUSH", "l", "x").Err() // the app stalls: this replica's answer is an error
+			c.Close()
+			for {
+				st := d.ReplicaState("sb1")
+				if st == tc.want && (tc.want != replication.StateServing || app.flushCount() > 0) {
+					break
+				}
+				if ctx.Err() != nil {
+					t.Fatalf("state %s, want %s", st, tc.want)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if tc.want == replication.StateServing {
+				incr(t, ctx, <-d.clientAddr, 1)
+				app.mu.Lock()
+				k := app.vals["k"]
+				app.mu.Unlock()
+				if k != 3 {
+					t.Fatalf("k=%d after the repair, want 3", k)
+				}
+			}
+		})
 	}
 }

@@ -1,6 +1,7 @@
-package daemon
+package replication
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"os"
@@ -10,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/replication"
 )
 
 // recordingSM records which entries reached the executor.
@@ -20,12 +20,12 @@ type recordingSM struct {
 }
 
 func (r *recordingSM) Apply(e raftcore.Entry) ([]byte, error) {
-	op, err := replication.DecodeOp(e.Data)
+	op, err := DecodeOp(e.Data)
 	if err != nil {
 		return nil, err
 	}
 	name := op.Name
-	if op.Kind != replication.KindRequest {
+	if op.Kind != KindRequest {
 		name = op.Kind.String()
 	}
 	r.got = append(r.got, name)
@@ -34,7 +34,7 @@ func (r *recordingSM) Apply(e raftcore.Entry) ([]byte, error) {
 
 func (r *recordingSM) Health() error { return r.health }
 
-func entry(t *testing.T, index, session, origin uint64, op replication.Op) raftcore.Entry {
+func entry(t *testing.T, index, session, origin uint64, op Op) raftcore.Entry {
 	t.Helper()
 	return raftcore.Entry{Group: "ns.g", Index: index, Term: 1, Session: session, Origin: origin, Data: op.Encode()}
 }
@@ -44,19 +44,19 @@ func entry(t *testing.T, index, session, origin uint64, op replication.Op) raftc
 // origin 1 restarts (RESET) at 7.
 func logOf(t *testing.T) []raftcore.Entry {
 	t.Helper()
-	open := replication.Op{Kind: replication.KindOpen, Port: 6379, Protocol: "resp"}
-	req := func(name string) replication.Op {
-		return replication.Op{Kind: replication.KindRequest, Name: name, Raw: []byte("*1\r\n$4\r\n" + name + "\r\n")}
+	open := Op{Kind: KindOpen, Port: 6379, Protocol: "resp"}
+	req := func(name string) Op {
+		return Op{Kind: KindRequest, Name: name, Raw: []byte("*1\r\n$4\r\n" + name + "\r\n")}
 	}
 	return []raftcore.Entry{
 		entry(t, 1, 10, 1, open),
 		entry(t, 2, 20, 2, open),
 		entry(t, 3, 10, 1, req("A")),
 		entry(t, 4, 20, 2, req("B")),
-		entry(t, 5, 10, 1, replication.Op{Kind: replication.KindClose}),
+		entry(t, 5, 10, 1, Op{Kind: KindClose}),
 		entry(t, 6, 20, 2, req("C1")),
 		entry(t, 6, 20, 2, req("C2")),
-		entry(t, 7, 0, 1, replication.Op{Kind: replication.KindReset}),
+		entry(t, 7, 0, 1, Op{Kind: KindReset}),
 		entry(t, 8, 20, 2, req("D")),
 	}
 }
@@ -130,7 +130,7 @@ func TestOpenProgressBadInput(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, sandboxFile), []byte("sb1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for _, rec := range []string{"12", "x 1", "1 2 3", "-1 0"} {
+	for _, rec := range []string{"12", "x 1", "1 2 3", "-1 0", "1 2 z", "1 2 a b"} {
 		if err := os.WriteFile(filepath.Join(dir, appliedFile), []byte(rec), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -149,33 +149,42 @@ func TestOpenProgressBadInput(t *testing.T) {
 	}
 }
 
-// sendingSM is an executor that exposes the sent hook, so a test can stop
-// "the daemon" right after a REQUEST's bytes reached the app.
+// sendingSM is an executor that exposes the sending hook, so a test can stop
+// "the daemon" right after a REQUEST was recorded in flight, and records
+// the repairs asked of it.
 type sendingSM struct {
 	recordingSM
-	sent func(raftcore.Entry)
+	sending  func(raftcore.Entry)
+	restored []Cause
 }
 
-func (s *sendingSM) OnRequestSent(f func(raftcore.Entry)) { s.sent = f }
+func (s *sendingSM) OnRequestSending(f func(raftcore.Entry)) { s.sending = f }
 
-// A request whose bytes reached the app before the daemon died is not
-// executed again after the restart: it was recorded when it was sent.
+func (s *sendingSM) RestoreApp(_ context.Context, c Cause) (uint64, error) {
+	s.restored = append(s.restored, c)
+	s.got = append(s.got, "RESTORE")
+	return 0, nil
+}
+
+// A request in flight to the app when the daemon died may or may not have
+// been executed: the restart does not guess, it restores the app (emptied)
+// and replays the whole log; a second restart after that resumes normally.
 func TestResumingSMRequestInFlightAtCrash(t *testing.T) {
+	all := []string{"RESTORE", "OPEN", "OPEN", "A", "B", "CLOSE", "C1", "C2", "RESET", "D"}
 	tests := []struct {
 		name    string
 		crashAt int // the entry in flight (1-based) when the daemon dies
-		want    []string
 	}{
-		{"A in flight", 3, []string{"OPEN", "OPEN", "B", "CLOSE", "C1", "C2", "RESET", "D"}},
-		{"C1 in flight, inside a batch", 6, []string{"OPEN", "C2", "RESET", "D"}},
+		{"A in flight", 3},
+		{"C1 in flight, inside a batch", 6},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			log := logOf(t)
 			// Apply up to the entry in flight, then start applying it as
-			// resumingSM.Apply does and stop right after the executor's hook:
-			// the daemon dies while the app executes it.
+			// resumingSM.Apply does and stop right after the executor's
+			// hook: the daemon dies while the bytes go to the app.
 			first := &sendingSM{}
 			sm, prog := firstRun(t, dir, first, log[:tc.crashAt-1])
 			inFlight := log[tc.crashAt-1]
@@ -186,13 +195,58 @@ func TestResumingSMRequestInFlightAtCrash(t *testing.T) {
 			sm.cur.sub++
 			sm.applying = &inFlight
 			sm.mu.Unlock()
-			first.sent(inFlight) // the bytes reached the app; then SIGKILL
+			first.sending(inFlight) // recorded in flight; then SIGKILL
 			prog.Close()
 
-			if got := restartAndApply(t, dir, "sb1", log); !slices.Equal(got, tc.want) {
-				t.Fatalf("executor got %q, want %q", got, tc.want)
+			again, err := OpenProgress(dir, "sb1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(again.Uncertain(), "in flight") {
+				t.Fatalf("uncertain = %q, want the entry in flight named", again.Uncertain())
+			}
+			rec := &sendingSM{}
+			sm2 := newResumingSM(rec, again, "ns.g", slog.New(slog.DiscardHandler))
+			for _, e := range log {
+				if _, err := sm2.Apply(e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			again.Close()
+			if !slices.Equal(rec.got, all) || len(rec.restored) != 1 || rec.restored[0].Kind != CauseInFlight {
+				t.Fatalf("executor got %q (repairs %v), want %q after one %s repair", rec.got, rec.restored, all, CauseInFlight)
+			}
+			// The repair was recorded: the next restart resumes at the end.
+			if got := restartAndApply(t, dir, "sb1", log); got != nil {
+				t.Fatalf("after the repaired run the executor got %q, want nothing", got)
 			}
 		})
+	}
+}
+
+// An uncertain app that nothing can restore is never fed: the repair fails
+// once (no loop) and the error is logged; the record stays in flight.
+func TestResumingSMUncertainWithoutRestorer(t *testing.T) {
+	dir := t.TempDir()
+	prog, err := OpenProgress(dir, "sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := prog.write(position{3, 1}, stateInFlight); err != nil {
+		t.Fatal(err)
+	}
+	prog.Close()
+	again, err := OpenProgress(dir, "sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	sm := newResumingSM(&recordingSM{}, again, "ns.g", slog.New(slog.DiscardHandler))
+	if sm.restore() == nil {
+		t.Fatal("restore without an AppRestorer succeeded")
+	}
+	if again.Uncertain() == "" {
+		t.Fatal("a failed repair cleared the uncertainty")
 	}
 }
 

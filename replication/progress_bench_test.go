@@ -1,11 +1,10 @@
-package daemon
+package replication
 
 import (
 	"log/slog"
 	"testing"
 
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/replication"
 )
 
 type nopSM struct{}
@@ -17,7 +16,7 @@ func (nopSM) Apply(raftcore.Entry) ([]byte, error) { return nil, nil }
 // state machine directly, in the same run. A real app round trip (tens of
 // microseconds for Redis) dwarfs both.
 func BenchmarkProgressRecord(b *testing.B) {
-	data := replication.Op{Kind: replication.KindRequest, Name: "INCR", Raw: []byte("*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n")}.Encode()
+	data := Op{Kind: KindRequest, Name: "INCR", Raw: []byte("*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n")}.Encode()
 	run := func(b *testing.B, sm raftcore.StateMachine) float64 {
 		b.Helper()
 		for i := 0; b.Loop(); i++ {
