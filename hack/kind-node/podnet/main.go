@@ -49,6 +49,11 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	// Pods of other nodes are routed through this node: forwarding must be on in its netns
+	// (kindnetd does the same).
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("enable ip_forward: %w", err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	for {
