@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"sigs.k8s.io/kind/pkg/apis/config/v1alpha4"
@@ -69,6 +70,17 @@ func TestKindConfig(t *testing.T) {
 
 // KindE2ENetwork is the docker network hack/kind-e2e.sh creates for the nodes.
 const KindE2ENetwork = "198.18.192.0/24"
+
+// TestKindE2ENetwork keeps hack/kind-e2e.sh on the network TestKindConfig checked.
+func TestKindE2ENetwork(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(repo, "hack/kind-e2e.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), "\nKIND_NET_SUBNET="+KindE2ENetwork+" ") {
+		t.Errorf("hack/kind-e2e.sh does not set KIND_NET_SUBNET=%s", KindE2ENetwork)
+	}
+}
 
 func checkDisjointInRange(t *testing.T, outer string, nets map[string]string) {
 	t.Helper()
