@@ -97,6 +97,7 @@ cleanup() {
 trap 'fail "interrupted"' INT TERM
 
 # --- prerequisites (not walkthrough steps) ----------------------------------------------------
+# (docker import cannot set STOPSIGNAL: `docker stop` of a node waits its timeout, then kills.)
 say "building the node image (cached: hack/kind-node/build.sh)"
 NODE_TAR=$(hack/kind-node/build.sh) || { say "node image build failed"; summary; exit 1; }
 if ! [[ -x "$KN/bin/kind" ]]; then
@@ -108,7 +109,7 @@ NODE_IMAGE="localhost/smr-kind-node:$(basename "$NODE_TAR" .tar | sed 's/^node-/
 if ! docker image inspect "$NODE_IMAGE" >/dev/null 2>&1; then
 	say "importing $NODE_IMAGE"
 	docker import --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' \
-		--change 'ENV container=docker' --change 'STOPSIGNAL SIGRTMIN+3' \
+		--change 'ENV container=docker' \
 		"$NODE_TAR" "$NODE_IMAGE" >/dev/null || fail "docker import"
 fi
 kind delete cluster --name "$CLUSTER" >/dev/null 2>&1
