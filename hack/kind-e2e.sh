@@ -165,9 +165,16 @@ pods_unchanged() { # FILE: the fingerprint taken before
 	[[ -z "$lost" ]] || { say "pods changed:"; echo "$lost" >&2; return 1; }
 }
 deploy_redis() { K apply -k examples/redis/ && K rollout status sts/redis --timeout 5m; }
-rcli() { # redis-cli through the Service, as the README's `kubectl run rc ...`
-	K run "rc-$RANDOM" -i --rm --restart=Never --image docker.io/library/redis:7.2 --image-pull-policy=Never \
-		--quiet -- redis-cli -h redis "$@"
+rcli() { # redis-cli through the Service, as the README's `kubectl run rc -it ... redis-cli -h redis`
+	# Not `run -i`: a one-shot redis-cli exits before kubectl attaches and its output is lost;
+	# the pod's log keeps it.
+	local pod="rc-$RANDOM" out
+	K run "$pod" --restart=Never --image docker.io/library/redis:7.2 --image-pull-policy=Never \
+		-- redis-cli -h redis "$@" >/dev/null || return 1
+	K wait --for=jsonpath='{.status.phase}'=Succeeded "pod/$pod" --timeout 60s >/dev/null
+	out=$(K logs "$pod")
+	K delete pod "$pod" --wait=false >/dev/null
+	echo "$out"
 }
 write_read() {
 	[[ "$(rcli SET greeting hello)" == OK ]] || return 1
