@@ -187,7 +187,7 @@ write_read() {
 }
 traces() {
 	K -n smr-system logs -l app.kubernetes.io/name=smr-cri --prefix --max-log-requests 4 --tail=-1 -c trace |
-		grep 'msg=commit group=default.redis' | tail -3 | grep -q .
+		grep 'smr=commit group=default.redis' | tail -3 | grep -q .
 }
 same_on_all() { # KEY VALUE
 	local i v
