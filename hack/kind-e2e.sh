@@ -225,7 +225,7 @@ uninstall() {
 		K -n smr-system delete ds smr-cri &&
 		K apply -k manifests/uninstall &&
 		K -n smr-system rollout status ds/smr-cri-uninstall --timeout 10m &&
-		K delete -k manifests/uninstall && K delete -k manifests/ || return 1
+		K delete -k manifests/uninstall && K delete -k manifests/ --ignore-not-found || return 1
 	diff <(kubelet_file_sums) "$SUMS" >&2 || { say "kubelet's files differ from before install"; return 1; }
 	# Every pod that ran before the uninstall except the deleted example is untouched.
 	pods_unchanged <(grep -v '^default/redis-' "$OUT/pods-before-uninstall")
