@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO    ?= go
 BIN   := bin
 
-.PHONY: all build run test unit critest e2e cluster-up cluster-down test-security fuzz kind-up bench bench-ceiling bench-cri bench-raft bench-raft-tls bench-netintercept vet fmt clean help
+.PHONY: all build run test unit critest e2e cluster-up cluster-down test-security fuzz kind-up kind-e2e bench bench-ceiling bench-cri bench-raft bench-raft-tls bench-netintercept vet fmt clean help
 
 all: build
 
@@ -43,6 +43,9 @@ test-security: ## mTLS between ordering nodes, rogue peers, replay, socket modes
 fuzz: ## run each protocol framer fuzzer for FUZZTIME (default 30s)
 	for f in FuzzRESPRequest FuzzRESPResponse FuzzHTTPRequest FuzzHTTPResponse; do \
 		$(GO) test ./replication/framing -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
+
+kind-e2e: ## the README's kind walkthrough for real: node image built here, dockerd, kind v0.33.0 (root; not in `make test`)
+	hack/kind-e2e.sh
 
 kind-up: ## create a kind cluster from hack/kind-config.yaml and install smr-cri (needs kind + docker)
 	hack/kind-up.sh

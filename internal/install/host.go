@@ -51,6 +51,7 @@ func (h HostRunner) Run(ctx context.Context, name string, args ...string) ([]byt
 		// exec.Cmd looks the path up after the chroot, in the node's tree.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: h.Root}
 		cmd.Dir = "/"
+		cmd.Env = NodeEnv
 	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -58,6 +59,12 @@ func (h HostRunner) Run(ctx context.Context, name string, args ...string) ([]byt
 	}
 	return out, nil
 }
+
+// NodeEnv is the environment of commands run on the node through nsenter.
+// Not the init container's own: the smr-cri image's PATH is /usr/local/bin
+// only, so nsenter (which looks its command up in PATH) found no systemctl on
+// a real kind node.
+var NodeEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 // findNsenter returns where the node keeps util-linux's nsenter (a path
 // inside root): /usr/bin on Debian (kind) and buildroot (minikube).

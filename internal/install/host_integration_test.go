@@ -65,4 +65,15 @@ func TestHostRunnerNsenter(t *testing.T) {
 	if string(out) != "hello from "+want+"\n" {
 		t.Errorf("got %q, want %q (the command must run in the target's mount namespace)", out, "hello from "+want)
 	}
+
+	// The init container's PATH (the smr-cri image: /usr/local/bin only) must not be what nsenter
+	// searches: on a real kind node it found no systemctl.
+	t.Setenv("PATH", "/usr/local/bin")
+	out, err = h.Run(context.Background(), "sh", "-c", "echo $PATH")
+	if err != nil {
+		t.Fatalf("run sh with the container's PATH: %v: %s", err, out)
+	}
+	if got, want := "PATH="+string(out), NodeEnv[0]+"\n"; got != want {
+		t.Errorf("command ran with %q, want %q", got, want)
+	}
 }

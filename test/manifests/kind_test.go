@@ -1,8 +1,10 @@
 package manifests
 
 import (
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"sigs.k8s.io/kind/pkg/apis/config/v1alpha4"
@@ -41,6 +43,7 @@ func TestKindConfig(t *testing.T) {
 			ContainerRuntimeEndpoint string `json:"containerRuntimeEndpoint"`
 			HealthzBindAddress       string `json:"healthzBindAddress"`
 			HealthzPort              int    `json:"healthzPort"`
+			FailCgroupV1             *bool  `json:"failCgroupV1"`
 		}
 		if err := strictUnmarshal([]byte(p), &kc); err != nil {
 			t.Errorf("kubeadm patch %q: %v", p, err)
@@ -48,13 +51,56 @@ func TestKindConfig(t *testing.T) {
 		}
 		if kc.Kind == "KubeletConfiguration" {
 			found = true
-			if kc.ContainerRuntimeEndpoint != install.KubeletDefaultEndpoint || kc.HealthzBindAddress != "127.0.0.1" || kc.HealthzPort != 10248 {
+			if kc.ContainerRuntimeEndpoint != install.KubeletDefaultEndpoint || kc.HealthzBindAddress != "127.0.0.1" || kc.HealthzPort != 10248 ||
+				kc.FailCgroupV1 == nil || *kc.FailCgroupV1 {
 				t.Errorf("KubeletConfiguration patch %+v", kc)
 			}
 		}
 	}
 	if !found {
 		t.Error("no KubeletConfiguration patch")
+	}
+	// Pods, Services and make kind-e2e's docker network: inside 198.18.0.0/15, pairwise disjoint.
+	checkDisjointInRange(t, "198.18.0.0/15", map[string]string{
+		"podSubnet":      c.Networking.PodSubnet,
+		"serviceSubnet":  c.Networking.ServiceSubnet,
+		"docker network": KindE2ENetwork,
+	})
+}
+
+// KindE2ENetwork is the docker network hack/kind-e2e.sh creates for the nodes.
+const KindE2ENetwork = "198.18.192.0/24"
+
+// TestKindE2ENetwork keeps hack/kind-e2e.sh on the network TestKindConfig checked.
+func TestKindE2ENetwork(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(repo, "hack/kind-e2e.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), "\nKIND_NET_SUBNET="+KindE2ENetwork+" ") {
+		t.Errorf("hack/kind-e2e.sh does not set KIND_NET_SUBNET=%s", KindE2ENetwork)
+	}
+}
+
+func checkDisjointInRange(t *testing.T, outer string, nets map[string]string) {
+	t.Helper()
+	_, o, _ := net.ParseCIDR(outer)
+	parsed := map[string]*net.IPNet{}
+	for name, s := range nets {
+		_, n, err := net.ParseCIDR(s)
+		if err != nil {
+			t.Errorf("%s %q: %v", name, s, err)
+			continue
+		}
+		if ones, _ := n.Mask.Size(); !o.Contains(n.IP) || ones < 15 {
+			t.Errorf("%s %s is not inside %s", name, s, outer)
+		}
+		for other, m := range parsed {
+			if n.Contains(m.IP) || m.Contains(n.IP) {
+				t.Errorf("%s %s overlaps %s %s", name, s, other, m)
+			}
+		}
+		parsed[name] = n
 	}
 }
 
