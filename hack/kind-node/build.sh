@@ -64,10 +64,10 @@ build_tool kubeadm "$T/kube" k8s.io/kubernetes/cmd/kubeadm 1 "$KUBE_LDFLAGS"
 build_tool etcd "$T/etcd" go.etcd.io/etcd/server/v3 0 "-s -w"
 build_tool coredns "$T/coredns" . 0 "-s -w"
 build_podnet_pause() {
-	local stamp="podnet+pause $gover $(cd "$ROOT" && git ls-files -s hack/kind-node/podnet internal/nodelab/pause go.sum | sha256sum | cut -c1-16)"
+	local stamp="podnet+pause $gover $(cd "$ROOT" && git ls-files -s hack/kind-node/podnet test/lab/nodelab/pause go.sum | sha256sum | cut -c1-16)"
 	if stamp_ok bin/podnet "$stamp" && [[ -x "$BIN/pause" ]]; then say "podnet, pause: cached"; return; fi
 	(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/podnet" ./hack/kind-node/podnet &&
-		CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/pause" ./internal/nodelab/pause)
+		CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/pause" ./test/lab/nodelab/pause)
 	stamp_set bin/podnet "$stamp"
 }
 build_podnet_pause
@@ -88,7 +88,7 @@ else
 fi
 
 # 4. Image tars.
-img_stamp="$(cd "$ROOT" && git ls-files -s hack/kind-node/images internal/nodelab | sha256sum | cut -c1-16) $(cat "$BIN"/*.stamp "$KUBE_DIR"/*.stamp | sha256sum | cut -c1-16)"
+img_stamp="$(cd "$ROOT" && git ls-files -s hack/kind-node/images test/lab/nodelab | sha256sum | cut -c1-16) $(cat "$BIN"/*.stamp "$KUBE_DIR"/*.stamp | sha256sum | cut -c1-16)"
 if stamp_ok images "$img_stamp"; then
 	say "images: cached"
 else
