@@ -370,4 +370,3 @@ func hllRegisters(b []byte) ([]byte, bool) {
 	}
 	return regs, true
 }
-
