@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/smr-io/smr-cri/replication/appstate"
 	"github.com/smr-io/smr-cri/replication/framing"
 )
 
@@ -25,6 +26,10 @@ const (
 	AnnotationMemberID        = "smr.io/member-id"
 	AnnotationHTTPGetReadOnly = "smr.io/http-get-readonly"
 	AnnotationMaxRequestBytes = "smr.io/max-request-bytes"
+	AnnotationSnapshotPath    = "smr.io/snapshot-path"
+	AnnotationSnapshotEvery   = "smr.io/snapshot-every"
+	AnnotationSnapshotBytes   = "smr.io/snapshot-bytes"
+	AnnotationAppCredentials  = "smr.io/app-credentials"
 
 	// LabelPodIndex is set by the StatefulSet controller (Kubernetes >= 1.28).
 	LabelPodIndex = "apps.kubernetes.io/pod-index"
@@ -37,11 +42,20 @@ const (
 	// matches raftcore's default proposal limit (4 MiB); a request that still
 	// exceeds the node's limit (entry header included) gets a "too large" reply.
 	MaxRequestBytesCeiling = 4 << 20
+
+	// DefaultSnapshotEvery and DefaultSnapshotBytes: a snapshot of the app
+	// is taken after this many log entries, or this many bytes of log,
+	// since the last one, whichever comes first.
+	DefaultSnapshotEvery = 10000
+	DefaultSnapshotBytes = 64 << 20
+	// MinSnapshotEvery keeps snapshots from running back to back.
+	MinSnapshotEvery = 16
 )
 
 var knownAnnotations = []string{
 	AnnotationGroup, AnnotationPorts, AnnotationRaftPort, AnnotationPeers, AnnotationMembership,
 	AnnotationMemberID, AnnotationHTTPGetReadOnly, AnnotationMaxRequestBytes,
+	AnnotationSnapshotPath, AnnotationSnapshotEvery, AnnotationSnapshotBytes, AnnotationAppCredentials,
 }
 
 // Membership modes.
@@ -82,6 +96,32 @@ type Spec struct {
 	MemberID        uint64
 	HTTPGetReadOnly bool
 	MaxRequestBytes int
+	// SnapshotPath is the HTTP apps' state endpoint (smr.io/snapshot-path);
+	// "" means the HTTP ports have no snapshot contract.
+	SnapshotPath string
+	// SnapshotEvery (entries, 0 = never) and SnapshotBytes (bytes of log)
+	// bound the log kept since the last app snapshot.
+	SnapshotEvery uint64
+	SnapshotBytes int64
+	// AppCredentials names a Secret in the pod's namespace whose keys
+	// "password" (and optionally "username") authenticate smr-cri's own
+	// connection to the app (snapshots, digests); never written to the log.
+	AppCredentials string
+}
+
+// Snapshots reports whether the group's app can be snapshotted: every
+// replicated port speaks RESP, or its HTTP app serves smr.io/snapshot-path.
+// Without it the group keeps its whole log.
+func (s Spec) Snapshots() bool {
+	if s.SnapshotEvery == 0 {
+		return false
+	}
+	for _, p := range s.Ports {
+		if p.Protocol == framing.ProtoHTTP && s.SnapshotPath == "" {
+			return false
+		}
+	}
+	return true
 }
 
 // GroupKey names the raft group: "<namespace>.<group>" (both are DNS labels,
@@ -100,8 +140,10 @@ func (s Spec) FramingOptions() framing.Options {
 var ErrContract = errors.New("invalid smr.io pod contract")
 
 var (
-	dnsLabel   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-	ordinalSfx = regexp.MustCompile(`^(.+)-([0-9]+)$`)
+	dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	// dnsSubdomain is a Kubernetes object name (RFC 1123 subdomain).
+	dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+	ordinalSfx   = regexp.MustCompile(`^(.+)-([0-9]+)$`)
 )
 
 // ParsePod reads the contract from a pod. It returns ok=false (and no error)
@@ -127,7 +169,8 @@ func ParsePod(pod PodMeta) (spec Spec, ok bool, err error) {
 			bad(k, "unknown annotation (known: %s)", strings.Join(knownAnnotations, ", "))
 		}
 	}
-	spec = Spec{Namespace: pod.Namespace, RaftPort: DefaultRaftPort, MaxRequestBytes: framing.DefaultMaxRequestBytes}
+	spec = Spec{Namespace: pod.Namespace, RaftPort: DefaultRaftPort, MaxRequestBytes: framing.DefaultMaxRequestBytes,
+		SnapshotEvery: DefaultSnapshotEvery, SnapshotBytes: DefaultSnapshotBytes}
 	if spec.Namespace == "" {
 		spec.Namespace = "default"
 	}
@@ -229,6 +272,42 @@ func ParsePod(pod PodMeta) (spec Spec, ok bool, err error) {
 			spec.MaxRequestBytes = int(n)
 		}
 	}
+	if v, set := ann[AnnotationSnapshotPath]; set {
+		if err := appstate.ValidateSnapshotPath(v); err != nil {
+			bad(AnnotationSnapshotPath, "%v", err)
+		} else if !slices.ContainsFunc(spec.Ports, func(p Port) bool { return p.Protocol == framing.ProtoHTTP }) {
+			bad(AnnotationSnapshotPath, "set, but no port in %s speaks http", AnnotationPorts)
+		}
+		spec.SnapshotPath = v
+	}
+	if v, set := ann[AnnotationSnapshotEvery]; set {
+		n, perr := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		switch {
+		case perr != nil:
+			bad(AnnotationSnapshotEvery, "%q: want a number of log entries (0 = never snapshot)", v)
+		case n != 0 && (n < MinSnapshotEvery || n > 1<<32):
+			bad(AnnotationSnapshotEvery, "%d out of range [%d, %d] (or 0 = never)", n, MinSnapshotEvery, uint64(1)<<32)
+		default:
+			spec.SnapshotEvery = n
+		}
+	}
+	if v, set := ann[AnnotationSnapshotBytes]; set {
+		n, perr := parseBytes(v)
+		switch {
+		case perr != nil:
+			bad(AnnotationSnapshotBytes, "%v", perr)
+		case n < 1<<20 || n > 64<<30:
+			bad(AnnotationSnapshotBytes, "%d out of range [1Mi, 64Gi]", n)
+		default:
+			spec.SnapshotBytes = n
+		}
+	}
+	if v, set := ann[AnnotationAppCredentials]; set {
+		if len(v) > 253 || !dnsSubdomain.MatchString(v) {
+			bad(AnnotationAppCredentials, "%q is not a Secret name (a DNS subdomain)", v)
+		}
+		spec.AppCredentials = v
+	}
 	if len(errs) > 0 {
 		slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
 		return Spec{}, false, fmt.Errorf("%w on pod %s/%s: %w", ErrContract, spec.Namespace, pod.Name, errors.Join(errs...))
@@ -315,6 +394,21 @@ func parseSize(s string) (int64, error) {
 	n, err := strconv.ParseInt(num, 10, 64)
 	if err != nil || n <= 0 || n > MaxRequestBytesCeiling {
 		return 0, fmt.Errorf("%q: want a positive size in bytes, optionally with Ki or Mi", s)
+	}
+	return n * mult, nil
+}
+
+// parseBytes parses "67108864", "512Ki", "64Mi", "2Gi".
+func parseBytes(s string) (int64, error) {
+	num, mult := strings.TrimSpace(s), int64(1)
+	for suffix, m := range map[string]int64{"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30} {
+		if strings.HasSuffix(num, suffix) {
+			num, mult = strings.TrimSuffix(num, suffix), m
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 || n > (64<<30)/mult {
+		return 0, fmt.Errorf("%q: want a positive size in bytes, optionally with Ki, Mi or Gi", s)
 	}
 	return n * mult, nil
 }
