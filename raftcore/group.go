@@ -1113,6 +1113,6 @@ func (g *Group) compact(s snapRequest) error {
 		}
 	}
 	g.ncfg.Metrics.incSnapshots(g.name)
-	g.log.Info("snapshot saved", "index", s.index)
+	g.log.Info("snapshot saved", "index", s.index, "bytes", len(s.data))
 	return nil
 }

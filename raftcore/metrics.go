@@ -18,6 +18,10 @@ type Metrics struct {
 	unreachable *prometheus.CounterVec
 	snapshots   *prometheus.CounterVec
 	expired     *prometheus.CounterVec
+	// last snapshot taken here, and last one restored (received or at start)
+	snapIndex, snapBytes, snapSeconds *prometheus.GaugeVec
+	restoreBytes, restoreSeconds      *prometheus.GaugeVec
+	restores                          *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -41,8 +45,21 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Snapshots saved by this member."}, g),
 		expired: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_raft_expired_requests_total",
 			Help: "Forwarded proposals and reads failed after staying unanswered."}, g),
+		snapIndex: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_snapshot_index",
+			Help: "Log index of the last snapshot taken by this member."}, g),
+		snapBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_snapshot_bytes",
+			Help: "Size of the last snapshot taken by this member (state machine part)."}, g),
+		snapSeconds: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_snapshot_seconds",
+			Help: "Time the last snapshot took to capture from the state machine."}, g),
+		restoreBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_restore_bytes",
+			Help: "Size of the last snapshot installed into the state machine (at start or received from a peer)."}, g),
+		restoreSeconds: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_restore_seconds",
+			Help: "Time the last snapshot install took."}, g),
+		restores: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_raft_restores_total",
+			Help: "Snapshots installed into the state machine."}, g),
 	}
-	for _, c := range []prometheus.Collector{m.walSave, m.batch, m.readBatch, m.sessions, m.unreachable, m.snapshots, m.expired} {
+	for _, c := range []prometheus.Collector{m.walSave, m.batch, m.readBatch, m.sessions, m.unreachable, m.snapshots, m.expired,
+		m.snapIndex, m.snapBytes, m.snapSeconds, m.restoreBytes, m.restoreSeconds, m.restores} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("raftcore: register metrics: %w", err)
 		}
@@ -89,5 +106,21 @@ func (m *Metrics) incSnapshots(group string) {
 func (m *Metrics) addExpired(group string, n int) {
 	if m != nil && n > 0 {
 		m.expired.WithLabelValues(group).Add(float64(n))
+	}
+}
+
+func (m *Metrics) observeSnapshot(group string, index uint64, n int, d time.Duration) {
+	if m != nil {
+		m.snapIndex.WithLabelValues(group).Set(float64(index))
+		m.snapBytes.WithLabelValues(group).Set(float64(n))
+		m.snapSeconds.WithLabelValues(group).Set(d.Seconds())
+	}
+}
+
+func (m *Metrics) observeRestore(group string, n int, d time.Duration) {
+	if m != nil {
+		m.restores.WithLabelValues(group).Inc()
+		m.restoreBytes.WithLabelValues(group).Set(float64(n))
+		m.restoreSeconds.WithLabelValues(group).Set(d.Seconds())
 	}
 }

@@ -140,6 +140,9 @@ type Executor struct {
 	// sent, if set, is called under mu once a REQUEST entry's bytes were
 	// handed to the app, before its response is read (see OnRequestSent).
 	sent func(raftcore.Entry)
+
+	// snap captures and restores the app's state (snapshot.go); nil: none.
+	snap *appSnapshots
 }
 
 type appSession struct {
