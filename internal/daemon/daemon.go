@@ -473,8 +473,11 @@ func (d *Daemon) startGroup(ctx context.Context, pod replication.PodRef, spec re
 		return nil, nil, err
 	}
 	cleanup = append(cleanup, node.Close)
-	g, err := node.StartGroup(raftcore.GroupConfig{Name: spec.GroupKey(), SelfID: spec.MemberID, Peers: peers},
-		newResumingSM(sm, prog, spec.GroupKey(), d.log))
+	gcfg := raftcore.GroupConfig{Name: spec.GroupKey(), SelfID: spec.MemberID, Peers: peers}
+	if err := d.enableSnapshots(ctx, spec, sm, &gcfg); err != nil {
+		return nil, nil, err
+	}
+	g, err := node.StartGroup(gcfg, newResumingSM(sm, prog, spec.GroupKey(), d.log))
 	if err != nil {
 		return nil, nil, err
 	}
