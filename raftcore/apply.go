@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"time"
 
@@ -93,11 +94,22 @@ func (g *Group) restore(a *applier, s *raftpb.Snapshot) error {
 	}
 	if sn, ok := g.sm.(StreamSnapshotter); ok {
 		t0 := time.Now()
-		if err := sn.RestoreFrom(md.GetIndex(), bytes.NewReader(st.SM)); err != nil {
+		size := len(st.SM)
+		if st.Ext != nil {
+			size = int(st.Ext.Size)
+			err = g.restoreStateFile(sn, md.GetIndex(), st.Ext)
+		} else {
+			// A snapshot written before state files (or inlined by a
+			// transport without streaming) carries the state itself.
+			err = sn.RestoreFrom(md.GetIndex(), bytes.NewReader(st.SM))
+		}
+		if err != nil {
 			return fmt.Errorf("state machine restore: %w", err)
 		}
-		g.ncfg.Metrics.observeRestore(g.name, len(st.SM), time.Since(t0))
-		g.log.Info("snapshot restored", "index", md.GetIndex(), "bytes", len(st.SM), "duration", time.Since(t0).String())
+		g.ncfg.Metrics.observeRestore(g.name, size, time.Since(t0))
+		g.log.Info("snapshot restored", "index", md.GetIndex(), "bytes", size, "duration", time.Since(t0).String())
+	} else if st.Ext != nil {
+		return errors.New("snapshot has a state file but the StateMachine is not a StreamSnapshotter")
 	} else if sn, ok := g.sm.(Snapshotter); ok {
 		if err := sn.Restore(st.SM); err != nil {
 			return fmt.Errorf("state machine restore: %w", err)
@@ -339,15 +351,21 @@ func (g *Group) maybeSnapshot(a *applier) {
 		return // not due, or the previous snapshot is still being written
 	}
 	t0 := time.Now()
-	var data []byte
+	st := snapshotState{Sessions: a.sessions, Addrs: a.addrs}
+	var size int
 	var err error
 	switch sn := g.sm.(type) {
 	case StreamSnapshotter:
-		var buf bytes.Buffer
-		err = sn.SnapshotTo(a.applied, &buf)
-		data = buf.Bytes()
+		// Streamed to the group's state file, never held in memory.
+		st.Ext, err = g.writeStateFile(a.applied, func(w io.Writer) (int64, error) {
+			return 0, sn.SnapshotTo(a.applied, w)
+		})
+		if st.Ext != nil {
+			size = int(st.Ext.Size)
+		}
 	case Snapshotter:
-		data, err = sn.Snapshot()
+		st.SM, err = sn.Snapshot()
+		size = len(st.SM)
 	default:
 		return
 	}
@@ -355,8 +373,7 @@ func (g *Group) maybeSnapshot(a *applier) {
 		g.log.Warn("state machine snapshot failed; retrying after the next entries", "index", a.applied, "err", err)
 		return
 	}
-	g.ncfg.Metrics.observeSnapshot(g.name, a.applied, len(data), time.Since(t0))
-	st := snapshotState{Sessions: a.sessions, Addrs: a.addrs, SM: data}
+	g.ncfg.Metrics.observeSnapshot(g.name, a.applied, size, time.Since(t0))
 	req := snapRequest{index: a.applied, cs: proto.Clone(a.cs).(*raftpb.ConfState), data: st.marshal()}
 	select {
 	case g.snapc <- req:
