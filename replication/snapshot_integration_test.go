@@ -136,6 +136,10 @@ func TestSnapshotCompactionAndTransfer(t *testing.T) {
 	if n := lag.count("restore"); n != 1 {
 		t.Fatalf("the cut-off member installed %d snapshots, want 1 (trace:\n%s)", n, lag.trace.String())
 	}
+	states, _ := filepath.Glob(filepath.Join(dir, peers[lag.id], testGroup, "snap", "*.state"))
+	if len(states) == 0 {
+		t.Fatal("the cut-off member kept no state file: the snapshot did not arrive as a stream")
+	}
 	d := ms[lid].digest(t)
 	for _, m := range ms {
 		waitFor(t, "every member to apply the last write", func() bool { return m.exec.Applied() >= leader.Status().Commit })
