@@ -90,8 +90,10 @@ func (t *GRPC) sendSnapshot(p *peer, group string, to uint64, m *raftpb.Message,
 	}
 	defer f.Close()
 	var sent int64
-	buf := make([]byte, snapChunkBytes)
 	for {
+		// A fresh buffer per chunk: gRPC may still hold the previous one
+		// (the codec hands it the chunk's bytes without a copy).
+		buf := make([]byte, snapChunkBytes)
 		n, rerr := io.ReadFull(f, buf)
 		if n > 0 {
 			if err := stream.SendMsg(&chunk{data: buf[:n]}); err != nil {
