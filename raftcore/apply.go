@@ -346,7 +346,8 @@ func endedFromTable(t map[uint64]sessionResult) []endedSession {
 // to the raft goroutine, which persists it and compacts the log.
 func (g *Group) maybeSnapshot(a *applier) {
 	due := g.cfg.SnapshotEvery > 0 && (a.applied-a.lastSnap >= g.cfg.SnapshotEvery ||
-		(g.cfg.SnapshotBytes > 0 && a.sinceSnapBytes >= g.cfg.SnapshotBytes && a.applied > a.lastSnap))
+		(g.cfg.SnapshotBytes > 0 && a.sinceSnapBytes >= g.cfg.SnapshotBytes && a.applied > a.lastSnap) ||
+		(g.forceSnap.Load() && a.applied > a.lastSnap))
 	if !due || len(g.snapc) > 0 {
 		return // not due, or the previous snapshot is still being written
 	}
@@ -378,6 +379,7 @@ func (g *Group) maybeSnapshot(a *applier) {
 	select {
 	case g.snapc <- req:
 		a.lastSnap, a.sinceSnapBytes = a.applied, 0
+		g.forceSnap.Store(false)
 	default: // previous snapshot still being written; try after next batch
 	}
 }

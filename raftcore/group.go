@@ -72,6 +72,10 @@ type Group struct {
 	// applied index published by applyLoop
 	applied watermark.Mark
 
+	// forceSnap asks the apply goroutine for a snapshot now: the latest one
+	// predates the admission of a member that needs one (prepareSnapshots).
+	forceSnap atomic.Bool
+
 	// owned by run()
 	readBatches map[uint64]*readBatch
 	readWait    []*readReq // reads not yet sent (a batch is in flight)

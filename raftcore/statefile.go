@@ -198,6 +198,16 @@ func (g *Group) prepareSnapshots(to uint64, addr string, msgs []*raftpb.Message)
 			continue
 		}
 		idx := m.GetSnapshot().GetMetadata().GetIndex()
+		// A member admitted after this snapshot would refuse it (it is not
+		// in its ConfState): take a new one, and let raft retry with it.
+		if cs := m.GetSnapshot().GetMetadata().GetConfState(); !slices.Contains(cs.GetVoters(), to) && !slices.Contains(cs.GetLearners(), to) {
+			if !g.forceSnap.Swap(true) {
+				g.log.Info("snapshot predates member; taking a new one for it", "to", to, "index", idx)
+				g.applyq.push(applyItem{}) // wakes the apply goroutine even without new entries
+			}
+			g.rn.ReportSnapshot(to, raft.SnapshotFailure)
+			continue
+		}
 		path := g.statePath(idx)
 		if ss, ok := g.ncfg.Transport.(SnapshotSender); ok {
 			t0 := time.Now()
