@@ -35,8 +35,10 @@ func startSnapMember(t *testing.T, network *memnet.Network, dir string, id uint6
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.exec.EnableSnapshots(SnapshotConfig{}); err != nil {
-		t.Fatal(err)
+	if every > 0 { // every == 0: a member as the code before snapshots ran it
+		if err := m.exec.EnableSnapshots(SnapshotConfig{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	m.node, err = raftcore.NewNode(raftcore.NodeConfig{DataDir: filepath.Join(dir, peers[id]), Transport: network.Endpoint(peers[id]),
 		TickInterval: 10 * time.Millisecond, UnsafeNoFsync: true})
@@ -58,7 +60,11 @@ func (m *snapMember) stop() {
 
 func (m *snapMember) digest(t *testing.T) appstate.Digest {
 	t.Helper()
-	d, err := m.exec.Apps()[0].Digest(context.Background())
+	a, err := appstate.New(appstate.Config{Dialer: &addrDialer{addr: m.app}, Port: respPort.Number, Protocol: framing.ProtoRESP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := a.Digest(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,5 +174,54 @@ func TestSnapshotCompactionAndTransfer(t *testing.T) {
 	t.Logf("restarted member: %d entries replayed after its snapshot; leader took %d snapshots", lag.count("commit"), ms[lid].count("snapshot"))
 	if lag.count("restore") != 1 {
 		t.Fatalf("restarted member did not start from its snapshot:\n%s", lag.trace.String())
+	}
+}
+
+// TestUpgradeFromWholeLog: a member's data directory written without
+// snapshots (as every executor group ran before app snapshots: the whole
+// log in the WAL, no snapshot) is read by a member with snapshots on: it
+// replays the whole log into a fresh app, then snapshots and compacts, and
+// its next restart starts from that snapshot.
+func TestUpgradeFromWholeLog(t *testing.T) {
+	requireIntegration(t)
+	network := memnet.New()
+	t.Cleanup(network.Close)
+	dir := t.TempDir()
+	peers := map[uint64]string{1: "m1"}
+	old := startSnapMember(t, network, dir, 1, startRedis(t), peers, 0)
+	waitFor(t, "a leader", func() bool { return old.group.Status().Leader == 1 })
+	writeKeys(t, old.group, 0xfeed, 0, 300)
+	want := old.digest(t)
+	old.stop()
+	if snaps, _ := filepath.Glob(filepath.Join(dir, "m1", testGroup, "snap", "*")); len(snaps) != 0 {
+		t.Fatalf("the member without snapshots wrote %v", snaps)
+	}
+
+	const every = 50
+	m := startSnapMember(t, network, dir, 1, startRedis(t), peers, every)
+	waitFor(t, "a leader", func() bool { return m.group.Status().Leader == 1 })
+	writeKeys(t, m.group, 0xbeef, 0, 60) // crosses a snapshot point
+	if got := m.count("commit"); got < 300 {
+		t.Fatalf("upgraded member applied %d entries, want the whole old log (300+)", got)
+	}
+	if m.count("snapshot") == 0 {
+		t.Fatal("upgraded member took no snapshot")
+	}
+	d := m.digest(t)
+	if d.Keys != want.Keys {
+		t.Fatalf("upgraded member holds %d keys, the old app %d", d.Keys, want.Keys)
+	}
+	m.stop()
+	again := startSnapMember(t, network, dir, 1, startRedis(t), peers, every)
+	t.Cleanup(again.stop)
+	waitFor(t, "the restarted member to apply its log", func() bool {
+		st := again.group.Status()
+		return st.Leader == 1 && st.Applied >= st.Commit
+	})
+	if again.count("restore") != 1 || again.count("commit") > every+64 {
+		t.Fatalf("restart after the upgrade: %d restores, %d entries replayed", again.count("restore"), again.count("commit"))
+	}
+	if got := again.digest(t); got != d {
+		t.Fatalf("restarted member digest %s, want %s", got, d)
 	}
 }
