@@ -76,4 +76,7 @@ clean: ## remove build outputs (keeps the _cache of built Kubernetes tools)
 
 .PHONY: bench-recovery
 bench-recovery: ## state transfer to a new member vs replaying the log from the start (real redis-servers); SMR_RECOVERY_WRITES (default 200000)
-	SMR_INTEGRATION=1 SMR_BENCH_RECOVERY=1 $(GO) test -count=1 -timeout 60m -run '^TestBenchRecovery$$' -v ./replication/ | grep -v '^=== ' | tail -n 3
+	@mkdir -p _out
+	SMR_INTEGRATION=1 SMR_BENCH_RECOVERY=1 $(GO) test -count=1 -timeout 60m -run '^TestBenchRecovery$$' -v ./replication/ \
+		> _out/bench-recovery.log 2>&1 || (tail -n 30 _out/bench-recovery.log; exit 1)
+	@grep '^recovery:' _out/bench-recovery.log
