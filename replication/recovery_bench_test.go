@@ -34,6 +34,9 @@ func TestBenchRecovery(t *testing.T) {
 		writes = n
 	}
 	const every = 10000
+	if writes < 2*every {
+		t.Fatalf("SMR_RECOVERY_WRITES=%d: the benchmark needs at least %d writes (two snapshots of every %d entries)", writes, 2*every, every)
+	}
 	network := memnet.New()
 	t.Cleanup(network.Close)
 	dir := t.TempDir()
