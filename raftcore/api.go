@@ -1,5 +1,7 @@
 package raftcore
 
+import "io"
+
 // StateMachine is the replicated application. Apply is called from the
 // group's apply goroutine, strictly in log order, one entry at a time, on
 // every member. It must be deterministic: the same entries in the same order
@@ -18,6 +20,17 @@ type StateMachine interface {
 type Snapshotter interface {
 	Snapshot() ([]byte, error)
 	Restore(data []byte) error
+}
+
+// StreamSnapshotter is a Snapshotter for states that are produced and
+// consumed as streams (an app's state read through its own protocol):
+// SnapshotTo writes the state as of the last applied entry, index; RestoreFrom
+// replaces the whole state by one written by SnapshotTo at index. Both are
+// called from the apply goroutine, between two applied entries. A
+// StateMachine implementing it is never asked for Snapshotter's methods.
+type StreamSnapshotter interface {
+	SnapshotTo(index uint64, w io.Writer) error
+	RestoreFrom(index uint64, r io.Reader) error
 }
 
 // Entry is one committed client request as seen by the StateMachine.

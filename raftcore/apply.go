@@ -1,10 +1,13 @@
 package raftcore
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
+	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -23,6 +26,9 @@ type applier struct {
 	cs       *raftpb.ConfState
 	applied  uint64
 	lastSnap uint64
+	// sinceSnapBytes counts the log bytes applied since lastSnap, for
+	// GroupConfig.SnapshotBytes.
+	sinceSnapBytes uint64
 }
 
 // applyLoop feeds committed entries to the StateMachine strictly in log
@@ -59,6 +65,7 @@ func (g *Group) applyLoop(initial *raftpb.Snapshot) {
 			a.expireEnded(it.ent.GetIndex(), g.sessionEndGrace())
 			g.applyEntry(a, it)
 			a.applied = it.ent.GetIndex()
+			a.sinceSnapBytes += uint64(len(it.ent.GetData()))
 		}
 		g.publishSessions(a)
 		g.applied.Advance(a.applied)
@@ -85,7 +92,25 @@ func (g *Group) restore(a *applier, s *raftpb.Snapshot) error {
 	if err != nil {
 		return err
 	}
-	if sn, ok := g.sm.(Snapshotter); ok {
+	if sn, ok := g.sm.(StreamSnapshotter); ok {
+		t0 := time.Now()
+		size := len(st.SM)
+		if st.Ext != nil {
+			size = int(st.Ext.Size)
+			err = g.restoreStateFile(sn, md.GetIndex(), st.Ext)
+		} else {
+			// A snapshot written before state files (or inlined by a
+			// transport without streaming) carries the state itself.
+			err = sn.RestoreFrom(md.GetIndex(), bytes.NewReader(st.SM))
+		}
+		if err != nil {
+			return fmt.Errorf("state machine restore: %w", err)
+		}
+		g.ncfg.Metrics.observeRestore(g.name, size, time.Since(t0))
+		g.log.Info("snapshot restored", "index", md.GetIndex(), "bytes", size, "duration", time.Since(t0).String())
+	} else if st.Ext != nil {
+		return errors.New("snapshot has a state file but the StateMachine is not a StreamSnapshotter")
+	} else if sn, ok := g.sm.(Snapshotter); ok {
 		if err := sn.Restore(st.SM); err != nil {
 			return fmt.Errorf("state machine restore: %w", err)
 		}
@@ -97,7 +122,7 @@ func (g *Group) restore(a *applier, s *raftpb.Snapshot) error {
 	a.tombs = len(a.ended)
 	g.publishSessions(a)
 	a.cs = md.GetConfState()
-	a.applied, a.lastSnap = md.GetIndex(), md.GetIndex()
+	a.applied, a.lastSnap, a.sinceSnapBytes = md.GetIndex(), md.GetIndex(), 0
 	g.mu.Lock()
 	for id, addr := range st.Addrs {
 		if _, ok := g.peers[id]; !ok {
@@ -320,20 +345,41 @@ func endedFromTable(t map[uint64]sessionResult) []endedSession {
 // maybeSnapshot captures the state machine at exactly a.applied and hands it
 // to the raft goroutine, which persists it and compacts the log.
 func (g *Group) maybeSnapshot(a *applier) {
-	sn, ok := g.sm.(Snapshotter)
-	if !ok || g.cfg.SnapshotEvery == 0 || a.applied-a.lastSnap < g.cfg.SnapshotEvery {
+	due := g.cfg.SnapshotEvery > 0 && (a.applied-a.lastSnap >= g.cfg.SnapshotEvery ||
+		(g.cfg.SnapshotBytes > 0 && a.sinceSnapBytes >= g.cfg.SnapshotBytes && a.applied > a.lastSnap) ||
+		(g.forceSnap.Load() && a.applied > a.lastSnap))
+	if !due || len(g.snapc) > 0 {
+		return // not due, or the previous snapshot is still being written
+	}
+	t0 := time.Now()
+	st := snapshotState{Sessions: a.sessions, Addrs: a.addrs}
+	var size int
+	var err error
+	switch sn := g.sm.(type) {
+	case StreamSnapshotter:
+		// Streamed to the group's state file, never held in memory.
+		st.Ext, err = g.writeStateFile(a.applied, func(w io.Writer) (int64, error) {
+			return 0, sn.SnapshotTo(a.applied, w)
+		})
+		if st.Ext != nil {
+			size = int(st.Ext.Size)
+		}
+	case Snapshotter:
+		st.SM, err = sn.Snapshot()
+		size = len(st.SM)
+	default:
 		return
 	}
-	data, err := sn.Snapshot()
 	if err != nil {
-		g.log.Error("state machine snapshot", "err", err)
+		g.log.Warn("state machine snapshot failed; retrying after the next entries", "index", a.applied, "err", err)
 		return
 	}
-	st := snapshotState{Sessions: a.sessions, Addrs: a.addrs, SM: data}
+	g.ncfg.Metrics.observeSnapshot(g.name, a.applied, size, time.Since(t0))
 	req := snapRequest{index: a.applied, cs: proto.Clone(a.cs).(*raftpb.ConfState), data: st.marshal()}
 	select {
 	case g.snapc <- req:
-		a.lastSnap = a.applied
+		a.lastSnap, a.sinceSnapBytes = a.applied, 0
+		g.forceSnap.Store(false)
 	default: // previous snapshot still being written; try after next batch
 	}
 }

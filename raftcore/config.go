@@ -50,6 +50,10 @@ type GroupConfig struct {
 	// SnapshotEvery takes a snapshot and compacts the log every N applied
 	// entries when the StateMachine implements Snapshotter (0 = never).
 	SnapshotEvery uint64
+	// SnapshotBytes also takes a snapshot once this many bytes of log were
+	// applied since the last one (0 = no byte bound); only with
+	// SnapshotEvery > 0.
+	SnapshotBytes uint64
 	// SessionRetention forgets the de-duplication state of a session that
 	// had no request in the last N log entries (default 1<<20), so the
 	// session table does not grow with every client connection ever seen.

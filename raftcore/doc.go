@@ -86,11 +86,14 @@
 // # Storage
 //
 // <DataDir>/<group>/wal (etcd WAL, 64 MiB segments) and /snap (etcd snap
-// files). With SnapshotEvery > 0 and a StateMachine implementing
-// Snapshotter, every N applied entries the state is captured in the apply
-// goroutine, persisted, and the in-memory log compacted (keeping 1024
-// entries for slow followers); old WAL segments and snapshots beyond the
-// newest 5 are purged.
+// files). With SnapshotEvery > 0 (or SnapshotBytes) and a StateMachine
+// implementing Snapshotter or StreamSnapshotter, every N applied entries the
+// state is captured in the apply goroutine, persisted, and the in-memory log
+// compacted (keeping 1024 entries for slow followers). A StreamSnapshotter's
+// state goes to a state file (statefile.go) that moves to other members in
+// chunks (SnapshotSender/SnapshotReceiver). After each snapshot the WAL
+// segments it released are deleted (one kept), and .snap and state files
+// beyond the newest two.
 //
 // # Limits
 //

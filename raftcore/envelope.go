@@ -168,17 +168,38 @@ type snapshotState struct {
 	Sessions map[uint64]sessionResult
 	Addrs    map[uint64]string
 	SM       []byte
+	// Ext, when set, says the state machine's part is not in SM but in the
+	// group's state file for the snapshot's index (statefile.go): a
+	// StreamSnapshotter's state, streamed to disk and between members in
+	// chunks instead of living in the raft snapshot.
+	Ext *stateRef
+}
+
+// stateRef identifies a state file: its size and SHA-256.
+type stateRef struct {
+	Size uint64
+	Sum  [32]byte
 }
 
 // Snapshot versions: 2 adds each session's origin and end index (version 1
-// is still read, with both 0).
+// is still read, with both 0); 3 adds the state file reference (a
+// version-2 snapshot, written before state files existed, is still read:
+// its state machine part is inline).
 const (
-	snapshotVersion   = 2
+	snapshotVersion   = 3
+	snapshotVersionV2 = 2
 	snapshotVersionV1 = 1
 )
 
 func (s snapshotState) marshal() []byte {
 	b := []byte{snapshotVersion}
+	if s.Ext != nil {
+		b = append(b, 1)
+		b = binary.AppendUvarint(b, s.Ext.Size)
+		b = append(b, s.Ext.Sum[:]...)
+	} else {
+		b = append(b, 0)
+	}
 	ids := make([]uint64, 0, len(s.Sessions))
 	for id := range s.Sessions {
 		ids = append(ids, id)
@@ -215,15 +236,36 @@ func unmarshalSnapshotState(b []byte) (snapshotState, error) {
 	if len(b) == 0 {
 		return s, nil // empty snapshot (e.g. a follower's initial state)
 	}
-	if b[0] != snapshotVersion && b[0] != snapshotVersionV1 {
-		return s, fmt.Errorf("%w: snapshot version %d", errBadEnvelope, b[0])
+	ver := b[0]
+	if ver != snapshotVersion && ver != snapshotVersionV2 && ver != snapshotVersionV1 {
+		return s, fmt.Errorf("%w: snapshot version %d", errBadEnvelope, ver)
 	}
 	r := reader{b: b[1:]}
+	if ver == snapshotVersion {
+		if len(r.b) == 0 {
+			return s, fmt.Errorf("%w: snapshot state flag", errBadEnvelope)
+		}
+		ext := r.b[0]
+		r.b = r.b[1:]
+		switch ext {
+		case 0:
+		case 1:
+			ref := &stateRef{Size: r.uvarint()}
+			if len(r.b) < 32 {
+				return s, fmt.Errorf("%w: snapshot state reference", errBadEnvelope)
+			}
+			copy(ref.Sum[:], r.b[:32])
+			r.b = r.b[32:]
+			s.Ext = ref
+		default:
+			return s, fmt.Errorf("%w: snapshot state flag %d", errBadEnvelope, ext)
+		}
+	}
 	n := r.uvarint()
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		id := r.uvarint()
 		var sr sessionResult
-		if b[0] == snapshotVersion {
+		if ver >= snapshotVersionV2 {
 			sr.Origin, sr.EndedAt = r.uvarint(), r.uvarint()
 		}
 		sr.Seq, sr.Index, sr.Term = r.uvarint(), r.uvarint(), r.uvarint()

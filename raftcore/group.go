@@ -14,10 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.etcd.io/etcd/client/pkg/v3/fileutil"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
-	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/smr-io/smr-cri/internal/watermark"
@@ -73,6 +71,10 @@ type Group struct {
 
 	// applied index published by applyLoop
 	applied watermark.Mark
+
+	// forceSnap asks the apply goroutine for a snapshot now: the latest one
+	// predates the admission of a member that needs one (prepareSnapshots).
+	forceSnap atomic.Bool
 
 	// owned by run()
 	readBatches map[uint64]*readBatch
@@ -198,31 +200,12 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 	// not repeat those of entries written before a restart.
 	g.nextID.Store(rand.Uint64() >> 2)
 	if cfg.SnapshotEvery > 0 {
-		g.purgeOldFiles()
+		g.purgeFiles()
 	}
 	go g.applyLoop(ds.snapshot)
 	go g.run()
 	return g, nil
 }
-
-// purgeOldFiles keeps the newest maxKeptFiles WAL segments and snapshot
-// files; a WAL segment is only deleted once the WAL released its lock on it
-// (everything in it is covered by a saved snapshot).
-func (g *Group) purgeOldFiles() {
-	dir := filepath.Join(g.ncfg.DataDir, g.name)
-	for _, p := range []struct{ dir, suffix string }{{"wal", "wal"}, {"snap", "snap"}} {
-		errc := fileutil.PurgeFile(zap.NewNop(), filepath.Join(dir, p.dir), p.suffix, maxKeptFiles, 30*time.Second, g.stopc)
-		go func() {
-			select {
-			case err := <-errc:
-				g.log.Error("purging old files", "dir", p.dir, "err", err)
-			case <-g.stopc:
-			}
-		}()
-	}
-}
-
-const maxKeptFiles = 5
 
 func sortPeers(p []raft.Peer) {
 	for i := 1; i < len(p); i++ {
@@ -1086,7 +1069,7 @@ func (g *Group) send(msgs []*raftpb.Message) {
 					g.rn.ReportSnapshot(to, raft.SnapshotFailure)
 				}
 			}
-		} else {
+		} else if ms = g.prepareSnapshots(to, addr, ms); len(ms) > 0 {
 			g.ncfg.Transport.Send(g.name, to, addr, ms)
 		}
 		delete(g.sendBuf, to)
@@ -1112,7 +1095,13 @@ func (g *Group) compact(s snapRequest) error {
 			return fmt.Errorf("compact: %w", err)
 		}
 	}
+	g.purgeFiles()
 	g.ncfg.Metrics.incSnapshots(g.name)
-	g.log.Info("snapshot saved", "index", s.index)
+	logBytes, entries, err := g.DiskUsage()
+	if err != nil {
+		g.log.Warn("disk usage", "err", err)
+	}
+	g.ncfg.Metrics.setLog(g.name, logBytes, entries)
+	g.log.Info("snapshot saved", "index", s.index, "raft_snapshot_bytes", len(s.data), "log_bytes", logBytes, "log_entries", entries)
 	return nil
 }

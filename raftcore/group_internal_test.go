@@ -216,3 +216,26 @@ func TestEndedSessionTombstone(t *testing.T) {
 		t.Fatalf("tombstones from a restored table: %v", got)
 	}
 }
+
+// Version 2 snapshots (state machine bytes inline), written before state
+// files existed, still load; version 3 carries a state file reference.
+func TestSnapshotStateV2AndStateRef(t *testing.T) {
+	v2 := []byte{snapshotVersionV2, 1, 5, 3, 0, 2, 10, 1, 1, 'v', 0, 1, 1, 1, 'a', 2, 's', 'm'}
+	st, err := unmarshalSnapshotState(v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := st.Sessions[5]; r.Origin != 3 || r.Seq != 2 || r.Index != 10 || string(r.Value) != "v" || st.Addrs[1] != "a" || string(st.SM) != "sm" || st.Ext != nil {
+		t.Fatalf("v2 decoded as %+v", st)
+	}
+	st.SM, st.Ext = nil, &stateRef{Size: 12345, Sum: [32]byte{1, 2, 3}}
+	got, err := unmarshalSnapshotState(st.marshal())
+	if err != nil || got.Ext == nil || *got.Ext != *st.Ext || got.Sessions[5].Origin != 3 {
+		t.Fatalf("v3 with a state reference: %+v %v", got, err)
+	}
+	for _, bad := range [][]byte{{snapshotVersion}, {snapshotVersion, 7}, {snapshotVersion, 1, 5, 1, 2}} {
+		if _, err := unmarshalSnapshotState(bad); err == nil {
+			t.Errorf("bad v3 snapshot %v accepted", bad)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package raftcore
 
 import (
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,6 +19,15 @@ type Metrics struct {
 	unreachable *prometheus.CounterVec
 	snapshots   *prometheus.CounterVec
 	expired     *prometheus.CounterVec
+	// last snapshot taken here, and last one restored (received or at start)
+	snapIndex, snapBytes, snapSeconds *prometheus.GaugeVec
+	restoreBytes, restoreSeconds      *prometheus.GaugeVec
+	restores                          *prometheus.CounterVec
+	// snapshot state transfers, by direction (in, out) and peer member
+	transferBytes, transferSeconds *prometheus.GaugeVec
+	transfers                      *prometheus.CounterVec
+	// the group's WAL and snapshot files on disk, and the log entries held
+	logBytes, logEntries *prometheus.GaugeVec
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -41,8 +51,31 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Snapshots saved by this member."}, g),
 		expired: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_raft_expired_requests_total",
 			Help: "Forwarded proposals and reads failed after staying unanswered."}, g),
+		snapIndex: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_snapshot_index",
+			Help: "Log index of the last snapshot taken by this member."}, g),
+		snapBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_snapshot_bytes",
+			Help: "Size of the last snapshot taken by this member (state machine part)."}, g),
+		snapSeconds: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_snapshot_seconds",
+			Help: "Time the last snapshot took to capture from the state machine."}, g),
+		restoreBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_restore_bytes",
+			Help: "Size of the last snapshot installed into the state machine (at start or received from a peer)."}, g),
+		restoreSeconds: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_restore_seconds",
+			Help: "Time the last snapshot install took."}, g),
+		restores: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_raft_restores_total",
+			Help: "Snapshots installed into the state machine."}, g),
+		transferBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_transfer_bytes",
+			Help: "Size of the last snapshot state transferred to (out) or from (in) a member."}, []string{"group", "direction", "peer"}),
+		transferSeconds: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_transfer_seconds",
+			Help: "Duration of the last snapshot state transfer to (out) or from (in) a member."}, []string{"group", "direction", "peer"}),
+		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_raft_transfers_total",
+			Help: "Snapshot state transfers completed, by direction and member."}, []string{"group", "direction", "peer"}),
+		logBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_log_bytes",
+			Help: "Allocated disk size of the group's WAL and snapshot files on this member (after the last snapshot)."}, g),
+		logEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_raft_log_entries",
+			Help: "Raft log entries held by this member (after the last snapshot)."}, g),
 	}
-	for _, c := range []prometheus.Collector{m.walSave, m.batch, m.readBatch, m.sessions, m.unreachable, m.snapshots, m.expired} {
+	for _, c := range []prometheus.Collector{m.transferBytes, m.transferSeconds, m.transfers, m.logBytes, m.logEntries, m.walSave, m.batch, m.readBatch, m.sessions, m.unreachable, m.snapshots, m.expired,
+		m.snapIndex, m.snapBytes, m.snapSeconds, m.restoreBytes, m.restoreSeconds, m.restores} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("raftcore: register metrics: %w", err)
 		}
@@ -89,5 +122,37 @@ func (m *Metrics) incSnapshots(group string) {
 func (m *Metrics) addExpired(group string, n int) {
 	if m != nil && n > 0 {
 		m.expired.WithLabelValues(group).Add(float64(n))
+	}
+}
+
+func (m *Metrics) observeSnapshot(group string, index uint64, n int, d time.Duration) {
+	if m != nil {
+		m.snapIndex.WithLabelValues(group).Set(float64(index))
+		m.snapBytes.WithLabelValues(group).Set(float64(n))
+		m.snapSeconds.WithLabelValues(group).Set(d.Seconds())
+	}
+}
+
+func (m *Metrics) observeRestore(group string, n int, d time.Duration) {
+	if m != nil {
+		m.restores.WithLabelValues(group).Inc()
+		m.restoreBytes.WithLabelValues(group).Set(float64(n))
+		m.restoreSeconds.WithLabelValues(group).Set(d.Seconds())
+	}
+}
+
+func (m *Metrics) observeTransfer(group, dir string, peer uint64, n int64, d time.Duration) {
+	if m != nil {
+		p := strconv.FormatUint(peer, 10)
+		m.transfers.WithLabelValues(group, dir, p).Inc()
+		m.transferBytes.WithLabelValues(group, dir, p).Set(float64(n))
+		m.transferSeconds.WithLabelValues(group, dir, p).Set(d.Seconds())
+	}
+}
+
+func (m *Metrics) setLog(group string, bytes int64, entries uint64) {
+	if m != nil {
+		m.logBytes.WithLabelValues(group).Set(float64(bytes))
+		m.logEntries.WithLabelValues(group).Set(float64(entries))
 	}
 }

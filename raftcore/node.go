@@ -3,6 +3,7 @@ package raftcore
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -125,6 +126,20 @@ func (n *Node) Deliver(group string, msgs []*raftpb.Message) {
 		g.deliver(msgs)
 	}
 }
+
+// ReceiveSnapshot implements SnapshotReceiver.
+func (n *Node) ReceiveSnapshot(group string, m *raftpb.Message, body io.Reader) error {
+	g, ok := n.Group(group)
+	if !ok {
+		return fmt.Errorf("raftcore: snapshot for group %s, which does not run here", group)
+	}
+	if m.GetType() != raftpb.MsgSnap {
+		return fmt.Errorf("raftcore: group %s: %s is not a snapshot", group, m.GetType())
+	}
+	return g.receiveSnapshot(m, body)
+}
+
+var _ SnapshotReceiver = (*Node)(nil)
 
 // ReportUnreachable implements Handler.
 func (n *Node) ReportUnreachable(group string, to uint64) {

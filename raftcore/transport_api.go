@@ -1,6 +1,10 @@
 package raftcore
 
-import "go.etcd.io/raft/v3/raftpb"
+import (
+	"io"
+
+	"go.etcd.io/raft/v3/raftpb"
+)
 
 // Transport moves raft messages between the nodes hosting a group. One
 // Transport serves every group of a Node; messages carry the group name.
@@ -29,4 +33,32 @@ type Handler interface {
 	ReportUnreachable(group string, to uint64)
 	// ReportSnapshot tells the group whether a MsgSnap to `to` was sent.
 	ReportSnapshot(group string, to uint64, ok bool)
+}
+
+// SnapshotSender is implemented by transports that carry a snapshot's state
+// file to a member as a stream of chunks (the gRPC transport, memnet), so a
+// state of any size never has to fit in one message. A group hands a MsgSnap
+// whose state lives in a file to SendSnapshot instead of Send; with a
+// transport that lacks it, the state is inlined into the MsgSnap.
+type SnapshotSender interface {
+	// SendSnapshot must not block: the transfer runs on its own goroutine,
+	// and ends with body.Done and then Handler.ReportSnapshot. Only a peer
+	// authorized as member `to` of `group` may receive it.
+	SendSnapshot(group string, to uint64, addr string, m *raftpb.Message, body SnapshotBody)
+}
+
+// SnapshotBody is the state file of a MsgSnap.
+type SnapshotBody struct {
+	Size int64
+	Open func() (io.ReadCloser, error)
+	// Done, if set, is called once with the bytes sent and the outcome.
+	Done func(sent int64, err error)
+}
+
+// SnapshotReceiver is implemented by *Node (the Handler transports get):
+// ReceiveSnapshot reads the state of MsgSnap m from body, checks it against
+// the snapshot's reference (size, SHA-256), keeps it as the group's state
+// file and only then hands m to raft. It blocks until body is consumed.
+type SnapshotReceiver interface {
+	ReceiveSnapshot(group string, m *raftpb.Message, body io.Reader) error
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/smr-io/smr-cri/replication/appstate"
 	"github.com/smr-io/smr-cri/replication/framing"
 	"github.com/smr-io/smr-cri/replication/podcontract"
 	"github.com/smr-io/smr-cri/replication/rediscmd"
@@ -23,6 +24,14 @@ const (
 	// matches raftcore's default proposal limit (4 MiB); a request that still
 	// exceeds the node's limit (entry header included) gets a "too large" reply.
 	MaxRequestBytesCeiling = 4 << 20
+
+	// DefaultSnapshotEvery and DefaultSnapshotBytes: a snapshot of the app
+	// is taken after this many log entries, or this many bytes of log,
+	// since the last one, whichever comes first.
+	DefaultSnapshotEvery = 10000
+	DefaultSnapshotBytes = 64 << 20
+	// MinSnapshotEvery keeps snapshots from running back to back.
+	MinSnapshotEvery = 16
 )
 
 // Port is one replicated application port.
@@ -53,6 +62,32 @@ type Spec struct {
 	MaxRequestBytes int
 	// RedisAllow is what the pod opted in to (smr.io/redis-allow).
 	RedisAllow rediscmd.Allow
+	// SnapshotPath is the HTTP apps' state endpoint (smr.io/snapshot-path);
+	// "" means the HTTP ports have no snapshot contract.
+	SnapshotPath string
+	// SnapshotEvery (entries, 0 = never) and SnapshotBytes (bytes of log)
+	// bound the log kept since the last app snapshot.
+	SnapshotEvery uint64
+	SnapshotBytes int64
+	// AppCredentials names a Secret in the pod's namespace whose keys
+	// "password" (and optionally "username") authenticate smr-cri's own
+	// connection to the app (snapshots, digests); never written to the log.
+	AppCredentials string
+}
+
+// Snapshots reports whether the group's app can be snapshotted: every
+// replicated port speaks RESP, or its HTTP app serves smr.io/snapshot-path.
+// Without it the group keeps its whole log.
+func (s Spec) Snapshots() bool {
+	if s.SnapshotEvery == 0 {
+		return false
+	}
+	for _, p := range s.Ports {
+		if p.Protocol == framing.ProtoHTTP && s.SnapshotPath == "" {
+			return false
+		}
+	}
+	return true
 }
 
 // GroupKey names the raft group: "<namespace>.<group>" (both are DNS labels,
@@ -72,8 +107,10 @@ func (s Spec) FramingOptions() framing.Options {
 var ErrContract = errors.New("invalid smr.io pod contract")
 
 var (
-	dnsLabel   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-	ordinalSfx = regexp.MustCompile(`^(.+)-([0-9]+)$`)
+	dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	// dnsSubdomain is a Kubernetes object name (RFC 1123 subdomain).
+	dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+	ordinalSfx   = regexp.MustCompile(`^(.+)-([0-9]+)$`)
 )
 
 // ParsePod reads the contract from a pod. It returns ok=false (and no error)
@@ -99,7 +136,8 @@ func ParsePod(pod podcontract.Meta) (spec Spec, ok bool, err error) {
 			bad(k, "unknown annotation (known: %s)", strings.Join(podcontract.Annotations(), ", "))
 		}
 	}
-	spec = Spec{Namespace: pod.Namespace, RaftPort: DefaultRaftPort, MaxRequestBytes: framing.DefaultMaxRequestBytes}
+	spec = Spec{Namespace: pod.Namespace, RaftPort: DefaultRaftPort, MaxRequestBytes: framing.DefaultMaxRequestBytes,
+		SnapshotEvery: DefaultSnapshotEvery, SnapshotBytes: DefaultSnapshotBytes}
 	if spec.Namespace == "" {
 		spec.Namespace = "default"
 	}
@@ -208,6 +246,42 @@ func ParsePod(pod podcontract.Meta) (spec Spec, ok bool, err error) {
 			spec.MaxRequestBytes = int(n)
 		}
 	}
+	if v, set := ann[podcontract.AnnotationSnapshotPath]; set {
+		if err := appstate.ValidateSnapshotPath(v); err != nil {
+			bad(podcontract.AnnotationSnapshotPath, "%v", err)
+		} else if !slices.ContainsFunc(spec.Ports, func(p Port) bool { return p.Protocol == framing.ProtoHTTP }) {
+			bad(podcontract.AnnotationSnapshotPath, "set, but no port in %s speaks http", podcontract.AnnotationPorts)
+		}
+		spec.SnapshotPath = v
+	}
+	if v, set := ann[podcontract.AnnotationSnapshotEvery]; set {
+		n, perr := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		switch {
+		case perr != nil:
+			bad(podcontract.AnnotationSnapshotEvery, "%q: want a number of log entries (0 = never snapshot)", v)
+		case n != 0 && (n < MinSnapshotEvery || n > 1<<32):
+			bad(podcontract.AnnotationSnapshotEvery, "%d out of range [%d, %d] (or 0 = never)", n, MinSnapshotEvery, uint64(1)<<32)
+		default:
+			spec.SnapshotEvery = n
+		}
+	}
+	if v, set := ann[podcontract.AnnotationSnapshotBytes]; set {
+		n, perr := parseBytes(v)
+		switch {
+		case perr != nil:
+			bad(podcontract.AnnotationSnapshotBytes, "%v", perr)
+		case n < 1<<20 || n > 64<<30:
+			bad(podcontract.AnnotationSnapshotBytes, "%d out of range [1Mi, 64Gi]", n)
+		default:
+			spec.SnapshotBytes = n
+		}
+	}
+	if v, set := ann[podcontract.AnnotationAppCredentials]; set {
+		if len(v) > 253 || !dnsSubdomain.MatchString(v) {
+			bad(podcontract.AnnotationAppCredentials, "%q is not a Secret name (a DNS subdomain)", v)
+		}
+		spec.AppCredentials = v
+	}
 	if len(errs) > 0 {
 		slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
 		return Spec{}, false, fmt.Errorf("%w on pod %s/%s: %w", ErrContract, spec.Namespace, pod.Name, errors.Join(errs...))
@@ -294,6 +368,21 @@ func parseSize(s string) (int64, error) {
 	n, err := strconv.ParseInt(num, 10, 64)
 	if err != nil || n <= 0 || n > MaxRequestBytesCeiling {
 		return 0, fmt.Errorf("%q: want a positive size in bytes, optionally with Ki or Mi", s)
+	}
+	return n * mult, nil
+}
+
+// parseBytes parses "67108864", "512Ki", "64Mi", "2Gi".
+func parseBytes(s string) (int64, error) {
+	num, mult := strings.TrimSpace(s), int64(1)
+	for suffix, m := range map[string]int64{"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30} {
+		if strings.HasSuffix(num, suffix) {
+			num, mult = strings.TrimSuffix(num, suffix), m
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 || n > (64<<30)/mult {
+		return 0, fmt.Errorf("%q: want a positive size in bytes, optionally with Ki, Mi or Gi", s)
 	}
 	return n * mult, nil
 }

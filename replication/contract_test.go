@@ -34,15 +34,19 @@ func TestParsePod(t *testing.T) {
 			Ports:           []Port{{6379, framing.ProtoRESP}, {8080, framing.ProtoHTTP}},
 			Peers:           []Peer{{1, "198.18.0.11:7480"}, {2, "198.18.0.12:7480"}, {3, "198.18.0.13:7480"}},
 			MaxRequestBytes: framing.DefaultMaxRequestBytes,
+			SnapshotEvery:   DefaultSnapshotEvery, SnapshotBytes: DefaultSnapshotBytes,
 		}},
 		{"everything explicit, kubernetes membership", pod("whatever", map[string]string{podcontract.LabelPodIndex: "4"}, map[string]string{
 			podcontract.AnnotationGroup: "kv", podcontract.AnnotationPorts: "8080/http", podcontract.AnnotationRaftPort: "7000",
 			podcontract.AnnotationMembership: "kubernetes", podcontract.AnnotationHTTPGetReadOnly: "true", podcontract.AnnotationMaxRequestBytes: "4Mi",
-			podcontract.AnnotationRedisAllow: "scripts, expiry",
+			podcontract.AnnotationRedisAllow:   "scripts, expiry",
+			podcontract.AnnotationSnapshotPath: "/_smr/state", podcontract.AnnotationSnapshotEvery: "1000", podcontract.AnnotationSnapshotBytes: "2Gi",
+			podcontract.AnnotationAppCredentials: "kv-auth",
 		}), Spec{
 			Namespace: "shop", Group: "kv", RaftPort: 7000, Membership: podcontract.MembershipKubernetes, MemberID: 5,
 			Ports: []Port{{8080, framing.ProtoHTTP}}, HTTPGetReadOnly: true, MaxRequestBytes: 4 << 20,
-			RedisAllow: rediscmd.AllowScripts | rediscmd.AllowExpiry,
+			RedisAllow:   rediscmd.AllowScripts | rediscmd.AllowExpiry,
+			SnapshotPath: "/_smr/state", SnapshotEvery: 1000, SnapshotBytes: 2 << 30, AppCredentials: "kv-auth",
 		}},
 		{"group label and member-id annotation win", pod("redis-0", map[string]string{podcontract.LabelGroup: "cache", podcontract.LabelPodIndex: "0"}, map[string]string{
 			podcontract.AnnotationPorts: "6379/resp", podcontract.AnnotationMemberID: "9", podcontract.AnnotationPeers: "9=10.0.0.1:7480",
@@ -50,6 +54,7 @@ func TestParsePod(t *testing.T) {
 			Namespace: "shop", Group: "cache", RaftPort: 7480, Membership: podcontract.MembershipStatic, MemberID: 9,
 			Ports: []Port{{6379, framing.ProtoRESP}}, Peers: []Peer{{9, "10.0.0.1:7480"}},
 			MaxRequestBytes: framing.DefaultMaxRequestBytes,
+			SnapshotEvery:   DefaultSnapshotEvery, SnapshotBytes: DefaultSnapshotBytes,
 		}},
 	}
 	for _, tt := range tests {
@@ -65,6 +70,24 @@ func TestParsePod(t *testing.T) {
 	}
 	if got := tests[0].want.GroupKey(); got != "shop.redis" {
 		t.Errorf("GroupKey = %q", got)
+	}
+}
+
+func TestSpecSnapshots(t *testing.T) {
+	resp, http := Port{6379, framing.ProtoRESP}, Port{8080, framing.ProtoHTTP}
+	for _, tc := range []struct {
+		spec Spec
+		want bool
+	}{
+		{Spec{Ports: []Port{resp}, SnapshotEvery: 10}, true},
+		{Spec{Ports: []Port{resp}, SnapshotEvery: 0}, false},
+		{Spec{Ports: []Port{http}, SnapshotEvery: 10}, false},
+		{Spec{Ports: []Port{http}, SnapshotEvery: 10, SnapshotPath: "/s"}, true},
+		{Spec{Ports: []Port{resp, http}, SnapshotEvery: 10}, false},
+	} {
+		if got := tc.spec.Snapshots(); got != tc.want {
+			t.Errorf("%+v.Snapshots() = %v, want %v", tc.spec, got, tc.want)
+		}
 	}
 }
 
@@ -123,6 +146,13 @@ func TestParsePodBadContract(t *testing.T) {
 		{"bad size", pod("r-0", nil, with(podcontract.AnnotationMaxRequestBytes, "1GB")), "positive size"},
 		{"size too small", pod("r-0", nil, with(podcontract.AnnotationMaxRequestBytes, "10")), "out of range"},
 		{"size too large", pod("r-0", nil, with(podcontract.AnnotationMaxRequestBytes, "5Mi")), "out of range"},
+		{"snapshot path without http port", pod("r-0", nil, with(podcontract.AnnotationSnapshotPath, "/state")), "no port in smr.io/ports speaks http"},
+		{"relative snapshot path", pod("r-0", nil, with(podcontract.AnnotationSnapshotPath, "state")), "smr.io/snapshot-path: appstate: snapshot path"},
+		{"snapshot every not a number", pod("r-0", nil, with(podcontract.AnnotationSnapshotEvery, "often")), "smr.io/snapshot-every"},
+		{"snapshot every too small", pod("r-0", nil, with(podcontract.AnnotationSnapshotEvery, "3")), "out of range"},
+		{"snapshot bytes unit", pod("r-0", nil, with(podcontract.AnnotationSnapshotBytes, "1GB")), "smr.io/snapshot-bytes"},
+		{"snapshot bytes too small", pod("r-0", nil, with(podcontract.AnnotationSnapshotBytes, "1Ki")), "out of range [1Mi, 64Gi]"},
+		{"credentials not a name", pod("r-0", nil, with(podcontract.AnnotationAppCredentials, "Bad/Name")), "not a Secret name"},
 		{"typo annotation", pod("r-0", nil, with("smr.io/prots", "1/resp")), "smr.io/prots: unknown annotation"},
 	}
 	for _, tt := range tests {

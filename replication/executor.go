@@ -107,9 +107,10 @@ func (c ExecutorConfig) withDefaults() (ExecutorConfig, error) {
 // in log order and one at a time: it implements raftcore.StateMachine. It
 // holds one app connection per replicated client session.
 //
-// It has no snapshot: the app's state is opaque, so the group must keep its
-// whole log (raftcore only compacts Snapshotters) and a restarted replica
-// rebuilds its fresh app by replaying the log from the start.
+// With EnableSnapshots (snapshot.go) it is a raftcore.StreamSnapshotter:
+// the app's state is captured and restored through its own protocol
+// (replication/appstate), so the log is compacted; without it the group
+// keeps its whole log and a fresh app replays it from the start.
 type Executor struct {
 	cfg ExecutorConfig
 	m   *groupMetrics
@@ -147,6 +148,9 @@ type Executor struct {
 	fenced    bool
 	// uncertain is the OnUncertain hook.
 	uncertain atomic.Pointer[func(Cause)]
+
+	// snap captures and restores the app's state (snapshot.go); nil: none.
+	snap *appSnapshots
 }
 
 type appSession struct {

@@ -79,7 +79,7 @@ func StartPod(ctx context.Context, cfg PodConfig) (*Pod, error) {
 	p := &Pod{cfg: cfg, exec: exec, stopGroup: stop, servers: map[int]*Server{}, done: make(chan struct{})}
 	for _, port := range cfg.Spec.Ports {
 		srv, err := NewServer(ServerConfig{Group: ec.Group, Self: ec.Self, Port: port, Framing: ec.Framing,
-			Orderer: orderer, Exec: exec, Log: cfg.Log, Metrics: cfg.Metrics})
+			Orderer: orderer, Exec: exec, Log: cfg.Log, Metrics: cfg.Metrics, ReservedPath: cfg.Spec.SnapshotPath})
 		if err != nil {
 			_ = stop()
 			_ = exec.Close()

@@ -34,6 +34,9 @@ type ServerConfig struct {
 	Retries int
 	Log     *slog.Logger
 	Metrics *Metrics
+	// ReservedPath is the app's snapshot endpoint (smr.io/snapshot-path),
+	// refused to clients of an HTTP port (see reservedTarget).
+	ReservedPath string
 }
 
 // Server takes client connections for one replicated port: it frames each
@@ -186,6 +189,14 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 				return fmt.Errorf("client request refused: %w", err)
 			}
 			continue
+		}
+		if s.cfg.Port.Protocol == framing.ProtoHTTP && reservedTarget(req.Op, s.cfg.ReservedPath) {
+			s.m.badRequest("reserved_path")
+			reply, _ := f.ErrorReply(fmt.Errorf("%w: %s is smr-cri's snapshot endpoint, not reachable through the replicated port",
+				framing.ErrUnsupported, s.cfg.ReservedPath))
+			_, _ = bw.Write(reply)
+			_ = bw.Flush()
+			return fmt.Errorf("client request to the reserved snapshot path refused: %s", req.Op)
 		}
 		var val []byte
 		if req.ReadOnly {

@@ -58,3 +58,44 @@ func TestDeterministicResponses(t *testing.T) {
 		}
 	}
 }
+
+func TestStateRoundTripAndRefusals(t *testing.T) {
+	do := func(s *Store, method, path, body string) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader(body)))
+		return rec
+	}
+	a, b := New(), New()
+	for _, k := range []string{"x", "a", "m"} {
+		do(a, "PUT", "/kv/"+k, "v-"+k)
+	}
+	for _, k := range []string{"m", "x", "a"} {
+		do(b, "PUT", "/kv/"+k, "v-"+k)
+	}
+	sa, sb := do(a, "GET", StatePath, "").Body.String(), do(b, "GET", StatePath, "").Body.String()
+	if sa != sb {
+		t.Fatalf("equal stores answer different state bytes")
+	}
+	c := New()
+	do(c, "PUT", "/kv/junk", "1")
+	if rec := do(c, "PUT", StatePath, sa); rec.Code != 204 {
+		t.Fatalf("install state: %d %s", rec.Code, rec.Body)
+	}
+	if got := do(c, "GET", "/keys", "").Body.String(); got != "a\nm\nx\n" {
+		t.Fatalf("keys after install %q", got)
+	}
+	for name, bad := range map[string]string{
+		"empty": "", "bad header": "hello", "truncated": sa[:len(sa)-2],
+		"slash in key": stateMagic + "\x03a/b\x01v", "huge key": stateMagic + "\xff\xff\x03",
+	} {
+		if rec := do(c, "PUT", StatePath, bad); rec.Code != 400 {
+			t.Errorf("%s: PUT state = %d, want 400", name, rec.Code)
+		}
+		if got := do(c, "GET", StatePath, "").Body.String(); got != sa {
+			t.Errorf("%s: a refused state changed the store", name)
+		}
+	}
+	if rec := do(c, "POST", StatePath, ""); rec.Code != 405 {
+		t.Errorf("POST state = %d, want 405", rec.Code)
+	}
+}

@@ -470,7 +470,11 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 		return nil, nil, err
 	}
 	cleanup = append(cleanup, node.Close)
-	g, err := node.StartGroup(raftcore.GroupConfig{Name: spec.GroupKey(), SelfID: spec.MemberID, Peers: peers}, sm)
+	gcfg := raftcore.GroupConfig{Name: spec.GroupKey(), SelfID: spec.MemberID, Peers: peers}
+	if err := d.enableSnapshots(ctx, spec, sm, &gcfg); err != nil {
+		return nil, nil, err
+	}
+	g, err := node.StartGroup(gcfg, sm)
 	if err != nil {
 		return nil, nil, err
 	}

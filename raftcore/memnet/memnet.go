@@ -5,8 +5,11 @@
 package memnet
 
 import (
+	"errors"
+	"io"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
@@ -256,3 +259,77 @@ func (e *Endpoint) Close() error {
 	e.net.mu.Unlock()
 	return nil
 }
+
+// snapChunk is what one in-memory snapshot transfer moves at a time, like
+// the gRPC transport's chunks.
+const snapChunk = 64 << 10
+
+// SendSnapshot implements raftcore.SnapshotSender: the state file streams
+// to the destination's SnapshotReceiver in chunks, on its own goroutine.
+// A cut link (at the start or during the transfer) fails it.
+func (e *Endpoint) SendSnapshot(group string, to uint64, addr string, m *raftpb.Message, body raftcore.SnapshotBody) {
+	m = proto.Clone(m).(*raftpb.Message)
+	go func() {
+		sent, err := e.streamSnapshot(group, addr, m, body)
+		if body.Done != nil {
+			body.Done(sent, err)
+		}
+		e.h.ReportSnapshot(group, to, err == nil)
+	}()
+}
+
+var errCut = errors.New("memnet: link cut")
+
+func (e *Endpoint) streamSnapshot(group, addr string, m *raftpb.Message, body raftcore.SnapshotBody) (int64, error) {
+	cut := func() bool {
+		e.net.mu.Lock()
+		defer e.net.mu.Unlock()
+		return e.net.closed || e.net.endpoints[e.addr] != e || e.net.confLocked(e.addr, addr).cut
+	}
+	e.net.mu.Lock()
+	dst := e.net.endpoints[addr]
+	e.net.mu.Unlock()
+	if dst == nil || cut() {
+		return 0, errCut
+	}
+	recv, ok := dst.h.(raftcore.SnapshotReceiver)
+	if !ok {
+		return 0, errors.New("memnet: destination cannot receive snapshot streams")
+	}
+	f, err := body.Open()
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	pr, pw := io.Pipe()
+	var sent atomic.Int64
+	go func() {
+		buf := make([]byte, snapChunk)
+		for {
+			if cut() {
+				pw.CloseWithError(errCut)
+				return
+			}
+			n, err := f.Read(buf)
+			if n > 0 {
+				if _, werr := pw.Write(buf[:n]); werr != nil {
+					return
+				}
+				sent.Add(int64(n))
+			}
+			if err == io.EOF {
+				pw.Close()
+				return
+			}
+			if err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+		}
+	}()
+	err = recv.ReceiveSnapshot(group, m, pr)
+	pr.CloseWithError(errors.New("memnet: receiver returned"))
+	return sent.Load(), err
+}
+
+var _ raftcore.SnapshotSender = (*Endpoint)(nil)

@@ -119,17 +119,25 @@ type codec struct{}
 func (codec) Name() string { return "smr-raft" }
 
 func (codec) Marshal(v any) ([]byte, error) {
-	f, ok := v.(*frame)
-	if !ok {
-		return nil, fmt.Errorf("transport: codec cannot marshal %T", v)
+	switch m := v.(type) {
+	case *frame:
+		return m.marshal()
+	case *chunk:
+		return m.data, nil
 	}
-	return f.marshal()
+	return nil, fmt.Errorf("transport: codec cannot marshal %T", v)
 }
 
 func (codec) Unmarshal(data []byte, v any) error {
-	f, ok := v.(*frame)
-	if !ok {
-		return fmt.Errorf("transport: codec cannot unmarshal into %T", v)
+	switch m := v.(type) {
+	case *frame:
+		return m.unmarshal(data)
+	case *chunk:
+		m.data = append(m.data[:0], data...)
+		return nil
 	}
-	return f.unmarshal(data)
+	return fmt.Errorf("transport: codec cannot unmarshal into %T", v)
 }
+
+// chunk is one piece of a snapshot's state on the Snapshot stream.
+type chunk struct{ data []byte }

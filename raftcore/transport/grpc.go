@@ -122,6 +122,12 @@ var serviceDesc = grpc.ServiceDesc{
 		Handler: func(srv any, stream grpc.ServerStream) error {
 			return srv.(*GRPC).serveStream(stream)
 		},
+	}, {
+		StreamName:    "Snapshot",
+		ClientStreams: true,
+		Handler: func(srv any, stream grpc.ServerStream) error {
+			return srv.(*GRPC).serveSnapshot(stream)
+		},
 	}},
 }
 

@@ -23,6 +23,10 @@ const (
 	AnnotationHTTPGetReadOnly = "smr.io/http-get-readonly"
 	AnnotationMaxRequestBytes = "smr.io/max-request-bytes"
 	AnnotationRedisAllow      = "smr.io/redis-allow"
+	AnnotationSnapshotPath    = "smr.io/snapshot-path"
+	AnnotationSnapshotEvery   = "smr.io/snapshot-every"
+	AnnotationSnapshotBytes   = "smr.io/snapshot-bytes"
+	AnnotationAppCredentials  = "smr.io/app-credentials"
 
 	// LabelPodIndex is set by the StatefulSet controller (Kubernetes >= 1.28).
 	LabelPodIndex = "apps.kubernetes.io/pod-index"
@@ -39,6 +43,7 @@ func Annotations() []string {
 	return []string{
 		AnnotationGroup, AnnotationPorts, AnnotationRaftPort, AnnotationPeers, AnnotationMembership,
 		AnnotationMemberID, AnnotationHTTPGetReadOnly, AnnotationMaxRequestBytes, AnnotationRedisAllow,
+		AnnotationSnapshotPath, AnnotationSnapshotEvery, AnnotationSnapshotBytes, AnnotationAppCredentials,
 	}
 }
 

@@ -1,0 +1,56 @@
+package replication
+
+import (
+	"errors"
+	"io"
+
+	"github.com/smr-io/smr-cri/raftcore"
+)
+
+var _ raftcore.StreamSnapshotter = (*resumingSM)(nil)
+
+var errNoStreamSnapshots = errors.New("replication: the member's state machine has no snapshots")
+
+// SnapshotTo implements raftcore.StreamSnapshotter for the wrapped executor.
+func (r *resumingSM) SnapshotTo(index uint64, w io.Writer) error {
+	sn, ok := r.next.(raftcore.StreamSnapshotter)
+	if !ok {
+		return errNoStreamSnapshots
+	}
+	return sn.SnapshotTo(index, w)
+}
+
+// RestoreFrom implements raftcore.StreamSnapshotter. The app is replaced by
+// the snapshot's state, so every later entry must run on it: the resume
+// point of the progress record no longer applies (the record moves to the
+// snapshot's index, and an uncertain app is known again). At a daemon
+// restart this restores the latest snapshot into the running app too, and
+// the suffix is executed again on it: correct, at the cost of one restore.
+func (r *resumingSM) RestoreFrom(index uint64, rd io.Reader) error {
+	sn, ok := r.next.(raftcore.StreamSnapshotter)
+	if !ok {
+		return errNoStreamSnapshots
+	}
+	if err := sn.RestoreFrom(index, rd); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.resumed, r.open = true, nil
+	r.cur = position{index, 0}
+	if err := r.prog.repaired(r.cur); err != nil {
+		r.log.Error("record applied position after snapshot restore", "err", err)
+	}
+	r.log.Info("app restored from a snapshot", "group", r.group, "index", index)
+	return nil
+}
+
+// ExecutorOf returns the executor a group's state machine runs, looking
+// through the progress wrapper the Manager adds.
+func ExecutorOf(sm raftcore.StateMachine) (*Executor, bool) {
+	if r, ok := sm.(*resumingSM); ok {
+		sm = r.next
+	}
+	x, ok := sm.(*Executor)
+	return x, ok
+}

@@ -1,0 +1,128 @@
+package replication
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/raftcore/memnet"
+	"github.com/smr-io/smr-cri/replication/framing"
+)
+
+// TestBenchRecovery is `make bench-recovery` (SMR_BENCH_RECOVERY=1): N
+// writes (SMR_RECOVERY_WRITES, default 200000) to a 3-member group of real
+// redis-servers with snapshot-every 10000, then a brand-new member joins
+// by state transfer; the same history is replayed from the start into a
+// fresh app through an executor (the cost without snapshots, minus raft).
+// Last line: recovery: writes=N log_bytes=B snapshot_bytes=S transfer_s=T replay_from_start_s=R
+func TestBenchRecovery(t *testing.T) {
+	if os.Getenv("SMR_BENCH_RECOVERY") != "1" {
+		t.Skip("benchmark: make bench-recovery")
+	}
+	requireIntegration(t)
+	writes := 200000
+	if v := os.Getenv("SMR_RECOVERY_WRITES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			t.Fatalf("SMR_RECOVERY_WRITES=%q", v)
+		}
+		writes = n
+	}
+	const every = 10000
+	if writes < 2*every {
+		t.Fatalf("SMR_RECOVERY_WRITES=%d: the benchmark needs at least %d writes (two snapshots of every %d entries)", writes, 2*every, every)
+	}
+	network := memnet.New()
+	t.Cleanup(network.Close)
+	dir := t.TempDir()
+	peers := map[uint64]string{1: "m1", 2: "m2", 3: "m3"}
+	var ms []*snapMember
+	for id := uint64(1); id <= 3; id++ {
+		ms = append(ms, startSnapMember(t, network, dir, id, startRedis(t), peers, every))
+	}
+	t.Cleanup(func() {
+		for _, m := range ms {
+			m.stop()
+		}
+	})
+	var lead *snapMember
+	waitFor(t, "a leader", func() bool {
+		for _, m := range ms {
+			if m.group.Status().Leader == m.id {
+				lead = m
+				return true
+			}
+		}
+		return false
+	})
+	writeKeys(t, lead.group, 0x5eed, 0, writes)
+	logBytes, _, err := lead.group.DiskUsage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	states, _ := filepath.Glob(filepath.Join(dir, peers[lead.id], testGroup, "snap", "*.state"))
+	slices.Sort(states)
+	var snapBytes int64
+	if len(states) > 0 {
+		if fi, err := os.Stat(states[len(states)-1]); err == nil {
+			snapBytes = fi.Size()
+		}
+	}
+
+	// A brand-new member joins and catches up by state transfer.
+	peers[4] = "m4"
+	t0 := time.Now()
+	if err := lead.group.AddMember(t.Context(), 4, "m4"); err != nil {
+		t.Fatal(err)
+	}
+	nm := startSnapMember(t, network, dir, 4, startRedis(t), peers, every)
+	ms = append(ms, nm)
+	commit := lead.group.Status().Commit
+	waitForLong(t, "the new member to catch up", func() bool { return nm.group.Status().Applied >= commit })
+	transfer := time.Since(t0)
+	if nm.count("restore") != 1 {
+		t.Fatalf("the new member did not join by state transfer")
+	}
+
+	// The same history replayed from the start into a fresh app.
+	x, err := NewExecutor(ExecutorConfig{Group: testGroup, Self: 9, Ports: []Port{respPort}, Dialer: &addrDialer{addr: startRedis(t)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	t0 = time.Now()
+	const session = 0x5eed
+	if _, err := x.Apply(raftcore.Entry{Group: testGroup, Index: 1, Session: session, Seq: 1, Origin: 1,
+		Data: Op{Kind: KindOpen, Port: respPort.Number, Protocol: framing.ProtoRESP}.Encode()}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range writes {
+		k, v := fmt.Sprintf("key:%d", i), fmt.Sprintf("value-%d", i)
+		raw := fmt.Sprintf("*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", len(k), k, len(v), v)
+		val, err := x.Apply(raftcore.Entry{Group: testGroup, Index: uint64(i + 2), Session: session, Seq: uint64(i + 2), Origin: 1,
+			Data: Op{Kind: KindRequest, Name: "SET", Raw: []byte(raw)}.Encode()})
+		if err != nil || string(val) != "+OK\r\n" {
+			t.Fatalf("replay %d: %q %v", i, val, err)
+		}
+	}
+	replay := time.Since(t0)
+	fmt.Printf("recovery: writes=%d log_bytes=%d snapshot_bytes=%d transfer_s=%.2f replay_from_start_s=%.2f\n",
+		writes, logBytes, snapBytes, transfer.Seconds(), replay.Seconds())
+}
+
+// waitForLong is waitFor with a bound for large states.
+func waitForLong(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
