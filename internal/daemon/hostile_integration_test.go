@@ -20,6 +20,7 @@ import (
 
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/test/lab/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/testcheck"
 )
 
 // Hostile byte streams aimed at the replicated ports of a real `smr-cri
@@ -197,7 +198,7 @@ func TestIntegrationHostileInput(t *testing.T) {
 		attack, conns.Load(), want, rssBefore, rssPeak.Load(), rssAfter, panics)
 	t.Cleanup(func() {
 		if !t.Failed() {
-			reportSecurity(t, "hostile-input", "survived")
+			testcheck.ReportOutcome(t, "hostile-input", "survived")
 		}
 	})
 }
@@ -306,21 +307,4 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 func tail(s string, lines int) string {
 	l := strings.Split(s, "\n")
 	return strings.Join(l[max(0, len(l)-lines):], "\n")
-}
-
-// reportSecurity records an observed outcome for hack/test-security.sh
-// (env SMR_SECURITY_REPORT names the file).
-func reportSecurity(t testing.TB, key, value string) {
-	t.Logf("observed %s=%s", key, value)
-	path := os.Getenv("SMR_SECURITY_REPORT")
-	if path == "" {
-		return
-	}
-	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Errorf("report %s: %v", key, err)
-		return
-	}
-	defer f.Close()
-	fmt.Fprintf(f, "%s=%s\n", key, value)
 }

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/smr-io/smr-cri/test/lab/testcheck"
 )
 
 // recProxy forwards TCP connections to target and records the bytes each
@@ -138,18 +140,18 @@ func TestReplayCapturedTraffic(t *testing.T) {
 	got, rerr := io.ReadAll(conn)
 	var ne net.Error
 	if errors.As(rerr, &ne) && ne.Timeout() {
-		report(t, "replay", "connection-kept-open")
+		testcheck.ReportOutcome(t, "replay", "connection-kept-open")
 		t.Fatalf("server kept the replayed connection open (read %d bytes)", len(got))
 	}
 	line := victim.logs.waitFor(mark, 30*time.Second, "refused peer connection", "remote="+local)
 	if line == "" {
-		report(t, "replay", "NOT-refused")
+		testcheck.ReportOutcome(t, "replay", "NOT-refused")
 		t.Fatalf("member %d logged no refusal for %s", victim.id, local)
 	}
 	t.Logf("member %d: %s", victim.id, line)
 	if d := before.diff(c.state(ctx)); d != "" {
-		report(t, "replay", "state-changed")
+		testcheck.ReportOutcome(t, "replay", "state-changed")
 		t.Fatalf("group state changed after the replay: %s", d)
 	}
-	report(t, "replay", "rejected")
+	testcheck.ReportOutcome(t, "replay", "rejected")
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/smr-io/smr-cri/raftcore/raftnode"
 	"github.com/smr-io/smr-cri/raftcore/transport"
 	"github.com/smr-io/smr-cri/test/lab/freeport"
+	"github.com/smr-io/smr-cri/test/lab/testcheck"
 	"go.etcd.io/raft/v3/raftpb"
 )
 
@@ -59,22 +60,6 @@ func TestMain(m *testing.M) {
 }
 
 const group = "kv"
-
-// report records an observed outcome for hack/test-security.sh.
-func report(t *testing.T, key, value string) {
-	t.Logf("observed %s=%s", key, value)
-	path := os.Getenv("SMR_SECURITY_REPORT")
-	if path == "" {
-		return
-	}
-	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Errorf("report %s: %v", key, err)
-		return
-	}
-	defer f.Close()
-	fmt.Fprintf(f, "%s=%s\n", key, value)
-}
 
 // ------------------------------------------------------------ rogue process
 
@@ -466,8 +451,8 @@ func TestRoguePeers(t *testing.T) {
 			t.Errorf("member %d logged key material: %s", id, line)
 		}
 	}
-	report(t, "rogue-peer", verdict["rogue-peer"])
-	report(t, "wrong-group", verdict["wrong-group"])
+	testcheck.ReportOutcome(t, "rogue-peer", verdict["rogue-peer"])
+	testcheck.ReportOutcome(t, "wrong-group", verdict["wrong-group"])
 
 	// Control: the same rogue with a genuine certificate of member `other`
 	// gets its proposal applied.

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/smr-io/smr-cri/test/lab/testcheck"
 )
 
 // syncBuffer is a bytes.Buffer the child's output goroutine and the test
@@ -134,7 +136,7 @@ func TestCRISocketMode(t *testing.T) {
 				}
 			}
 			if tc.openDir {
-				report(t, "socket-mode", observed)
+				testcheck.ReportOutcome(t, "socket-mode", observed)
 			}
 		})
 	}
