@@ -98,6 +98,9 @@ func (p *Pod) Executor() *Executor { return p.exec }
 
 func (p *Pod) run(ctx context.Context, orderer Orderer) {
 	defer close(p.done)
+	// The listener closes on every way out, including a Stop while RESET
+	// still waits for a leader: a rebuild listens on the same port next.
+	defer p.cfg.Listener.Close()
 	// RESET must be ordered before any session of this run.
 	for backoff := 50 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)

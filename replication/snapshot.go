@@ -121,6 +121,12 @@ func (x *Executor) SnapshotTo(index uint64, w io.Writer) error {
 	}
 	var total int64
 	for i, a := range x.snap.apps {
+		// At a member's start the app container may not run yet (the pod is
+		// attached when its sandbox starts): wait for it, since the stream
+		// cannot be read twice.
+		if err := x.waitAppUp(x.cfg.Ports[i].Number, appUpWait); err != nil {
+			return fmt.Errorf("group %s: restore the app on port %d: %w", x.cfg.Group, x.cfg.Ports[i].Number, err)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), x.snap.timeout)
 		cw := &chunkWriter{w: bw}
 		st, err := a.Capture(ctx, cw)
@@ -189,6 +195,12 @@ func (x *Executor) RestoreFrom(index uint64, r io.Reader) error {
 	}
 	var total int64
 	for i, a := range x.snap.apps {
+		// At a member's start the app container may not run yet (the pod is
+		// attached when its sandbox starts): wait for it, since the stream
+		// cannot be read twice.
+		if err := x.waitAppUp(x.cfg.Ports[i].Number, appUpWait); err != nil {
+			return fmt.Errorf("group %s: restore the app on port %d: %w", x.cfg.Group, x.cfg.Ports[i].Number, err)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), x.snap.timeout)
 		cr := &chunkReader{r: br}
 		st, err := a.Restore(ctx, cr)
@@ -274,4 +286,29 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 func (c *chunkReader) drain() error {
 	_, err := io.Copy(io.Discard, c)
 	return err
+}
+
+// appUpWait bounds how long a snapshot restore waits for the app to accept
+// connections (as long as a repair waits for an app that is starting).
+const appUpWait = 2 * time.Minute
+
+// waitAppUp dials the app on port until it answers or wait has passed.
+func (x *Executor) waitAppUp(port int, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), x.cfg.DialTimeout)
+		conn, err := x.cfg.Dialer.DialApp(ctx, port)
+		cancel()
+		if err == nil {
+			return conn.Close()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("app not reachable after %s: %w", wait, err)
+		}
+		select {
+		case <-x.closed:
+			return fmt.Errorf("executor closed while waiting for the app: %w", err)
+		case <-time.After(x.cfg.RetryInterval):
+		}
+	}
 }
