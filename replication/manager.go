@@ -287,13 +287,39 @@ func (m *Manager) ContainerCreating(_ context.Context, sandboxID, container stri
 	if attempt == 0 {
 		return
 	}
-	m.mu.Lock()
+	cause := Cause{Kind: CauseContainerRestart, Detail: fmt.Sprintf("container %s attempt %d", container, attempt)}
+	// Never hold kubelet's CreateContainer behind an attach or a rebuild in
+	// progress: they may wait for this very container's app to come up (a
+	// snapshot restore at start), which would deadlock until they time out.
+	// Then the repair runs as soon as they are done (a rebuild empties the
+	// app and replays the log, so what reached the new app meanwhile is
+	// redone).
+	if !m.mu.TryLock() {
+		go m.repairSandbox(sandboxID, cause)
+		return
+	}
 	mb := m.members[sandboxID]
 	m.mu.Unlock()
 	if mb == nil {
 		return
 	}
-	m.repair(mb, Cause{Kind: CauseContainerRestart, Detail: fmt.Sprintf("container %s attempt %d", container, attempt)})
+	if !mb.life.TryLock() {
+		go m.repair(mb, cause)
+		return
+	}
+	mb.life.Unlock()
+	m.repair(mb, cause)
+}
+
+// repairSandbox repairs the member of a sandbox once no attach holds the
+// registry.
+func (m *Manager) repairSandbox(sandboxID string, cause Cause) {
+	m.mu.Lock()
+	mb := m.members[sandboxID]
+	m.mu.Unlock()
+	if mb != nil {
+		m.repair(mb, cause)
+	}
 }
 
 // repair is the one repair path of a running member whose app state became
