@@ -143,9 +143,12 @@ type Executor struct {
 	// bytes are handed to the app (see OnRequestSending).
 	sending func(raftcore.Entry)
 	// restoring is set while RestoreApp brings the app to a known state, and
-	// from Fence until then; fenced (under mu) keeps entries from the app.
+	// from Fence until then; fenced keeps entries from the app. Both are
+	// atomics so Fence never waits for mu: a kubelet call (CreateContainer)
+	// fences, and mu may be held by a snapshot restore that waits for that
+	// very container's app.
 	restoring atomic.Bool
-	fenced    bool
+	fenced    atomic.Bool
 	// uncertain is the OnUncertain hook.
 	uncertain atomic.Pointer[func(Cause)]
 
@@ -228,7 +231,7 @@ func (x *Executor) applyOrQueue(e raftcore.Entry, op Op) ([]byte, *queued) {
 	if x.broken != nil {
 		return x.replyLocked(e, op, x.broken), nil
 	}
-	if x.fenced {
+	if x.fenced.Load() {
 		return x.replyLocked(e, op, fmt.Errorf("%w: the app is being rebuilt", ErrNotReady)), nil
 	}
 	if len(x.queue) == 0 {
@@ -522,7 +525,7 @@ func (x *Executor) Health() error {
 	if x.broken != nil {
 		return x.broken
 	}
-	if x.fenced {
+	if x.fenced.Load() {
 		return fmt.Errorf("%w: the app is being rebuilt", ErrNotReady)
 	}
 	if len(x.queue) > 0 {
@@ -540,7 +543,7 @@ func (x *Executor) Sessions() int {
 
 // Close ends every app connection and the retry loop.
 func (x *Executor) Close() error {
-	x.closeOnce.Do(func() { close(x.closed) })
+	x.stopWaiting()
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, id := range x.sessionIDs(func(*appSession) bool { return true }) {
@@ -548,6 +551,10 @@ func (x *Executor) Close() error {
 	}
 	return nil
 }
+
+// stopWaiting ends every wait for the app (restore, repair, queue retry)
+// without touching the sessions; Close follows.
+func (x *Executor) stopWaiting() { x.closeOnce.Do(func() { close(x.closed) }) }
 
 // markStart records when this replica proposed (session, seq), so the trace
 // line of the entry can report the ordering latency seen by the client.

@@ -207,6 +207,10 @@ func (p *Pod) Stop() error {
 		p.cancel()
 		<-p.done
 		errs := []error{p.err}
+		// Waits for the app inside the apply loop (a snapshot restore or
+		// a repair at start) end first: stopping the group waits for
+		// that loop.
+		p.exec.stopWaiting()
 		if p.stopGroup != nil {
 			errs = append(errs, p.stopGroup())
 		}

@@ -84,10 +84,13 @@ var ErrRepairLoop = errors.New("replication: repairs keep failing")
 func (x *Executor) Fence() {
 	x.restoring.Store(true)
 	x.degraded.Store(true)
-	x.mu.Lock()
-	x.fenced = true
-	x.publishStateLocked()
-	x.mu.Unlock()
+	x.fenced.Store(true)
+	// The state gauge follows once mu is free (see restoring).
+	go func() {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		x.publishStateLocked()
+	}()
 }
 
 // emptyAppRequests empty a RESP app: every database, and the functions
@@ -111,7 +114,7 @@ func (x *Executor) RestoreApp(ctx context.Context, cause Cause) (uint64, error) 
 	defer x.mu.Unlock()
 	x.publishStateLocked()
 	defer func() {
-		x.fenced = false
+		x.fenced.Store(false)
 		x.restoring.Store(false)
 		x.publishStateLocked()
 	}()
@@ -218,7 +221,7 @@ func (x *Executor) breakWith(err error, cause string) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.broken = err
-	x.fenced = false
+	x.fenced.Store(false)
 	x.restoring.Store(false)
 	x.degraded.Store(true)
 	x.m.repair(cause, false)

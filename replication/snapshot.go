@@ -121,12 +121,8 @@ func (x *Executor) SnapshotTo(index uint64, w io.Writer) error {
 	}
 	var total int64
 	for i, a := range x.snap.apps {
-		// At a member's start the app container may not run yet (the pod is
-		// attached when its sandbox starts): wait for it, since the stream
-		// cannot be read twice.
-		if err := x.waitAppUp(x.cfg.Ports[i].Number, appUpWait); err != nil {
-			return fmt.Errorf("group %s: restore the app on port %d: %w", x.cfg.Group, x.cfg.Ports[i].Number, err)
-		}
+		// An app that is down fails this snapshot at once (raftcore takes
+		// the next one later) rather than holding the apply loop.
 		ctx, cancel := context.WithTimeout(context.Background(), x.snap.timeout)
 		cw := &chunkWriter{w: bw}
 		st, err := a.Capture(ctx, cw)
@@ -152,11 +148,21 @@ func (x *Executor) SnapshotTo(index uint64, w io.Writer) error {
 // sessions open at the snapshot position are opened again (fresh app
 // connections; see execSnapMagic for what that loses).
 func (x *Executor) RestoreFrom(index uint64, r io.Reader) error {
-	x.mu.Lock()
-	defer x.mu.Unlock()
 	if x.snap == nil {
 		return errNoSnapshots
 	}
+	// At a member's start the app container may not run yet: the pod is
+	// attached when its sandbox starts and kubelet creates the container
+	// after that. Wait for every app before taking mu (the stream cannot be
+	// read twice), so the CreateContainer that fences this executor never
+	// waits behind this restore; only Close ends the wait.
+	for _, p := range x.cfg.Ports {
+		if err := x.waitAppUp(p.Number); err != nil {
+			return fmt.Errorf("group %s: restore the app on port %d: %w", x.cfg.Group, p.Number, err)
+		}
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	t0 := time.Now()
 	br := bufio.NewReaderSize(r, 64<<10)
 	magic := make([]byte, len(execSnapMagic))
@@ -195,12 +201,6 @@ func (x *Executor) RestoreFrom(index uint64, r io.Reader) error {
 	}
 	var total int64
 	for i, a := range x.snap.apps {
-		// At a member's start the app container may not run yet (the pod is
-		// attached when its sandbox starts): wait for it, since the stream
-		// cannot be read twice.
-		if err := x.waitAppUp(x.cfg.Ports[i].Number, appUpWait); err != nil {
-			return fmt.Errorf("group %s: restore the app on port %d: %w", x.cfg.Group, x.cfg.Ports[i].Number, err)
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), x.snap.timeout)
 		cr := &chunkReader{r: br}
 		st, err := a.Restore(ctx, cr)
@@ -288,13 +288,14 @@ func (c *chunkReader) drain() error {
 	return err
 }
 
-// appUpWait bounds how long a snapshot restore waits for the app to accept
-// connections (as long as a repair waits for an app that is starting).
-const appUpWait = 2 * time.Minute
+// appWaitLog is how often a wait for an app that does not come up says so.
+const appWaitLog = 30 * time.Second
 
-// waitAppUp dials the app on port until it answers or wait has passed.
-func (x *Executor) waitAppUp(port int, wait time.Duration) error {
-	deadline := time.Now().Add(wait)
+// waitAppUp dials the app on port until it answers or the executor closes
+// (a wait that lasts is logged every appWaitLog).
+func (x *Executor) waitAppUp(port int) error {
+	start := time.Now()
+	lastLog := start
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), x.cfg.DialTimeout)
 		conn, err := x.cfg.Dialer.DialApp(ctx, port)
@@ -302,8 +303,10 @@ func (x *Executor) waitAppUp(port int, wait time.Duration) error {
 		if err == nil {
 			return conn.Close()
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("app not reachable after %s: %w", wait, err)
+		if time.Since(lastLog) >= appWaitLog {
+			lastLog = time.Now()
+			x.cfg.Log.Warn("waiting for the app to accept connections before restoring a snapshot into it",
+				"group", x.cfg.Group, "port", port, "waited", time.Since(start).Round(time.Second).String(), "err", err)
 		}
 		select {
 		case <-x.closed:
