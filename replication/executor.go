@@ -207,7 +207,12 @@ func (x *Executor) OnRequestSending(f func(raftcore.Entry)) {
 // Apply implements raftcore.StateMachine. Client-level failures (app closed
 // the connection, unknown session) are returned as protocol error replies in
 // the value, so they reach the client and never stop the group.
-func (x *Executor) Apply(e raftcore.Entry) ([]byte, error) {
+func (x *Executor) Apply(e raftcore.Entry) (val []byte, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			val, err = x.applyPanicked(e, p), nil
+		}
+	}()
 	op, err := DecodeOp(e.Data)
 	if err != nil {
 		x.setApplied(e.Index)

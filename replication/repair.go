@@ -52,6 +52,7 @@ const (
 	CauseContainerRestart = "container-restart"    // the app's container is created again in the same sandbox
 	CauseQueueOverflow    = "queue-overflow"       // the app stayed unreachable for more entries than the queue holds
 	CauseSessionBroken    = "session-broken"       // an app connection failed on this replica only
+	CauseApplyPanic       = "apply-panic"          // applying an entry panicked (recovered) after it may have reached the app
 )
 
 // OnUncertain registers f, called (on its own goroutine) when this replica's
