@@ -39,7 +39,13 @@ func (g *Group) applyLoop(initial *raftpb.Snapshot) {
 	a := &applier{sessions: map[uint64]sessionResult{}, addrs: map[uint64]string{}, cs: &raftpb.ConfState{}}
 	if initial != nil {
 		if err := g.restore(a, initial); err != nil {
-			g.log.Error("restore snapshot at start", "err", err)
+			if errors.Is(err, ErrStopped) {
+				// The state machine gave up because the group is stopping
+				// (e.g. its member is being rebuilt): not a failure.
+				g.log.Info("restore snapshot at start ended by a stop", "err", err)
+			} else {
+				g.log.Error("restore snapshot at start", "err", err)
+			}
 			g.stopWith(fmt.Errorf("%w: restore snapshot: %w", ErrStopped, err))
 			return
 		}

@@ -310,7 +310,7 @@ func (x *Executor) waitAppUp(port int) error {
 		}
 		select {
 		case <-x.closed:
-			return fmt.Errorf("executor closed while waiting for the app: %w", err)
+			return fmt.Errorf("%w: executor closed while waiting for the app: %w", raftcore.ErrStopped, err)
 		case <-time.After(x.cfg.RetryInterval):
 		}
 	}
