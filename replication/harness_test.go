@@ -81,6 +81,7 @@ type clusterOpts struct {
 	fsync    bool                  // WAL fsync on (benchmarks); tests skip it for speed
 	wrap     func(Orderer) Orderer // optional fault injection between Server and raft
 	exec     func(*ExecutorConfig)
+	budget   *ClientBudget // every replica's servers share it (one node's budget)
 }
 
 func newCluster(t testing.TB, o clusterOpts) *cluster {
@@ -141,7 +142,8 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		if o.wrap != nil {
 			orderer = o.wrap(orderer)
 		}
-		srv, err := NewServer(ServerConfig{Group: testGroup, Self: r.id, Port: o.port, Framing: o.framing, Orderer: orderer, Exec: r.exec, Metrics: metrics})
+		srv, err := NewServer(ServerConfig{Group: testGroup, Self: r.id, Port: o.port, Framing: o.framing, Orderer: orderer, Exec: r.exec, Metrics: metrics,
+			Budget: o.budget})
 		if err != nil {
 			t.Fatal(err)
 		}

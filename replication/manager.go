@@ -51,6 +51,9 @@ type ManagerConfig struct {
 	Metrics      *Metrics
 	// Executor tunes every pod's executor (timeouts, queue bound).
 	Executor ExecutorConfig
+	// ClientBudget bounds the memory of every pod's client connections
+	// together (nil: no bound).
+	ClientBudget *ClientBudget
 	// MemberDir is where a member keeps its progress record (beside its
 	// raft data); nil: no record, a restart replays the whole log.
 	MemberDir func(Spec) string
@@ -204,6 +207,7 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 				return m.cfg.StartGroup(ctx, ref, spec, sm)
 			},
 			Trace: m.cfg.Trace, Log: m.cfg.Log, Metrics: m.cfg.Metrics, Executor: m.cfg.Executor,
+			Budget: m.cfg.ClientBudget,
 		})
 	}
 	mb.start = func() (*Pod, error) {

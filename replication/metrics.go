@@ -46,7 +46,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		reads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_reads_total",
 			Help: "Read-only requests served locally after a ReadIndex."}, g),
 		badRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_bad_requests_total",
-			Help: "Client requests refused by the framer, by reason (malformed, too_large, unsupported)."}, []string{"group", "reason"}),
+			Help: "Client requests and connections refused, by reason (malformed, too_large, unsupported, reserved_path, client_budget)."}, []string{"group", "reason"}),
 		applyLagH: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "smr_apply_lag_seconds",
 			Help: "From proposal to local apply on the proposing replica.", Buckets: latency}, g),
 		execDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "smr_app_exec_seconds",

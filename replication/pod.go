@@ -37,6 +37,9 @@ type PodConfig struct {
 	// Executor tunes the executor (timeouts, queue bound); Group, Self,
 	// Ports, Framing, Dialer, Trace, Log and Metrics are filled from above.
 	Executor ExecutorConfig
+	// Budget is the node's client memory budget, shared by every pod
+	// (nil: none).
+	Budget *ClientBudget
 }
 
 // Pod is the running replication of one pod.
@@ -79,7 +82,8 @@ func StartPod(ctx context.Context, cfg PodConfig) (*Pod, error) {
 	p := &Pod{cfg: cfg, exec: exec, stopGroup: stop, servers: map[int]*Server{}, done: make(chan struct{})}
 	for _, port := range cfg.Spec.Ports {
 		srv, err := NewServer(ServerConfig{Group: ec.Group, Self: ec.Self, Port: port, Framing: ec.Framing,
-			Orderer: orderer, Exec: exec, Log: cfg.Log, Metrics: cfg.Metrics, ReservedPath: cfg.Spec.SnapshotPath})
+			Orderer: orderer, Exec: exec, Log: cfg.Log, Metrics: cfg.Metrics, ReservedPath: cfg.Spec.SnapshotPath,
+			Budget: cfg.Budget})
 		if err != nil {
 			_ = stop()
 			_ = exec.Close()
@@ -149,7 +153,7 @@ func (p *Pod) run(ctx context.Context, orderer Orderer) {
 		}
 		if p.exec.degraded.Load() {
 			if st := p.exec.ReplicaState(); st != StateServing {
-				refuse(conn, srv, st)
+				refuse(conn, srv, fmt.Errorf("%w: this replica is %s; try another replica", ErrNotReady, st))
 				continue
 			}
 		}
@@ -163,22 +167,28 @@ func (p *Pod) run(ctx context.Context, orderer Orderer) {
 	}
 }
 
-// refuse answers a new client of a replica that does not serve (rebuilding,
-// broken) with a protocol error naming the state, instead of holding it in
-// the backlog or serving it from an app in an unknown state.
-func refuse(conn net.Conn, srv *Server, state string) {
+// refuse answers a new client with a protocol error saying why it is not
+// served (a replica rebuilding or broken, the client budget spent), instead
+// of holding it in the backlog or serving it from an app in an unknown state.
+func refuse(conn net.Conn, srv *Server, why error) {
 	defer conn.Close()
 	f, err := framing.New(srv.cfg.Port.Protocol, srv.cfg.Framing)
 	if err != nil {
 		return
 	}
-	reply, _ := f.ErrorReply(fmt.Errorf("%w: this replica is %s; try another replica", ErrNotReady, state))
+	reply, _ := f.ErrorReply(why)
+	replyAndClose(conn, reply)
+}
+
+// replyAndClose writes a last reply, then half-closes and drains what the
+// client already sent (bounded, for a second): closing with unread bytes
+// resets the connection, and the client may lose the reply. The caller
+// closes conn.
+func replyAndClose(conn net.Conn, reply []byte) {
 	_ = conn.SetDeadline(time.Now().Add(time.Second))
 	if _, err := conn.Write(reply); err != nil {
 		return
 	}
-	// Half-close and drain what the client already sent: closing with
-	// unread bytes resets the connection, and the client may lose the reply.
 	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}

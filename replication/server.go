@@ -37,6 +37,9 @@ type ServerConfig struct {
 	// ReservedPath is the app's snapshot endpoint (smr.io/snapshot-path),
 	// refused to clients of an HTTP port (see reservedTarget).
 	ReservedPath string
+	// Budget is the node's client memory budget (nil: none); the accept
+	// loop charges a connection's buffers, ServeConn its requests.
+	Budget *ClientBudget
 }
 
 // Server takes client connections for one replicated port: it frames each
@@ -146,9 +149,21 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) (err error) {
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer stop()
+	if !s.cfg.Budget.take(connBufferBytes) {
+		s.m.badRequest("client_budget")
+		err := fmt.Errorf("%w (serve --client-memory-mib)", ErrClientBudget)
+		if f, ferr := framing.New(s.cfg.Port.Protocol, s.cfg.Framing); ferr == nil {
+			reply, _ := f.ErrorReply(fmt.Errorf("%w: %w; retry later", framing.ErrUnavailable, err))
+			replyAndClose(conn, reply)
+		}
+		return fmt.Errorf("connection refused: %w", err)
+	}
+	defer s.cfg.Budget.give(connBufferBytes)
 
-	br := bufio.NewReaderSize(conn, 32<<10)
-	bw := bufio.NewWriterSize(conn, 32<<10)
+	in := &chargedReader{r: conn, b: s.cfg.Budget}
+	defer in.settle()
+	br := bufio.NewReaderSize(in, clientBufferSize)
+	bw := bufio.NewWriterSize(conn, clientBufferSize)
 	opts := s.cfg.Framing
 	opts.OnExpectContinue = func() {
 		// Answer for the app so the client sends the body we must order;
@@ -176,9 +191,16 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 
 	for {
 		req, err := f.NextRequest(br)
+		in.settle()
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil
+			}
+			if errors.Is(err, ErrClientBudget) {
+				s.m.badRequest("client_budget")
+				reply, _ := f.ErrorReply(fmt.Errorf("%w: %v (serve --client-memory-mib); retry later", framing.ErrUnavailable, err))
+				replyAndClose(conn, reply)
+				return fmt.Errorf("client request refused: %w", err)
 			}
 			if !isFramingError(err) {
 				return fmt.Errorf("read client: %w", err)

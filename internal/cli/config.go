@@ -54,6 +54,8 @@ type ServeConfig struct {
 	InsecureRaft *bool  `json:"insecureRaft,omitempty"`
 	// StatusSocket is --status-socket.
 	StatusSocket string `json:"statusSocket,omitempty"`
+	// ClientMemoryMiB is --client-memory-mib.
+	ClientMemoryMiB int `json:"clientMemoryMiB,omitempty"`
 }
 
 // ErrBadConfig marks an invalid configuration file or value.

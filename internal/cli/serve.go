@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -64,6 +65,9 @@ type replicationOptions struct {
 	// InsecureRaft (plaintext raft).
 	PKIDir       string
 	InsecureRaft bool
+	// ClientMemoryMiB is the node-wide budget of client connection memory
+	// (replication.ClientBudget).
+	ClientMemoryMiB int
 }
 
 // DefaultPKIDir is where serve keeps the cluster CA (docs/security.md).
@@ -73,7 +77,21 @@ const DefaultPKIDir = DefaultDataDir + "/pki"
 const DefaultProbeSource = daemon.ProbeSourceNone
 
 var defaultReplication = replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: DefaultTraceFile,
-	ProbeSource: DefaultProbeSource, PKIDir: DefaultPKIDir}
+	ProbeSource: DefaultProbeSource, PKIDir: DefaultPKIDir, ClientMemoryMiB: DefaultClientMemoryMiB}
+
+// intFlag is n as a flag value, "" (not set) for 0.
+func intFlag(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return strconv.Itoa(n)
+}
+
+// DefaultClientMemoryMiB is --client-memory-mib's default.
+const DefaultClientMemoryMiB = replication.DefaultClientBudgetBytes >> 20
+
+// maxClientMemoryMiB keeps --client-memory-mib's bytes far from overflow.
+const maxClientMemoryMiB = 1 << 20
 
 const serveHelp = `Usage: smr-cri serve [flags]
 
@@ -144,7 +162,7 @@ func (l *listFlag) Set(v string) error {
 	return nil
 }
 
-func replicationFlags(fs *flag.FlagSet) (enabled *bool, dataDir, kubeconfig, nodeName, traceFile, probeSource *string) {
+func replicationFlags(fs *flag.FlagSet) (enabled *bool, dataDir, kubeconfig, nodeName, traceFile, probeSource, clientMemory *string) {
 	enabled = fs.Bool("replication", true,
 		"replicate pods labelled smr.io/replicate=true. false only logs them (the proxy alone, an escape hatch).")
 	dataDir = fs.String("data-dir", DefaultDataDir,
@@ -166,6 +184,11 @@ func replicationFlags(fs *flag.FlagSet) (enabled *bool, dataDir, kubeconfig, nod
 			"\"auto\" (per pod: the gateway of the pod's default route and the node's source address for its route\n"+
 			"to the pod IP), or \"none\". Any client connecting from such an address (processes on the node,\n"+
 			"Service traffic the node masquerades) also bypasses replication, hence the default \"none\".")
+	clientMemory = fs.String("client-memory-mib", strconv.Itoa(DefaultClientMemoryMiB),
+		"memory budget, in MiB, of the client connections of every replicated pod on this node together: each\n"+
+			"open connection costs its 64 KiB of buffers, a request being received its bytes so far. When it is\n"+
+			"spent, new connections and growing requests are refused with an error (smr_bad_requests_total{reason=\n"+
+			"\"client_budget\"}) instead of serve growing until the node kills it, and the CRI path with it.")
 	return
 }
 
@@ -187,7 +210,7 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	listen, endpoint, config, logLevel, metricsAddr, shutdown := serveFlags(fs)
-	replicate, dataDir, kubeconfig, nodeName, traceFile, probeSource := replicationFlags(fs)
+	replicate, dataDir, kubeconfig, nodeName, traceFile, probeSource, clientMemory := replicationFlags(fs)
 	pkiDir, insecureRaft := raftSecurityFlags(fs)
 	statusSocket := fs.String("status-socket", "",
 		"unix socket (mode 0600, root only) that `smr-cri status` reads this node's members from. Default: "+nodestatus.SocketName+"\n"+
@@ -230,18 +253,19 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 			dst *string
 			val string
 		}{
-			"listen":           {listen, c.Listen},
-			"runtime-endpoint": {endpoint, c.RuntimeEndpoint},
-			"log-level":        {logLevel, c.LogLevel},
-			"metrics-addr":     {metricsAddr, c.MetricsAddr},
-			"shutdown-timeout": {shutdown, c.ShutdownTimeout},
-			"data-dir":         {dataDir, c.DataDir},
-			"kubeconfig":       {kubeconfig, c.Kubeconfig},
-			"node-name":        {nodeName, c.NodeName},
-			"trace-file":       {traceFile, c.TraceFile},
-			"probe-source":     {probeSource, strings.Join(c.ProbeSources, ",")},
-			"status-socket":    {statusSocket, c.StatusSocket},
-			"pki-dir":          {pkiDir, c.PKIDir},
+			"listen":            {listen, c.Listen},
+			"runtime-endpoint":  {endpoint, c.RuntimeEndpoint},
+			"log-level":         {logLevel, c.LogLevel},
+			"metrics-addr":      {metricsAddr, c.MetricsAddr},
+			"shutdown-timeout":  {shutdown, c.ShutdownTimeout},
+			"data-dir":          {dataDir, c.DataDir},
+			"kubeconfig":        {kubeconfig, c.Kubeconfig},
+			"node-name":         {nodeName, c.NodeName},
+			"trace-file":        {traceFile, c.TraceFile},
+			"probe-source":      {probeSource, strings.Join(c.ProbeSources, ",")},
+			"status-socket":     {statusSocket, c.StatusSocket},
+			"pki-dir":           {pkiDir, c.PKIDir},
+			"client-memory-mib": {clientMemory, intFlag(c.ClientMemoryMiB)},
 		} {
 			if !set[name] && p.val != "" {
 				*p.dst = p.val
@@ -284,6 +308,11 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	if _, err := daemon.ParseProbeSources(strings.Split(*probeSource, ",")); err != nil {
 		return serveOptions{}, fmt.Errorf("%w: --probe-source: %w", ErrBadConfig, err)
 	}
+	clientMiB, err := strconv.Atoi(*clientMemory)
+	if err != nil || clientMiB < 1 || clientMiB > maxClientMemoryMiB {
+		return serveOptions{}, fmt.Errorf("%w: --client-memory-mib %q: want a whole number of MiB in [1, %d]",
+			ErrBadConfig, *clientMemory, maxClientMemoryMiB)
+	}
 	switch {
 	case *insecureRaft && set["pki-dir"]:
 		return serveOptions{}, fmt.Errorf("%w: --insecure-raft and --pki-dir exclude each other (plaintext raft has no CA)", ErrBadConfig)
@@ -300,7 +329,8 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 		ShutdownTimeout: timeout,
 		StatusSocket:    *statusSocket,
 		Replication: replicationOptions{Enabled: *replicate, DataDir: *dataDir, Kubeconfig: *kubeconfig,
-			NodeName: *nodeName, TraceFile: *traceFile, ProbeSource: *probeSource, PKIDir: *pkiDir, InsecureRaft: *insecureRaft},
+			NodeName: *nodeName, TraceFile: *traceFile, ProbeSource: *probeSource, PKIDir: *pkiDir, InsecureRaft: *insecureRaft,
+			ClientMemoryMiB: clientMiB},
 	}, nil
 }
 
@@ -445,7 +475,7 @@ func startReplication(ctx context.Context, o serveOptions, log *slog.Logger, reg
 		return nil, nil, fmt.Errorf("%w: --probe-source: %w", ErrBadConfig, err)
 	}
 	cfg := daemon.Config{DataDir: ro.DataDir, RuntimeEndpoint: o.RuntimeEndpoint, NodeName: ro.NodeName, Log: log,
-		ProbeSources: probes}
+		ProbeSources: probes, ClientBudgetBytes: int64(ro.ClientMemoryMiB) << 20}
 	if cfg.NodeName == "" {
 		cfg.NodeName, _ = os.Hostname()
 	}

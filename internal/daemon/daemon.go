@@ -183,6 +183,9 @@ type Config struct {
 	// Executor tunes every pod's executor (app timeout, queue bound); the
 	// zero value takes replication's defaults.
 	Executor replication.ExecutorConfig
+	// ClientBudgetBytes bounds the memory of every replicated pod's client
+	// connections together (replication.ClientBudget); 0: the default.
+	ClientBudgetBytes int64
 
 	// Kernel-facing pieces; nil means the real ones (pod network
 	// namespaces). Unit tests run them on loopback.
@@ -328,11 +331,20 @@ func New(cfg Config) (*Daemon, error) {
 		}
 		d.runtime = runtimeapi.NewRuntimeServiceClient(d.conn)
 	}
+	if cfg.ClientBudgetBytes == 0 {
+		cfg.ClientBudgetBytes = replication.DefaultClientBudgetBytes
+	}
+	budget, err := replication.NewClientBudget(cfg.ClientBudgetBytes)
+	if err != nil {
+		d.closeConn()
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
 	mgr, err := replication.NewManager(replication.ManagerConfig{
 		Intercept: d.intercept, StartGroup: d.startGroup, ListenerPort: cfg.ListenerPort,
 		Listen: cfg.ListenApp, Dialer: cfg.Dialer, OriginalPort: cfg.OriginalPort,
 		Trace: cfg.Trace, Log: cfg.Log, Metrics: cfg.Metrics,
 		MemberDir: d.memberDir, SandboxRunning: d.sandboxRunning, Executor: cfg.Executor,
+		ClientBudget: budget,
 	})
 	if err != nil {
 		d.closeConn()
