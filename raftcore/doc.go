@@ -104,6 +104,17 @@
 // whose outcome is unknown is retried only by the caller (same
 // Session/Seq). Apply results of coalesced requests share one Index.
 //
+// # Files
+//
+// One concern a file: api.go and config.go (the public types), node.go (the
+// Node and its groups), group.go (a Group's state, start and stop),
+// propose.go (admission, batching, resolving waiters), read.go (ReadIndex),
+// ready.go (the raft goroutine and the Ready rules), messages.go (to and
+// from peers), membership.go (conf changes, leadership transfer), apply.go
+// and applyq.go (the apply goroutine, sessions), compact.go, storage.go and
+// statefile.go (snapshots, the WAL, state files), envelope.go (entry
+// encoding), metrics.go.
+//
 // # Tests
 //
 // go test ./raftcore/... runs: porcupine-checked KV histories under
