@@ -13,10 +13,10 @@
 // One Node per process; one Group per replicated service. Member ids are
 // stable (e.g. StatefulSet ordinal + 1); addresses may change at run time
 // (SetPeerAddr) without a membership change. Transports: package
-// raftcore/transport (gRPC: one server per process, messages carry the
-// group name, one long-lived stream per peer address, bounded queues,
-// reconnect with backoff) and raftcore/memnet (in-memory, with partition,
-// drop and delay controls for tests).
+// raftcore/transport (gRPC: one server per process, messages carry the group
+// name, one long-lived stream per peer address, bounded queues, reconnect
+// with backoff) and test/lab/raft/memnet (in-memory, with partition, drop
+// and delay controls for tests).
 //
 // # State machine contract
 //
@@ -117,16 +117,16 @@
 //
 // # Tests
 //
-// go test ./raftcore/... runs: porcupine-checked KV histories under
-// concurrent clients in a steady 3-member group, leader crash + restart,
-// leader isolated in a minority, 15% message loss + delay, and a 5-member
-// 2/3 split with snapshots (memnet); typed fast failure on the minority
-// side; restart from disk (same applied sequence, with and without
-// snapshots); catch-up by snapshot and after a wiped disk; add/remove
-// member; de-duplication; bad input; many groups per node; the gRPC
-// transport (3 nodes on loopback, transport restart); and separate
-// processes (raftcore/raftnode: 3 and 5 members, SIGKILL of a minority
+// go test ./raftcore/... ./test/lab/raft/... runs: porcupine-checked KV
+// histories under concurrent clients in a steady 3-member group, leader
+// crash + restart, leader isolated in a minority, 15% message loss + delay,
+// and a 5-member 2/3 split with snapshots (memnet); typed fast failure on
+// the minority side; restart from disk (same applied sequence, with and
+// without snapshots); catch-up by snapshot and after a wiped disk;
+// add/remove member; de-duplication; bad input; many groups per node; the
+// gRPC transport (3 nodes on loopback, transport restart); and separate
+// processes (test/lab/raft/raftnode: 3 and 5 members, SIGKILL of a minority
 // including the leader, restart; the leader isolated by cutting its TCP
-// links through per-link proxies; porcupine check with final reads on
-// every member). hack/bench-raft.sh compares against a 3-member etcd.
+// links through per-link proxies; porcupine check with final reads on every
+// member). hack/bench-raft.sh compares against a 3-member etcd.
 package raftcore
