@@ -10,13 +10,15 @@
 //	        Peers: map[uint64]string{1: "10.0.0.1:7000", 2: "10.0.0.2:7000", 3: "10.0.0.3:7000"}}, sm)
 //	res, err := g.Propose(ctx, raftcore.Proposal{Session: s, Seq: n, Data: req})
 //
-// One Node per process; one Group per replicated service. Member ids are
-// stable (e.g. StatefulSet ordinal + 1); addresses may change at run time
-// (SetPeerAddr) without a membership change. Transports: package
-// raftcore/transport (gRPC: one server per process, messages carry the group
-// name, one long-lived stream per peer address, bounded queues, reconnect
-// with backoff) and test/lab/raft/memnet (in-memory, with partition, drop
-// and delay controls for tests).
+// A Node can host many groups (the tests run several per Node); smr-cri runs
+// one Node per member, each with its own transport in the member's pod
+// (docs/architecture.md says why). Member ids are stable (e.g. StatefulSet
+// ordinal + 1); addresses may change at run time (SetPeerAddr) without a
+// membership change. Transports: package raftcore/transport (gRPC: one
+// server per process, messages carry the group name, one long-lived stream
+// per peer address, bounded queues, reconnect with backoff) and
+// test/lab/raft/memnet (in-memory, with partition, drop and delay controls
+// for tests).
 //
 // # State machine contract
 //
