@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO    ?= go
 BIN   := bin
 
-.PHONY: all build run test unit critest e2e cluster-up cluster-down test-security fuzz kind-up kind-e2e bench bench-ceiling bench-cri bench-raft bench-raft-tls bench-netintercept vet fmt clean help
+.PHONY: all build run test unit critest e2e cluster-up cluster-down test-security fuzz kind-up kind-e2e bench bench-ceiling bench-cri bench-raft bench-raft-tls bench-idle bench-netintercept vet fmt clean help
 
 all: build
 
@@ -64,6 +64,9 @@ bench-cri: ## CRI proxy overhead vs direct calls: real containerd and a fake run
 
 bench-raft: ## raftcore 3 processes vs a 3-member etcd cluster
 	hack/bench-raft.sh
+
+bench-idle: ## idle raft members' CPU: a Node per member (production) vs one shared Node, and ticking alone
+	$(GO) test -count=1 -run '^$$' -bench IdleGroups -benchtime 2x ./raftcore/transport/
 
 bench-netintercept: ## apply/cleanup and redirect latency (needs root)
 	SMR_INTEGRATION=1 $(GO) test -run '^$$' -bench . -benchtime 300x -count 3 ./netintercept/

@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	critest "k8s.io/cri-api/pkg/apis/testing"
+
+	"github.com/smr-io/smr-cri/test/lab/procfs"
 )
 
 // benchContainers fills the fake runtime with n containers shaped like the
@@ -322,32 +324,13 @@ func repoRoot() (string, error) {
 // processCPU is the user+system CPU time of process pid so far, from
 // /proc/<pid>/stat (in clock ticks of 10ms: read it over many calls).
 func processCPU(pid int) (time.Duration, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	p, err := procfs.Read(pid)
 	if err != nil {
-		return 0, fmt.Errorf("read process stat: %w", err)
+		return 0, fmt.Errorf("process CPU: %w", err)
 	}
-	// The command name (field 2) may hold spaces; fields after its closing
-	// parenthesis start at field 3 (state). utime and stime are fields 14, 15.
-	var f []string
-	if i := strings.LastIndexByte(string(data), ')'); i >= 0 {
-		f = strings.Fields(string(data[i+1:]))
-	}
-	if len(f) < 13 {
-		return 0, fmt.Errorf("unexpected /proc/%d/stat %q", pid, data)
-	}
-	var ticks int64
-	for _, v := range f[11:13] {
-		t, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
-		}
-		ticks += t
-	}
-	const clockTick = 10 * time.Millisecond // USER_HZ is 100 on Linux
-	return time.Duration(ticks) * clockTick, nil
+	return p.CPU, nil
 }
 
-// cpuTime is the user+system CPU time of this process so far.
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {

@@ -279,3 +279,59 @@ func importName(f *ast.File, path string) string {
 	}
 	return ""
 }
+
+// labOnly are product packages known to serve only tests, each with the
+// reason it has not moved to test/lab yet. Keep it empty: a package here is
+// a debt, not a rule.
+var labOnly = map[string]string{
+	"internal/monitoring": "the metric names manifests/monitoring expects; tests only; in the divergence work's files, to move to test/lab after that merge",
+}
+
+// TestProductShipsNoTestSupport keeps test helpers (fakes, in-memory
+// networks, test processes) out of the product tree: every product package
+// must be built into a product command (reached from a main package under
+// the product through non-test imports), and no product file outside a test
+// imports "testing". A helper that only tests use belongs in test/lab.
+func TestProductShipsNoTestSupport(t *testing.T) {
+	files := moduleFiles(t)
+	imports := map[string][]string{} // package dir -> module packages its non-test files import
+	var mains []string
+	for _, f := range files {
+		if f.test || !under(f.pkgDir, product...) {
+			continue
+		}
+		if _, ok := imports[f.pkgDir]; !ok {
+			imports[f.pkgDir] = nil
+		}
+		imports[f.pkgDir] = append(imports[f.pkgDir], f.imports...)
+		if f.ast.Name.Name == "main" && !slices.Contains(mains, f.pkgDir) {
+			mains = append(mains, f.pkgDir)
+		}
+		if importName(f.ast, "testing") != "" {
+			t.Errorf("%s imports testing outside a _test.go file: test support belongs in test/lab", f.path)
+		}
+	}
+	if len(mains) == 0 {
+		t.Fatal("found no main package in the product")
+	}
+	reached := map[string]bool{}
+	todo := slices.Clone(mains)
+	for len(todo) > 0 {
+		p := todo[len(todo)-1]
+		todo = todo[:len(todo)-1]
+		if reached[p] {
+			continue
+		}
+		reached[p] = true
+		todo = append(todo, imports[p]...)
+	}
+	for p := range imports {
+		_, known := labOnly[p]
+		switch {
+		case !reached[p] && !known:
+			t.Errorf("%s is in the product tree but no product command uses it (only tests do?): move it to test/lab", p)
+		case reached[p] && known:
+			t.Errorf("%s is listed in labOnly but a product command uses it: remove it from labOnly", p)
+		}
+	}
+}

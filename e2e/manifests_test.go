@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smr-io/smr-cri/test/lab/cluster"
 )
 
 // TestManifestsServerSide sends every kustomization of manifests/ and examples/ (and the local
@@ -75,16 +77,7 @@ func TestTraceDaemonSet(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	deployRedisSet(ctx, t, cl)
-	if out, err := cl.ApplyTraceDaemonSet(ctx); err != nil {
-		t.Fatalf("apply the trace DaemonSet: %v\n%s", err, out)
-	}
-	// Other scenarios restart smr-cri and the whole cluster: leave no extra pods behind.
-	t.Cleanup(func() {
-		if _, err := kubectl(context.Background(), t, "", "delete", "-n", "smr-system", "daemonset", "smr-cri", "--wait=true", "--timeout=2m"); err != nil {
-			t.Errorf("delete the trace DaemonSet: %v", err)
-		}
-	})
-	mustKubectl(ctx, t, "", "rollout", "status", "-n", "smr-system", "ds/smr-cri", "--timeout=3m")
+	deployTraceDaemonSet(ctx, t, cl)
 	ready := strings.TrimSpace(mustKubectl(ctx, t, "", "get", "ds", "-n", "smr-system", "smr-cri", "-o",
 		"jsonpath={.status.desiredNumberScheduled}/{.status.numberReady}"))
 	if want := fmt.Sprintf("%d/%d", len(cl.Nodes), len(cl.Nodes)); ready != want {
@@ -143,4 +136,20 @@ func commitLines(out, group, op string) map[string][]string {
 		pods[pod] = append(pods[pod], rest)
 	}
 	return pods
+}
+
+// deployTraceDaemonSet runs the trace container as the DaemonSet smr-system/smr-cri (manifests/
+// through the local cluster's overlay), waits for its rollout, and deletes it when the test
+// ends: other scenarios restart smr-cri and the whole cluster, so no extra pods stay behind.
+func deployTraceDaemonSet(ctx context.Context, t *testing.T, cl *cluster.Cluster) {
+	t.Helper()
+	if out, err := cl.ApplyTraceDaemonSet(ctx); err != nil {
+		t.Fatalf("apply the trace DaemonSet: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if _, err := kubectl(context.Background(), t, "", "delete", "-n", "smr-system", "daemonset", "smr-cri", "--wait=true", "--timeout=2m"); err != nil {
+			t.Errorf("delete the trace DaemonSet: %v", err)
+		}
+	})
+	mustKubectl(ctx, t, "", "rollout", "status", "-n", "smr-system", "ds/smr-cri", "--timeout=3m")
 }

@@ -29,15 +29,7 @@ func TestOperatorView(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 	deployRedisSet(ctx, t, cl)
-	if out, err := cl.ApplyTraceDaemonSet(ctx); err != nil {
-		t.Fatalf("apply the trace DaemonSet: %v\n%s", err, out)
-	}
-	t.Cleanup(func() {
-		if _, err := kubectl(context.Background(), t, "", "delete", "-n", "smr-system", "daemonset", "smr-cri", "--wait=true", "--timeout=2m"); err != nil {
-			t.Errorf("delete the trace DaemonSet: %v", err)
-		}
-	})
-	mustKubectl(ctx, t, "", "rollout", "status", "-n", "smr-system", "ds/smr-cri", "--timeout=3m")
+	deployTraceDaemonSet(ctx, t, cl)
 	plugin := buildPlugin(ctx, t, cl)
 	api, err := kubecore.FromKubeconfig(cl.AdminKubeconfig())
 	if err != nil {

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="$(mktemp -d)"
 trap 'rm -rf "$bin"' EXIT
-go build -o "$bin/raftnode" ./raftcore/cmd/raftnode
+go build -o "$bin/raftnode" ./hack/raftnode
 go build -o "$bin/benchraft" ./hack/benchraft
 "$bin/benchraft" -raftnode "$bin/raftnode" -tls-compare -duration "${BENCH_DURATION:-5s}" \
 	-rounds "${BENCH_ROUNDS:-5}" -proposers 1,64 -payload 128 2> >(grep -v INSECURE >&2)

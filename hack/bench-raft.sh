@@ -14,6 +14,6 @@ if [[ ! -x "$ETCD" ]]; then
 fi
 bin="$(mktemp -d)"
 trap 'rm -rf "$bin"' EXIT
-go build -o "$bin/raftnode" ./raftcore/cmd/raftnode
+go build -o "$bin/raftnode" ./hack/raftnode
 go build -o "$bin/benchraft" ./hack/benchraft
 "$bin/benchraft" -raftnode "$bin/raftnode" -etcd "$ETCD" -duration "${BENCH_DURATION:-5s}" -proposers 1,16,64 -payload 128

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/smr-io/smr-cri/test/lab/testcheck"
 )
 
 // This file holds the real-kernel lab used by the integration tests and benchmarks: network
@@ -22,9 +24,7 @@ import (
 
 func requireIntegration(t testing.TB) {
 	t.Helper()
-	if os.Getenv("SMR_INTEGRATION") != "1" {
-		t.Skip("integration test: needs root and a real kernel; run with SMR_INTEGRATION=1 (hack/test.sh does)")
-	}
+	testcheck.SkipUnlessIntegration(t, "root and a real kernel")
 	if os.Geteuid() != 0 {
 		t.Fatal("SMR_INTEGRATION=1 is set but the test is not running as root")
 	}

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/memnet"
+	"github.com/smr-io/smr-cri/test/lab/raft/memnet"
 )
 
 // streamKV is a StreamSnapshotter: a map whose state streams in and out,

@@ -10,13 +10,15 @@
 //	        Peers: map[uint64]string{1: "10.0.0.1:7000", 2: "10.0.0.2:7000", 3: "10.0.0.3:7000"}}, sm)
 //	res, err := g.Propose(ctx, raftcore.Proposal{Session: s, Seq: n, Data: req})
 //
-// One Node per process; one Group per replicated service. Member ids are
-// stable (e.g. StatefulSet ordinal + 1); addresses may change at run time
-// (SetPeerAddr) without a membership change. Transports: package
-// raftcore/transport (gRPC: one server per process, messages carry the
-// group name, one long-lived stream per peer address, bounded queues,
-// reconnect with backoff) and raftcore/memnet (in-memory, with partition,
-// drop and delay controls for tests).
+// A Node can host many groups (the tests run several per Node); smr-cri runs
+// one Node per member, each with its own transport in the member's pod
+// (docs/architecture.md says why). Member ids are stable (e.g. StatefulSet
+// ordinal + 1); addresses may change at run time (SetPeerAddr) without a
+// membership change. Transports: package raftcore/transport (gRPC: one
+// server per process, messages carry the group name, one long-lived stream
+// per peer address, bounded queues, reconnect with backoff) and
+// test/lab/raft/memnet (in-memory, with partition, drop and delay controls
+// for tests).
 //
 // # State machine contract
 //
@@ -104,18 +106,29 @@
 // whose outcome is unknown is retried only by the caller (same
 // Session/Seq). Apply results of coalesced requests share one Index.
 //
+// # Files
+//
+// One concern a file: api.go and config.go (the public types), node.go (the
+// Node and its groups), group.go (a Group's state, start and stop),
+// propose.go (admission, batching, resolving waiters), read.go (ReadIndex),
+// ready.go (the raft goroutine and the Ready rules), messages.go (to and
+// from peers), membership.go (conf changes, leadership transfer), apply.go
+// and applyq.go (the apply goroutine, sessions), compact.go, storage.go and
+// statefile.go (snapshots, the WAL, state files), envelope.go (entry
+// encoding), metrics.go.
+//
 // # Tests
 //
-// go test ./raftcore/... runs: porcupine-checked KV histories under
-// concurrent clients in a steady 3-member group, leader crash + restart,
-// leader isolated in a minority, 15% message loss + delay, and a 5-member
-// 2/3 split with snapshots (memnet); typed fast failure on the minority
-// side; restart from disk (same applied sequence, with and without
-// snapshots); catch-up by snapshot and after a wiped disk; add/remove
-// member; de-duplication; bad input; many groups per node; the gRPC
-// transport (3 nodes on loopback, transport restart); and separate
-// processes (raftcore/raftnode: 3 and 5 members, SIGKILL of a minority
+// go test ./raftcore/... ./test/lab/raft/... runs: porcupine-checked KV
+// histories under concurrent clients in a steady 3-member group, leader
+// crash + restart, leader isolated in a minority, 15% message loss + delay,
+// and a 5-member 2/3 split with snapshots (memnet); typed fast failure on
+// the minority side; restart from disk (same applied sequence, with and
+// without snapshots); catch-up by snapshot and after a wiped disk;
+// add/remove member; de-duplication; bad input; many groups per node; the
+// gRPC transport (3 nodes on loopback, transport restart); and separate
+// processes (test/lab/raft/raftnode: 3 and 5 members, SIGKILL of a minority
 // including the leader, restart; the leader isolated by cutting its TCP
-// links through per-link proxies; porcupine check with final reads on
-// every member). hack/bench-raft.sh compares against a 3-member etcd.
+// links through per-link proxies; porcupine check with final reads on every
+// member). hack/bench-raft.sh compares against a 3-member etcd.
 package raftcore

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/kvtest"
-	"github.com/smr-io/smr-cri/raftcore/memnet"
+	"github.com/smr-io/smr-cri/test/lab/raft/kvtest"
+	"github.com/smr-io/smr-cri/test/lab/raft/memnet"
 )
 
 // proposeRetry retries p (same Session/Seq, so at most one application)

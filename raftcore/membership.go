@@ -1,10 +1,167 @@
 package raftcore
 
 import (
+	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
 )
+
+// Membership and leadership: changes go through raft ConfChanges and take
+// effect when applied (applyConfChange); peer addresses are routing only.
+
+// SetPeerAddr changes where member id is reached, without a membership
+// change (e.g. a rescheduled pod got a new IP).
+func (g *Group) SetPeerAddr(id uint64, addr string) {
+	g.mu.Lock()
+	g.peers[id] = addr
+	g.mu.Unlock()
+}
+
+// ReplaceMember re-admits member id with an empty log: use it when the
+// member's disk state was lost (raft must not see a known member forget
+// its log). It removes id, then adds it back at addr; then start the member
+// with GroupConfig.Join=true.
+func (g *Group) ReplaceMember(ctx context.Context, id uint64, addr string) error {
+	if id == g.id {
+		return fmt.Errorf("%w: a member cannot replace itself", ErrInvalidConfig)
+	}
+	if err := g.RemoveMember(ctx, id); err != nil {
+		return fmt.Errorf("replace member %d: remove: %w", id, err)
+	}
+	if err := g.AddMember(ctx, id, addr); err != nil {
+		return fmt.Errorf("replace member %d: add: %w", id, err)
+	}
+	return nil
+}
+
+// AddMember adds member id (reachable at addr) as a voter through a raft
+// ConfChange and returns once the change is applied here. Start the new
+// member with GroupConfig.Join=true.
+func (g *Group) AddMember(ctx context.Context, id uint64, addr string) error {
+	if id == 0 || addr == "" {
+		return fmt.Errorf("%w: add member needs id > 0 and an address", ErrInvalidConfig)
+	}
+	g.SetPeerAddr(id, addr)
+	return g.confChange(ctx, raftpb.ConfChangeAddNode, id, addr)
+}
+
+// RemoveMember removes member id through a raft ConfChange.
+func (g *Group) RemoveMember(ctx context.Context, id uint64) error {
+	if id == 0 {
+		return fmt.Errorf("%w: remove member needs id > 0", ErrInvalidConfig)
+	}
+	return g.confChange(ctx, raftpb.ConfChangeRemoveNode, id, "")
+}
+
+func (g *Group) confChange(ctx context.Context, t raftpb.ConfChangeType, id uint64, addr string) error {
+	pr := &proposal{pid: g.nextID.Add(1), done: make(chan propResult, 1)}
+	pr.cc = &raftpb.ConfChange{
+		Type: t.Enum(), NodeId: new(id),
+		Context: envelope{Origin: g.id, PID: pr.pid, Data: []byte(addr)}.marshal(),
+	}
+	_, err := g.submit(ctx, pr)
+	return err
+}
+
+// TransferLeadership asks the leader (this member) to hand leadership to
+// member `to` (0 = the most up-to-date other voter) and waits until another
+// member leads. Use it before stopping the leader's pod, so the group does
+// not wait an election timeout. It fails with ErrInvalidConfig when this
+// member is not the leader or no target exists.
+func (g *Group) TransferLeadership(ctx context.Context, to uint64) error {
+	errc := make(chan error, 1)
+	f := func() {
+		st := g.rn.Status()
+		if st.RaftState != raft.StateLeader {
+			errc <- fmt.Errorf("%w: member %d is not the leader", ErrInvalidConfig, g.id)
+			return
+		}
+		target := to
+		if target == 0 {
+			var best uint64
+			for id, pr := range st.Progress {
+				if id != g.id && !pr.IsLearner && (target == 0 || pr.Match > best) {
+					target, best = id, pr.Match
+				}
+			}
+		}
+		if pr, ok := st.Progress[target]; !ok || target == g.id || pr.IsLearner {
+			errc <- fmt.Errorf("%w: no voter %d to transfer leadership to", ErrInvalidConfig, target)
+			return
+		}
+		g.rn.TransferLeader(target)
+		errc <- nil
+	}
+	select {
+	case g.ctrlc <- f:
+	case <-ctx.Done():
+		return fmt.Errorf("group %s: transfer leadership: %w (%w)", g.name, ErrTimeout, ctx.Err())
+	case <-g.donec:
+		return g.stoppedErr()
+	}
+	select {
+	case err := <-errc:
+		if err != nil {
+			return err
+		}
+	case <-ctx.Done():
+		return fmt.Errorf("group %s: transfer leadership: %w (%w)", g.name, ErrTimeout, ctx.Err())
+	case <-g.donec:
+		return g.stoppedErr()
+	}
+	for {
+		if l := g.lead.Load(); l != 0 && l != g.id {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("group %s: transfer leadership: %w (%w)", g.name, ErrTimeout, ctx.Err())
+		case <-g.donec:
+			return g.stoppedErr()
+		case <-time.After(g.ncfg.TickInterval):
+		}
+	}
+}
+
+func (g *Group) applyConfChange(e *raftpb.Entry) (*raftpb.ConfState, error) {
+	var cc raftpb.ConfChangeI
+	if e.GetType() == raftpb.EntryConfChange {
+		c := &raftpb.ConfChange{}
+		if err := proto.Unmarshal(e.GetData(), c); err != nil {
+			return nil, fmt.Errorf("decode conf change: %w", err)
+		}
+		cc = c
+		// Routing: learn the address of an added member unless we already
+		// have one (from GroupConfig.Peers or SetPeerAddr, which are newer
+		// than what the log says on replay).
+		if c.GetType() == raftpb.ConfChangeAddNode || c.GetType() == raftpb.ConfChangeAddLearnerNode {
+			if env, err := unmarshalEnvelope(c.GetContext()); err == nil && len(env.Data) > 0 {
+				g.mu.Lock()
+				if _, ok := g.peers[c.GetNodeId()]; !ok {
+					g.peers[c.GetNodeId()] = string(env.Data)
+				}
+				g.mu.Unlock()
+			}
+		}
+	} else {
+		c := &raftpb.ConfChangeV2{}
+		if err := proto.Unmarshal(e.GetData(), c); err != nil {
+			return nil, fmt.Errorf("decode conf change v2: %w", err)
+		}
+		cc = c
+	}
+	cs := g.rn.ApplyConfChange(cc)
+	g.mu.Lock()
+	g.members = confMembers(cs)
+	g.mu.Unlock()
+	return cs, nil
+}
 
 // MemberCheck returns an isMember function for the transport's peer
 // authorization (pki.NewMember): it answers for group from the membership of

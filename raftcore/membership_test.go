@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/kvtest"
+	"github.com/smr-io/smr-cri/test/lab/raft/kvtest"
 )
 
 // MemberCheck accepts everything until the group is stored, then only the

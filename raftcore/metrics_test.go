@@ -7,8 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/kvtest"
-	"github.com/smr-io/smr-cri/raftcore/memnet"
+	"github.com/smr-io/smr-cri/test/lab/raft/kvtest"
+	"github.com/smr-io/smr-cri/test/lab/raft/memnet"
 )
 
 func TestMetrics(t *testing.T) {

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/kvtest"
+	"github.com/smr-io/smr-cri/test/lab/raft/kvtest"
 )
 
 func appendOp(key, val string) []byte {

@@ -10,7 +10,7 @@ import (
 // Transport serves every group of a Node; messages carry the group name.
 //
 // Implementations: raftcore/transport (gRPC, one server per process) and
-// raftcore/memnet (in-memory network with partition/drop/delay controls).
+// test/lab/raft/memnet (in-memory network with partition/drop/delay controls).
 type Transport interface {
 	// Start registers the handler that receives inbound messages and
 	// delivery reports. It is called once by NewNode.

@@ -14,8 +14,8 @@ import (
 
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/memnet"
 	"github.com/smr-io/smr-cri/replication/podcontract"
+	"github.com/smr-io/smr-cri/test/lab/raft/memnet"
 )
 
 // recordingInterceptor records Apply/Cleanup calls (the real one is tested

@@ -13,8 +13,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/smr-io/smr-cri/netintercept"
-	"github.com/smr-io/smr-cri/raftcore/memnet"
 	"github.com/smr-io/smr-cri/replication/podcontract"
+	"github.com/smr-io/smr-cri/test/lab/raft/memnet"
 )
 
 // The data path with the real kernel parts: three pod-like network

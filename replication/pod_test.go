@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/memnet"
 	"github.com/smr-io/smr-cri/replication/framing"
 	"github.com/smr-io/smr-cri/replication/podcontract"
+	"github.com/smr-io/smr-cri/test/lab/raft/memnet"
 )
 
 // kvPod starts replica i (0-based) of a 3-replica "kv" group from its parsed

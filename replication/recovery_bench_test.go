@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/memnet"
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/test/lab/raft/memnet"
 )
 
 // TestBenchRecovery is `make bench-recovery` (SMR_BENCH_RECOVERY=1): N

@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/memnet"
 	"github.com/smr-io/smr-cri/replication/appstate"
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/test/lab/raft/memnet"
 )
 
 // snapMember is one replica of the snapshot tests: a real redis-server, an

@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/smr-io/smr-cri/internal/cli"
+	"github.com/smr-io/smr-cri/internal/exitcode"
 )
 
 func main() {
@@ -20,5 +21,5 @@ func main() {
 	}()
 	err := cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	os.Exit(cli.ExitCode(err))
+	os.Exit(exitcode.Of(err))
 }

@@ -27,9 +27,10 @@ import (
 
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/kvtest"
-	"github.com/smr-io/smr-cri/raftcore/raftnode"
 	"github.com/smr-io/smr-cri/test/lab/freeport"
+	"github.com/smr-io/smr-cri/test/lab/procfs"
+	"github.com/smr-io/smr-cri/test/lab/raft/kvtest"
+	"github.com/smr-io/smr-cri/test/lab/raft/raftnode"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/grpclog"
@@ -272,7 +273,7 @@ func sampleRSS(ctx context.Context, pids []int) []int64 {
 	max := make([]int64, len(pids))
 	for {
 		for i, pid := range pids {
-			if v := rssKiB(pid); v > max[i] {
+			if v := procfs.RSSKiB(pid); v > max[i] {
 				max[i] = v
 			}
 		}
@@ -284,39 +285,16 @@ func sampleRSS(ctx context.Context, pids []int) []int64 {
 	}
 }
 
-// cpuTime sums user+system CPU of the processes (clock ticks of 10ms).
+// cpuTime sums user+system CPU of the processes (in clock ticks of 10ms:
+// read it over many operations).
 func cpuTime(pids []int) time.Duration {
 	var total time.Duration
 	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
+		if p, err := procfs.Read(pid); err == nil {
+			total += p.CPU
 		}
-		// Fields after the command name: state is field 3; utime 14, stime 15.
-		s := string(b)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		if len(f) < 13 {
-			continue
-		}
-		u, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		total += time.Duration(u+st) * 10 * time.Millisecond
 	}
 	return total
-}
-
-func rssKiB(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return n
-		}
-	}
-	return 0
 }
 
 func report(out io.Writer, name string, n int, r result) {

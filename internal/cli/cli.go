@@ -11,37 +11,15 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+
+	"github.com/smr-io/smr-cri/internal/exitcode"
 )
 
 // version is set at build time with -ldflags "-X github.com/smr-io/smr-cri/internal/cli.version=...".
 var version = "dev"
 
-// UsageError is a bad command line; it exits with code 2. Usage, if set,
-// prints the help of the subcommand concerned instead of the global one.
-type UsageError struct {
-	Err   error
-	Usage func(io.Writer)
-}
-
-func (e *UsageError) Error() string { return e.Err.Error() }
-func (e *UsageError) Unwrap() error { return e.Err }
-
 func usageErrorf(format string, args ...any) error {
-	return &UsageError{Err: fmt.Errorf(format, args...)}
-}
-
-// ExitCode maps Run's result to a process exit code: 0 ok, 2 bad usage, 1
-// any other failure.
-func ExitCode(err error) int {
-	var ue *UsageError
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.As(err, &ue):
-		return 2
-	default:
-		return 1
-	}
+	return &exitcode.UsageError{Err: fmt.Errorf(format, args...)}
 }
 
 type command struct {
@@ -68,7 +46,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	err := dispatch(ctx, args, stdout, stderr)
 	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintf(stderr, "smr-cri: %v\n", err)
-		var ue *UsageError
+		var ue *exitcode.UsageError
 		if errors.As(err, &ue) {
 			fmt.Fprintln(stderr)
 			if ue.Usage != nil {

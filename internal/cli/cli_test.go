@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/smr-io/smr-cri/internal/exitcode"
 	"github.com/smr-io/smr-cri/internal/nodestatus"
 )
 
@@ -41,7 +42,7 @@ func TestRunHelp(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			stdout, stderr, err := run(t, tc.args...)
-			if code := ExitCode(err); code != 0 {
+			if code := exitcode.Of(err); code != 0 {
 				t.Fatalf("exit code %d (%v), stderr %q", code, err, stderr)
 			}
 			for _, w := range tc.want {
@@ -68,7 +69,7 @@ func TestRunUsageErrors(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			_, stderr, err := run(t, tc.args...)
-			if code := ExitCode(err); code != 2 {
+			if code := exitcode.Of(err); code != 2 {
 				t.Fatalf("exit code %d (%v), want 2", code, err)
 			}
 			for _, w := range tc.want {
@@ -196,7 +197,7 @@ func TestParseServe(t *testing.T) {
 				if !errors.Is(err, ErrBadConfig) {
 					t.Errorf("error %v is not ErrBadConfig", err)
 				}
-				if code := ExitCode(err); code != 1 {
+				if code := exitcode.Of(err); code != 1 {
 					t.Errorf("exit code %d, want 1", code)
 				}
 				return
@@ -219,7 +220,7 @@ func TestParseServe(t *testing.T) {
 
 func TestMissingConfigFile(t *testing.T) {
 	_, stderr, err := run(t, "serve", "--config", filepath.Join(t.TempDir(), "nope.yaml"))
-	if ExitCode(err) != 1 || !strings.Contains(stderr, "read config file") || !errors.Is(err, os.ErrNotExist) {
+	if exitcode.Of(err) != 1 || !strings.Contains(stderr, "read config file") || !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("err = %v, stderr %q; want exit 1 and a read error", err, stderr)
 	}
 }
@@ -273,7 +274,7 @@ func TestServeLifecycle(t *testing.T) {
 	}
 
 	_, errOut, err = run(t, "serve", "--listen", sock, "--runtime-endpoint", "unix://"+runtimeSock)
-	if ExitCode(err) != 1 || !strings.Contains(errOut, "another server answers on it") {
+	if exitcode.Of(err) != 1 || !strings.Contains(errOut, "another server answers on it") {
 		t.Errorf("second serve on a live socket: %v %q, want refusal", err, errOut)
 	}
 	if _, err := os.Lstat(sock); err != nil {
@@ -290,7 +291,7 @@ func TestServeLifecycle(t *testing.T) {
 	if _, err := os.Lstat(statusSock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("status socket still present after shutdown: %v", err)
 	}
-	if _, errOut, err := run(t, "status", "--socket", statusSock); ExitCode(err) != 1 || !strings.Contains(errOut, "is smr-cri serve running here") {
+	if _, errOut, err := run(t, "status", "--socket", statusSock); exitcode.Of(err) != 1 || !strings.Contains(errOut, "is smr-cri serve running here") {
 		t.Errorf("status without serve: %v %q, want a clear error", err, errOut)
 	}
 }
@@ -305,7 +306,7 @@ func TestStatusUsage(t *testing.T) {
 		{[]string{"status", "extra"}, "unexpected arguments"},
 	} {
 		_, errOut, err := run(t, tc.args...)
-		if ExitCode(err) != 2 || !strings.Contains(errOut, tc.want) {
+		if exitcode.Of(err) != 2 || !strings.Contains(errOut, tc.want) {
 			t.Errorf("%v: %v %q, want usage error %q", tc.args, err, errOut, tc.want)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/smr-io/smr-cri/internal/exitcode"
 	"github.com/smr-io/smr-cri/internal/install"
 )
 
@@ -64,10 +65,10 @@ func parseInstall(name, help string, args []string, stdout io.Writer) (installOp
 		return installOptions{}, err
 	}
 	if *root == "" {
-		return installOptions{}, &UsageError{Err: fmt.Errorf("%s: --host-root is required", name), Usage: printHelp}
+		return installOptions{}, &exitcode.UsageError{Err: fmt.Errorf("%s: --host-root is required", name), Usage: printHelp}
 	}
 	if *timeout <= 0 {
-		return installOptions{}, &UsageError{Err: fmt.Errorf("%s: --timeout must be positive", name), Usage: printHelp}
+		return installOptions{}, &exitcode.UsageError{Err: fmt.Errorf("%s: --timeout must be positive", name), Usage: printHelp}
 	}
 	o := installOptions{Healthz: *healthz}
 	o.HostRoot = *root
@@ -102,10 +103,10 @@ func parseFlags(fs *flag.FlagSet, name, help string, args []string, stdout io.Wr
 			printHelp(stdout)
 			return printHelp, err
 		}
-		return printHelp, &UsageError{Err: fmt.Errorf("%s: %w", name, err), Usage: printHelp}
+		return printHelp, &exitcode.UsageError{Err: fmt.Errorf("%s: %w", name, err), Usage: printHelp}
 	}
 	if fs.NArg() > 0 {
-		return printHelp, &UsageError{Err: fmt.Errorf("%s: unexpected arguments %q", name, fs.Args()), Usage: printHelp}
+		return printHelp, &exitcode.UsageError{Err: fmt.Errorf("%s: unexpected arguments %q", name, fs.Args()), Usage: printHelp}
 	}
 	return printHelp, nil
 }

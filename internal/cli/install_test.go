@@ -13,6 +13,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/smr-io/smr-cri/internal/exitcode"
 	"github.com/smr-io/smr-cri/internal/install"
 )
 
@@ -56,8 +57,8 @@ func TestInstallBadInput(t *testing.T) {
 	} {
 		var out bytes.Buffer
 		err := Run(context.Background(), c.args, &out, &out)
-		if err == nil || !strings.Contains(err.Error(), c.want) || ExitCode(err) != c.code {
-			t.Errorf("%q: got %v (exit %d), want %q (exit %d)", c.args, err, ExitCode(err), c.want, c.code)
+		if err == nil || !strings.Contains(err.Error(), c.want) || exitcode.Of(err) != c.code {
+			t.Errorf("%q: got %v (exit %d), want %q (exit %d)", c.args, err, exitcode.Of(err), c.want, c.code)
 		}
 	}
 	var out bytes.Buffer

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/smr-io/smr-cri/internal/exitcode"
 	"github.com/smr-io/smr-cri/internal/pki"
 )
 
@@ -32,7 +33,7 @@ for nodes without API access.
 func runPKI(_ context.Context, args []string, stdout, _ io.Writer) error {
 	usage := func(w io.Writer) { fmt.Fprint(w, pkiHelp) }
 	if len(args) == 0 {
-		return &UsageError{Err: errors.New("pki: missing action (init or issue)"), Usage: usage}
+		return &exitcode.UsageError{Err: errors.New("pki: missing action (init or issue)"), Usage: usage}
 	}
 	switch args[0] {
 	case "-h", "-help", "--help":
@@ -51,13 +52,13 @@ func runPKI(_ context.Context, args []string, stdout, _ io.Writer) error {
 			usage(stdout)
 			return err
 		}
-		return &UsageError{Err: fmt.Errorf("pki %s: %w", args[0], err), Usage: usage}
+		return &exitcode.UsageError{Err: fmt.Errorf("pki %s: %w", args[0], err), Usage: usage}
 	}
 	if fs.NArg() > 0 {
-		return &UsageError{Err: fmt.Errorf("pki %s: unexpected arguments %q", args[0], fs.Args()), Usage: usage}
+		return &exitcode.UsageError{Err: fmt.Errorf("pki %s: unexpected arguments %q", args[0], fs.Args()), Usage: usage}
 	}
 	if *dir == "" {
-		return &UsageError{Err: fmt.Errorf("pki %s: --dir is required", args[0]), Usage: usage}
+		return &exitcode.UsageError{Err: fmt.Errorf("pki %s: --dir is required", args[0]), Usage: usage}
 	}
 	switch args[0] {
 	case "init":
@@ -73,10 +74,10 @@ func runPKI(_ context.Context, args []string, stdout, _ io.Writer) error {
 		return nil
 	case "issue":
 		if *group == "" || *member == 0 || *out == "" {
-			return &UsageError{Err: errors.New("pki issue: --group, --member (> 0) and --out are required"), Usage: usage}
+			return &exitcode.UsageError{Err: errors.New("pki issue: --group, --member (> 0) and --out are required"), Usage: usage}
 		}
 		if *validity <= 0 {
-			return &UsageError{Err: fmt.Errorf("pki issue: --validity must be positive, got %v", *validity), Usage: usage}
+			return &exitcode.UsageError{Err: fmt.Errorf("pki issue: --validity must be positive, got %v", *validity), Usage: usage}
 		}
 		ca, err := pki.LoadCA(*dir)
 		if err != nil {
@@ -103,6 +104,6 @@ func runPKI(_ context.Context, args []string, stdout, _ io.Writer) error {
 		fmt.Fprintf(stdout, "issued %s for group %s member %d, expires %s\n", filepath.Join(*out, "tls.crt"), *group, *member, c.Leaf.NotAfter.UTC().Format(time.RFC3339))
 		return nil
 	default:
-		return &UsageError{Err: fmt.Errorf("pki: unknown action %q (want init or issue)", args[0]), Usage: usage}
+		return &exitcode.UsageError{Err: fmt.Errorf("pki: unknown action %q (want init or issue)", args[0]), Usage: usage}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smr-io/smr-cri/internal/exitcode"
 	"github.com/smr-io/smr-cri/internal/pki"
 )
 
@@ -62,14 +63,14 @@ func TestPKIBadUsage(t *testing.T) {
 	}
 	for _, args := range tests {
 		var out, errb strings.Builder
-		if err := Run(context.Background(), args, &out, &errb); ExitCode(err) != 2 {
-			t.Errorf("%v: exit %d (%v), want 2", args, ExitCode(err), err)
+		if err := Run(context.Background(), args, &out, &errb); exitcode.Of(err) != 2 {
+			t.Errorf("%v: exit %d (%v), want 2", args, exitcode.Of(err), err)
 		}
 	}
 	// A directory without a CA is a runtime error (exit 1), with the path.
 	var out, errb strings.Builder
 	err := Run(context.Background(), []string{"pki", "issue", "--dir", dir, "--group", "kv", "--member", "1", "--out", filepath.Join(dir, "o")}, &out, &errb)
-	if ExitCode(err) != 1 || !strings.Contains(err.Error(), "ca.crt") {
+	if exitcode.Of(err) != 1 || !strings.Contains(err.Error(), "ca.crt") {
 		t.Errorf("issue without a CA: %v", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/smr-io/smr-cri/cri"
 	"github.com/smr-io/smr-cri/internal/daemon"
+	"github.com/smr-io/smr-cri/internal/exitcode"
 	"github.com/smr-io/smr-cri/internal/nodestatus"
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/replication"
@@ -236,10 +237,10 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 			printHelp(stdout)
 			return serveOptions{}, err
 		}
-		return serveOptions{}, &UsageError{Err: fmt.Errorf("serve: %w", err), Usage: printHelp}
+		return serveOptions{}, &exitcode.UsageError{Err: fmt.Errorf("serve: %w", err), Usage: printHelp}
 	}
 	if fs.NArg() > 0 {
-		return serveOptions{}, &UsageError{Err: fmt.Errorf("serve: unexpected arguments %q", fs.Args()), Usage: printHelp}
+		return serveOptions{}, &exitcode.UsageError{Err: fmt.Errorf("serve: unexpected arguments %q", fs.Args()), Usage: printHelp}
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

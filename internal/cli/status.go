@@ -9,6 +9,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/smr-io/smr-cri/internal/exitcode"
 	"github.com/smr-io/smr-cri/internal/install"
 	"github.com/smr-io/smr-cri/internal/nodestatus"
 )
@@ -48,10 +49,10 @@ func parseStatus(args []string, stdout io.Writer) (statusOptions, error) {
 		return o, err
 	}
 	if o.Output != "table" && o.Output != "json" {
-		return o, &UsageError{Err: fmt.Errorf("status: -o %q: want table or json", o.Output), Usage: printHelp}
+		return o, &exitcode.UsageError{Err: fmt.Errorf("status: -o %q: want table or json", o.Output), Usage: printHelp}
 	}
 	if o.Timeout <= 0 {
-		return o, &UsageError{Err: errors.New("status: --timeout must be positive"), Usage: printHelp}
+		return o, &exitcode.UsageError{Err: errors.New("status: --timeout must be positive"), Usage: printHelp}
 	}
 	return o, nil
 }

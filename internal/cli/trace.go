@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/smr-io/smr-cri/internal/exitcode"
 	"github.com/smr-io/smr-cri/internal/install"
 	"github.com/smr-io/smr-cri/internal/nodestatus"
 )
@@ -76,7 +77,7 @@ func parseTrace(args []string, stdout io.Writer) (traceOptions, error) {
 		return o, err
 	}
 	if o.File == "" {
-		return o, &UsageError{Err: errors.New("trace: --file must not be empty"), Usage: printHelp}
+		return o, &exitcode.UsageError{Err: errors.New("trace: --file must not be empty"), Usage: printHelp}
 	}
 	if o.StatusSocket == "" {
 		o.StatusSocket = nodestatus.DefaultSocket(o.Socket)

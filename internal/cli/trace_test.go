@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smr-io/smr-cri/internal/exitcode"
 	"github.com/smr-io/smr-cri/internal/nodestatus"
 )
 
@@ -122,8 +123,8 @@ func TestTraceBadInput(t *testing.T) {
 	} {
 		var out bytes.Buffer
 		err := Run(context.Background(), c.args, &out, &out)
-		if err == nil || !strings.Contains(err.Error(), c.want) || ExitCode(err) != c.code {
-			t.Errorf("%q: got %v (exit %d), want %q (exit %d)", c.args, err, ExitCode(err), c.want, c.code)
+		if err == nil || !strings.Contains(err.Error(), c.want) || exitcode.Of(err) != c.code {
+			t.Errorf("%q: got %v (exit %d), want %q (exit %d)", c.args, err, exitcode.Of(err), c.want, c.code)
 		}
 	}
 	var out bytes.Buffer

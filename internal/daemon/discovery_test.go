@@ -10,9 +10,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/smr-io/smr-cri/internal/kubecore/kubecoretest"
 	"github.com/smr-io/smr-cri/replication"
 	"github.com/smr-io/smr-cri/replication/podcontract"
+	"github.com/smr-io/smr-cri/test/lab/kubecoretest"
 )
 
 // redisPod is a pod of the example StatefulSet "redis" (kubernetes membership).

@@ -14,7 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/smr-io/smr-cri/internal/kubecore"
-	"github.com/smr-io/smr-cri/internal/kubecore/kubecoretest"
+	"github.com/smr-io/smr-cri/test/lab/kubecoretest"
 )
 
 func pod(ns, name string, lbl map[string]string) *corev1.Pod {

@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/remotecommand"
 
+	"github.com/smr-io/smr-cri/internal/exitcode"
 	"github.com/smr-io/smr-cri/internal/kubecore"
 	"github.com/smr-io/smr-cri/internal/nodestatus"
 )
@@ -46,24 +47,6 @@ const (
 	// DefaultBinary is smr-cri in the DaemonSet's image.
 	DefaultBinary = "/usr/local/bin/smr-cri"
 )
-
-// UsageError is a bad command line (exit code 2).
-type UsageError struct{ Err error }
-
-func (e *UsageError) Error() string { return e.Err.Error() }
-func (e *UsageError) Unwrap() error { return e.Err }
-
-// ExitCode maps Run's error to an exit code: 0, 2 for usage, 1 otherwise.
-func ExitCode(err error) int {
-	var ue *UsageError
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.As(err, &ue):
-		return 2
-	}
-	return 1
-}
 
 const usage = `kubectl smr: smr-cri's view of the cluster's replicated pods.
 
@@ -132,12 +115,12 @@ func parse(args []string, stdout io.Writer) (Options, error) {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		help(stdout)
 		if len(args) == 0 {
-			return o, &UsageError{Err: errors.New("no command given (want: status)")}
+			return o, &exitcode.UsageError{Err: errors.New("no command given (want: status)")}
 		}
 		return o, flag.ErrHelp
 	}
 	if args[0] != "status" {
-		return o, &UsageError{Err: fmt.Errorf("unknown command %q (want: status)", args[0])}
+		return o, &exitcode.UsageError{Err: fmt.Errorf("unknown command %q (want: status)", args[0])}
 	}
 	// Flags may come before or after GROUP, as with kubectl.
 	rest := args[1:]
@@ -148,7 +131,7 @@ func parse(args []string, stdout io.Writer) (Options, error) {
 				help(stdout)
 				return o, err
 			}
-			return o, &UsageError{Err: err}
+			return o, &exitcode.UsageError{Err: err}
 		}
 		if fs.NArg() == 0 {
 			break
@@ -158,21 +141,21 @@ func parse(args []string, stdout io.Writer) (Options, error) {
 	}
 	switch {
 	case len(positional) > 1:
-		return o, &UsageError{Err: fmt.Errorf("one GROUP at most, got %q", positional)}
+		return o, &exitcode.UsageError{Err: fmt.Errorf("one GROUP at most, got %q", positional)}
 	case len(positional) == 1:
 		o.Group = positional[0]
 	}
 	switch {
 	case o.Output != "table" && o.Output != "json":
-		return o, &UsageError{Err: fmt.Errorf("-o %q: want table or json", o.Output)}
+		return o, &exitcode.UsageError{Err: fmt.Errorf("-o %q: want table or json", o.Output)}
 	case o.Color != "auto" && o.Color != "always" && o.Color != "never":
-		return o, &UsageError{Err: fmt.Errorf("--color %q: want auto, always or never", o.Color)}
+		return o, &exitcode.UsageError{Err: fmt.Errorf("--color %q: want auto, always or never", o.Color)}
 	case o.AllNamespaces && o.Namespace != "":
-		return o, &UsageError{Err: errors.New("-A and -n exclude each other")}
+		return o, &exitcode.UsageError{Err: errors.New("-A and -n exclude each other")}
 	case o.Interval <= 0 || o.Timeout <= 0:
-		return o, &UsageError{Err: errors.New("--interval and --timeout must be positive")}
+		return o, &exitcode.UsageError{Err: errors.New("--interval and --timeout must be positive")}
 	case o.Watch && o.Output == "json":
-		return o, &UsageError{Err: errors.New("--watch prints tables only")}
+		return o, &exitcode.UsageError{Err: errors.New("--watch prints tables only")}
 	}
 	return o, nil
 }

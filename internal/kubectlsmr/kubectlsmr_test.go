@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/smr-io/smr-cri/internal/exitcode"
 	"github.com/smr-io/smr-cri/internal/nodestatus"
 )
 
@@ -40,8 +41,8 @@ func TestParse(t *testing.T) {
 	for _, tc := range tests {
 		o, err := parse(tc.args, &bytes.Buffer{})
 		if tc.wantErr != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || ExitCode(err) != 2 {
-				t.Errorf("%q: %v (exit %d), want usage error %q", tc.args, err, ExitCode(err), tc.wantErr)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || exitcode.Of(err) != 2 {
+				t.Errorf("%q: %v (exit %d), want usage error %q", tc.args, err, exitcode.Of(err), tc.wantErr)
 			}
 			continue
 		}
@@ -49,7 +50,7 @@ func TestParse(t *testing.T) {
 			t.Errorf("%q: %+v %v", tc.args, o, err)
 		}
 	}
-	if _, err := parse([]string{"status", "--help"}, &bytes.Buffer{}); !errors.Is(err, flag.ErrHelp) || ExitCode(err) != 0 {
+	if _, err := parse([]string{"status", "--help"}, &bytes.Buffer{}); !errors.Is(err, flag.ErrHelp) || exitcode.Of(err) != 0 {
 		t.Errorf("--help: %v", err)
 	}
 }

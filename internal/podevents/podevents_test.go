@@ -12,8 +12,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
-	"github.com/smr-io/smr-cri/internal/kubecore/kubecoretest"
 	"github.com/smr-io/smr-cri/internal/podevents"
+	"github.com/smr-io/smr-cri/test/lab/kubecoretest"
 )
 
 // clock is a settable time source.

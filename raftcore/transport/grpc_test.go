@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/kvtest"
+	"github.com/smr-io/smr-cri/test/lab/raft/kvtest"
 	"go.etcd.io/raft/v3/raftpb"
 )
 

@@ -10,7 +10,7 @@ import (
 
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/kvtest"
+	"github.com/smr-io/smr-cri/test/lab/raft/kvtest"
 )
 
 // benchGroup is a 3-member group in this process over loopback gRPC, with

@@ -6,15 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/smr-io/smr-cri/test/lab/freeport"
+	"github.com/smr-io/smr-cri/test/lab/redislab"
+	"github.com/smr-io/smr-cri/test/lab/testcheck"
 )
 
 // Integration tests against real redis-server processes (Debian's 7.0 on
@@ -23,9 +22,7 @@ import (
 
 func requireIntegration(t testing.TB) {
 	t.Helper()
-	if os.Getenv("SMR_INTEGRATION") != "1" {
-		t.Skip("integration test: run with SMR_INTEGRATION=1 and redis-server installed")
-	}
+	testcheck.SkipUnlessIntegration(t, "redis-server installed")
 }
 
 type tcpDialer struct{ host string }
@@ -35,38 +32,11 @@ func (d tcpDialer) DialApp(ctx context.Context, port int) (net.Conn, error) {
 	return nd.DialContext(ctx, "tcp", net.JoinHostPort(d.host, strconv.Itoa(port)))
 }
 
-// startRedis runs a private redis-server with its default configuration
-// (plus extra args) on a free loopback port and returns the port.
+// startRedis runs a private redis-server (extra arguments appended) on a
+// free loopback port and returns the port.
 func startRedis(t testing.TB, extra ...string) int {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("redis-server not installed (apt-get install redis-server): %v", err)
-	}
-	port, err := freeport.Port()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	args := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", dir, "--daemonize", "no", "--logfile", dir + "/redis.log"}, extra...)
-	cmd := exec.Command(bin, args...)
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err == nil {
-			c.Close()
-			return port
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server on port %d did not start: %v", port, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return redislab.Start(t, extra...).Port
 }
 
 func openRedis(t testing.TB, port int, creds Credentials) App {

@@ -31,10 +31,10 @@ import (
 
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/kvtest"
-	"github.com/smr-io/smr-cri/raftcore/raftnode"
 	"github.com/smr-io/smr-cri/raftcore/transport"
 	"github.com/smr-io/smr-cri/test/lab/freeport"
+	"github.com/smr-io/smr-cri/test/lab/raft/kvtest"
+	"github.com/smr-io/smr-cri/test/lab/raft/raftnode"
 	"github.com/smr-io/smr-cri/test/lab/testcheck"
 	"go.etcd.io/raft/v3/raftpb"
 )

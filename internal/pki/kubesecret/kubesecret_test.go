@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smr-io/smr-cri/internal/kubecore/kubecoretest"
 	"github.com/smr-io/smr-cri/internal/pki"
+	"github.com/smr-io/smr-cri/test/lab/kubecoretest"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/test/lab/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/procfs"
 )
 
 // Images imported into every node's containerd (nothing can be pulled on these machines);
@@ -343,7 +344,7 @@ func (cl *Cluster) waitReady(ctx context.Context, since time.Time) error {
 	}
 	return cl.waitFor(ctx, "nodes", 0, 3*time.Minute, func() error {
 		for _, pid := range pids {
-			if !nodelab.ProcessAlive(pid) {
+			if !procfs.Alive(pid) {
 				return fmt.Errorf("%w: pid %d exited (see %s)", errDied, pid, cl.logDir())
 			}
 		}
@@ -372,7 +373,7 @@ func (c Config) waitFor(ctx context.Context, what string, pid int, timeout time.
 		if errors.Is(last, errDied) {
 			return fmt.Errorf("cluster: %s: %w", what, last)
 		}
-		if pid > 0 && !nodelab.ProcessAlive(pid) {
+		if pid > 0 && !procfs.Alive(pid) {
 			logPath := filepath.Join(c.logDir(), what+".log")
 			return fmt.Errorf("cluster: %s (pid %d) exited; last lines of %s:\n%s", what, pid, logPath, nodelab.TailFile(logPath, 15))
 		}

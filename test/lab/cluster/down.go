@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/test/lab/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/procfs"
 )
 
 // DownOptions tunes Down.
@@ -115,7 +116,7 @@ func down(ctx context.Context, c Config, log io.Writer) error {
 var devicePluginDir = "/var/lib/kubelet/device-plugins"
 
 func removeDevicePluginSocket() {
-	for _, p := range listProcs() {
+	for _, p := range procfs.List() {
 		if len(p.Args) > 0 && filepath.Base(p.Args[0]) == "kubelet" {
 			return
 		}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/smr-io/smr-cri/cri"
 	"github.com/smr-io/smr-cri/netintercept"
-	"github.com/smr-io/smr-cri/test/lab/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/procfs"
 )
 
 // Fault injection for end-to-end tests. Every fault lives inside one node's network namespace or
@@ -126,16 +126,16 @@ func (cl *Cluster) KillSmrCRI(name string) error {
 	if err != nil {
 		return err
 	}
-	if !nodelab.ProcessAlive(pid) {
+	if !procfs.Alive(pid) {
 		return fmt.Errorf("cluster: smr-cri of %s (pid %d) is not running", name, pid)
 	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("cluster: kill smr-cri of %s: %w", name, err)
 	}
-	for i := 0; i < 100 && nodelab.ProcessAlive(pid); i++ {
+	for i := 0; i < 100 && procfs.Alive(pid); i++ {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if nodelab.ProcessAlive(pid) {
+	if procfs.Alive(pid) {
 		return fmt.Errorf("cluster: smr-cri of %s (pid %d) survived SIGKILL", name, pid)
 	}
 	return nil
@@ -147,7 +147,7 @@ func (cl *Cluster) RestartSmrCRI(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if pid, err := cl.nodePID(n, "smr-cri"); err == nil && nodelab.ProcessAlive(pid) {
+	if pid, err := cl.nodePID(n, "smr-cri"); err == nil && procfs.Alive(pid) {
 		return fmt.Errorf("cluster: smr-cri of %s is still running (pid %d)", name, pid)
 	}
 	return cl.startSmrCRI(ctx, n)

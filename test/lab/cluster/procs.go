@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/test/lab/nodelab"
+	"github.com/smr-io/smr-cri/test/lab/procfs"
 )
 
 // process is one long-running program of the cluster.
@@ -118,74 +118,12 @@ func startedPIDs(c Config) ([]int, error) {
 	return pids, nil
 }
 
-// procInfo is what /proc says about one process.
-type procInfo struct {
-	PID, PPID int
-	Args      []string
-	RSSKiB    int64
-}
-
-// listProcs reads every live (non-zombie) process.
-func listProcs() []procInfo {
-	entries, _ := os.ReadDir("/proc")
-	var out []procInfo
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		pi, ok := readProc(pid)
-		if ok {
-			out = append(out, pi)
-		}
-	}
-	return out
-}
-
-func readProc(pid int) (procInfo, bool) {
-	base := "/proc/" + strconv.Itoa(pid)
-	stat, err := os.ReadFile(base + "/stat")
-	if err != nil {
-		return procInfo{}, false
-	}
-	// "pid (comm) S ppid ...": comm may hold spaces, so parse after the last ')'.
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return procInfo{}, false
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 2 || f[0] == "Z" {
-		return procInfo{}, false
-	}
-	ppid, _ := strconv.Atoi(f[1])
-	cmdline, _ := os.ReadFile(base + "/cmdline")
-	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
-	return procInfo{PID: pid, PPID: ppid, Args: args, RSSKiB: rssKiB(base + "/status")}, true
-}
-
-func rssKiB(statusPath string) int64 {
-	f, err := os.Open(statusPath)
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
 // ownProcs returns the processes of the cluster in dir: every process with an argument inside
 // dir (all of them name a config, socket or data path there; containerd shims name the
 // containerd socket), excluding this process and its ancestors.
-func ownProcs(dir string) []procInfo {
-	all := listProcs()
-	byPID := map[int]procInfo{}
+func ownProcs(dir string) []procfs.Proc {
+	all := procfs.List()
+	byPID := map[int]procfs.Proc{}
 	for _, p := range all {
 		byPID[p.PID] = p
 	}
@@ -193,7 +131,7 @@ func ownProcs(dir string) []procInfo {
 	for pid := os.Getpid(); pid > 1 && !self[pid]; pid = byPID[pid].PPID {
 		self[pid] = true
 	}
-	var out []procInfo
+	var out []procfs.Proc
 	for _, p := range all {
 		if self[p.PID] {
 			continue
@@ -209,16 +147,16 @@ func ownProcs(dir string) []procInfo {
 }
 
 // withDescendants adds every descendant of procs (the containers under containerd's shims).
-func withDescendants(procs []procInfo) []procInfo {
-	all := listProcs()
-	children := map[int][]procInfo{}
+func withDescendants(procs []procfs.Proc) []procfs.Proc {
+	all := procfs.List()
+	children := map[int][]procfs.Proc{}
 	for _, p := range all {
 		children[p.PPID] = append(children[p.PPID], p)
 	}
 	seen := map[int]bool{}
-	var out []procInfo
-	var walk func(p procInfo)
-	walk = func(p procInfo) {
+	var out []procfs.Proc
+	var walk func(p procfs.Proc)
+	walk = func(p procfs.Proc) {
 		if seen[p.PID] {
 			return
 		}
@@ -255,8 +193,9 @@ func MeasureRSS(c Config) RSS {
 		if ownSet[p.PID] && len(p.Args) > 0 {
 			name = filepath.Base(p.Args[0])
 		}
-		r.ByName[name] += p.RSSKiB
-		r.TotalKiB += p.RSSKiB
+		rss := procfs.RSSKiB(p.PID)
+		r.ByName[name] += rss
+		r.TotalKiB += rss
 		r.Procs++
 	}
 	return r
@@ -282,7 +221,7 @@ func stopProcs(pids []int, grace time.Duration) error {
 	return nodelab.TerminateAll(pids, grace, func(survivors []int) {
 		var killed []string
 		for _, pid := range survivors {
-			if p, ok := readProc(pid); ok {
+			if p, err := procfs.Read(pid); err == nil && len(p.Args) > 0 {
 				killed = append(killed, fmt.Sprintf("%d %s", pid, filepath.Base(p.Args[0])))
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,6 +20,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/smr-io/smr-cri/test/lab/procfs"
 )
 
 // Slots give concurrent labs distinct bridges and pod subnets: slot n owns bridge "smrlab<n>"
@@ -99,7 +102,7 @@ func SweepStale(ctx context.Context, log io.Writer) error {
 			}
 			continue
 		}
-		if st.Owner == 0 || ProcessAlive(st.Owner) {
+		if st.Owner == 0 || procfs.Alive(st.Owner) {
 			continue
 		}
 		if log != nil {
@@ -132,7 +135,7 @@ func StopContainerd(ctx context.Context, dir string, log io.Writer) error {
 	}
 	var errs []error
 	sock := socketPath(dir)
-	if ProcessAlive(st.PID) && isOurContainerd(st.PID, dir) {
+	if procfs.Alive(st.PID) && isOurContainerd(st.PID, dir) {
 		if err := removeAllPods(ctx, sock); err != nil {
 			logf("removing pods through CRI: %v (continuing with forced cleanup)", err)
 		}
@@ -181,11 +184,8 @@ func StopContainerd(ctx context.Context, dir string, log io.Writer) error {
 
 // isOurContainerd guards against pid reuse: the process must be containerd with dir's config.
 func isOurContainerd(pid int, dir string) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil {
-		return false
-	}
-	return strings.Contains(string(b), filepath.Join(dir, "config.toml"))
+	p, err := procfs.Read(pid)
+	return err == nil && slices.Contains(p.Args, filepath.Join(dir, "config.toml"))
 }
 
 // RemoveAllPods stops and removes every pod sandbox (and its containers) through the CRI socket
@@ -238,7 +238,7 @@ func TerminateAll(pids []int, grace time.Duration, beforeKill func(survivors []i
 	alive := func() []int {
 		var left []int
 		for _, pid := range waiting {
-			if ProcessAlive(pid) {
+			if procfs.Alive(pid) {
 				left = append(left, pid)
 			}
 		}
@@ -288,24 +288,14 @@ func killContainers(ctx context.Context, runcDir string) error {
 
 // shimPIDs finds containerd-shim processes serving the containerd at sock.
 func shimPIDs(sock string) []int {
-	procs, _ := os.ReadDir("/proc")
 	var pids []int
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil {
+	for _, p := range procfs.List() {
+		if len(p.Args) == 0 || !strings.Contains(filepath.Base(p.Args[0]), "containerd-shim") {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + p.Name() + "/cmdline")
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "containerd-shim") {
-			continue
-		}
-		for i := 0; i+1 < len(args); i++ {
-			if args[i] == "-address" && args[i+1] == sock {
-				pids = append(pids, pid)
+		for i := 0; i+1 < len(p.Args); i++ {
+			if p.Args[i] == "-address" && p.Args[i+1] == sock {
+				pids = append(pids, p.PID)
 			}
 		}
 	}

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 	"text/template"
@@ -20,6 +19,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/smr-io/smr-cri/test/lab/procfs"
 )
 
 // ContainerdOptions configures StartContainerd.
@@ -211,7 +212,7 @@ func StartContainerd(ctx context.Context, opts ContainerdOptions) (_ *Containerd
 		logf("sweeping stale labs: %v", err)
 	}
 	if st, err := readLabState(dir); err == nil {
-		if ProcessAlive(st.PID) {
+		if procfs.Alive(st.PID) {
 			return nil, fmt.Errorf("nodelab: containerd already running in %s (pid %d); stop it first", dir, st.PID)
 		}
 		if err := StopContainerd(ctx, dir, opts.Log); err != nil {
@@ -425,21 +426,6 @@ func writeLabState(dir string, st labState) error {
 		return fmt.Errorf("nodelab: %w", err)
 	}
 	return nil
-}
-
-// ProcessAlive reports whether pid names a live (non-zombie) process.
-func ProcessAlive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	// The state follows the parenthesised command name: "pid (comm) S ...".
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
 }
 
 // TailFile returns the last lines of the file at path ("" if it cannot be read), for error

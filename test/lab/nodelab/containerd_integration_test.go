@@ -13,6 +13,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/smr-io/smr-cri/test/lab/procfs"
 )
 
 // TestContainerdLab runs a real pod (the Redis image) in a private containerd, talks to it over
@@ -97,7 +99,7 @@ func TestContainerdLab(t *testing.T) {
 	if pids := shimPIDs(c.Socket()); len(pids) > 0 {
 		t.Errorf("shims left: %v", pids)
 	}
-	if ProcessAlive(c.PID()) {
+	if procfs.Alive(c.PID()) {
 		t.Errorf("containerd pid %d still running", c.PID())
 	}
 	if _, err := netlink.LinkByName(c.Bridge()); err == nil {

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"text/template"
 	"time"
+
+	"github.com/smr-io/smr-cri/test/lab/procfs"
 )
 
 // KubeletOptions configures StartKubelet: a standalone kubelet (static pods, no API server).
@@ -231,7 +233,7 @@ func sweepKubelets(ctx context.Context) []error {
 			continue
 		}
 		pid, err := strconv.Atoi(rest)
-		if err != nil || ProcessAlive(pid) || ctx.Err() != nil {
+		if err != nil || procfs.Alive(pid) || ctx.Err() != nil {
 			continue
 		}
 		dir, err := os.ReadFile(filepath.Join(KubeletRegistry, e.Name()))

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/smr-io/smr-cri/test/lab/procfs"
 )
 
 // TerminateAll stops every process: one that exits on SIGTERM and one that ignores it (which
@@ -50,7 +52,7 @@ func TestTerminateAll(t *testing.T) {
 		t.Errorf("beforeKill got %v, want %v", survivors, wantSurvivors)
 	}
 	for i, pid := range pids {
-		if ProcessAlive(pid) {
+		if procfs.Alive(pid) {
 			t.Errorf("%s: pid %d still alive", tests[i].name, pid)
 		}
 	}

@@ -2,21 +2,20 @@ package nodelab
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
+
+	"github.com/smr-io/smr-cri/test/lab/testcheck"
 )
 
 // IntegrationEnv is the environment variable that enables integration tests.
-const IntegrationEnv = "SMR_INTEGRATION"
+const IntegrationEnv = testcheck.IntegrationEnv
 
 // RequireIntegration skips t unless SMR_INTEGRATION=1; when enabled, a missing prerequisite (not
 // root) fails the test instead of skipping it.
 func RequireIntegration(t testing.TB) {
 	t.Helper()
-	if os.Getenv(IntegrationEnv) != "1" {
-		t.Skipf("integration test: run as root with %s=1 (hack/test.sh does)", IntegrationEnv)
-	}
+	testcheck.SkipUnlessIntegration(t, "root")
 	if err := CheckRoot(); err != nil {
 		t.Fatal(err)
 	}

@@ -23,3 +23,22 @@ func TestErrorCase(t *testing.T) {
 		})
 	}
 }
+
+func TestSkipUnlessIntegration(t *testing.T) {
+	for _, tt := range []struct {
+		env      string
+		wantSkip bool
+	}{{"", true}, {"0", true}, {"true", true}, {"1", false}} {
+		t.Run("env="+tt.env, func(t *testing.T) {
+			t.Setenv(IntegrationEnv, tt.env)
+			ran := false
+			t.Run("inner", func(t *testing.T) {
+				SkipUnlessIntegration(t, "nothing")
+				ran = true
+			})
+			if ran == tt.wantSkip {
+				t.Fatalf("%s=%q: body ran = %v, want %v", IntegrationEnv, tt.env, ran, !tt.wantSkip)
+			}
+		})
+	}
+}

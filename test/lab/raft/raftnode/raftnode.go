@@ -34,8 +34,8 @@ import (
 
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/kvtest"
 	"github.com/smr-io/smr-cri/raftcore/transport"
+	"github.com/smr-io/smr-cri/test/lab/raft/kvtest"
 )
 
 // ParsePeers parses "1=host:port,2=host:port".

@@ -1,5 +1,5 @@
 // Command raftnode runs one standalone raftcore ordering process (tests,
-// benchmarks). See package raftcore/raftnode for the flags and HTTP API.
+// benchmarks). See package test/lab/raft/raftnode for the flags and HTTP API.
 package main
 
 import (
@@ -9,7 +9,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/smr-io/smr-cri/raftcore/raftnode"
+	"github.com/smr-io/smr-cri/test/lab/raft/raftnode"
 )
 
 func main() {

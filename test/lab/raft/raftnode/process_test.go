@@ -18,8 +18,8 @@ import (
 
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/kvtest"
 	"github.com/smr-io/smr-cri/test/lab/freeport"
+	"github.com/smr-io/smr-cri/test/lab/raft/kvtest"
 )
 
 // TestMain lets the test binary act as the raftnode process, so the

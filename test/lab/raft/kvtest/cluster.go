@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/memnet"
+	"github.com/smr-io/smr-cri/test/lab/raft/memnet"
 )
 
 // GroupName is the group every Cluster member runs.

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
-	"github.com/smr-io/smr-cri/raftcore/kvtest"
-	"github.com/smr-io/smr-cri/raftcore/memnet"
+	"github.com/smr-io/smr-cri/test/lab/raft/kvtest"
+	"github.com/smr-io/smr-cri/test/lab/raft/memnet"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
