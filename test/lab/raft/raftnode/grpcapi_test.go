@@ -40,6 +40,14 @@ func TestGRPCClientAPI(t *testing.T) {
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// The one member elects itself after an election timeout, longer on a
+	// loaded machine than Propose's own short wait for a leader.
+	for g.Status().Leader == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("no leader elected within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	res, err := cl.Propose(ctx, raftcore.Proposal{Session: 1, Seq: 1, Data: kvtest.Op{Kind: "append", Key: "x", Value: "a"}.Encode()})
 	if err != nil || string(res.Value) != "a" || res.Index == 0 {
 		t.Fatalf("propose: %+v %v", res, err)
