@@ -59,11 +59,11 @@ func TestHTTPSnapshotContract(t *testing.T) {
 		put(t, pb, k, k+big)
 	}
 	put(t, pc, "junk", "1")
-	da, err := kvApp(t, pa).Digest(ctx)
+	da, err := kvApp(t, pa).Digest(ctx, DigestOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if db, _ := kvApp(t, pb).Digest(ctx); db != da {
+	if db, _ := kvApp(t, pb).Digest(ctx, DigestOptions{}); db != da {
 		t.Fatalf("equal stores, different digests %s %s", da, db)
 	}
 	var buf bytes.Buffer
@@ -78,7 +78,7 @@ func TestHTTPSnapshotContract(t *testing.T) {
 	if _, err := kvApp(t, pc).Restore(ctx, bytes.NewReader(snap)); err != nil {
 		t.Fatal(err)
 	}
-	if dc, _ := kvApp(t, pc).Digest(ctx); dc != da {
+	if dc, _ := kvApp(t, pc).Digest(ctx, DigestOptions{}); dc != da {
 		t.Fatalf("restored digest %s, want %s", dc, da)
 	}
 	var keys bytes.Buffer
@@ -87,7 +87,7 @@ func TestHTTPSnapshotContract(t *testing.T) {
 		t.Fatal("restore kept the app's old key")
 	}
 	put(t, pb, "a", "changed")
-	if db, _ := kvApp(t, pb).Digest(ctx); db == da {
+	if db, _ := kvApp(t, pb).Digest(ctx, DigestOptions{}); db == da {
 		t.Fatal("a changed value did not change the digest")
 	}
 	// A damaged stream never installs: the PUT body breaks before its end.
@@ -96,7 +96,7 @@ func TestHTTPSnapshotContract(t *testing.T) {
 	if _, err := kvApp(t, pc).Restore(ctx, bytes.NewReader(bad)); err == nil {
 		t.Fatal("restore of a damaged stream succeeded")
 	}
-	if dc, _ := kvApp(t, pc).Digest(ctx); dc != da {
+	if dc, _ := kvApp(t, pc).Digest(ctx, DigestOptions{}); dc != da {
 		t.Fatalf("a refused restore changed the app: %s", dc)
 	}
 	// An app without the contract has no snapshots.

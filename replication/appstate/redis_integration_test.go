@@ -272,7 +272,7 @@ func TestRedisRoundTripEveryType(t *testing.T) {
 
 func digest(t testing.TB, port int) Digest {
 	t.Helper()
-	d, err := openRedis(t, port, Credentials{}).Digest(context.Background())
+	d, err := openRedis(t, port, Credentials{}).Digest(context.Background(), DigestOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
