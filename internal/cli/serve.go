@@ -64,6 +64,8 @@ type replicationOptions struct {
 	// InsecureRaft (plaintext raft).
 	PKIDir       string
 	InsecureRaft bool
+	// Audit tunes the ordered audit of every group (--audit-*).
+	Audit replication.AuditConfig
 }
 
 // DefaultPKIDir is where serve keeps the cluster CA (docs/security.md).
@@ -73,7 +75,11 @@ const DefaultPKIDir = DefaultDataDir + "/pki"
 const DefaultProbeSource = daemon.ProbeSourceNone
 
 var defaultReplication = replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: DefaultTraceFile,
-	ProbeSource: DefaultProbeSource, PKIDir: DefaultPKIDir}
+	ProbeSource: DefaultProbeSource, PKIDir: DefaultPKIDir, Audit: defaultAudit}
+
+// defaultAudit is what the --audit-* flags give when not set.
+var defaultAudit = replication.AuditConfig{Interval: replication.DefaultAuditInterval, Every: replication.DefaultAuditEvery,
+	MaxKeys: replication.DefaultAuditMaxKeys}
 
 const serveHelp = `Usage: smr-cri serve [flags]
 
@@ -189,6 +195,14 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	listen, endpoint, config, logLevel, metricsAddr, shutdown := serveFlags(fs)
 	replicate, dataDir, kubeconfig, nodeName, traceFile, probeSource := replicationFlags(fs)
 	pkiDir, insecureRaft := raftSecurityFlags(fs)
+	auditInterval := fs.String("audit-interval", replication.DefaultAuditInterval.String(),
+		"the ordered audit: while a group has writes, its leader orders an audit at least this often (and every\n"+
+			"--audit-every client entries) at which every replica digests its app and a replica whose digest differs\n"+
+			"from the majority's is repaired. \"0\" turns it off. Each audit reads every key of the app while the group\n"+
+			"waits (about a second per 100-200k Redis keys); apps over --audit-max-keys are not audited.")
+	auditEvery := fs.Uint64("audit-every", replication.DefaultAuditEvery, "client entries between two audits (see --audit-interval).")
+	auditMaxKeys := fs.Int("audit-max-keys", replication.DefaultAuditMaxKeys,
+		"a replica whose app holds more keys is not digested (it reports \"skipped\", said once in the log).")
 	statusSocket := fs.String("status-socket", "",
 		"unix socket (mode 0600, root only) that `smr-cri status` reads this node's members from. Default: "+nodestatus.SocketName+"\n"+
 			"beside --listen; \"-\" turns it off. Never a TCP port: cluster-wide views go through the API server.")
@@ -242,6 +256,7 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 			"probe-source":     {probeSource, strings.Join(c.ProbeSources, ",")},
 			"status-socket":    {statusSocket, c.StatusSocket},
 			"pki-dir":          {pkiDir, c.PKIDir},
+			"audit-interval":   {auditInterval, c.AuditInterval},
 		} {
 			if !set[name] && p.val != "" {
 				*p.dst = p.val
@@ -262,6 +277,13 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	}
 	if _, err := cri.ParseEndpoint(*endpoint); err != nil {
 		return serveOptions{}, fmt.Errorf("%w: --runtime-endpoint: %w", ErrBadConfig, err)
+	}
+	audit, err := parseAuditInterval(*auditInterval)
+	if err != nil {
+		return serveOptions{}, err
+	}
+	if *auditEvery == 0 || *auditMaxKeys <= 0 {
+		return serveOptions{}, fmt.Errorf("%w: --audit-every and --audit-max-keys must be positive", ErrBadConfig)
 	}
 	if *listen == "" {
 		return serveOptions{}, fmt.Errorf("%w: --listen must not be empty", ErrBadConfig)
@@ -300,7 +322,8 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 		ShutdownTimeout: timeout,
 		StatusSocket:    *statusSocket,
 		Replication: replicationOptions{Enabled: *replicate, DataDir: *dataDir, Kubeconfig: *kubeconfig,
-			NodeName: *nodeName, TraceFile: *traceFile, ProbeSource: *probeSource, PKIDir: *pkiDir, InsecureRaft: *insecureRaft},
+			NodeName: *nodeName, TraceFile: *traceFile, ProbeSource: *probeSource, PKIDir: *pkiDir, InsecureRaft: *insecureRaft,
+			Audit: replication.AuditConfig{Off: audit == 0, Interval: audit, Every: *auditEvery, MaxKeys: *auditMaxKeys}},
 	}, nil
 }
 
@@ -445,7 +468,7 @@ func startReplication(ctx context.Context, o serveOptions, log *slog.Logger, reg
 		return nil, nil, fmt.Errorf("%w: --probe-source: %w", ErrBadConfig, err)
 	}
 	cfg := daemon.Config{DataDir: ro.DataDir, RuntimeEndpoint: o.RuntimeEndpoint, NodeName: ro.NodeName, Log: log,
-		ProbeSources: probes}
+		ProbeSources: probes, Executor: replication.ExecutorConfig{Audit: ro.Audit}}
 	if cfg.NodeName == "" {
 		cfg.NodeName, _ = os.Hostname()
 	}

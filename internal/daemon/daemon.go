@@ -328,18 +328,20 @@ func New(cfg Config) (*Daemon, error) {
 		}
 		d.runtime = runtimeapi.NewRuntimeServiceClient(d.conn)
 	}
+	d.events, d.closeEvents = newRecorder(cfg, d)
 	mgr, err := replication.NewManager(replication.ManagerConfig{
 		Intercept: d.intercept, StartGroup: d.startGroup, ListenerPort: cfg.ListenerPort,
 		Listen: cfg.ListenApp, Dialer: cfg.Dialer, OriginalPort: cfg.OriginalPort,
 		Trace: cfg.Trace, Log: cfg.Log, Metrics: cfg.Metrics,
 		MemberDir: d.memberDir, SandboxRunning: d.sandboxRunning, Executor: cfg.Executor,
+		Events: d.Events(),
 	})
 	if err != nil {
+		d.closeEvents(context.Background())
 		d.closeConn()
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
 	d.mgr = mgr
-	d.events, d.closeEvents = newRecorder(cfg, d)
 	return d, nil
 }
 
