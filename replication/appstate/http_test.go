@@ -109,3 +109,22 @@ func TestHTTPSnapshotContract(t *testing.T) {
 		t.Fatalf("capture from a missing path: %v", err)
 	}
 }
+
+// A state body over DigestOptions.MaxBytes is refused with ErrTooLarge
+// (the digest is bounded); within the bound it is digested as without one.
+func TestHTTPDigestBound(t *testing.T) {
+	ctx := context.Background()
+	_, port := serveKV(t)
+	put(t, port, "k", strings.Repeat("v", 64<<10))
+	a := kvApp(t, port)
+	if _, err := a.Digest(ctx, DigestOptions{MaxBytes: 1 << 10}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("digest of a 64 KiB state bounded to 1 KiB: %v, want ErrTooLarge", err)
+	}
+	bounded, err := a.Digest(ctx, DigestOptions{MaxBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if free, _ := a.Digest(ctx, DigestOptions{}); free != bounded {
+		t.Fatalf("digest within the bound %v != unbounded %v", bounded, free)
+	}
+}
