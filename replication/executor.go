@@ -190,6 +190,7 @@ func NewExecutor(cfg ExecutorConfig) (*Executor, error) {
 		starts: map[[2]uint64]time.Time{}, closed: make(chan struct{}), audit: newAuditor(cfg.Audit),
 	}
 	x.m.setState(StateServing)
+	x.m.initDiverged(cfg.Self)
 	return x, nil
 }
 

@@ -31,8 +31,9 @@ type Metrics struct {
 	audits        *prometheus.CounterVec
 	diverged      *prometheus.GaugeVec
 
-	mu         sync.Mutex
-	lastLeader map[string]uint64
+	mu           sync.Mutex
+	lastLeader   map[string]uint64
+	divergedSeen map[string]bool // group/member whose smr_replica_diverged exists
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -74,7 +75,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "1 while the last audit found this member's app different from the majority's, 0 once an audit agrees (as seen by this replica, for every member it judged)."}, []string{"group", "member"}),
 		connPanics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_connection_panics_total",
 			Help: "Panics recovered while serving one connection (path=client: a client connection's handler; path=app_response: reading an app response); only that connection ended."}, []string{"group", "path"}),
-		lastLeader: map[string]uint64{},
+		lastLeader: map[string]uint64{}, divergedSeen: map[string]bool{},
 	}
 	for _, c := range []prometheus.Collector{m.proposals, m.proposalErrs, m.commits, m.reads, m.badRequests,
 		m.applyLagH, m.execDuration, m.appliedIndex, m.sessions, m.queue, m.leaderChanges, m.leader, m.replicaState, m.repairs, m.audits, m.diverged, m.connPanics} {
@@ -109,7 +110,37 @@ func (m *Metrics) forGroup(group string) *groupMetrics {
 		g.proposals[k] = m.proposals.WithLabelValues(group, k.String())
 		g.commits[k] = m.commits.WithLabelValues(group, k.String())
 	}
+	// The known label values exist from the start at 0, so a dashboard and
+	// an alert over increase() see the first repair, audit or panic.
+	for _, cause := range []string{CauseInFlight, CauseContainerRestart, CauseQueueOverflow, CauseSessionBroken, CauseDivergence} {
+		for _, result := range []string{"ok", "failed"} {
+			m.repairs.WithLabelValues(group, cause, result)
+		}
+	}
+	for _, result := range []string{AuditAgree, AuditDiverged, AuditNoMajority, AuditSkipped} {
+		m.audits.WithLabelValues(group, result)
+	}
+	for _, path := range []string{panicPathClient, panicPathAppResponse} {
+		m.connPanics.WithLabelValues(group, path)
+	}
 	return g
+}
+
+// initDiverged publishes smr_replica_diverged{member}=0 the first time this
+// process runs that member; a member rebuilt after a divergence keeps its
+// 1 until an audit agrees.
+func (g *groupMetrics) initDiverged(member uint64) {
+	if g == nil {
+		return
+	}
+	key := g.group + "/" + strconv.FormatUint(member, 10)
+	g.m.mu.Lock()
+	seen := g.m.divergedSeen[key]
+	g.m.divergedSeen[key] = true
+	g.m.mu.Unlock()
+	if !seen {
+		g.setDiverged(member, false)
+	}
 }
 
 func validKind(k Kind) bool { return k >= KindOpen && k <= KindReset }
