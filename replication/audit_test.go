@@ -1,11 +1,18 @@
 package replication
 
 import (
+	"bytes"
+	"context"
 	"errors"
+	"log/slog"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/replication/framing"
 )
 
 func sum(b byte) [32]byte { return [32]byte{b} }
@@ -126,6 +133,85 @@ func TestAuditDue(t *testing.T) {
 			a.lastAudit.Store(now.Add(-tc.since).UnixNano())
 			if got := a.due(now); got != tc.want {
 				t.Fatalf("due = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// recordingOrderer keeps what was proposed (a unit-test fake of raft).
+type recordingOrderer struct {
+	mu    sync.Mutex
+	props [][]byte
+}
+
+func (o *recordingOrderer) Propose(_ context.Context, p raftcore.Proposal) (raftcore.Result, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.props = append(o.props, p.Data)
+	return raftcore.Result{}, nil
+}
+func (o *recordingOrderer) ReadIndex(context.Context) (uint64, error) { return 0, nil }
+
+func (o *recordingOrderer) reports(t *testing.T) []DigestReport {
+	t.Helper()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []DigestReport
+	for _, b := range o.props {
+		op, err := DecodeOp(b)
+		if err != nil || op.Kind != KindDigest {
+			t.Fatalf("proposed %v, %v; want DIGEST entries", op, err)
+		}
+		out = append(out, *op.Digest)
+	}
+	return out
+}
+
+// An app without a digest method (HTTP without the snapshot path), a
+// replica whose app is unreachable, and an audit whose window has passed:
+// the replica reports "skipped" with the reason (the first two), said
+// once in the log, or ignores the old audit (the last).
+func TestAuditSkips(t *testing.T) {
+	now := time.Now().UnixMilli()
+	tests := []struct {
+		name    string
+		port    Port
+		at      int64
+		want    string // in every report's Skipped; "" = no report
+		reports int
+	}{
+		{"http app without snapshot path", Port{8080, framing.ProtoHTTP}, now, "no digest method", 2},
+		{"redis app unreachable", Port{6379, framing.ProtoRESP}, now, "connection refused", 2},
+		{"audit window passed", Port{6379, framing.ProtoRESP}, now - time.Minute.Milliseconds(), "", 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			x, err := NewExecutor(ExecutorConfig{Group: "g", Self: 1, Ports: []Port{tc.port}, Dialer: failDialer{},
+				Log: slog.New(slog.NewTextHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer x.Close()
+			o := &recordingOrderer{}
+			x.reportTo(o)
+			for i := range 2 {
+				audit := Op{Kind: KindAudit, Audit: &AuditOp{AtMillis: tc.at, WindowMillis: 10000, Voters: []uint64{1, 2, 3}}}
+				if _, err := x.Apply(raftcore.Entry{Index: uint64(i + 1), Data: audit.Encode()}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFor(t, "the reports", func() bool { return len(o.reports(t)) == tc.reports })
+			for _, r := range o.reports(t) {
+				if !strings.Contains(r.Skipped, tc.want) {
+					t.Errorf("report %+v, want skipped for %q", r, tc.want)
+				}
+			}
+			if n := strings.Count(logs.String(), "not digested"); tc.reports > 0 && n != 1 {
+				t.Errorf("said %d times in the log, want once:\n%s", n, logs.String())
+			}
+			if x.Applied() != 2 {
+				t.Errorf("applied %d, want 2", x.Applied())
 			}
 		})
 	}
