@@ -23,6 +23,7 @@ import (
 	"github.com/smr-io/smr-cri/internal/daemon"
 	"github.com/smr-io/smr-cri/internal/nodestatus"
 	"github.com/smr-io/smr-cri/internal/pki"
+	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication"
 )
 
@@ -479,6 +480,10 @@ func startReplication(ctx context.Context, o serveOptions, log *slog.Logger, reg
 			return nil, nil, err
 		}
 		cfg.Metrics = m
+		if cfg.RaftMetrics, err = raftcore.NewMetrics(reg); err != nil {
+			closeTrace()
+			return nil, nil, err
+		}
 	}
 	// Read now if present, else at the first attach that needs it: the
 	// DaemonSet's trace container writes it after serve started.

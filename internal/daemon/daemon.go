@@ -166,7 +166,10 @@ type Config struct {
 	NodeName string
 	Trace    *replication.Tracer
 	Metrics  *replication.Metrics
-	Log      *slog.Logger
+	// RaftMetrics are raftcore's (smr_raft_*: WAL, batches, snapshots, log
+	// bytes); nil records nothing.
+	RaftMetrics *raftcore.Metrics
+	Log         *slog.Logger
 	// ReconcileInterval is the period of Run's re-attach pass (default 10s).
 	ReconcileInterval time.Duration
 	// TickInterval is raft's tick (default raftcore's, 100ms).
@@ -466,7 +469,7 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 		return nil, nil, err
 	}
 	node, err := raftcore.NewNode(raftcore.NodeConfig{DataDir: dir, Transport: tr, TickInterval: d.cfg.TickInterval,
-		Logger: d.log}) // raftcore adds group and member
+		Logger: d.log, Metrics: d.cfg.RaftMetrics}) // raftcore adds group and member
 	if err != nil {
 		_ = tr.Close()
 		return nil, nil, err
