@@ -3,18 +3,15 @@ package replication
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/smr-io/smr-cri/replication/framing"
-	"github.com/smr-io/smr-cri/test/lab/freeport"
+	"github.com/smr-io/smr-cri/test/lab/redisproc"
 )
 
 // Integration tests against real redis-server processes (one per replica).
@@ -31,30 +28,7 @@ func requireIntegration(t testing.TB) {
 // startRedis runs a private redis-server on a free 127.0.0.1 port.
 func startRedis(t testing.TB, extraArgs ...string) string {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("redis-server not installed (apt-get install redis-server): %v", err)
-	}
-	port, err := freeport.Port() // redis-server binds it later
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	cmd := exec.Command(bin, append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", dir, "--daemonize", "no", "--logfile", dir + "/redis.log"}, extraArgs...)...)
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	waitFor(t, "redis-server at "+addr, func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-	return addr
+	return redisproc.Start(t, extraArgs...)
 }
 
 var respPort = Port{Number: 6379, Protocol: framing.ProtoRESP}
