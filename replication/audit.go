@@ -210,6 +210,9 @@ func (x *Executor) startAuditLocked(e raftcore.Entry, a *AuditOp) {
 		delete(au.rounds, au.order[0])
 		au.order = au.order[1:]
 	}
+	if !slices.Contains(r.voters, x.cfg.Self) {
+		return // not a voter (yet): it follows the verdict only
+	}
 	rep := x.digestLocked(e.Index, cutoff)
 	r.own = &rep
 	if rep.Skipped != "" {
@@ -219,9 +222,6 @@ func (x *Executor) startAuditLocked(e raftcore.Entry, a *AuditOp) {
 			x.cfg.Log.Warn("audit: this replica's app is not digested; it takes no part in audits while this lasts (said once)",
 				"group", x.cfg.Group, "member", x.cfg.Self, "index", e.Index, "reason", rep.Skipped)
 		}
-	}
-	if !slices.Contains(r.voters, x.cfg.Self) {
-		return
 	}
 	o := au.orderer.Load()
 	if o == nil {
