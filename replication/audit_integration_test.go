@@ -3,12 +3,16 @@ package replication
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/smr-io/smr-cri/examples/kvstore"
 )
 
 // The audit's verdict on real Redis apps behind real raft members: writes
@@ -131,4 +135,57 @@ func gathered(t *testing.T, reg *prometheus.Registry, name string, want map[stri
 		}
 	}
 	return v
+}
+
+// The audit of the HTTP example app (examples/kvstore, with its snapshot
+// path): a value written straight into one app is found on that member.
+func TestAuditVerdictHTTP(t *testing.T) {
+	stores, addrs := kvApps(t, 3)
+	c := newCluster(t, clusterOpts{port: httpPort, appAddrs: addrs})
+	var mu sync.Mutex
+	var repaired []uint64
+	for _, r := range c.replicas {
+		if err := r.exec.EnableSnapshots(SnapshotConfig{SnapshotPath: kvstore.StatePath}); err != nil {
+			t.Fatal(err)
+		}
+		r.exec.reportTo(r.group)
+		r.exec.OnUncertain(func(cause Cause) {
+			mu.Lock()
+			defer mu.Unlock()
+			if cause.Kind == CauseDivergence {
+				repaired = append(repaired, r.id)
+			}
+		})
+	}
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	if code, body := do(t, client, "PUT", "http://"+c.replicas[0].addr+"/kv/k", "v"); code/100 != 2 {
+		t.Fatalf("PUT through replica 1: %d %s", code, body)
+	}
+	c.waitCaughtUp()
+	rec := httptest.NewRecorder()
+	stores[2].ServeHTTP(rec, httptest.NewRequest("PUT", "/kv/around", strings.NewReader("x")))
+	if rec.Code/100 != 2 {
+		t.Fatalf("direct PUT: %d", rec.Code)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := ProposeAudit(ctx, c.replicas[1].group, 10*time.Second, []uint64{1, 2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "member 3's repair request", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(repaired) > 0
+	})
+	time.Sleep(200 * time.Millisecond) // a wrong repair request would come now
+	mu.Lock()
+	got := fmt.Sprint(repaired)
+	mu.Unlock()
+	if got != "[3]" {
+		t.Fatalf("repair requested by %v, want [3]", got)
+	}
+	waitFor(t, "members 1 and 2 to agree", func() bool {
+		return gathered(t, c.reg, "smr_audits_total", map[string]string{"result": AuditAgree}) == 2
+	})
 }
