@@ -56,6 +56,9 @@ bench: ## redis-benchmark: plain Redis pod vs a 3-replica smr group
 bench-ceiling: ## upper bound for `make bench` SET: three serial SET loops with no ordering vs redis-benchmark -c 50
 	SMR_INTEGRATION=1 $(GO) test -count=1 -run '^$$' -bench SerialAppCeiling -benchtime 1x ./replication/
 
+bench-audit: ## one ordered audit's digest (the group's stall) vs a snapshot capture of the same keys, real Redis; prints `audit: keys=K stall_ms=S ...`
+	SMR_INTEGRATION=1 $(GO) test -count=1 -run '^$$' -bench RedisDigest -benchtime 3x ./replication/appstate/ | grep '^audit:'
+
 bench-raft-tls: ## mTLS vs plaintext raft commit rate, side by side
 	hack/bench-raft-tls.sh
 
@@ -89,7 +92,7 @@ check-monitoring: ## promtool check of manifests/monitoring's rules, dashboard a
 	promtool check rules manifests/monitoring/rules.yaml
 	SMR_INTEGRATION=1 $(GO) test -count=1 ./internal/monitoring/
 
-.PHONY: hostile-input fuzz-rediscmd
+.PHONY: hostile-input fuzz-rediscmd bench-audit
 
 hostile-input: ## hostile byte streams against a real serve with 3 Redis pods for SMR_HOSTILE_DURATION (default 3m; root)
 	SMR_INTEGRATION=1 SMR_HOSTILE_DURATION=$${SMR_HOSTILE_DURATION:-3m} $(GO) test -count=1 -timeout 30m -v -run '^TestIntegrationHostileInput$$' ./internal/daemon/

@@ -156,3 +156,19 @@ func (m *Metrics) setLog(group string, bytes int64, entries uint64) {
 		m.logEntries.WithLabelValues(group).Set(float64(entries))
 	}
 }
+
+// PublishStorage sets smr_raft_log_bytes, smr_raft_log_entries and
+// smr_raft_snapshot_index from what the member holds now (0: no snapshot),
+// so a log that grows without snapshots shows between them too (a snapshot
+// also sets them). The node daemon calls it periodically.
+func (g *Group) PublishStorage() error {
+	bytes, entries, err := g.DiskUsage()
+	if err != nil {
+		return err
+	}
+	g.ncfg.Metrics.setLog(g.name, bytes, entries)
+	if snap, err := g.ds.mem.Snapshot(); err == nil && g.ncfg.Metrics != nil {
+		g.ncfg.Metrics.snapIndex.WithLabelValues(g.name).Set(float64(snap.Metadata.GetIndex()))
+	}
+	return nil
+}

@@ -17,6 +17,10 @@ import (
 //	CLOSE    v=1 k=3
 //	RESET    v=1 k=4   (closes every session proposed by Entry.Origin; sent by a
 //	                    replica when it starts, so sessions of its previous run end)
+//	AUDIT    v=1 k=5 at:int64(BE, Unix ms, the leader's clock) window:uint32(BE, ms)
+//	                 n:uint8 voter:uvarint*n   (audit.go: every replica digests its app here)
+//	DIGEST   v=1 k=6 audit:uint64(BE) status:uint8 (0: sum[32] keys:uvarint; 1: reason)
+//	                    (one replica's digest at that AUDIT, proposed by it: Entry.Origin)
 const entryVersion = 1
 
 // Kind of a log entry.
@@ -28,6 +32,8 @@ const (
 	KindRequest
 	KindClose
 	KindReset
+	KindAudit
+	KindDigest
 )
 
 func (k Kind) String() string {
@@ -40,6 +46,10 @@ func (k Kind) String() string {
 		return "CLOSE"
 	case KindReset:
 		return "RESET"
+	case KindAudit:
+		return "AUDIT"
+	case KindDigest:
+		return "DIGEST"
 	}
 	return fmt.Sprintf("Kind(%d)", uint8(k))
 }
@@ -54,7 +64,32 @@ type Op struct {
 	Protocol string // OPEN
 	Name     string // REQUEST: framing.Request.Op
 	Raw      []byte // REQUEST: the client's bytes
+	Audit    *AuditOp
+	Digest   *DigestReport
 }
+
+// AuditOp is an AUDIT entry: the leader's clock when it proposed it (key
+// expiry is judged against it, see audit.go), the window within which
+// replicas must digest, and the voting members at that time.
+type AuditOp struct {
+	AtMillis     int64
+	WindowMillis uint32
+	Voters       []uint64
+}
+
+// DigestReport is a DIGEST entry: the digest of the proposer's app at the
+// AUDIT at index Audit, or why it has none (Skipped, e.g. the app is too
+// large or was not serving).
+type DigestReport struct {
+	Audit   uint64
+	Sum     [32]byte
+	Keys    int
+	Skipped string
+}
+
+// maxVoters bounds an AUDIT's member list (a raft group of 255 members is
+// far beyond any replicated pod).
+const maxVoters = 255
 
 // Encode renders the payload.
 func (o Op) Encode() []byte {
@@ -74,6 +109,40 @@ func (o Op) Encode() []byte {
 		b = append(b, entryVersion, byte(KindRequest), byte(len(name)))
 		b = append(b, name...)
 		return append(b, o.Raw...)
+	case KindAudit:
+		a := o.Audit
+		if a == nil {
+			a = &AuditOp{}
+		}
+		voters := a.Voters[:min(len(a.Voters), maxVoters)]
+		b := make([]byte, 0, 15+len(voters)*binary.MaxVarintLen64)
+		b = append(b, entryVersion, byte(KindAudit))
+		b = binary.BigEndian.AppendUint64(b, uint64(a.AtMillis))
+		b = binary.BigEndian.AppendUint32(b, a.WindowMillis)
+		b = append(b, byte(len(voters)))
+		for _, v := range voters {
+			b = binary.AppendUvarint(b, v)
+		}
+		return b
+	case KindDigest:
+		d := o.Digest
+		if d == nil {
+			d = &DigestReport{}
+		}
+		b := make([]byte, 0, 11+32+binary.MaxVarintLen64)
+		b = append(b, entryVersion, byte(KindDigest))
+		b = binary.BigEndian.AppendUint64(b, d.Audit)
+		if d.Skipped != "" {
+			reason := d.Skipped
+			if len(reason) > 255 {
+				reason = reason[:255]
+			}
+			b = append(b, 1, byte(len(reason)))
+			return append(b, reason...)
+		}
+		b = append(b, 0)
+		b = append(b, d.Sum[:]...)
+		return binary.AppendUvarint(b, uint64(max(d.Keys, 0)))
 	default:
 		return []byte{entryVersion, byte(o.Kind)}
 	}
@@ -112,8 +181,70 @@ func DecodeOp(b []byte) (Op, error) {
 		if len(rest) != 0 {
 			return Op{}, fmt.Errorf("%w: %s with %d trailing bytes", ErrBadEntry, o.Kind, len(rest))
 		}
+	case KindAudit:
+		a, err := decodeAudit(rest)
+		if err != nil {
+			return Op{}, err
+		}
+		o.Audit = a
+	case KindDigest:
+		d, err := decodeDigest(rest)
+		if err != nil {
+			return Op{}, err
+		}
+		o.Digest = d
 	default:
 		return Op{}, fmt.Errorf("%w: unknown kind %d", ErrBadEntry, b[1])
 	}
 	return o, nil
+}
+
+func decodeAudit(rest []byte) (*AuditOp, error) {
+	if len(rest) < 13 {
+		return nil, fmt.Errorf("%w: AUDIT payload of %d bytes", ErrBadEntry, len(rest))
+	}
+	a := &AuditOp{AtMillis: int64(binary.BigEndian.Uint64(rest)), WindowMillis: binary.BigEndian.Uint32(rest[8:])}
+	n := int(rest[12])
+	rest = rest[13:]
+	a.Voters = make([]uint64, 0, n)
+	for range n {
+		v, k := binary.Uvarint(rest)
+		if k <= 0 || v == 0 {
+			return nil, fmt.Errorf("%w: AUDIT voter list", ErrBadEntry)
+		}
+		a.Voters = append(a.Voters, v)
+		rest = rest[k:]
+	}
+	if len(rest) != 0 {
+		return nil, fmt.Errorf("%w: AUDIT with %d trailing bytes", ErrBadEntry, len(rest))
+	}
+	return a, nil
+}
+
+func decodeDigest(rest []byte) (*DigestReport, error) {
+	if len(rest) < 9 {
+		return nil, fmt.Errorf("%w: DIGEST payload of %d bytes", ErrBadEntry, len(rest))
+	}
+	d := &DigestReport{Audit: binary.BigEndian.Uint64(rest)}
+	status, rest := rest[8], rest[9:]
+	switch status {
+	case 0:
+		if len(rest) < 33 {
+			return nil, fmt.Errorf("%w: DIGEST sum of %d bytes", ErrBadEntry, len(rest))
+		}
+		copy(d.Sum[:], rest)
+		keys, k := binary.Uvarint(rest[32:])
+		if k <= 0 || len(rest) != 32+k || keys > 1<<62 {
+			return nil, fmt.Errorf("%w: DIGEST key count", ErrBadEntry)
+		}
+		d.Keys = int(keys)
+	case 1:
+		if len(rest) < 1 || len(rest) != 1+int(rest[0]) || rest[0] == 0 {
+			return nil, fmt.Errorf("%w: DIGEST reason", ErrBadEntry)
+		}
+		d.Skipped = string(rest[1:])
+	default:
+		return nil, fmt.Errorf("%w: DIGEST status %d", ErrBadEntry, status)
+	}
+	return d, nil
 }

@@ -128,3 +128,31 @@ func TestExecutorQueueOverflowDiverges(t *testing.T) {
 		t.Errorf("Health = %v", err)
 	}
 }
+
+// Any bytes in a log entry decode to an Op or ErrBadEntry, never a panic,
+// and a decoded Op encodes back to an equal one.
+func FuzzDecodeOp(f *testing.F) {
+	for _, op := range []Op{
+		{Kind: KindOpen, Port: 6379, Protocol: framing.ProtoRESP},
+		{Kind: KindRequest, Name: "SET", Raw: []byte("*1\r\n$4\r\nPING\r\n")},
+		{Kind: KindClose},
+		{Kind: KindAudit, Audit: &AuditOp{AtMillis: 1, WindowMillis: 2, Voters: []uint64{1, 300}}},
+		{Kind: KindDigest, Digest: &DigestReport{Audit: 3, Sum: [32]byte{1}, Keys: 4}},
+		{Kind: KindDigest, Digest: &DigestReport{Audit: 3, Skipped: "late"}},
+	} {
+		f.Add(op.Encode())
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		op, err := DecodeOp(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadEntry) {
+				t.Fatalf("error %v is not ErrBadEntry", err)
+			}
+			return
+		}
+		again, err := DecodeOp(op.Encode())
+		if err != nil || !reflect.DeepEqual(again, op) {
+			t.Fatalf("re-encoded %+v decodes to %+v, %v", op, again, err)
+		}
+	})
+}

@@ -76,6 +76,8 @@ type ExecutorConfig struct {
 	// Log receives warnings (app unreachable, replica diverged); nil discards.
 	Log     *slog.Logger
 	Metrics *Metrics
+	// Audit tunes the ordered audit of the group's app states (audit.go).
+	Audit AuditConfig
 }
 
 func (c ExecutorConfig) withDefaults() (ExecutorConfig, error) {
@@ -154,6 +156,8 @@ type Executor struct {
 
 	// snap captures and restores the app's state (snapshot.go); nil: none.
 	snap *appSnapshots
+	// audit is the ordered audit's state (audit.go).
+	audit *auditor
 }
 
 type appSession struct {
@@ -186,9 +190,10 @@ func NewExecutor(cfg ExecutorConfig) (*Executor, error) {
 	}
 	x := &Executor{
 		cfg: cfg, m: cfg.Metrics.forGroup(cfg.Group), sessions: map[uint64]*appSession{},
-		starts: map[[2]uint64]time.Time{}, closed: make(chan struct{}),
+		starts: map[[2]uint64]time.Time{}, closed: make(chan struct{}), audit: newAuditor(cfg.Audit),
 	}
 	x.m.setState(StateServing)
+	x.m.initDiverged(cfg.Self)
 	return x, nil
 }
 
@@ -219,6 +224,19 @@ func (x *Executor) Apply(e raftcore.Entry) (val []byte, err error) {
 		return nil, fmt.Errorf("group %s index %d: %w", x.cfg.Group, e.Index, err)
 	}
 	start := time.Now()
+	if op.Kind == KindAudit || op.Kind == KindDigest {
+		// Bookkeeping of the audit: never queued behind an unreachable app
+		// (an AUDIT then reports that this replica is not serving).
+		x.mu.Lock()
+		x.applyAuditLocked(e, op)
+		x.mu.Unlock()
+		x.setApplied(e.Index)
+		x.observe(e, op, start)
+		return nil, nil
+	}
+	if op.Kind == KindRequest {
+		x.audit.writes.Add(1)
+	}
 	val, wait := x.applyOrQueue(e, op)
 	if wait != nil {
 		val = x.waitQueued(wait, e, op)

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/smr-io/smr-cri/internal/podevents"
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/framing"
@@ -61,6 +62,9 @@ type ManagerConfig struct {
 	// source of truth); nil: a member found under another sandbox is
 	// assumed replaced.
 	SandboxRunning func(ctx context.Context, sandboxID string) (bool, error)
+	// Events records repairs and divergence on the replica pods
+	// (repair_events.go); nil records nothing.
+	Events podevents.Recorder
 }
 
 // DefaultListenerPort is the in-pod port of smr-cri's client listener.
@@ -81,7 +85,8 @@ type Manager struct {
 // lifecycle: start (Attach), resume (the progress record), stop (Detach).
 type member struct {
 	sandbox string
-	prog    *Progress // nil without MemberDir
+	ref     podevents.Pod // the pod, for its events
+	prog    *Progress     // nil without MemberDir
 	netns   string
 	spec    Spec
 	// start listens in the pod's netns and starts its replication (the
@@ -100,6 +105,8 @@ type member struct {
 	// pending: a rebuild is scheduled (under life); gaveUp: the repair loop
 	// bound was hit, nothing rebuilds this member any more.
 	pending, gaveUp bool
+	// cause of the scheduled rebuild (under life).
+	cause Cause
 }
 
 // Repair loop bound.
@@ -183,7 +190,8 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 	if err := m.takeOverLocked(ctx, ref.SandboxID, spec); err != nil {
 		return fail("take over", err)
 	}
-	mb := &member{sandbox: ref.SandboxID, netns: ref.NetNSPath, spec: spec}
+	mb := &member{sandbox: ref.SandboxID, netns: ref.NetNSPath, spec: spec,
+		ref: podevents.Pod{Namespace: ref.Meta.Namespace, Name: ref.Meta.Name, UID: ref.UID}}
 	if m.cfg.MemberDir != nil {
 		if mb.prog, err = OpenProgress(m.cfg.MemberDir(spec), ref.SandboxID); err != nil {
 			return fail("progress record", err)
@@ -232,6 +240,7 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 		closeProg()
 		return fail("intercept", err)
 	}
+	startCause, uncertain := mb.uncertainCause()
 	pod, err := startPod(ctx, ln)
 	if err != nil {
 		_ = ln.Close()
@@ -248,6 +257,10 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 	mb.stopChecks = stopChecks
 	mb.pod = pod
 	m.watch(mb)
+	if uncertain {
+		m.repairStarted(mb, startCause)
+		go m.repairFinished(mb, pod, startCause)
+	}
 	m.members[ref.SandboxID] = mb
 	var idx, sub uint64
 	if mb.prog != nil {
@@ -362,11 +375,13 @@ func (m *Manager) repair(mb *member, cause Cause) {
 		x.breakWith(err, cause.Kind)
 		mb.gaveUp = true
 		m.cfg.Log.Error("repair loop stopped", "sandbox", mb.sandbox, "group", mb.spec.GroupKey(), "err", err)
+		m.repairGaveUp(mb, cause, err)
 		return
 	}
 	m.cfg.Log.Warn("replica's app state is uncertain: rebuilding this replica", "sandbox", mb.sandbox,
 		"group", mb.spec.GroupKey(), "member", mb.spec.MemberID, "cause", cause.Kind, "detail", cause.Detail)
-	mb.pending = true
+	mb.pending, mb.cause = true, cause
+	m.repairStarted(mb, cause)
 	go m.rebuild(mb)
 }
 
@@ -389,10 +404,12 @@ func (m *Manager) rebuild(mb *member) {
 		// restart it (the sandbox is still attached): say so loudly.
 		m.cfg.Log.Error("rebuild of a replica failed; it stays down until its pod is restarted",
 			"sandbox", mb.sandbox, "group", mb.spec.GroupKey(), "err", err)
+		m.repairGaveUp(mb, mb.cause, err)
 		return
 	}
 	mb.pod = pod
 	m.watch(mb)
+	go m.repairFinished(mb, pod, mb.cause)
 }
 
 // watch sends the running executor's uncertainties to the repair path.

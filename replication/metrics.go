@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -27,9 +28,12 @@ type Metrics struct {
 	connPanics    *prometheus.CounterVec
 	replicaState  *prometheus.GaugeVec
 	repairs       *prometheus.CounterVec
+	audits        *prometheus.CounterVec
+	diverged      *prometheus.GaugeVec
 
-	mu         sync.Mutex
-	lastLeader map[string]uint64
+	mu           sync.Mutex
+	lastLeader   map[string]uint64
+	divergedSeen map[string]bool // group/member whose smr_replica_diverged exists
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -65,12 +69,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "1 for this replica's current state (serving, rebuilding, broken), 0 for the others."}, []string{"group", "state"}),
 		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_repairs_total",
 			Help: "Repairs of this replica's app, by cause and result (ok, failed)."}, []string{"group", "cause", "result"}),
+		audits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_audits_total",
+			Help: "Ordered audits of the app states as judged for this replica, by result (agree, diverged, no-majority, skipped)."}, []string{"group", "result"}),
+		diverged: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_replica_diverged",
+			Help: "1 while the last audit found this member's app different from the majority's, 0 once an audit agrees (as seen by this replica, for every member it judged)."}, []string{"group", "member"}),
 		connPanics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_connection_panics_total",
 			Help: "Panics recovered while serving one connection (path=client: a client connection's handler; path=app_response: reading an app response); only that connection ended."}, []string{"group", "path"}),
-		lastLeader: map[string]uint64{},
+		lastLeader: map[string]uint64{}, divergedSeen: map[string]bool{},
 	}
 	for _, c := range []prometheus.Collector{m.proposals, m.proposalErrs, m.commits, m.reads, m.badRequests,
-		m.applyLagH, m.execDuration, m.appliedIndex, m.sessions, m.queue, m.leaderChanges, m.leader, m.replicaState, m.repairs, m.connPanics} {
+		m.applyLagH, m.execDuration, m.appliedIndex, m.sessions, m.queue, m.leaderChanges, m.leader, m.replicaState, m.repairs, m.audits, m.diverged, m.connPanics} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register replication metrics: %w", err)
 		}
@@ -102,7 +110,37 @@ func (m *Metrics) forGroup(group string) *groupMetrics {
 		g.proposals[k] = m.proposals.WithLabelValues(group, k.String())
 		g.commits[k] = m.commits.WithLabelValues(group, k.String())
 	}
+	// The known label values exist from the start at 0, so a dashboard and
+	// an alert over increase() see the first repair, audit or panic.
+	for _, cause := range []string{CauseInFlight, CauseContainerRestart, CauseQueueOverflow, CauseSessionBroken, CauseDivergence} {
+		for _, result := range []string{"ok", "failed"} {
+			m.repairs.WithLabelValues(group, cause, result)
+		}
+	}
+	for _, result := range []string{AuditAgree, AuditDiverged, AuditNoMajority, AuditSkipped} {
+		m.audits.WithLabelValues(group, result)
+	}
+	for _, path := range []string{panicPathClient, panicPathAppResponse} {
+		m.connPanics.WithLabelValues(group, path)
+	}
 	return g
+}
+
+// initDiverged publishes smr_replica_diverged{member}=0 the first time this
+// process runs that member; a member rebuilt after a divergence keeps its
+// 1 until an audit agrees.
+func (g *groupMetrics) initDiverged(member uint64) {
+	if g == nil {
+		return
+	}
+	key := g.group + "/" + strconv.FormatUint(member, 10)
+	g.m.mu.Lock()
+	seen := g.m.divergedSeen[key]
+	g.m.divergedSeen[key] = true
+	g.m.mu.Unlock()
+	if !seen {
+		g.setDiverged(member, false)
+	}
 }
 
 func validKind(k Kind) bool { return k >= KindOpen && k <= KindReset }
@@ -222,4 +260,23 @@ func (g *groupMetrics) repair(cause string, ok bool) {
 		result = "failed"
 	}
 	g.m.repairs.WithLabelValues(g.group, cause, result).Inc()
+}
+
+// audit counts one audit result of this replica.
+func (g *groupMetrics) audit(result string) {
+	if g != nil {
+		g.m.audits.WithLabelValues(g.group, result).Inc()
+	}
+}
+
+// setDiverged publishes whether member's app differs from the majority's.
+func (g *groupMetrics) setDiverged(member uint64, diverged bool) {
+	if g == nil {
+		return
+	}
+	v := 0.0
+	if diverged {
+		v = 1
+	}
+	g.m.diverged.WithLabelValues(g.group, strconv.FormatUint(member, 10)).Set(v)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -46,6 +47,7 @@ type PodConfig struct {
 type Pod struct {
 	cfg       PodConfig
 	exec      *Executor
+	orderer   Orderer
 	stopGroup func() error
 	servers   map[int]*Server
 	cancel    context.CancelFunc
@@ -79,7 +81,8 @@ func StartPod(ctx context.Context, cfg PodConfig) (*Pod, error) {
 		_ = exec.Close()
 		return nil, fmt.Errorf("start raft group %s: %w", ec.Group, err)
 	}
-	p := &Pod{cfg: cfg, exec: exec, stopGroup: stop, servers: map[int]*Server{}, done: make(chan struct{})}
+	exec.reportTo(orderer)
+	p := &Pod{cfg: cfg, exec: exec, orderer: orderer, stopGroup: stop, servers: map[int]*Server{}, done: make(chan struct{})}
 	for _, port := range cfg.Spec.Ports {
 		srv, err := NewServer(ServerConfig{Group: ec.Group, Self: ec.Self, Port: port, Framing: ec.Framing,
 			Orderer: orderer, Exec: exec, Log: cfg.Log, Metrics: cfg.Metrics, ReservedPath: cfg.Spec.SnapshotPath,
@@ -122,6 +125,11 @@ func (p *Pod) run(ctx context.Context, orderer Orderer) {
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.auditLoop(ctx, orderer)
+	}()
 	backoff := time.Duration(0)
 	for {
 		conn, err := p.cfg.Listener.Accept()
@@ -165,6 +173,52 @@ func (p *Pod) run(ctx context.Context, orderer Orderer) {
 			}
 		}()
 	}
+}
+
+// auditLoop proposes the group's ordered audits while this member leads
+// (audit.go): every AuditConfig.Every client entries, and at least every
+// Interval while there were writes. Whoever leads continues the count,
+// since every member follows it from the log.
+func (p *Pod) auditLoop(ctx context.Context, orderer Orderer) {
+	cfg := p.exec.audit.cfg
+	st, ok := orderer.(interface{ Status() raftcore.Status })
+	if cfg.Off || !ok {
+		return
+	}
+	t := time.NewTicker(min(cfg.Interval, time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s := st.Status()
+		if s.Leader != s.ID || !p.exec.audit.due(time.Now()) {
+			continue
+		}
+		voters := make([]uint64, 0, len(s.Members))
+		for id := range s.Members {
+			voters = append(voters, id)
+		}
+		slices.Sort(voters)
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if _, err := ProposeAudit(actx, orderer, cfg.Window, voters); err != nil && ctx.Err() == nil {
+			p.cfg.Log.Warn("audit: propose", "group", p.cfg.Spec.GroupKey(), "err", err)
+		}
+		cancel()
+	}
+}
+
+// CaughtUp waits until this replica's app applied everything the group
+// committed when it was called (a ReadIndex, then the executor's applied
+// index): the end of a repair's replay.
+func (p *Pod) CaughtUp(ctx context.Context) error {
+	idx, err := p.orderer.ReadIndex(ctx)
+	if err != nil {
+		return err
+	}
+	return p.exec.WaitApplied(ctx, idx)
 }
 
 // refuse answers a new client with a protocol error saying why it is not

@@ -31,7 +31,17 @@ func (r *resumingSM) RestoreFrom(index uint64, rd io.Reader) error {
 	if !ok {
 		return errNoStreamSnapshots
 	}
-	if err := sn.RestoreFrom(index, rd); err != nil {
+	r.prog.mu.Lock()
+	uncertain, kind := r.prog.uncertain != "", r.prog.cause
+	r.prog.mu.Unlock()
+	err := sn.RestoreFrom(index, rd)
+	if x, ok := r.next.(*Executor); ok && uncertain {
+		// A repair (e.g. of a diverged or restarted app) that the snapshot
+		// settles: the app was replaced by the snapshot's state, so it
+		// counts as that repair (smr_repairs_total), as RestoreApp would.
+		x.m.repair(kind, err == nil)
+	}
+	if err != nil {
 		return err
 	}
 	r.mu.Lock()

@@ -64,7 +64,7 @@ func (m *snapMember) digest(t *testing.T) appstate.Digest {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := a.Digest(context.Background())
+	d, err := a.Digest(context.Background(), appstate.DigestOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

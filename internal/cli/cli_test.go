@@ -18,6 +18,7 @@ import (
 
 	"github.com/smr-io/smr-cri/internal/exitcode"
 	"github.com/smr-io/smr-cri/internal/nodestatus"
+	"github.com/smr-io/smr-cri/replication"
 )
 
 func run(t *testing.T, args ...string) (stdout, stderr string, err error) {
@@ -181,6 +182,22 @@ func TestParseServe(t *testing.T) {
 		{"status socket in file", header + "statusSocket: /f/status.sock\n", nil,
 			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second, StatusSocket: "/f/status.sock"}, ""},
 		{"relative status socket", "", []string{"--status-socket", "status.sock"}, serveOptions{}, `--status-socket "status.sock" must be an absolute path`},
+		{"audit off", "", []string{"--audit-interval", "0"},
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second,
+				Replication: replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: "-", ProbeSource: "none", PKIDir: DefaultPKIDir, ClientMemoryMiB: DefaultClientMemoryMiB,
+					Audit: replication.AuditConfig{Off: true, Every: replication.DefaultAuditEvery, MaxKeys: replication.DefaultAuditMaxKeys}}}, ""},
+		{"audit flags", "", []string{"--audit-interval", "5m", "--audit-every", "500", "--audit-max-keys", "7"},
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second,
+				Replication: replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: "-", ProbeSource: "none", PKIDir: DefaultPKIDir, ClientMemoryMiB: DefaultClientMemoryMiB,
+					Audit: replication.AuditConfig{Interval: 5 * time.Minute, Every: 500, MaxKeys: 7}}}, ""},
+		{"audit interval in file", header + "auditInterval: 2m\n", nil,
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second,
+				Replication: replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: "-", ProbeSource: "none", PKIDir: DefaultPKIDir, ClientMemoryMiB: DefaultClientMemoryMiB,
+					Audit: replication.AuditConfig{Interval: 2 * time.Minute, Every: replication.DefaultAuditEvery, MaxKeys: replication.DefaultAuditMaxKeys}}}, ""},
+		{"audit interval not a duration", "", []string{"--audit-interval", "often"}, serveOptions{}, `--audit-interval "often"`},
+		{"audit interval too short", "", []string{"--audit-interval", "10ms"}, serveOptions{}, "must be 0 (off) or at least 1s"},
+		{"audit every zero", "", []string{"--audit-every", "0"}, serveOptions{}, "must be positive"},
+		{"audit max keys negative", "", []string{"--audit-max-keys", "-1"}, serveOptions{}, "must be positive"},
 		{"status socket is the CRI socket", "", []string{"--listen", "/run/a.sock", "--status-socket", "/run/a.sock"}, serveOptions{}, "must differ from --listen"},
 	}
 	for _, tc := range tests {
@@ -207,6 +224,9 @@ func TestParseServe(t *testing.T) {
 			}
 			if tc.want.Replication == (replicationOptions{}) {
 				tc.want.Replication = defaultReplication // cases written before replication existed
+			}
+			if tc.want.Replication.Audit == (replication.AuditConfig{}) {
+				tc.want.Replication.Audit = defaultAudit // cases written before the audit existed
 			}
 			if tc.want.StatusSocket == "" {
 				tc.want.StatusSocket = nodestatus.DefaultSocket(tc.want.Listen) // beside the CRI socket

@@ -56,6 +56,8 @@ type ServeConfig struct {
 	StatusSocket string `json:"statusSocket,omitempty"`
 	// ClientMemoryMiB is --client-memory-mib.
 	ClientMemoryMiB int `json:"clientMemoryMiB,omitempty"`
+	// AuditInterval is --audit-interval ("0" turns the audit off).
+	AuditInterval string `json:"auditInterval,omitempty"`
 }
 
 // ErrBadConfig marks an invalid configuration file or value.
@@ -99,6 +101,19 @@ func parseLogLevel(s string) (slog.Level, error) {
 		return slog.LevelError, nil
 	}
 	return 0, fmt.Errorf("%w: log level %q: want debug, info, warn or error", ErrBadConfig, s)
+}
+
+// parseAuditInterval reads --audit-interval: a duration of at least a
+// second, or 0 (the audit is off).
+func parseAuditInterval(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%w: --audit-interval %q: %w", ErrBadConfig, s, err)
+	}
+	if d != 0 && d < time.Second {
+		return 0, fmt.Errorf("%w: --audit-interval %q must be 0 (off) or at least 1s", ErrBadConfig, s)
+	}
+	return d, nil
 }
 
 func parseTimeout(s string) (time.Duration, error) {

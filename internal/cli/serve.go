@@ -25,6 +25,7 @@ import (
 	"github.com/smr-io/smr-cri/internal/exitcode"
 	"github.com/smr-io/smr-cri/internal/nodestatus"
 	"github.com/smr-io/smr-cri/internal/pki"
+	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication"
 )
 
@@ -69,6 +70,8 @@ type replicationOptions struct {
 	// ClientMemoryMiB is the node-wide budget of client connection memory
 	// (replication.ClientBudget).
 	ClientMemoryMiB int
+	// Audit tunes the ordered audit of every group (--audit-*).
+	Audit replication.AuditConfig
 }
 
 // DefaultPKIDir is where serve keeps the cluster CA (docs/security.md).
@@ -78,7 +81,8 @@ const DefaultPKIDir = DefaultDataDir + "/pki"
 const DefaultProbeSource = daemon.ProbeSourceNone
 
 var defaultReplication = replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: DefaultTraceFile,
-	ProbeSource: DefaultProbeSource, PKIDir: DefaultPKIDir, ClientMemoryMiB: DefaultClientMemoryMiB}
+	ProbeSource: DefaultProbeSource, PKIDir: DefaultPKIDir, ClientMemoryMiB: DefaultClientMemoryMiB,
+	Audit: defaultAudit}
 
 // intFlag is n as a flag value, "" (not set) for 0.
 func intFlag(n int) string {
@@ -93,6 +97,10 @@ const DefaultClientMemoryMiB = replication.DefaultClientBudgetBytes >> 20
 
 // maxClientMemoryMiB keeps --client-memory-mib's bytes far from overflow.
 const maxClientMemoryMiB = 1 << 20
+
+// defaultAudit is what the --audit-* flags give when not set.
+var defaultAudit = replication.AuditConfig{Interval: replication.DefaultAuditInterval, Every: replication.DefaultAuditEvery,
+	MaxKeys: replication.DefaultAuditMaxKeys}
 
 const serveHelp = `Usage: smr-cri serve [flags]
 
@@ -213,6 +221,14 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	listen, endpoint, config, logLevel, metricsAddr, shutdown := serveFlags(fs)
 	replicate, dataDir, kubeconfig, nodeName, traceFile, probeSource, clientMemory := replicationFlags(fs)
 	pkiDir, insecureRaft := raftSecurityFlags(fs)
+	auditInterval := fs.String("audit-interval", replication.DefaultAuditInterval.String(),
+		"the ordered audit: while a group has writes, its leader orders an audit at least this often (and every\n"+
+			"--audit-every client entries) at which every replica digests its app and a replica whose digest differs\n"+
+			"from the majority's is repaired. \"0\" turns it off. Each audit reads every key of the app while the group\n"+
+			"waits (0.65 s per 100k small Redis keys here); apps over --audit-max-keys are not audited.")
+	auditEvery := fs.Uint64("audit-every", replication.DefaultAuditEvery, "client entries between two audits (see --audit-interval).")
+	auditMaxKeys := fs.Int("audit-max-keys", replication.DefaultAuditMaxKeys,
+		"a replica whose app holds more keys is not digested (it reports \"skipped\", said once in the log).")
 	statusSocket := fs.String("status-socket", "",
 		"unix socket (mode 0600, root only) that `smr-cri status` reads this node's members from. Default: "+nodestatus.SocketName+"\n"+
 			"beside --listen; \"-\" turns it off. Never a TCP port: cluster-wide views go through the API server.")
@@ -267,6 +283,7 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 			"status-socket":     {statusSocket, c.StatusSocket},
 			"pki-dir":           {pkiDir, c.PKIDir},
 			"client-memory-mib": {clientMemory, intFlag(c.ClientMemoryMiB)},
+			"audit-interval":    {auditInterval, c.AuditInterval},
 		} {
 			if !set[name] && p.val != "" {
 				*p.dst = p.val
@@ -287,6 +304,13 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	}
 	if _, err := cri.ParseEndpoint(*endpoint); err != nil {
 		return serveOptions{}, fmt.Errorf("%w: --runtime-endpoint: %w", ErrBadConfig, err)
+	}
+	audit, err := parseAuditInterval(*auditInterval)
+	if err != nil {
+		return serveOptions{}, err
+	}
+	if *auditEvery == 0 || *auditMaxKeys <= 0 {
+		return serveOptions{}, fmt.Errorf("%w: --audit-every and --audit-max-keys must be positive", ErrBadConfig)
 	}
 	if *listen == "" {
 		return serveOptions{}, fmt.Errorf("%w: --listen must not be empty", ErrBadConfig)
@@ -331,7 +355,8 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 		StatusSocket:    *statusSocket,
 		Replication: replicationOptions{Enabled: *replicate, DataDir: *dataDir, Kubeconfig: *kubeconfig,
 			NodeName: *nodeName, TraceFile: *traceFile, ProbeSource: *probeSource, PKIDir: *pkiDir, InsecureRaft: *insecureRaft,
-			ClientMemoryMiB: clientMiB},
+			ClientMemoryMiB: clientMiB,
+			Audit:           replication.AuditConfig{Off: audit == 0, Interval: audit, Every: *auditEvery, MaxKeys: *auditMaxKeys}},
 	}, nil
 }
 
@@ -476,7 +501,8 @@ func startReplication(ctx context.Context, o serveOptions, log *slog.Logger, reg
 		return nil, nil, fmt.Errorf("%w: --probe-source: %w", ErrBadConfig, err)
 	}
 	cfg := daemon.Config{DataDir: ro.DataDir, RuntimeEndpoint: o.RuntimeEndpoint, NodeName: ro.NodeName, Log: log,
-		ProbeSources: probes, ClientBudgetBytes: int64(ro.ClientMemoryMiB) << 20}
+		ProbeSources: probes, ClientBudgetBytes: int64(ro.ClientMemoryMiB) << 20,
+		Executor: replication.ExecutorConfig{Audit: ro.Audit}}
 	if cfg.NodeName == "" {
 		cfg.NodeName, _ = os.Hostname()
 	}
@@ -487,6 +513,10 @@ func startReplication(ctx context.Context, o serveOptions, log *slog.Logger, reg
 			return nil, nil, err
 		}
 		cfg.Metrics = m
+		if cfg.RaftMetrics, err = raftcore.NewMetrics(reg); err != nil {
+			closeTrace()
+			return nil, nil, err
+		}
 	}
 	// Read now if present, else at the first attach that needs it: the
 	// DaemonSet's trace container writes it after serve started.

@@ -166,7 +166,10 @@ type Config struct {
 	NodeName string
 	Trace    *replication.Tracer
 	Metrics  *replication.Metrics
-	Log      *slog.Logger
+	// RaftMetrics are raftcore's (smr_raft_*: WAL, batches, snapshots, log
+	// bytes); nil records nothing.
+	RaftMetrics *raftcore.Metrics
+	Log         *slog.Logger
 	// ReconcileInterval is the period of Run's re-attach pass (default 10s).
 	ReconcileInterval time.Duration
 	// TickInterval is raft's tick (default raftcore's, 100ms).
@@ -339,19 +342,21 @@ func New(cfg Config) (*Daemon, error) {
 		d.closeConn()
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
+	d.events, d.closeEvents = newRecorder(cfg, d)
 	mgr, err := replication.NewManager(replication.ManagerConfig{
 		Intercept: d.intercept, StartGroup: d.startGroup, ListenerPort: cfg.ListenerPort,
 		Listen: cfg.ListenApp, Dialer: cfg.Dialer, OriginalPort: cfg.OriginalPort,
 		Trace: cfg.Trace, Log: cfg.Log, Metrics: cfg.Metrics,
 		MemberDir: d.memberDir, SandboxRunning: d.sandboxRunning, Executor: cfg.Executor,
 		ClientBudget: budget,
+		Events:       d.Events(),
 	})
 	if err != nil {
+		d.closeEvents(context.Background())
 		d.closeConn()
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
 	d.mgr = mgr
-	d.events, d.closeEvents = newRecorder(cfg, d)
 	return d, nil
 }
 
@@ -476,7 +481,7 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 		return nil, nil, err
 	}
 	node, err := raftcore.NewNode(raftcore.NodeConfig{DataDir: dir, Transport: tr, TickInterval: d.cfg.TickInterval,
-		Logger: d.log}) // raftcore adds group and member
+		Logger: d.log, Metrics: d.cfg.RaftMetrics}) // raftcore adds group and member
 	if err != nil {
 		_ = tr.Close()
 		return nil, nil, err

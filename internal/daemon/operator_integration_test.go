@@ -38,7 +38,9 @@ func TestIntegrationStatusAndMetrics(t *testing.T) {
 	nodelab.RequireIntegration(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	g := startReplicatedGroup(t, ctx, groupSpec{app: "redis", image: nodelab.RedisImage, ports: "6379/resp"})
+	// Audits every second while there are writes, so the audit series move.
+	g := startReplicatedGroup(t, ctx, groupSpec{app: "redis", image: nodelab.RedisImage, ports: "6379/resp",
+		serveArgs: []string{"--audit-interval", "1s", "--audit-every", "20"}})
 	statusSock := nodestatus.DefaultSocket(g.s.sock)
 
 	const writes = 60
@@ -116,10 +118,13 @@ func TestIntegrationStatusAndMetrics(t *testing.T) {
 		<-exited
 	})
 	var fams map[string]*dto.MetricFamily
-	retry(t, ctx, "scrape the trace container's /metrics with serve's metrics in it", func() error {
+	retry(t, ctx, "scrape the trace container's /metrics with serve's metrics in it, after an audit all three replicas agree with", func() error {
 		fams, err = scrape(ctx, "http://"+addr+"/metrics")
 		if err == nil && fams["smr_commits_total"] == nil {
 			err = fmt.Errorf("no smr_commits_total among %d families", len(fams))
+		}
+		if agree := sampleSum(fams["smr_audits_total"], "result", "agree"); err == nil && agree < 3 {
+			err = fmt.Errorf("smr_audits_total{result=agree} = %v, want 3 (one audit, every replica agreeing)", agree)
 		}
 		return err
 	})
@@ -151,11 +156,28 @@ func TestIntegrationStatusAndMetrics(t *testing.T) {
 		{"smr_leader", 1},
 		{"smr_daemon_up", 1},
 		{"smr_bad_requests_total", 1},
+		{"smr_raft_log_bytes", 1}, // published at the members' start, not only at snapshots
 	} {
 		if got := total(fams[c.name]); got < c.min {
 			t.Errorf("%s = %v after the workload, want at least %v", c.name, got, c.min)
 		}
 	}
+	if got := total(fams["smr_replica_diverged"]); got != 0 || len(fams["smr_replica_diverged"].GetMetric()) != 3 {
+		t.Errorf("smr_replica_diverged: %v series summing to %v, want 3 at 0", len(fams["smr_replica_diverged"].GetMetric()), got)
+	}
+}
+
+// sampleSum sums the samples of f whose label name has value.
+func sampleSum(f *dto.MetricFamily, name, value string) float64 {
+	var s float64
+	for _, m := range f.GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == name && l.GetValue() == value {
+				s += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return s
 }
 
 func scrape(ctx context.Context, url string) (map[string]*dto.MetricFamily, error) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -134,14 +135,42 @@ func (d *Daemon) trackMember(ctx context.Context, pod podcontract.Pod, spec repl
 			d.Events().Event(tm.pod, podevents.Normal, reason, msg)
 		})
 	}()
+	storageDone := make(chan struct{})
+	go func() {
+		defer close(storageDone)
+		publishStorage(bg, g, storagePoll, d.log)
+	}()
 	return func() {
 		cancel()
 		<-done
+		<-storageDone
 		d.status.mu.Lock()
 		if d.status.byID[dir] == tm {
 			delete(d.status.byID, dir)
 		}
 		d.status.mu.Unlock()
+	}
+}
+
+// storagePoll is how often a member's log bytes and snapshot index are
+// published (smr_raft_log_bytes, smr_raft_snapshot_index): walking the
+// member's directory is cheap, but needs no finer grain for alerts over hours.
+const storagePoll = 15 * time.Second
+
+// publishStorage publishes g's storage metrics now and every interval until
+// ctx ends.
+func publishStorage(ctx context.Context, g *raftcore.Group, interval time.Duration, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if err := g.PublishStorage(); err != nil {
+			log.Debug("publish storage metrics", "group", g.Name(), "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }
 

@@ -68,8 +68,29 @@ type App interface {
 	Restore(ctx context.Context, r io.Reader) (Stats, error)
 	// Digest is a canonical hash of the state: equal for equal states
 	// whatever the insertion order or the app's internal encoding.
-	Digest(ctx context.Context) (Digest, error)
+	Digest(ctx context.Context, opt DigestOptions) (Digest, error)
 }
+
+// DigestOptions tune one Digest.
+type DigestOptions struct {
+	// ExpiringBy, if set, leaves out every key whose absolute expiry is at
+	// or before it. Replicas digest at slightly different times on clocks
+	// that differ: a key that expires in between is gone on one and there
+	// on the other although both states are equal. With one cut-off for
+	// all (the audit's), such keys are left out everywhere alike, while a
+	// key expiring later must be there on every replica that digests
+	// before the cut-off (by its own clock, which is the one its Redis
+	// expires keys by).
+	ExpiringBy time.Time
+	// MaxKeys (Redis) and MaxBytes (HTTP state bodies) bound the work: a
+	// larger app is refused with ErrTooLarge before it is read (Redis) or
+	// as soon as the body passes the bound (HTTP). 0: no bound.
+	MaxKeys  int
+	MaxBytes int64
+}
+
+// ErrTooLarge: the app is larger than DigestOptions allow.
+var ErrTooLarge = errors.New("appstate: the app's state is larger than the digest bound")
 
 // Stats describe one capture or restore.
 type Stats struct {

@@ -149,7 +149,7 @@ func (a *httpApp) Restore(ctx context.Context, r io.Reader) (Stats, error) {
 	return st, nil
 }
 
-func (a *httpApp) Digest(ctx context.Context) (Digest, error) {
+func (a *httpApp) Digest(ctx context.Context, opt DigestOptions) (Digest, error) {
 	var d Digest
 	resp, err := a.request(ctx, http.MethodGet, nil)
 	if err != nil {
@@ -158,8 +158,16 @@ func (a *httpApp) Digest(ctx context.Context) (Digest, error) {
 	defer resp.Body.Close()
 	h := sha256.New()
 	h.Write([]byte("smr-appstate-digest/http/1\n"))
-	if _, err := io.Copy(h, resp.Body); err != nil {
+	body := io.Reader(resp.Body)
+	if opt.MaxBytes > 0 {
+		body = io.LimitReader(resp.Body, opt.MaxBytes+1)
+	}
+	n, err := io.Copy(h, body)
+	if err != nil {
 		return d, fmt.Errorf("read the app's state: %w", err)
+	}
+	if opt.MaxBytes > 0 && n > opt.MaxBytes {
+		return d, fmt.Errorf("%w: the state body passed %d bytes", ErrTooLarge, opt.MaxBytes)
 	}
 	copy(d.Sum[:], h.Sum(nil))
 	return d, nil

@@ -59,11 +59,11 @@ func TestHTTPSnapshotContract(t *testing.T) {
 		put(t, pb, k, k+big)
 	}
 	put(t, pc, "junk", "1")
-	da, err := kvApp(t, pa).Digest(ctx)
+	da, err := kvApp(t, pa).Digest(ctx, DigestOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if db, _ := kvApp(t, pb).Digest(ctx); db != da {
+	if db, _ := kvApp(t, pb).Digest(ctx, DigestOptions{}); db != da {
 		t.Fatalf("equal stores, different digests %s %s", da, db)
 	}
 	var buf bytes.Buffer
@@ -78,7 +78,7 @@ func TestHTTPSnapshotContract(t *testing.T) {
 	if _, err := kvApp(t, pc).Restore(ctx, bytes.NewReader(snap)); err != nil {
 		t.Fatal(err)
 	}
-	if dc, _ := kvApp(t, pc).Digest(ctx); dc != da {
+	if dc, _ := kvApp(t, pc).Digest(ctx, DigestOptions{}); dc != da {
 		t.Fatalf("restored digest %s, want %s", dc, da)
 	}
 	var keys bytes.Buffer
@@ -87,7 +87,7 @@ func TestHTTPSnapshotContract(t *testing.T) {
 		t.Fatal("restore kept the app's old key")
 	}
 	put(t, pb, "a", "changed")
-	if db, _ := kvApp(t, pb).Digest(ctx); db == da {
+	if db, _ := kvApp(t, pb).Digest(ctx, DigestOptions{}); db == da {
 		t.Fatal("a changed value did not change the digest")
 	}
 	// A damaged stream never installs: the PUT body breaks before its end.
@@ -96,7 +96,7 @@ func TestHTTPSnapshotContract(t *testing.T) {
 	if _, err := kvApp(t, pc).Restore(ctx, bytes.NewReader(bad)); err == nil {
 		t.Fatal("restore of a damaged stream succeeded")
 	}
-	if dc, _ := kvApp(t, pc).Digest(ctx); dc != da {
+	if dc, _ := kvApp(t, pc).Digest(ctx, DigestOptions{}); dc != da {
 		t.Fatalf("a refused restore changed the app: %s", dc)
 	}
 	// An app without the contract has no snapshots.
@@ -107,5 +107,24 @@ func TestHTTPSnapshotContract(t *testing.T) {
 	noPath, _ := New(Config{Dialer: tcpDialer{"127.0.0.1"}, Port: pa, Protocol: ProtoHTTP, SnapshotPath: "/nothing"})
 	if _, err := noPath.Capture(ctx, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "/nothing") {
 		t.Fatalf("capture from a missing path: %v", err)
+	}
+}
+
+// A state body over DigestOptions.MaxBytes is refused with ErrTooLarge
+// (the digest is bounded); within the bound it is digested as without one.
+func TestHTTPDigestBound(t *testing.T) {
+	ctx := context.Background()
+	_, port := serveKV(t)
+	put(t, port, "k", strings.Repeat("v", 64<<10))
+	a := kvApp(t, port)
+	if _, err := a.Digest(ctx, DigestOptions{MaxBytes: 1 << 10}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("digest of a 64 KiB state bounded to 1 KiB: %v, want ErrTooLarge", err)
+	}
+	bounded, err := a.Digest(ctx, DigestOptions{MaxBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if free, _ := a.Digest(ctx, DigestOptions{}); free != bounded {
+		t.Fatalf("digest within the bound %v != unbounded %v", bounded, free)
 	}
 }

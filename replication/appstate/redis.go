@@ -237,25 +237,40 @@ func (a *redisApp) Restore(ctx context.Context, r io.Reader) (Stats, error) {
 
 // databases lists the non-empty databases from INFO keyspace.
 func databases(ctx context.Context, rc *respConn) ([]int, error) {
+	dbs, _, err := keyspace(ctx, rc)
+	return dbs, err
+}
+
+// keyspace lists the non-empty databases (INFO keyspace) and the keys they
+// hold together ("db0:keys=3,expires=0,avg_ttl=0").
+func keyspace(ctx context.Context, rc *respConn) (dbs []int, keys int, err error) {
 	v, err := rc.doOK(ctx, "INFO", "keyspace")
 	if err != nil {
-		return nil, fmt.Errorf("list databases: %w", err)
+		return nil, 0, fmt.Errorf("list databases: %w", err)
 	}
-	var dbs []int
 	sc := bufio.NewScanner(bytes.NewReader(v.str))
 	for sc.Scan() {
-		name, _, ok := strings.Cut(sc.Text(), ":")
+		name, stats, ok := strings.Cut(sc.Text(), ":")
 		if !ok || !strings.HasPrefix(name, "db") {
 			continue
 		}
 		n, err := strconv.Atoi(name[2:])
 		if err != nil || n < 0 {
-			return nil, fmt.Errorf("list databases: INFO keyspace line %q", sc.Text())
+			return nil, 0, fmt.Errorf("list databases: INFO keyspace line %q", sc.Text())
 		}
 		dbs = append(dbs, n)
+		for _, f := range strings.Split(stats, ",") {
+			if c, ok := strings.CutPrefix(f, "keys="); ok {
+				k, err := strconv.Atoi(strings.TrimSpace(c))
+				if err != nil || k < 0 {
+					return nil, 0, fmt.Errorf("list databases: INFO keyspace line %q", sc.Text())
+				}
+				keys += k
+			}
+		}
 	}
 	slices.Sort(dbs)
-	return dbs, nil
+	return dbs, keys, nil
 }
 
 // scanKeys calls page with each SCAN page of the selected database, every

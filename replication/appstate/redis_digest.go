@@ -32,17 +32,25 @@ import (
 // function libraries (sorted by name: name, engine, code) are then hashed in
 // order. Absolute expiries must be equal on every replica for digests to
 // match, i.e. relative expiries must have been turned into absolute ones at
-// the origin. Unknown (module) types are hashed by their DUMP payload.
-func (a *redisApp) Digest(ctx context.Context) (Digest, error) {
+// the origin. Keys expiring by opt.ExpiringBy are left out (see
+// DigestOptions). Unknown (module) types are hashed by their DUMP payload.
+func (a *redisApp) Digest(ctx context.Context, opt DigestOptions) (Digest, error) {
 	var d Digest
 	rc, err := dialRESP(ctx, a.cfg)
 	if err != nil {
 		return d, err
 	}
 	defer rc.Close()
-	dbs, err := databases(ctx, rc)
+	dbs, total, err := keyspace(ctx, rc)
 	if err != nil {
 		return d, err
+	}
+	if opt.MaxKeys > 0 && total > opt.MaxKeys {
+		return d, fmt.Errorf("%w: %d keys, the bound is %d", ErrTooLarge, total, opt.MaxKeys)
+	}
+	var cutoff int64 // Unix ms; keys expiring at or before it are left out
+	if !opt.ExpiringBy.IsZero() {
+		cutoff = opt.ExpiringBy.UnixMilli()
 	}
 	top := sha256.New()
 	top.Write([]byte("smr-appstate-digest/resp/1\n"))
@@ -53,7 +61,7 @@ func (a *redisApp) Digest(ctx context.Context) (Digest, error) {
 		var sum sum256
 		n := 0
 		err := scanKeys(ctx, rc, func(keys [][]byte) error {
-			hs, err := digestKeys(ctx, rc, keys)
+			hs, err := digestKeys(ctx, rc, keys, cutoff)
 			if err != nil {
 				return err
 			}
@@ -103,9 +111,10 @@ func (a *redisApp) Digest(ctx context.Context) (Digest, error) {
 }
 
 // digestKeys returns each key's canonical hash (nil for a key that expired
-// meanwhile): one pipelined round trip for TYPE and PEXPIRETIME, one for the
-// values, and a few more per stream.
-func digestKeys(ctx context.Context, rc *respConn, keys [][]byte) ([][]byte, error) {
+// meanwhile, or expires at or before cutoff, Unix ms, when it is > 0): one
+// pipelined round trip for TYPE and PEXPIRETIME, one for the values, and a
+// few more per stream.
+func digestKeys(ctx context.Context, rc *respConn, keys [][]byte, cutoff int64) ([][]byte, error) {
 	for _, k := range keys {
 		rc.send([]byte("TYPE"), k)
 		rc.send([]byte("PEXPIRETIME"), k)
@@ -121,7 +130,7 @@ func digestKeys(ctx context.Context, rc *respConn, keys [][]byte) ([][]byte, err
 			return nil, fmt.Errorf("key %q: %w", k, err)
 		}
 		types[i] = string(t.str)
-		if exp.num == -2 || types[i] == "none" {
+		if exp.num == -2 || types[i] == "none" || (cutoff > 0 && exp.num >= 0 && exp.num <= cutoff) {
 			types[i] = "none"
 			continue
 		}

@@ -242,7 +242,7 @@ func TestRedisRoundTripEveryType(t *testing.T) {
 
 func digest(t testing.TB, port int) Digest {
 	t.Helper()
-	d, err := openRedis(t, port, Credentials{}).Digest(context.Background())
+	d, err := openRedis(t, port, Credentials{}).Digest(context.Background(), DigestOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,4 +456,87 @@ func TestRedisRestoreRefusesBadStreams(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRedisDigestExpiryCutoff: two replicas with the same keys digest at
+// different times; a key expires in between (gone on the later one). With
+// one cut-off for both (the audit's stamp plus its window) keys expiring by
+// then are left out everywhere and the digests agree; a real difference in a
+// key expiring after the cut-off is still found. Without the cut-off the
+// same equal states report a false divergence.
+func TestRedisDigestExpiryCutoff(t *testing.T) {
+	requireIntegration(t)
+	ctx := context.Background()
+	stamp := time.Now()
+	edge := stamp.Add(400 * time.Millisecond) // expires between the two digests
+	later := stamp.Add(time.Hour)
+	cutoff := stamp.Add(2 * time.Second) // stamp + window
+	fillBoth := func(c *client) {
+		c.do("SET", "plain", "1")
+		c.do("SET", "edge", "1")
+		c.do("PEXPIREAT", "edge", strconv.FormatInt(edge.UnixMilli(), 10))
+		c.do("SET", "later", "1")
+		c.do("PEXPIREAT", "later", strconv.FormatInt(later.UnixMilli(), 10))
+	}
+	tests := []struct {
+		name      string
+		opt       DigestOptions
+		diverge   func(c *client) // applied to the later replica only
+		wantEqual bool
+	}{
+		{"cut-off: key expiring in between left out", DigestOptions{ExpiringBy: cutoff}, nil, true},
+		{"no cut-off: false divergence", DigestOptions{}, nil, false},
+		{"cut-off: value of a later key differs", DigestOptions{ExpiringBy: cutoff},
+			func(c *client) { c.do("SETRANGE", "later", "0", "2") }, false},
+		{"cut-off: expiry of a later key differs", DigestOptions{ExpiringBy: cutoff},
+			func(c *client) { c.do("PEXPIREAT", "later", strconv.FormatInt(later.UnixMilli()+1, 10)) }, false},
+		{"cut-off: a key without expiry only here", DigestOptions{ExpiringBy: cutoff},
+			func(c *client) { c.do("SET", "extra", "x") }, false},
+	}
+	// Two Redis per case would be slow: reuse two and flush between cases.
+	ePort, lPort := startRedis(t), startRedis(t)
+	early, late := newClient(t, ePort, Credentials{}), newClient(t, lPort, Credentials{})
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			stamp = time.Now()
+			edge = stamp.Add(400 * time.Millisecond)
+			if !tc.opt.ExpiringBy.IsZero() {
+				tc.opt.ExpiringBy = stamp.Add(2 * time.Second)
+			}
+			for _, c := range []*client{early, late} {
+				c.do("FLUSHALL")
+				fillBoth(c)
+			}
+			if tc.diverge != nil {
+				tc.diverge(late)
+			}
+			de, err := openRedis(t, ePort, Credentials{}).Digest(ctx, tc.opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Until(edge) + 150*time.Millisecond)
+			if v := late.do("EXISTS", "edge"); v.num != 0 {
+				t.Fatal("the edge key did not expire on the later replica")
+			}
+			dl, err := openRedis(t, lPort, Credentials{}).Digest(ctx, tc.opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (de == dl) != tc.wantEqual {
+				t.Fatalf("early digest %v, late digest %v: equal=%v, want %v", de, dl, de == dl, tc.wantEqual)
+			}
+		})
+	}
+	t.Run("bound", func(t *testing.T) {
+		early.do("FLUSHALL")
+		for i := range 20 {
+			early.do("SET", "k"+strconv.Itoa(i), "v")
+		}
+		if _, err := openRedis(t, ePort, Credentials{}).Digest(ctx, DigestOptions{MaxKeys: 10}); !errors.Is(err, ErrTooLarge) {
+			t.Fatalf("digest of 20 keys bounded to 10: %v, want ErrTooLarge", err)
+		}
+		if d, err := openRedis(t, ePort, Credentials{}).Digest(ctx, DigestOptions{MaxKeys: 20}); err != nil || d.Keys != 20 {
+			t.Fatalf("digest of 20 keys bounded to 20: %v, %v", d, err)
+		}
+	})
 }
