@@ -26,7 +26,11 @@ mkdir -p "$OUT" "$KN/bin"
 
 say() { printf '[kind-e2e %4ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
 steps=0 passed=0 restarted=unknown
-summary() { echo "kind-e2e: steps=$steps passed=$passed pods_restarted_by_install=$restarted"; }
+summarized=
+summary() {
+	summarized=1
+	echo "kind-e2e: steps=$steps passed=$passed pods_restarted_by_install=$restarted"
+}
 fail() {
 	say "FAILED at step $steps: $*"
 	cleanup
@@ -57,7 +61,7 @@ retry() {
 }
 
 # --- dockerd -------------------------------------------------------------------------------
-started_dockerd=
+started_dockerd= our_dockerd= preexisting_run_docker=
 start_dockerd() {
 	if [[ -n "${DOCKER_HOST:-}" ]] && docker version >/dev/null 2>&1; then
 		say "using the dockerd at $DOCKER_HOST"
@@ -70,31 +74,53 @@ start_dockerd() {
 	fi
 	command -v dockerd >/dev/null || apt-get install -y --no-install-recommends docker.io >&2 || return 1
 	mkdir -p "$DOCKER_DIR"
+	[[ -e /run/docker ]] && preexisting_run_docker=1 # dockerd creates /run/docker/plugins
 	say "starting dockerd ($DOCKER_DIR)"
 	# --iptables=false etc.: dockerd touches neither the host's firewall nor its forwarding; the
 	# wrapper drops the one capability this VM's root lacks (see its comment).
-	dockerd --data-root "$DOCKER_DIR/data" --exec-root "$DOCKER_DIR/exec" --pidfile "$DOCKER_DIR/pid" \
+	# Its own session: a Ctrl-C of the run must not reach dockerd before the cleanup has deleted
+	# the cluster through it (it would stop the nodes and leave them and the network behind).
+	setsid dockerd --data-root "$DOCKER_DIR/data" --exec-root "$DOCKER_DIR/exec" --pidfile "$DOCKER_DIR/pid" \
 		-H "$DOCKER_HOST" --iptables=false --ip-forward=false --ip-masq=false --bridge=none \
 		--add-runtime "nosysresource=$ROOT/hack/kind-e2e/runc-without-sys-resource" \
 		--default-runtime nosysresource >"$OUT/dockerd.log" 2>&1 &
-	started_dockerd=$!
+	started_dockerd=$! our_dockerd=$!
 	retry 60 docker version >/dev/null 2>&1 || { tail -20 "$OUT/dockerd.log" >&2; return 1; }
 }
+# stop_dockerd: SIGTERM lets dockerd stop its containers and the containerd it started; one
+# that has not exited after a minute is killed with that containerd (its child), so no daemon
+# of this run outlives it.
 stop_dockerd() {
 	[[ -n "$started_dockerd" ]] || return 0
-	say "stopping the dockerd it started (pid $started_dockerd)"
-	kill "$started_dockerd" 2>/dev/null
-	for _ in $(seq 60); do kill -0 "$started_dockerd" 2>/dev/null || break; sleep 0.5; done
+	local pid=$started_dockerd children
 	started_dockerd=
+	say "stopping the dockerd it started (pid $pid)"
+	children=$(pgrep -P "$pid")
+	kill "$pid" 2>/dev/null
+	for _ in $(seq 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+	if kill -0 "$pid" 2>/dev/null; then
+		say "dockerd $pid still runs after 60s: killing it and its children ($children)"
+		kill -KILL "$pid" $children 2>/dev/null
+	fi
+	wait "$pid" 2>/dev/null
+	[[ -n "$preexisting_run_docker" ]] || rmdir /run/docker/plugins /run/docker 2>/dev/null
+	return 0
 }
+# cleanup: on every way out (a failed step, Ctrl-C, an error of this script): the cluster, the
+# docker network and the dockerd this run started. KIND_E2E_KEEP=1 keeps them for a look.
+cleaned= touched_cluster=
 cleanup() {
-	if [[ -z "${KIND_E2E_KEEP:-}" ]] && [[ -n "${DOCKER_HOST:-}" ]] && docker version >/dev/null 2>&1; then
+	[[ -z "$cleaned" ]] || return 0
+	cleaned=1
+	[[ -z "${KIND_E2E_KEEP:-}" ]] || { say "KIND_E2E_KEEP: cluster and dockerd left running (DOCKER_HOST=${DOCKER_HOST:-})"; return 0; }
+	if [[ -n "$touched_cluster" ]] && docker version >/dev/null 2>&1; then
 		kind delete cluster --name "$CLUSTER" >/dev/null 2>&1
 		docker network rm kind >/dev/null 2>&1
 	fi
-	[[ -n "${KIND_E2E_KEEP:-}" ]] || stop_dockerd
+	stop_dockerd
 }
 trap 'fail "interrupted"' INT TERM
+trap 'cleanup; [[ -n "$summarized" ]] || summary' EXIT
 
 # --- prerequisites (not walkthrough steps) ----------------------------------------------------
 # (docker import cannot set STOPSIGNAL: `docker stop` of a node waits its timeout, then kills.)
@@ -112,6 +138,12 @@ if ! docker image inspect "$NODE_IMAGE" >/dev/null 2>&1; then
 		--change 'ENV container=docker' \
 		"$NODE_TAR" "$NODE_IMAGE" >/dev/null || fail "docker import"
 fi
+# Node images of earlier inputs (several GB each in the data root) are of no further use.
+for old in $(docker images --format '{{.Repository}}:{{.Tag}}' localhost/smr-kind-node | grep -vxF "$NODE_IMAGE"); do
+	say "removing the outdated node image $old"
+	docker rmi "$old" >/dev/null || say "could not remove $old"
+done
+touched_cluster=1
 kind delete cluster --name "$CLUSTER" >/dev/null 2>&1
 # kind uses the network named "kind" when it exists: this one keeps the nodes in the project's
 # range (kind's own default is a private range).
@@ -231,6 +263,20 @@ uninstall() {
 	pods_unchanged <(grep -v '^default/redis-' "$OUT/pods-before-uninstall")
 }
 delete_cluster() { kind delete cluster --name "$CLUSTER" && docker network rm kind >/dev/null; }
+# nothing_left: after the cleanup, the host has no trace of the run: the dockerd it started is
+# gone, no docker bridge (br-<id>) or address of the kind network is left on the host, and
+# the host's firewall has no docker or kind-network rule (dockerd runs with --iptables=false;
+# the nodes' kube-proxy and podnet rules live in the nodes' own network namespaces).
+nothing_left() {
+	cleanup
+	[[ -z "${KIND_E2E_KEEP:-}" ]] || return 0
+	local left=
+	[[ -n "$our_dockerd" ]] && kill -0 "$our_dockerd" 2>/dev/null && left+=" dockerd($our_dockerd)"
+	left+=$(ip -o addr show to "$KIND_NET_SUBNET" | awk '{printf " address(%s %s)", $2, $4}')
+	left+=$(ip -o link show type bridge | grep -oE '^[0-9]+: br-[0-9a-f]{12}:' | sed 's/^[0-9]*: / bridge(/; s/:$/)/' | tr -d '\n')
+	left+=$( (iptables-save; ip6tables-save) 2>/dev/null | grep -E 'DOCKER|198\.18\.192\.' | sed 's/^/ rule(/; s/$/)/' | tr '\n' ' ')
+	[[ -z "$left" ]] || { say "left behind:$left"; return 1; }
+}
 
 step "kind create cluster --config hack/kind-config.yaml" create_cluster
 step "install: hack/kind-up.sh (kind load image-archive, kubectl apply -k manifests/, rollout)" install_smr
@@ -244,5 +290,5 @@ step "kill a node (docker restart smr-worker2)" kill_node
 step "upgrade the DaemonSet to a newly built smr-cri" upgrade
 step "uninstall: kubelet's files restored byte for byte, pods kept" uninstall
 step "kind delete cluster" delete_cluster
-stop_dockerd
+step "nothing left behind: dockerd stopped, no docker bridge, address or firewall rule on the host" nothing_left
 summary
