@@ -6,9 +6,11 @@
 # this VM needs; see README "What was verified") and stops what it started; builds the node image
 # (hack/kind-node/build.sh, cached) and kind v0.33.0 (go install, cached); creates the cluster from
 # hack/kind-config.yaml on a docker network in 198.18.192.0/24; then runs the walkthrough step by
-# step as the README writes it and deletes the cluster. Last line:
+# step as the README writes it, deletes the cluster and checks nothing is left on the host.
+# Last line:
 #   kind-e2e: steps=N passed=N pods_restarted_by_install=0
-# A failed step ends the run there; the summary line then says how far it got.
+# A failed step or a Ctrl-C ends the run there (the summary line then says how far it got); the
+# cluster, the docker network and the dockerd it started are removed on every way out.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -181,8 +183,8 @@ install_smr() {
 node_runs_smr() {
 	local n
 	for n in $(kind get nodes --name "$CLUSTER" | grep -v control-plane); do
-		docker exec "$n" systemctl is-active smr-cri || return 1
-		docker exec "$n" grep -q 'containerRuntimeEndpoint: unix:///run/smr-cri/smr-cri.sock' /var/lib/kubelet/config.yaml || return 1
+		docker exec "$n" systemctl status smr-cri >&2 || return 1
+		[[ "$(docker exec "$n" grep containerRuntimeEndpoint /var/lib/kubelet/config.yaml)" == 'containerRuntimeEndpoint: unix:///run/smr-cri/smr-cri.sock' ]] || return 1
 	done
 	K -n smr-system logs ds/smr-cri -c install | tail -5 >&2
 }
@@ -217,9 +219,13 @@ write_read() {
 		[[ "$v" == hello ]] || { say "redis-$i has greeting=$v"; return 1; }
 	done
 }
+# traces: the README's all-nodes command (without -f, from the start: --tail=-1). "Every write
+# shows up on every node": each worker's trace pod has commit lines of the group.
 traces() {
-	K -n smr-system logs -l app.kubernetes.io/name=smr-cri --prefix --max-log-requests 4 --tail=-1 -c trace |
-		grep 'smr=commit group=default.redis' | tail -3 | grep -q .
+	local pods
+	pods=$(K -n smr-system logs -l app.kubernetes.io/name=smr-cri --prefix --max-log-requests 4 --tail=-1 |
+		grep 'smr=commit group=default.redis index=' | grep -o '^\[pod/[^/]*' | sort -u | wc -l)
+	[[ "$pods" == 3 ]] || { say "commit traces from $pods trace pods, want 3"; return 1; }
 }
 same_on_all() { # KEY VALUE
 	local i v
@@ -238,16 +244,15 @@ kill_node() {
 }
 upgrade() {
 	pod_fingerprint >"$OUT/pods-before-upgrade"
-	local img=localhost/smr-cri:upgrade
-	CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags "-s -w -X github.com/smr-io/smr-cri/internal/cli.version=kind-e2e-upgrade" \
-		-o "$OUT/smr-cri-upgrade" ./cmd/smr-cri &&
-		go run ./hack/kind-image --binary "$OUT/smr-cri-upgrade" --tag "$img" --out "$OUT/smr-cri-upgrade.tar" &&
-		kind load image-archive --name "$CLUSTER" "$OUT/smr-cri-upgrade.tar" &&
-		K -n smr-system set image ds/smr-cri install=$img trace=$img &&
+	# The README's step 5, command for command.
+	CGO_ENABLED=0 GOOS=linux go build -ldflags "-X github.com/smr-io/smr-cri/internal/cli.version=v2" -o _out/kind/smr-cri ./cmd/smr-cri &&
+		go run ./hack/kind-image --binary _out/kind/smr-cri --tag localhost/smr-cri:v2 --out _out/kind/smr-cri-v2.tar &&
+		kind load image-archive --name "$CLUSTER" _out/kind/smr-cri-v2.tar &&
+		K -n smr-system set image ds/smr-cri install=localhost/smr-cri:v2 trace=localhost/smr-cri:v2 &&
 		K -n smr-system rollout status ds/smr-cri --timeout 10m || return 1
 	local n
 	for n in $(kind get nodes --name "$CLUSTER" | grep -v control-plane); do
-		docker exec "$n" /usr/local/bin/smr-cri version | grep -q kind-e2e-upgrade || { say "$n still runs the old smr-cri"; return 1; }
+		docker exec "$n" /usr/local/bin/smr-cri version | grep -q '^smr-cri v2 ' || { say "$n still runs the old smr-cri"; return 1; }
 	done
 	same_on_all greeting hello && pods_unchanged "$OUT/pods-before-upgrade"
 }
