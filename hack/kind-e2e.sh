@@ -35,9 +35,26 @@ summary() {
 }
 fail() {
 	say "FAILED at step $steps: $*"
+	((steps == 0)) || collect_state
 	cleanup
 	summary
 	exit 1
+}
+# collect_state: what a failed run leaves to read after the cluster is gone ($OUT/failure/):
+# nodes, pods, events, and each node's smr-cri and kubelet logs.
+collect_state() {
+	local d="$OUT/failure" n
+	rm -rf "$d" && mkdir -p "$d"
+	say "collecting the cluster's state into $d"
+	{
+		timeout 60 kubectl --context "kind-$CLUSTER" get nodes -o wide
+		timeout 60 kubectl --context "kind-$CLUSTER" get pods -A -o wide
+		timeout 60 kubectl --context "kind-$CLUSTER" get events -A --sort-by=.lastTimestamp
+	} >"$d/cluster.txt" 2>&1
+	for n in $(timeout 60 kind get nodes --name "$CLUSTER" 2>/dev/null); do
+		timeout 60 docker exec "$n" tail -n 2000 /var/log/smr-cri/smr-cri.log >"$d/$n.smr-cri.log" 2>&1
+		timeout 60 docker exec "$n" journalctl -u kubelet --no-pager -n 2000 >"$d/$n.kubelet.log" 2>&1
+	done
 }
 # step NAME CMD...: one walkthrough step; stops the run when it fails.
 step() {
@@ -205,7 +222,12 @@ rcli() { # redis-cli through the Service, as the README's `kubectl run rc -it ..
 	local pod="rc-$RANDOM" out
 	K run "$pod" --restart=Never --image docker.io/library/redis:7.2 --image-pull-policy=Never \
 		-- redis-cli -h redis "$@" >/dev/null || return 1
-	K wait --for=jsonpath='{.status.phase}'=Succeeded "pod/$pod" --timeout 60s >/dev/null
+	if ! K wait --for=jsonpath='{.status.phase}'=Succeeded "pod/$pod" --timeout 60s >/dev/null; then
+		say "client pod $pod did not finish in 60s: $(K get pod "$pod" -o wide --no-headers 2>&1)"
+		K logs "$pod" >&2
+		K delete pod "$pod" --wait=false >/dev/null
+		return 1
+	fi
 	out=$(K logs "$pod")
 	K delete pod "$pod" --wait=false >/dev/null
 	echo "$out"
