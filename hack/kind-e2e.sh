@@ -202,6 +202,9 @@ node_runs_smr() {
 	for n in $(kind get nodes --name "$CLUSTER" | grep -v control-plane); do
 		docker exec "$n" systemctl status smr-cri >&2 || return 1
 		[[ "$(docker exec "$n" grep containerRuntimeEndpoint /var/lib/kubelet/config.yaml)" == 'containerRuntimeEndpoint: unix:///run/smr-cri/smr-cri.sock' ]] || return 1
+		# serve reaches the API server where kubelet does, not through a ClusterIP that needs kube-proxy.
+		retry 60 docker exec "$n" grep -qx '    server: https://smr-control-plane:6443' /var/lib/smr-cri/kube/kubeconfig ||
+			{ say "$n: serve's kubeconfig does not name kubelet's API server"; return 1; }
 	done
 	K -n smr-system logs ds/smr-cri -c install | tail -5 >&2
 }
