@@ -6,9 +6,11 @@
 # this VM needs; see README "What was verified") and stops what it started; builds the node image
 # (hack/kind-node/build.sh, cached) and kind v0.33.0 (go install, cached); creates the cluster from
 # hack/kind-config.yaml on a docker network in 198.18.192.0/24; then runs the walkthrough step by
-# step as the README writes it and deletes the cluster. Last line:
+# step as the README writes it, deletes the cluster and checks nothing is left on the host.
+# Last line:
 #   kind-e2e: steps=N passed=N pods_restarted_by_install=0
-# A failed step ends the run there; the summary line then says how far it got.
+# A failed step or a Ctrl-C ends the run there (the summary line then says how far it got); the
+# cluster, the docker network and the dockerd it started are removed on every way out.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,12 +28,33 @@ mkdir -p "$OUT" "$KN/bin"
 
 say() { printf '[kind-e2e %4ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
 steps=0 passed=0 restarted=unknown
-summary() { echo "kind-e2e: steps=$steps passed=$passed pods_restarted_by_install=$restarted"; }
+summarized=
+summary() {
+	summarized=1
+	echo "kind-e2e: steps=$steps passed=$passed pods_restarted_by_install=$restarted"
+}
 fail() {
 	say "FAILED at step $steps: $*"
+	((steps == 0)) || collect_state
 	cleanup
 	summary
 	exit 1
+}
+# collect_state: what a failed run leaves to read after the cluster is gone ($OUT/failure/):
+# nodes, pods, events, and each node's smr-cri and kubelet logs.
+collect_state() {
+	local d="$OUT/failure" n
+	rm -rf "$d" && mkdir -p "$d"
+	say "collecting the cluster's state into $d"
+	{
+		timeout 60 kubectl --context "kind-$CLUSTER" get nodes -o wide
+		timeout 60 kubectl --context "kind-$CLUSTER" get pods -A -o wide
+		timeout 60 kubectl --context "kind-$CLUSTER" get events -A --sort-by=.lastTimestamp
+	} >"$d/cluster.txt" 2>&1
+	for n in $(timeout 60 kind get nodes --name "$CLUSTER" 2>/dev/null); do
+		timeout 60 docker exec "$n" tail -n 2000 /var/log/smr-cri/smr-cri.log >"$d/$n.smr-cri.log" 2>&1
+		timeout 60 docker exec "$n" journalctl -u kubelet --no-pager -n 2000 >"$d/$n.kubelet.log" 2>&1
+	done
 }
 # step NAME CMD...: one walkthrough step; stops the run when it fails.
 step() {
@@ -57,7 +80,7 @@ retry() {
 }
 
 # --- dockerd -------------------------------------------------------------------------------
-started_dockerd=
+started_dockerd= our_dockerd= preexisting_run_docker=
 start_dockerd() {
 	if [[ -n "${DOCKER_HOST:-}" ]] && docker version >/dev/null 2>&1; then
 		say "using the dockerd at $DOCKER_HOST"
@@ -70,31 +93,53 @@ start_dockerd() {
 	fi
 	command -v dockerd >/dev/null || apt-get install -y --no-install-recommends docker.io >&2 || return 1
 	mkdir -p "$DOCKER_DIR"
+	[[ -e /run/docker ]] && preexisting_run_docker=1 # dockerd creates /run/docker/plugins
 	say "starting dockerd ($DOCKER_DIR)"
 	# --iptables=false etc.: dockerd touches neither the host's firewall nor its forwarding; the
 	# wrapper drops the one capability this VM's root lacks (see its comment).
-	dockerd --data-root "$DOCKER_DIR/data" --exec-root "$DOCKER_DIR/exec" --pidfile "$DOCKER_DIR/pid" \
+	# Its own session: a Ctrl-C of the run must not reach dockerd before the cleanup has deleted
+	# the cluster through it (it would stop the nodes and leave them and the network behind).
+	setsid dockerd --data-root "$DOCKER_DIR/data" --exec-root "$DOCKER_DIR/exec" --pidfile "$DOCKER_DIR/pid" \
 		-H "$DOCKER_HOST" --iptables=false --ip-forward=false --ip-masq=false --bridge=none \
 		--add-runtime "nosysresource=$ROOT/hack/kind-e2e/runc-without-sys-resource" \
 		--default-runtime nosysresource >"$OUT/dockerd.log" 2>&1 &
-	started_dockerd=$!
+	started_dockerd=$! our_dockerd=$!
 	retry 60 docker version >/dev/null 2>&1 || { tail -20 "$OUT/dockerd.log" >&2; return 1; }
 }
+# stop_dockerd: SIGTERM lets dockerd stop its containers and the containerd it started; one
+# that has not exited after a minute is killed with that containerd (its child), so no daemon
+# of this run outlives it.
 stop_dockerd() {
 	[[ -n "$started_dockerd" ]] || return 0
-	say "stopping the dockerd it started (pid $started_dockerd)"
-	kill "$started_dockerd" 2>/dev/null
-	for _ in $(seq 60); do kill -0 "$started_dockerd" 2>/dev/null || break; sleep 0.5; done
+	local pid=$started_dockerd children
 	started_dockerd=
+	say "stopping the dockerd it started (pid $pid)"
+	children=$(pgrep -P "$pid")
+	kill "$pid" 2>/dev/null
+	for _ in $(seq 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+	if kill -0 "$pid" 2>/dev/null; then
+		say "dockerd $pid still runs after 60s: killing it and its children ($children)"
+		kill -KILL "$pid" $children 2>/dev/null
+	fi
+	wait "$pid" 2>/dev/null
+	[[ -n "$preexisting_run_docker" ]] || rmdir /run/docker/plugins /run/docker 2>/dev/null
+	return 0
 }
+# cleanup: on every way out (a failed step, Ctrl-C, an error of this script): the cluster, the
+# docker network and the dockerd this run started. KIND_E2E_KEEP=1 keeps them for a look.
+cleaned= touched_cluster=
 cleanup() {
-	if [[ -z "${KIND_E2E_KEEP:-}" ]] && [[ -n "${DOCKER_HOST:-}" ]] && docker version >/dev/null 2>&1; then
+	[[ -z "$cleaned" ]] || return 0
+	cleaned=1
+	[[ -z "${KIND_E2E_KEEP:-}" ]] || { say "KIND_E2E_KEEP: cluster and dockerd left running (DOCKER_HOST=${DOCKER_HOST:-})"; return 0; }
+	if [[ -n "$touched_cluster" ]] && docker version >/dev/null 2>&1; then
 		kind delete cluster --name "$CLUSTER" >/dev/null 2>&1
 		docker network rm kind >/dev/null 2>&1
 	fi
-	[[ -n "${KIND_E2E_KEEP:-}" ]] || stop_dockerd
+	stop_dockerd
 }
 trap 'fail "interrupted"' INT TERM
+trap 'cleanup; [[ -n "$summarized" ]] || summary' EXIT
 
 # --- prerequisites (not walkthrough steps) ----------------------------------------------------
 # (docker import cannot set STOPSIGNAL: `docker stop` of a node waits its timeout, then kills.)
@@ -112,6 +157,12 @@ if ! docker image inspect "$NODE_IMAGE" >/dev/null 2>&1; then
 		--change 'ENV container=docker' \
 		"$NODE_TAR" "$NODE_IMAGE" >/dev/null || fail "docker import"
 fi
+# Node images of earlier inputs (several GB each in the data root) are of no further use.
+for old in $(docker images --format '{{.Repository}}:{{.Tag}}' localhost/smr-kind-node | grep -vxF "$NODE_IMAGE"); do
+	say "removing the outdated node image $old"
+	docker rmi "$old" >/dev/null || say "could not remove $old"
+done
+touched_cluster=1
 kind delete cluster --name "$CLUSTER" >/dev/null 2>&1
 # kind uses the network named "kind" when it exists: this one keeps the nodes in the project's
 # range (kind's own default is a private range).
@@ -149,8 +200,11 @@ install_smr() {
 node_runs_smr() {
 	local n
 	for n in $(kind get nodes --name "$CLUSTER" | grep -v control-plane); do
-		docker exec "$n" systemctl is-active smr-cri || return 1
-		docker exec "$n" grep -q 'containerRuntimeEndpoint: unix:///run/smr-cri/smr-cri.sock' /var/lib/kubelet/config.yaml || return 1
+		docker exec "$n" systemctl status smr-cri >&2 || return 1
+		[[ "$(docker exec "$n" grep containerRuntimeEndpoint /var/lib/kubelet/config.yaml)" == 'containerRuntimeEndpoint: unix:///run/smr-cri/smr-cri.sock' ]] || return 1
+		# serve reaches the API server where kubelet does, not through a ClusterIP that needs kube-proxy.
+		retry 60 docker exec "$n" grep -qx '    server: https://smr-control-plane:6443' /var/lib/smr-cri/kube/kubeconfig ||
+			{ say "$n: serve's kubeconfig does not name kubelet's API server"; return 1; }
 	done
 	K -n smr-system logs ds/smr-cri -c install | tail -5 >&2
 }
@@ -171,7 +225,12 @@ rcli() { # redis-cli through the Service, as the README's `kubectl run rc -it ..
 	local pod="rc-$RANDOM" out
 	K run "$pod" --restart=Never --image docker.io/library/redis:7.2 --image-pull-policy=Never \
 		-- redis-cli -h redis "$@" >/dev/null || return 1
-	K wait --for=jsonpath='{.status.phase}'=Succeeded "pod/$pod" --timeout 60s >/dev/null
+	if ! K wait --for=jsonpath='{.status.phase}'=Succeeded "pod/$pod" --timeout 60s >/dev/null; then
+		say "client pod $pod did not finish in 60s: $(K get pod "$pod" -o wide --no-headers 2>&1)"
+		K logs "$pod" >&2
+		K delete pod "$pod" --wait=false >/dev/null
+		return 1
+	fi
 	out=$(K logs "$pod")
 	K delete pod "$pod" --wait=false >/dev/null
 	echo "$out"
@@ -185,9 +244,13 @@ write_read() {
 		[[ "$v" == hello ]] || { say "redis-$i has greeting=$v"; return 1; }
 	done
 }
+# traces: the README's all-nodes command (without -f, from the start: --tail=-1). "Every write
+# shows up on every node": each worker's trace pod has commit lines of the group.
 traces() {
-	K -n smr-system logs -l app.kubernetes.io/name=smr-cri --prefix --max-log-requests 4 --tail=-1 -c trace |
-		grep 'smr=commit group=default.redis' | tail -3 | grep -q .
+	local pods
+	pods=$(K -n smr-system logs -l app.kubernetes.io/name=smr-cri --prefix --max-log-requests 4 --tail=-1 |
+		grep 'smr=commit group=default.redis index=' | grep -o '^\[pod/[^/]*' | sort -u | wc -l)
+	[[ "$pods" == 3 ]] || { say "commit traces from $pods trace pods, want 3"; return 1; }
 }
 same_on_all() { # KEY VALUE
 	local i v
@@ -206,16 +269,15 @@ kill_node() {
 }
 upgrade() {
 	pod_fingerprint >"$OUT/pods-before-upgrade"
-	local img=localhost/smr-cri:upgrade
-	CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags "-s -w -X github.com/smr-io/smr-cri/internal/cli.version=kind-e2e-upgrade" \
-		-o "$OUT/smr-cri-upgrade" ./cmd/smr-cri &&
-		go run ./hack/kind-image --binary "$OUT/smr-cri-upgrade" --tag "$img" --out "$OUT/smr-cri-upgrade.tar" &&
-		kind load image-archive --name "$CLUSTER" "$OUT/smr-cri-upgrade.tar" &&
-		K -n smr-system set image ds/smr-cri install=$img trace=$img &&
+	# The README's step 5, command for command.
+	CGO_ENABLED=0 GOOS=linux go build -ldflags "-X github.com/smr-io/smr-cri/internal/cli.version=v2" -o _out/kind/smr-cri ./cmd/smr-cri &&
+		go run ./hack/kind-image --binary _out/kind/smr-cri --tag localhost/smr-cri:v2 --out _out/kind/smr-cri-v2.tar &&
+		kind load image-archive --name "$CLUSTER" _out/kind/smr-cri-v2.tar &&
+		K -n smr-system set image ds/smr-cri install=localhost/smr-cri:v2 trace=localhost/smr-cri:v2 &&
 		K -n smr-system rollout status ds/smr-cri --timeout 10m || return 1
 	local n
 	for n in $(kind get nodes --name "$CLUSTER" | grep -v control-plane); do
-		docker exec "$n" /usr/local/bin/smr-cri version | grep -q kind-e2e-upgrade || { say "$n still runs the old smr-cri"; return 1; }
+		docker exec "$n" /usr/local/bin/smr-cri version | grep -q '^smr-cri v2 ' || { say "$n still runs the old smr-cri"; return 1; }
 	done
 	same_on_all greeting hello && pods_unchanged "$OUT/pods-before-upgrade"
 }
@@ -231,6 +293,20 @@ uninstall() {
 	pods_unchanged <(grep -v '^default/redis-' "$OUT/pods-before-uninstall")
 }
 delete_cluster() { kind delete cluster --name "$CLUSTER" && docker network rm kind >/dev/null; }
+# nothing_left: after the cleanup, the host has no trace of the run: the dockerd it started is
+# gone, no docker bridge (br-<id>) or address of the kind network is left on the host, and
+# the host's firewall has no docker or kind-network rule (dockerd runs with --iptables=false;
+# the nodes' kube-proxy and podnet rules live in the nodes' own network namespaces).
+nothing_left() {
+	cleanup
+	[[ -z "${KIND_E2E_KEEP:-}" ]] || return 0
+	local left=
+	[[ -n "$our_dockerd" ]] && kill -0 "$our_dockerd" 2>/dev/null && left+=" dockerd($our_dockerd)"
+	left+=$(ip -o addr show to "$KIND_NET_SUBNET" | awk '{printf " address(%s %s)", $2, $4}')
+	left+=$(ip -o link show type bridge | grep -oE '^[0-9]+: br-[0-9a-f]{12}:' | sed 's/^[0-9]*: / bridge(/; s/:$/)/' | tr -d '\n')
+	left+=$( (iptables-save; ip6tables-save) 2>/dev/null | grep -E 'DOCKER|198\.18\.192\.' | sed 's/^/ rule(/; s/$/)/' | tr '\n' ' ')
+	[[ -z "$left" ]] || { say "left behind:$left"; return 1; }
+}
 
 step "kind create cluster --config hack/kind-config.yaml" create_cluster
 step "install: hack/kind-up.sh (kind load image-archive, kubectl apply -k manifests/, rollout)" install_smr
@@ -244,5 +320,5 @@ step "kill a node (docker restart smr-worker2)" kill_node
 step "upgrade the DaemonSet to a newly built smr-cri" upgrade
 step "uninstall: kubelet's files restored byte for byte, pods kept" uninstall
 step "kind delete cluster" delete_cluster
-stop_dockerd
+step "nothing left behind: dockerd stopped, no docker bridge, address or firewall rule on the host" nothing_left
 summary

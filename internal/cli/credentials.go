@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/smr-io/smr-cri/internal/install"
@@ -26,7 +28,7 @@ const DefaultServiceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 type credExporter struct {
 	SADir  string // the pod's ServiceAccount mount
 	Dir    string // where to write (same path in the pod and on the node)
-	Server string // https://host:port of the API server
+	Server string // https://host:port of the API server (the kubernetes Service)
 }
 
 // newCredExporter takes the API server address from the environment
@@ -42,8 +44,27 @@ func newCredExporter(saDir, dir string) (credExporter, error) {
 	return credExporter{SADir: saDir, Dir: dir, Server: "https://" + net.JoinHostPort(host, port)}, nil
 }
 
+// server is the API server for serve: the address smr-cri install recorded
+// from kubelet's kubeconfig (install.APIServerFile, in Dir), reachable from
+// the node before kube-proxy runs; without it, the kubernetes Service.
+func (c credExporter) server() (string, error) {
+	p := filepath.Join(c.Dir, filepath.Base(install.APIServerFile))
+	data, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return c.Server, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("export credentials: %w", err)
+	}
+	s, err := install.ParseAPIServer(strings.TrimSpace(string(data)))
+	if err != nil {
+		return "", fmt.Errorf("export credentials: %s: %w", p, err)
+	}
+	return s, nil
+}
+
 // kubeconfig names the copies by their absolute paths.
-func (c credExporter) kubeconfig() []byte {
+func (c credExporter) kubeconfig(server string) []byte {
 	return fmt.Appendf(nil, `# Written by smr-cri trace --export-credentials: the smr-system/smr-cri
 # ServiceAccount, for smr-cri serve on this node. Rewritten as the token rotates.
 apiVersion: v1
@@ -63,7 +84,7 @@ contexts:
     cluster: cluster
     user: smr-cri
 current-context: smr-cri
-`, c.Server, filepath.Join(c.Dir, "ca.crt"), filepath.Join(c.Dir, "token"))
+`, server, filepath.Join(c.Dir, "ca.crt"), filepath.Join(c.Dir, "token"))
 }
 
 // sync writes what changed; files are replaced atomically, mode 0600.
@@ -71,7 +92,11 @@ func (c credExporter) sync() error {
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return fmt.Errorf("export credentials: %w", err)
 	}
-	files := map[string][]byte{"kubeconfig": c.kubeconfig()}
+	server, err := c.server()
+	if err != nil {
+		return err
+	}
+	files := map[string][]byte{"kubeconfig": c.kubeconfig(server)}
 	for _, name := range []string{"token", "ca.crt"} {
 		data, err := os.ReadFile(filepath.Join(c.SADir, name))
 		if err != nil {

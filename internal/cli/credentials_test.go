@@ -85,3 +85,48 @@ func TestCredExporterBadInput(t *testing.T) {
 		t.Errorf("trace with a missing ServiceAccount: %v", err)
 	}
 }
+
+// TestCredExporterAPIServer: the address smr-cri install recorded from kubelet's
+// kubeconfig replaces the kubernetes Service's ClusterIP in serve's kubeconfig;
+// a bad one stops the export with the file named.
+func TestCredExporterAPIServer(t *testing.T) {
+	tests := []struct {
+		name, file string // file: the api-server content; "-": none
+		want       string // the kubeconfig's server; "": an error
+	}{
+		{"none: the Service", "-", "https://198.18.0.1:443"},
+		{"kubelet's", "https://smr-control-plane:6443\n", "https://smr-control-plane:6443"},
+		{"not https", "http://198.18.1.1:8080\n", ""},
+		{"two lines", "https://198.18.1.1:6443\nserver: x\n", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sa, dir := t.TempDir(), t.TempDir()
+			os.WriteFile(filepath.Join(sa, "token"), []byte("token-1"), 0o644)
+			os.WriteFile(filepath.Join(sa, "ca.crt"), []byte("ca"), 0o644)
+			t.Setenv("KUBERNETES_SERVICE_HOST", "198.18.0.1")
+			t.Setenv("KUBERNETES_SERVICE_PORT", "443")
+			if tt.file != "-" {
+				os.WriteFile(filepath.Join(dir, "api-server"), []byte(tt.file), 0o644)
+			}
+			ex, err := newCredExporter(sa, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = ex.sync()
+			if tt.want == "" {
+				if err == nil || !strings.Contains(err.Error(), "api-server") {
+					t.Errorf("sync = %v, want an error naming the api-server file", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, _ := os.ReadFile(filepath.Join(dir, "kubeconfig"))
+			if !strings.Contains(string(data), "server: "+tt.want+"\n") {
+				t.Errorf("kubeconfig without server %s:\n%s", tt.want, data)
+			}
+		})
+	}
+}

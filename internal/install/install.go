@@ -354,6 +354,15 @@ func Install(ctx context.Context, o Options) error {
 		state = &State{Version: 1, RuntimeEndpoint: disc.Effective}
 	}
 	fmt.Fprintf(o.Log, "install: kubelet's runtime is %s; smr-cri will listen on %s\n", state.RuntimeEndpoint, Endpoint)
+	// Not fatal when missing or unreadable: serve then reaches the API server
+	// through the kubernetes Service, once kube-proxy runs on the node.
+	apiServer, err := kubeletAPIServer(o.HostRoot)
+	switch {
+	case err != nil:
+		fmt.Fprintf(o.Log, "install: %v; smr-cri serve reaches the API server through the kubernetes Service\n", err)
+	case apiServer == "":
+		fmt.Fprintln(o.Log, "install: kubelet has no kubeconfig; smr-cri serve reaches the API server through the kubernetes Service")
+	}
 
 	_, unitErr := os.Stat(o.path(UnitPath))
 	rs := &restarts{o: &o, smrExists: unitErr == nil}
@@ -413,6 +422,12 @@ func Install(ctx context.Context, o Options) error {
 			name: "wait until smr-cri answers CRI Version on " + SocketPath,
 			do:   o.waitCRI,
 		},
+	}
+	if apiServer != "" {
+		// The trace container names it in serve's kubeconfig (see APIServerFile).
+		var apiChanged bool
+		steps = append(steps, o.writeStep("record kubelet's API server "+apiServer+" in "+APIServerFile,
+			APIServerFile, []byte(apiServer+"\n"), 0o644, &apiChanged, &created))
 	}
 	if len(disc.Locations) > 0 {
 		steps = append(steps, o.pointKubeletStep(disc, state, &created, rs), rs.kubeletRestartStep())
