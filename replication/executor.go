@@ -151,6 +151,8 @@ type Executor struct {
 	// very container's app.
 	restoring atomic.Bool
 	fenced    atomic.Bool
+	// unreachable rate-limits the "app unreachable" warning (under mu).
+	unreachable unreachableLog
 	// uncertain is the OnUncertain hook.
 	uncertain atomic.Pointer[func(Cause)]
 
@@ -360,9 +362,10 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 		conn, err := x.cfg.Dialer.DialApp(ctx, op.Port)
 		cancel()
 		if err != nil {
-			x.cfg.Log.Warn("app unreachable", "group", x.cfg.Group, "port", op.Port, "err", err)
+			x.logUnreachableLocked(op.Port, err)
 			return nil, true
 		}
+		x.unreachable = unreachableLog{}
 		f, _ := framing.New(op.Protocol, x.cfg.Framing)
 		x.smu.Lock()
 		x.sessions[e.Session] = &appSession{origin: e.Origin, port: op.Port, framer: f, conn: conn, r: bufio.NewReaderSize(conn, 16<<10)}
@@ -573,6 +576,26 @@ func (x *Executor) Close() error {
 		x.closeSessionLocked(id)
 	}
 	return nil
+}
+
+// unreachableLog counts failed dials to the app since the last warning.
+type unreachableLog struct {
+	last     time.Time
+	failures int
+}
+
+// unreachableLogEvery bounds the "app unreachable" warnings: the queue is
+// retried every RetryInterval, and an app that stays away (a container
+// still starting, a sandbox already gone) would log ten lines a second.
+const unreachableLogEvery = 10 * time.Second
+
+func (x *Executor) logUnreachableLocked(port int, err error) {
+	x.unreachable.failures++
+	if time.Since(x.unreachable.last) < unreachableLogEvery {
+		return
+	}
+	x.cfg.Log.Warn("app unreachable", "group", x.cfg.Group, "port", port, "failed_dials", x.unreachable.failures, "err", err)
+	x.unreachable = unreachableLog{last: time.Now()}
 }
 
 // stopWaiting ends every wait for the app (restore, repair, queue retry)

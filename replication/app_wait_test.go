@@ -3,10 +3,12 @@ package replication
 import (
 	"bytes"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/framing"
 )
 
@@ -68,5 +70,25 @@ func TestRestoreWaitingForAppBlocksNothing(t *testing.T) {
 	}
 	if err := x.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An app that stays unreachable is retried every RetryInterval; the warning
+// says so once per unreachableLogEvery with the count, not once per retry.
+func TestAppUnreachableWarningRateLimited(t *testing.T) {
+	var logs syncBuffer
+	x, err := NewExecutor(ExecutorConfig{Group: "g", Self: 1, Ports: []Port{{6379, framing.ProtoRESP}}, Dialer: failDialer{},
+		AppWait: time.Millisecond, RetryInterval: time.Millisecond, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	open := Op{Kind: KindOpen, Port: 6379, Protocol: framing.ProtoRESP}.Encode()
+	if _, err := x.Apply(raftcore.Entry{Index: 1, Session: 1, Seq: 1, Data: open}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // about 300 retries
+	if n := strings.Count(logs.String(), "app unreachable"); n != 1 {
+		t.Errorf("%d \"app unreachable\" warnings in 300 retries, want 1:\n%s", n, logs.String())
 	}
 }
