@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/smr-io/smr-cri/examples/kvstore"
+	"github.com/smr-io/smr-cri/test/lab/testcheck"
 )
 
 // The audit's verdict on real Redis apps behind real raft members: writes
@@ -111,30 +112,7 @@ func TestAuditVerdictRedis(t *testing.T) {
 // gathered sums the samples of family name in reg whose labels include want.
 func gathered(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
 	t.Helper()
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v float64
-	for _, f := range fams {
-		if f.GetName() != name {
-			continue
-		}
-	samples:
-		for _, m := range f.GetMetric() {
-			for k, w := range want {
-				found := false
-				for _, l := range m.GetLabel() {
-					found = found || (l.GetName() == k && l.GetValue() == w)
-				}
-				if !found {
-					continue samples
-				}
-			}
-			v += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return v
+	return testcheck.MetricSum(t, reg, name, want)
 }
 
 // The audit of the HTTP example app (examples/kvstore, with its snapshot

@@ -25,6 +25,7 @@ import (
 	"github.com/smr-io/smr-cri/test/lab/nodelab"
 	"github.com/smr-io/smr-cri/test/lab/raft/kvtest"
 	"github.com/smr-io/smr-cri/test/lab/redislab"
+	"github.com/smr-io/smr-cri/test/lab/testcheck"
 )
 
 // auditMember is one node of the test: a daemon (its own Manager, raft
@@ -42,35 +43,7 @@ type auditMember struct {
 // metric sums the samples of family name whose labels include want.
 func (m *auditMember) metric(t *testing.T, name string, want map[string]string) float64 {
 	t.Helper()
-	fams, err := m.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v float64
-	for _, f := range fams {
-		if f.GetName() != name {
-			continue
-		}
-	samples:
-		for _, s := range f.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range s.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			for k, w := range want {
-				if labels[k] != w {
-					continue samples
-				}
-			}
-			switch {
-			case s.Counter != nil:
-				v += s.Counter.GetValue()
-			case s.Gauge != nil:
-				v += s.Gauge.GetValue()
-			}
-		}
-	}
-	return v
+	return testcheck.MetricSum(t, m.reg, name, want)
 }
 
 // TestIntegrationAuditRepairsDivergedReplica: three members (each a daemon
