@@ -214,11 +214,30 @@ func (p *Pod) auditLoop(ctx context.Context, orderer Orderer) {
 // committed when it was called (a ReadIndex, then the executor's applied
 // index): the end of a repair's replay.
 func (p *Pod) CaughtUp(ctx context.Context) error {
-	idx, err := p.orderer.ReadIndex(ctx)
+	idx, err := readIndexSettled(ctx, p.orderer, 200*time.Millisecond)
 	if err != nil {
 		return err
 	}
 	return p.exec.WaitApplied(ctx, idx)
+}
+
+// readIndexSettled is o.ReadIndex, retried every pause while the group is
+// between leaders (until ctx ends): a member rebuilt by a repair restarts its
+// raft and, busy replaying the log, may miss heartbeats and briefly lose
+// sight of the leader (e2e slow-replica saw a repair reported failed for
+// that while the member went on to serve).
+func readIndexSettled(ctx context.Context, o Orderer, pause time.Duration) (uint64, error) {
+	for {
+		idx, err := o.ReadIndex(ctx)
+		if err == nil || !(errors.Is(err, raftcore.ErrLeaderLost) || errors.Is(err, raftcore.ErrNoLeader)) {
+			return idx, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("read index: %w (last: %w)", ctx.Err(), err)
+		case <-time.After(pause):
+		}
+	}
 }
 
 // refuse answers a new client with a protocol error saying why it is not

@@ -97,6 +97,13 @@ func (x *Executor) SnapshotTo(index uint64, w io.Writer) error {
 	if x.broken != nil || len(x.queue) > 0 {
 		return fmt.Errorf("%w: the app is behind the log; no snapshot until it caught up", ErrNotReady)
 	}
+	// A fenced app's state is uncertain (a broken session's request may or
+	// may not have run in it): a snapshot of it would be the very state the
+	// repair restores, keeping the fault (e2e slow-replica: a snapshot taken
+	// while the old pod stopped made the rebuilt replica diverge).
+	if x.fenced.Load() || x.restoring.Load() {
+		return fmt.Errorf("%w: the app's state is uncertain until its repair; no snapshot of it", ErrNotReady)
+	}
 	t0 := time.Now()
 	bw := bufio.NewWriterSize(w, 64<<10)
 	b := []byte(execSnapMagic)

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -169,17 +170,11 @@ func (cl *Cluster) NodeDialer(name string) (func(ctx context.Context, network, a
 // (e2e tests read each replica's app directly at 127.0.0.1 inside the pod, which smr-cri does not
 // redirect).
 func (cl *Cluster) PodNetNS(ctx context.Context, nodeName, namespace, pod string) (string, error) {
-	n, err := cl.Node(nodeName)
+	rt, closeRT, err := cl.runtimeClient(nodeName)
 	if err != nil {
 		return "", err
 	}
-	conn, err := grpc.NewClient("unix://"+filepath.Join(cl.containerdDir(n.Name), "containerd.sock"),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return "", fmt.Errorf("cluster: %w", err)
-	}
-	defer conn.Close()
-	rt := runtimeapi.NewRuntimeServiceClient(conn)
+	defer closeRT()
 	list, err := rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{
 		State:         &runtimeapi.PodSandboxStateValue{State: runtimeapi.PodSandboxState_SANDBOX_READY},
 		LabelSelector: map[string]string{"io.kubernetes.pod.name": pod, "io.kubernetes.pod.namespace": namespace},
@@ -202,4 +197,55 @@ func (cl *Cluster) PodNetNS(ctx context.Context, nodeName, namespace, pod string
 		return "", fmt.Errorf("cluster: sandbox of %s/%s has no network namespace", namespace, pod)
 	}
 	return info.NetNSPath, nil
+}
+
+// runtimeClient connects to node name's containerd directly (not through smr-cri).
+func (cl *Cluster) runtimeClient(name string) (runtimeapi.RuntimeServiceClient, func(), error) {
+	n, err := cl.Node(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := grpc.NewClient("unix://"+filepath.Join(cl.containerdDir(n.Name), "containerd.sock"),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, fmt.Errorf("cluster: %w", err)
+	}
+	return runtimeapi.NewRuntimeServiceClient(conn), func() { _ = conn.Close() }, nil
+}
+
+// ContainerPID returns the host PID of the main process of a pod's running container, asked
+// from its node's containerd (e2e faults signal an app process: a crash, an OOM kill, a pause).
+func (cl *Cluster) ContainerPID(ctx context.Context, nodeName, namespace, pod, container string) (int, error) {
+	rt, closeRT, err := cl.runtimeClient(nodeName)
+	if err != nil {
+		return 0, err
+	}
+	defer closeRT()
+	list, err := rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
+		State: &runtimeapi.ContainerStateValue{State: runtimeapi.ContainerState_CONTAINER_RUNNING},
+		LabelSelector: map[string]string{"io.kubernetes.pod.name": pod, "io.kubernetes.pod.namespace": namespace,
+			"io.kubernetes.container.name": container},
+	}})
+	if err != nil {
+		return 0, fmt.Errorf("cluster: list containers on %s: %w", nodeName, err)
+	}
+	if len(list.GetContainers()) != 1 {
+		return 0, fmt.Errorf("cluster: %d running containers %s of pod %s/%s on %s, want 1",
+			len(list.GetContainers()), container, namespace, pod, nodeName)
+	}
+	id := list.Containers[0].Id
+	st, err := rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id, Verbose: true})
+	if err != nil {
+		return 0, fmt.Errorf("cluster: status of container %s of %s/%s: %w", container, namespace, pod, err)
+	}
+	var info struct {
+		PID int `json:"pid"`
+	}
+	if err := json.Unmarshal([]byte(st.GetInfo()["info"]), &info); err != nil {
+		return 0, fmt.Errorf("cluster: verbose status of container %s of %s/%s: %w", container, namespace, pod, err)
+	}
+	if info.PID <= 0 {
+		return 0, fmt.Errorf("cluster: container %s of %s/%s (%s) reports no pid", container, namespace, pod, id)
+	}
+	return info.PID, nil
 }
