@@ -39,14 +39,7 @@ func (g *Group) applyLoop(initial *raftpb.Snapshot) {
 	a := &applier{sessions: map[uint64]sessionResult{}, addrs: map[uint64]string{}, cs: &raftpb.ConfState{}}
 	if initial != nil {
 		if err := g.restore(a, initial); err != nil {
-			if errors.Is(err, ErrStopped) {
-				// The state machine gave up because the group is stopping
-				// (e.g. its member is being rebuilt): not a failure.
-				g.log.Info("restore snapshot at start ended by a stop", "err", err)
-			} else {
-				g.log.Error("restore snapshot at start", "err", err)
-			}
-			g.stopWith(fmt.Errorf("%w: restore snapshot: %w", ErrStopped, err))
+			g.restoreFailed("restore snapshot at start", err)
 			return
 		}
 	}
@@ -58,8 +51,7 @@ func (g *Group) applyLoop(initial *raftpb.Snapshot) {
 		for _, it := range items {
 			if it.snap != nil {
 				if err := g.restore(a, it.snap); err != nil {
-					g.log.Error("restore received snapshot", "err", err)
-					g.stopWith(fmt.Errorf("%w: restore snapshot: %w", ErrStopped, err))
+					g.restoreFailed("restore received snapshot", err)
 					return
 				}
 				continue
@@ -77,6 +69,18 @@ func (g *Group) applyLoop(initial *raftpb.Snapshot) {
 		g.applied.Advance(a.applied)
 		g.maybeSnapshot(a)
 	}
+}
+
+// restoreFailed stops the group after a failed snapshot restore. A state
+// machine that gave up because the group is stopping (its member is being
+// rebuilt, its app wait ended) did not fail: that is logged as such.
+func (g *Group) restoreFailed(what string, err error) {
+	if errors.Is(err, ErrStopped) {
+		g.log.Info(what+" ended by a stop", "err", err)
+	} else {
+		g.log.Error(what, "err", err)
+	}
+	g.stopWith(fmt.Errorf("%w: restore snapshot: %w", ErrStopped, err))
 }
 
 // publishSessions makes the session table visible to Status (open sessions,

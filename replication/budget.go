@@ -36,8 +36,9 @@ const connBufferBytes = 2 * clientBufferSize
 // clientBufferSize is the size of each of a client connection's buffers.
 const clientBufferSize = 32 << 10
 
-// ErrClientBudget: the node's client memory budget is spent.
-var ErrClientBudget = errors.New("the node's client memory budget is spent")
+// ErrClientBudget: the node's client memory budget is spent (its message
+// names the flag that sets it, for whoever reads the refusal).
+var ErrClientBudget = errors.New("the node's client memory budget is spent (serve --client-memory-mib)")
 
 // NewClientBudget returns a budget of limit bytes (at least one connection's
 // buffers).

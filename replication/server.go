@@ -37,8 +37,8 @@ type ServerConfig struct {
 	// ReservedPath is the app's snapshot endpoint (smr.io/snapshot-path),
 	// refused to clients of an HTTP port (see reservedTarget).
 	ReservedPath string
-	// Budget is the node's client memory budget (nil: none); the accept
-	// loop charges a connection's buffers, ServeConn its requests.
+	// Budget is the node's client memory budget (nil: none); ServeConn
+	// charges it a connection's buffers and the requests being received.
 	Budget *ClientBudget
 }
 
@@ -151,12 +151,8 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 	defer stop()
 	if !s.cfg.Budget.take(connBufferBytes) {
 		s.m.badRequest("client_budget")
-		err := fmt.Errorf("%w (serve --client-memory-mib)", ErrClientBudget)
-		if f, ferr := framing.New(s.cfg.Port.Protocol, s.cfg.Framing); ferr == nil {
-			reply, _ := f.ErrorReply(fmt.Errorf("%w: %w; retry later", framing.ErrUnavailable, err))
-			replyAndClose(conn, reply)
-		}
-		return fmt.Errorf("connection refused: %w", err)
+		refuse(conn, s, fmt.Errorf("%w: %w; retry later", framing.ErrUnavailable, ErrClientBudget))
+		return fmt.Errorf("connection refused: %w", ErrClientBudget)
 	}
 	defer s.cfg.Budget.give(connBufferBytes)
 
@@ -198,7 +194,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 			}
 			if errors.Is(err, ErrClientBudget) {
 				s.m.badRequest("client_budget")
-				reply, _ := f.ErrorReply(fmt.Errorf("%w: %v (serve --client-memory-mib); retry later", framing.ErrUnavailable, err))
+				reply, _ := f.ErrorReply(fmt.Errorf("%w: %v; retry later", framing.ErrUnavailable, err))
 				replyAndClose(conn, reply)
 				return fmt.Errorf("client request refused: %w", err)
 			}
