@@ -16,6 +16,7 @@ import (
 
 	"github.com/smr-io/smr-cri/internal/watermark"
 	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/replication/connstate"
 	"github.com/smr-io/smr-cri/replication/framing"
 )
 
@@ -156,6 +157,16 @@ type Executor struct {
 	// uncertain is the OnUncertain hook.
 	uncertain atomic.Pointer[func(Cause)]
 
+	// conns is the connection state of every open session as the log
+	// defines it (sessions.go): what a new app connection of a session must
+	// be sent to be where the other replicas' connections are. Guarded by
+	// cmu, and changed only by the apply path.
+	cmu   sync.Mutex
+	conns *connstate.Tracker
+	// ending holds the sessions this replica proposed an END for and
+	// whose END is not applied yet (guarded by cmu).
+	ending map[uint64]bool
+
 	// snap captures and restores the app's state (snapshot.go); nil: none.
 	snap *appSnapshots
 	// audit is the ordered audit's state (audit.go).
@@ -172,6 +183,10 @@ type appSession struct {
 	use  sync.Mutex
 	r    *bufio.Reader
 	dead error // the app closed or failed this connection (guarded by use)
+	// lost: its connection state could not be rebuilt on this replica
+	// (sessions.go); an END for it is on its way, and any request of it
+	// applied before that makes this replica's app uncertain. conn is nil.
+	lost error
 }
 
 type queued struct {
@@ -193,6 +208,7 @@ func NewExecutor(cfg ExecutorConfig) (*Executor, error) {
 	x := &Executor{
 		cfg: cfg, m: cfg.Metrics.forGroup(cfg.Group), sessions: map[uint64]*appSession{},
 		starts: map[[2]uint64]time.Time{}, closed: make(chan struct{}), audit: newAuditor(cfg.Audit),
+		conns: connstate.New(), ending: map[uint64]bool{},
 	}
 	x.m.setState(StateServing)
 	x.m.initDiverged(cfg.Self)
@@ -253,6 +269,7 @@ func (x *Executor) Apply(e raftcore.Entry) (val []byte, err error) {
 func (x *Executor) applyOrQueue(e raftcore.Entry, op Op) ([]byte, *queued) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	x.track(e, op)
 	if x.broken != nil {
 		return x.replyLocked(e, op, x.broken), nil
 	}
@@ -376,7 +393,12 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 	case KindRequest:
 		s, ok := x.session(e.Session)
 		if !ok {
-			return x.replyLocked(e, op, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, e.Session)), false
+			return x.replyLocked(e, op, x.noSessionErr(e.Session)), false
+		}
+		if s.lost != nil {
+			// Every other replica runs this request; this one cannot.
+			x.uncertainLocked(Cause{Kind: CauseSessionLost, Detail: fmt.Sprintf("session %x: %v", e.Session, s.lost)})
+			return x.replyLocked(e, op, fmt.Errorf("%w: %w", framing.ErrUnavailable, s.lost)), false
 		}
 		if x.sending != nil {
 			x.sending(e)
@@ -388,6 +410,8 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 		for _, id := range x.sessionIDs(func(s *appSession) bool { return s.origin == e.Origin }) {
 			x.closeSessionLocked(id)
 		}
+	case KindEnd:
+		x.endLocked(e, op.End)
 	}
 	return nil, false
 }
@@ -447,7 +471,9 @@ func (x *Executor) closeSessionLocked(id uint64) {
 	n := len(x.sessions)
 	x.smu.Unlock()
 	if ok {
-		_ = s.conn.Close()
+		if s.conn != nil {
+			_ = s.conn.Close()
+		}
 		x.m.setSessions(n)
 	}
 }
@@ -511,7 +537,10 @@ func (x *Executor) Read(ctx context.Context, session uint64, req framing.Request
 	}
 	s, ok := x.session(session)
 	if !ok {
-		return nil, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, session)
+		return nil, x.noSessionErr(session)
+	}
+	if s.lost != nil {
+		return nil, fmt.Errorf("%w: %w", framing.ErrUnavailable, s.lost)
 	}
 	val := x.roundTripLocked(s, req)
 	exec := time.Since(start)

@@ -254,6 +254,11 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 		if _, err := bw.Write(val); err != nil {
 			return fmt.Errorf("write client: %w", err)
 		}
+		if end, ok := s.cfg.Exec.SessionEnded(session); ok {
+			// Its reply said so; the app connection is gone on every replica.
+			_ = bw.Flush()
+			return fmt.Errorf("%w at log index %d: %s", ErrSessionEnded, end.Index, end.Reason)
+		}
 		// Flush once the pipelined requests already received are answered.
 		if br.Buffered() == 0 {
 			if err := bw.Flush(); err != nil {
