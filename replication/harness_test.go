@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"sync"
@@ -49,6 +50,10 @@ type replica struct {
 	addr   string // client address of this replica's Server
 	trace  *syncBuffer
 	tracer *Tracer
+	// prog is the progress record (clusterOpts.progress): a replica runs
+	// its executor as a member does, resumable after a restart.
+	prog *Progress
+	cfg  ExecutorConfig
 }
 
 type cluster struct {
@@ -82,6 +87,10 @@ type clusterOpts struct {
 	wrap     func(Orderer) Orderer // optional fault injection between Server and raft
 	exec     func(*ExecutorConfig)
 	budget   *ClientBudget // every replica's servers share it (one node's budget)
+	// progress runs each executor behind a progress record as a member
+	// does (restartExecutor resumes it at the running app's position) and
+	// lets it propose (END entries).
+	progress bool
 }
 
 func newCluster(t testing.TB, o clusterOpts) *cluster {
@@ -107,6 +116,9 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		for _, r := range c.replicas {
 			_ = r.node.Close()
 			_ = r.exec.Close()
+			if r.prog != nil {
+				_ = r.prog.Close()
+			}
 		}
 		network.Close()
 	})
@@ -125,6 +137,7 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		if r.exec, err = NewExecutor(cfg); err != nil {
 			t.Fatal(err)
 		}
+		r.cfg = cfg
 		r.node, err = raftcore.NewNode(raftcore.NodeConfig{
 			DataDir: filepath.Join(dir, peers[id]), Transport: network.Endpoint(peers[id]),
 			TickInterval: 10 * time.Millisecond, UnsafeNoFsync: !o.fsync,
@@ -132,8 +145,18 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.group, err = r.node.StartGroup(raftcore.GroupConfig{Name: testGroup, SelfID: id, Peers: peers}, r.exec); err != nil {
+		var sm raftcore.StateMachine = r.exec
+		if o.progress {
+			if r.prog, err = OpenProgress(filepath.Join(dir, peers[id]+"-progress"), "sandbox-"+peers[id]); err != nil {
+				t.Fatal(err)
+			}
+			sm = newResumingSM(r.exec, r.prog, testGroup, slog.New(slog.DiscardHandler))
+		}
+		if r.group, err = r.node.StartGroup(raftcore.GroupConfig{Name: testGroup, SelfID: id, Peers: peers}, sm); err != nil {
 			t.Fatal(err)
+		}
+		if o.progress {
+			r.exec.reportTo(r.group)
 		}
 		c.replicas = append(c.replicas, r)
 	}

@@ -35,6 +35,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -175,6 +176,11 @@ func (t *Tracker) End(id, index uint64, reason string) bool {
 func (t *Tracker) EndedAt(id uint64) (Ended, bool) {
 	e, ok := t.ended[id]
 	return e, ok
+}
+
+// Ends returns every ended session not closed since, by session ID.
+func (t *Tracker) Ends() map[uint64]Ended {
+	return maps.Clone(t.ended)
 }
 
 // Session returns the tracked state of an open session.

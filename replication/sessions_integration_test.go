@@ -1,0 +1,233 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/replication/connstate"
+)
+
+// restartExecutor stops replica i's ordering node and executor as a killed
+// smr-cri would (the app keeps running, the executor's app connections end
+// with its process), then starts them again as a restarted daemon does:
+// the executor resumes at the running app's position (progress record),
+// reopens the sessions still open, and the replica orders its RESET.
+func (c *cluster) restartExecutor(t *testing.T, i int) {
+	t.Helper()
+	r := c.replicas[i]
+	_ = r.node.Close()
+	_ = r.exec.Close()
+	_ = r.prog.Close()
+	exec, err := NewExecutor(r.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog, err := OpenProgress(filepath.Join(c.dir, c.peers[r.id]+"-progress"), "sandbox-"+c.peers[r.id])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idx, _ := prog.Resume(); idx == 0 || prog.Uncertain() != "" {
+		t.Fatalf("restarted replica resumes at %d (uncertain: %q), want the running app's position", idx, prog.Uncertain())
+	}
+	node, err := raftcore.NewNode(raftcore.NodeConfig{DataDir: filepath.Join(c.dir, c.peers[r.id]),
+		Transport: c.network.Endpoint(c.peers[r.id]), TickInterval: 10 * time.Millisecond, UnsafeNoFsync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	group, err := node.StartGroup(raftcore.GroupConfig{Name: testGroup, SelfID: r.id, Peers: c.peers},
+		newResumingSM(exec, prog, testGroup, slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exec.reportTo(group)
+	r.exec, r.node, r.group, r.prog = exec, node, group, prog
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := ResetOrigin(ctx, group); err != nil {
+		t.Fatalf("RESET of the restarted replica: %v", err)
+	}
+}
+
+// connStates lists the connection state of every client connection of one
+// redis-server, as the server itself reports it (CLIENT LIST): name,
+// database, protocol, queued commands of an open MULTI, flags. The
+// connection asking is left out.
+func connStates(t *testing.T, addr string) []string {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr, Protocol: 2, DisableIdentity: true})
+	defer c.Close()
+	list, err := c.ClientList(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(strings.TrimSpace(list), "\n") {
+		f := map[string]string{}
+		for _, kv := range strings.Fields(line) {
+			k, v, _ := strings.Cut(kv, "=")
+			f[k] = v
+		}
+		if f["cmd"] == "client|list" {
+			continue
+		}
+		out = append(out, fmt.Sprintf("name=%s db=%s resp=%s multi=%s flags=%s", f["name"], f["db"], f["resp"], f["multi"], f["flags"]))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// keyspace reads every key of databases 0..maxDB of one redis-server
+// directly (redisState per database).
+func keyspace(t *testing.T, addr string, maxDB int) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for db := range maxDB + 1 {
+		c := redis.NewClient(&redis.Options{Addr: addr, DB: db, Protocol: 2, DisableIdentity: true})
+		keys, err := c.Keys(context.Background(), "*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			v, err := c.Dump(context.Background(), k).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[fmt.Sprintf("db%d/%s", db, k)] = fmt.Sprintf("%q", v)
+		}
+		_ = c.Close()
+	}
+	return out
+}
+
+// endedSessions returns the sessions the executor saw ended (not closed since).
+func (x *Executor) endedSessions() map[uint64]connstate.Ended {
+	x.cmu.Lock()
+	defer x.cmu.Unlock()
+	return x.conns.Ends()
+}
+
+// One replica's smr-cri restarts while clients of the other replicas keep
+// their sessions open with connection state: RESP3 with a client name in
+// database 2, a name and NO-EVICT in database 5, an open MULTI with queued
+// commands, and a WATCH. The restarted replica rebuilds every connection
+// exactly (CLIENT LIST of all three redis-servers compared directly, before
+// and after), the sessions' later writes land in the same databases
+// everywhere, and the WATCH session, which replay cannot rebuild, is ended
+// on every member at one log index with a clear error to its client.
+func TestSessionsSurviveExecutorRestart(t *testing.T) {
+	requireIntegration(t)
+	apps := []string{startRedis(t), startRedis(t), startRedis(t)}
+	c := newCluster(t, clusterOpts{port: respPort, appAddrs: apps, progress: true})
+	ctx := context.Background()
+	client := func(replica int, o redis.Options) *redis.Conn {
+		o.Addr, o.PoolSize = c.replicas[replica].addr, 1
+		cl := redis.NewClient(&o)
+		t.Cleanup(func() { _ = cl.Close() })
+		conn := cl.Conn()
+		t.Cleanup(func() { _ = conn.Close() })
+		return conn
+	}
+	must := func(what string, cmd redis.Cmder) {
+		t.Helper()
+		if err := cmd.Err(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	alpha := client(0, redis.Options{Protocol: 3, ClientName: "alpha", DB: 2})
+	must("alpha SET", alpha.Set(ctx, "a0", "1", 0))
+	beta := client(1, redis.Options{Protocol: 3, ClientName: "beta", DB: 1})
+	must("beta SET", beta.Set(ctx, "b0", "1", 0))
+	delta := client(0, redis.Options{Protocol: 2})
+	must("delta SETNAME", delta.Do(ctx, "CLIENT", "SETNAME", "delta"))
+	must("delta SELECT", delta.Do(ctx, "SELECT", "5"))
+	must("delta NO-EVICT", delta.Do(ctx, "CLIENT", "NO-EVICT", "on"))
+	tx := client(0, redis.Options{Protocol: 2, ClientName: "tx"})
+	must("tx MULTI", tx.Do(ctx, "MULTI"))
+	must("tx SET", tx.Do(ctx, "SET", "m1", "x"))
+	must("tx INCR", tx.Do(ctx, "INCR", "m2"))
+	watcher := client(0, redis.Options{Protocol: 2, ClientName: "watcher"})
+	must("watcher WATCH", watcher.Do(ctx, "WATCH", "w"))
+	c.waitCaughtUp()
+	before := connStates(t, apps[0])
+	for i := 1; i < 3; i++ {
+		if got := connStates(t, apps[i]); !reflect.DeepEqual(got, before) {
+			t.Fatalf("before the restart, replica %d's connections differ:\n%v\n%v", i+1, got, before)
+		}
+	}
+
+	c.restartExecutor(t, 2)
+
+	// The WATCH session is ended on every member, at the same index.
+	var end connstate.Ended
+	var ended uint64
+	waitFor(t, "the WATCH session's END on every member", func() bool {
+		var idx []uint64
+		for _, r := range c.replicas {
+			for id, e := range r.exec.endedSessions() {
+				ended, end = id, e
+				idx = append(idx, e.Index)
+			}
+		}
+		return len(idx) == 3
+	})
+	for i, r := range c.replicas {
+		e, ok := r.exec.SessionEnded(ended)
+		if !ok || e.Index != end.Index || e.Reason != end.Reason {
+			t.Fatalf("replica %d: END of %x = %+v %v, want %+v on every member", i+1, ended, e, ok, end)
+		}
+	}
+	if !strings.Contains(end.Reason, "WATCH is active") {
+		t.Fatalf("END reason %q", end.Reason)
+	}
+	err := watcher.Do(ctx, "SET", "w", "1").Err()
+	want := fmt.Sprintf("ERR smr-cri: session ended at log index %d on every replica: connection state cannot be rebuilt by replay: WATCH is active", end.Index)
+	if err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Fatalf("the ended session's client got %v, want %q...", err, want)
+	}
+
+	// The rebuilt sessions' later writes land where they do elsewhere.
+	must("alpha SET after", alpha.Set(ctx, "a1", "2", 0))
+	must("beta SET after", beta.Set(ctx, "b1", "2", 0))
+	must("delta SET after", delta.Do(ctx, "SET", "d1", "3"))
+	if got, err := tx.Do(ctx, "EXEC").Slice(); err != nil || len(got) != 2 || got[1] != int64(1) {
+		t.Fatalf("EXEC after the restart = %v, %v", got, err)
+	}
+	c.waitCaughtUp()
+	after := connStates(t, apps[0])
+	for i := 1; i < 3; i++ {
+		if got := connStates(t, apps[i]); !reflect.DeepEqual(got, after) {
+			t.Fatalf("after the restart, replica %d's connections differ:\n%v\n%v", i+1, got, after)
+		}
+	}
+	for _, want := range []string{"name=alpha db=2 resp=3", "name=beta db=1 resp=3", "name=delta db=5 resp=2 multi=-1 flags=e"} {
+		if !slices.ContainsFunc(after, func(s string) bool { return strings.HasPrefix(s, want) }) {
+			t.Errorf("no connection %q on the replicas: %v", want, after)
+		}
+	}
+	state := keyspace(t, apps[0], 5)
+	for i := 1; i < 3; i++ {
+		if got := keyspace(t, apps[i], 5); !reflect.DeepEqual(got, state) {
+			t.Fatalf("replica %d's keyspace differs from replica 1's:\n%v\n%v", i+1, got, state)
+		}
+	}
+	for _, k := range []string{"db2/a0", "db2/a1", "db1/b1", "db5/d1", "db0/m1", "db0/m2"} {
+		if _, ok := state[k]; !ok {
+			t.Errorf("key %s missing (keyspace %v)", k, state)
+		}
+	}
+	if _, ok := state["db0/w"]; ok {
+		t.Error("the ended session's write was executed")
+	}
+	if err := c.replicas[2].exec.Health(); err != nil {
+		t.Fatalf("restarted replica: %v", err)
+	}
+}
