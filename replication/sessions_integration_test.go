@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/connstate"
+	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
 
 // restartExecutor stops replica i's ordering node and executor as a killed
@@ -229,5 +231,166 @@ func TestSessionsSurviveExecutorRestart(t *testing.T) {
 	}
 	if err := c.replicas[2].exec.Health(); err != nil {
 		t.Fatalf("restarted replica: %v", err)
+	}
+}
+
+// entryFeeder applies hand-made log entries to executors, in order.
+type entryFeeder struct {
+	t   *testing.T
+	idx uint64
+}
+
+// request is a REQUEST op as the framer would order it.
+func request(args ...string) Op {
+	bs := make([][]byte, len(args))
+	for i, a := range args {
+		bs[i] = []byte(a)
+	}
+	var sub []byte
+	if len(bs) > 1 {
+		sub = bs[1]
+	}
+	c, _ := rediscmd.Lookup(bs[0], sub)
+	return Op{Kind: KindRequest, Name: c.DisplayName(), Raw: rediscmd.EncodeRequest(bs)}
+}
+
+// apply applies op of session (origin 1) at the next index on every
+// executor and returns their replies.
+func (f *entryFeeder) apply(xs []*Executor, session uint64, op Op) []string {
+	f.t.Helper()
+	f.idx++
+	e := raftcore.Entry{Group: testGroup, Index: f.idx, Session: session, Origin: 1, Data: op.Encode()}
+	var out []string
+	for _, x := range xs {
+		val, err := x.Apply(e)
+		if err != nil {
+			f.t.Fatalf("apply %v at %d: %v", op.Kind, f.idx, err)
+		}
+		out = append(out, string(val))
+	}
+	return out
+}
+
+// A replica restored from an app snapshot gets the connection state of the
+// sessions open at the snapshot position (RESP3 and a name in database 3,
+// an open MULTI in database 1): the sessions' later requests end the same
+// on it as on the replica that took the snapshot (CLIENT LIST and every
+// database compared directly). Sessions replay cannot rebuild (WATCH, AUTH)
+// are proposed for END by the restored replica; a request of one applied
+// before the END makes it uncertain (repair), and after the END every
+// replica answers with the same error. The snapshot holds no password.
+func TestSnapshotCarriesConnectionState(t *testing.T) {
+	requireIntegration(t)
+	appA, appB := startRedis(t), startRedis(t)
+	newExec := func(app string) *Executor {
+		x, err := NewExecutor(ExecutorConfig{Group: testGroup, Self: 2, Ports: []Port{respPort}, Dialer: &addrDialer{addr: app}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := x.EnableSnapshots(SnapshotConfig{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = x.Close() })
+		return x
+	}
+	a, b := newExec(appA), newExec(appB)
+	ord := &recordingOrderer{}
+	b.reportTo(ord)
+	lost := make(chan Cause, 4)
+	b.OnUncertain(func(c Cause) { lost <- c })
+	f := &entryFeeder{t: t}
+	open := Op{Kind: KindOpen, Port: respPort.Number, Protocol: respPort.Protocol}
+	const (
+		named, tx, watching, quit, authed = 11, 12, 13, 14, 15
+	)
+	only := []*Executor{a}
+	for _, s := range []struct {
+		session uint64
+		ops     []Op
+	}{
+		{named, []Op{open, request("HELLO", "3", "SETNAME", "named"), request("SELECT", "3"), request("SET", "k", "1")}},
+		{tx, []Op{open, request("SELECT", "1"), request("MULTI"), request("SET", "q", "1"), request("INCR", "n")}},
+		{watching, []Op{open, request("WATCH", "k")}},
+		{quit, []Op{open, request("QUIT")}},
+		{authed, []Op{open, request("AUTH", "pw-not-kept")}},
+	} {
+		for _, op := range s.ops {
+			f.apply(only, s.session, op)
+		}
+	}
+	var snap bytes.Buffer
+	if err := a.SnapshotTo(f.idx, &snap); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(snap.Bytes(), []byte("pw-not-kept")) {
+		t.Fatal("the snapshot holds the AUTH password")
+	}
+	if err := b.RestoreFrom(f.idx, &snap); err != nil {
+		t.Fatal(err)
+	}
+	both := []*Executor{a, b}
+
+	// The restored replica proposed END for the two it cannot rebuild.
+	var ends []EndOp
+	waitFor(t, "END proposals", func() bool {
+		ord.mu.Lock()
+		defer ord.mu.Unlock()
+		ends = ends[:0]
+		for _, p := range ord.props {
+			if op, err := DecodeOp(p); err == nil && op.Kind == KindEnd {
+				ends = append(ends, *op.End)
+			}
+		}
+		return len(ends) == 2
+	})
+	slices.SortFunc(ends, func(x, y EndOp) int { return int(x.Session) - int(y.Session) })
+	if ends[0].Session != watching || !strings.Contains(ends[0].Reason, "WATCH is active") ||
+		ends[1].Session != authed || !strings.Contains(ends[1].Reason, "it ran AUTH") {
+		t.Fatalf("END proposals %+v", ends)
+	}
+	// A request of a lost session before its END: the restored replica
+	// cannot run it, so its app is uncertain.
+	f.apply(both, watching, request("DEL", "nothing"))
+	select {
+	case c := <-lost:
+		if c.Kind != CauseSessionLost {
+			t.Fatalf("cause %+v", c)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a request of a lost session did not make the replica uncertain")
+	}
+	for _, end := range ends {
+		f.apply(both, 0, Op{Kind: KindEnd, End: &end})
+		for i, x := range both {
+			if e, ok := x.SessionEnded(end.Session); !ok || e.Index != f.idx {
+				t.Fatalf("executor %d: END of %d = %+v %v, want index %d", i, end.Session, e, ok, f.idx)
+			}
+		}
+	}
+	for i, reply := range f.apply(both, watching, request("SET", "w", "1")) {
+		if !strings.HasPrefix(reply, "-ERR smr-cri: session ended at log index ") {
+			t.Fatalf("executor %d: request of an ended session = %q", i, reply)
+		}
+	}
+	f.apply(both, named, request("SET", "k2", "2"))
+	if r := f.apply(both, tx, request("EXEC")); r[0] != r[1] || !strings.HasPrefix(r[0], "*2\r\n") {
+		t.Fatalf("EXEC replies %q", r)
+	}
+	for i, reply := range f.apply(both, quit, request("SET", "z", "1")) {
+		if !strings.HasPrefix(reply, "-") {
+			t.Fatalf("executor %d: request after QUIT = %q, want an error", i, reply)
+		}
+	}
+	if ca, cb := connStates(t, appA), connStates(t, appB); !reflect.DeepEqual(ca, cb) {
+		t.Fatalf("connections differ:\n%v\n%v", ca, cb)
+	}
+	ka, kb := keyspace(t, appA, 3), keyspace(t, appB, 3)
+	if !reflect.DeepEqual(ka, kb) {
+		t.Fatalf("keyspaces differ:\n%v\n%v", ka, kb)
+	}
+	for _, k := range []string{"db3/k", "db3/k2", "db1/q", "db1/n"} {
+		if _, ok := ka[k]; !ok {
+			t.Errorf("key %s missing: %v", k, ka)
+		}
 	}
 }

@@ -1,0 +1,98 @@
+package replication
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/smr-io/smr-cri/replication/appstate"
+	"github.com/smr-io/smr-cri/replication/connstate"
+	"github.com/smr-io/smr-cri/replication/framing"
+)
+
+// v1Sessions renders the sessions part of an SMREXEC1 snapshot.
+func v1Sessions(sessions ...[4]uint64) []byte {
+	b := binary.AppendUvarint([]byte(execSnapMagicV1), uint64(len(sessions)))
+	for _, s := range sessions {
+		proto := framing.ProtoRESP
+		if s[3] == 1 {
+			proto = framing.ProtoHTTP
+		}
+		for _, v := range []uint64{s[0], s[1], s[2], uint64(len(proto))} {
+			b = binary.AppendUvarint(b, v)
+		}
+		b = append(b, proto...)
+	}
+	return b
+}
+
+// Snapshots of both formats are read; sessions of an SMREXEC1 snapshot have
+// no recorded state, so their RESP sessions cannot be rebuilt (ended), and
+// sessions of ports this group does not replicate are dropped. Damaged
+// session parts are refused with appstate.ErrBadStream.
+func TestReadSnapshotSessions(t *testing.T) {
+	tr := connstate.New()
+	tr.Open(5, 1, 6379, framing.ProtoRESP)
+	good, _ := tr.MarshalBinary()
+	v2 := binary.AppendUvarint([]byte(execSnapMagic), uint64(len(good)))
+	v2 = append(v2, good...)
+	ports := []Port{respPort, {Number: 8080, Protocol: framing.ProtoHTTP}}
+	for _, tc := range []struct {
+		name    string
+		in      []byte
+		wantErr bool
+		check   func(*connstate.Tracker) string
+	}{
+		{name: "v2", in: v2, check: func(t *connstate.Tracker) string {
+			if s, ok := t.Session(5); !ok || s.Origin != 1 {
+				return "session 5 missing"
+			}
+			return ""
+		}},
+		{name: "v1", in: v1Sessions([4]uint64{7, 2, 6379, 0}, [4]uint64{8, 2, 8080, 1}, [4]uint64{9, 2, 7000, 0}), check: func(t *connstate.Tracker) string {
+			if t.Len() != 2 {
+				return "want the two sessions of replicated ports"
+			}
+			resp, _ := t.Session(7)
+			if _, _, err := resp.Rebuild(); !errors.Is(err, connstate.ErrNotRebuildable) || !strings.Contains(err.Error(), "older smr-cri") {
+				return "v1 RESP session: " + errString(err)
+			}
+			http, _ := t.Session(8)
+			if _, _, err := http.Rebuild(); err != nil {
+				return "v1 HTTP session: " + err.Error()
+			}
+			return ""
+		}},
+		{name: "not a snapshot", in: []byte("SMREXEC9xx"), wantErr: true},
+		{name: "truncated magic", in: []byte("SMR"), wantErr: true},
+		{name: "v2 length beyond data", in: append([]byte(execSnapMagic), 50, 1), wantErr: true},
+		{name: "v2 damaged tracker", in: append([]byte(execSnapMagic), 2, 9, 9), wantErr: true},
+		{name: "v1 truncated record", in: v1Sessions([4]uint64{7, 2, 6379, 0})[:12], wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := readSnapshotSessions(bufio.NewReader(bytes.NewReader(tc.in)), ports)
+			if tc.wantErr {
+				if !errors.Is(err, appstate.ErrBadStream) {
+					t.Fatalf("err = %v, want ErrBadStream", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if msg := tc.check(got); msg != "" {
+				t.Fatal(msg)
+			}
+		})
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "<nil>"
+	}
+	return err.Error()
+}
