@@ -388,6 +388,18 @@ time=2026-11-25T13:22:00.000Z level=INFO msg="1 became leader at term 4" group=d
 	}
 }
 
+func TestParseSessionEnds(t *testing.T) {
+	log := `time=2026-12-03T17:00:00.000Z level=INFO msg="session ended on every replica" group=e2e-smr.redis session=2a0000beef index=4711 proposed_by=3 reason="x"
+time=2026-12-03T17:00:00.001Z level=INFO msg="session ended on every replica" group=other.redis session=1 index=5 proposed_by=1 reason="y"
+time=2026-12-03T17:00:00.002Z level=WARN msg="session's connection state cannot be rebuilt here: ending it on every replica" group=e2e-smr.redis session=2a0000beef index=4700
+time=2026-12-03T17:00:01.000Z level=INFO msg="session ended on every replica" component=replication group=e2e-smr.redis session=3b index=4712 proposed_by=3 reason="z"`
+	got := parseSessionEnds(bufio.NewScanner(strings.NewReader(log)), "e2e-smr.redis", "smr-node2")
+	want := []SessionEnd{{Session: "2a0000beef", Index: 4711, Node: "smr-node2"}, {Session: "3b", Index: 4712, Node: "smr-node2"}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("parseSessionEnds = %+v, want %+v", got, want)
+	}
+}
+
 // smr-cri's output goes to the node's trace directory (all the trace DaemonSet mounts) and
 // logs/<name>.log links to it, whatever an earlier run left at that name.
 func TestLogFileOf(t *testing.T) {
