@@ -163,6 +163,10 @@ type Executor struct {
 	// cmu, and changed only by the apply path.
 	cmu   sync.Mutex
 	conns *connstate.Tracker
+	// connsFloor is the index of the snapshot conns was restored from:
+	// entries up to it are in it already (a restart that restored a
+	// snapshot may still skip entries up to its resume point).
+	connsFloor uint64
 	// ending holds the sessions this replica proposed an END for and
 	// whose END is not applied yet (guarded by cmu).
 	ending map[uint64]bool

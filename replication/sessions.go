@@ -44,6 +44,9 @@ var errAppClosedSession = errors.New("the app closed this session's connection (
 func (x *Executor) track(e raftcore.Entry, op Op) {
 	x.cmu.Lock()
 	defer x.cmu.Unlock()
+	if e.Index <= x.connsFloor {
+		return // the snapshot the tracker came from holds its effect
+	}
 	trackEntry(x.conns, x.cfg.Ports, e, op)
 	if op.Kind == KindEnd && op.End != nil {
 		delete(x.ending, op.End.Session)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/appstate"
 	"github.com/smr-io/smr-cri/replication/connstate"
 	"github.com/smr-io/smr-cri/replication/framing"
@@ -95,4 +96,51 @@ func errString(err error) string {
 		return "<nil>"
 	}
 	return err.Error()
+}
+
+// Entries at or below the index of the snapshot the tracker was restored
+// from are in it already: a restart that restored a snapshot and then
+// skips entries up to its resume point must not feed them twice (an open
+// transaction would hold its queued commands twice).
+func TestTrackerFloor(t *testing.T) {
+	x, err := NewExecutor(ExecutorConfig{Group: "g", Self: 2, Ports: []Port{respPort}, Dialer: failDialer{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := func(idx uint64, op Op) raftcore.Entry {
+		return raftcore.Entry{Group: "g", Index: idx, Session: 7, Origin: 1, Data: op.Encode()}
+	}
+	prefix := []raftcore.Entry{
+		entry(1, Op{Kind: KindOpen, Port: respPort.Number, Protocol: respPort.Protocol}),
+		entry(2, request("MULTI")),
+		entry(3, request("SET", "k", "v")),
+	}
+	describe := func() string {
+		x.cmu.Lock()
+		defer x.cmu.Unlock()
+		s, ok := x.conns.Session(7)
+		if !ok {
+			return "closed"
+		}
+		return s.Describe()
+	}
+	for _, e := range prefix {
+		x.TrackSkipped(e)
+	}
+	if got := describe(); got != "MULTI +1 queued" {
+		t.Fatalf("after the prefix: %q", got)
+	}
+	x.cmu.Lock()
+	x.connsFloor = 3 // as RestoreFrom(3, ...) sets it
+	x.cmu.Unlock()
+	for _, e := range prefix {
+		x.TrackSkipped(e)
+	}
+	if got := describe(); got != "MULTI +1 queued" {
+		t.Fatalf("entries below the floor were fed again: %q", got)
+	}
+	x.TrackSkipped(entry(4, request("INCR", "n")))
+	if got := describe(); got != "MULTI +2 queued" {
+		t.Fatalf("after an entry above the floor: %q", got)
+	}
 }

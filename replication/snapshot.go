@@ -196,7 +196,7 @@ func (x *Executor) RestoreFrom(index uint64, r io.Reader) error {
 	// The tracker is the snapshot's from here on (the next entries are
 	// fed to it in order); every session gets its connection rebuilt.
 	x.cmu.Lock()
-	x.conns, x.ending = conns, map[uint64]bool{}
+	x.conns, x.connsFloor, x.ending = conns, index, map[uint64]bool{}
 	x.cmu.Unlock()
 	reopened := x.reopenAllLocked(index)
 	x.setApplied(index)
