@@ -234,6 +234,9 @@ type resumingSM struct {
 	// (the executor is broken and refuses every request).
 	restoreErr error
 	started    bool // the first entry was seen (only the apply goroutine)
+	// donor, if set, is restored instead of the member's own state at its
+	// first restore (only the apply goroutine).
+	donor *donorState
 }
 
 type openedAt struct {
@@ -293,6 +296,9 @@ func (r *resumingSM) restore() error {
 	r.prog.mu.Lock()
 	kind := r.prog.cause
 	r.prog.mu.Unlock()
+	if sn, ok := r.next.(raftcore.StreamSnapshotter); ok && r.donor != nil {
+		return r.restoreDonor(sn)
+	}
 	rs, ok := r.next.(AppRestorer)
 	if !ok {
 		return fmt.Errorf("group %s: the app's state is uncertain (%s) and nothing can restore it", r.group, cause)
@@ -371,6 +377,9 @@ func (r *resumingSM) setApplying(e *raftcore.Entry) {
 // follow tracks the sessions of a skipped entry.
 func (r *resumingSM) follow(e raftcore.Entry) {
 	r.skipped++
+	if r.open == nil {
+		return // skipped up to a donor's snapshot, which holds its sessions
+	}
 	op, err := DecodeOp(e.Data)
 	if err != nil {
 		return
