@@ -18,8 +18,9 @@ import (
 
 // TestReplicatedCorruptReplica: a key is written straight into one replica's app (inside its
 // pod at 127.0.0.1, around smr-cri). The ordered audit (at least once a minute while there are
-// writes) must find that replica alone different and repair it from the log: the key is gone
-// and a DivergenceDetected event names the replica.
+// writes) must find that replica alone different and repair it from a majority member's
+// snapshot (its own snapshots, taken every 10000 entries, may hold the corruption): the key is
+// gone and a DivergenceDetected event names the replica.
 func TestReplicatedCorruptReplica(t *testing.T) {
 	cl := requireCluster(t)
 	ctx := context.Background()
