@@ -49,6 +49,9 @@ func (g *Group) openState(ctx context.Context, requester, minIndex uint64) (*raf
 	if !member {
 		return nil, nil, fmt.Errorf("raftcore: group %s: %d is not a member", g.name, requester)
 	}
+	if g.cfg.SnapshotEvery == 0 {
+		return nil, nil, fmt.Errorf("raftcore: group %s takes no snapshots", g.name)
+	}
 	for {
 		snap, err := g.ds.mem.Snapshot()
 		if err != nil {
