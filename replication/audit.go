@@ -367,7 +367,7 @@ func (x *Executor) judgeLocked(r *auditRound, id uint64, result string, v verdic
 	x.cfg.Trace.Write(TraceLine{Kind: "audit", Group: x.cfg.Group, Index: r.index, Origin: id,
 		Op: fmt.Sprintf("DIVERGED member=%d digest=%s majority=%s", id, short(rep.Sum), short(v.Majority))})
 	if self {
-		x.uncertainLocked(Cause{Kind: CauseDivergence, Detail: detail})
+		x.uncertainLocked(Cause{Kind: CauseDivergence, Detail: detail, Donors: slices.Clone(v.Agree)})
 	}
 }
 

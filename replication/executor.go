@@ -18,6 +18,7 @@ import (
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/connstate"
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
 
 // Orderer is what the replication layer needs from the ordering layer;
@@ -447,6 +448,12 @@ func (x *Executor) roundTripLocked(s *appSession, req framing.Request) []byte {
 		return resp, nil
 	}()
 	if err == nil {
+		if endsConn(s, req) {
+			// The app closes it now, on every replica alike: a later
+			// request must not take that close for this replica's own.
+			s.dead = fmt.Errorf("the app closed the connection after %s", req.Op)
+			_ = s.conn.Close()
+		}
 		return resp
 	}
 	// The connection's position in the stream is unknown now: end it here.
@@ -456,16 +463,44 @@ func (x *Executor) roundTripLocked(s *appSession, req framing.Request) []byte {
 		return resp // e.g. a close-delimited HTTP body that ended at EOF
 	}
 	x.cfg.Log.Warn("app session failed", "group", x.cfg.Group, "op", req.Op, "err", err)
-	// Only a timeout is taken as this replica's own failure (a slow or paused
-	// app): an app that closes the connection (after QUIT, an HTTP
-	// "Connection: close", a crash) does so on every replica alike, and
-	// repairing all of them would replay into the same close and leave the
-	// whole group broken. Telling those apart needs the origin's outcome.
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	// A timeout is this replica's own failure (a slow or paused app), and
+	// so is a Redis that closed the connection while it still runs, after a
+	// command that does not end it (an idle timeout, a CLIENT KILL from
+	// outside): the session's later requests would be skipped here only.
+	// A close after QUIT, an HTTP "Connection: close", or by an app that
+	// died (its restart is repaired as such) happens on every replica
+	// alike: repairing them all would replay into the same close.
+	if errors.Is(err, os.ErrDeadlineExceeded) || x.closedByLiveApp(s, req) {
 		x.uncertainLocked(Cause{Kind: CauseSessionBroken, Detail: fmt.Sprintf("%s: %v", req.Op, err)})
 	}
 	reply, _ := s.framer.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, err))
 	return reply
+}
+
+// closedByLiveApp says whether a RESP app closed s's connection on its own
+// while it still accepts connections (see roundTripLocked).
+func (x *Executor) closedByLiveApp(s *appSession, req framing.Request) bool {
+	if s.framer.Protocol() != framing.ProtoRESP || endsConn(s, req) {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	conn, err := x.cfg.Dialer.DialApp(ctx, s.port)
+	if err != nil {
+		return false // the app is down
+	}
+	_ = conn.Close()
+	return true
+}
+
+// endsConn: req is a Redis command after which the app closes the
+// connection (QUIT; the command table's EndsConn).
+func endsConn(s *appSession, req framing.Request) bool {
+	if s.framer.Protocol() != framing.ProtoRESP {
+		return false
+	}
+	c, ok := rediscmd.Lookup([]byte(req.Op), nil)
+	return ok && c.Has(rediscmd.EndsConn)
 }
 
 func (x *Executor) closeSessionLocked(id uint64) {

@@ -107,6 +107,9 @@ type member struct {
 	pending, gaveUp bool
 	// cause of the scheduled rebuild (under life).
 	cause Cause
+	// donor is a healthy member's snapshot the next start restores instead
+	// of this member's own (under life; taken by that start).
+	donor *donorState
 }
 
 // Repair loop bound.
@@ -210,7 +213,9 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 			Spec: spec, Listener: ln, OriginalPort: m.cfg.OriginalPort, Dialer: m.cfg.Dialer(ref.NetNSPath),
 			StartGroup: func(sm raftcore.StateMachine) (Orderer, func() error, error) {
 				if mb.prog != nil {
-					sm = newResumingSM(sm, mb.prog, spec.GroupKey(), m.cfg.Log)
+					r := newResumingSM(sm, mb.prog, spec.GroupKey(), m.cfg.Log)
+					r.donor, mb.donor = mb.donor, nil
+					sm = r
 				}
 				return m.cfg.StartGroup(ctx, ref, spec, sm)
 			},
@@ -393,6 +398,9 @@ func (m *Manager) rebuild(mb *member) {
 	mb.pending = false
 	if mb.stopped || mb.gaveUp {
 		return
+	}
+	if len(mb.cause.Donors) > 0 && mb.prog != nil {
+		mb.donor = m.fetchDonor(mb)
 	}
 	if err := mb.pod.Stop(); err != nil {
 		m.cfg.Log.Warn("stop the replication of a rebuilt member", "sandbox", mb.sandbox, "err", err)

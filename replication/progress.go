@@ -234,6 +234,9 @@ type resumingSM struct {
 	// (the executor is broken and refuses every request).
 	restoreErr error
 	started    bool // the first entry was seen (only the apply goroutine)
+	// donor, if set, is restored instead of the member's own state at its
+	// first restore (only the apply goroutine).
+	donor *donorState
 }
 
 type openedAt struct {
@@ -293,6 +296,9 @@ func (r *resumingSM) restore() error {
 	r.prog.mu.Lock()
 	kind := r.prog.cause
 	r.prog.mu.Unlock()
+	if sn, ok := r.next.(raftcore.StreamSnapshotter); ok && r.donor != nil {
+		return r.restoreDonor(sn)
+	}
 	rs, ok := r.next.(AppRestorer)
 	if !ok {
 		return fmt.Errorf("group %s: the app's state is uncertain (%s) and nothing can restore it", r.group, cause)
@@ -379,8 +385,13 @@ type sessionResumer interface {
 func (r *resumingSM) follow(e raftcore.Entry) {
 	r.skipped++
 	if sr, ok := r.next.(sessionResumer); ok {
+		// Entries at or below a restored snapshot (a donor's) are in its
+		// tracker already: the executor ignores those.
 		sr.TrackSkipped(e)
 		return
+	}
+	if r.open == nil {
+		return // skipped up to a donor's snapshot, which holds its sessions
 	}
 	op, err := DecodeOp(e.Data)
 	if err != nil {

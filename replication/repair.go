@@ -43,8 +43,13 @@ func (x *Executor) stateLocked() string {
 func (x *Executor) publishStateLocked() { x.m.setState(x.stateLocked()) }
 
 // Cause of a repair: Kind is a short label (metrics, trace), Detail says
-// what happened.
-type Cause struct{ Kind, Detail string }
+// what happened. Donors are members known to hold the right state (an
+// audit's majority): a replica repaired for a cause with donors installs
+// one of their snapshots, never its own, which may hold the fault.
+type Cause struct {
+	Kind, Detail string
+	Donors       []uint64
+}
 
 // Repair causes.
 const (

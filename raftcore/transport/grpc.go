@@ -128,6 +128,12 @@ var serviceDesc = grpc.ServiceDesc{
 		Handler: func(srv any, stream grpc.ServerStream) error {
 			return srv.(*GRPC).serveSnapshot(stream)
 		},
+	}, {
+		StreamName:    "FetchState",
+		ServerStreams: true,
+		Handler: func(srv any, stream grpc.ServerStream) error {
+			return srv.(*GRPC).serveState(stream)
+		},
 	}},
 }
 
