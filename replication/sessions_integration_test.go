@@ -16,6 +16,7 @@ import (
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/connstate"
 	"github.com/smr-io/smr-cri/replication/rediscmd"
+	"github.com/smr-io/smr-cri/test/lab/raft/memnet"
 )
 
 // restartExecutor stops replica i's ordering node and executor as a killed
@@ -392,5 +393,130 @@ func TestSnapshotCarriesConnectionState(t *testing.T) {
 		if _, ok := ka[k]; !ok {
 			t.Errorf("key %s missing: %v", k, ka)
 		}
+	}
+}
+
+// sessionProposer orders one session's entries through a raft group, as a
+// Server does for one client connection.
+type sessionProposer struct {
+	t       *testing.T
+	g       *raftcore.Group
+	session uint64
+	seq     uint64
+}
+
+func (p *sessionProposer) do(op Op) string {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p.seq++
+	res, err := p.g.Propose(ctx, raftcore.Proposal{Session: p.session, Seq: p.seq, Data: op.Encode(), EndSession: op.Kind == KindClose})
+	if err != nil {
+		p.t.Fatalf("session %x: propose %v: %v", p.session, op.Kind, err)
+	}
+	return string(res.Value)
+}
+
+// A member cut off while the log is compacted past it installs the
+// leader's snapshot mid-session: the sessions open at the snapshot position
+// (RESP3 and a name in database 2, an open MULTI, a WATCH) get their
+// connection state on its app from the snapshot, their later writes land
+// alike on all three redis-servers (CLIENT LIST and every database
+// compared directly), and the WATCH session is ended on every member at
+// one log index, with the error to its client.
+func TestSnapshotTransferMidSession(t *testing.T) {
+	requireIntegration(t)
+	const every = 200
+	network := memnet.New()
+	t.Cleanup(network.Close)
+	dir := t.TempDir()
+	peers := map[uint64]string{1: "m1", 2: "m2", 3: "m3"}
+	ms := map[uint64]*snapMember{}
+	for id := uint64(1); id <= 3; id++ {
+		ms[id] = startSnapMember(t, network, dir, id, startRedis(t), peers, every)
+		ms[id].exec.reportTo(ms[id].group)
+	}
+	t.Cleanup(func() {
+		for _, m := range ms {
+			m.stop()
+		}
+	})
+	var leader *raftcore.Group
+	waitFor(t, "a leader", func() bool {
+		for _, m := range ms {
+			if st := m.group.Status(); st.Leader == m.id {
+				leader = m.group
+				return true
+			}
+		}
+		return false
+	})
+	open := Op{Kind: KindOpen, Port: respPort.Number, Protocol: respPort.Protocol}
+	named := &sessionProposer{t: t, g: leader, session: 0x1_0000_0000_0001}
+	tx := &sessionProposer{t: t, g: leader, session: 0x1_0000_0000_0002}
+	watcher := &sessionProposer{t: t, g: leader, session: 0x1_0000_0000_0003}
+	for _, step := range []struct {
+		p   *sessionProposer
+		ops []Op
+	}{
+		{named, []Op{open, request("HELLO", "3", "SETNAME", "named"), request("SELECT", "2"), request("SET", "a0", "1")}},
+		{tx, []Op{open, request("CLIENT", "SETNAME", "tx"), request("MULTI"), request("SET", "q", "1"), request("INCR", "n")}},
+		{watcher, []Op{open, request("CLIENT", "SETNAME", "watcher"), request("WATCH", "w")}},
+	} {
+		for _, op := range step.ops {
+			step.p.do(op)
+		}
+	}
+	lid := leader.ID()
+	lag := ms[lid%3+1] // a follower
+	network.Isolate(peers[lag.id], peers[lid], peers[6-lid-lag.id])
+	writeKeys(t, leader, 0xabc1, 0, 1500) // > compactMargin (1024) past a snapshot
+	network.Heal()
+	waitFor(t, "the cut-off member to install a snapshot and catch up", func() bool {
+		return lag.count("restore") == 1 && lag.exec.Applied() >= leader.Status().Commit
+	})
+	var end connstate.Ended
+	waitFor(t, "the WATCH session's END on every member", func() bool {
+		n := 0
+		for _, m := range ms {
+			if e, ok := m.exec.SessionEnded(watcher.session); ok {
+				end = e
+				n++
+			}
+		}
+		return n == 3
+	})
+	for _, m := range ms {
+		if e, _ := m.exec.SessionEnded(watcher.session); e != end {
+			t.Fatalf("member %d: END %+v, want %+v on every member", m.id, e, end)
+		}
+	}
+	want := fmt.Sprintf("-ERR smr-cri: session ended at log index %d on every replica: connection state cannot be rebuilt by replay: WATCH is active", end.Index)
+	if got := watcher.do(request("SET", "w", "1")); !strings.HasPrefix(got, want) {
+		t.Fatalf("the ended session's reply %q, want %q...", got, want)
+	}
+	named.do(request("SET", "a1", "2"))
+	if got := tx.do(request("EXEC")); !strings.HasPrefix(got, "*2\r\n") {
+		t.Fatalf("EXEC after the transfer = %q", got)
+	}
+	for _, m := range ms {
+		waitFor(t, "every member to apply the last write", func() bool { return m.exec.Applied() >= leader.Status().Commit })
+	}
+	conns, keys := connStates(t, ms[1].app), keyspace(t, ms[1].app, 2)
+	for id := uint64(2); id <= 3; id++ {
+		if got := connStates(t, ms[id].app); !reflect.DeepEqual(got, conns) {
+			t.Fatalf("member %d's connections differ from member 1's:\n%v\n%v", id, got, conns)
+		}
+		if got := keyspace(t, ms[id].app, 2); !reflect.DeepEqual(got, keys) {
+			t.Fatalf("member %d's keyspace differs from member 1's", id)
+		}
+	}
+	for _, k := range []string{"db2/a0", "db2/a1", "db0/q", "db0/n"} {
+		if _, ok := keys[k]; !ok {
+			t.Errorf("key %s missing", k)
+		}
+	}
+	if !slices.ContainsFunc(conns, func(s string) bool { return strings.HasPrefix(s, "name=named db=2 resp=3") }) {
+		t.Errorf("no RESP3 connection named in database 2: %v", conns)
 	}
 }
