@@ -163,19 +163,30 @@ func sameEverywhere[V any](m map[string]V, eq func(a, b V) bool) string {
 	return ""
 }
 
-// pumpWrites orders n SETs (pipelined, keys cs-pump:*) through the Service.
+// pumpWrites orders n SETs (keys cs-pump:*) through the Service, from 8 connections at once
+// (one connection's requests are ordered one after the other).
 func pumpWrites(ctx context.Context, t *testing.T, dial func(context.Context, string, string) (net.Conn, error), addr string, n int) {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: addr, Dialer: dial, PoolSize: 1, MaxRetries: -1})
-	defer rdb.Close()
-	for done := 0; done < n; done += 500 {
-		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i := done; i < min(done+500, n); i++ {
-				p.Set(ctx, fmt.Sprintf("cs-pump:%d", i%100), i, 0)
+	const conns = 8
+	errs := make(chan error, conns)
+	for c := range conns {
+		go func() {
+			rdb := redis.NewClient(&redis.Options{Addr: addr, Dialer: dial, PoolSize: 1, MaxRetries: -1, ReadTimeout: time.Minute})
+			defer rdb.Close()
+			var err error
+			for done := c; done < n && err == nil; done += conns * 100 {
+				_, err = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+					for i := done; i < min(done+conns*100, n); i += conns {
+						p.Set(ctx, fmt.Sprintf("cs-pump:%d", i%100), i, 0)
+					}
+					return nil
+				})
 			}
-			return nil
-		})
-		if err != nil {
+			errs <- err
+		}()
+	}
+	for range conns {
+		if err := <-errs; err != nil {
 			t.Fatalf("pump writes: %v", err)
 		}
 	}
