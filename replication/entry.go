@@ -24,6 +24,9 @@ import (
 //	END      v=1 k=7 session:uint64(BE) reasonLen:uint8 reason
 //	                    (ends that session on every replica at this position: a
 //	                    replica could not rebuild its connection state, see connstate)
+//	AUTHOK   v=1 k=8   (proposed by the origin in the session right after an AUTH or
+//	                    HELLO ... AUTH the app accepted: connstate may then rebuild
+//	                    the session's authentication with smr-cri's own credential)
 const entryVersion = 1
 
 // Kind of a log entry.
@@ -38,6 +41,7 @@ const (
 	KindAudit
 	KindDigest
 	KindEnd
+	KindAuthOK
 )
 
 func (k Kind) String() string {
@@ -56,6 +60,8 @@ func (k Kind) String() string {
 		return "DIGEST"
 	case KindEnd:
 		return "END"
+	case KindAuthOK:
+		return "AUTHOK"
 	}
 	return fmt.Sprintf("Kind(%d)", uint8(k))
 }
@@ -205,7 +211,7 @@ func DecodeOp(b []byte) (Op, error) {
 		if len(o.Raw) == 0 {
 			return Op{}, fmt.Errorf("%w: empty REQUEST", ErrBadEntry)
 		}
-	case KindClose, KindReset:
+	case KindClose, KindReset, KindAuthOK:
 		if len(rest) != 0 {
 			return Op{}, fmt.Errorf("%w: %s with %d trailing bytes", ErrBadEntry, o.Kind, len(rest))
 		}

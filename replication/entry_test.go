@@ -23,6 +23,7 @@ func TestOpRoundTrip(t *testing.T) {
 		{Kind: KindReset},
 		{Kind: KindEnd, End: &EndOp{Session: 1<<63 | 5, Reason: "WATCH is active"}},
 		{Kind: KindEnd, End: &EndOp{Session: 1}},
+		{Kind: KindAuthOK},
 	} {
 		got, err := DecodeOp(op.Encode())
 		if err != nil || !reflect.DeepEqual(got, op) {
@@ -53,6 +54,7 @@ func TestDecodeOpBad(t *testing.T) {
 		{"empty REQUEST", []byte{1, 2, 1, 'a'}, "empty REQUEST"},
 		{"CLOSE with trailing bytes", []byte{1, 3, 0}, "trailing"},
 		{"short END", []byte{1, 7, 0, 0, 0}, "END payload"},
+		{"AUTHOK with trailing bytes", []byte{1, 8, 0}, "trailing"},
 		{"END reason overruns", []byte{1, 7, 0, 0, 0, 0, 0, 0, 0, 1, 3, 'a'}, "END payload"},
 	}
 	for _, tt := range tests {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/smr-io/smr-cri/internal/watermark"
 	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/replication/appstate"
 	"github.com/smr-io/smr-cri/replication/connstate"
 	"github.com/smr-io/smr-cri/replication/framing"
 	"github.com/smr-io/smr-cri/replication/rediscmd"
@@ -171,6 +172,9 @@ type Executor struct {
 	// ending holds the sessions this replica proposed an END for and
 	// whose END is not applied yet (guarded by cmu).
 	ending map[uint64]bool
+	// creds authenticate a rebuilt session's connection as the user its
+	// client authenticated as (EnableSnapshots; set before the group runs).
+	creds appstate.Credentials
 
 	// snap captures and restores the app's state (snapshot.go); nil: none.
 	snap *appSnapshots

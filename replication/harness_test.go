@@ -65,6 +65,7 @@ type cluster struct {
 	network *memnet.Network
 	dir     string
 	peers   map[uint64]string
+	setup   func(*Executor) // clusterOpts.setup, for restarted executors too
 }
 
 type syncBuffer struct {
@@ -91,6 +92,9 @@ type clusterOpts struct {
 	// does (restartExecutor resumes it at the running app's position) and
 	// lets it propose (END entries).
 	progress bool
+	// setup, if set, is called with each new executor before its group
+	// starts (e.g. EnableSnapshots with the app's credentials).
+	setup func(*Executor)
 }
 
 func newCluster(t testing.TB, o clusterOpts) *cluster {
@@ -108,7 +112,7 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		peers[uint64(i+1)] = fmt.Sprintf("m%d", i+1)
 	}
 	dir := t.TempDir()
-	c.network, c.dir, c.peers = network, dir, peers
+	c.network, c.dir, c.peers, c.setup = network, dir, peers, o.setup
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
 		cancel()
@@ -136,6 +140,9 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		}
 		if r.exec, err = NewExecutor(cfg); err != nil {
 			t.Fatal(err)
+		}
+		if o.setup != nil {
+			o.setup(r.exec)
 		}
 		r.cfg = cfg
 		r.node, err = raftcore.NewNode(raftcore.NodeConfig{

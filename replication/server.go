@@ -237,6 +237,11 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 			seq++
 			res, err = s.propose(ctx, session, seq, Op{Kind: KindRequest, Name: req.Op, Raw: raw})
 			val = res.Value
+			if err == nil && authAccepted(req, val) {
+				// Every replica learns the AUTH succeeded (sessions.go).
+				seq++
+				_, err = s.propose(ctx, session, seq, Op{Kind: KindAuthOK})
+			}
 		}
 		if err != nil {
 			// The outcome is unknown after retries: tell the client and end

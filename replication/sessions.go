@@ -2,15 +2,18 @@ package replication
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/connstate"
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
 
 // Surviving sessions. Every replica keeps one app connection per client
@@ -70,6 +73,8 @@ func trackEntry(t *connstate.Tracker, ports []Port, e raftcore.Entry, op Op) {
 		if op.End != nil {
 			t.End(op.End.Session, e.Index, op.End.Reason)
 		}
+	case KindAuthOK:
+		t.AuthOK(e.Session)
 	}
 }
 
@@ -170,18 +175,50 @@ func (x *Executor) replayLocked(s *appSession, reqs []connstate.Request) error {
 	}
 	s.conn, s.r = conn, bufio.NewReaderSize(conn, 16<<10)
 	for _, r := range reqs {
+		if r.AuthUser != "" {
+			raw, err := x.authRequest(r.AuthUser)
+			if err != nil {
+				_ = conn.Close()
+				return err
+			}
+			r.Raw = raw
+		}
 		req := framing.Request{Raw: r.Raw, Op: r.Op}
 		_ = conn.SetDeadline(time.Now().Add(x.cfg.AppTimeout))
 		if _, err := conn.Write(req.Raw); err != nil {
 			_ = conn.Close()
 			return fmt.Errorf("%s: write: %w", r.Op, err)
 		}
-		if _, err := s.framer.ReadResponse(s.r, req); err != nil {
+		resp, err := s.framer.ReadResponse(s.r, req)
+		if err != nil {
 			_ = conn.Close()
 			return fmt.Errorf("%s: read reply: %w", r.Op, err)
 		}
+		if r.AuthUser != "" && (len(resp) == 0 || resp[0] == '-') {
+			// The client's AUTH succeeded; this one must too.
+			_ = conn.Close()
+			return fmt.Errorf("AUTH as %q with smr-cri's credential (%s) failed: %s", r.AuthUser,
+				x.creds.Source, strings.TrimSpace(string(resp)))
+		}
 	}
 	return nil
+}
+
+// authRequest is AUTH with smr-cri's own credential for user (the pod
+// contract's Secret, held in memory only): the session's client
+// authenticated as user, and the log keeps no password.
+func (x *Executor) authRequest(user string) ([]byte, error) {
+	c := x.creds
+	if c.Password == "" {
+		return nil, fmt.Errorf("it authenticated as %q and smr-cri has no credential for the app (smr.io/app-credentials)", user)
+	}
+	if own := cmp.Or(c.Username, "default"); own != user {
+		return nil, fmt.Errorf("it authenticated as %q and smr-cri's credential (%s) is for %q", user, c.Source, own)
+	}
+	if c.Username == "" {
+		return rediscmd.EncodeRequest([][]byte{[]byte("AUTH"), []byte(c.Password)}), nil
+	}
+	return rediscmd.EncodeRequest([][]byte{[]byte("AUTH"), []byte(c.Username), []byte(c.Password)}), nil
 }
 
 // proposeEnd orders an END of session id (once per session until it is
@@ -256,4 +293,29 @@ func (x *Executor) SessionEnded(id uint64) (connstate.Ended, bool) {
 	x.cmu.Lock()
 	defer x.cmu.Unlock()
 	return x.conns.EndedAt(id)
+}
+
+// authAccepted reports whether req is an AUTH, or a HELLO with its AUTH
+// option, that the app accepted (reply val is not an error): the origin
+// then orders AUTHOK in the session, so connstate knows the session is
+// authenticated without ever seeing the app's reply or keeping a password.
+func authAccepted(req framing.Request, val []byte) bool {
+	if len(val) == 0 || val[0] == '-' {
+		return false
+	}
+	switch req.Op {
+	case "AUTH":
+		return true
+	case "HELLO":
+		args, err := rediscmd.SplitRequest(req.Raw)
+		if err != nil {
+			return false
+		}
+		for j := 2; j+2 < len(args); j++ {
+			if strings.EqualFold(string(args[j]), "AUTH") {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/replication/appstate"
 	"github.com/smr-io/smr-cri/replication/connstate"
 	"github.com/smr-io/smr-cri/replication/rediscmd"
 	"github.com/smr-io/smr-cri/test/lab/raft/memnet"
@@ -33,6 +34,9 @@ func (c *cluster) restartExecutor(t *testing.T, i int) {
 	exec, err := NewExecutor(r.cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c.setup != nil {
+		c.setup(exec)
 	}
 	prog, err := OpenProgress(filepath.Join(c.dir, c.peers[r.id]+"-progress"), "sandbox-"+c.peers[r.id])
 	if err != nil {
@@ -64,9 +68,9 @@ func (c *cluster) restartExecutor(t *testing.T, i int) {
 // redis-server, as the server itself reports it (CLIENT LIST): name,
 // database, protocol, queued commands of an open MULTI, flags. The
 // connection asking is left out.
-func connStates(t *testing.T, addr string) []string {
+func connStates(t *testing.T, addr string, password ...string) []string {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: addr, Protocol: 2, DisableIdentity: true})
+	c := redis.NewClient(&redis.Options{Addr: addr, Protocol: 2, DisableIdentity: true, Password: strings.Join(password, "")})
 	defer c.Close()
 	list, err := c.ClientList(context.Background()).Result()
 	if err != nil {
@@ -90,11 +94,11 @@ func connStates(t *testing.T, addr string) []string {
 
 // keyspace reads every key of databases 0..maxDB of one redis-server
 // directly (redisState per database).
-func keyspace(t *testing.T, addr string, maxDB int) map[string]string {
+func keyspace(t *testing.T, addr string, maxDB int, password ...string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for db := range maxDB + 1 {
-		c := redis.NewClient(&redis.Options{Addr: addr, DB: db, Protocol: 2, DisableIdentity: true})
+		c := redis.NewClient(&redis.Options{Addr: addr, DB: db, Protocol: 2, DisableIdentity: true, Password: strings.Join(password, "")})
 		keys, err := c.Keys(context.Background(), "*").Result()
 		if err != nil {
 			t.Fatal(err)
@@ -518,5 +522,113 @@ func TestSnapshotTransferMidSession(t *testing.T) {
 	}
 	if !slices.ContainsFunc(conns, func(s string) bool { return strings.HasPrefix(s, "name=named db=2 resp=3") }) {
 		t.Errorf("no RESP3 connection named in database 2: %v", conns)
+	}
+}
+
+// A password-protected Redis (requirepass, an ACL user): a session that
+// authenticated as the user smr-cri has a credential for (the pod
+// contract's Secret) is rebuilt after a restart of smr-cri, authentication
+// included, and its later writes land in its database on every replica; a
+// session authenticated as another user, and one whose AUTH failed (not in
+// the log as accepted), are ended on every member at one log index. No
+// password is in the log's connection-state record.
+func TestSessionsSurviveRestartWithAuth(t *testing.T) {
+	requireIntegration(t)
+	const pw = "pod-secret-pw"
+	apps := []string{startRedis(t, "--requirepass", pw), startRedis(t, "--requirepass", pw), startRedis(t, "--requirepass", pw)}
+	c := newCluster(t, clusterOpts{port: respPort, appAddrs: apps, progress: true, setup: func(x *Executor) {
+		creds := appstate.Credentials{Password: pw, Source: "test Secret"}
+		if err := x.EnableSnapshots(SnapshotConfig{Credentials: creds}); err != nil {
+			t.Fatal(err)
+		}
+	}})
+	ctx := context.Background()
+	client := func(o redis.Options) *redis.Conn {
+		o.Addr, o.PoolSize, o.MaxRetries = c.replicas[0].addr, 1, -1
+		cl := redis.NewClient(&o)
+		t.Cleanup(func() { _ = cl.Close() })
+		conn := cl.Conn()
+		t.Cleanup(func() { _ = conn.Close() })
+		return conn
+	}
+	admin := client(redis.Options{Password: pw})
+	if err := admin.Do(ctx, "ACL", "SETUSER", "alice", "on", ">alice-pw", "~*", "+@all").Err(); err != nil {
+		t.Fatal(err)
+	}
+	good := client(redis.Options{Password: pw, Protocol: 3, ClientName: "good", DB: 2})
+	if err := good.Set(ctx, "g0", "1", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	alice := client(redis.Options{Username: "alice", Password: "alice-pw", ClientName: "alice", DB: 3})
+	if err := alice.Set(ctx, "a0", "1", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	failed := client(redis.Options{Password: pw, ClientName: "failed"})
+	if err := failed.Do(ctx, "AUTH", "wrong-pw").Err(); err == nil {
+		t.Fatal("AUTH with a wrong password succeeded")
+	}
+	c.waitCaughtUp()
+	for _, r := range c.replicas {
+		r.exec.cmu.Lock()
+		enc, _ := r.exec.conns.MarshalBinary()
+		r.exec.cmu.Unlock()
+		for _, secret := range []string{pw, "alice-pw", "wrong-pw"} {
+			if bytes.Contains(enc, []byte(secret)) {
+				t.Fatalf("replica %d's connection-state record holds a password", r.id)
+			}
+		}
+	}
+
+	c.restartExecutor(t, 2)
+
+	var ends map[uint64]connstate.Ended
+	waitFor(t, "two ENDs on every member", func() bool {
+		for _, r := range c.replicas {
+			if len(r.exec.endedSessions()) != 2 {
+				return false
+			}
+		}
+		ends = c.replicas[0].exec.endedSessions()
+		return true
+	})
+	for _, r := range c.replicas[1:] {
+		if got := r.exec.endedSessions(); !reflect.DeepEqual(got, ends) {
+			t.Fatalf("member %d ended %+v, member 1 %+v", r.id, got, ends)
+		}
+	}
+	var reasons []string
+	for _, e := range ends {
+		reasons = append(reasons, e.Reason)
+	}
+	for _, want := range []string{`it authenticated as "alice" and smr-cri's credential (test Secret) is for "default"`,
+		"it ran AUTH and whether that succeeded is not in the log"} {
+		if !slices.ContainsFunc(reasons, func(r string) bool { return strings.Contains(r, want) }) {
+			t.Fatalf("END reasons %q, want one with %q", reasons, want)
+		}
+	}
+	if err := alice.Set(ctx, "a1", "2", 0).Err(); err == nil || !strings.Contains(err.Error(), "session ended at log index") {
+		t.Fatalf("alice's session after the restart: %v", err)
+	}
+	if err := good.Set(ctx, "g1", "2", 0).Err(); err != nil {
+		t.Fatalf("the rebuilt session: %v", err)
+	}
+	c.waitCaughtUp()
+	conns := connStates(t, apps[0], pw)
+	keys := keyspace(t, apps[0], 3, pw)
+	for i := 1; i < 3; i++ {
+		if got := connStates(t, apps[i], pw); !reflect.DeepEqual(got, conns) {
+			t.Fatalf("replica %d's connections differ:\n%v\n%v", i+1, got, conns)
+		}
+		if got := keyspace(t, apps[i], 3, pw); !reflect.DeepEqual(got, keys) {
+			t.Fatalf("replica %d's keyspace differs:\n%v\n%v", i+1, got, keys)
+		}
+	}
+	for _, k := range []string{"db2/g0", "db2/g1", "db3/a0"} {
+		if _, ok := keys[k]; !ok {
+			t.Errorf("key %s missing: %v", k, keys)
+		}
+	}
+	if _, ok := keys["db3/a1"]; ok {
+		t.Error("the ended session's write ran")
 	}
 }

@@ -50,7 +50,7 @@ func (x *Executor) EnableSnapshots(cfg SnapshotConfig) error {
 		s.apps = append(s.apps, a)
 	}
 	x.mu.Lock()
-	x.snap = s
+	x.snap, x.creds = s, cfg.Credentials
 	x.mu.Unlock()
 	return nil
 }

@@ -8,13 +8,19 @@
 // every replica; it travels in app snapshots and is rebuilt on a restart by
 // feeding it the entries the running app already executed.
 //
+// Authentication is rebuilt without a password: the tracker keeps only the
+// user an AUTH (or HELLO ... AUTH) named, and only once the origin ordered
+// an AUTHOK right after it (the app accepted it there, so everywhere); the
+// rebuilding replica then authenticates as that user with smr-cri's own
+// credential from the pod contract. Using that credential for an AUTH
+// whose outcome the log does not hold could authenticate a connection
+// whose AUTH failed everywhere else.
+//
 // Some state cannot be rebuilt by replay, and the tracker says why
 // (Session.Rebuild): an active WATCH (it depends on writes of other clients
-// between WATCH and EXEC), a successful or failed AUTH (smr-cri keeps no
-// password: the tracker never stores AUTH's arguments, and the pod's own
-// credential could authenticate a connection whose AUTH failed elsewhere),
-// a connection-state command queued inside a transaction (whether EXEC ran
-// it is not in the log), or a command the one command table
+// between WATCH and EXEC), an AUTH not followed by AUTHOK (failed, or its
+// outcome unknown), a connection-state command queued inside a transaction
+// (whether EXEC ran it is not in the log), or a command the one command table
 // (replication/rediscmd) flags as connection state that has no rebuild rule
 // here. The replication layer ends such a session on every replica at one
 // log position instead of letting it differ on one.
@@ -22,8 +28,8 @@
 // Why replaying recorded commands is exact: each recorded command overwrites
 // some attributes of the connection when it succeeds, and whether it
 // succeeds depends only on its arguments, the server's configuration and
-// the connection's authentication, which is the same for every session the
-// tracker can rebuild (it never ran AUTH since its start or last RESET). A
+// the connection's authentication, which the rebuild restores first where
+// it changed (a recorded AUTH is replayed at its place in the order). A
 // command that fails on arguments alone (SELECT abc, CLIENT SETNAME "a b")
 // is not recorded; one whose failure depends on the configuration (SELECT
 // 40 with 16 databases) is recorded and fails again on replay, like it did.
@@ -57,6 +63,9 @@ const (
 	MaxQueued = 10000
 	// maxSelects bounds the distinct SELECT targets kept (see record).
 	maxSelects = 32
+	// maxEntries bounds the commands a rebuild replays (authentication as
+	// several users in turn keeps what ran under each).
+	maxEntries = 256
 )
 
 // attr is a set of connection attributes a command overwrites.
@@ -70,6 +79,7 @@ const (
 	attrNoTouch
 	attrLibName
 	attrLibVer
+	attrAuth
 )
 
 // entry is one recorded connection-state command.
@@ -95,9 +105,14 @@ type Session struct {
 	queue    [][]byte // requests queued since MULTI
 	queueLen int      // their bytes
 	watching bool
-	quit     bool   // QUIT: the app closed the connection
-	authed   bool   // AUTH (or HELLO ... AUTH) ran since the start or last RESET
-	lost     string // another reason it cannot be rebuilt, until RESET
+	quit     bool // QUIT: the app closed the connection
+	// authed: an AUTH (or HELLO ... AUTH) ran whose outcome the log does
+	// not hold (no AUTHOK followed it), since the start or last RESET.
+	authed bool
+	// pending is what the last AUTH or HELLO ... AUTH did if it
+	// succeeded: recorded when the origin's AUTHOK follows it.
+	pending []entry
+	lost    string // another reason it cannot be rebuilt, until RESET
 }
 
 // Ended is a session ended by an END entry: the client's next request
@@ -219,6 +234,7 @@ func (t *Tracker) Request(id uint64, op string, raw []byte) {
 	if !ok || s.Protocol != ProtoRESP || s.quit {
 		return
 	}
+	s.pending = nil // AUTHOK follows its AUTH at once, or never
 	c, known := commands[op]
 	state := known && c.Has(rediscmd.ConnState)
 	if !state {
@@ -285,6 +301,13 @@ func (t *Tracker) Request(id uint64, op string, raw []byte) {
 		}
 	case "AUTH":
 		s.authed = true
+		if len(args) == 2 || len(args) == 3 {
+			user := []byte("default")
+			if len(args) == 3 {
+				user = args[1]
+			}
+			s.pending = []entry{authEntry(user)}
+		}
 	case "MULTI":
 		s.multi = true
 	case "EXEC", "DISCARD":
@@ -315,38 +338,89 @@ func (s *Session) hello(op string, raw []byte, args [][]byte) {
 		return // not an integer, or NOPROTO
 	}
 	sets := attrProto
+	keep := [][]byte{args[0], args[1]} // the HELLO without its AUTH option
+	var user []byte
 	for j := 2; j < len(args); j++ {
 		more := len(args) - 1 - j
 		switch {
 		case bytes.EqualFold(args[j], []byte("AUTH")) && more >= 2:
+			user = args[j+1]
 			j += 2
-			s.authed = true // whether it succeeded is not in the log
 		case bytes.EqualFold(args[j], []byte("SETNAME")) && more >= 1:
 			if !validName(args[j+1]) {
 				return
 			}
 			sets |= attrName
+			keep = append(keep, args[j], args[j+1])
 			j++
 		default:
 			return // syntax error
 		}
 	}
-	if s.authed {
-		return // never keep a HELLO that carries a password
+	if user != nil {
+		// Whether it succeeded (and so changed anything) is in the log
+		// only if the origin's AUTHOK follows; the password is never kept.
+		s.authed = true
+		s.pending = []entry{authEntry(user), {op: op, raw: rediscmd.EncodeRequest(keep), sets: sets, sure: true}}
+		return
 	}
 	s.record(entry{op: op, raw: raw, sets: sets, sure: true})
 }
 
+// authOp names the recorded AUTH of a rebuild; its raw is the user name.
+const authOp = "AUTH"
+
+func authEntry(user []byte) entry {
+	return entry{op: authOp, raw: slices.Clone(user), sets: attrAuth, sure: true}
+}
+
+// AuthOK feeds the origin's AUTHOK entry of session id: the AUTH (or
+// HELLO ... AUTH) just before it succeeded, so the connection is
+// authenticated as its user, which a rebuild can do with smr-cri's own
+// credential for that user (Request.AuthUser).
+func (t *Tracker) AuthOK(id uint64) {
+	s, ok := t.sessions[id]
+	if !ok || s.pending == nil {
+		return
+	}
+	for _, e := range s.pending {
+		s.record(e)
+	}
+	s.pending, s.authed = nil, false
+}
+
 // record appends e, dropping what it makes useless: an identical earlier
-// command (replaying it once, at its last place, ends the same), and, when
-// e is sure to succeed, earlier entries whose every attribute is set again
-// by sure entries after them.
+// command (replaying it once, at its last place, ends the same), and
+// earlier entries whose every attribute is set again by sure entries after
+// them; both only since the last AUTH.
 func (s *Session) record(e entry) {
-	s.entries = slices.DeleteFunc(s.entries, func(o entry) bool { return bytes.Equal(o.raw, e.raw) })
+	// Commands before an AUTH ran as another user, whose rights may
+	// differ: an AUTH is a boundary nothing is compacted across, and it
+	// replaces only an AUTH right before it (nothing ran as that user).
+	start := 0
+	for i, o := range s.entries {
+		if o.sets == attrAuth {
+			start = i + 1
+		}
+	}
+	switch {
+	case e.sets == attrAuth:
+		if start > 0 && start == len(s.entries) {
+			s.entries = s.entries[:start-1]
+		}
+	default:
+		s.entries = append(s.entries[:start], slices.DeleteFunc(s.entries[start:], func(o entry) bool { return bytes.Equal(o.raw, e.raw) })...)
+	}
 	s.entries = append(s.entries, e)
 	var covered attr
 	for i := len(s.entries) - 1; i >= 0; i-- {
 		o := s.entries[i]
+		if o.sets == attrAuth {
+			// What ran before it ran as another user, whose rights may
+			// differ: nothing after it covers what came before.
+			covered = 0
+			continue
+		}
 		if i < len(s.entries)-1 && o.sets&^covered == 0 {
 			s.entries = slices.Delete(s.entries, i, i+1)
 			continue
@@ -355,8 +429,11 @@ func (s *Session) record(e entry) {
 			covered |= o.sets
 		}
 	}
-	if n := s.count(attrDB); n > maxSelects {
+	switch {
+	case s.count(attrDB) > maxSelects:
 		s.lose(fmt.Sprintf("it selected more than %d distinct databases", maxSelects))
+	case len(s.entries) > maxEntries:
+		s.lose(fmt.Sprintf("its connection state takes more than %d commands to rebuild", maxEntries))
 	}
 }
 
@@ -394,17 +471,21 @@ func (s *Session) lose(why string) {
 // version are not connection state RESET clears.
 func (s *Session) reset() {
 	s.entries = slices.DeleteFunc(s.entries, func(e entry) bool { return e.sets&^(attrLibName|attrLibVer) != 0 })
-	s.multi, s.queue, s.queueLen, s.watching, s.authed, s.lost = false, nil, 0, false, false, ""
+	s.multi, s.queue, s.queueLen, s.watching, s.authed, s.pending, s.lost = false, nil, 0, false, false, nil, ""
 }
 
 // ErrNotRebuildable wraps every reason a session's connection state cannot
 // be rebuilt by replay.
 var ErrNotRebuildable = errors.New("connection state cannot be rebuilt by replay")
 
-// Request is one request of a rebuild, in the app's protocol.
+// Request is one request of a rebuild, in the app's protocol. A request
+// with AuthUser authenticates the connection as that user: the log keeps
+// no password, so the rebuilder sends AUTH with its own credential for
+// that user (and fails the rebuild without one), and it must succeed.
 type Request struct {
-	Op  string
-	Raw []byte
+	Op       string
+	Raw      []byte
+	AuthUser string
 }
 
 var multiRequest = Request{Op: "MULTI", Raw: []byte("*1\r\n$5\r\nMULTI\r\n")}
@@ -422,11 +503,15 @@ func (s *Session) Rebuild() (reqs []Request, quit bool, err error) {
 	case s.watching:
 		return nil, false, fmt.Errorf("%w: WATCH is active (whether EXEC would run depends on writes the new connection never watched)", ErrNotRebuildable)
 	case s.authed:
-		return nil, false, fmt.Errorf("%w: it ran AUTH (smr-cri keeps no password to authenticate it again)", ErrNotRebuildable)
+		return nil, false, fmt.Errorf("%w: it ran AUTH and whether that succeeded is not in the log", ErrNotRebuildable)
 	case s.lost != "":
 		return nil, false, fmt.Errorf("%w: %s", ErrNotRebuildable, s.lost)
 	}
 	for _, e := range s.entries {
+		if e.sets == attrAuth {
+			reqs = append(reqs, Request{Op: authOp, AuthUser: string(e.raw)})
+			continue
+		}
 		reqs = append(reqs, Request{Op: e.op, Raw: e.raw})
 	}
 	if s.multi {

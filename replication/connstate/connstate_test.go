@@ -25,8 +25,15 @@ func req(args ...string) (op string, raw []byte) {
 	return c.DisplayName(), rediscmd.EncodeRequest(bs)
 }
 
+// authOK stands for the origin's AUTHOK entry in a command list.
+const authOK = "<AUTHOK>"
+
 func feed(t *Tracker, id uint64, cmds ...[]string) {
 	for _, c := range cmds {
+		if c[0] == authOK {
+			t.AuthOK(id)
+			continue
+		}
 		op, raw := req(c...)
 		t.Request(id, op, raw)
 	}
@@ -47,6 +54,10 @@ func plan(t *Tracker, id uint64) string {
 	}
 	var out []string
 	for _, r := range reqs {
+		if r.AuthUser != "" {
+			out = append(out, "AUTH as "+r.AuthUser)
+			continue
+		}
 		args, err := rediscmd.SplitRequest(r.Raw)
 		if err != nil {
 			return "bad request: " + err.Error()
@@ -91,6 +102,20 @@ func TestTrackerRebuild(t *testing.T) {
 		{"watch ended by unwatch", cmds{{"WATCH", "k"}, {"UNWATCH"}}, ""},
 		{"exec outside multi keeps the watch", cmds{{"WATCH", "k"}, {"EXEC"}}, "WATCH is active"},
 		{"auth", cmds{{"AUTH", "secret"}}, "it ran AUTH"},
+		{"auth accepted", cmds{{"SELECT", "1"}, {"AUTH", "secret"}, {authOK}}, "SELECT 1 | AUTH as default"},
+		{"auth of a user accepted", cmds{{"AUTH", "alice", "secret"}, {authOK}, {"SELECT", "2"}}, "AUTH as alice | SELECT 2"},
+		{"later auth replaces the user", cmds{{"AUTH", "alice", "a"}, {authOK}, {"AUTH", "bob", "b"}, {authOK}}, "AUTH as bob"},
+		{"failed auth after an accepted one", cmds{{"AUTH", "alice", "a"}, {authOK}, {"AUTH", "bob", "wrong"}, {"GET", "k"}}, "it ran AUTH"},
+		{"authok not right after its auth", cmds{{"AUTH", "secret"}, {"SET", "k", "v"}, {authOK}}, "it ran AUTH"},
+		{"authok without auth", cmds{{authOK}, {"SELECT", "3"}}, "SELECT 3"},
+		{"hello auth accepted", cmds{{"HELLO", "3", "AUTH", "alice", "secret", "SETNAME", "n"}, {authOK}}, "AUTH as alice | HELLO 3 SETNAME n"},
+		{"reset forgets the user", cmds{{"AUTH", "secret"}, {authOK}, {"RESET"}}, ""},
+		{"what ran as another user is kept", cmds{{"CLIENT", "SETNAME", "a"}, {"AUTH", "bob", "b"}, {authOK}, {"CLIENT", "SETNAME", "b"}},
+			"CLIENT SETNAME a | AUTH as bob | CLIENT SETNAME b"},
+		{"what ran between two auths is kept in order", cmds{{"AUTH", "bob", "b"}, {authOK}, {"SELECT", "1"}, {"AUTH", "bob", "b"}, {authOK}, {"SELECT", "1"}},
+			"AUTH as bob | SELECT 1 | AUTH as bob | SELECT 1"},
+		{"auth right after auth replaces it", cmds{{"AUTH", "alice", "a"}, {authOK}, {"AUTH", "bob", "b"}, {authOK}, {"SELECT", "1"}, {"SELECT", "1"}},
+			"AUTH as bob | SELECT 1"},
 		{"hello auth", cmds{{"HELLO", "3", "AUTH", "default", "secret"}}, "it ran AUTH"},
 		{"select inside multi", cmds{{"MULTI"}, {"SELECT", "2"}, {"EXEC"}}, "SELECT was queued inside a transaction"},
 		{"auth inside multi", cmds{{"MULTI"}, {"AUTH", "secret"}}, "AUTH was queued inside a transaction"},
@@ -160,11 +185,23 @@ func TestEveryConnStateCommandHasARule(t *testing.T) {
 func TestTrackerNeverKeepsPasswords(t *testing.T) {
 	tr := New()
 	tr.Open(1, 1, 6379, ProtoRESP)
+	tr.Open(2, 1, 6379, ProtoRESP)
+	tr.Open(3, 1, 6379, ProtoRESP)
 	feed(tr, 1, []string{"AUTH", "hunter2-secret"}, []string{"HELLO", "3", "AUTH", "u", "hunter2-secret"},
 		[]string{"MULTI"}, []string{"AUTH", "hunter2-secret"}, []string{"SET", "k", "v"})
+	feed(tr, 2, []string{"HELLO", "3", "AUTH", "u", "hunter2-secret", "SETNAME", "x"}) // AUTHOK pending
+	feed(tr, 3, []string{"AUTH", "u", "hunter2-secret"}, []string{authOK})
 	b, _ := tr.MarshalBinary()
 	if bytes.Contains(b, []byte("hunter2-secret")) {
 		t.Fatal("the encoding holds the password")
+	}
+	back, err := Unmarshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed(back, 2, []string{authOK}) // the pending HELLO survived the encoding
+	if got := plan(back, 2); got != "AUTH as u | HELLO 3 SETNAME x" {
+		t.Fatalf("after encoding and AUTHOK: %q", got)
 	}
 }
 

@@ -11,12 +11,13 @@ import (
 //
 //	tracker := v=1 uvarint(n) session*n uvarint(m) ended*m
 //	session := uvarint(id) uvarint(origin) uvarint(port) str(protocol)
-//	           flags:uint8 str(lost) uvarint(k) entry*k uvarint(q) str(queued)*q
+//	           flags:uint8 str(lost) entries uvarint(q) str(queued)*q entries(pending)
+//	entries := uvarint(k) entry*k
 //	entry   := str(op) str(raw) sets:uint8 sure:uint8
 //	ended   := uvarint(id) uvarint(index) uvarint(origin) str(reason)
 //	str     := uvarint(len) bytes
 //
-// It holds no password: AUTH's arguments are never recorded.
+// It holds no password: of an AUTH only the user name is recorded.
 const encVersion = 1
 
 // Session flags.
@@ -53,20 +54,12 @@ func (t *Tracker) MarshalBinary() ([]byte, error) {
 		}
 		b = append(b, f)
 		b = appendStr(b, []byte(s.lost))
-		b = binary.AppendUvarint(b, uint64(len(s.entries)))
-		for _, e := range s.entries {
-			b = appendStr(b, []byte(e.op))
-			b = appendStr(b, e.raw)
-			sure := byte(0)
-			if e.sure {
-				sure = 1
-			}
-			b = append(b, byte(e.sets), sure)
-		}
+		b = appendEntries(b, s.entries)
 		b = binary.AppendUvarint(b, uint64(len(s.queue)))
 		for _, raw := range s.queue {
 			b = appendStr(b, raw)
 		}
+		b = appendEntries(b, s.pending)
 	}
 	ids := make([]uint64, 0, len(t.ended))
 	for id := range t.ended {
@@ -105,18 +98,14 @@ func Unmarshal(b []byte) (*Tracker, error) {
 		}
 		s.Port = int(port)
 		s.multi, s.watching, s.quit, s.authed = f&flagMulti != 0, f&flagWatching != 0, f&flagQuit != 0, f&flagAuthed != 0
-		k := d.count()
-		for j := uint64(0); j < k && d.err == nil; j++ {
-			e := entry{op: string(d.str()), raw: d.str()}
-			e.sets, e.sure = attr(d.byte()), d.byte() == 1
-			s.entries = append(s.entries, e)
-		}
+		s.entries = d.entries()
 		q := d.count()
 		for j := uint64(0); j < q && d.err == nil; j++ {
 			raw := d.str()
 			s.queue = append(s.queue, raw)
 			s.queueLen += len(raw)
 		}
+		s.pending = d.entries()
 		if _, dup := t.sessions[id]; dup && d.err == nil {
 			d.fail("session listed twice")
 		}
@@ -134,6 +123,31 @@ func Unmarshal(b []byte) (*Tracker, error) {
 		return nil, d.err
 	}
 	return t, nil
+}
+
+func appendEntries(b []byte, es []entry) []byte {
+	b = binary.AppendUvarint(b, uint64(len(es)))
+	for _, e := range es {
+		b = appendStr(b, []byte(e.op))
+		b = appendStr(b, e.raw)
+		sure := byte(0)
+		if e.sure {
+			sure = 1
+		}
+		b = append(b, byte(e.sets), sure)
+	}
+	return b
+}
+
+func (d *decoder) entries() []entry {
+	var es []entry
+	k := d.count()
+	for j := uint64(0); j < k && d.err == nil; j++ {
+		e := entry{op: string(d.str()), raw: d.str()}
+		e.sets, e.sure = attr(d.byte()), d.byte() == 1
+		es = append(es, e)
+	}
+	return es
 }
 
 func appendStr(b, s []byte) []byte {
