@@ -22,8 +22,10 @@ import (
 // opens such a connection anew while the session lives on elsewhere (a
 // restart of smr-cri resuming a running app, a restore from an app
 // snapshot) first replays the session's state, as connstate recorded it
-// from the log. A session whose state cannot be replayed (WATCH, AUTH, ...)
-// is ended on every replica at one log position: this replica proposes an
+// from the log (an accepted AUTH with smr-cri's own credential for that
+// user: the log's AUTHOK says it was accepted, and no password is kept).
+// A session whose state cannot be replayed (WATCH, an AUTH whose outcome is
+// not in the log, ...) is ended on every replica at one log position: this replica proposes an
 // END entry, every replica closes the session when it applies it, and the
 // client's next request gets ErrSessionEnded naming the position and why.
 // Until the END applies the session is lost here: a request of it applied
