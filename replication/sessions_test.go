@@ -144,3 +144,31 @@ func TestTrackerFloor(t *testing.T) {
 		t.Fatalf("after an entry above the floor: %q", got)
 	}
 }
+
+// The origin orders AUTHOK only after an AUTH, or a HELLO with its AUTH
+// option, that the app accepted.
+func TestAuthAccepted(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		val  string
+		want bool
+	}{
+		{"auth ok", []string{"AUTH", "pw"}, "+OK\r\n", true},
+		{"auth user ok", []string{"AUTH", "alice", "pw"}, "+OK\r\n", true},
+		{"auth refused", []string{"AUTH", "pw"}, "-WRONGPASS invalid username-password pair\r\n", false},
+		{"auth without reply", []string{"AUTH", "pw"}, "", false},
+		{"hello auth ok", []string{"HELLO", "3", "AUTH", "default", "pw"}, "%7\r\n", true},
+		{"hello auth and name", []string{"HELLO", "3", "SETNAME", "n", "AUTH", "u", "pw"}, "*14\r\n", true},
+		{"hello auth refused", []string{"HELLO", "3", "AUTH", "default", "pw"}, "-WRONGPASS x\r\n", false},
+		{"hello without auth", []string{"HELLO", "3", "SETNAME", "n"}, "%7\r\n", false},
+		{"other command", []string{"SET", "AUTH", "x"}, "+OK\r\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			op := request(tc.args...)
+			if got := authAccepted(framing.Request{Op: op.Name, Raw: op.Raw}, []byte(tc.val)); got != tc.want {
+				t.Fatalf("authAccepted = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
