@@ -208,7 +208,7 @@ func (f *ForkedState) waitSaved(ctx context.Context) error {
 var errSaving = errors.New("save in progress")
 
 // checkSaves: nil once our save (and no other) completed successfully;
-// errSaving while ours runs.
+// errSaving while it runs.
 func (f *ForkedState) checkSaves(ctx context.Context) error {
 	v, err := f.rc.doOK(ctx, "INFO", "persistence")
 	if err != nil {
@@ -216,18 +216,16 @@ func (f *ForkedState) checkSaves(ctx context.Context) error {
 	}
 	info := infoFields(v.str)
 	saves, _ := strconv.ParseInt(info["rdb_saves"], 10, 64)
+	// rdb_saves counts saves started: ours is number f.saves+1.
 	switch {
-	case info["rdb_bgsave_in_progress"] == "1" && saves == f.saves:
-		return errSaving
+	case saves != f.saves+1:
+		return fmt.Errorf("the app started %d saves since the audit's BGSAVE, not one: another save (its own, a replica's sync) may replace the dump file",
+			saves-f.saves)
 	case info["rdb_bgsave_in_progress"] == "1":
-		return errors.New("another save of the app (its own, a replica's sync) began after the audit's: the dump file may be replaced")
-	case saves == f.saves:
+		return errSaving
+	case info["rdb_last_bgsave_status"] != "ok":
 		return fmt.Errorf("the app's BGSAVE failed (rdb_last_bgsave_status:%s; see its log: disk full or dir not writable?)",
 			info["rdb_last_bgsave_status"])
-	case saves != f.saves+1:
-		return fmt.Errorf("the app's dump file was written %d times since the audit's BGSAVE: another save overwrote it", saves-f.saves)
-	case info["rdb_last_bgsave_status"] != "ok":
-		return fmt.Errorf("the app's BGSAVE failed (rdb_last_bgsave_status:%s)", info["rdb_last_bgsave_status"])
 	}
 	return nil
 }
