@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -137,7 +138,12 @@ func (a *redisApp) locate(ctx context.Context, rc *respConn) (forkTarget, error)
 	if t.runID == info["run_id"] && hostproc.Still(t.hostPID, a.netnsPath(), t.nsPID) {
 		return t, nil
 	}
-	hostPID, err := hostproc.FindListener(a.netnsPath(), nsPID, a.cfg.Port)
+	// The port the connection reached (a dialer may map the app's port).
+	port := a.cfg.Port
+	if ta, ok := rc.c.RemoteAddr().(*net.TCPAddr); ok {
+		port = ta.Port
+	}
+	hostPID, err := hostproc.FindListener(a.netnsPath(), nsPID, port)
 	if err != nil {
 		return forkTarget{}, fmt.Errorf("%w: the app's process is not on this host's view: %v", ErrNoFork, err)
 	}
