@@ -91,11 +91,19 @@ func (a *redisApp) ForkDigest(ctx context.Context) (*ForkedState, error) {
 			rc.Close()
 		}
 	}()
-	t, err := a.locate(ctx, rc)
-	if err != nil {
-		return nil, err
+	// Once this Redis run was located, one round trip: which run answers,
+	// where the save counter stands, the fork. Before that (or after a
+	// restart of the app), the process is found first, so an app that
+	// cannot be read from this host is never asked to save.
+	a.forkMu.Lock()
+	cached := a.fork
+	a.forkMu.Unlock()
+	if cached.runID == "" {
+		if _, err := a.locate(ctx, rc, nil); err != nil {
+			return nil, err
+		}
 	}
-	// One round trip: where the save counter stands, then the fork.
+	rc.send([]byte("INFO"), []byte("server"))
 	rc.send([]byte("INFO"), []byte("persistence"))
 	rc.send([]byte("BGSAVE"))
 	forkAt := time.Now()
@@ -103,6 +111,11 @@ func (a *redisApp) ForkDigest(ctx context.Context) (*ForkedState, error) {
 	if err != nil {
 		return nil, err
 	}
+	t, err := a.locate(ctx, rc, vs[0].str)
+	if err != nil {
+		return nil, err // a save may run now; the fallback's command digest is not affected
+	}
+	vs = vs[1:]
 	if err := vs[1].err(); err != nil {
 		// Already saving (its own save, a replica's sync, an AOF rewrite):
 		// another fork would not hold the state at this point.
@@ -121,13 +134,17 @@ func (a *redisApp) ForkDigest(ctx context.Context) (*ForkedState, error) {
 }
 
 // locate finds this Redis' dump file on the host, from INFO server
-// (run_id, process_id) and CONFIG GET dbfilename; cached per Redis run.
-func (a *redisApp) locate(ctx context.Context, rc *respConn) (forkTarget, error) {
-	v, err := rc.doOK(ctx, "INFO", "server")
-	if err != nil {
-		return forkTarget{}, err
+// (run_id, process_id; read here when server is nil) and CONFIG GET
+// dbfilename; cached per Redis run.
+func (a *redisApp) locate(ctx context.Context, rc *respConn, server []byte) (forkTarget, error) {
+	if server == nil {
+		v, err := rc.doOK(ctx, "INFO", "server")
+		if err != nil {
+			return forkTarget{}, err
+		}
+		server = v.str
 	}
-	info := infoFields(v.str)
+	info := infoFields(server)
 	nsPID, err := strconv.Atoi(info["process_id"])
 	if err != nil || info["run_id"] == "" {
 		return forkTarget{}, fmt.Errorf("%w: INFO server has no process_id/run_id", ErrNoFork)
