@@ -23,8 +23,11 @@ import (
 //     the group has writes. It carries the leader's clock and the voters.
 //  2. Every replica applies it in log order, so its app holds exactly the
 //     state up to that index; under the serial executor's lock (nothing
-//     reaches the app meanwhile) it computes appstate's canonical Digest.
-//  3. Each replica proposes its digest as a DIGEST entry. Digests travel
+//     reaches the app meanwhile) it captures that state: copy-on-write for
+//     Redis (a BGSAVE fork, digested off the lock: audit_capture.go), or
+//     through the app's protocol (appstate's Digest) as the fallback.
+//  3. Each replica proposes its digest as a DIGEST entry naming the
+//     AUDIT's index (a copy-on-write digest when it is ready). Digests travel
 //     through the log rather than through a read of the other members:
 //     the log is the one authenticated channel between members that every
 //     member sees in the same order, so every member collects the same
@@ -67,8 +70,9 @@ type AuditConfig struct {
 	// expiring by then are left out (default 10s).
 	Window time.Duration
 	// MaxKeys (Redis, default 100000) and MaxBytes (HTTP state body,
-	// default 64 MiB) bound the app a replica digests; Timeout bounds one
-	// digest (default 5s).
+	// default 64 MiB) bound the app a replica digests through its protocol
+	// (not the copy-on-write capture); Timeout bounds one such digest
+	// (default 5s; a copy-on-write digest gets forkTimeoutFactor times it).
 	MaxKeys  int
 	MaxBytes int64
 	Timeout  time.Duration
