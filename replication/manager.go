@@ -96,10 +96,9 @@ type member struct {
 	life    sync.Mutex // serializes stop and rebuild
 	pod     *Pod
 	stopped bool
-	// repairs are the start times of recent repairs (under life): more
-	// than maxRepairs within repairWindow is a loop, and the member stays
-	// broken.
-	repairs []time.Time
+	// repairs remembers recent repairs by cause (under life): a loop
+	// leaves the member broken.
+	repairs repairHistory
 	// stopChecks ends the background checks of the pod's app (eviction policy).
 	stopChecks context.CancelFunc
 	// pending: a rebuild is scheduled (under life); gaveUp: the repair loop
@@ -112,11 +111,34 @@ type member struct {
 	donor *donorState
 }
 
-// Repair loop bound.
+// Repair loop bound: more than maxRepairs repairs for the same cause within
+// repairWindow is a loop (the same failure again and again, e.g. an app
+// that runs out of memory replaying the log, or a divergence a repair
+// does not fix). Repairs for different causes are unrelated faults (a
+// container restart, then a slow app) and do not add up.
 const (
 	maxRepairs   = 3
 	repairWindow = 10 * time.Minute
 )
+
+// repairHistory is the start times of a member's recent repairs by cause.
+type repairHistory map[string][]time.Time
+
+// add records a repair for cause at now and returns how many repairs for
+// that cause started within repairWindow, this one included.
+func (h *repairHistory) add(now time.Time, cause string) int {
+	if *h == nil {
+		*h = repairHistory{}
+	}
+	recent := (*h)[cause][:0]
+	for _, t := range (*h)[cause] {
+		if now.Sub(t) < repairWindow {
+			recent = append(recent, t)
+		}
+	}
+	(*h)[cause] = append(recent, now)
+	return len((*h)[cause])
+}
 
 // stop ends the pod (sessions close through the log, the group stops),
 // then closes the progress record.
@@ -366,17 +388,9 @@ func (m *Manager) repair(mb *member, cause Cause) {
 			m.cfg.Log.Error("record the repair of an uncertain app", "sandbox", mb.sandbox, "err", err)
 		}
 	}
-	now := time.Now()
-	recent := mb.repairs[:0]
-	for _, t := range mb.repairs {
-		if now.Sub(t) < repairWindow {
-			recent = append(recent, t)
-		}
-	}
-	mb.repairs = append(recent, now)
-	if len(mb.repairs) > maxRepairs {
-		err := fmt.Errorf("%w: %d repairs within %s, the last for %s (%s): this replica stays broken until its pod is restarted",
-			ErrRepairLoop, len(mb.repairs), repairWindow, cause.Kind, cause.Detail)
+	if n := mb.repairs.add(time.Now(), cause.Kind); n > maxRepairs {
+		err := fmt.Errorf("%w: %d repairs for %s within %s, the last: %s: this replica stays broken until its pod is restarted",
+			ErrRepairLoop, n, cause.Kind, repairWindow, cause.Detail)
 		x.breakWith(err, cause.Kind)
 		mb.gaveUp = true
 		m.cfg.Log.Error("repair loop stopped", "sandbox", mb.sandbox, "group", mb.spec.GroupKey(), "err", err)
@@ -420,9 +434,19 @@ func (m *Manager) rebuild(mb *member) {
 	go m.repairFinished(mb, pod, mb.cause)
 }
 
-// watch sends the running executor's uncertainties to the repair path.
+// watch sends the running executor's uncertainties to the repair path;
+// one that arrives after a rebuild replaced that executor is about the old
+// app connections, not the rebuilt replica, and is dropped.
 func (m *Manager) watch(mb *member) {
-	mb.pod.Executor().OnUncertain(func(c Cause) { m.repair(mb, c) })
+	x := mb.pod.Executor()
+	x.OnUncertain(func(c Cause) {
+		mb.life.Lock()
+		current := !mb.stopped && mb.pod.Executor() == x
+		mb.life.Unlock()
+		if current {
+			m.repair(mb, c)
+		}
+	})
 }
 
 // Detach stops replicating a sandbox: the listener closes first (clients

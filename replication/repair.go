@@ -67,12 +67,16 @@ const (
 func (x *Executor) OnUncertain(f func(Cause)) { x.uncertain.Store(&f) }
 
 // uncertainLocked reports c to the OnUncertain hook, unless the executor is
-// closing (its connections end on purpose then).
+// closing (its connections end on purpose then) or fenced (its repair is
+// under way already: the fence itself breaks its sessions).
 func (x *Executor) uncertainLocked(c Cause) {
 	select {
 	case <-x.closed:
 		return
 	default:
+	}
+	if x.fenced.Load() {
+		return
 	}
 	if f := x.uncertain.Load(); f != nil {
 		go (*f)(c)
