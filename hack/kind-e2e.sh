@@ -50,10 +50,14 @@ collect_state() {
 		timeout 60 kubectl --context "kind-$CLUSTER" get nodes -o wide
 		timeout 60 kubectl --context "kind-$CLUSTER" get pods -A -o wide
 		timeout 60 kubectl --context "kind-$CLUSTER" get events -A --sort-by=.lastTimestamp
+		# The pod network: its logs (previous instances too) and every node's routes.
+		timeout 60 kubectl --context "kind-$CLUSTER" -n kube-system logs -l app=podnet --prefix --timestamps --tail=-1
+		timeout 60 kubectl --context "kind-$CLUSTER" -n kube-system logs -l app=podnet --prefix --timestamps --tail=-1 --previous
 	} >"$d/cluster.txt" 2>&1
 	for n in $(timeout 60 kind get nodes --name "$CLUSTER" 2>/dev/null); do
 		timeout 60 docker exec "$n" tail -n 2000 /var/log/smr-cri/smr-cri.log >"$d/$n.smr-cri.log" 2>&1
 		timeout 60 docker exec "$n" journalctl -u kubelet --no-pager -n 2000 >"$d/$n.kubelet.log" 2>&1
+		timeout 60 docker exec "$n" ip route >"$d/$n.routes" 2>&1
 	done
 }
 # step NAME CMD...: one walkthrough step; stops the run when it fails.
