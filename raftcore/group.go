@@ -52,6 +52,10 @@ type Group struct {
 	peers   map[uint64]string    // routing table: member id -> address
 	members []uint64             // voters+learners of the latest ConfState
 
+	// reported is the address last given per member by GroupConfig.Peers
+	// or SetPeerAddr, to tell a repeat from news (peeraddr.go); under mu.
+	reported map[uint64]string
+
 	// raft status mirrored by run() after each Ready
 	lead, term, commit atomic.Uint64
 	state              atomic.Uint32
@@ -100,6 +104,7 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 		applyc:      make(chan struct{}),
 		props:       map[uint64]*proposal{},
 		peers:       maps.Clone(cfg.Peers),
+		reported:    maps.Clone(cfg.Peers),
 		readBatches: map[uint64]*readBatch{},
 		sendBuf:     map[uint64][]*raftpb.Message{},
 	}
