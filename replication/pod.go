@@ -41,6 +41,10 @@ type PodConfig struct {
 	// Budget is the node's client memory budget, shared by every pod
 	// (nil: none).
 	Budget *ClientBudget
+	// Readiness is the member's verdict (readiness.go): a new client of a
+	// replica that does not serve is refused with its reason. Nil: the
+	// executor's own state decides.
+	Readiness func() Readiness
 }
 
 // Pod is the running replication of one pod.
@@ -108,26 +112,30 @@ func (p *Pod) run(ctx context.Context, orderer Orderer) {
 	// The listener closes on every way out, including a Stop while RESET
 	// still waits for a leader: a rebuild listens on the same port next.
 	defer p.cfg.Listener.Close()
-	// RESET must be ordered before any session of this run.
-	for backoff := 50 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := ResetOrigin(rctx, orderer)
-		cancel()
-		if err == nil {
-			break
-		}
-		p.cfg.Log.Warn("order RESET (will retry)", "group", p.cfg.Spec.GroupKey(), "err", err)
-		if sleep(ctx, backoff) != nil {
-			return
-		}
-	}
 	stop := context.AfterFunc(ctx, func() { _ = p.cfg.Listener.Close() })
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// RESET must be ordered before any session of this run: clients
+	// accepted meanwhile wait for it (as they would in the backlog), unless
+	// the replica does not serve, which they are told at once.
+	reset := make(chan struct{})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		for backoff := 50 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := ResetOrigin(rctx, orderer)
+			cancel()
+			if err == nil {
+				break
+			}
+			p.cfg.Log.Warn("order RESET (will retry)", "group", p.cfg.Spec.GroupKey(), "err", err)
+			if sleep(ctx, backoff) != nil {
+				return
+			}
+		}
+		close(reset)
 		p.auditLoop(ctx, orderer)
 	}()
 	backoff := time.Duration(0)
@@ -159,19 +167,57 @@ func (p *Pod) run(ctx context.Context, orderer Orderer) {
 			_ = conn.Close()
 			continue
 		}
-		if p.exec.degraded.Load() {
-			if st := p.exec.ReplicaState(); st != StateServing {
-				refuse(conn, srv, fmt.Errorf("%w: this replica is %s; try another replica", ErrNotReady, st))
-				continue
-			}
+		if why := p.notServing(); why != nil {
+			refuse(conn, srv, why)
+			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if why := p.awaitReset(ctx, reset); why != nil {
+				refuse(conn, srv, why)
+				return
+			}
 			if err := srv.ServeConn(ctx, conn); err != nil {
 				p.cfg.Log.Debug("client connection ended", "group", p.cfg.Spec.GroupKey(), "err", err)
 			}
 		}()
+	}
+}
+
+// notServing is why a new client is refused now (nil: it is served).
+func (p *Pod) notServing() error {
+	if p.cfg.Readiness != nil {
+		if r := p.cfg.Readiness(); !r.Serving {
+			return r.errNotServing()
+		}
+		return nil
+	}
+	if p.exec.degraded.Load() {
+		if st := p.exec.ReplicaState(); st != StateServing {
+			return fmt.Errorf("%w: replica %s; try another replica", ErrNotReady, st)
+		}
+	}
+	return nil
+}
+
+// awaitReset holds a new client until this run's RESET is ordered; it
+// returns why the client is refused when the replica stops serving (or
+// stops) meanwhile.
+func (p *Pod) awaitReset(ctx context.Context, reset <-chan struct{}) error {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-reset:
+			return p.notServing()
+		case <-ctx.Done():
+			return fmt.Errorf("%w: replica stopping; try another replica", ErrNotReady)
+		case <-t.C:
+			if why := p.notServing(); why != nil {
+				return why
+			}
+		}
 	}
 }
 
