@@ -156,6 +156,9 @@ type Executor struct {
 	// uncertain is the OnUncertain hook.
 	uncertain atomic.Pointer[func(Cause)]
 
+	// lastState is the state as of its last change, for readers that must
+	// not wait for mu (readiness.go).
+	lastState atomic.Pointer[executorState]
 	// snap captures and restores the app's state (snapshot.go); nil: none.
 	snap *appSnapshots
 	// audit is the ordered audit's state (audit.go).

@@ -193,10 +193,8 @@ func (p *Pod) notServing() error {
 		}
 		return nil
 	}
-	if p.exec.degraded.Load() {
-		if st := p.exec.ReplicaState(); st != StateServing {
-			return fmt.Errorf("%w: replica %s; try another replica", ErrNotReady, st)
-		}
+	if st, _ := p.exec.stateNow(); st != StateServing {
+		return fmt.Errorf("%w: replica %s; try another replica", ErrNotReady, st)
 	}
 	return nil
 }

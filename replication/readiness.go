@@ -119,6 +119,41 @@ type ReadinessPublisher interface {
 	PublishReadiness(ctx context.Context, pod podevents.Pod, r Readiness) error
 }
 
+// executorState is an executor's state and health as of their last change.
+type executorState struct {
+	state  string
+	health error
+}
+
+// keepStateLocked records the state for stateNow (called under x.mu at
+// every change, with the state gauge).
+func (x *Executor) keepStateLocked() {
+	var health error
+	switch {
+	case x.broken != nil:
+		health = x.broken
+	case len(x.queue) > 0:
+		health = fmt.Errorf("%w: %d entries wait for the app", ErrNotReady, len(x.queue))
+	}
+	x.lastState.Store(&executorState{state: x.stateLocked(), health: health})
+}
+
+// stateNow is ReplicaState and Health without x.mu, which a repair holds
+// while it waits for the app (a client or kubelet must not wait behind it).
+func (x *Executor) stateNow() (string, error) {
+	last := x.lastState.Load()
+	if last != nil && last.state == StateBroken {
+		return last.state, last.health
+	}
+	if x.restoring.Load() || x.fenced.Load() {
+		return StateRebuilding, fmt.Errorf("%w: the app is being rebuilt", ErrNotReady)
+	}
+	if last != nil {
+		return last.state, last.health
+	}
+	return StateServing, nil
+}
+
 // readiness is the current verdict on mb.
 func (m *Manager) readiness(mb *member) Readiness {
 	in := readinessInput{repairing: mb.repairing.Load(), maxLag: m.cfg.ReadinessMaxLag}
@@ -129,8 +164,7 @@ func (m *Manager) readiness(mb *member) Readiness {
 		in.cause = *c
 	}
 	if pod := mb.cur.Load(); pod != nil {
-		x := pod.Executor()
-		in.state, in.health = x.ReplicaState(), x.Health()
+		in.state, in.health = pod.Executor().stateNow()
 		if st, ok := pod.orderer.(interface{ Status() raftcore.Status }); ok {
 			in.status, in.hasStatus = st.Status(), true
 		}
