@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -242,4 +243,60 @@ func rawRoundTrip(t *testing.T, addr, req string) string {
 	}
 	b, _ := io.ReadAll(c)
 	return string(b)
+}
+
+// The CreateContainer after an exit is the same restart only while the
+// exit's repair is still under way; once that repair ended (the app came
+// back some other way, or the repair gave up), a container created again is
+// repaired again.
+func TestExitThenCreateRepairs(t *testing.T) {
+	tests := []struct {
+		name        string
+		endFirst    bool   // the exit's repair ends before the creation
+		attempt     uint32 // of the creation
+		wantRepairs int
+	}{
+		{"creation during the exit's repair", false, 1, 1},
+		{"creation after the exit's repair ended", true, 1, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			app, raftPort := newCounterApp(t), freeport.PortT(t)
+			events := &eventLog{}
+			dial := &switchDialer{app: app.ln.Addr().String()}
+			d := newLoopbackDaemonWithConfig(t, t.TempDir(), app, func(c *Config) {
+				c.Events = events
+				c.Dialer = func(string) replication.AppDialer { return dial }
+			})
+			defer d.Close(ctx)
+			if err := d.AttachPod(ctx, onePod("sb1", raftPort)); err != nil {
+				t.Fatal(err)
+			}
+			incr(t, ctx, <-d.clientAddr, 2)
+			finished := func(n int) {
+				t.Helper()
+				waitFor(t, ctx, fmt.Sprintf("%d RepairFinished", n), func() (bool, string) {
+					return len(events.with(podevents.ReasonRepairFinished)) == n, strings.Join(events.evs, "\n")
+				})
+			}
+			dial.dead.Store(true)
+			app.restartEmpty()
+			d.mgr.ContainerExited(ctx, "sb1", "c0ffee", "redis", 0, "exit code 137")
+			if tc.endFirst {
+				dial.dead.Store(false)
+				finished(1)
+			}
+			d.ContainerCreating(ctx, "sb1", "redis", tc.attempt)
+			dial.dead.Store(false)
+			finished(tc.wantRepairs)
+			if n := len(events.with(podevents.ReasonRepairStarted)); n != tc.wantRepairs {
+				t.Errorf("%d RepairStarted, want %d:\n%s", n, tc.wantRepairs, strings.Join(events.evs, "\n"))
+			}
+			if _, k := app.counts(); k != 2 {
+				t.Errorf("k=%d after the repairs, want the 2 INCRs replayed", k)
+			}
+		})
+	}
 }
