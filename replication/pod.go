@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
@@ -138,6 +139,7 @@ func (p *Pod) run(ctx context.Context, orderer Orderer) {
 		close(reset)
 		p.auditLoop(ctx, orderer)
 	}()
+	var held atomic.Int32 // clients waiting for RESET
 	backoff := time.Duration(0)
 	for {
 		conn, err := p.cfg.Listener.Accept()
@@ -167,14 +169,40 @@ func (p *Pod) run(ctx context.Context, orderer Orderer) {
 			_ = conn.Close()
 			continue
 		}
+		// A refusal drains what the client sent (up to a second): never
+		// in the accept loop.
+		refuseLater := func(why error) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				refuse(conn, srv, why)
+			}()
+		}
 		if why := p.notServing(); why != nil {
-			refuse(conn, srv, why)
+			refuseLater(why)
 			continue
+		}
+		// Before RESET, clients wait in goroutines instead of the kernel's
+		// backlog: bounded like the backlog.
+		waiting := false
+		select {
+		case <-reset:
+		default:
+			if held.Add(1) > maxHeldClients {
+				held.Add(-1)
+				refuseLater(fmt.Errorf("%w: replica starting (%d clients wait for it already); try another replica", ErrNotReady, maxHeldClients))
+				continue
+			}
+			waiting = true
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if why := p.awaitReset(ctx, reset); why != nil {
+			why := p.awaitReset(ctx, reset)
+			if waiting {
+				held.Add(-1)
+			}
+			if why != nil {
 				refuse(conn, srv, why)
 				return
 			}
@@ -184,6 +212,10 @@ func (p *Pod) run(ctx context.Context, orderer Orderer) {
 		}()
 	}
 }
+
+// maxHeldClients bounds the clients waiting for a starting replica's RESET
+// (the kernel's default listen backlog, which held them before).
+var maxHeldClients int32 = 4096
 
 // notServing is why a new client is refused now (nil: it is served).
 func (p *Pod) notServing() error {

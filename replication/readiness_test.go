@@ -157,3 +157,56 @@ func TestPodRefusesClientsWhileNotServing(t *testing.T) {
 		})
 	}
 }
+
+// Clients held for a starting replica's RESET are bounded like the
+// kernel's backlog that held them before: beyond the bound a new client is
+// refused with the reason.
+func TestPodBoundsClientsWaitingForReset(t *testing.T) {
+	defer func(n int32) { maxHeldClients = n }(maxHeldClients)
+	maxHeldClients = 2
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &blockingOrderer{release: make(chan struct{})}
+	pod, err := StartPod(context.Background(), PodConfig{
+		Spec:     Spec{Namespace: "ns", Group: "g", MemberID: 1, Ports: []Port{{Number: 6379, Protocol: framing.ProtoRESP}}},
+		Listener: ln, Dialer: &addrDialer{addr: "127.0.0.1:1"},
+		StartGroup: func(raftcore.StateMachine) (Orderer, func() error, error) {
+			return o, func() error { return nil }, nil
+		},
+		Readiness: func() Readiness { return Readiness{Serving: true, Reason: ReadyServing} },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pod.Stop()
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range 2 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	var reply string
+	waitFor(t, "a third client refused", func() bool {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		b, _ := io.ReadAll(c)
+		reply = string(b)
+		return reply != ""
+	})
+	if !strings.HasPrefix(reply, "-ERR smr-cri: replication unavailable: app on this replica is not ready: replica starting (2 clients wait for it already); try another replica") {
+		t.Errorf("third client got %q", reply)
+	}
+}
