@@ -38,6 +38,7 @@ spec:
         smr.io/raft-port: "7480"
     spec:
       terminationGracePeriodSeconds: 2
+      readinessGates: [{conditionType: smr.io/replica-serving}]
       affinity:
         podAntiAffinity:
           requiredDuringSchedulingIgnoredDuringExecution:
@@ -78,7 +79,7 @@ func deployRedisSet(ctx context.Context, t *testing.T, cl *cluster.Cluster) {
 	}
 	redisSetFail = cl // until it succeeds
 	root := cl.RepoRoot + "/manifests/"
-	mustKubectl(ctx, t, "", "apply", "-f", root+"namespace.yaml", "-f", root+"rbac.yaml")
+	mustKubectl(ctx, t, "", "apply", "-f", root+"namespace.yaml", "-f", root+"rbac.yaml", "-f", root+"readiness-rbac.yaml")
 	mustKubectl(ctx, t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: "+smrNS+"}\n", "apply", "-f", "-")
 	plain := podManifestImage(smrNS, "plain", cl.Nodes[0].Name, nodelab.RedisImage,
 		"exec redis-server --save '' --appendonly no --protected-mode no", nil)

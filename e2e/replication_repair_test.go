@@ -87,7 +87,8 @@ func restartCount(ctx context.Context, t *testing.T, pod string) int {
 }
 
 // repairs counts pod's RepairFinished events (their counts summed): done, those that say the
-// replica was repaired for cause; failed, those that say a repair failed.
+// replica was repaired for cause (one of the causes separated by "|"); failed, those that say
+// a repair failed.
 func repairs(ctx context.Context, t *testing.T, pod, cause string) (done, failed int) {
 	t.Helper()
 	out := mustKubectl(ctx, t, "", "get", "events", "-n", smrNS, "--field-selector", "involvedObject.name="+pod, "-o",
@@ -102,7 +103,7 @@ func repairs(ctx context.Context, t *testing.T, pod, cause string) (done, failed
 			n = 1
 		}
 		switch {
-		case strings.Contains(f[2], "repaired (cause "+cause+")"):
+		case slices.ContainsFunc(strings.Split(cause, "|"), func(c string) bool { return strings.Contains(f[2], "repaired (cause "+c+")") }):
 			done += n
 		case strings.Contains(f[2], "failed"):
 			failed += n
@@ -180,18 +181,33 @@ func waitServing(ctx context.Context, t *testing.T, cl *cluster.Cluster) {
 	})
 }
 
+// appRestartCauses: smr-cri fences a replica whose app container exited when its poll of the
+// runtime finds the exit (container-exit), or at the latest when kubelet creates the container
+// again (container-restart), whichever comes first; one repair either way.
+const appRestartCauses = replication.CauseContainerExit + "|" + replication.CauseContainerRestart
+
 // TestReplicatedRestartApp: one replica's app (redis-server) is killed with SIGKILL, as by a
 // crash or the OOM killer; kubelet creates its container again in the same sandbox, empty.
-// smr-cri fences that replica at the CreateContainer and rebuilds its app from the log.
+// smr-cri fences that replica (at the exit its poll finds, or at the CreateContainer), its pod
+// goes not Ready through the readiness gate smr.io/replica-serving, and its app is rebuilt
+// from the log.
 func TestReplicatedRestartApp(t *testing.T) {
 	cl := requireCluster(t)
 	ctx := context.Background()
 	deployRedisSet(ctx, t, cl)
 	victim := victimPod(ctx, t, cl, true) // the leader's app: its clients' reads are local
 	scenario(t, "restart-app-container", otherNode(cl, replicaNodes(ctx, t)[victim]), func(ctx context.Context, t *testing.T) {
-		w := watchRepairs(ctx, t, replication.CauseContainerRestart, victim)
+		w := watchRepairs(ctx, t, appRestartCauses, victim)
+		notServing := watchNotServing(ctx, t, victim)
 		before := restartCount(ctx, t, victim)
 		signalApp(ctx, t, cl, victim, syscall.SIGKILL)
+		defer func() {
+			if seen := notServing(); seen == "" {
+				t.Errorf("%s: condition %s never seen False during the repair", victim, replication.ConditionReplicaServing)
+			} else {
+				t.Logf("%s went not ready during the repair: %s", victim, seen)
+			}
+		}()
 		eventually(ctx, t, 2*time.Minute, "kubelet restarts the app container", func() error {
 			if n := restartCount(ctx, t, victim); n <= before {
 				return fmt.Errorf("%s restart count %d", victim, n)
@@ -209,12 +225,42 @@ func TestReplicatedRestartEveryApp(t *testing.T) {
 	cl := requireCluster(t)
 	scenario(t, "restart-every-app", cl.Nodes[0].Name, func(ctx context.Context, t *testing.T) {
 		pods := []string{"redis-0", "redis-1", "redis-2"}
-		w := watchRepairs(ctx, t, replication.CauseContainerRestart, pods...)
+		w := watchRepairs(ctx, t, appRestartCauses, pods...)
 		for _, pod := range pods {
 			signalApp(ctx, t, cl, pod, syscall.SIGKILL)
 		}
 		w.wait(ctx, t, cl, 4*time.Minute) // kubelet's back-off grows with each restart of a container
 	})
+}
+
+// watchNotServing polls pod's smr.io/replica-serving condition until the returned function is
+// called, which reports the first False it saw ("" if none): a repair keeps the replica not
+// serving for seconds (kubelet's restart of the container, the replay), polled every 200 ms.
+func watchNotServing(ctx context.Context, t *testing.T, pod string) func() string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	var seen string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			out, err := kubectl(ctx, t, "", "get", "pod", "-n", smrNS, pod, "-o",
+				`jsonpath={range .status.conditions[?(@.type=="`+replication.ConditionReplicaServing+`")]}{.status} {.reason}: {.message}{end}`)
+			if err == nil && strings.HasPrefix(out, "False ") {
+				seen = out
+				return
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	return func() string {
+		cancel()
+		<-done
+		return seen
+	}
 }
 
 // slowPause is how long the slow replica's app stays stopped: past the app timeout (30 s), so

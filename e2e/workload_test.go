@@ -10,6 +10,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -200,7 +201,7 @@ func do(ctx context.Context, rdb *redis.Client, h *history, client int, op redis
 	switch {
 	case err == nil:
 		h.record(client, op, redisOut{Value: val}, call)
-	case op.Kind == "get":
+	case op.Kind == "get" || notSent(err):
 		h.mu.Lock()
 		h.failed++
 		h.mu.Unlock()
@@ -213,6 +214,20 @@ func do(ctx context.Context, rdb *redis.Client, h *history, client int, op redis
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+}
+
+// notSent reports an error that proves the request never reached the replicated service, so a
+// write failed for certain (an unknown outcome would be a write that may or may not have taken
+// effect): the connection could not be made (the Service had no ready endpoint: every replica
+// was rebuilding and not Ready), or smr-cri refused it before reading any request (its refusal
+// of a replica that does not serve ends "; try another replica", replication/CONTRACT.md,
+// "Readiness").
+func notSent(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	return strings.HasSuffix(err.Error(), "; try another replica")
 }
 
 // verdict is what a scenario reports (summed into the e2e summary line).

@@ -176,6 +176,9 @@ type Executor struct {
 	// client authenticated as (EnableSnapshots; set before the group runs).
 	creds appstate.Credentials
 
+	// lastState is the state as of its last change, for readers that must
+	// not wait for mu (readiness.go).
+	lastState atomic.Pointer[executorState]
 	// snap captures and restores the app's state (snapshot.go); nil: none.
 	snap *appSnapshots
 	// audit is the ordered audit's state (audit.go).

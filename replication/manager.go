@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/smr-io/smr-cri/internal/podevents"
@@ -65,6 +66,13 @@ type ManagerConfig struct {
 	// Events records repairs and divergence on the replica pods
 	// (repair_events.go); nil records nothing.
 	Events podevents.Recorder
+	// Readiness publishes each replica's verdict as its pod's
+	// smr.io/replica-serving condition (readiness.go); nil: none.
+	Readiness ReadinessPublisher
+	// ReadinessInterval (default DefaultReadinessInterval) and
+	// ReadinessMaxLag (default DefaultReadinessMaxLag) tune the verdict.
+	ReadinessInterval time.Duration
+	ReadinessMaxLag   uint64
 }
 
 // DefaultListenerPort is the in-pod port of smr-cri's client listener.
@@ -78,6 +86,10 @@ type Manager struct {
 	cfg     ManagerConfig
 	mu      sync.Mutex
 	members map[string]*member // by sandbox ID
+	// exits handled by a repair, until the container's next creation
+	// (containerexit.go).
+	exitMu sync.Mutex
+	exits  map[string]exitRecord
 }
 
 // member is one replica on this host: the pod's replication (listener,
@@ -109,6 +121,16 @@ type member struct {
 	// donor is a healthy member's snapshot the next start restores instead
 	// of this member's own (under life; taken by that start).
 	donor *donorState
+
+	// Readiness (readiness.go), read without life: cur is the running
+	// pod; repairing from a repair's start until its app caught up;
+	// failed once a rebuild could not start the replica again.
+	cur         atomic.Pointer[Pod]
+	repairing   atomic.Bool
+	repairCause atomic.Pointer[Cause]
+	failed      atomic.Pointer[error]
+	readyKick   chan struct{}
+	rmu         sync.Mutex // orders repairEnded after markRepairing
 }
 
 // Repair loop bound: more than maxRepairs repairs for the same cause within
@@ -181,6 +203,12 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.ReadinessInterval <= 0 {
+		cfg.ReadinessInterval = DefaultReadinessInterval
+	}
+	if cfg.ReadinessMaxLag == 0 {
+		cfg.ReadinessMaxLag = DefaultReadinessMaxLag
+	}
 	return &Manager{cfg: cfg, members: map[string]*member{}}, nil
 }
 
@@ -216,7 +244,8 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 		return fail("take over", err)
 	}
 	mb := &member{sandbox: ref.SandboxID, netns: ref.NetNSPath, spec: spec,
-		ref: podevents.Pod{Namespace: ref.Meta.Namespace, Name: ref.Meta.Name, UID: ref.UID}}
+		ref:       podevents.Pod{Namespace: ref.Meta.Namespace, Name: ref.Meta.Name, UID: ref.UID},
+		readyKick: make(chan struct{}, 1)}
 	if m.cfg.MemberDir != nil {
 		if mb.prog, err = OpenProgress(m.cfg.MemberDir(spec), ref.SandboxID); err != nil {
 			return fail("progress record", err)
@@ -242,7 +271,7 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 				return m.cfg.StartGroup(ctx, ref, spec, sm)
 			},
 			Trace: m.cfg.Trace, Log: m.cfg.Log, Metrics: m.cfg.Metrics, Executor: m.cfg.Executor,
-			Budget: m.cfg.ClientBudget,
+			Budget: m.cfg.ClientBudget, Readiness: func() Readiness { return m.readiness(mb) },
 		})
 	}
 	mb.start = func() (*Pod, error) {
@@ -268,6 +297,9 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 		return fail("intercept", err)
 	}
 	startCause, uncertain := mb.uncertainCause()
+	if uncertain {
+		m.markRepairing(mb, startCause)
+	}
 	pod, err := startPod(ctx, ln)
 	if err != nil {
 		_ = ln.Close()
@@ -284,6 +316,7 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 	mb.stopChecks = stopChecks
 	mb.pod = pod
 	m.watch(mb)
+	go m.publishReadiness(checks, mb)
 	if uncertain {
 		m.repairStarted(mb, startCause)
 		go m.repairFinished(mb, pod, startCause)
@@ -328,7 +361,7 @@ func (m *Manager) takeOverLocked(ctx context.Context, sandboxID string, spec Spe
 // again (attempt > 0) in an attached sandbox restarts empty: the member is
 // repaired (see repair).
 func (m *Manager) ContainerCreating(_ context.Context, sandboxID, container string, attempt uint32) {
-	if attempt == 0 {
+	if attempt == 0 || m.exitRepairCovers(sandboxID, container, attempt) {
 		return
 	}
 	cause := Cause{Kind: CauseContainerRestart, Detail: fmt.Sprintf("container %s attempt %d", container, attempt)}
@@ -400,6 +433,7 @@ func (m *Manager) repair(mb *member, cause Cause) {
 	m.cfg.Log.Warn("replica's app state is uncertain: rebuilding this replica", "sandbox", mb.sandbox,
 		"group", mb.spec.GroupKey(), "member", mb.spec.MemberID, "cause", cause.Kind, "detail", cause.Detail)
 	mb.pending, mb.cause = true, cause
+	m.markRepairing(mb, cause)
 	m.repairStarted(mb, cause)
 	go m.rebuild(mb)
 }
@@ -426,6 +460,7 @@ func (m *Manager) rebuild(mb *member) {
 		// restart it (the sandbox is still attached): say so loudly.
 		m.cfg.Log.Error("rebuild of a replica failed; it stays down until its pod is restarted",
 			"sandbox", mb.sandbox, "group", mb.spec.GroupKey(), "err", err)
+		m.repairFailed(mb, err)
 		m.repairGaveUp(mb, mb.cause, err)
 		return
 	}
@@ -438,6 +473,7 @@ func (m *Manager) rebuild(mb *member) {
 // one that arrives after a rebuild replaced that executor is about the old
 // app connections, not the rebuilt replica, and is dropped.
 func (m *Manager) watch(mb *member) {
+	mb.cur.Store(mb.pod)
 	x := mb.pod.Executor()
 	x.OnUncertain(func(c Cause) {
 		mb.life.Lock()

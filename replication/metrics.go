@@ -117,7 +117,7 @@ func (m *Metrics) forGroup(group string) *groupMetrics {
 	}
 	// The known label values exist from the start at 0, so a dashboard and
 	// an alert over increase() see the first repair, audit or panic.
-	for _, cause := range []string{CauseInFlight, CauseContainerRestart, CauseQueueOverflow, CauseSessionBroken, CauseDivergence} {
+	for _, cause := range []string{CauseInFlight, CauseContainerRestart, CauseContainerExit, CauseQueueOverflow, CauseSessionBroken, CauseDivergence} {
 		for _, result := range []string{"ok", "failed"} {
 			m.repairs.WithLabelValues(group, cause, result)
 		}

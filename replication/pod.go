@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
@@ -41,6 +42,10 @@ type PodConfig struct {
 	// Budget is the node's client memory budget, shared by every pod
 	// (nil: none).
 	Budget *ClientBudget
+	// Readiness is the member's verdict (readiness.go): a new client of a
+	// replica that does not serve is refused with its reason. Nil: the
+	// executor's own state decides.
+	Readiness func() Readiness
 }
 
 // Pod is the running replication of one pod.
@@ -108,28 +113,33 @@ func (p *Pod) run(ctx context.Context, orderer Orderer) {
 	// The listener closes on every way out, including a Stop while RESET
 	// still waits for a leader: a rebuild listens on the same port next.
 	defer p.cfg.Listener.Close()
-	// RESET must be ordered before any session of this run.
-	for backoff := 50 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := ResetOrigin(rctx, orderer)
-		cancel()
-		if err == nil {
-			break
-		}
-		p.cfg.Log.Warn("order RESET (will retry)", "group", p.cfg.Spec.GroupKey(), "err", err)
-		if sleep(ctx, backoff) != nil {
-			return
-		}
-	}
 	stop := context.AfterFunc(ctx, func() { _ = p.cfg.Listener.Close() })
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// RESET must be ordered before any session of this run: clients
+	// accepted meanwhile wait for it (as they would in the backlog), unless
+	// the replica does not serve, which they are told at once.
+	reset := make(chan struct{})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		for backoff := 50 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := ResetOrigin(rctx, orderer)
+			cancel()
+			if err == nil {
+				break
+			}
+			p.cfg.Log.Warn("order RESET (will retry)", "group", p.cfg.Spec.GroupKey(), "err", err)
+			if sleep(ctx, backoff) != nil {
+				return
+			}
+		}
+		close(reset)
 		p.auditLoop(ctx, orderer)
 	}()
+	var held atomic.Int32 // clients waiting for RESET
 	backoff := time.Duration(0)
 	for {
 		conn, err := p.cfg.Listener.Accept()
@@ -159,19 +169,85 @@ func (p *Pod) run(ctx context.Context, orderer Orderer) {
 			_ = conn.Close()
 			continue
 		}
-		if p.exec.degraded.Load() {
-			if st := p.exec.ReplicaState(); st != StateServing {
-				refuse(conn, srv, fmt.Errorf("%w: this replica is %s; try another replica", ErrNotReady, st))
+		// A refusal drains what the client sent (up to a second): never
+		// in the accept loop.
+		refuseLater := func(why error) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				refuse(conn, srv, why)
+			}()
+		}
+		if why := p.notServing(); why != nil {
+			refuseLater(why)
+			continue
+		}
+		// Before RESET, clients wait in goroutines instead of the kernel's
+		// backlog: bounded like the backlog.
+		waiting := false
+		select {
+		case <-reset:
+		default:
+			if held.Add(1) > maxHeldClients {
+				held.Add(-1)
+				refuseLater(fmt.Errorf("%w: replica starting (%d clients wait for it already); try another replica", ErrNotReady, maxHeldClients))
 				continue
 			}
+			waiting = true
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			why := p.awaitReset(ctx, reset)
+			if waiting {
+				held.Add(-1)
+			}
+			if why != nil {
+				refuse(conn, srv, why)
+				return
+			}
 			if err := srv.ServeConn(ctx, conn); err != nil {
 				p.cfg.Log.Debug("client connection ended", "group", p.cfg.Spec.GroupKey(), "err", err)
 			}
 		}()
+	}
+}
+
+// maxHeldClients bounds the clients waiting for a starting replica's RESET
+// (the kernel's default listen backlog, which held them before).
+var maxHeldClients int32 = 4096
+
+// notServing is why a new client is refused now (nil: it is served).
+func (p *Pod) notServing() error {
+	if p.cfg.Readiness != nil {
+		if r := p.cfg.Readiness(); !r.Serving {
+			return r.errNotServing()
+		}
+		return nil
+	}
+	if st, _ := p.exec.stateNow(); st != StateServing {
+		return fmt.Errorf("%w: replica %s; try another replica", ErrNotReady, st)
+	}
+	return nil
+}
+
+// awaitReset holds a new client until this run's RESET is ordered; it
+// returns why the client is refused when the replica stops serving (or
+// stops) meanwhile.
+func (p *Pod) awaitReset(ctx context.Context, reset <-chan struct{}) error {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-reset:
+			return p.notServing()
+		case <-ctx.Done():
+			return fmt.Errorf("%w: replica stopping; try another replica", ErrNotReady)
+		case <-t.C:
+			if why := p.notServing(); why != nil {
+				return why
+			}
+		}
 	}
 }
 

@@ -40,7 +40,7 @@ func (x *Executor) stateLocked() string {
 }
 
 // publishStateLocked sets smr_replica_state after a change.
-func (x *Executor) publishStateLocked() { x.m.setState(x.stateLocked()) }
+func (x *Executor) publishStateLocked() { x.m.setState(x.stateLocked()); x.keepStateLocked() }
 
 // Cause of a repair: Kind is a short label (metrics, trace), Detail says
 // what happened. Donors are members known to hold the right state (an

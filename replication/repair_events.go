@@ -37,9 +37,11 @@ func (m *Manager) repairFinished(mb *member, pod *Pod, cause Cause) {
 			return // stopped meanwhile (pod deleted, rebuilt again): not this repair's outcome
 		default:
 		}
+		m.repairEnded(mb, pod)
 		m.repairGaveUp(mb, cause, err)
 		return
 	}
+	m.repairEnded(mb, pod)
 	podevents.Eventf(m.cfg.Events, mb.ref, podevents.Normal, podevents.ReasonRepairFinished,
 		"member %d of group %s repaired (cause %s): its app applied the log up to index %d and serves again",
 		mb.spec.MemberID, mb.spec.GroupKey(), cause.Kind, pod.Executor().Applied())

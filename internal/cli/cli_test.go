@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/smr-io/smr-cri/internal/daemon"
 	"github.com/smr-io/smr-cri/internal/exitcode"
 	"github.com/smr-io/smr-cri/internal/nodestatus"
 	"github.com/smr-io/smr-cri/replication"
@@ -202,6 +203,15 @@ func TestParseServe(t *testing.T) {
 		{"audit interval too short", "", []string{"--audit-interval", "10ms"}, serveOptions{}, "must be 0 (off) or at least 1s"},
 		{"audit every zero", "", []string{"--audit-every", "0"}, serveOptions{}, "must be positive"},
 		{"audit max keys negative", "", []string{"--audit-max-keys", "-1"}, serveOptions{}, "must be positive"},
+		{"container poll interval", "", []string{"--container-poll-interval", "500ms"},
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second,
+				Replication: replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: "-", ProbeSource: "none", PKIDir: DefaultPKIDir,
+					ClientMemoryMiB: DefaultClientMemoryMiB, ContainerPoll: 500 * time.Millisecond}}, ""},
+		{"container poll off", "", []string{"--container-poll-interval", "0"},
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second,
+				Replication: replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: "-", ProbeSource: "none", PKIDir: DefaultPKIDir,
+					ClientMemoryMiB: DefaultClientMemoryMiB, ContainerPoll: -1}}, ""},
+		{"container poll too short", "", []string{"--container-poll-interval", "1ms"}, serveOptions{}, "must be 0 (off) or at least 100ms"},
 		{"status socket is the CRI socket", "", []string{"--listen", "/run/a.sock", "--status-socket", "/run/a.sock"}, serveOptions{}, "must differ from --listen"},
 	}
 	for _, tc := range tests {
@@ -231,6 +241,9 @@ func TestParseServe(t *testing.T) {
 			}
 			if tc.want.Replication.Audit == (replication.AuditConfig{}) {
 				tc.want.Replication.Audit = defaultAudit // cases written before the audit existed
+			}
+			if tc.want.Replication.ContainerPoll == 0 {
+				tc.want.Replication.ContainerPoll = daemon.DefaultExitPollInterval // cases written before the poll existed
 			}
 			if tc.want.StatusSocket == "" {
 				tc.want.StatusSocket = nodestatus.DefaultSocket(tc.want.Listen) // beside the CRI socket

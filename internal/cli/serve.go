@@ -72,6 +72,8 @@ type replicationOptions struct {
 	ClientMemoryMiB int
 	// Audit tunes the ordered audit of every group (--audit-*).
 	Audit replication.AuditConfig
+	// ContainerPoll is --container-poll-interval (negative: off).
+	ContainerPoll time.Duration
 }
 
 // DefaultPKIDir is where serve keeps the cluster CA (docs/security.md).
@@ -82,7 +84,7 @@ const DefaultProbeSource = daemon.ProbeSourceNone
 
 var defaultReplication = replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: DefaultTraceFile,
 	ProbeSource: DefaultProbeSource, PKIDir: DefaultPKIDir, ClientMemoryMiB: DefaultClientMemoryMiB,
-	Audit: defaultAudit}
+	Audit: defaultAudit, ContainerPoll: daemon.DefaultExitPollInterval}
 
 // intFlag is n as a flag value, "" (not set) for 0.
 func intFlag(n int) string {
@@ -235,6 +237,10 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 		"capture a Redis app's state for the audit with BGSAVE (copy-on-write fork; the dump file is read through\n"+
 			"/proc/<pid>/cwd). It replaces the app's own dump file and needs disk for one copy of the dataset;\n"+
 			"false: every audit reads the keys through commands (bounded by --audit-max-keys).")
+	containerPoll := fs.Duration("container-poll-interval", daemon.DefaultExitPollInterval,
+		"how often the containers of replicated pods are polled (CRI ContainerStatus) for exits: an exited app\n"+
+			"container fences its replica at once (repair cause container-exit), before kubelet re-creates it empty.\n"+
+			"At least 100ms; \"0\" turns polling off (a restart is then seen only when the container is created again).")
 	statusSocket := fs.String("status-socket", "",
 		"unix socket (mode 0600, root only) that `smr-cri status` reads this node's members from. Default: "+nodestatus.SocketName+"\n"+
 			"beside --listen; \"-\" turns it off. Never a TCP port: cluster-wide views go through the API server.")
@@ -315,6 +321,12 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	if err != nil {
 		return serveOptions{}, err
 	}
+	if *containerPoll != 0 && *containerPoll < 100*time.Millisecond {
+		return serveOptions{}, fmt.Errorf("%w: --container-poll-interval %s must be 0 (off) or at least 100ms", ErrBadConfig, *containerPoll)
+	}
+	if *containerPoll == 0 {
+		*containerPoll = -1 // off
+	}
 	if *auditEvery == 0 || *auditMaxKeys <= 0 {
 		return serveOptions{}, fmt.Errorf("%w: --audit-every and --audit-max-keys must be positive", ErrBadConfig)
 	}
@@ -361,7 +373,7 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 		StatusSocket:    *statusSocket,
 		Replication: replicationOptions{Enabled: *replicate, DataDir: *dataDir, Kubeconfig: *kubeconfig,
 			NodeName: *nodeName, TraceFile: *traceFile, ProbeSource: *probeSource, PKIDir: *pkiDir, InsecureRaft: *insecureRaft,
-			ClientMemoryMiB: clientMiB,
+			ClientMemoryMiB: clientMiB, ContainerPoll: *containerPoll,
 			Audit: replication.AuditConfig{Off: audit == 0, Interval: audit, Every: *auditEvery, MaxKeys: *auditMaxKeys,
 				NoCopyOnWrite: !*auditCOW}},
 	}, nil
@@ -508,7 +520,7 @@ func startReplication(ctx context.Context, o serveOptions, log *slog.Logger, reg
 		return nil, nil, fmt.Errorf("%w: --probe-source: %w", ErrBadConfig, err)
 	}
 	cfg := daemon.Config{DataDir: ro.DataDir, RuntimeEndpoint: o.RuntimeEndpoint, NodeName: ro.NodeName, Log: log,
-		ProbeSources: probes, ClientBudgetBytes: int64(ro.ClientMemoryMiB) << 20,
+		ProbeSources: probes, ClientBudgetBytes: int64(ro.ClientMemoryMiB) << 20, ExitPollInterval: ro.ContainerPoll,
 		Executor: replication.ExecutorConfig{Audit: ro.Audit}}
 	if cfg.NodeName == "" {
 		cfg.NodeName, _ = os.Hostname()

@@ -109,6 +109,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -189,6 +190,13 @@ type Config struct {
 	// ClientBudgetBytes bounds the memory of every replicated pod's client
 	// connections together (replication.ClientBudget); 0: the default.
 	ClientBudgetBytes int64
+	// ExitPollInterval is how often Run polls the containers of the
+	// replicated pods for exits (exitpoll.go); 0: DefaultExitPollInterval,
+	// negative: off.
+	ExitPollInterval time.Duration
+	// Readiness publishes each replica's smr.io/replica-serving pod
+	// condition; nil: the API server's pods/status (readiness.go).
+	Readiness replication.ReadinessPublisher
 
 	// Kernel-facing pieces; nil means the real ones (pod network
 	// namespaces). Unit tests run them on loopback.
@@ -343,6 +351,9 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
 	d.events, d.closeEvents = newRecorder(cfg, d)
+	if cfg.Readiness == nil {
+		cfg.Readiness = newReadinessPublisher(d)
+	}
 	mgr, err := replication.NewManager(replication.ManagerConfig{
 		Intercept: d.intercept, StartGroup: d.startGroup, ListenerPort: cfg.ListenerPort,
 		Listen: cfg.ListenApp, Dialer: cfg.Dialer, OriginalPort: cfg.OriginalPort,
@@ -350,6 +361,7 @@ func New(cfg Config) (*Daemon, error) {
 		MemberDir: d.memberDir, SandboxRunning: d.sandboxRunning, Executor: cfg.Executor,
 		ClientBudget: budget,
 		Events:       d.Events(),
+		Readiness:    cfg.Readiness,
 	})
 	if err != nil {
 		d.closeEvents(context.Background())
@@ -587,6 +599,10 @@ func (d *Daemon) sandboxRunning(ctx context.Context, id string) (bool, error) {
 func (d *Daemon) Run(ctx context.Context) {
 	if d.runtime == nil {
 		return
+	}
+	if d.cfg.ExitPollInterval >= 0 {
+		p := &exitPoller{rt: d.runtime, sink: d.mgr, attached: d.mgr.Attached, log: d.log}
+		go p.run(ctx, cmp.Or(d.cfg.ExitPollInterval, DefaultExitPollInterval))
 	}
 	for {
 		wait := d.cfg.ReconcileInterval

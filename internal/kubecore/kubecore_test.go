@@ -100,6 +100,11 @@ func TestBadInput(t *testing.T) {
 		{"secret without name", func() error { _, err := c.GetSecret(ctx, "ns", ""); return err }, "namespace and name must be set"},
 		{"create nil secret", func() error { _, err := c.CreateSecret(ctx, nil); return err }, "namespace and name must be set"},
 		{"bad label selector", func() error { _, err := c.ListPods(ctx, "default", "a in (("); return err }, "list pods"},
+		{"pod without name", func() error { _, err := c.GetPod(ctx, "ns", ""); return err }, "namespace and name must be set"},
+		{"pod not found", func() error { _, err := c.GetPod(ctx, "ns", "nope"); return err }, "get pod ns/nope"},
+		{"pod status without namespace", func() error { _, err := c.PatchPodStatus(ctx, "", "p", []byte("{}")); return err }, "namespace and name must be set"},
+		{"pod status of a missing pod", func() error { _, err := c.PatchPodStatus(ctx, "ns", "nope", []byte("{}")); return err }, "patch status of pod ns/nope"},
+		{"pod status patch not JSON", func() error { _, err := c.PatchPodStatus(ctx, "ns", "nope", []byte("{")); return err }, "patch status of pod ns/nope"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

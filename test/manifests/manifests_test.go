@@ -246,6 +246,25 @@ func TestRBACLeastPrivilege(t *testing.T) {
 	}
 }
 
+// TestReadinessRBAC pins the one write permission on pods: a patch of
+// pods/status (the smr.io/replica-serving condition), in a role of its own.
+func TestReadinessRBAC(t *testing.T) {
+	all := loadAll(t)
+	role := find[rbacv1.ClusterRole](all, "smr-cri-readiness")
+	if role == nil {
+		t.Fatal("no ClusterRole smr-cri-readiness")
+	}
+	want := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods/status"}, Verbs: []string{"patch"}}}
+	if fmt.Sprint(role.Rules) != fmt.Sprint(want) {
+		t.Errorf("ClusterRole smr-cri-readiness rules %+v, want exactly %+v", role.Rules, want)
+	}
+	b := find[rbacv1.ClusterRoleBinding](all, "smr-cri-readiness")
+	if b == nil || b.RoleRef.Name != "smr-cri-readiness" || len(b.Subjects) != 1 ||
+		b.Subjects[0].Name != "smr-cri" || b.Subjects[0].Namespace != "smr-system" {
+		t.Errorf("ClusterRoleBinding smr-cri-readiness: %+v", b)
+	}
+}
+
 func mountOf(c corev1.Container, volume string) *corev1.VolumeMount {
 	for i := range c.VolumeMounts {
 		if c.VolumeMounts[i].Name == volume {

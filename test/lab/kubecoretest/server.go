@@ -1,5 +1,6 @@
 // Package kubecoretest serves the part of the Kubernetes core/v1 API that
-// kubecore uses (pods: list and watch by label selector; secrets: get and
+// kubecore uses (pods: list and watch by label selector, get, strategic
+// merge patch of the status; secrets: get and
 // create; events: create, strategic merge patch of count/lastTimestamp/message,
 // list) over HTTP from an in-memory object tracker, so that tests run the
 // real REST client, its encoding and its error statuses end to end without
@@ -10,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -24,6 +26,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/strategicpatch"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	k8stesting "k8s.io/client-go/testing"
@@ -62,6 +66,8 @@ func New(t testing.TB, objs ...runtime.Object) *Server {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/namespaces/{ns}/pods", s.pods)
+	mux.HandleFunc("GET /api/v1/namespaces/{ns}/pods/{name}", s.getPod)
+	mux.HandleFunc("PATCH /api/v1/namespaces/{ns}/pods/{name}/status", s.patchPodStatus)
 	mux.HandleFunc("GET /api/v1/namespaces/{ns}/secrets/{name}", s.getSecret)
 	mux.HandleFunc("POST /api/v1/namespaces/{ns}/secrets", s.createSecret)
 	mux.HandleFunc("POST /api/v1/namespaces/{ns}/events", s.createEvent)
@@ -272,6 +278,84 @@ func (s *Server) createEvent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, withEventType(ev))
+}
+
+func (s *Server) getPod(w http.ResponseWriter, r *http.Request) {
+	obj, err := s.Tracker.Get(podsGVR, r.PathValue("ns"), r.PathValue("name"))
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, withPodType(obj.(*corev1.Pod)))
+}
+
+// patchPodStatus applies a strategic merge patch (apimachinery's, as the
+// API server does) to a pod's status only; a metadata.uid in the patch is a
+// precondition (a conflict when it names another pod), as in an API server.
+func (s *Server) patchPodStatus(w http.ResponseWriter, r *http.Request) {
+	if ct := r.Header.Get("Content-Type"); ct != "application/strategic-merge-patch+json" {
+		writeStatus(w, apierrors.NewBadRequest("want a strategic merge patch, got "+ct))
+		return
+	}
+	patch, err := io.ReadAll(r.Body)
+	if err != nil {
+		writeStatus(w, apierrors.NewBadRequest(fmt.Sprintf("read patch: %v", err)))
+		return
+	}
+	ns, name := r.PathValue("ns"), r.PathValue("name")
+	obj, err := s.Tracker.Get(podsGVR, ns, name)
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	pod := obj.(*corev1.Pod)
+	var pre struct {
+		Metadata struct {
+			UID types.UID `json:"uid"`
+		} `json:"metadata"`
+	}
+	if err := json.Unmarshal(patch, &pre); err != nil {
+		writeStatus(w, apierrors.NewBadRequest(fmt.Sprintf("decode patch: %v", err)))
+		return
+	}
+	if pre.Metadata.UID != "" && pre.Metadata.UID != pod.UID {
+		writeStatus(w, apierrors.NewConflict(corev1.Resource("pods"), name,
+			fmt.Errorf("precondition failed: UID in precondition: %s, UID in object meta: %s", pre.Metadata.UID, pod.UID)))
+		return
+	}
+	cur, err := json.Marshal(pod)
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	merged, err := strategicpatch.StrategicMergePatch(cur, patch, &corev1.Pod{})
+	if err != nil {
+		writeStatus(w, apierrors.NewBadRequest(fmt.Sprintf("apply patch: %v", err)))
+		return
+	}
+	var out corev1.Pod
+	if err := json.Unmarshal(merged, &out); err != nil {
+		writeStatus(w, apierrors.NewBadRequest(fmt.Sprintf("patched pod: %v", err)))
+		return
+	}
+	updated := pod.DeepCopy()
+	updated.Status = out.Status // the status subresource changes nothing else
+	updated.ResourceVersion = s.nextRV()
+	if err := s.Tracker.Update(podsGVR, updated, ns); err != nil {
+		writeStatus(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, withPodType(updated))
+}
+
+// Pod returns the stored pod ns/name.
+func (s *Server) Pod(t testing.TB, ns, name string) *corev1.Pod {
+	t.Helper()
+	obj, err := s.Tracker.Get(podsGVR, ns, name)
+	if err != nil {
+		t.Fatalf("kubecoretest: get pod %s/%s: %v", ns, name, err)
+	}
+	return obj.(*corev1.Pod).DeepCopy()
 }
 
 // patchEvent applies the fields client-go's recorder patches on a repeat.
