@@ -33,7 +33,7 @@ func (g *Group) report(r report) {
 func (g *Group) step(ms []*raftpb.Message) {
 	for _, m := range ms {
 		// Local message types must never arrive over the network.
-		if raft.IsLocalMsg(m.GetType()) {
+		if raft.IsLocalMsg(m.GetType()) || !g.quarantineStep(m) {
 			continue
 		}
 		if err := g.rn.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
