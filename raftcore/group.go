@@ -150,7 +150,7 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 		}
 	}
 	g.rn = rn
-	if ds.fresh && cfg.Join {
+	if ds.fresh && cfg.Join && cfg.CatchUpBeforeVoting {
 		g.quarantined.Store(true)
 	}
 	g.applied.Advance(applied)

@@ -9,7 +9,7 @@ import "go.etcd.io/raft/v3/raftpb"
 // acknowledged entries that were committed with its help and that it no
 // longer has; if it voted now, raft could elect two leaders in one term or a
 // leader without a committed entry. So until it has caught up with the
-// group it is quarantined:
+// group it is quarantined (GroupConfig.CatchUpBeforeVoting):
 //
 //   - it drops vote and pre-vote requests (no answer: the candidate counts
 //     it as absent, as it would a member that is down);

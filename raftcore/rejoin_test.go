@@ -32,7 +32,7 @@ func TestRejoinedMemberDoesNotVoteBeforeCatchingUp(t *testing.T) {
 	}
 	c.Stop(a)
 	c.Net.Heal()
-	if err := c.Start(b, true); err != nil {
+	if err := c.StartWith(b, kvtest.StartOptions{Join: true, CatchUpBeforeVoting: true}); err != nil {
 		t.Fatal(err)
 	}
 	if st := c.Member(b).Group.Status(); !st.CatchingUp {

@@ -438,14 +438,16 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 	self := net.JoinHostPort(pod.IPs[0], strconv.Itoa(spec.RaftPort))
 	var peers map[uint64]string
 	var disc *Discovery // kubernetes membership: also watches the pods below
+	var plan StartPlan
 	switch spec.Membership {
 	case podcontract.MembershipKubernetes:
 		if disc, err = d.discovery(); err != nil {
 			return nil, nil, err
 		}
-		if peers, err = disc.Peers(ctx, spec, self); err != nil {
+		if plan, err = disc.Plan(ctx, spec, pod.Name, self); err != nil {
 			return nil, nil, err
 		}
+		peers = plan.Peers
 	default:
 		peers = map[uint64]string{}
 		for _, p := range spec.Peers {
@@ -487,7 +489,8 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 		return nil, nil, err
 	}
 	cleanup = append(cleanup, node.Close)
-	gcfg := raftcore.GroupConfig{Name: spec.GroupKey(), SelfID: spec.MemberID, Peers: peers}
+	gcfg := raftcore.GroupConfig{Name: spec.GroupKey(), SelfID: spec.MemberID, Peers: peers,
+		Join: plan.Join, CatchUpBeforeVoting: plan.CatchUpBeforeVoting}
 	if err := d.enableSnapshots(ctx, spec, sm, &gcfg); err != nil {
 		return nil, nil, err
 	}
@@ -500,11 +503,7 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 	bg, cancel := context.WithCancel(context.Background())
 	cleanup = append(cleanup, func() error { cancel(); return nil })
 	if disc != nil {
-		go func() {
-			if err := disc.Watch(bg, spec, g.SetPeerAddr); err != nil && bg.Err() == nil {
-				d.log.Error("pod watch failed; member addresses will not follow pods", "group", spec.GroupKey(), "err", err)
-			}
-		}()
+		d.followKubernetes(bg, disc, spec, plan, g)
 	}
 	if d.cfg.Metrics != nil {
 		go d.cfg.Metrics.WatchLeader(bg, spec.GroupKey(), func() uint64 { return g.Status().Leader }, time.Second)
@@ -514,7 +513,8 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 		security = "plaintext"
 	}
 	d.log.Info("raft member started", "group", spec.GroupKey(), "member", spec.MemberID, "listen", self, "raft_security", security,
-		"peers", fmt.Sprint(peers), "dir", dir, "node", d.cfg.NodeName)
+		"peers", fmt.Sprint(peers), "dir", dir, "node", d.cfg.NodeName, "statefulset", plan.StatefulSet, "size", plan.Size,
+		"if_new", plan.Why)
 	var once sync.Once
 	var stopErr error
 	stop := func() error {

@@ -7,8 +7,11 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/smr-io/smr-cri/internal/kubecore"
@@ -66,13 +69,50 @@ func podMember(pod *corev1.Pod, spec replication.Spec) (member, bool) {
 	return m, true
 }
 
-// initialPeers is the group's membership at first start: members 1..N with
-// N the highest member ID among the group's pods (a StatefulSet with
-// podManagementPolicy Parallel has created all its pods before any sandbox
-// runs), each at its pod's address or PendingAddr; self is at selfAddr.
-func initialPeers(pods []corev1.Pod, spec replication.Spec, selfAddr string) map[uint64]string {
-	peers := map[uint64]string{}
+// StartPlan is how a member with kubernetes membership starts.
+type StartPlan struct {
+	// Peers is the membership written at bootstrap (members 1..N) and, at
+	// every start, where the members are (PendingAddr until a pod has an
+	// IP); self is at its own address.
+	Peers map[uint64]string
+	// Join, CatchUpBeforeVoting: raftcore.GroupConfig's, used only when the
+	// member's data directory is new (a member with a log resumes it).
+	Join, CatchUpBeforeVoting bool
+	// StatefulSet owns the pods ("" for pods without one); Size is its
+	// spec.replicas, the group's wanted size.
+	StatefulSet string
+	Size        uint64
+	// Why explains Join and CatchUpBeforeVoting, for the log.
+	Why string
+}
+
+// planStart decides how member spec.MemberID starts from the group's pods
+// and their StatefulSet (nil when the pods have none).
+//
+// The group is created by member 1 alone: with an empty data directory and
+// no other Ready pod of the group, it bootstraps members 1..N, N the larger
+// of spec.replicas and the highest member id among the pods (so with
+// OrderedReady, where pod-0 runs alone at first, the group is created with
+// its full size and never acknowledges a write on fewer than a majority of
+// it). Every other member with an empty data directory joins: it starts
+// with an empty log and learns the membership from the leader. Only one
+// member ever bootstraps, so two members can never write different
+// bootstrap entries (raft would stop the group on the conflict).
+//
+// A joiner may be a member that lost its data directory (its pod moved to
+// another node). If the others can elect a leader without it (at least a
+// majority of N of the other pods are Ready), it catches up before it votes
+// (raftcore's CatchUpBeforeVoting): it cannot vote with a log it forgot.
+// Otherwise its vote is needed to form the group at all (a new group whose
+// other members are not there yet: OrderedReady creates pod-1 while only
+// pod-0 runs), and it votes at once.
+//
+// Pods without a StatefulSet keep the behaviour of static groups: members
+// 1..highest id, every member bootstraps the same membership.
+func planStart(pods []corev1.Pod, sts *appsv1.StatefulSet, spec replication.Spec, selfAddr string) StartPlan {
+	p := StartPlan{Peers: map[uint64]string{}}
 	highest := spec.MemberID
+	ready := 0
 	for i := range pods {
 		m, ok := podMember(&pods[i], spec)
 		if !ok {
@@ -80,25 +120,113 @@ func initialPeers(pods []corev1.Pod, spec replication.Spec, selfAddr string) map
 		}
 		highest = max(highest, m.id)
 		if m.addr != "" {
-			peers[m.id] = m.addr
+			p.Peers[m.id] = m.addr
 		}
+		if m.id != spec.MemberID && podReady(&pods[i]) {
+			ready++
+		}
+	}
+	if sts != nil {
+		p.StatefulSet, p.Size = sts.Name, 1
+		if r := sts.Spec.Replicas; r != nil {
+			p.Size = uint64(max(*r, 0))
+		}
+		highest = max(highest, p.Size)
 	}
 	for id := uint64(1); id <= highest; id++ {
-		if peers[id] == "" {
-			peers[id] = PendingAddr
+		if p.Peers[id] == "" {
+			p.Peers[id] = PendingAddr
 		}
 	}
-	peers[spec.MemberID] = selfAddr
-	return peers
+	p.Peers[spec.MemberID] = selfAddr
+	switch {
+	case sts == nil:
+		p.Why = "no StatefulSet: every member bootstraps members 1..highest pod index"
+	case spec.MemberID == 1 && ready == 0:
+		p.Why = fmt.Sprintf("member 1 with no other Ready pod: bootstraps members 1..%d", highest)
+	case uint64(ready) >= p.Size/2+1:
+		p.Join, p.CatchUpBeforeVoting = true, true
+		p.Why = fmt.Sprintf("%d other Ready pods, a majority of %d: joins and catches up before voting", ready, p.Size)
+	default:
+		p.Join = true
+		p.Why = fmt.Sprintf("%d other Ready pods, fewer than a majority of %d: joins and votes at once (the group needs it to form)", ready, p.Size)
+	}
+	return p
 }
 
-// Peers lists the group's pods and returns the initial membership.
-func (d *Discovery) Peers(ctx context.Context, spec replication.Spec, selfAddr string) (map[uint64]string, error) {
+func podReady(pod *corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// ownerStatefulSet is the name of the StatefulSet controlling pod, "" for
+// none.
+func ownerStatefulSet(pod *corev1.Pod) string {
+	if ref := metav1.GetControllerOf(pod); ref != nil && ref.Kind == "StatefulSet" &&
+		strings.HasPrefix(ref.APIVersion, appsv1.GroupName+"/") {
+		return ref.Name
+	}
+	return ""
+}
+
+// Plan lists the group's pods, reads the StatefulSet that owns pod podName
+// (this member's), and plans this member's start (planStart).
+func (d *Discovery) Plan(ctx context.Context, spec replication.Spec, podName, selfAddr string) (StartPlan, error) {
 	list, err := d.Client.ListPods(ctx, spec.Namespace, replicateSelector)
 	if err != nil {
-		return nil, fmt.Errorf("list pods of group %s: %w", spec.GroupKey(), err)
+		return StartPlan{}, fmt.Errorf("list pods of group %s: %w", spec.GroupKey(), err)
 	}
-	return initialPeers(list.Items, spec, selfAddr), nil
+	var sts *appsv1.StatefulSet
+	for i := range list.Items {
+		if pod := &list.Items[i]; pod.Name == podName {
+			if name := ownerStatefulSet(pod); name != "" {
+				if sts, err = d.Client.GetStatefulSet(ctx, spec.Namespace, name); err != nil {
+					return StartPlan{}, fmt.Errorf("group %s: the size of the group is its StatefulSet's: %w", spec.GroupKey(), err)
+				}
+			}
+		}
+	}
+	return planStart(list.Items, sts, spec, selfAddr), nil
+}
+
+// Peers lists the group's pods and returns the initial membership of a
+// member whose pod is podName.
+func (d *Discovery) Peers(ctx context.Context, spec replication.Spec, podName, selfAddr string) (map[uint64]string, error) {
+	p, err := d.Plan(ctx, spec, podName, selfAddr)
+	return p.Peers, err
+}
+
+// WatchSize calls setSize with spec.replicas of StatefulSet ns/name now and
+// at every change, until ctx ends. It returns once the first list is
+// synced.
+func (d *Discovery) WatchSize(ctx context.Context, ns, name string, setSize func(uint64)) error {
+	inf := cache.NewSharedIndexInformer(d.Client.StatefulSetListWatch(ns, name), &appsv1.StatefulSet{}, 0, cache.Indexers{})
+	handle := func(obj any) {
+		sts, ok := obj.(*appsv1.StatefulSet)
+		if !ok || sts.Name != name {
+			return
+		}
+		size := uint64(1)
+		if r := sts.Spec.Replicas; r != nil {
+			size = uint64(max(*r, 0))
+		}
+		setSize(size)
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    handle,
+		UpdateFunc: func(_, obj any) { handle(obj) },
+	}); err != nil {
+		return fmt.Errorf("watch statefulset %s/%s: %w", ns, name, err)
+	}
+	go inf.RunWithContext(ctx)
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return fmt.Errorf("watch statefulset %s/%s: %w", ns, name, errors.Join(ctx.Err(), errors.New("cache not synced")))
+	}
+	return nil
 }
 
 // Watch calls setAddr(id, addr) for every member of spec's group whose pod
