@@ -71,48 +71,58 @@ func podMember(pod *corev1.Pod, spec replication.Spec) (member, bool) {
 
 // StartPlan is how a member with kubernetes membership starts.
 type StartPlan struct {
-	// Peers is the membership written at bootstrap (members 1..N) and, at
-	// every start, where the members are (PendingAddr until a pod has an
-	// IP); self is at its own address.
+	// Peers is the membership written at bootstrap and, at every start,
+	// where the members are (PendingAddr until a pod has an IP); self is
+	// at its own address.
 	Peers map[uint64]string
 	// Join, CatchUpBeforeVoting: raftcore.GroupConfig's, used only when the
 	// member's data directory is new (a member with a log resumes it).
 	Join, CatchUpBeforeVoting bool
-	// StatefulSet owns the pods ("" for pods without one); Size is its
-	// spec.replicas, the group's wanted size.
-	StatefulSet string
-	Size        uint64
+	// StatefulSet owns the pods ("" for pods without one) and UID is its
+	// UID; Size is its spec.replicas, the group's wanted size.
+	StatefulSet, UID string
+	Size             uint64
+	// Members is the membership a new group bootstraps (1..Members), from
+	// the group record.
+	Members uint64
+	// Formed: the record says the group has formed.
+	Formed bool
 	// Why explains Join and CatchUpBeforeVoting, for the log.
 	Why string
 }
 
-// planStart decides how member spec.MemberID starts from the group's pods
-// and their StatefulSet (nil when the pods have none).
+// stsSize is a StatefulSet's spec.replicas (1 when unset, as the API
+// server defaults it).
+func stsSize(sts *appsv1.StatefulSet) uint64 {
+	if r := sts.Spec.Replicas; r != nil {
+		return uint64(max(*r, 0))
+	}
+	return 1
+}
+
+// planStart decides how member spec.MemberID starts from the group's pods,
+// their StatefulSet and the group's record (both nil for pods without a
+// StatefulSet).
 //
-// The group is created by member 1 alone: with an empty data directory and
-// no other Ready pod of the group, it bootstraps members 1..N, N the larger
-// of spec.replicas and the highest member id among the pods (so with
-// OrderedReady, where pod-0 runs alone at first, the group is created with
-// its full size and never acknowledges a write on fewer than a majority of
-// it). Every other member with an empty data directory joins: it starts
-// with an empty log and learns the membership from the leader. Only one
-// member ever bootstraps, so two members can never write different
-// bootstrap entries (raft would stop the group on the conflict).
-//
-// A joiner may be a member that lost its data directory (its pod moved to
-// another node). If the others can elect a leader without it (at least a
-// majority of N of the other pods are Ready), it catches up before it votes
-// (raftcore's CatchUpBeforeVoting): it cannot vote with a log it forgot.
-// Otherwise its vote is needed to form the group at all (a new group whose
-// other members are not there yet: OrderedReady creates pod-1 while only
-// pod-0 runs), and it votes at once.
+// With a StatefulSet, a member whose data directory is new bootstraps the
+// record's membership 1..Members (spec.replicas when the record was made)
+// only while the record says the group never formed: every member of a
+// group being created writes the same bootstrap entries and votes at once,
+// so pod-0 of an OrderedReady set, alone at first, creates the group with
+// its full size (it never acknowledges a write on fewer than a majority of
+// it), and pod-1 completes its quorum. Once the group formed, a new data
+// directory is a new member (scale up: the leader adds it) or one whose
+// data was lost (its pod moved to another node): it joins with an empty
+// log and catches up before it votes (raftcore's CatchUpBeforeVoting), so
+// it never votes with a log it forgot. A member above Members joins the
+// same way even before the group formed: only one membership is ever
+// bootstrapped.
 //
 // Pods without a StatefulSet keep the behaviour of static groups: members
-// 1..highest id, every member bootstraps the same membership.
-func planStart(pods []corev1.Pod, sts *appsv1.StatefulSet, spec replication.Spec, selfAddr string) StartPlan {
+// 1..highest id, every member bootstraps that membership.
+func planStart(pods []corev1.Pod, sts *appsv1.StatefulSet, rec *groupRecord, spec replication.Spec, selfAddr string) StartPlan {
 	p := StartPlan{Peers: map[uint64]string{}}
 	highest := spec.MemberID
-	ready := 0
 	for i := range pods {
 		m, ok := podMember(&pods[i], spec)
 		if !ok {
@@ -122,45 +132,44 @@ func planStart(pods []corev1.Pod, sts *appsv1.StatefulSet, spec replication.Spec
 		if m.addr != "" {
 			p.Peers[m.id] = m.addr
 		}
-		if m.id != spec.MemberID && podReady(&pods[i]) {
-			ready++
-		}
+	}
+	bootstrap := highest
+	switch {
+	case sts == nil || rec == nil:
+		p.Why = fmt.Sprintf("no StatefulSet: bootstraps members 1..%d (the highest pod index)", highest)
+	case !rec.Formed && spec.MemberID <= rec.Members:
+		bootstrap = rec.Members
+		p.Why = fmt.Sprintf("the group never formed: bootstraps members 1..%d", bootstrap)
+	case rec.Formed:
+		p.Join, p.CatchUpBeforeVoting = true, true
+		p.Why = "the group has formed: joins with an empty log and catches up before voting"
+	default:
+		p.Join, p.CatchUpBeforeVoting = true, true
+		p.Why = fmt.Sprintf("member %d is above the bootstrapped 1..%d: joins and catches up before voting", spec.MemberID, rec.Members)
 	}
 	if sts != nil {
-		p.StatefulSet, p.Size = sts.Name, 1
-		if r := sts.Spec.Replicas; r != nil {
-			p.Size = uint64(max(*r, 0))
-		}
-		highest = max(highest, p.Size)
+		p.StatefulSet, p.UID, p.Size = sts.Name, string(sts.UID), stsSize(sts)
 	}
-	for id := uint64(1); id <= highest; id++ {
-		if p.Peers[id] == "" {
-			p.Peers[id] = PendingAddr
+	if rec != nil {
+		p.Members, p.Formed = rec.Members, rec.Formed
+	}
+	if !p.Join {
+		// Bootstrap: Peers is exactly the membership written (raftcore
+		// bootstraps every listed member), the others' addresses come
+		// from the pod watch.
+		for id := range p.Peers {
+			if id > bootstrap {
+				delete(p.Peers, id)
+			}
+		}
+		for id := uint64(1); id <= bootstrap; id++ {
+			if p.Peers[id] == "" {
+				p.Peers[id] = PendingAddr
+			}
 		}
 	}
 	p.Peers[spec.MemberID] = selfAddr
-	switch {
-	case sts == nil:
-		p.Why = "no StatefulSet: every member bootstraps members 1..highest pod index"
-	case spec.MemberID == 1 && ready == 0:
-		p.Why = fmt.Sprintf("member 1 with no other Ready pod: bootstraps members 1..%d", highest)
-	case uint64(ready) >= p.Size/2+1:
-		p.Join, p.CatchUpBeforeVoting = true, true
-		p.Why = fmt.Sprintf("%d other Ready pods, a majority of %d: joins and catches up before voting", ready, p.Size)
-	default:
-		p.Join = true
-		p.Why = fmt.Sprintf("%d other Ready pods, fewer than a majority of %d: joins and votes at once (the group needs it to form)", ready, p.Size)
-	}
 	return p
-}
-
-func podReady(pod *corev1.Pod) bool {
-	for _, c := range pod.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // ownerStatefulSet is the name of the StatefulSet controlling pod, "" for
@@ -174,23 +183,30 @@ func ownerStatefulSet(pod *corev1.Pod) string {
 }
 
 // Plan lists the group's pods, reads the StatefulSet that owns pod podName
-// (this member's), and plans this member's start (planStart).
+// (this member's) and the group's record (creating it for a new group),
+// and plans this member's start (planStart).
 func (d *Discovery) Plan(ctx context.Context, spec replication.Spec, podName, selfAddr string) (StartPlan, error) {
 	list, err := d.Client.ListPods(ctx, spec.Namespace, replicateSelector)
 	if err != nil {
 		return StartPlan{}, fmt.Errorf("list pods of group %s: %w", spec.GroupKey(), err)
 	}
 	var sts *appsv1.StatefulSet
+	var rec *groupRecord
 	for i := range list.Items {
 		if pod := &list.Items[i]; pod.Name == podName {
 			if name := ownerStatefulSet(pod); name != "" {
 				if sts, err = d.Client.GetStatefulSet(ctx, spec.Namespace, name); err != nil {
 					return StartPlan{}, fmt.Errorf("group %s: the size of the group is its StatefulSet's: %w", spec.GroupKey(), err)
 				}
+				r, err := d.ensureRecord(ctx, spec.GroupKey(), sts, stsSize(sts))
+				if err != nil {
+					return StartPlan{}, err
+				}
+				rec = &r
 			}
 		}
 	}
-	return planStart(list.Items, sts, spec, selfAddr), nil
+	return planStart(list.Items, sts, rec, spec, selfAddr), nil
 }
 
 // Peers lists the group's pods and returns the initial membership of a
@@ -210,11 +226,7 @@ func (d *Discovery) WatchSize(ctx context.Context, ns, name string, setSize func
 		if !ok || sts.Name != name {
 			return
 		}
-		size := uint64(1)
-		if r := sts.Spec.Replicas; r != nil {
-			size = uint64(max(*r, 0))
-		}
-		setSize(size)
+		setSize(stsSize(sts))
 	}
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    handle,

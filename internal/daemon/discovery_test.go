@@ -74,7 +74,7 @@ func TestPlanStartWithoutStatefulSet(t *testing.T) {
 			for _, p := range tc.pods {
 				pods = append(pods, *p)
 			}
-			got := planStart(pods, nil, redisSpec(t, 0), "198.18.1.9:7480")
+			got := planStart(pods, nil, nil, redisSpec(t, 0), "198.18.1.9:7480")
 			if got.Join || !maps.Equal(got.Peers, tc.want) {
 				t.Fatalf("peers %v, want %v", got, tc.want)
 			}
@@ -167,58 +167,50 @@ func redisSTS(replicas int32) *appsv1.StatefulSet {
 		Spec: appsv1.StatefulSetSpec{Replicas: &replicas}}
 }
 
-// With a StatefulSet: the group is created with spec.replicas members by
-// member 1 alone; every other new member joins, and catches up before it
-// votes when the others can elect without it.
+// With a StatefulSet: while the record says the group never formed, a new
+// member up to the record's size bootstraps exactly 1..size; otherwise it
+// joins and catches up before voting.
 func TestPlanStartWithStatefulSet(t *testing.T) {
 	type want struct {
 		peers                     map[uint64]string
 		join, catchUpBeforeVoting bool
 	}
 	self := func(ordinal int) string { return fmt.Sprintf("198.18.%d.9:7480", ordinal+1) }
+	newGroup := &groupRecord{Group: "default.redis", UID: "u1", Members: 3}
+	formed := &groupRecord{Group: "default.redis", UID: "u1", Members: 3, Formed: true}
 	tests := []struct {
 		name    string
 		ordinal int
 		pods    []*corev1.Pod
 		sts     *appsv1.StatefulSet
+		rec     *groupRecord
 		want    want
 	}{
 		{"OrderedReady: pod-0 alone bootstraps the full size", 0,
-			[]*corev1.Pod{redisPod("default", 0, "", owned("redis"))}, redisSTS(3),
+			[]*corev1.Pod{redisPod("default", 0, "", owned("redis"))}, redisSTS(3), newGroup,
 			want{peers: map[uint64]string{1: self(0), 2: PendingAddr, 3: PendingAddr}}},
-		{"OrderedReady: pod-1 beside a Ready pod-0 joins and votes at once", 1,
-			[]*corev1.Pod{redisPod("default", 0, "198.18.1.2", owned("redis"), ready), redisPod("default", 1, "", owned("redis"))}, redisSTS(3),
-			want{peers: map[uint64]string{1: "198.18.1.2:7480", 2: self(1), 3: PendingAddr}, join: true}},
-		{"OrderedReady: pod-2 beside two Ready pods catches up first", 2,
+		{"OrderedReady: pod-1 of a group not formed yet bootstraps the same", 1,
+			[]*corev1.Pod{redisPod("default", 0, "198.18.1.2", owned("redis"), ready), redisPod("default", 1, "", owned("redis"))}, redisSTS(3), newGroup,
+			want{peers: map[uint64]string{1: "198.18.1.2:7480", 2: self(1), 3: PendingAddr}}},
+		{"OrderedReady: pod-2 of a formed group catches up first", 2,
 			[]*corev1.Pod{redisPod("default", 0, "198.18.1.2", owned("redis"), ready), redisPod("default", 1, "198.18.2.2", owned("redis"), ready),
-				redisPod("default", 2, "", owned("redis"))}, redisSTS(3),
+				redisPod("default", 2, "", owned("redis"))}, redisSTS(3), formed,
 			want{peers: map[uint64]string{1: "198.18.1.2:7480", 2: "198.18.2.2:7480", 3: self(2)}, join: true, catchUpBeforeVoting: true}},
-		{"Parallel: pod-0 among pods not Ready yet bootstraps", 0,
-			[]*corev1.Pod{redisPod("default", 0, "", owned("redis")), redisPod("default", 1, "198.18.2.2", owned("redis")),
-				redisPod("default", 2, "", owned("redis"))}, redisSTS(3),
-			want{peers: map[uint64]string{1: self(0), 2: "198.18.2.2:7480", 3: PendingAddr}}},
-		{"Parallel: pod-2 before the others are Ready joins and votes", 2,
-			[]*corev1.Pod{redisPod("default", 0, "198.18.1.2", owned("redis")), redisPod("default", 1, "198.18.2.2", owned("redis"), ready),
-				redisPod("default", 2, "", owned("redis"))}, redisSTS(3),
-			want{peers: map[uint64]string{1: "198.18.1.2:7480", 2: "198.18.2.2:7480", 3: self(2)}, join: true}},
-		{"pod-0 moved to a node without its data, the others Ready: catches up before voting", 0,
+		{"scaled before the group formed: bootstraps the record's size, not replicas", 0,
+			[]*corev1.Pod{redisPod("default", 0, "", owned("redis")), redisPod("default", 4, "198.18.5.2", owned("redis"))}, redisSTS(5), newGroup,
+			want{peers: map[uint64]string{1: self(0), 2: PendingAddr, 3: PendingAddr}}},
+		{"above the record's size before the group formed: joins", 4,
+			[]*corev1.Pod{redisPod("default", 0, "198.18.1.2", owned("redis")), redisPod("default", 4, "", owned("redis"))}, redisSTS(5), newGroup,
+			want{peers: map[uint64]string{1: "198.18.1.2:7480", 5: self(4)}, join: true, catchUpBeforeVoting: true}},
+		{"pod-0 moved to a node without its data: catches up before voting", 0,
 			[]*corev1.Pod{redisPod("default", 0, "", owned("redis")), redisPod("default", 1, "198.18.2.2", owned("redis"), ready),
-				redisPod("default", 2, "198.18.3.2", owned("redis"), ready)}, redisSTS(3),
+				redisPod("default", 2, "198.18.3.2", owned("redis"), ready)}, redisSTS(3), formed,
 			want{peers: map[uint64]string{1: self(0), 2: "198.18.2.2:7480", 3: "198.18.3.2:7480"}, join: true, catchUpBeforeVoting: true}},
 		{"scale 3 to 5: pod-3 joins a formed group", 3,
 			[]*corev1.Pod{redisPod("default", 0, "198.18.1.2", owned("redis"), ready), redisPod("default", 1, "198.18.2.2", owned("redis"), ready),
-				redisPod("default", 2, "198.18.3.2", owned("redis"), ready), redisPod("default", 3, "", owned("redis"))}, redisSTS(5),
-			want{peers: map[uint64]string{1: "198.18.1.2:7480", 2: "198.18.2.2:7480", 3: "198.18.3.2:7480", 4: self(3), 5: PendingAddr},
+				redisPod("default", 2, "198.18.3.2", owned("redis"), ready), redisPod("default", 3, "", owned("redis"))}, redisSTS(5), formed,
+			want{peers: map[uint64]string{1: "198.18.1.2:7480", 2: "198.18.2.2:7480", 3: "198.18.3.2:7480", 4: self(3)},
 				join: true, catchUpBeforeVoting: true}},
-		{"scale 1 to 3: pod-1 joins (never bootstraps a second membership)", 1,
-			[]*corev1.Pod{redisPod("default", 0, "198.18.1.2", owned("redis"), ready), redisPod("default", 1, "", owned("redis"))}, redisSTS(3),
-			want{peers: map[uint64]string{1: "198.18.1.2:7480", 2: self(1), 3: PendingAddr}, join: true}},
-		{"replicas unset means 1", 0, []*corev1.Pod{redisPod("default", 0, "", owned("redis"))},
-			&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: "redis"}},
-			want{peers: map[uint64]string{1: self(0)}}},
-		{"a pod above replicas (being scaled in) still counts as a peer", 0,
-			[]*corev1.Pod{redisPod("default", 0, "", owned("redis")), redisPod("default", 3, "198.18.4.2", owned("redis"))}, redisSTS(2),
-			want{peers: map[uint64]string{1: self(0), 2: PendingAddr, 3: PendingAddr, 4: "198.18.4.2:7480"}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -226,14 +218,95 @@ func TestPlanStartWithStatefulSet(t *testing.T) {
 			for _, p := range tc.pods {
 				pods = append(pods, *p)
 			}
-			got := planStart(pods, tc.sts, redisSpec(t, tc.ordinal), self(tc.ordinal))
+			got := planStart(pods, tc.sts, tc.rec, redisSpec(t, tc.ordinal), self(tc.ordinal))
 			if !maps.Equal(got.Peers, tc.want.peers) || got.Join != tc.want.join || got.CatchUpBeforeVoting != tc.want.catchUpBeforeVoting {
 				t.Fatalf("plan %+v, want %+v", got, tc.want)
 			}
-			if got.StatefulSet != tc.sts.Name || got.Why == "" {
-				t.Fatalf("plan %+v: statefulset %q, reason empty?", got, tc.sts.Name)
+			if got.StatefulSet != tc.sts.Name || got.Size != stsSize(tc.sts) || got.Members != tc.rec.Members || got.Why == "" {
+				t.Fatalf("plan %+v: statefulset %q size %d members %d, reason empty?", got, tc.sts.Name, stsSize(tc.sts), tc.rec.Members)
 			}
 		})
+	}
+}
+
+// The group record: created once (members = replicas) whoever asks first,
+// kept while the StatefulSet is the same (a scale does not change it),
+// marked formed once, and reset when the StatefulSet is re-created (another
+// UID). A malformed record is a clear error, never overwritten.
+func TestGroupRecord(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv := kubecoretest.New(t)
+	d := &Discovery{Client: srv.Client(t)}
+	key := "default.redis"
+	check := func(got groupRecord, err error, want groupRecord) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("record %+v, want %+v", got, want)
+		}
+	}
+	sts := redisSTS(3)
+	rec, err := d.ensureRecord(ctx, key, sts, 3)
+	check(rec, err, groupRecord{Group: key, StatefulSet: "redis", UID: "u1", Members: 3})
+	rec, err = d.ensureRecord(ctx, key, redisSTS(5), 5) // scaled: same set, same record
+	check(rec, err, groupRecord{Group: key, StatefulSet: "redis", UID: "u1", Members: 3})
+	if err := d.markFormed(ctx, key, "u1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.markFormed(ctx, key, "u1"); err != nil { // idempotent
+		t.Fatal(err)
+	}
+	rec, err = d.ensureRecord(ctx, key, sts, 3)
+	check(rec, err, groupRecord{Group: key, StatefulSet: "redis", UID: "u1", Members: 3, Formed: true})
+
+	again := redisSTS(2)
+	again.UID = "u2"
+	if err := d.markFormed(ctx, key, "u2"); err != nil { // another set's mark leaves the record alone
+		t.Fatal(err)
+	}
+	rec, err = d.ensureRecord(ctx, key, again, 2)
+	check(rec, err, groupRecord{Group: key, StatefulSet: "redis", UID: "u2", Members: 2})
+
+	cms := corev1.SchemeGroupVersion.WithResource("configmaps")
+	obj, err := srv.Tracker.Get(cms, RecordNamespace, recordName(key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := obj.(*corev1.ConfigMap).DeepCopy()
+	bad.Data[recMembers] = "three"
+	if err := srv.Tracker.Update(cms, bad, RecordNamespace); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ensureRecord(ctx, key, again, 2); err == nil || !strings.Contains(err.Error(), "not a member count") {
+		t.Fatalf("malformed record: %v", err)
+	}
+	if got, _ := srv.Tracker.Get(cms, RecordNamespace, recordName(key)); got.(*corev1.ConfigMap).Data[recMembers] != "three" {
+		t.Fatal("a malformed record was overwritten")
+	}
+	// Members racing to create it all read one record.
+	key2 := "default.race"
+	errs := make(chan error, 4)
+	recs := make(chan groupRecord, 4)
+	for i := range 4 {
+		go func() {
+			r, err := d.ensureRecord(ctx, key2, redisSTS(int32(3+i)), uint64(3+i))
+			recs <- r
+			errs <- err
+		}()
+	}
+	first := <-recs
+	for range 3 {
+		if r := <-recs; r != first {
+			t.Fatalf("racing members read different records: %+v and %+v", first, r)
+		}
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

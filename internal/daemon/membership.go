@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/smr-io/smr-cri/internal/membership"
 	"github.com/smr-io/smr-cri/raftcore"
@@ -64,4 +65,33 @@ func (d *Daemon) followKubernetes(ctx context.Context, disc *Discovery, spec rep
 		}
 	}()
 	go r.Run(ctx)
+	if !plan.Formed {
+		go d.markFormedWhenLed(ctx, disc, spec, plan, g)
+	}
+}
+
+// markFormedWhenLed writes "formed" in the group's record once this member
+// leads and has committed an entry past the bootstrapped membership: from
+// then on a member with a new data directory catches up before it votes.
+func (d *Daemon) markFormedWhenLed(ctx context.Context, disc *Discovery, spec replication.Spec, plan StartPlan, g *raftcore.Group) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st := g.Status()
+		if st.State != "StateLeader" || st.Commit <= plan.Members {
+			continue
+		}
+		if err := disc.markFormed(ctx, spec.GroupKey(), plan.UID); err != nil {
+			d.log.Warn("cannot record that the group formed; retrying", "group", spec.GroupKey(), "err", err)
+			continue
+		}
+		d.log.Info("group formed", "group", spec.GroupKey(), "leader", st.ID, "term", st.Term, "commit", st.Commit,
+			"record", RecordNamespace+"/"+recordName(spec.GroupKey()))
+		return
+	}
 }

@@ -1,5 +1,6 @@
 // Package kubecore is the daemon's Kubernetes API client: REST clients for
-// the core/v1 group (pods for membership discovery, the CA Secret, events)
+// the core/v1 group (pods for membership discovery, the CA Secret, events,
+// the group records in smr-system's ConfigMaps)
 // and apps/v1 StatefulSets (a group's size is its StatefulSet's
 // spec.replicas), nothing else.
 //
@@ -137,6 +138,47 @@ func (c *Client) GetStatefulSet(ctx context.Context, ns, name string) (*appsv1.S
 // an informer.
 func (c *Client) StatefulSetListWatch(ns, name string) cache.ListerWatcher {
 	return cache.NewListWatchFromClient(c.apps, "statefulsets", ns, fields.OneTermEqualSelector("metadata.name", name))
+}
+
+// GetConfigMap reads the ConfigMap ns/name. Errors keep the API server's
+// status (apierrors.IsNotFound works on them).
+func (c *Client) GetConfigMap(ctx context.Context, ns, name string) (*corev1.ConfigMap, error) {
+	if ns == "" || name == "" {
+		return nil, fmt.Errorf("get configmap %q/%q: namespace and name must be set", ns, name)
+	}
+	cm := &corev1.ConfigMap{}
+	if err := c.rest.Get().Namespace(ns).Resource("configmaps").Name(name).Do(ctx).Into(cm); err != nil {
+		return nil, fmt.Errorf("get configmap %s/%s: %w", ns, name, err)
+	}
+	return cm, nil
+}
+
+// CreateConfigMap creates cm in its namespace and returns what the API
+// server stored. Errors keep the API server's status
+// (apierrors.IsAlreadyExists).
+func (c *Client) CreateConfigMap(ctx context.Context, cm *corev1.ConfigMap) (*corev1.ConfigMap, error) {
+	if cm == nil || cm.Namespace == "" || cm.Name == "" {
+		return nil, errors.New("create configmap: namespace and name must be set")
+	}
+	out := &corev1.ConfigMap{}
+	if err := c.rest.Post().Namespace(cm.Namespace).Resource("configmaps").Body(cm).Do(ctx).Into(out); err != nil {
+		return nil, fmt.Errorf("create configmap %s/%s: %w", cm.Namespace, cm.Name, err)
+	}
+	return out, nil
+}
+
+// UpdateConfigMap replaces cm, which must carry the resourceVersion it was
+// read at: a concurrent change fails with the API server's Conflict
+// (apierrors.IsConflict), and the caller reads again.
+func (c *Client) UpdateConfigMap(ctx context.Context, cm *corev1.ConfigMap) (*corev1.ConfigMap, error) {
+	if cm == nil || cm.Namespace == "" || cm.Name == "" || cm.ResourceVersion == "" {
+		return nil, errors.New("update configmap: namespace, name and resourceVersion must be set")
+	}
+	out := &corev1.ConfigMap{}
+	if err := c.rest.Put().Namespace(cm.Namespace).Resource("configmaps").Name(cm.Name).Body(cm).Do(ctx).Into(out); err != nil {
+		return nil, fmt.Errorf("update configmap %s/%s: %w", cm.Namespace, cm.Name, err)
+	}
+	return out, nil
 }
 
 // GetSecret reads the Secret ns/name. Errors keep the API server's status

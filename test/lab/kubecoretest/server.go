@@ -1,6 +1,7 @@
 // Package kubecoretest serves the part of the Kubernetes API that kubecore
 // uses (pods: list and watch by label selector; statefulsets: get, and list
-// and watch of one by name; secrets: get and
+// and watch of one by name; configmaps: get, create, update with
+// resourceVersion conflicts; secrets: get and
 // create; events: create, strategic merge patch of count/lastTimestamp/message,
 // list) over HTTP from an in-memory object tracker, so that tests run the
 // real REST client, its encoding and its error statuses end to end without
@@ -38,6 +39,7 @@ var (
 	podsGVR    = corev1.SchemeGroupVersion.WithResource("pods")
 	secretsGVR = corev1.SchemeGroupVersion.WithResource("secrets")
 	eventsGVR  = corev1.SchemeGroupVersion.WithResource("events")
+	configsGVR = corev1.SchemeGroupVersion.WithResource("configmaps")
 
 	statefulSetsGVR = appsv1.SchemeGroupVersion.WithResource("statefulsets")
 )
@@ -52,6 +54,7 @@ type Server struct {
 	fail func(r *http.Request) error
 	// watching counts open watch streams (see WaitWatching).
 	watching atomic.Int32
+	cmMu     sync.Mutex // ConfigMap writes: compare-and-swap of resourceVersion
 	rv       atomic.Int64
 }
 
@@ -69,6 +72,9 @@ func New(t testing.TB, objs ...runtime.Object) *Server {
 	mux.HandleFunc("GET /api/v1/namespaces/{ns}/pods", s.pods)
 	mux.HandleFunc("GET /apis/apps/v1/namespaces/{ns}/statefulsets", s.statefulSets)
 	mux.HandleFunc("GET /apis/apps/v1/namespaces/{ns}/statefulsets/{name}", s.getStatefulSet)
+	mux.HandleFunc("GET /api/v1/namespaces/{ns}/configmaps/{name}", s.getConfigMap)
+	mux.HandleFunc("POST /api/v1/namespaces/{ns}/configmaps", s.createConfigMap)
+	mux.HandleFunc("PUT /api/v1/namespaces/{ns}/configmaps/{name}", s.updateConfigMap)
 	mux.HandleFunc("GET /api/v1/namespaces/{ns}/secrets/{name}", s.getSecret)
 	mux.HandleFunc("POST /api/v1/namespaces/{ns}/secrets", s.createSecret)
 	mux.HandleFunc("POST /api/v1/namespaces/{ns}/events", s.createEvent)
@@ -307,6 +313,85 @@ func withStatefulSetType(sts *appsv1.StatefulSet) *appsv1.StatefulSet {
 	sts = sts.DeepCopy()
 	sts.TypeMeta = metav1.TypeMeta{Kind: "StatefulSet", APIVersion: "apps/v1"}
 	return sts
+}
+
+func (s *Server) getConfigMap(w http.ResponseWriter, r *http.Request) {
+	obj, err := s.Tracker.Get(configsGVR, r.PathValue("ns"), r.PathValue("name"))
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, withConfigMapType(obj.(*corev1.ConfigMap)))
+}
+
+// decodeConfigMap reads a v1 ConfigMap body for namespace ns.
+func decodeConfigMap(r *http.Request) (*corev1.ConfigMap, error) {
+	cm := &corev1.ConfigMap{}
+	if err := json.NewDecoder(r.Body).Decode(cm); err != nil {
+		return nil, apierrors.NewBadRequest(fmt.Sprintf("decode configmap: %v", err))
+	}
+	if cm.Kind != "ConfigMap" || cm.APIVersion != "v1" {
+		return nil, apierrors.NewBadRequest(fmt.Sprintf("body is %s %s, want v1 ConfigMap", cm.APIVersion, cm.Kind))
+	}
+	if cm.Namespace != "" && cm.Namespace != r.PathValue("ns") {
+		return nil, apierrors.NewBadRequest("namespace of the body does not match the URL")
+	}
+	cm.Namespace = r.PathValue("ns")
+	return cm, nil
+}
+
+func (s *Server) createConfigMap(w http.ResponseWriter, r *http.Request) {
+	s.cmMu.Lock()
+	defer s.cmMu.Unlock()
+	cm, err := decodeConfigMap(r)
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	cm.ResourceVersion = s.nextRV()
+	if err := s.Tracker.Create(configsGVR, cm, cm.Namespace); err != nil {
+		writeStatus(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, withConfigMapType(cm))
+}
+
+// updateConfigMap replaces a ConfigMap if the body's resourceVersion is the
+// stored one (409 Conflict otherwise), as an API server does.
+func (s *Server) updateConfigMap(w http.ResponseWriter, r *http.Request) {
+	s.cmMu.Lock()
+	defer s.cmMu.Unlock()
+	cm, err := decodeConfigMap(r)
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	if cm.Name != r.PathValue("name") {
+		writeStatus(w, apierrors.NewBadRequest("name of the body does not match the URL"))
+		return
+	}
+	old, err := s.Tracker.Get(configsGVR, cm.Namespace, cm.Name)
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	if rv := old.(*corev1.ConfigMap).ResourceVersion; cm.ResourceVersion != rv {
+		writeStatus(w, apierrors.NewConflict(corev1.Resource("configmaps"), cm.Name,
+			fmt.Errorf("resourceVersion %q is not the stored %q", cm.ResourceVersion, rv)))
+		return
+	}
+	cm.ResourceVersion = s.nextRV()
+	if err := s.Tracker.Update(configsGVR, cm, cm.Namespace); err != nil {
+		writeStatus(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, withConfigMapType(cm))
+}
+
+func withConfigMapType(cm *corev1.ConfigMap) *corev1.ConfigMap {
+	cm = cm.DeepCopy()
+	cm.TypeMeta = metav1.TypeMeta{Kind: "ConfigMap", APIVersion: "v1"}
+	return cm
 }
 
 func (s *Server) getSecret(w http.ResponseWriter, r *http.Request) {
