@@ -100,6 +100,14 @@ func TestBadInput(t *testing.T) {
 		{"secret without name", func() error { _, err := c.GetSecret(ctx, "ns", ""); return err }, "namespace and name must be set"},
 		{"create nil secret", func() error { _, err := c.CreateSecret(ctx, nil); return err }, "namespace and name must be set"},
 		{"bad label selector", func() error { _, err := c.ListPods(ctx, "default", "a in (("); return err }, "list pods"},
+		{"statefulset without name", func() error { _, err := c.GetStatefulSet(ctx, "ns", ""); return err }, "namespace and name must be set"},
+		{"missing statefulset", func() error { _, err := c.GetStatefulSet(ctx, "ns", "gone"); return err }, "get statefulset ns/gone"},
+		{"configmap without name", func() error { _, err := c.GetConfigMap(ctx, "ns", ""); return err }, "namespace and name must be set"},
+		{"create nil configmap", func() error { _, err := c.CreateConfigMap(ctx, nil); return err }, "namespace and name must be set"},
+		{"update configmap without resourceVersion", func() error {
+			_, err := c.UpdateConfigMap(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a"}})
+			return err
+		}, "resourceVersion must be set"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -110,11 +118,12 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// The scheme knows core/v1 and nothing else (the point of the package).
-func TestSchemeOnlyCoreV1(t *testing.T) {
+// The scheme knows core/v1 and apps/v1 and nothing else (the point of the
+// package).
+func TestSchemeOnlyCoreAndAppsV1(t *testing.T) {
 	for gvk := range kubecore.Scheme().AllKnownTypes() {
-		if gvk.Group != "" {
-			t.Errorf("scheme registers %v, want core/v1 only", gvk)
+		if gvk.Group != "" && gvk.Group != "apps" {
+			t.Errorf("scheme registers %v, want core/v1 and apps/v1 only", gvk)
 		}
 	}
 }
