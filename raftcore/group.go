@@ -53,6 +53,7 @@ type Group struct {
 	peers    map[uint64]string    // routing table: member id -> address
 	members  []uint64             // voters+learners of the latest ConfState
 	learners []uint64             // the learners among members
+	lostLog  map[uint64]bool      // members seen to have lost acknowledged entries (rejoin.go)
 
 	// quarantined: this member started in join mode with an empty log and
 	// has not caught up yet, so it casts no vote and never campaigns
@@ -60,6 +61,7 @@ type Group struct {
 	// first contact, 0 until then.
 	quarantined atomic.Bool
 	catchUpTo   uint64
+	clampWarned bool // owned by run: a heartbeat's commit was clamped once
 
 	// raft status mirrored by run() after each Ready
 	lead, term, commit atomic.Uint64
@@ -108,6 +110,7 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 		donec:       make(chan struct{}),
 		applyc:      make(chan struct{}),
 		props:       map[uint64]*proposal{},
+		lostLog:     map[uint64]bool{},
 		peers:       maps.Clone(cfg.Peers),
 		readBatches: map[uint64]*readBatch{},
 		sendBuf:     map[uint64][]*raftpb.Message{},

@@ -3,6 +3,7 @@ package raftcore
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,6 +78,11 @@ func (g *Group) PromoteMember(ctx context.Context, id uint64) error {
 type MemberProgress struct {
 	Match   uint64 // highest log index known to be on that member
 	Learner bool
+	// LostLog: the member answered with a log shorter than what it had
+	// acknowledged (it lost its disk and came back under its id). Raft
+	// cannot bring it back by itself: remove it and add it again
+	// (rejoin.go).
+	LostLog bool
 }
 
 // Progress returns the leader's commit index and every member's progress.
@@ -96,9 +102,11 @@ func (g *Group) Progress(ctx context.Context) (commit uint64, _ map[uint64]Membe
 			return
 		}
 		prs := make(map[uint64]MemberProgress, len(st.Progress))
+		g.mu.Lock()
 		for id, pr := range st.Progress {
-			prs[id] = MemberProgress{Match: pr.Match, Learner: pr.IsLearner}
+			prs[id] = MemberProgress{Match: pr.Match, Learner: pr.IsLearner, LostLog: g.lostLog[id]}
 		}
+		g.mu.Unlock()
 		ac <- answer{commit: st.HardState.GetCommit(), prs: prs}
 	}
 	select {
@@ -226,6 +234,11 @@ func (g *Group) applyConfChange(e *raftpb.Entry) (*raftpb.ConfState, error) {
 	cs := g.rn.ApplyConfChange(cc)
 	g.mu.Lock()
 	g.setConfLocked(cs)
+	for id := range g.lostLog {
+		if !slices.Contains(g.members, id) {
+			delete(g.lostLog, id) // removed: re-added with fresh progress
+		}
+	}
 	g.mu.Unlock()
 	return cs, nil
 }

@@ -36,6 +36,8 @@ func (g *Group) step(ms []*raftpb.Message) {
 		if raft.IsLocalMsg(m.GetType()) || !g.quarantineStep(m) {
 			continue
 		}
+		g.noteLostLog(m)
+		g.clampHeartbeatCommit(m)
 		if err := g.rn.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 			g.log.Debug("step", "type", m.GetType().String(), "from", m.GetFrom(), "err", err)
 		}

@@ -1,6 +1,10 @@
 package raftcore
 
-import "go.etcd.io/raft/v3/raftpb"
+import (
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
+)
 
 // A member started with GroupConfig.Join and an empty log may be a brand-new
 // member (a scaled-up replica) or one that lost its disk: a replica moved to
@@ -58,4 +62,62 @@ func (g *Group) quarantineTick() bool {
 		return true
 	}
 	return false
+}
+
+// On the leader's side, such a member is stuck: raft never sends a follower
+// anything below the index it acknowledged (Progress.Match), and the member
+// rejects every append above its empty log. So the leader notices it: a
+// rejection whose hint (the follower's last index) is below what that
+// follower acknowledged can only come from a member that lost acknowledged
+// entries. Progress reports it (MemberProgress.LostLog) and the owner
+// replaces the member: remove it, add it back as a learner (fresh progress:
+// the leader sends its snapshot or log from the start), promote it once it
+// caught up (internal/membership does that).
+
+// noteLostLog marks m's sender as having lost its log if m is such a
+// rejection; called by the raft goroutine before stepping m.
+func (g *Group) noteLostLog(m *raftpb.Message) {
+	if m.GetType() != raftpb.MsgAppResp || !m.GetReject() || g.rn.BasicStatus().RaftState != raft.StateLeader {
+		return
+	}
+	from, hint := m.GetFrom(), m.GetRejectHint()
+	var match uint64
+	g.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+		if id == from {
+			match = pr.Match
+		}
+	})
+	if hint >= match {
+		return
+	}
+	g.mu.Lock()
+	seen := g.lostLog[from]
+	g.lostLog[from] = true
+	g.mu.Unlock()
+	if !seen {
+		g.log.Warn("member lost its log (its last index is below what it acknowledged): it must be replaced",
+			"peer", from, "acknowledged", match, "last_index", hint)
+	}
+}
+
+// clampHeartbeatCommit keeps a leader's heartbeat from committing past this
+// member's log. The leader announces min(what this member acknowledged, its
+// commit index); after a lost disk that is beyond the (empty) log, and raft
+// would panic ("tocommit out of range") and stop the group. Clamped, the
+// heartbeat is answered, and the leader's next append is rejected, which
+// tells the leader the log was lost (noteLostLog).
+func (g *Group) clampHeartbeatCommit(m *raftpb.Message) {
+	if m.GetType() != raftpb.MsgHeartbeat {
+		return
+	}
+	last, err := g.ds.mem.LastIndex()
+	if err != nil || m.GetCommit() <= last {
+		return
+	}
+	if !g.clampWarned {
+		g.clampWarned = true
+		g.log.Warn("leader's heartbeat commits past this member's log (was its data directory lost?); clamped",
+			"leader", m.GetFrom(), "commit", m.GetCommit(), "last_index", last)
+	}
+	m.Commit = new(last)
 }

@@ -29,6 +29,10 @@ type View struct {
 	Learners []uint64
 	Commit   uint64            // the leader's commit index
 	Match    map[uint64]uint64 // per member, the highest index known to be in its log
+	// Lost are members that came back without the log they acknowledged
+	// (raftcore.MemberProgress.LostLog): raft cannot catch them up under
+	// their old progress, so they are removed and added again.
+	Lost []uint64
 }
 
 // Op is a kind of membership step.
@@ -66,9 +70,11 @@ func (s Step) String() string { return fmt.Sprintf("%s %d", s.Op, s.ID) }
 
 // Next returns the one change that brings v closer to members 1..size:
 // first removals (highest id first, never the last voter; the leader hands
-// over its leadership before it is removed), then the promotion of a caught
-// up learner (lowest id first), then the addition of a missing member as a
-// learner (lowest id first). None when v already is 1..size.
+// over its leadership before it is removed), then the removal of a member
+// that lost its log (it is added back as a learner by a later step), then
+// the promotion of a caught up learner (lowest id first), then the addition
+// of a missing member as a learner (lowest id first). None when v already
+// is 1..size.
 func Next(v View, size uint64) Step {
 	members := slices.Concat(v.Voters, v.Learners)
 	slices.SortFunc(members, func(a, b uint64) int { return compare(b, a) }) // highest first
@@ -84,6 +90,11 @@ func Next(v View, size uint64) Step {
 			return Step{Op: TransferLeadership, ID: id}
 		}
 		return Step{Op: Remove, ID: id}
+	}
+	for _, id := range slices.Sorted(slices.Values(v.Lost)) {
+		if id != v.Self && slices.Contains(members, id) && (len(v.Voters) > 1 || !slices.Contains(v.Voters, id)) {
+			return Step{Op: Remove, ID: id}
+		}
 	}
 	learners := slices.Sorted(slices.Values(v.Learners))
 	for _, id := range learners {

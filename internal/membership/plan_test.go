@@ -31,6 +31,12 @@ func TestNext(t *testing.T) {
 		{"size 0 keeps the last voter", View{Self: 1, Voters: []uint64{1}, Commit: 10}, 0, Step{}},
 		{"size 0 removes down to one voter", View{Self: 1, Voters: []uint64{1, 2}, Commit: 10}, 0, Step{Remove, 2}},
 		{"size 0: the last voter's learners go", View{Self: 1, Voters: []uint64{1}, Learners: []uint64{2}, Commit: 10}, 0, Step{Remove, 2}},
+		{"a member that lost its log is removed (to be added back as a learner)", View{Self: 1, Voters: []uint64{1, 2, 3},
+			Commit: 10, Match: m(2, 10, 3, 10), Lost: []uint64{2}}, 3, Step{Remove, 2}},
+		{"then added back as a learner", View{Self: 1, Voters: []uint64{1, 3}, Commit: 10}, 3, Step{AddLearner, 2}},
+		{"a lost learner is replaced too", View{Self: 1, Voters: []uint64{1, 2, 3}, Learners: []uint64{4}, Commit: 10, Lost: []uint64{4}}, 4, Step{Remove, 4}},
+		{"removals above size come before replacing", View{Self: 1, Voters: []uint64{1, 2, 3, 4}, Commit: 10, Lost: []uint64{2}}, 3, Step{Remove, 4}},
+		{"the leader never replaces itself", View{Self: 1, Voters: []uint64{1, 2, 3}, Commit: 10, Lost: []uint64{1}}, 3, Step{}},
 		{"a gap in the ids is filled", View{Self: 1, Voters: []uint64{1, 3}, Commit: 10}, 3, Step{AddLearner, 2}},
 	}
 	for _, tc := range tests {

@@ -107,6 +107,9 @@ func (r *Reconciler) Once(ctx context.Context) (changed bool, _ error) {
 	v := View{Self: st.ID, Commit: commit, Match: map[uint64]uint64{}}
 	for id, pr := range prs {
 		v.Match[id] = pr.Match
+		if pr.LostLog {
+			v.Lost = append(v.Lost, id)
+		}
 		if pr.Learner {
 			v.Learners = append(v.Learners, id)
 		} else {

@@ -5,6 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -109,6 +111,71 @@ func TestReconcilerScalesUnderLoad(t *testing.T) {
 		if changed, err := reconcilers[id].Once(ctx); changed || err != nil {
 			t.Fatalf("member %d: a pass on a settled group changed=%v err=%v", id, changed, err)
 		}
+	}
+}
+
+// A follower loses its data directory and comes back under its id (Join,
+// catching up before it votes) while the leader stays: raft alone would
+// leave it stuck (the leader never resends what it acknowledged), so the
+// leader's reconciler sees the lost log, removes the member, adds it back as
+// a learner and promotes it once caught up. Clients run throughout.
+func TestReconcilerReplacesMemberThatLostItsLog(t *testing.T) {
+	c := kvtest.NewCluster(t, kvtest.Options{Members: 3, SnapshotEvery: 50})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	lead, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	run := func(id uint64) {
+		rctx, stop := context.WithCancel(ctx)
+		t.Cleanup(stop)
+		r := &membership.Reconciler{Group: c.Member(id).Group, Size: func() (uint64, bool) { return 3, true },
+			Addr: kvtest.Addr, Log: log, Interval: 50 * time.Millisecond}
+		go r.Run(rctx)
+	}
+	for _, id := range c.Live() {
+		run(id)
+	}
+	cctx, stopClients := context.WithCancel(ctx)
+	done := make(chan *kvtest.History)
+	go func() {
+		done <- kvtest.RunClients(cctx, kvtest.ClientConfig{Clients: 4, Keys: 4, Targets: c.Targets(), Seed: 5})
+	}()
+	time.Sleep(500 * time.Millisecond)
+	lost := uint64(1)
+	if lost == lead {
+		lost = 2
+	}
+	c.Stop(lost)
+	if err := os.RemoveAll(filepath.Join(c.Dir, kvtest.Addr(lost))); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartWith(lost, kvtest.StartOptions{Join: true, CatchUpBeforeVoting: true}); err != nil {
+		t.Fatal(err)
+	}
+	run(lost)
+	for {
+		st := c.Member(lost).Group.Status()
+		_, member := st.Members[lost]
+		if member && !st.CatchingUp && len(st.Members) == 3 && !slices.Contains(st.Learners, lost) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the member that lost its log never came back as a voter: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	stopClients()
+	h := <-done
+	t.Logf("history: ok=%d unknown=%d failed=%d", h.OK, h.Unknown, h.Failed)
+	if err := h.Check(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WaitConverged(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
 
