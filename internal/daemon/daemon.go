@@ -463,6 +463,12 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 		}
 	}()
 	dir := d.memberDir(spec)
+	if aside, err := setAsideStaleLog(dir, spec.GroupKey(), plan.UID); err != nil {
+		return nil, nil, err
+	} else if aside != "" {
+		d.log.Warn("this member's data directory belonged to a deleted StatefulSet of the same name: its raft log is set aside and the member starts in the new group",
+			"group", spec.GroupKey(), "member", spec.MemberID, "set_aside", aside, "statefulset_uid", plan.UID)
+	}
 	var grp atomic.Pointer[raftcore.Group]
 	tcfg, err := d.raftSecurity(ctx, spec, &grp)
 	if err != nil {
