@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/smr-io/smr-cri/internal/nodestatus"
 	"github.com/smr-io/smr-cri/netintercept"
@@ -142,6 +145,69 @@ func TestMembershipFromKubernetes(t *testing.T) {
 		}
 		waitGroupMembers(ctx, t, cl, 3)
 	})
+
+	// Scale to 0 and back: the leader removes members down to member 1 while the pods stop
+	// (OrderedReady stops them highest first); member 1's data directory keeps the state on its
+	// node. pod-0 is brought back on that node (the others cordoned), and the group resumes with
+	// its state.
+	node0 := memberPods(ctx, t)[membersSet+"-0"]
+	mustKubectl(ctx, t, "", "scale", "statefulset", "-n", membersNS, membersSet, "--replicas=0")
+	eventually(ctx, t, 3*time.Minute, "every pod gone", func() error {
+		if n := len(memberPods(ctx, t)); n != 0 {
+			return fmt.Errorf("%d pods", n)
+		}
+		return nil
+	})
+	for _, n := range cl.Nodes {
+		if n.Name != node0 {
+			mustKubectl(ctx, t, "", "cordon", n.Name)
+		}
+	}
+	mustKubectl(ctx, t, "", "scale", "statefulset", "-n", membersNS, membersSet, "--replicas=3")
+	waitMembers(ctx, t, cl, 3)
+	for _, n := range cl.Nodes {
+		mustKubectl(ctx, t, "", "uncordon", n.Name)
+	}
+	waitGroupMembers(ctx, t, cl, 3)
+	if got := serviceGet(ctx, t, dial, addr, "e2e:ready"); got != "1" {
+		t.Errorf("after scaling to 0 and back: e2e:ready=%q, want the state kept (1)", got)
+	}
+	phase("after-scale-to-0-and-back", 3, func() { time.Sleep(2 * time.Second) })
+
+	// The StatefulSet deleted and created again under the same name (a new UID): its group is a
+	// new, empty one; members that find the deleted set's data directory set its log aside.
+	mustKubectl(ctx, t, "", "delete", "statefulset", "-n", membersNS, membersSet, "--wait=true")
+	eventually(ctx, t, 3*time.Minute, "every pod gone", func() error {
+		if n := len(memberPods(ctx, t)); n != 0 {
+			return fmt.Errorf("%d pods", n)
+		}
+		return nil
+	})
+	mustKubectl(ctx, t, membersSetYAML, "apply", "-f", "-")
+	waitMembers(ctx, t, cl, 3)
+	waitGroupMembers(ctx, t, cl, 3)
+	if got := serviceGet(ctx, t, dial, addr, "e2e:ready"); got != "" {
+		t.Errorf("the re-created StatefulSet's group holds e2e:ready=%q from the deleted one; want a new, empty group", got)
+	}
+	phase("recreated-statefulset", 3, func() { time.Sleep(2 * time.Second) })
+}
+
+// serviceGet reads key through the replicated Service ("" when absent), retrying while the
+// Service's endpoints settle.
+func serviceGet(ctx context.Context, t *testing.T, dial func(context.Context, string, string) (net.Conn, error), addr, key string) string {
+	t.Helper()
+	var val string
+	eventually(ctx, t, 2*time.Minute, "GET "+key+" through the service", func() error {
+		rdb := workload{Addr: addr, Dial: dial}.client()
+		defer rdb.Close()
+		v, err := rdb.Get(ctx, key).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		val = v
+		return nil
+	})
+	return val
 }
 
 // memberPods maps each running replica pod of the set to its node.

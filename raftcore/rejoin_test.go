@@ -3,6 +3,7 @@ package raftcore_test
 import (
 	"context"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,5 +115,28 @@ func waitProgress(t *testing.T, ctx context.Context, g *raftcore.Group, ok func(
 			t.Fatalf("progress condition not reached: commit %d %+v err %v", commit, prs, err)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A joiner that has no membership yet (not contacted by the leader) accepts
+// authenticated peers of its group: refusing them would refuse the leader's
+// first append. Once it has a membership, non-members are refused again.
+func TestMemberCheckOfAJoiner(t *testing.T) {
+	c, ctx, lead := startCluster(t, kvtest.Options{Members: 3})
+	if err := c.StartWith(4, kvtest.StartOptions{Join: true, CatchUpBeforeVoting: true}); err != nil {
+		t.Fatal(err)
+	}
+	var grp atomic.Pointer[raftcore.Group]
+	grp.Store(c.Member(4).Group)
+	isMember := raftcore.MemberCheck(&grp, kvtest.GroupName, 0)
+	if !isMember(kvtest.GroupName, lead) {
+		t.Fatal("a joiner without membership refused the leader")
+	}
+	if err := c.Member(lead).Group.AddLearner(ctx, 4, kvtest.Addr(4)); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, ctx, c.Member(4).Group, func(st raftcore.Status) bool { return len(st.Members) == 4 })
+	if !isMember(kvtest.GroupName, lead) || isMember(kvtest.GroupName, 9) {
+		t.Fatal("after joining: the leader must be accepted and a non-member refused")
 	}
 }

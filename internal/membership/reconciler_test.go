@@ -18,7 +18,8 @@ import (
 )
 
 // Real raftcore groups (in-process, over memnet) under client load: every
-// member runs a Reconciler; the size goes 3 -> 5 -> 3 -> 1 -> 3. New
+// member runs a Reconciler; the size goes 3 -> 5 -> 3 -> 1 -> 0 -> 3 (at 0
+// member 1 stays, holding the state). New
 // members start in join mode (catching up before they vote) as soon as the
 // size grows, as a StatefulSet's new pods would; removed members are
 // stopped once the group no longer lists them. The history must stay
@@ -90,7 +91,7 @@ func TestReconcilerScalesUnderLoad(t *testing.T) {
 		}
 		t.Logf("size %d reached", n)
 	}
-	for _, n := range []uint64{5, 3, 1, 3} {
+	for _, n := range []uint64{5, 3, 1, 0, 3} {
 		scale(n)
 		time.Sleep(300 * time.Millisecond) // load on the new membership
 	}
