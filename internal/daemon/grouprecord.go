@@ -25,11 +25,11 @@ import (
 // memberships). It is a ConfigMap in smr-system (RecordNamespace), written
 // by the daemons only:
 //
-//	smr.io/group: shop.redis          the group key
-//	smr.io/statefulset: redis         the StatefulSet and its UID: a set deleted and
-//	smr.io/statefulset-uid: 1b2c...   re-created under the same name is a new group
-//	smr.io/members: "3"               the membership bootstrapped (1..3)
-//	smr.io/formed: "true"             a leader of the group committed an entry
+//	group: shop.redis          the group key
+//	statefulset: redis         the StatefulSet and its UID: a set deleted and
+//	statefulset-uid: 1b2c...   re-created under the same name is a new group
+//	members: "3"               the membership bootstrapped (1..3)
+//	formed: "true"             a leader of the group committed an entry
 //
 // Deleting it by hand makes the next new member bootstrap again: only do
 // that together with the group's data directories on every node.
@@ -38,11 +38,11 @@ import (
 const RecordNamespace = "smr-system"
 
 const (
-	recGroup   = "smr.io/group"
-	recSet     = "smr.io/statefulset"
-	recUID     = "smr.io/statefulset-uid"
-	recMembers = "smr.io/members"
-	recFormed  = "smr.io/formed"
+	recGroup   = "group" // ConfigMap keys: [-._a-zA-Z0-9]+
+	recSet     = "statefulset"
+	recUID     = "statefulset-uid"
+	recMembers = "members"
+	recFormed  = "formed"
 )
 
 // groupRecord is the content of a group's record.

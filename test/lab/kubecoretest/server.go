@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	k8stesting "k8s.io/client-go/testing"
@@ -337,8 +339,17 @@ func decodeConfigMap(r *http.Request) (*corev1.ConfigMap, error) {
 		return nil, apierrors.NewBadRequest("namespace of the body does not match the URL")
 	}
 	cm.Namespace = r.PathValue("ns")
+	for k := range cm.Data {
+		if !configKeyRE.MatchString(k) {
+			// The API server's validation, which an in-memory tracker skips.
+			return nil, apierrors.NewInvalid(corev1.SchemeGroupVersion.WithKind("ConfigMap").GroupKind(), cm.Name,
+				field.ErrorList{field.Invalid(field.NewPath("data").Key(k), k, "a valid config key must match [-._a-zA-Z0-9]+")})
+		}
+	}
 	return cm, nil
 }
+
+var configKeyRE = regexp.MustCompile(`^[-._a-zA-Z0-9]+$`)
 
 func (s *Server) createConfigMap(w http.ResponseWriter, r *http.Request) {
 	s.cmMu.Lock()
