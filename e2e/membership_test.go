@@ -117,11 +117,16 @@ func TestMembershipFromKubernetes(t *testing.T) {
 		waitGroupMembers(ctx, t, cl, 3)
 		time.Sleep(2 * time.Second)
 	})
+	mark := changes(t, cl)
 	phase("scale-3-to-5", 5, func() {
 		mustKubectl(ctx, t, "", "scale", "statefulset", "-n", membersNS, membersSet, "--replicas=5")
 		waitMembers(ctx, t, cl, 5)
 		waitGroupMembers(ctx, t, cl, 5)
 	})
+	// Each new member was added as a learner and promoted, once each (one log line per change).
+	expectChanges(t, cl, mark, "add-learner", 4, 5)
+	expectChanges(t, cl, mark, "promote", 4, 5)
+	mark = changes(t, cl)
 	phase("scale-5-to-3", 3, func() {
 		mustKubectl(ctx, t, "", "scale", "statefulset", "-n", membersNS, membersSet, "--replicas=3")
 		eventually(ctx, t, 3*time.Minute, "pods 3 and 4 gone", func() error {
@@ -132,6 +137,7 @@ func TestMembershipFromKubernetes(t *testing.T) {
 		})
 		waitGroupMembers(ctx, t, cl, 3)
 	})
+	expectChanges(t, cl, mark, "remove", 5, 4)
 	phase("move-replica-without-data", 3, func() {
 		// redis-1's node is cordoned and the pod deleted: the StatefulSet re-creates it on
 		// another node, where its data directory does not exist.
@@ -151,6 +157,7 @@ func TestMembershipFromKubernetes(t *testing.T) {
 	// node. pod-0 is brought back on that node (the others cordoned), and the group resumes with
 	// its state.
 	node0 := memberPods(ctx, t)[membersSet+"-0"]
+	mark = changes(t, cl)
 	mustKubectl(ctx, t, "", "scale", "statefulset", "-n", membersNS, membersSet, "--replicas=0")
 	eventually(ctx, t, 3*time.Minute, "every pod gone", func() error {
 		if n := len(memberPods(ctx, t)); n != 0 {
@@ -169,6 +176,9 @@ func TestMembershipFromKubernetes(t *testing.T) {
 		mustKubectl(ctx, t, "", "uncordon", n.Name)
 	}
 	waitGroupMembers(ctx, t, cl, 3)
+	// Down to member 1 while the pods stopped (3, then 2), then 2 and 3 added again.
+	expectChanges(t, cl, mark, "remove", 3, 2)
+	expectChanges(t, cl, mark, "add-learner", 2, 3)
 	if got := serviceGet(ctx, t, dial, addr, "e2e:ready"); got != "1" {
 		t.Errorf("after scaling to 0 and back: e2e:ready=%q, want the state kept (1)", got)
 	}
@@ -190,6 +200,36 @@ func TestMembershipFromKubernetes(t *testing.T) {
 		t.Errorf("the re-created StatefulSet's group holds e2e:ready=%q from the deleted one; want a new, empty group", got)
 	}
 	phase("recreated-statefulset", 3, func() { time.Sleep(2 * time.Second) })
+}
+
+// changes is how many membership changes of the group the smr-cri logs show so far.
+func changes(t *testing.T, cl *cluster.Cluster) int {
+	t.Helper()
+	all, err := cl.MembershipChanges(membersGroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(all)
+}
+
+// expectChanges checks that the group's membership changes of kind op after the first since,
+// in the smr-cri logs of all nodes, name exactly members ids, in that order (only the leader
+// logs a change, once).
+func expectChanges(t *testing.T, cl *cluster.Cluster, since int, op string, ids ...int) {
+	t.Helper()
+	all, err := cl.MembershipChanges(membersGroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int
+	for _, c := range all[min(since, len(all)):] {
+		if c.Op == op {
+			got = append(got, c.Member)
+		}
+	}
+	if !slices.Equal(got, ids) {
+		t.Errorf("membership changes %s: members %v, want %v (all changes: %+v)", op, got, ids, all)
+	}
 }
 
 // serviceGet reads key through the replicated Service ("" when absent), retrying while the
