@@ -56,7 +56,7 @@ bench: ## redis-benchmark: plain Redis pod vs a 3-replica smr group
 bench-ceiling: ## upper bound for `make bench` SET: three serial SET loops with no ordering vs redis-benchmark -c 50
 	SMR_INTEGRATION=1 $(GO) test -count=1 -run '^$$' -bench SerialAppCeiling -benchtime 1x ./replication/
 
-bench-audit: ## one ordered audit's digest (the group's stall) vs a snapshot capture of the same keys, real Redis; prints `audit: keys=K stall_ms=S ...`
+bench-audit: ## one ordered audit on real Redis: the copy-on-write capture's stall (the fork) and digest time vs the command digest's stall (baseline, same run); prints `audit: keys=K stall_ms=S digest_s=D ...`
 	SMR_INTEGRATION=1 $(GO) test -count=1 -run '^$$' -bench RedisDigest -benchtime 3x ./replication/appstate/ | grep '^audit:'
 
 bench-raft-tls: ## mTLS vs plaintext raft commit rate, side by side

@@ -268,17 +268,22 @@ func (h *history) check(t *testing.T) verdict {
 // appState reads every key of the Redis at addr, dialled with dial (a replica's own app at
 // 127.0.0.1 inside its pod), for comparing replicas.
 func appState(ctx context.Context, addr string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (map[string]string, error) {
-	rdb := redis.NewClient(&redis.Options{Addr: addr, Dialer: dial, PoolSize: 1, MaxRetries: -1})
+	return appStateDB(ctx, addr, dial, 0)
+}
+
+// appStateDB is appState of database db.
+func appStateDB(ctx context.Context, addr string, dial func(ctx context.Context, network, addr string) (net.Conn, error), db int) (map[string]string, error) {
+	rdb := redis.NewClient(&redis.Options{Addr: addr, Dialer: dial, PoolSize: 1, MaxRetries: -1, DB: db})
 	defer rdb.Close()
 	keys, err := rdb.Keys(ctx, "*").Result()
 	if err != nil {
-		return nil, fmt.Errorf("KEYS * at %s: %w", addr, err)
+		return nil, fmt.Errorf("KEYS * at %s db %d: %w", addr, db, err)
 	}
 	state := map[string]string{}
 	for _, k := range keys {
 		v, err := rdb.Get(ctx, k).Result()
 		if err != nil {
-			return nil, fmt.Errorf("GET %s at %s: %w", k, addr, err)
+			return nil, fmt.Errorf("GET %s at %s db %d: %w", k, addr, db, err)
 		}
 		state[k] = v
 	}

@@ -50,10 +50,14 @@ collect_state() {
 		timeout 60 kubectl --context "kind-$CLUSTER" get nodes -o wide
 		timeout 60 kubectl --context "kind-$CLUSTER" get pods -A -o wide
 		timeout 60 kubectl --context "kind-$CLUSTER" get events -A --sort-by=.lastTimestamp
+		# The pod network: its logs (previous instances too) and every node's routes.
+		timeout 60 kubectl --context "kind-$CLUSTER" -n kube-system logs -l app=podnet --prefix --timestamps --tail=-1
+		timeout 60 kubectl --context "kind-$CLUSTER" -n kube-system logs -l app=podnet --prefix --timestamps --tail=-1 --previous
 	} >"$d/cluster.txt" 2>&1
 	for n in $(timeout 60 kind get nodes --name "$CLUSTER" 2>/dev/null); do
 		timeout 60 docker exec "$n" tail -n 2000 /var/log/smr-cri/smr-cri.log >"$d/$n.smr-cri.log" 2>&1
 		timeout 60 docker exec "$n" journalctl -u kubelet --no-pager -n 2000 >"$d/$n.kubelet.log" 2>&1
+		timeout 60 docker exec "$n" ip route >"$d/$n.routes" 2>&1
 	done
 }
 # step NAME CMD...: one walkthrough step; stops the run when it fails.
@@ -225,8 +229,15 @@ rcli() { # redis-cli through the Service, as the README's `kubectl run rc -it ..
 	local pod="rc-$RANDOM" out
 	K run "$pod" --restart=Never --image docker.io/library/redis:7.2 --image-pull-policy=Never \
 		-- redis-cli -h redis "$@" >/dev/null || return 1
-	if ! K wait --for=jsonpath='{.status.phase}'=Succeeded "pod/$pod" --timeout 60s >/dev/null; then
-		say "client pod $pod did not finish in 60s: $(K get pod "$pod" -o wide --no-headers 2>&1)"
+	# Until the client exits, 60 s at most; a client that failed (e.g. a name lookup while DNS
+	# was down) ends the wait at once, so that a caller's retry can try again.
+	local phase= until=$((SECONDS + 60))
+	while phase=$(K get pod "$pod" -o jsonpath='{.status.phase}' 2>/dev/null); [[ "$phase" != Succeeded && "$phase" != Failed ]]; do
+		((SECONDS < until)) || break
+		sleep 1
+	done
+	if [[ "$phase" != Succeeded ]]; then
+		say "client pod $pod did not succeed in 60s: $(K get pod "$pod" -o wide --no-headers 2>&1)"
 		K logs "$pod" >&2
 		K delete pod "$pod" --wait=false >/dev/null
 		return 1
@@ -262,8 +273,20 @@ kill_replica() {
 	K delete pod redis-1 --wait=false && [[ "$(rcli SET after-replica yes)" == OK ]] &&
 		K rollout status sts/redis --timeout 5m && retry 120 same_on_all after-replica yes
 }
+# cluster_dns: the Service name resolves from some replica's pod (busybox nslookup).
+cluster_dns() {
+	local i
+	for i in 0 1 2; do
+		K exec "redis-$i" -- nslookup redis.default.svc.cluster.local >/dev/null 2>&1 && return 0
+	done
+	return 1
+}
 kill_node() {
+	# The client reaches redis by its Service name: wait for cluster DNS too, whose replicas may
+	# have run on the restarted node (a run on 2026-12-03 had both there: every lookup failed
+	# for over a minute, "Temporary failure in name resolution").
 	docker restart smr-worker2 >/dev/null && retry 300 K wait --for=condition=Ready node/smr-worker2 --timeout 10s &&
+		retry 300 cluster_dns &&
 		[[ "$(retry 60 rcli SET after-node yes)" == OK ]] && K rollout status sts/redis --timeout 5m &&
 		retry 180 same_on_all after-node yes
 }

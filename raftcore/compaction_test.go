@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -155,9 +156,19 @@ func write(t *testing.T, g *raftcore.Group, from, n int) {
 				}
 				k := fmt.Sprintf("k%05d", i%10000)
 				d := append(binary.AppendUvarint(nil, uint64(len(k))), k...)
-				if _, err := g.Propose(ctx, raftcore.Proposal{Data: append(d, val...)}); err != nil {
-					errc <- err
-					return
+				// A leader change under the machine's load loses the
+				// outcome of pending writes: write again (a SET of the
+				// same key and value).
+				for attempt := 0; ; attempt++ {
+					_, err := g.Propose(ctx, raftcore.Proposal{Data: append(d, val...)})
+					if err == nil {
+						break
+					}
+					if !errors.Is(err, raftcore.ErrLeaderLost) || attempt == 20 {
+						errc <- err
+						return
+					}
+					time.Sleep(50 * time.Millisecond)
 				}
 			}
 		})

@@ -13,7 +13,8 @@
 // A Node can host many groups (the tests run several per Node); smr-cri runs
 // one Node per member, each with its own transport in the member's pod
 // (docs/architecture.md says why). Member ids are stable (e.g. StatefulSet
-// ordinal + 1); addresses may change at run time (SetPeerAddr) without a
+// ordinal + 1); addresses may change at run time (SetPeerAddr, or learned
+// from the member's own authenticated stream: peeraddr.go) without a
 // membership change. Transports: package raftcore/transport (gRPC: one
 // server per process, messages carry the group name, one long-lived stream
 // per peer address, bounded queues, reconnect with backoff) and
@@ -112,7 +113,8 @@
 // Node and its groups), group.go (a Group's state, start and stop),
 // propose.go (admission, batching, resolving waiters), read.go (ReadIndex),
 // ready.go (the raft goroutine and the Ready rules), messages.go (to and
-// from peers), membership.go (conf changes, leadership transfer), apply.go
+// from peers), membership.go (conf changes, leadership transfer),
+// peeraddr.go (where a member is reached: reported vs learned), apply.go
 // and applyq.go (the apply goroutine, sessions), compact.go, storage.go and
 // statefile.go (snapshots, the WAL, state files), envelope.go (entry
 // encoding), metrics.go.

@@ -63,6 +63,10 @@ type Group struct {
 	catchUpTo   uint64
 	clampWarned bool // owned by run: a heartbeat's commit was clamped once
 
+	// reported is the address last given per member by GroupConfig.Peers
+	// or SetPeerAddr, to tell a repeat from news (peeraddr.go); under mu.
+	reported map[uint64]string
+
 	// raft status mirrored by run() after each Ready
 	lead, term, commit atomic.Uint64
 	state              atomic.Uint32
@@ -112,6 +116,7 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 		props:       map[uint64]*proposal{},
 		lostLog:     map[uint64]bool{},
 		peers:       maps.Clone(cfg.Peers),
+		reported:    maps.Clone(cfg.Peers),
 		readBatches: map[uint64]*readBatch{},
 		sendBuf:     map[uint64][]*raftpb.Message{},
 	}

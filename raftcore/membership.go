@@ -16,14 +16,6 @@ import (
 // Membership and leadership: changes go through raft ConfChanges and take
 // effect when applied (applyConfChange); peer addresses are routing only.
 
-// SetPeerAddr changes where member id is reached, without a membership
-// change (e.g. a rescheduled pod got a new IP).
-func (g *Group) SetPeerAddr(id uint64, addr string) {
-	g.mu.Lock()
-	g.peers[id] = addr
-	g.mu.Unlock()
-}
-
 // ReplaceMember re-admits member id with an empty log: use it when the
 // member's disk state was lost (raft must not see a known member forget
 // its log). It removes id, then adds it back at addr; then start the member

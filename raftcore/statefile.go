@@ -55,7 +55,14 @@ func (hw *hashingWriter) Write(p []byte) (int, error) {
 // writeStateFile streams the state for index into its state file, through
 // fill, and returns the file's reference.
 func (g *Group) writeStateFile(index uint64, fill func(io.Writer) (int64, error)) (*stateRef, error) {
-	f, err := os.CreateTemp(g.snapDir(), fmt.Sprintf("%016x-*%s", index, tmpSuffix))
+	return g.writeFileAt(g.statePath(index), index, fill)
+}
+
+// writeFileAt streams a state for index into the file dst (complete or
+// absent: temporary name, fsync, rename, directory fsync) and returns its
+// reference.
+func (g *Group) writeFileAt(dst string, index uint64, fill func(io.Writer) (int64, error)) (*stateRef, error) {
+	f, err := os.CreateTemp(filepath.Dir(dst), fmt.Sprintf("%016x-*%s", index, tmpSuffix))
 	if err != nil {
 		return nil, fmt.Errorf("create state file: %w", err)
 	}
@@ -75,10 +82,10 @@ func (g *Group) writeStateFile(index uint64, fill func(io.Writer) (int64, error)
 	if err != nil {
 		return nil, fmt.Errorf("state file for index %d: %w", index, err)
 	}
-	if err := os.Rename(f.Name(), g.statePath(index)); err != nil {
+	if err := os.Rename(f.Name(), dst); err != nil {
 		return nil, fmt.Errorf("state file for index %d: %w", index, err)
 	}
-	if err := g.syncSnapDir(); err != nil {
+	if err := g.syncDir(filepath.Dir(dst)); err != nil {
 		return nil, err
 	}
 	ref := &stateRef{Size: uint64(hw.n)}
@@ -86,17 +93,17 @@ func (g *Group) writeStateFile(index uint64, fill func(io.Writer) (int64, error)
 	return ref, nil
 }
 
-func (g *Group) syncSnapDir() error {
+func (g *Group) syncDir(dir string) error {
 	if g.ncfg.UnsafeNoFsync {
 		return nil
 	}
-	d, err := os.Open(g.snapDir())
+	d, err := os.Open(dir)
 	if err == nil {
 		err = fileutil.Fsync(d)
 		d.Close()
 	}
 	if err != nil {
-		return fmt.Errorf("fsync %s: %w", g.snapDir(), err)
+		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package raftcore
 
 import (
+	"context"
 	"io"
 
 	"go.etcd.io/raft/v3/raftpb"
@@ -61,4 +62,24 @@ type SnapshotBody struct {
 // file and only then hands m to raft. It blocks until body is consumed.
 type SnapshotReceiver interface {
 	ReceiveSnapshot(group string, m *raftpb.Message, body io.Reader) error
+}
+
+// StateFetcher is implemented by transports that pull another member's
+// latest snapshot (the gRPC transport): a member whose state machine turned
+// out wrong (an audit found its app diverged) cannot trust its own
+// snapshots, which may have been taken after it diverged, and is rebuilt
+// from a healthy member's instead. Only a peer authorized as member `to`
+// of group may answer, and only an authorized member `from` is served.
+type StateFetcher interface {
+	// FetchState returns member to's latest snapshot at or after minIndex
+	// (its metadata and session table, as raft keeps it) and its state
+	// file's bytes; the caller closes the body.
+	FetchState(ctx context.Context, group string, from, to uint64, addr string, minIndex uint64) (*raftpb.Snapshot, io.ReadCloser, error)
+}
+
+// StateServer is implemented by *Node (the Handler transports get): it
+// answers a StateFetcher's request with the group's latest snapshot at or
+// after minIndex, asking the group for a new one when its latest is older.
+type StateServer interface {
+	OpenState(ctx context.Context, group string, requester, minIndex uint64) (*raftpb.Snapshot, io.ReadCloser, error)
 }

@@ -23,8 +23,11 @@ import (
 //     the group has writes. It carries the leader's clock and the voters.
 //  2. Every replica applies it in log order, so its app holds exactly the
 //     state up to that index; under the serial executor's lock (nothing
-//     reaches the app meanwhile) it computes appstate's canonical Digest.
-//  3. Each replica proposes its digest as a DIGEST entry. Digests travel
+//     reaches the app meanwhile) it captures that state: copy-on-write for
+//     Redis (a BGSAVE fork, digested off the lock: audit_capture.go), or
+//     through the app's protocol (appstate's Digest) as the fallback.
+//  3. Each replica proposes its digest as a DIGEST entry naming the
+//     AUDIT's index (a copy-on-write digest when it is ready). Digests travel
 //     through the log rather than through a read of the other members:
 //     the log is the one authenticated channel between members that every
 //     member sees in the same order, so every member collects the same
@@ -67,11 +70,15 @@ type AuditConfig struct {
 	// expiring by then are left out (default 10s).
 	Window time.Duration
 	// MaxKeys (Redis, default 100000) and MaxBytes (HTTP state body,
-	// default 64 MiB) bound the app a replica digests; Timeout bounds one
-	// digest (default 5s).
+	// default 64 MiB) bound the app a replica digests through its protocol
+	// (not the copy-on-write capture); Timeout bounds one such digest
+	// (default 5s; a copy-on-write digest gets forkTimeoutFactor times it).
 	MaxKeys  int
 	MaxBytes int64
 	Timeout  time.Duration
+	// NoCopyOnWrite turns the copy-on-write capture off (audit_capture.go):
+	// every audit digests through commands, within MaxKeys.
+	NoCopyOnWrite bool
 }
 
 // Audit defaults.
@@ -133,6 +140,13 @@ type auditor struct {
 	appsErr  error
 	saidSkip map[string]bool // reasons already logged
 
+	// Copy-on-write capture (audit_capture.go): forking is set while a
+	// capture runs; forkOffUntil (under mu) holds the command path after a
+	// failed capture; saidFallback (under mu) logs each fallback once.
+	forking      atomic.Bool
+	forkOffUntil time.Time
+	saidFallback map[string]bool
+
 	orderer atomic.Pointer[Orderer] // where DIGEST reports are proposed
 
 	writes    atomic.Uint64 // client entries applied since the last AUDIT
@@ -152,7 +166,7 @@ type auditRound struct {
 }
 
 func newAuditor(cfg AuditConfig) *auditor {
-	a := &auditor{cfg: cfg.withDefaults(), rounds: map[uint64]*auditRound{}, saidSkip: map[string]bool{}}
+	a := &auditor{cfg: cfg.withDefaults(), rounds: map[uint64]*auditRound{}, saidSkip: map[string]bool{}, saidFallback: map[string]bool{}}
 	a.lastAudit.Store(time.Now().UnixNano())
 	return a
 }
@@ -213,14 +227,26 @@ func (x *Executor) startAuditLocked(e raftcore.Entry, a *AuditOp) {
 	if !slices.Contains(r.voters, x.cfg.Self) {
 		return // not a voter (yet): it follows the verdict only
 	}
-	rep := x.digestLocked(e.Index, cutoff)
+	rep, fc := x.digestLocked(e.Index, cutoff)
+	if fc != nil {
+		go x.finishFork(r, fc) // reports when the copy-on-write digest is ready
+		return
+	}
+	x.reportDigestLocked(r, rep)
+}
+
+// reportDigestLocked records this replica's digest of round r and
+// proposes it as a DIGEST entry (under x.mu; the round may already be
+// gone from the collected ones: the report still names its AUDIT).
+func (x *Executor) reportDigestLocked(r *auditRound, rep DigestReport) {
+	au := x.audit
 	r.own = &rep
 	if rep.Skipped != "" {
 		x.m.audit(AuditSkipped)
 		if !au.saidSkip[rep.Skipped] {
 			au.saidSkip[rep.Skipped] = true
 			x.cfg.Log.Warn("audit: this replica's app is not digested; it takes no part in audits while this lasts (said once)",
-				"group", x.cfg.Group, "member", x.cfg.Self, "index", e.Index, "reason", rep.Skipped)
+				"group", x.cfg.Group, "member", x.cfg.Self, "index", rep.Audit, "reason", rep.Skipped)
 		}
 	}
 	o := au.orderer.Load()
@@ -237,23 +263,35 @@ func (x *Executor) startAuditLocked(e raftcore.Entry, a *AuditOp) {
 }
 
 // digestLocked computes the digest of every replicated port's app, as of
-// the entry just applied, bounded by the config and the cut-off.
-func (x *Executor) digestLocked(index uint64, cutoff time.Time) DigestReport {
-	rep := DigestReport{Audit: index}
+// the entry just applied, bounded by the config and the cut-off; or it
+// starts a copy-on-write capture (fc != nil) that reports later.
+func (x *Executor) digestLocked(index uint64, cutoff time.Time) (rep DigestReport, fc *forkCapture) {
+	rep = DigestReport{Audit: index}
 	cfg := x.audit.cfg
 	switch {
 	case cfg.Off:
 		rep.Skipped = "the audit is off on this replica"
-		return rep
+		return rep, nil
 	case x.broken != nil || x.fenced.Load() || len(x.queue) > 0:
 		rep.Skipped = "the replica is " + x.stateLocked()
-		return rep
+		return rep, nil
 	}
 	apps, err := x.digestAppsLocked()
 	if err != nil {
 		rep.Skipped = err.Error()
-		return rep
+		return rep, nil
 	}
+	t0 := time.Now()
+	fc, skipped := x.forkLocked(index, cutoff, apps)
+	if fc != nil {
+		x.m.capture(capturePathFork, time.Since(t0))
+		return rep, fc
+	}
+	if skipped != "" {
+		rep.Skipped = skipped
+		return rep, nil
+	}
+	defer func() { x.m.capture(capturePathCommands, time.Since(t0)) }()
 	deadline := time.Now().Add(cfg.Timeout)
 	if cutoff.Before(deadline) {
 		deadline = cutoff
@@ -266,23 +304,23 @@ func (x *Executor) digestLocked(index uint64, cutoff time.Time) DigestReport {
 		switch {
 		case errors.Is(err, appstate.ErrTooLarge):
 			rep.Skipped = "too large to digest: " + err.Error()
-			return rep
+			return rep, nil
 		case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
 			rep.Skipped = fmt.Sprintf("the digest did not finish within %s or before the audit's cut-off", cfg.Timeout)
-			return rep
+			return rep, nil
 		case err != nil:
 			rep.Skipped = fmt.Sprintf("digest of port %d: %v", x.cfg.Ports[i].Number, err)
-			return rep
+			return rep, nil
 		}
 		top.Write(d.Sum[:])
 		rep.Keys += d.Keys
 	}
 	if time.Now().After(cutoff) {
 		rep.Skipped = "the digest finished after the audit's cut-off"
-		return rep
+		return rep, nil
 	}
 	copy(rep.Sum[:], top.Sum(nil))
-	return rep
+	return rep, nil
 }
 
 // errNoDigest: an app without a way to digest it (an HTTP app without
@@ -367,7 +405,7 @@ func (x *Executor) judgeLocked(r *auditRound, id uint64, result string, v verdic
 	x.cfg.Trace.Write(TraceLine{Kind: "audit", Group: x.cfg.Group, Index: r.index, Origin: id,
 		Op: fmt.Sprintf("DIVERGED member=%d digest=%s majority=%s", id, short(rep.Sum), short(v.Majority))})
 	if self {
-		x.uncertainLocked(Cause{Kind: CauseDivergence, Detail: detail})
+		x.uncertainLocked(Cause{Kind: CauseDivergence, Detail: detail, Donors: slices.Clone(v.Agree)})
 	}
 }
 

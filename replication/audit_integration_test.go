@@ -86,6 +86,10 @@ func TestAuditVerdictRedis(t *testing.T) {
 				}
 				return true
 			})
+			// Every member captured copy-on-write (its Redis is on this host).
+			if n := gathered(t, rc.reg, "smr_audit_captures_total", map[string]string{"path": "fork"}); n != 3 {
+				t.Errorf("copy-on-write captures: %v, want 3 (one per member)", n)
+			}
 			time.Sleep(200 * time.Millisecond) // a wrong repair request would come now
 			mu.Lock()
 			got := fmt.Sprint(repaired)

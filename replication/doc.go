@@ -25,7 +25,11 @@
 // safely, until the session's CLOSE (proposed with EndSession) drops that
 // state on every replica. A replica orders RESET when it starts, ending the
 // sessions of its previous run (app connections and de-duplication state,
-// EndOriginSessions) on every replica.
+// EndOriginSessions) on every replica. A replica that opens a new app
+// connection for a session still open elsewhere (a restart of smr-cri, a
+// snapshot restore) replays the session's connection state, which
+// replication/connstate follows from the log, or ends the session on every
+// replica with an END entry when it cannot (sessions.go).
 //
 // The app is opaque, so there is no snapshot: the group keeps its whole log,
 // and a restarted replica with a fresh app container rebuilds the app's

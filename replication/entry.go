@@ -21,6 +21,12 @@ import (
 //	                 n:uint8 voter:uvarint*n   (audit.go: every replica digests its app here)
 //	DIGEST   v=1 k=6 audit:uint64(BE) status:uint8 (0: sum[32] keys:uvarint; 1: reason)
 //	                    (one replica's digest at that AUDIT, proposed by it: Entry.Origin)
+//	END      v=1 k=7 session:uint64(BE) reasonLen:uint8 reason
+//	                    (ends that session on every replica at this position: a
+//	                    replica could not rebuild its connection state, see connstate)
+//	AUTHOK   v=1 k=8   (proposed by the origin in the session right after an AUTH or
+//	                    HELLO ... AUTH the app accepted: connstate may then rebuild
+//	                    the session's authentication with smr-cri's own credential)
 const entryVersion = 1
 
 // Kind of a log entry.
@@ -34,6 +40,8 @@ const (
 	KindReset
 	KindAudit
 	KindDigest
+	KindEnd
+	KindAuthOK
 )
 
 func (k Kind) String() string {
@@ -50,6 +58,10 @@ func (k Kind) String() string {
 		return "AUDIT"
 	case KindDigest:
 		return "DIGEST"
+	case KindEnd:
+		return "END"
+	case KindAuthOK:
+		return "AUTHOK"
 	}
 	return fmt.Sprintf("Kind(%d)", uint8(k))
 }
@@ -66,6 +78,14 @@ type Op struct {
 	Raw      []byte // REQUEST: the client's bytes
 	Audit    *AuditOp
 	Digest   *DigestReport
+	End      *EndOp
+}
+
+// EndOp is an END entry: the session it ends (not the entry's own
+// Session, which is 0: the proposer is not that session's origin) and why.
+type EndOp struct {
+	Session uint64
+	Reason  string
 }
 
 // AuditOp is an AUDIT entry: the leader's clock when it proposed it (key
@@ -143,6 +163,20 @@ func (o Op) Encode() []byte {
 		b = append(b, 0)
 		b = append(b, d.Sum[:]...)
 		return binary.AppendUvarint(b, uint64(max(d.Keys, 0)))
+	case KindEnd:
+		end := o.End
+		if end == nil {
+			end = &EndOp{}
+		}
+		reason := end.Reason
+		if len(reason) > 255 {
+			reason = reason[:255]
+		}
+		b := make([]byte, 0, 11+len(reason))
+		b = append(b, entryVersion, byte(KindEnd))
+		b = binary.BigEndian.AppendUint64(b, end.Session)
+		b = append(b, byte(len(reason)))
+		return append(b, reason...)
 	default:
 		return []byte{entryVersion, byte(o.Kind)}
 	}
@@ -177,7 +211,7 @@ func DecodeOp(b []byte) (Op, error) {
 		if len(o.Raw) == 0 {
 			return Op{}, fmt.Errorf("%w: empty REQUEST", ErrBadEntry)
 		}
-	case KindClose, KindReset:
+	case KindClose, KindReset, KindAuthOK:
 		if len(rest) != 0 {
 			return Op{}, fmt.Errorf("%w: %s with %d trailing bytes", ErrBadEntry, o.Kind, len(rest))
 		}
@@ -193,6 +227,11 @@ func DecodeOp(b []byte) (Op, error) {
 			return Op{}, err
 		}
 		o.Digest = d
+	case KindEnd:
+		if len(rest) < 9 || len(rest) != 9+int(rest[8]) {
+			return Op{}, fmt.Errorf("%w: END payload of %d bytes", ErrBadEntry, len(rest))
+		}
+		o.End = &EndOp{Session: binary.BigEndian.Uint64(rest), Reason: string(rest[9:])}
 	default:
 		return Op{}, fmt.Errorf("%w: unknown kind %d", ErrBadEntry, b[1])
 	}

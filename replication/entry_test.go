@@ -21,6 +21,9 @@ func TestOpRoundTrip(t *testing.T) {
 		{Kind: KindRequest, Name: "", Raw: []byte("x")},
 		{Kind: KindClose},
 		{Kind: KindReset},
+		{Kind: KindEnd, End: &EndOp{Session: 1<<63 | 5, Reason: "WATCH is active"}},
+		{Kind: KindEnd, End: &EndOp{Session: 1}},
+		{Kind: KindAuthOK},
 	} {
 		got, err := DecodeOp(op.Encode())
 		if err != nil || !reflect.DeepEqual(got, op) {
@@ -50,6 +53,9 @@ func TestDecodeOpBad(t *testing.T) {
 		{"REQUEST name overruns", []byte{1, 2, 5, 'a'}, "REQUEST payload"},
 		{"empty REQUEST", []byte{1, 2, 1, 'a'}, "empty REQUEST"},
 		{"CLOSE with trailing bytes", []byte{1, 3, 0}, "trailing"},
+		{"short END", []byte{1, 7, 0, 0, 0}, "END payload"},
+		{"AUTHOK with trailing bytes", []byte{1, 8, 0}, "trailing"},
+		{"END reason overruns", []byte{1, 7, 0, 0, 0, 0, 0, 0, 0, 1, 3, 'a'}, "END payload"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

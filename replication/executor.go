@@ -16,7 +16,10 @@ import (
 
 	"github.com/smr-io/smr-cri/internal/watermark"
 	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/replication/appstate"
+	"github.com/smr-io/smr-cri/replication/connstate"
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
 
 // Orderer is what the replication layer needs from the ordering layer;
@@ -156,6 +159,23 @@ type Executor struct {
 	// uncertain is the OnUncertain hook.
 	uncertain atomic.Pointer[func(Cause)]
 
+	// conns is the connection state of every open session as the log
+	// defines it (sessions.go): what a new app connection of a session must
+	// be sent to be where the other replicas' connections are. Guarded by
+	// cmu, and changed only by the apply path.
+	cmu   sync.Mutex
+	conns *connstate.Tracker
+	// connsFloor is the index of the snapshot conns was restored from:
+	// entries up to it are in it already (a restart that restored a
+	// snapshot may still skip entries up to its resume point).
+	connsFloor uint64
+	// ending holds the sessions this replica proposed an END for and
+	// whose END is not applied yet (guarded by cmu).
+	ending map[uint64]bool
+	// creds authenticate a rebuilt session's connection as the user its
+	// client authenticated as (EnableSnapshots; set before the group runs).
+	creds appstate.Credentials
+
 	// snap captures and restores the app's state (snapshot.go); nil: none.
 	snap *appSnapshots
 	// audit is the ordered audit's state (audit.go).
@@ -172,6 +192,10 @@ type appSession struct {
 	use  sync.Mutex
 	r    *bufio.Reader
 	dead error // the app closed or failed this connection (guarded by use)
+	// lost: its connection state could not be rebuilt on this replica
+	// (sessions.go); an END for it is on its way, and any request of it
+	// applied before that makes this replica's app uncertain. conn is nil.
+	lost error
 }
 
 type queued struct {
@@ -193,6 +217,7 @@ func NewExecutor(cfg ExecutorConfig) (*Executor, error) {
 	x := &Executor{
 		cfg: cfg, m: cfg.Metrics.forGroup(cfg.Group), sessions: map[uint64]*appSession{},
 		starts: map[[2]uint64]time.Time{}, closed: make(chan struct{}), audit: newAuditor(cfg.Audit),
+		conns: connstate.New(), ending: map[uint64]bool{},
 	}
 	x.m.setState(StateServing)
 	x.m.initDiverged(cfg.Self)
@@ -253,6 +278,7 @@ func (x *Executor) Apply(e raftcore.Entry) (val []byte, err error) {
 func (x *Executor) applyOrQueue(e raftcore.Entry, op Op) ([]byte, *queued) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	x.track(e, op)
 	if x.broken != nil {
 		return x.replyLocked(e, op, x.broken), nil
 	}
@@ -376,7 +402,12 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 	case KindRequest:
 		s, ok := x.session(e.Session)
 		if !ok {
-			return x.replyLocked(e, op, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, e.Session)), false
+			return x.replyLocked(e, op, x.noSessionErr(e.Session)), false
+		}
+		if s.lost != nil {
+			// Every other replica runs this request; this one cannot.
+			x.uncertainLocked(Cause{Kind: CauseSessionLost, Detail: fmt.Sprintf("session %x: %v", e.Session, s.lost)})
+			return x.replyLocked(e, op, fmt.Errorf("%w: %w", framing.ErrUnavailable, s.lost)), false
 		}
 		if x.sending != nil {
 			x.sending(e)
@@ -388,6 +419,8 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 		for _, id := range x.sessionIDs(func(s *appSession) bool { return s.origin == e.Origin }) {
 			x.closeSessionLocked(id)
 		}
+	case KindEnd:
+		x.endLocked(e, op.End)
 	}
 	return nil, false
 }
@@ -419,6 +452,12 @@ func (x *Executor) roundTripLocked(s *appSession, req framing.Request) []byte {
 		return resp, nil
 	}()
 	if err == nil {
+		if endsConn(s, req) {
+			// The app closes it now, on every replica alike: a later
+			// request must not take that close for this replica's own.
+			s.dead = fmt.Errorf("the app closed the connection after %s", req.Op)
+			_ = s.conn.Close()
+		}
 		return resp
 	}
 	// The connection's position in the stream is unknown now: end it here.
@@ -428,16 +467,44 @@ func (x *Executor) roundTripLocked(s *appSession, req framing.Request) []byte {
 		return resp // e.g. a close-delimited HTTP body that ended at EOF
 	}
 	x.cfg.Log.Warn("app session failed", "group", x.cfg.Group, "op", req.Op, "err", err)
-	// Only a timeout is taken as this replica's own failure (a slow or paused
-	// app): an app that closes the connection (after QUIT, an HTTP
-	// "Connection: close", a crash) does so on every replica alike, and
-	// repairing all of them would replay into the same close and leave the
-	// whole group broken. Telling those apart needs the origin's outcome.
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	// A timeout is this replica's own failure (a slow or paused app), and
+	// so is a Redis that closed the connection while it still runs, after a
+	// command that does not end it (an idle timeout, a CLIENT KILL from
+	// outside): the session's later requests would be skipped here only.
+	// A close after QUIT, an HTTP "Connection: close", or by an app that
+	// died (its restart is repaired as such) happens on every replica
+	// alike: repairing them all would replay into the same close.
+	if errors.Is(err, os.ErrDeadlineExceeded) || x.closedByLiveApp(s, req) {
 		x.uncertainLocked(Cause{Kind: CauseSessionBroken, Detail: fmt.Sprintf("%s: %v", req.Op, err)})
 	}
 	reply, _ := s.framer.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, err))
 	return reply
+}
+
+// closedByLiveApp says whether a RESP app closed s's connection on its own
+// while it still accepts connections (see roundTripLocked).
+func (x *Executor) closedByLiveApp(s *appSession, req framing.Request) bool {
+	if s.framer.Protocol() != framing.ProtoRESP || endsConn(s, req) {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	conn, err := x.cfg.Dialer.DialApp(ctx, s.port)
+	if err != nil {
+		return false // the app is down
+	}
+	_ = conn.Close()
+	return true
+}
+
+// endsConn: req is a Redis command after which the app closes the
+// connection (QUIT; the command table's EndsConn).
+func endsConn(s *appSession, req framing.Request) bool {
+	if s.framer.Protocol() != framing.ProtoRESP {
+		return false
+	}
+	c, ok := rediscmd.Lookup([]byte(req.Op), nil)
+	return ok && c.Has(rediscmd.EndsConn)
 }
 
 func (x *Executor) closeSessionLocked(id uint64) {
@@ -447,7 +514,9 @@ func (x *Executor) closeSessionLocked(id uint64) {
 	n := len(x.sessions)
 	x.smu.Unlock()
 	if ok {
-		_ = s.conn.Close()
+		if s.conn != nil {
+			_ = s.conn.Close()
+		}
 		x.m.setSessions(n)
 	}
 }
@@ -511,7 +580,10 @@ func (x *Executor) Read(ctx context.Context, session uint64, req framing.Request
 	}
 	s, ok := x.session(session)
 	if !ok {
-		return nil, fmt.Errorf("%w: session %x is not open on this replica", framing.ErrUnavailable, session)
+		return nil, x.noSessionErr(session)
+	}
+	if s.lost != nil {
+		return nil, fmt.Errorf("%w: %w", framing.ErrUnavailable, s.lost)
 	}
 	val := x.roundTripLocked(s, req)
 	exec := time.Since(start)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"sync"
@@ -49,6 +50,10 @@ type replica struct {
 	addr   string // client address of this replica's Server
 	trace  *syncBuffer
 	tracer *Tracer
+	// prog is the progress record (clusterOpts.progress): a replica runs
+	// its executor as a member does, resumable after a restart.
+	prog *Progress
+	cfg  ExecutorConfig
 }
 
 type cluster struct {
@@ -60,6 +65,7 @@ type cluster struct {
 	network *memnet.Network
 	dir     string
 	peers   map[uint64]string
+	setup   func(*Executor) // clusterOpts.setup, for restarted executors too
 }
 
 type syncBuffer struct {
@@ -82,6 +88,13 @@ type clusterOpts struct {
 	wrap     func(Orderer) Orderer // optional fault injection between Server and raft
 	exec     func(*ExecutorConfig)
 	budget   *ClientBudget // every replica's servers share it (one node's budget)
+	// progress runs each executor behind a progress record as a member
+	// does (restartExecutor resumes it at the running app's position) and
+	// lets it propose (END entries).
+	progress bool
+	// setup, if set, is called with each new executor before its group
+	// starts (e.g. EnableSnapshots with the app's credentials).
+	setup func(*Executor)
 }
 
 func newCluster(t testing.TB, o clusterOpts) *cluster {
@@ -99,7 +112,7 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		peers[uint64(i+1)] = fmt.Sprintf("m%d", i+1)
 	}
 	dir := t.TempDir()
-	c.network, c.dir, c.peers = network, dir, peers
+	c.network, c.dir, c.peers, c.setup = network, dir, peers, o.setup
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
 		cancel()
@@ -107,6 +120,9 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		for _, r := range c.replicas {
 			_ = r.node.Close()
 			_ = r.exec.Close()
+			if r.prog != nil {
+				_ = r.prog.Close()
+			}
 		}
 		network.Close()
 	})
@@ -125,6 +141,10 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		if r.exec, err = NewExecutor(cfg); err != nil {
 			t.Fatal(err)
 		}
+		if o.setup != nil {
+			o.setup(r.exec)
+		}
+		r.cfg = cfg
 		r.node, err = raftcore.NewNode(raftcore.NodeConfig{
 			DataDir: filepath.Join(dir, peers[id]), Transport: network.Endpoint(peers[id]),
 			TickInterval: 10 * time.Millisecond, UnsafeNoFsync: !o.fsync,
@@ -132,8 +152,18 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.group, err = r.node.StartGroup(raftcore.GroupConfig{Name: testGroup, SelfID: id, Peers: peers}, r.exec); err != nil {
+		var sm raftcore.StateMachine = r.exec
+		if o.progress {
+			if r.prog, err = OpenProgress(filepath.Join(dir, peers[id]+"-progress"), "sandbox-"+peers[id]); err != nil {
+				t.Fatal(err)
+			}
+			sm = newResumingSM(r.exec, r.prog, testGroup, slog.New(slog.DiscardHandler))
+		}
+		if r.group, err = r.node.StartGroup(raftcore.GroupConfig{Name: testGroup, SelfID: id, Peers: peers}, sm); err != nil {
 			t.Fatal(err)
+		}
+		if o.progress {
+			r.exec.reportTo(r.group)
 		}
 		c.replicas = append(c.replicas, r)
 	}

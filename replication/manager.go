@@ -96,10 +96,9 @@ type member struct {
 	life    sync.Mutex // serializes stop and rebuild
 	pod     *Pod
 	stopped bool
-	// repairs are the start times of recent repairs (under life): more
-	// than maxRepairs within repairWindow is a loop, and the member stays
-	// broken.
-	repairs []time.Time
+	// repairs remembers recent repairs by cause (under life): a loop
+	// leaves the member broken.
+	repairs repairHistory
 	// stopChecks ends the background checks of the pod's app (eviction policy).
 	stopChecks context.CancelFunc
 	// pending: a rebuild is scheduled (under life); gaveUp: the repair loop
@@ -107,13 +106,39 @@ type member struct {
 	pending, gaveUp bool
 	// cause of the scheduled rebuild (under life).
 	cause Cause
+	// donor is a healthy member's snapshot the next start restores instead
+	// of this member's own (under life; taken by that start).
+	donor *donorState
 }
 
-// Repair loop bound.
+// Repair loop bound: more than maxRepairs repairs for the same cause within
+// repairWindow is a loop (the same failure again and again, e.g. an app
+// that runs out of memory replaying the log, or a divergence a repair
+// does not fix). Repairs for different causes are unrelated faults (a
+// container restart, then a slow app) and do not add up.
 const (
 	maxRepairs   = 3
 	repairWindow = 10 * time.Minute
 )
+
+// repairHistory is the start times of a member's recent repairs by cause.
+type repairHistory map[string][]time.Time
+
+// add records a repair for cause at now and returns how many repairs for
+// that cause started within repairWindow, this one included.
+func (h *repairHistory) add(now time.Time, cause string) int {
+	if *h == nil {
+		*h = repairHistory{}
+	}
+	recent := (*h)[cause][:0]
+	for _, t := range (*h)[cause] {
+		if now.Sub(t) < repairWindow {
+			recent = append(recent, t)
+		}
+	}
+	(*h)[cause] = append(recent, now)
+	return len((*h)[cause])
+}
 
 // stop ends the pod (sessions close through the log, the group stops),
 // then closes the progress record.
@@ -210,7 +235,9 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 			Spec: spec, Listener: ln, OriginalPort: m.cfg.OriginalPort, Dialer: m.cfg.Dialer(ref.NetNSPath),
 			StartGroup: func(sm raftcore.StateMachine) (Orderer, func() error, error) {
 				if mb.prog != nil {
-					sm = newResumingSM(sm, mb.prog, spec.GroupKey(), m.cfg.Log)
+					r := newResumingSM(sm, mb.prog, spec.GroupKey(), m.cfg.Log)
+					r.donor, mb.donor = mb.donor, nil
+					sm = r
 				}
 				return m.cfg.StartGroup(ctx, ref, spec, sm)
 			},
@@ -361,17 +388,9 @@ func (m *Manager) repair(mb *member, cause Cause) {
 			m.cfg.Log.Error("record the repair of an uncertain app", "sandbox", mb.sandbox, "err", err)
 		}
 	}
-	now := time.Now()
-	recent := mb.repairs[:0]
-	for _, t := range mb.repairs {
-		if now.Sub(t) < repairWindow {
-			recent = append(recent, t)
-		}
-	}
-	mb.repairs = append(recent, now)
-	if len(mb.repairs) > maxRepairs {
-		err := fmt.Errorf("%w: %d repairs within %s, the last for %s (%s): this replica stays broken until its pod is restarted",
-			ErrRepairLoop, len(mb.repairs), repairWindow, cause.Kind, cause.Detail)
+	if n := mb.repairs.add(time.Now(), cause.Kind); n > maxRepairs {
+		err := fmt.Errorf("%w: %d repairs for %s within %s, the last: %s: this replica stays broken until its pod is restarted",
+			ErrRepairLoop, n, cause.Kind, repairWindow, cause.Detail)
 		x.breakWith(err, cause.Kind)
 		mb.gaveUp = true
 		m.cfg.Log.Error("repair loop stopped", "sandbox", mb.sandbox, "group", mb.spec.GroupKey(), "err", err)
@@ -394,6 +413,9 @@ func (m *Manager) rebuild(mb *member) {
 	if mb.stopped || mb.gaveUp {
 		return
 	}
+	if len(mb.cause.Donors) > 0 && mb.prog != nil {
+		mb.donor = m.fetchDonor(mb)
+	}
 	if err := mb.pod.Stop(); err != nil {
 		m.cfg.Log.Warn("stop the replication of a rebuilt member", "sandbox", mb.sandbox, "err", err)
 	}
@@ -412,9 +434,19 @@ func (m *Manager) rebuild(mb *member) {
 	go m.repairFinished(mb, pod, mb.cause)
 }
 
-// watch sends the running executor's uncertainties to the repair path.
+// watch sends the running executor's uncertainties to the repair path;
+// one that arrives after a rebuild replaced that executor is about the old
+// app connections, not the rebuilt replica, and is dropped.
 func (m *Manager) watch(mb *member) {
-	mb.pod.Executor().OnUncertain(func(c Cause) { m.repair(mb, c) })
+	x := mb.pod.Executor()
+	x.OnUncertain(func(c Cause) {
+		mb.life.Lock()
+		current := !mb.stopped && mb.pod.Executor() == x
+		mb.life.Unlock()
+		if current {
+			m.repair(mb, c)
+		}
+	})
 }
 
 // Detach stops replicating a sandbox: the listener closes first (clients

@@ -200,3 +200,37 @@ func TestManagerAttachErrors(t *testing.T) {
 		t.Fatal("NewManager without Intercept and StartGroup: want an error")
 	}
 }
+
+// The repair-loop bound counts repairs per cause within the window: the
+// same cause again and again is a loop, unrelated faults are not.
+func TestRepairHistory(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	type repair struct {
+		after time.Duration
+		cause string
+		want  int // repairs for that cause within the window, this one included
+	}
+	for _, tc := range []struct {
+		name    string
+		repairs []repair
+	}{
+		{"one cause, loop", []repair{{0, "container-restart", 1}, {time.Minute, "container-restart", 2},
+			{2 * time.Minute, "container-restart", 3}, {3 * time.Minute, "container-restart", 4}}},
+		{"unrelated causes do not add up", []repair{{0, "container-restart", 1}, {time.Minute, "session-broken", 1},
+			{2 * time.Minute, "divergence", 1}, {3 * time.Minute, "container-restart", 2}}},
+		{"old repairs leave the window", []repair{{0, "divergence", 1}, {5 * time.Minute, "divergence", 2},
+			{repairWindow + time.Minute, "divergence", 2}, {2 * repairWindow, "divergence", 2}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var h repairHistory
+			for i, r := range tc.repairs {
+				if got := h.add(t0.Add(r.after), r.cause); got != r.want {
+					t.Fatalf("repair %d (%s at +%s): %d in the window, want %d", i, r.cause, r.after, got, r.want)
+				}
+			}
+			if tc.repairs[len(tc.repairs)-1].want > maxRepairs != (tc.name == "one cause, loop") {
+				t.Fatalf("loop verdict wrong for %q", tc.name)
+			}
+		})
+	}
+}

@@ -30,6 +30,7 @@ type Metrics struct {
 	repairs       *prometheus.CounterVec
 	audits        *prometheus.CounterVec
 	diverged      *prometheus.GaugeVec
+	capture       *captureMetrics // audit_capture.go
 
 	mu           sync.Mutex
 	lastLeader   map[string]uint64
@@ -82,6 +83,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register replication metrics: %w", err)
 		}
+	}
+	var err error
+	if m.capture, err = newCaptureMetrics(reg); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

@@ -21,6 +21,10 @@ func (d NetnsDialer) DialApp(ctx context.Context, port int) (net.Conn, error) {
 	return netintercept.DialInNetns(ctx, d.Path, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 }
 
+// NetnsPath implements appstate.NetnsPather: the audit's copy-on-write
+// capture finds the app's process by this namespace.
+func (d NetnsDialer) NetnsPath() string { return d.Path }
+
 // OriginalPort returns the port a redirected client connection was sent to
 // (SO_ORIGINAL_DST); use it as PodConfig.OriginalPort.
 func OriginalPort(conn net.Conn) (int, error) {

@@ -234,6 +234,9 @@ type resumingSM struct {
 	// (the executor is broken and refuses every request).
 	restoreErr error
 	started    bool // the first entry was seen (only the apply goroutine)
+	// donor, if set, is restored instead of the member's own state at its
+	// first restore (only the apply goroutine).
+	donor *donorState
 }
 
 type openedAt struct {
@@ -293,6 +296,9 @@ func (r *resumingSM) restore() error {
 	r.prog.mu.Lock()
 	kind := r.prog.cause
 	r.prog.mu.Unlock()
+	if sn, ok := r.next.(raftcore.StreamSnapshotter); ok && r.donor != nil {
+		return r.restoreDonor(sn)
+	}
 	rs, ok := r.next.(AppRestorer)
 	if !ok {
 		return fmt.Errorf("group %s: the app's state is uncertain (%s) and nothing can restore it", r.group, cause)
@@ -368,9 +374,25 @@ func (r *resumingSM) setApplying(e *raftcore.Entry) {
 	r.mu.Unlock()
 }
 
+// sessionResumer is implemented by *Executor: it follows the connection
+// state of skipped entries and rebuilds it on the sessions it reopens.
+type sessionResumer interface {
+	TrackSkipped(raftcore.Entry)
+	ResumeSessions(index uint64) int
+}
+
 // follow tracks the sessions of a skipped entry.
 func (r *resumingSM) follow(e raftcore.Entry) {
 	r.skipped++
+	if sr, ok := r.next.(sessionResumer); ok {
+		// Entries at or below a restored snapshot (a donor's) are in its
+		// tracker already: the executor ignores those.
+		sr.TrackSkipped(e)
+		return
+	}
+	if r.open == nil {
+		return // skipped up to a donor's snapshot, which holds its sessions
+	}
 	op, err := DecodeOp(e.Data)
 	if err != nil {
 		return
@@ -389,10 +411,19 @@ func (r *resumingSM) follow(e raftcore.Entry) {
 	}
 }
 
-// resume re-opens, in log order, the sessions still open at the resume
-// point, so later REQUESTs of those sessions find their app connection.
+// resume re-opens the sessions still open at the resume point, so later
+// REQUESTs of those sessions find their app connection: an executor
+// replays each session's connection state on it (sessions.go); another
+// state machine gets the sessions' OPEN entries again, in log order.
 func (r *resumingSM) resume() {
 	r.resumed = true
+	if sr, ok := r.next.(sessionResumer); ok {
+		n := sr.ResumeSessions(r.prog.resume.index)
+		r.log.Info("resumed executor at the running app's position", "group", r.group,
+			"index", r.prog.resume.index, "sub", r.prog.resume.sub, "skipped", r.skipped, "reopened_sessions", n)
+		r.open = nil
+		return
+	}
 	opens := make([]openedAt, 0, len(r.open))
 	for _, o := range r.open {
 		opens = append(opens, o)

@@ -3,6 +3,7 @@ package replication
 import (
 	"errors"
 	"io"
+	"os"
 
 	"github.com/smr-io/smr-cri/raftcore"
 )
@@ -30,6 +31,18 @@ func (r *resumingSM) RestoreFrom(index uint64, rd io.Reader) error {
 	sn, ok := r.next.(raftcore.StreamSnapshotter)
 	if !ok {
 		return errNoStreamSnapshots
+	}
+	if r.donor != nil {
+		// Raft starts after this member's own snapshot; the donor's is
+		// at least as new (fetchDonor), and replaces it. The group
+		// reads the rest of rd to check it.
+		if r.donor.index >= index {
+			return r.restoreDonor(sn)
+		}
+		r.log.Warn("a healthy member's snapshot is older than this member's own; restoring the own one",
+			"group", r.group, "donor_index", r.donor.index, "own_index", index)
+		_ = os.Remove(r.donor.path)
+		r.donor = nil
 	}
 	r.prog.mu.Lock()
 	uncertain, kind := r.prog.uncertain != "", r.prog.cause

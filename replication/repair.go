@@ -43,8 +43,13 @@ func (x *Executor) stateLocked() string {
 func (x *Executor) publishStateLocked() { x.m.setState(x.stateLocked()) }
 
 // Cause of a repair: Kind is a short label (metrics, trace), Detail says
-// what happened.
-type Cause struct{ Kind, Detail string }
+// what happened. Donors are members known to hold the right state (an
+// audit's majority): a replica repaired for a cause with donors installs
+// one of their snapshots, never its own, which may hold the fault.
+type Cause struct {
+	Kind, Detail string
+	Donors       []uint64
+}
 
 // Repair causes.
 const (
@@ -62,12 +67,16 @@ const (
 func (x *Executor) OnUncertain(f func(Cause)) { x.uncertain.Store(&f) }
 
 // uncertainLocked reports c to the OnUncertain hook, unless the executor is
-// closing (its connections end on purpose then).
+// closing (its connections end on purpose then) or fenced (its repair is
+// under way already: the fence itself breaks its sessions).
 func (x *Executor) uncertainLocked(c Cause) {
 	select {
 	case <-x.closed:
 		return
 	default:
+	}
+	if x.fenced.Load() {
+		return
 	}
 	if f := x.uncertain.Load(); f != nil {
 		go (*f)(c)

@@ -237,6 +237,11 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 			seq++
 			res, err = s.propose(ctx, session, seq, Op{Kind: KindRequest, Name: req.Op, Raw: raw})
 			val = res.Value
+			if err == nil && authAccepted(req, val) {
+				// Every replica learns the AUTH succeeded (sessions.go).
+				seq++
+				_, err = s.propose(ctx, session, seq, Op{Kind: KindAuthOK})
+			}
 		}
 		if err != nil {
 			// The outcome is unknown after retries: tell the client and end
@@ -253,6 +258,11 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 		}
 		if _, err := bw.Write(val); err != nil {
 			return fmt.Errorf("write client: %w", err)
+		}
+		if end, ok := s.cfg.Exec.SessionEnded(session); ok {
+			// Its reply said so; the app connection is gone on every replica.
+			_ = bw.Flush()
+			return fmt.Errorf("%w at log index %d: %s", ErrSessionEnded, end.Index, end.Reason)
 		}
 		// Flush once the pipelined requests already received are answered.
 		if br.Buffered() == 0 {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/appstate"
+	"github.com/smr-io/smr-cri/replication/connstate"
 )
 
 // SnapshotConfig turns on app snapshots for an executor.
@@ -49,7 +50,7 @@ func (x *Executor) EnableSnapshots(cfg SnapshotConfig) error {
 		s.apps = append(s.apps, a)
 	}
 	x.mu.Lock()
-	x.snap = s
+	x.snap, x.creds = s, cfg.Credentials
 	x.mu.Unlock()
 	return nil
 }
@@ -68,22 +69,29 @@ func (x *Executor) Apps() []appstate.App {
 // errNoSnapshots: the executor has no snapshot contract.
 var errNoSnapshots = errors.New("replication: this group's app has no snapshot contract")
 
-// The executor's snapshot: the sessions open at the snapshot position, then
+// The executor's snapshot: the sessions open at the snapshot position with
+// their connection state (connstate's encoding: Redis SELECT, HELLO 3,
+// CLIENT SETNAME, an open MULTI and its queue ...; never a password), then
 // each port's app state (appstate stream) cut into chunks.
 //
-//	snapshot := magic(8) uvarint(n) session*n port-state*len(Ports)
-//	session  := uvarint(id) uvarint(origin) uvarint(port) uvarint(len) protocol
+//	snapshot   := "SMREXEC2" uvarint(len) connstate-tracker port-state*len(Ports)
 //	port-state := (uvarint(len) bytes)* uvarint(0)
 //
-// Sessions open at the snapshot position are carried by identity only: a
-// replica restored from the snapshot opens a fresh app connection for each.
-// Their connection state (Redis SELECT, an open MULTI, WATCH, CLIENT
-// SETNAME; an HTTP request half sent is impossible, entries are whole) is
-// not carried, so a client that changed it before the snapshot position and
-// keeps using its connection sees the restored replica differ; replicas
-// that applied the log themselves keep it. This is the same limit as a
-// restart of the node daemon (CONTRACT.md).
-const execSnapMagic = "SMREXEC1"
+// A replica restored from it opens a new app connection for each session
+// and replays its state there (sessions.go); a session whose state cannot
+// be replayed (WATCH, AUTH) is ended on every replica by an END entry.
+// Snapshots of the previous format, "SMREXEC1", carry sessions by identity
+// only:
+//
+//	"SMREXEC1" uvarint(n) session*n port-state*len(Ports)
+//	session := uvarint(id) uvarint(origin) uvarint(port) uvarint(len) protocol
+//
+// they are still read; their RESP sessions' state is unknown, so those are
+// ended like any session that cannot be rebuilt.
+const (
+	execSnapMagic   = "SMREXEC2"
+	execSnapMagicV1 = "SMREXEC1"
+)
 
 // SnapshotTo implements raftcore.StreamSnapshotter. It runs between two
 // applied entries (raftcore calls it from the apply goroutine) and under the
@@ -106,24 +114,15 @@ func (x *Executor) SnapshotTo(index uint64, w io.Writer) error {
 	}
 	t0 := time.Now()
 	bw := bufio.NewWriterSize(w, 64<<10)
-	b := []byte(execSnapMagic)
-	x.smu.RLock()
-	ids := make([]uint64, 0, len(x.sessions))
-	for id := range x.sessions {
-		ids = append(ids, id)
+	x.cmu.Lock()
+	conns, err := x.conns.MarshalBinary()
+	nsessions := x.conns.Len()
+	x.cmu.Unlock()
+	if err != nil {
+		return fmt.Errorf("group %s: encode the sessions' connection state: %w", x.cfg.Group, err)
 	}
-	slices.Sort(ids)
-	b = binary.AppendUvarint(b, uint64(len(ids)))
-	for _, id := range ids {
-		s := x.sessions[id]
-		b = binary.AppendUvarint(b, id)
-		b = binary.AppendUvarint(b, s.origin)
-		b = binary.AppendUvarint(b, uint64(s.port))
-		b = binary.AppendUvarint(b, uint64(len(s.framer.Protocol())))
-		b = append(b, s.framer.Protocol()...)
-	}
-	x.smu.RUnlock()
-	if _, err := bw.Write(b); err != nil {
+	b := binary.AppendUvarint([]byte(execSnapMagic), uint64(len(conns)))
+	if _, err := bw.Write(append(b, conns...)); err != nil {
 		return fmt.Errorf("write snapshot: %w", err)
 	}
 	var total int64
@@ -146,14 +145,15 @@ func (x *Executor) SnapshotTo(index uint64, w io.Writer) error {
 		return fmt.Errorf("write snapshot: %w", err)
 	}
 	x.cfg.Trace.Write(TraceLine{Kind: "snapshot", Group: x.cfg.Group, Index: index, Origin: x.cfg.Self,
-		Op: fmt.Sprintf("CAPTURE bytes=%d sessions=%d", total, len(ids)), Latency: time.Since(t0), Exec: time.Since(t0)})
+		Op: fmt.Sprintf("CAPTURE bytes=%d sessions=%d", total, nsessions), Latency: time.Since(t0), Exec: time.Since(t0)})
 	return nil
 }
 
 // RestoreFrom implements raftcore.StreamSnapshotter: every app session is
 // closed, each port's app is replaced by the snapshot's state, and the
-// sessions open at the snapshot position are opened again (fresh app
-// connections; see execSnapMagic for what that loses).
+// sessions open at the snapshot position are opened again with their
+// connection state replayed, or ended on every replica when it cannot be
+// (see execSnapMagic and sessions.go).
 func (x *Executor) RestoreFrom(index uint64, r io.Reader) error {
 	if x.snap == nil {
 		return errNoSnapshots
@@ -172,36 +172,9 @@ func (x *Executor) RestoreFrom(index uint64, r io.Reader) error {
 	defer x.mu.Unlock()
 	t0 := time.Now()
 	br := bufio.NewReaderSize(r, 64<<10)
-	magic := make([]byte, len(execSnapMagic))
-	if _, err := io.ReadFull(br, magic); err != nil || string(magic) != execSnapMagic {
-		return fmt.Errorf("%w: not an executor snapshot", appstate.ErrBadStream)
-	}
-	n, err := binary.ReadUvarint(br)
-	if err != nil || n > 1<<24 {
-		return fmt.Errorf("%w: session count", appstate.ErrBadStream)
-	}
-	type openSession struct {
-		id, origin uint64
-		port       Port
-	}
-	opens := make([]openSession, 0, min(n, 1024))
-	for range n {
-		var o openSession
-		var port, plen uint64
-		for _, p := range []*uint64{&o.id, &o.origin, &port, &plen} {
-			if *p, err = binary.ReadUvarint(br); err != nil {
-				return fmt.Errorf("%w: session record", appstate.ErrBadStream)
-			}
-		}
-		if port > 65535 || plen > 16 {
-			return fmt.Errorf("%w: session record", appstate.ErrBadStream)
-		}
-		proto := make([]byte, plen)
-		if _, err := io.ReadFull(br, proto); err != nil {
-			return fmt.Errorf("%w: session record", appstate.ErrBadStream)
-		}
-		o.port = Port{Number: int(port), Protocol: string(proto)}
-		opens = append(opens, o)
+	conns, err := readSnapshotSessions(br, x.cfg.Ports)
+	if err != nil {
+		return err
 	}
 	for _, id := range x.sessionIDs(func(*appSession) bool { return true }) {
 		x.closeSessionLocked(id)
@@ -220,17 +193,77 @@ func (x *Executor) RestoreFrom(index uint64, r io.Reader) error {
 		}
 		total += st.Bytes
 	}
-	for _, o := range opens {
-		op := Op{Kind: KindOpen, Port: o.port.Number, Protocol: o.port.Protocol}
-		if val, down := x.execLocked(raftcore.Entry{Group: x.cfg.Group, Index: index, Session: o.id, Origin: o.origin}, op); down || val != nil {
-			x.cfg.Log.Warn("re-open session after snapshot restore", "group", x.cfg.Group, "session", fmt.Sprintf("%x", o.id),
-				"app_down", down, "reply", string(val))
-		}
-	}
+	// The tracker is the snapshot's from here on (the next entries are
+	// fed to it in order); every session gets its connection rebuilt.
+	x.cmu.Lock()
+	x.conns, x.connsFloor, x.ending = conns, index, map[uint64]bool{}
+	x.cmu.Unlock()
+	reopened := x.reopenAllLocked(index)
 	x.setApplied(index)
 	x.cfg.Trace.Write(TraceLine{Kind: "restore", Group: x.cfg.Group, Index: index, Origin: x.cfg.Self,
-		Op: fmt.Sprintf("RESTORE bytes=%d sessions=%d", total, len(opens)), Latency: time.Since(t0), Exec: time.Since(t0)})
+		Op: fmt.Sprintf("RESTORE bytes=%d sessions=%d", total, reopened), Latency: time.Since(t0), Exec: time.Since(t0)})
 	return nil
+}
+
+// readSnapshotSessions reads the sessions part of an executor snapshot of
+// either format (see execSnapMagic).
+func readSnapshotSessions(br *bufio.Reader, ports []Port) (*connstate.Tracker, error) {
+	magic := make([]byte, len(execSnapMagic))
+	if _, err := io.ReadFull(br, magic); err != nil {
+		return nil, fmt.Errorf("%w: not an executor snapshot", appstate.ErrBadStream)
+	}
+	switch string(magic) {
+	case execSnapMagic:
+		n, err := binary.ReadUvarint(br)
+		if err != nil || n > maxSnapSessionBytes {
+			return nil, fmt.Errorf("%w: sessions length", appstate.ErrBadStream)
+		}
+		b := make([]byte, n)
+		if _, err := io.ReadFull(br, b); err != nil {
+			return nil, fmt.Errorf("%w: sessions: %w", appstate.ErrBadStream, err)
+		}
+		t, err := connstate.Unmarshal(b)
+		if err != nil {
+			return nil, fmt.Errorf("%w: sessions: %w", appstate.ErrBadStream, err)
+		}
+		return t, nil
+	case execSnapMagicV1:
+		return readSnapshotSessionsV1(br, ports)
+	}
+	return nil, fmt.Errorf("%w: not an executor snapshot", appstate.ErrBadStream)
+}
+
+// maxSnapSessionBytes bounds the sessions part of a snapshot (every session
+// of a group, open transactions included).
+const maxSnapSessionBytes = 1 << 30
+
+// readSnapshotSessionsV1 reads the session records of an SMREXEC1 snapshot.
+func readSnapshotSessionsV1(br *bufio.Reader, ports []Port) (*connstate.Tracker, error) {
+	n, err := binary.ReadUvarint(br)
+	if err != nil || n > 1<<24 {
+		return nil, fmt.Errorf("%w: session count", appstate.ErrBadStream)
+	}
+	t := connstate.New()
+	for range n {
+		var id, origin, port, plen uint64
+		for _, p := range []*uint64{&id, &origin, &port, &plen} {
+			if *p, err = binary.ReadUvarint(br); err != nil {
+				return nil, fmt.Errorf("%w: session record", appstate.ErrBadStream)
+			}
+		}
+		if port > 65535 || plen > 16 {
+			return nil, fmt.Errorf("%w: session record", appstate.ErrBadStream)
+		}
+		proto := make([]byte, plen)
+		if _, err := io.ReadFull(br, proto); err != nil {
+			return nil, fmt.Errorf("%w: session record", appstate.ErrBadStream)
+		}
+		if slices.Contains(ports, Port{Number: int(port), Protocol: string(proto)}) {
+			t.OpenUnknown(id, origin, int(port), string(proto),
+				"it was carried by a snapshot of an older smr-cri, which kept no connection state")
+		}
+	}
+	return t, nil
 }
 
 // chunkWriter frames an app's state stream so several follow each other:

@@ -224,11 +224,17 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	auditInterval := fs.String("audit-interval", replication.DefaultAuditInterval.String(),
 		"the ordered audit: while a group has writes, its leader orders an audit at least this often (and every\n"+
 			"--audit-every client entries) at which every replica digests its app and a replica whose digest differs\n"+
-			"from the majority's is repaired. \"0\" turns it off. Each audit reads every key of the app while the group\n"+
-			"waits (0.65 s per 100k small Redis keys here); apps over --audit-max-keys are not audited.")
+			"from the majority's is repaired. \"0\" turns it off. A Redis replica captures its state copy-on-write\n"+
+			"(BGSAVE: the group waits for the fork only, which replaces the app's dump file; see --audit-copy-on-write).")
 	auditEvery := fs.Uint64("audit-every", replication.DefaultAuditEvery, "client entries between two audits (see --audit-interval).")
 	auditMaxKeys := fs.Int("audit-max-keys", replication.DefaultAuditMaxKeys,
-		"a replica whose app holds more keys is not digested (it reports \"skipped\", said once in the log).")
+		"bound of the command digest (the fallback when a copy-on-write capture is impossible, which reads every key\n"+
+			"while the group waits: 0.65 s per 100k small Redis keys here): an app with more keys is not digested\n"+
+			"(it reports \"skipped\", said once in the log).")
+	auditCOW := fs.Bool("audit-copy-on-write", true,
+		"capture a Redis app's state for the audit with BGSAVE (copy-on-write fork; the dump file is read through\n"+
+			"/proc/<pid>/cwd). It replaces the app's own dump file and needs disk for one copy of the dataset;\n"+
+			"false: every audit reads the keys through commands (bounded by --audit-max-keys).")
 	statusSocket := fs.String("status-socket", "",
 		"unix socket (mode 0600, root only) that `smr-cri status` reads this node's members from. Default: "+nodestatus.SocketName+"\n"+
 			"beside --listen; \"-\" turns it off. Never a TCP port: cluster-wide views go through the API server.")
@@ -356,7 +362,8 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 		Replication: replicationOptions{Enabled: *replicate, DataDir: *dataDir, Kubeconfig: *kubeconfig,
 			NodeName: *nodeName, TraceFile: *traceFile, ProbeSource: *probeSource, PKIDir: *pkiDir, InsecureRaft: *insecureRaft,
 			ClientMemoryMiB: clientMiB,
-			Audit:           replication.AuditConfig{Off: audit == 0, Interval: audit, Every: *auditEvery, MaxKeys: *auditMaxKeys}},
+			Audit: replication.AuditConfig{Off: audit == 0, Interval: audit, Every: *auditEvery, MaxKeys: *auditMaxKeys,
+				NoCopyOnWrite: !*auditCOW}},
 	}, nil
 }
 

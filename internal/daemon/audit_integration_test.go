@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net"
@@ -54,9 +55,24 @@ func (m *auditMember) metric(t *testing.T, name string, want map[string]string) 
 // member 3 records DivergenceDetected and repairs itself through the
 // rebuild path (RepairStarted/RepairFinished with the cause,
 // smr_repairs_total), the next audit agrees, every app compared directly
-// has the same digest, and the clients' history is linearizable.
+// has the same digest, and the clients' history is linearizable. With app
+// snapshots every few entries, member 3 snapshots its diverged app before
+// the audit: the repair must install a majority member's snapshot, not its
+// own (which would bring the divergence back, repair after repair).
 func TestIntegrationAuditRepairsDivergedReplica(t *testing.T) {
 	nodelab.RequireIntegration(t)
+	for _, tc := range []struct {
+		name        string
+		annotations map[string]string
+	}{
+		{"log replay, no app snapshots", nil},
+		{"own snapshots taken after the divergence", map[string]string{podcontract.AnnotationSnapshotEvery: "16"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testAuditRepair(t, tc.annotations) })
+	}
+}
+
+func testAuditRepair(t *testing.T, annotations map[string]string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const n = 3
@@ -108,6 +124,7 @@ func TestIntegrationAuditRepairsDivergedReplica(t *testing.T) {
 					podcontract.AnnotationPeers:    strings.Join(peers, ",")}},
 			NetNSPath: "/var/run/netns/fake", IPs: []string{"127.0.0.1"},
 		}
+		maps.Copy(m.pod.Meta.Annotations, annotations)
 		members[i] = m
 		t.Cleanup(func() { _ = m.d.Close(context.Background()) })
 	}

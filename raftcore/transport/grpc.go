@@ -21,6 +21,7 @@ import (
 	"github.com/smr-io/smr-cri/raftcore"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // Config configures a GRPC transport.
@@ -55,6 +56,12 @@ type Config struct {
 	// pod's network namespace, so that peers and NetworkPolicies see the
 	// pod's address as the source). nil dials from the process's own netns.
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+	// Advertise is the address ("host:port") peers reach this transport
+	// at, announced on every stream it opens so that peers learn where this
+	// member listens now (see advertise.go). "" means the listener's
+	// address when it names one IP; a send-only or wildcard transport then
+	// announces nothing.
+	Advertise string
 }
 
 // GRPC implements raftcore.Transport over gRPC.
@@ -68,6 +75,11 @@ type GRPC struct {
 	pmap map[string]*peer
 	done chan struct{}
 	wg   sync.WaitGroup
+
+	// learner, if the handler is one, is told the addresses peers
+	// announce; advertise is what this transport announces (advertise.go).
+	learner   raftcore.PeerAddrLearner
+	advertise string
 }
 
 // New validates cfg and, if cfg.Listen is set, binds the listener (so the
@@ -102,6 +114,15 @@ func New(cfg Config) (*GRPC, error) {
 		}
 		t.lis = lis
 	}
+	t.advertise = cfg.Advertise
+	if t.advertise == "" {
+		t.advertise = defaultAdvertise(t.lis)
+	} else if err := checkAdvertise(t.advertise); err != nil {
+		if t.lis != nil {
+			_ = t.lis.Close()
+		}
+		return nil, fmt.Errorf("transport: Advertise: %w", err)
+	}
 	return t, nil
 }
 
@@ -128,6 +149,12 @@ var serviceDesc = grpc.ServiceDesc{
 		Handler: func(srv any, stream grpc.ServerStream) error {
 			return srv.(*GRPC).serveSnapshot(stream)
 		},
+	}, {
+		StreamName:    "FetchState",
+		ServerStreams: true,
+		Handler: func(srv any, stream grpc.ServerStream) error {
+			return srv.(*GRPC).serveState(stream)
+		},
 	}},
 }
 
@@ -141,6 +168,7 @@ const (
 // Start implements raftcore.Transport.
 func (t *GRPC) Start(h raftcore.Handler) error {
 	t.h = h
+	t.learner, _ = h.(raftcore.PeerAddrLearner)
 	if t.lis == nil {
 		return nil
 	}
@@ -160,6 +188,7 @@ func (t *GRPC) Start(h raftcore.Handler) error {
 }
 
 func (t *GRPC) serveStream(stream grpc.ServerStream) error {
+	learn := t.newStreamLearner(stream.Context())
 	for {
 		var f frame
 		if err := stream.RecvMsg(&f); err != nil {
@@ -171,6 +200,7 @@ func (t *GRPC) serveStream(stream grpc.ServerStream) error {
 		if err := t.authorizeIn(stream.Context(), &f); err != nil {
 			return err
 		}
+		learn.learn(&f)
 		for _, b := range f.batches {
 			t.h.Deliver(b.group, b.msgs)
 		}
@@ -254,6 +284,7 @@ func (p *peer) run() {
 	defer p.t.wg.Done()
 	backoff := 50 * time.Millisecond
 	var conn *grpc.ClientConn
+	var downSince time.Time // zero while the last stream opened
 	defer func() {
 		if conn != nil {
 			conn.Close()
@@ -268,6 +299,7 @@ func (p *peer) run() {
 		}
 		if conn == nil {
 			opts := []grpc.DialOption{grpc.WithTransportCredentials(p.clientCreds()),
+				grpc.WithConnectParams(connectParams),
 				grpc.WithInitialWindowSize(windowSize), grpc.WithInitialConnWindowSize(windowSize),
 				grpc.WithDefaultCallOptions(grpc.ForceCodec(codec{}), grpc.MaxCallSendMsgSize(maxMessageBytes))}
 			if p.t.cfg.Dialer != nil {
@@ -283,9 +315,13 @@ func (p *peer) run() {
 			}
 			conn = c
 		}
-		ctx, cancel := context.WithCancel(context.Background())
+		ctx, cancel := context.WithCancel(p.t.announce(context.Background()))
 		stream, err := conn.NewStream(ctx, &serviceDesc.Streams[0], sendMethod)
 		if err == nil {
+			if !downSince.IsZero() {
+				p.t.log.Info("raft peer reachable again", "addr", p.addr, "after", time.Since(downSince).Round(time.Millisecond).String())
+				downSince = time.Time{}
+			}
 			err = p.pump(stream)
 		}
 		cancel()
@@ -297,6 +333,12 @@ func (p *peer) run() {
 			return
 		default:
 		}
+		if downSince.IsZero() {
+			// Once per outage, so that a dump shows why a member was not
+			// reached; the retries are at debug level.
+			p.t.log.Warn("raft peer unreachable", "addr", p.addr, "err", err)
+			downSince = time.Now()
+		}
 		p.t.log.Debug("raft stream down", "addr", p.addr, "err", err, "backoff", backoff)
 		if !p.failFor(backoff) {
 			return
@@ -306,6 +348,18 @@ func (p *peer) run() {
 			backoff = 50 * time.Millisecond
 		}
 	}
+}
+
+// connectParams bound how long a peer that was down for a while stays
+// unreached once it is back. gRPC's defaults back off up to 2 minutes
+// between connection attempts and let one attempt wait 20 s for a SYN that
+// was lost (a node whose network comes up after its pods): a member whose
+// node restarted could stay cut off for a minute after its network
+// returned. Raft needs the peer at its next heartbeat; an attempt every 2 s
+// at most costs nothing.
+var connectParams = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+	MinConnectTimeout: 5 * time.Second,
 }
 
 // failFor drops (and reports) whatever is queued for d, so raft does not

@@ -62,14 +62,9 @@ func (t *GRPC) sendSnapshot(p *peer, group string, to uint64, m *raftpb.Message,
 		case <-ctx.Done():
 		}
 	}()
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(p.clientCreds()),
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(codec{}))}
-	if t.cfg.Dialer != nil {
-		opts = append(opts, grpc.WithContextDialer(t.cfg.Dialer))
-	}
-	conn, err := grpc.NewClient("passthrough:///"+p.addr, opts...)
+	conn, err := t.dialOwn(p)
 	if err != nil {
-		return 0, fmt.Errorf("dial %s: %w", p.addr, err)
+		return 0, err
 	}
 	defer conn.Close()
 	stream, err := conn.NewStream(ctx, &serviceDesc.Streams[1], snapshotMethod, grpc.WaitForReady(true))
@@ -157,4 +152,19 @@ func (t *GRPC) serveSnapshot(stream grpc.ServerStream) error {
 		return status.Error(codes.Aborted, err.Error())
 	}
 	return stream.SendMsg(&frame{})
+}
+
+// dialOwn opens a connection of its own to p (a long transfer must not
+// share, or hold up, the raft message stream).
+func (t *GRPC) dialOwn(p *peer) (*grpc.ClientConn, error) {
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(p.clientCreds()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodec(codec{}))}
+	if t.cfg.Dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(t.cfg.Dialer))
+	}
+	conn, err := grpc.NewClient("passthrough:///"+p.addr, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", p.addr, err)
+	}
+	return conn, nil
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // redisApp snapshots a Redis (RESP) app with the commands every Redis 7
@@ -41,7 +42,12 @@ import (
 // DUMP payloads are only restorable into a Redis of the same or a newer RDB
 // version: all replicas of a group must run the same Redis (they run the
 // same image).
-type redisApp struct{ cfg Config }
+type redisApp struct {
+	cfg Config
+	// fork is the located dump file of the current Redis run (redis_fork.go).
+	forkMu sync.Mutex
+	fork   forkTarget
+}
 
 // scanCount is SCAN's COUNT hint: keys per pipelined page.
 const scanCount = "512"

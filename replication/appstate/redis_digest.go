@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash"
+	"maps"
 	"slices"
 	"strconv"
 )
@@ -52,14 +53,11 @@ func (a *redisApp) Digest(ctx context.Context, opt DigestOptions) (Digest, error
 	if !opt.ExpiringBy.IsZero() {
 		cutoff = opt.ExpiringBy.UnixMilli()
 	}
-	top := sha256.New()
-	top.Write([]byte("smr-appstate-digest/resp/1\n"))
+	var acc digestAcc
 	for _, db := range dbs {
 		if _, err := rc.doOK(ctx, "SELECT", strconv.Itoa(db)); err != nil {
 			return d, fmt.Errorf("digest database %d: %w", db, err)
 		}
-		var sum sum256
-		n := 0
 		err := scanKeys(ctx, rc, func(keys [][]byte) error {
 			hs, err := digestKeys(ctx, rc, keys, cutoff)
 			if err != nil {
@@ -67,8 +65,7 @@ func (a *redisApp) Digest(ctx context.Context, opt DigestOptions) (Digest, error
 			}
 			for _, h := range hs {
 				if h != nil {
-					sum.add(h)
-					n++
+					acc.add(db, h)
 				}
 			}
 			return nil
@@ -76,13 +73,6 @@ func (a *redisApp) Digest(ctx context.Context, opt DigestOptions) (Digest, error
 		if err != nil {
 			return d, fmt.Errorf("digest database %d: %w", db, err)
 		}
-		if n == 0 {
-			continue // only expired keys: same as an empty database
-		}
-		writeField(top, strconv.AppendInt(nil, int64(db), 10))
-		writeField(top, strconv.AppendInt(nil, int64(n), 10))
-		top.Write(sum[:])
-		d.Keys += n
 	}
 	fns, err := rc.do(ctx, "FUNCTION", "LIST", "WITHCODE")
 	switch {
@@ -92,13 +82,59 @@ func (a *redisApp) Digest(ctx context.Context, opt DigestOptions) (Digest, error
 	case fns.err() != nil:
 		return d, fmt.Errorf("digest functions: %w", fns.err())
 	default:
-		type lib struct{ name, engine, code []byte }
-		var libs []lib
+		acc.functions = true
 		for _, l := range fns.arr {
 			f := fieldMap(l)
-			libs = append(libs, lib{f["library_name"].str, f["engine"].str, f["library_code"].str})
+			acc.libs = append(acc.libs, functionLib{f["library_name"].str, f["engine"].str, f["library_code"].str})
 		}
-		slices.SortFunc(libs, func(a, b lib) int { return bytes.Compare(a.name, b.name) })
+	}
+	return acc.digest(), nil
+}
+
+// digestAcc combines per-key hashes into a Digest: keys of a database by
+// adding their sums, then databases in ascending order, then the function
+// libraries sorted by name. Both digest paths (commands, RDB) use it.
+type digestAcc struct {
+	dbs       map[int]*dbAcc
+	functions bool // the app has functions (Redis >= 7.0), even if none loaded
+	libs      []functionLib
+}
+
+type dbAcc struct {
+	sum  sum256
+	keys int
+}
+
+type functionLib struct{ name, engine, code []byte }
+
+func (a *digestAcc) add(db int, h []byte) {
+	if a.dbs == nil {
+		a.dbs = map[int]*dbAcc{}
+	}
+	d := a.dbs[db]
+	if d == nil {
+		d = &dbAcc{}
+		a.dbs[db] = d
+	}
+	d.sum.add(h)
+	d.keys++
+}
+
+func (a *digestAcc) digest() Digest {
+	var d Digest
+	top := sha256.New()
+	top.Write([]byte("smr-appstate-digest/resp/1\n"))
+	dbs := slices.Sorted(maps.Keys(a.dbs))
+	for _, db := range dbs {
+		acc := a.dbs[db]
+		writeField(top, strconv.AppendInt(nil, int64(db), 10))
+		writeField(top, strconv.AppendInt(nil, int64(acc.keys), 10))
+		top.Write(acc.sum[:])
+		d.Keys += acc.keys
+	}
+	if a.functions {
+		libs := slices.Clone(a.libs)
+		slices.SortFunc(libs, func(a, b functionLib) int { return bytes.Compare(a.name, b.name) })
 		writeField(top, []byte("functions"))
 		for _, l := range libs {
 			writeField(top, l.name)
@@ -107,7 +143,7 @@ func (a *redisApp) Digest(ctx context.Context, opt DigestOptions) (Digest, error
 		}
 	}
 	copy(d.Sum[:], top.Sum(nil))
-	return d, nil
+	return d
 }
 
 // digestKeys returns each key's canonical hash (nil for a key that expired
@@ -169,98 +205,154 @@ func digestKeys(ctx context.Context, rc *respConn, keys [][]byte, cutoff int64) 
 		if v.null {
 			continue // expired between the two round trips
 		}
-		h := sha256.New()
-		writeField(h, k)
-		writeField(h, []byte(types[i]))
-		writeField(h, strconv.AppendInt(nil, max(meta[2*i+1].num, 0), 10))
-		switch types[i] {
-		case "string":
-			if regs, ok := hllRegisters(v.str); ok {
-				writeField(h, []byte("hll"))
-				writeField(h, regs)
-			} else {
-				writeField(h, v.str)
-			}
-		case "hash":
-			pairs := make([][2][]byte, 0, len(v.arr)/2)
-			for p := 0; p+1 < len(v.arr); p += 2 {
-				pairs = append(pairs, [2][]byte{v.arr[p].str, v.arr[p+1].str})
-			}
-			slices.SortFunc(pairs, func(a, b [2][]byte) int { return bytes.Compare(a[0], b[0]) })
-			for _, p := range pairs {
-				writeField(h, p[0])
-				writeField(h, p[1])
-			}
-		case "set":
-			ms := make([][]byte, len(v.arr))
-			for m := range v.arr {
-				ms[m] = v.arr[m].str
-			}
-			slices.SortFunc(ms, bytes.Compare)
-			for _, m := range ms {
-				writeField(h, m)
-			}
-		case "stream":
-			writeValue(h, v)
-			if err := digestStreamMeta(ctx, rc, k, h); err != nil {
+		var sm *streamMeta
+		if types[i] == "stream" {
+			if sm, err = fetchStreamMeta(ctx, rc, k); err != nil {
 				return nil, fmt.Errorf("key %q: %w", k, err)
 			}
-		default: // list, zset (canonical order already), module types
-			writeValue(h, v)
 		}
-		out[i] = h.Sum(nil)
+		out[i] = hashKey(k, types[i], max(meta[2*i+1].num, 0), v, sm)
 	}
 	return out, nil
 }
 
-// digestStreamMeta hashes what XRANGE does not show: the stream's ids and
-// counters, and its consumer groups with their pending entries.
-func digestStreamMeta(ctx context.Context, rc *respConn, key []byte, h hash.Hash) error {
+// hashKey is one key's canonical hash. v is the value as the command path
+// reads it (GET, LRANGE, HGETALL, SMEMBERS, ZRANGE WITHSCORES, XRANGE;
+// DUMP for other types), sm a stream's metadata. The RDB path builds the
+// same trees from the file, so both paths hash the same bytes.
+func hashKey(k []byte, typ string, expireMs int64, v value, sm *streamMeta) []byte {
+	h := sha256.New()
+	writeField(h, k)
+	writeField(h, []byte(typ))
+	writeField(h, strconv.AppendInt(nil, expireMs, 10))
+	switch typ {
+	case "string":
+		if regs, ok := hllRegisters(v.str); ok {
+			writeField(h, []byte("hll"))
+			writeField(h, regs)
+		} else {
+			writeField(h, v.str)
+		}
+	case "hash":
+		pairs := make([][2][]byte, 0, len(v.arr)/2)
+		for p := 0; p+1 < len(v.arr); p += 2 {
+			pairs = append(pairs, [2][]byte{v.arr[p].str, v.arr[p+1].str})
+		}
+		slices.SortFunc(pairs, func(a, b [2][]byte) int { return bytes.Compare(a[0], b[0]) })
+		for _, p := range pairs {
+			writeField(h, p[0])
+			writeField(h, p[1])
+		}
+	case "set":
+		ms := make([][]byte, len(v.arr))
+		for m := range v.arr {
+			ms[m] = v.arr[m].str
+		}
+		slices.SortFunc(ms, bytes.Compare)
+		for _, m := range ms {
+			writeField(h, m)
+		}
+	case "zset":
+		// Members in rank order; scores as numbers, not as this Redis
+		// version prints them (7.0 "%.17g", 7.2 the shortest form).
+		h.Write([]byte{'*'})
+		writeField(h, strconv.AppendInt(nil, int64(len(v.arr)), 10))
+		for p := 0; p+1 < len(v.arr); p += 2 {
+			h.Write([]byte{'$'})
+			writeField(h, v.arr[p].str)
+			h.Write([]byte{'$'})
+			writeField(h, canonicalScore(v.arr[p+1].str))
+		}
+	case "stream":
+		writeValue(h, v)
+		sm.hash(h)
+	default: // list (in order already), module types
+		writeValue(h, v)
+	}
+	return h.Sum(nil)
+}
+
+// canonicalScore formats a sorted-set score as its shortest exact decimal
+// (text that is no number is kept as it is).
+func canonicalScore(s []byte) []byte {
+	f, err := strconv.ParseFloat(string(s), 64)
+	if err != nil {
+		return s
+	}
+	return strconv.AppendFloat(nil, f, 'g', -1, 64)
+}
+
+// streamMeta is what XRANGE does not show of a stream: its ids and
+// counters (XINFO STREAM), and its consumer groups (XINFO GROUPS) with
+// their consumers (XINFO CONSUMERS) and pending entries (XPENDING).
+type streamMeta struct {
+	info   map[string]value
+	groups []streamGroupMeta
+}
+
+type streamGroupMeta struct {
+	info      map[string]value
+	consumers []value // XINFO CONSUMERS entries, sorted by name
+	pending   []value // XPENDING entries [id, consumer, idle ms, deliveries]
+}
+
+func fetchStreamMeta(ctx context.Context, rc *respConn, key []byte) (*streamMeta, error) {
 	rc.send([]byte("XINFO"), []byte("STREAM"), key)
 	rc.send([]byte("XINFO"), []byte("GROUPS"), key)
 	vs, err := rc.exec(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := cmp2(vs[0].err(), vs[1].err()); err != nil {
-		return err
+		return nil, err
 	}
-	info := fieldMap(vs[0])
-	for _, f := range []string{"length", "last-generated-id", "max-deleted-entry-id", "entries-added"} {
-		writeField(h, []byte(f))
-		writeValue(h, info[f])
-	}
+	sm := &streamMeta{info: fieldMap(vs[0])}
 	for _, g := range vs[1].arr {
-		gi := fieldMap(g)
-		name := gi["name"].str
-		for _, f := range []string{"name", "last-delivered-id", "entries-read", "pending"} {
-			writeField(h, []byte(f))
-			writeValue(h, gi[f])
-		}
+		gm := streamGroupMeta{info: fieldMap(g)}
+		name := gm.info["name"].str
 		rc.send([]byte("XINFO"), []byte("CONSUMERS"), key, name)
 		rc.send([]byte("XPENDING"), key, name, []byte("-"), []byte("+"), []byte("2147483647"))
 		cs, err := rc.exec(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := cmp2(cs[0].err(), cs[1].err()); err != nil {
-			return fmt.Errorf("group %q: %w", name, err)
+			return nil, fmt.Errorf("group %q: %w", name, err)
 		}
-		for _, c := range cs[0].arr { // sorted by name (Redis keeps them in a radix tree)
+		for _, p := range cs[1].arr {
+			if len(p.arr) != 4 {
+				return nil, fmt.Errorf("%w: XPENDING entry", errBadReply)
+			}
+		}
+		gm.consumers, gm.pending = cs[0].arr, cs[1].arr
+		sm.groups = append(sm.groups, gm)
+	}
+	return sm, nil
+}
+
+// hash writes the metadata canonically: idle and delivery times are left
+// out (they are clock readings, not state).
+func (sm *streamMeta) hash(h hash.Hash) {
+	for _, f := range []string{"length", "last-generated-id", "max-deleted-entry-id", "entries-added"} {
+		writeField(h, []byte(f))
+		writeValue(h, sm.info[f])
+	}
+	for _, g := range sm.groups { // sorted by name (Redis keeps them in a radix tree)
+		for _, f := range []string{"name", "last-delivered-id", "entries-read", "pending"} {
+			writeField(h, []byte(f))
+			writeValue(h, g.info[f])
+		}
+		for _, c := range g.consumers { // sorted by name, like groups
 			ci := fieldMap(c)
 			writeField(h, ci["name"].str)
 			writeValue(h, ci["pending"])
 		}
-		for _, p := range cs[1].arr { // [id, consumer, idle ms, deliveries]: idle is time, left out
-			if len(p.arr) != 4 {
-				return fmt.Errorf("%w: XPENDING entry", errBadReply)
-			}
+		for _, p := range g.pending { // by id
 			writeValue(h, p.arr[0])
 			writeValue(h, p.arr[1])
 			writeValue(h, p.arr[3])
 		}
 	}
-	return nil
 }
 
 // fieldMap reads a RESP2 flat map ([k1, v1, k2, v2, ...]).

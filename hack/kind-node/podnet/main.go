@@ -4,6 +4,12 @@
 // node it writes a bridge + host-local CNI config for the node's spec.podCIDR and routes every
 // other node's podCIDR via that node's InternalIP (all nodes share kind's docker network, one L2
 // segment). It re-reads the nodes every --interval, so joining and restarted nodes are covered.
+//
+// Like kindnetd it reaches the API server at the control plane's own address, which kind passes
+// in CONTROL_PLANE_ENDPOINT (default-cni.yaml asks kind for it), not through the kubernetes
+// Service: that ClusterIP works only once kube-proxy has programmed the node, and after a node
+// restart the first list then hung for 30 s, leaving the node's pods without a route to other
+// nodes' pods for about 40 s.
 package main
 
 import (
@@ -45,6 +51,7 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("in-cluster config: %w", err)
 	}
+	cfg.Host = apiHost(cfg.Host, os.Getenv("CONTROL_PLANE_ENDPOINT"))
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
@@ -57,15 +64,26 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	for {
+		wait := *interval
 		if err := syncOnce(ctx, client, *node, *confDir); err != nil {
 			slog.Error("sync", "err", err)
+			wait = min(wait, 2*time.Second) // a restarted node's pods wait for the routes
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(*interval):
+		case <-time.After(wait):
 		}
 	}
+}
+
+// apiHost is the API server URL: the control plane endpoint ("host:port") when kind gave one,
+// else the in-cluster Service address.
+func apiHost(inCluster, controlPlaneEndpoint string) string {
+	if controlPlaneEndpoint == "" {
+		return inCluster
+	}
+	return "https://" + controlPlaneEndpoint
 }
 
 func syncOnce(ctx context.Context, client kubernetes.Interface, self, confDir string) error {

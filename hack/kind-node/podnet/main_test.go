@@ -79,3 +79,15 @@ func TestConflistIsJSONWithTheSubnet(t *testing.T) {
 		t.Fatalf("conflist = %+v", c)
 	}
 }
+
+func TestAPIHost(t *testing.T) {
+	tests := []struct{ inCluster, endpoint, want string }{
+		{"https://198.18.224.1:443", "", "https://198.18.224.1:443"},
+		{"https://198.18.224.1:443", "smr-control-plane:6443", "https://smr-control-plane:6443"},
+	}
+	for _, tc := range tests {
+		if got := apiHost(tc.inCluster, tc.endpoint); got != tc.want {
+			t.Errorf("apiHost(%q, %q) = %q, want %q", tc.inCluster, tc.endpoint, got, tc.want)
+		}
+	}
+}

@@ -388,18 +388,15 @@ time=2026-11-25T13:22:00.000Z level=INFO msg="1 became leader at term 4" group=d
 	}
 }
 
-func TestParseMembershipChanges(t *testing.T) {
-	log := `time=2026-12-03T17:40:01.000Z level=INFO msg="membership change" group=ns.redis op=add-learner member=4 size=5 voters=[1 2 3]
-time=2026-12-03T17:40:01.100Z level=INFO msg="membership change" group=other.redis op=remove member=2 size=1
-time=2026-12-03T17:40:02.000Z level=INFO msg="1 became leader at term 2" group=ns.redis member=1
-time=2026-12-03T17:40:03.000Z level=INFO msg="membership change" group=ns.redis op=promote member=4 size=5`
-	got := parseMembershipChanges(bufio.NewScanner(strings.NewReader(log)), "ns.redis", "smr-node1")
-	want := []MembershipChange{
-		{At: "2026-12-03T17:40:01.000Z", Op: "add-learner", Member: 4, Node: "smr-node1"},
-		{At: "2026-12-03T17:40:03.000Z", Op: "promote", Member: 4, Node: "smr-node1"},
-	}
+func TestParseSessionEnds(t *testing.T) {
+	log := `time=2026-12-03T17:00:00.000Z level=INFO msg="session ended on every replica" group=e2e-smr.redis session=2a0000beef index=4711 proposed_by=3 reason="x"
+time=2026-12-03T17:00:00.001Z level=INFO msg="session ended on every replica" group=other.redis session=1 index=5 proposed_by=1 reason="y"
+time=2026-12-03T17:00:00.002Z level=WARN msg="session's connection state cannot be rebuilt here: ending it on every replica" group=e2e-smr.redis session=2a0000beef index=4700
+time=2026-12-03T17:00:01.000Z level=INFO msg="session ended on every replica" component=replication group=e2e-smr.redis session=3b index=4712 proposed_by=3 reason="z"`
+	got := parseSessionEnds(bufio.NewScanner(strings.NewReader(log)), "e2e-smr.redis", "smr-node2")
+	want := []SessionEnd{{Session: "2a0000beef", Index: 4711, Node: "smr-node2"}, {Session: "3b", Index: 4712, Node: "smr-node2"}}
 	if !slices.Equal(got, want) {
-		t.Fatalf("parseMembershipChanges = %+v, want %+v", got, want)
+		t.Fatalf("parseSessionEnds = %+v, want %+v", got, want)
 	}
 }
 
@@ -449,5 +446,20 @@ func TestLogFileOf(t *testing.T) {
 	// Processes without LogFile keep their log in logs/.
 	if got, err := logFileOf(c, etcdProc(c)); err != nil || got != filepath.Join(c.logDir(), "etcd.log") {
 		t.Fatalf("etcd log = %s, %v", got, err)
+	}
+}
+
+func TestParseMembershipChanges(t *testing.T) {
+	log := `time=2026-12-03T17:40:01.000Z level=INFO msg="membership change" group=ns.redis op=add-learner member=4 size=5 voters=[1 2 3]
+time=2026-12-03T17:40:01.100Z level=INFO msg="membership change" group=other.redis op=remove member=2 size=1
+time=2026-12-03T17:40:02.000Z level=INFO msg="1 became leader at term 2" group=ns.redis member=1
+time=2026-12-03T17:40:03.000Z level=INFO msg="membership change" group=ns.redis op=promote member=4 size=5`
+	got := parseMembershipChanges(bufio.NewScanner(strings.NewReader(log)), "ns.redis", "smr-node1")
+	want := []MembershipChange{
+		{At: "2026-12-03T17:40:01.000Z", Op: "add-learner", Member: 4, Node: "smr-node1"},
+		{At: "2026-12-03T17:40:03.000Z", Op: "promote", Member: 4, Node: "smr-node1"},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("parseMembershipChanges = %+v, want %+v", got, want)
 	}
 }

@@ -52,6 +52,44 @@ func parseLeaderChanges(sc *bufio.Scanner, group, node string) []LeaderChange {
 	return out
 }
 
+// SessionEnd is one session ended by an ordered END entry, as a node's smr-cri logs it when it
+// applies the entry ("session ended on every replica").
+type SessionEnd struct {
+	Session string
+	Index   uint64
+	Node    string
+}
+
+var sessionEndLine = regexp.MustCompile(`msg="session ended on every replica".*? group=(\S+) session=(\S+) index=(\d+)`)
+
+// SessionEnds reads every node's smr-cri log for the sessions of group that END entries ended.
+func (cl *Cluster) SessionEnds(group string) ([]SessionEnd, error) {
+	var out []SessionEnd
+	for _, n := range cl.Nodes {
+		f, err := os.Open(cl.smrLog(n.Name))
+		if err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+		out = append(out, parseSessionEnds(bufio.NewScanner(f), group, n.Name)...)
+		f.Close()
+	}
+	return out, nil
+}
+
+func parseSessionEnds(sc *bufio.Scanner, group, node string) []SessionEnd {
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	var out []SessionEnd
+	for sc.Scan() {
+		m := sessionEndLine.FindStringSubmatch(sc.Text())
+		if m == nil || m[1] != group {
+			continue
+		}
+		idx, _ := strconv.ParseUint(m[3], 10, 64)
+		out = append(out, SessionEnd{Session: m[2], Index: idx, Node: node})
+	}
+	return out
+}
+
 // MembershipChange is one conf change a group's leader made (internal/membership's
 // "membership change" log line).
 type MembershipChange struct {
