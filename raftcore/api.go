@@ -87,6 +87,13 @@ type Status struct {
 	Applied uint64 // last entry applied to the StateMachine here
 	Commit  uint64 // last committed index known here
 	Members map[uint64]string
+	// Learners are the members (in Members) that receive the log but do
+	// not vote yet.
+	Learners []uint64
+	// CatchingUp: this member joined with an empty log and has not reached
+	// the leader's commit index of its first contact yet; until then it
+	// neither votes nor campaigns.
+	CatchingUp bool
 	// Sessions is the number of open sessions in the replicated
 	// de-duplication table as of Applied (not yet ended or forgotten);
 	// EndedSessions the ended ones kept as tombstones for

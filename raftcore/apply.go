@@ -139,7 +139,7 @@ func (g *Group) restore(a *applier, s *raftpb.Snapshot) error {
 			g.peers[id] = addr
 		}
 	}
-	g.members = confMembers(a.cs)
+	g.setConfLocked(a.cs)
 	g.mu.Unlock()
 	g.applied.Advance(a.applied)
 	return nil

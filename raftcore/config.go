@@ -47,6 +47,13 @@ type GroupConfig struct {
 	// (after AddMember on an existing member). Also use it to rejoin with
 	// the same id after the member's disk state was lost.
 	Join bool
+	// CatchUpBeforeVoting (with Join, on an empty log) quarantines the
+	// member until it applied the commit index the leader announced first:
+	// it casts no vote and never campaigns before (rejoin.go). Set it when
+	// the member may have been a voter whose disk was lost; leave it off
+	// only where the group cannot form without this member's vote (a
+	// member of a group that is being created).
+	CatchUpBeforeVoting bool
 	// SnapshotEvery takes a snapshot and compacts the log every N applied
 	// entries when the StateMachine implements Snapshotter (0 = never).
 	SnapshotEvery uint64

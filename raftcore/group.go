@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,12 +46,22 @@ type Group struct {
 	applyc   chan struct{} // closed when applyLoop() returns
 	stopErr  atomic.Pointer[error]
 
-	nextID  atomic.Uint64
-	mu      sync.Mutex
-	props   map[uint64]*proposal // waiting proposals by pid
-	reads   atomic.Int64         // ReadIndex calls in flight
-	peers   map[uint64]string    // routing table: member id -> address
-	members []uint64             // voters+learners of the latest ConfState
+	nextID   atomic.Uint64
+	mu       sync.Mutex
+	props    map[uint64]*proposal // waiting proposals by pid
+	reads    atomic.Int64         // ReadIndex calls in flight
+	peers    map[uint64]string    // routing table: member id -> address
+	members  []uint64             // voters+learners of the latest ConfState
+	learners []uint64             // the learners among members
+	lostLog  map[uint64]bool      // members seen to have lost acknowledged entries (rejoin.go)
+
+	// quarantined: this member started in join mode with an empty log and
+	// has not caught up yet, so it casts no vote and never campaigns
+	// (rejoin.go). catchUpTo (owned by run) is the leader's commit index at
+	// first contact, 0 until then.
+	quarantined atomic.Bool
+	catchUpTo   uint64
+	clampWarned bool // owned by run: a heartbeat's commit was clamped once
 
 	// reported is the address last given per member by GroupConfig.Peers
 	// or SetPeerAddr, to tell a repeat from news (peeraddr.go); under mu.
@@ -103,6 +114,7 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 		donec:       make(chan struct{}),
 		applyc:      make(chan struct{}),
 		props:       map[uint64]*proposal{},
+		lostLog:     map[uint64]bool{},
 		peers:       maps.Clone(cfg.Peers),
 		reported:    maps.Clone(cfg.Peers),
 		readBatches: map[uint64]*readBatch{},
@@ -111,7 +123,7 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 	var applied uint64
 	if ds.snapshot != nil {
 		applied = ds.snapshot.GetMetadata().GetIndex()
-		g.members = confMembers(ds.snapshot.GetMetadata().GetConfState())
+		g.setConfLocked(ds.snapshot.GetMetadata().GetConfState())
 	}
 	rc := &raft.Config{
 		ID:                        cfg.SelfID,
@@ -146,6 +158,9 @@ func startGroup(n *Node, cfg GroupConfig, sm StateMachine) (*Group, error) {
 		}
 	}
 	g.rn = rn
+	if ds.fresh && cfg.Join && cfg.CatchUpBeforeVoting {
+		g.quarantined.Store(true)
+	}
 	g.applied.Advance(applied)
 	if g.durable, err = ds.mem.LastIndex(); err != nil {
 		ds.close()
@@ -170,9 +185,10 @@ func sortPeers(p []raft.Peer) {
 	}
 }
 
-func confMembers(cs *raftpb.ConfState) []uint64 {
-	out := append([]uint64(nil), cs.GetVoters()...)
-	return append(out, cs.GetLearners()...)
+// setConfLocked records the membership of cs; g.mu held (or not shared yet).
+func (g *Group) setConfLocked(cs *raftpb.ConfState) {
+	g.members = append(append([]uint64(nil), cs.GetVoters()...), cs.GetLearners()...)
+	g.learners = append([]uint64(nil), cs.GetLearners()...)
 }
 
 // Name returns the group name.
@@ -189,11 +205,12 @@ func (g *Group) Status() Status {
 	for _, id := range g.members {
 		members[id] = g.peers[id]
 	}
+	learners := g.learners
 	g.mu.Unlock()
 	return Status{
 		Group: g.name, ID: g.id, Leader: g.lead.Load(), Term: g.term.Load(),
 		State: raft.StateType(g.state.Load()).String(), Applied: applied, Commit: g.commit.Load(),
-		Members: members, Sessions: int(g.sessions.Load()), EndedSessions: int(g.endedSessions.Load()),
+		Members: members, Learners: slices.Clone(learners), CatchingUp: g.quarantined.Load(), Sessions: int(g.sessions.Load()), EndedSessions: int(g.endedSessions.Load()),
 	}
 }
 

@@ -3,6 +3,7 @@ package raftcore
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,80 @@ func (g *Group) AddMember(ctx context.Context, id uint64, addr string) error {
 	}
 	g.SetPeerAddr(id, addr)
 	return g.confChange(ctx, raftpb.ConfChangeAddNode, id, addr)
+}
+
+// AddLearner adds member id (reachable at addr) as a learner: it receives
+// the log (or a snapshot) but does not vote and does not count toward the
+// quorum, so a new member catching up does not lower the group's fault
+// tolerance. PromoteMember makes it a voter once it caught up (Progress).
+// Start the new member with GroupConfig.Join=true. Adding a member that is
+// already a learner is a no-op entry.
+func (g *Group) AddLearner(ctx context.Context, id uint64, addr string) error {
+	if id == 0 || addr == "" {
+		return fmt.Errorf("%w: add learner needs id > 0 and an address", ErrInvalidConfig)
+	}
+	g.SetPeerAddr(id, addr)
+	return g.confChange(ctx, raftpb.ConfChangeAddLearnerNode, id, addr)
+}
+
+// PromoteMember makes learner id a voter (a no-op entry for a voter).
+func (g *Group) PromoteMember(ctx context.Context, id uint64) error {
+	if id == 0 {
+		return fmt.Errorf("%w: promote member needs id > 0", ErrInvalidConfig)
+	}
+	return g.confChange(ctx, raftpb.ConfChangeAddNode, id, "")
+}
+
+// MemberProgress is the leader's view of one member's log.
+type MemberProgress struct {
+	Match   uint64 // highest log index known to be on that member
+	Learner bool
+	// LostLog: the member answered with a log shorter than what it had
+	// acknowledged (it lost its disk and came back under its id). Raft
+	// cannot bring it back by itself: remove it and add it again
+	// (rejoin.go).
+	LostLog bool
+}
+
+// Progress returns the leader's commit index and every member's progress.
+// It fails with ErrInvalidConfig when this member is not the leader (only
+// the leader tracks the others).
+func (g *Group) Progress(ctx context.Context) (commit uint64, _ map[uint64]MemberProgress, _ error) {
+	type answer struct {
+		commit uint64
+		prs    map[uint64]MemberProgress
+		err    error
+	}
+	ac := make(chan answer, 1)
+	f := func() {
+		st := g.rn.Status()
+		if st.RaftState != raft.StateLeader {
+			ac <- answer{err: fmt.Errorf("%w: member %d is not the leader", ErrInvalidConfig, g.id)}
+			return
+		}
+		prs := make(map[uint64]MemberProgress, len(st.Progress))
+		g.mu.Lock()
+		for id, pr := range st.Progress {
+			prs[id] = MemberProgress{Match: pr.Match, Learner: pr.IsLearner, LostLog: g.lostLog[id]}
+		}
+		g.mu.Unlock()
+		ac <- answer{commit: st.HardState.GetCommit(), prs: prs}
+	}
+	select {
+	case g.ctrlc <- f:
+	case <-ctx.Done():
+		return 0, nil, fmt.Errorf("group %s: progress: %w (%w)", g.name, ErrTimeout, ctx.Err())
+	case <-g.donec:
+		return 0, nil, g.stoppedErr()
+	}
+	select {
+	case a := <-ac:
+		return a.commit, a.prs, a.err
+	case <-ctx.Done():
+		return 0, nil, fmt.Errorf("group %s: progress: %w (%w)", g.name, ErrTimeout, ctx.Err())
+	case <-g.donec:
+		return 0, nil, g.stoppedErr()
+	}
 }
 
 // RemoveMember removes member id through a raft ConfChange.
@@ -150,7 +225,12 @@ func (g *Group) applyConfChange(e *raftpb.Entry) (*raftpb.ConfState, error) {
 	}
 	cs := g.rn.ApplyConfChange(cc)
 	g.mu.Lock()
-	g.members = confMembers(cs)
+	g.setConfLocked(cs)
+	for id := range g.lostLog {
+		if !slices.Contains(g.members, id) {
+			delete(g.lostLog, id) // removed: re-added with fresh progress
+		}
+	}
 	g.mu.Unlock()
 	return cs, nil
 }
@@ -159,7 +239,9 @@ func (g *Group) applyConfChange(e *raftpb.Entry) (*raftpb.ConfState, error) {
 // authorization (pki.NewMember): it answers for group from the membership of
 // the Group in *grp, which may be stored after the function is built (the
 // transport starts before the group). Other groups, and group while *grp is
-// still nil, are accepted: raft drops what is not its own.
+// still nil or has no membership yet (a member joining with an empty log,
+// waiting for the leader's first append), are accepted: raft drops what is
+// not its own.
 //
 // It is asked for every received frame and Status copies the membership, so
 // the membership is re-read at most once per maxAge: a removed member's
@@ -177,6 +259,9 @@ func MemberCheck(grp *atomic.Pointer[Group], group string, maxAge time.Duration)
 		defer mu.Unlock()
 		if now := time.Now(); members == nil || now.Sub(readAt) > maxAge {
 			members, readAt = g.Status().Members, now
+		}
+		if len(members) == 0 {
+			return true
 		}
 		_, ok := members[member]
 		return ok

@@ -33,9 +33,11 @@ func (g *Group) report(r report) {
 func (g *Group) step(ms []*raftpb.Message) {
 	for _, m := range ms {
 		// Local message types must never arrive over the network.
-		if raft.IsLocalMsg(m.GetType()) {
+		if raft.IsLocalMsg(m.GetType()) || !g.quarantineStep(m) {
 			continue
 		}
+		g.noteLostLog(m)
+		g.clampHeartbeatCommit(m)
 		if err := g.rn.Step(m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 			g.log.Debug("step", "type", m.GetType().String(), "from", m.GetFrom(), "err", err)
 		}

@@ -42,7 +42,9 @@ func (g *Group) run() {
 	for {
 		select {
 		case <-ticker.C:
-			g.rn.Tick()
+			if g.quarantineTick() {
+				g.rn.Tick()
+			}
 			g.ticks++
 			g.retryReads()
 			g.expireForwarded()

@@ -450,14 +450,16 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 	self := net.JoinHostPort(pod.IPs[0], strconv.Itoa(spec.RaftPort))
 	var peers map[uint64]string
 	var disc *Discovery // kubernetes membership: also watches the pods below
+	var plan StartPlan
 	switch spec.Membership {
 	case podcontract.MembershipKubernetes:
 		if disc, err = d.discovery(); err != nil {
 			return nil, nil, err
 		}
-		if peers, err = disc.Peers(ctx, spec, self); err != nil {
+		if plan, err = disc.Plan(ctx, spec, pod.Name, self); err != nil {
 			return nil, nil, err
 		}
+		peers = plan.Peers
 	default:
 		peers = map[uint64]string{}
 		for _, p := range spec.Peers {
@@ -473,6 +475,12 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 		}
 	}()
 	dir := d.memberDir(spec)
+	if aside, err := setAsideStaleLog(dir, spec.GroupKey(), plan.UID); err != nil {
+		return nil, nil, err
+	} else if aside != "" {
+		d.log.Warn("this member's data directory belonged to a deleted StatefulSet of the same name: its raft log is set aside and the member starts in the new group",
+			"group", spec.GroupKey(), "member", spec.MemberID, "set_aside", aside, "statefulset_uid", plan.UID)
+	}
 	var grp atomic.Pointer[raftcore.Group]
 	tcfg, err := d.raftSecurity(ctx, spec, &grp)
 	if err != nil {
@@ -499,7 +507,8 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 		return nil, nil, err
 	}
 	cleanup = append(cleanup, node.Close)
-	gcfg := raftcore.GroupConfig{Name: spec.GroupKey(), SelfID: spec.MemberID, Peers: peers}
+	gcfg := raftcore.GroupConfig{Name: spec.GroupKey(), SelfID: spec.MemberID, Peers: peers,
+		Join: plan.Join, CatchUpBeforeVoting: plan.CatchUpBeforeVoting}
 	if err := d.enableSnapshots(ctx, spec, sm, &gcfg); err != nil {
 		return nil, nil, err
 	}
@@ -512,11 +521,7 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 	bg, cancel := context.WithCancel(context.Background())
 	cleanup = append(cleanup, func() error { cancel(); return nil })
 	if disc != nil {
-		go func() {
-			if err := disc.Watch(bg, spec, g.SetPeerAddr); err != nil && bg.Err() == nil {
-				d.log.Error("pod watch failed; member addresses will not follow pods", "group", spec.GroupKey(), "err", err)
-			}
-		}()
+		d.followKubernetes(bg, disc, spec, plan, g)
 	}
 	if d.cfg.Metrics != nil {
 		go d.cfg.Metrics.WatchLeader(bg, spec.GroupKey(), func() uint64 { return g.Status().Leader }, time.Second)
@@ -526,7 +531,8 @@ func (d *Daemon) startGroup(ctx context.Context, pod podcontract.Pod, spec repli
 		security = "plaintext"
 	}
 	d.log.Info("raft member started", "group", spec.GroupKey(), "member", spec.MemberID, "listen", self, "raft_security", security,
-		"peers", fmt.Sprint(peers), "dir", dir, "node", d.cfg.NodeName)
+		"peers", fmt.Sprint(peers), "dir", dir, "node", d.cfg.NodeName, "statefulset", plan.StatefulSet, "size", plan.Size,
+		"if_new", plan.Why)
 	var once sync.Once
 	var stopErr error
 	stop := func() error {

@@ -245,7 +245,7 @@ func (tm *trackedMember) status() nodestatus.Member {
 	st := tm.group.Status()
 	m := nodestatus.Member{Group: st.Group, MemberID: st.ID, Pod: tm.pod.String(), Role: roleName(st.State),
 		Term: st.Term, Leader: st.Leader, Commit: st.Commit, Applied: st.Applied, Sessions: st.Sessions,
-		Peers: sortedIDs(st.Members)}
+		Peers: sortedIDs(st.Members), Learners: slices.Sorted(slices.Values(st.Learners)), CatchingUp: st.CatchingUp}
 	if p, ok := tm.sm.(appProgress); ok {
 		m.Applied, m.Sessions = p.Applied(), p.Sessions()
 	}

@@ -1,11 +1,14 @@
-// Package kubecore is the daemon's Kubernetes API client: a REST client for
-// the core/v1 group only (pods for membership discovery, the CA Secret, events).
+// Package kubecore is the daemon's Kubernetes API client: REST clients for
+// the core/v1 group (pods for membership discovery, the CA Secret, events,
+// the group records in smr-system's ConfigMaps)
+// and apps/v1 StatefulSets (a group's size is its StatefulSet's
+// spec.replicas), nothing else.
 //
 // It exists instead of client-go's typed clientset (k8s.io/client-go/kubernetes)
 // because importing that package registers every API group's types in a
 // global scheme at process start: about 16 MiB of the node daemon's idle
 // resident memory, paid even by nodes that never talk to an API server.
-// Here the scheme holds core/v1 and meta/v1 only and is built at the first
+// Here the scheme holds core/v1, apps/v1 and meta/v1 only and is built at the first
 // client, so `smr-cri serve` without --kubeconfig pays nothing for it.
 package kubecore
 
@@ -15,9 +18,12 @@ import (
 	"fmt"
 	"sync"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
@@ -28,8 +34,8 @@ import (
 // UserAgent is sent with every request (shows in the API server's audit log).
 const UserAgent = "smr-cri"
 
-// Scheme holds the core/v1 types (and meta/v1's options and Status). Built
-// once, at first use.
+// Scheme holds the core/v1 and apps/v1 types (and meta/v1's options and
+// Status). Built once, at first use.
 var Scheme = sync.OnceValue(func() *runtime.Scheme {
 	s := runtime.NewScheme()
 	// AddToScheme also registers metav1's ListOptions, WatchEvent, Status...
@@ -37,12 +43,16 @@ var Scheme = sync.OnceValue(func() *runtime.Scheme {
 	if err := corev1.AddToScheme(s); err != nil {
 		panic(fmt.Sprintf("kubecore: register core/v1: %v", err)) // static input: a bug, not bad input
 	}
+	if err := appsv1.AddToScheme(s); err != nil {
+		panic(fmt.Sprintf("kubecore: register apps/v1: %v", err))
+	}
 	return s
 })
 
-// Client calls the core/v1 API of one API server.
+// Client calls the core/v1 and apps/v1 APIs of one API server.
 type Client struct {
-	rest rest.Interface
+	rest rest.Interface // core/v1
+	apps rest.Interface // apps/v1
 }
 
 // NewForConfig returns a core/v1 client for cfg (which is not modified).
@@ -50,18 +60,30 @@ func NewForConfig(cfg *rest.Config) (*Client, error) {
 	if cfg == nil {
 		return nil, errors.New("kubecore: nil rest config")
 	}
+	core, err := restClient(cfg, "/api", corev1.SchemeGroupVersion)
+	if err != nil {
+		return nil, err
+	}
+	apps, err := restClient(cfg, "/apis", appsv1.SchemeGroupVersion)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{rest: core, apps: apps}, nil
+}
+
+func restClient(cfg *rest.Config, apiPath string, gv schema.GroupVersion) (*rest.RESTClient, error) {
 	c := rest.CopyConfig(cfg)
-	c.APIPath = "/api"
-	c.GroupVersion = &corev1.SchemeGroupVersion
+	c.APIPath = apiPath
+	c.GroupVersion = &gv
 	c.NegotiatedSerializer = serializer.NewCodecFactory(Scheme()).WithoutConversion()
 	if c.UserAgent == "" {
 		c.UserAgent = UserAgent
 	}
 	rc, err := rest.RESTClientFor(c)
 	if err != nil {
-		return nil, fmt.Errorf("kubecore: core/v1 client for %s: %w", cfg.Host, err)
+		return nil, fmt.Errorf("kubecore: %s client for %s: %w", gv, cfg.Host, err)
 	}
-	return &Client{rest: rc}, nil
+	return rc, nil
 }
 
 // FromKubeconfig returns a core/v1 client for the current context of a
@@ -97,6 +119,66 @@ func (c *Client) PodListWatch(ns, labelSelector string) cache.ListerWatcher {
 	return cache.NewFilteredListWatchFromClient(c.rest, "pods", ns, func(o *metav1.ListOptions) {
 		o.LabelSelector = labelSelector
 	})
+}
+
+// GetStatefulSet reads the StatefulSet ns/name. Errors keep the API
+// server's status (apierrors.IsNotFound works on them).
+func (c *Client) GetStatefulSet(ctx context.Context, ns, name string) (*appsv1.StatefulSet, error) {
+	if ns == "" || name == "" {
+		return nil, fmt.Errorf("get statefulset %q/%q: namespace and name must be set", ns, name)
+	}
+	sts := &appsv1.StatefulSet{}
+	if err := c.apps.Get().Namespace(ns).Resource("statefulsets").Name(name).Do(ctx).Into(sts); err != nil {
+		return nil, fmt.Errorf("get statefulset %s/%s: %w", ns, name, err)
+	}
+	return sts, nil
+}
+
+// StatefulSetListWatch lists and watches the one StatefulSet ns/name, for
+// an informer.
+func (c *Client) StatefulSetListWatch(ns, name string) cache.ListerWatcher {
+	return cache.NewListWatchFromClient(c.apps, "statefulsets", ns, fields.OneTermEqualSelector("metadata.name", name))
+}
+
+// GetConfigMap reads the ConfigMap ns/name. Errors keep the API server's
+// status (apierrors.IsNotFound works on them).
+func (c *Client) GetConfigMap(ctx context.Context, ns, name string) (*corev1.ConfigMap, error) {
+	if ns == "" || name == "" {
+		return nil, fmt.Errorf("get configmap %q/%q: namespace and name must be set", ns, name)
+	}
+	cm := &corev1.ConfigMap{}
+	if err := c.rest.Get().Namespace(ns).Resource("configmaps").Name(name).Do(ctx).Into(cm); err != nil {
+		return nil, fmt.Errorf("get configmap %s/%s: %w", ns, name, err)
+	}
+	return cm, nil
+}
+
+// CreateConfigMap creates cm in its namespace and returns what the API
+// server stored. Errors keep the API server's status
+// (apierrors.IsAlreadyExists).
+func (c *Client) CreateConfigMap(ctx context.Context, cm *corev1.ConfigMap) (*corev1.ConfigMap, error) {
+	if cm == nil || cm.Namespace == "" || cm.Name == "" {
+		return nil, errors.New("create configmap: namespace and name must be set")
+	}
+	out := &corev1.ConfigMap{}
+	if err := c.rest.Post().Namespace(cm.Namespace).Resource("configmaps").Body(cm).Do(ctx).Into(out); err != nil {
+		return nil, fmt.Errorf("create configmap %s/%s: %w", cm.Namespace, cm.Name, err)
+	}
+	return out, nil
+}
+
+// UpdateConfigMap replaces cm, which must carry the resourceVersion it was
+// read at: a concurrent change fails with the API server's Conflict
+// (apierrors.IsConflict), and the caller reads again.
+func (c *Client) UpdateConfigMap(ctx context.Context, cm *corev1.ConfigMap) (*corev1.ConfigMap, error) {
+	if cm == nil || cm.Namespace == "" || cm.Name == "" || cm.ResourceVersion == "" {
+		return nil, errors.New("update configmap: namespace, name and resourceVersion must be set")
+	}
+	out := &corev1.ConfigMap{}
+	if err := c.rest.Put().Namespace(cm.Namespace).Resource("configmaps").Name(cm.Name).Body(cm).Do(ctx).Into(out); err != nil {
+		return nil, fmt.Errorf("update configmap %s/%s: %w", cm.Namespace, cm.Name, err)
+	}
+	return out, nil
 }
 
 // GetSecret reads the Secret ns/name. Errors keep the API server's status

@@ -105,6 +105,14 @@ func TestBadInput(t *testing.T) {
 		{"pod status without namespace", func() error { _, err := c.PatchPodStatus(ctx, "", "p", []byte("{}")); return err }, "namespace and name must be set"},
 		{"pod status of a missing pod", func() error { _, err := c.PatchPodStatus(ctx, "ns", "nope", []byte("{}")); return err }, "patch status of pod ns/nope"},
 		{"pod status patch not JSON", func() error { _, err := c.PatchPodStatus(ctx, "ns", "nope", []byte("{")); return err }, "patch status of pod ns/nope"},
+		{"statefulset without name", func() error { _, err := c.GetStatefulSet(ctx, "ns", ""); return err }, "namespace and name must be set"},
+		{"missing statefulset", func() error { _, err := c.GetStatefulSet(ctx, "ns", "gone"); return err }, "get statefulset ns/gone"},
+		{"configmap without name", func() error { _, err := c.GetConfigMap(ctx, "ns", ""); return err }, "namespace and name must be set"},
+		{"create nil configmap", func() error { _, err := c.CreateConfigMap(ctx, nil); return err }, "namespace and name must be set"},
+		{"update configmap without resourceVersion", func() error {
+			_, err := c.UpdateConfigMap(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a"}})
+			return err
+		}, "resourceVersion must be set"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -115,11 +123,12 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// The scheme knows core/v1 and nothing else (the point of the package).
-func TestSchemeOnlyCoreV1(t *testing.T) {
+// The scheme knows core/v1 and apps/v1 and nothing else (the point of the
+// package).
+func TestSchemeOnlyCoreAndAppsV1(t *testing.T) {
 	for gvk := range kubecore.Scheme().AllKnownTypes() {
-		if gvk.Group != "" {
-			t.Errorf("scheme registers %v, want core/v1 only", gvk)
+		if gvk.Group != "" && gvk.Group != "apps" {
+			t.Errorf("scheme registers %v, want core/v1 and apps/v1 only", gvk)
 		}
 	}
 }

@@ -63,6 +63,12 @@ type Member struct {
 	LogBytes int64 `json:"logBytes"`
 	// Peers are the group's member IDs as this member knows them.
 	Peers []uint64 `json:"peers,omitempty"`
+	// Learners are the members among Peers that do not vote yet (added by
+	// a scale up, catching up before their promotion).
+	Learners []uint64 `json:"learners,omitempty"`
+	// CatchingUp: this member joined with an empty data directory and does
+	// not vote until it has the group's committed log.
+	CatchingUp bool `json:"catchingUp,omitempty"`
 }
 
 // Healthy reports whether the member serves and knows a leader.

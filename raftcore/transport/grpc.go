@@ -62,6 +62,10 @@ type Config struct {
 	// address when it names one IP; a send-only or wildcard transport then
 	// announces nothing.
 	Advertise string
+	// NoAdvertise announces no address at all: peers reach this member
+	// only where they were told (e.g. a test that routes every link
+	// through a proxy of its own, which a learned address would bypass).
+	NoAdvertise bool
 }
 
 // GRPC implements raftcore.Transport over gRPC.
@@ -115,9 +119,16 @@ func New(cfg Config) (*GRPC, error) {
 		t.lis = lis
 	}
 	t.advertise = cfg.Advertise
-	if t.advertise == "" {
+	switch {
+	case cfg.NoAdvertise:
+		t.advertise = ""
+	case t.advertise == "":
 		t.advertise = defaultAdvertise(t.lis)
-	} else if err := checkAdvertise(t.advertise); err != nil {
+	default:
+		err := checkAdvertise(t.advertise)
+		if err == nil {
+			break
+		}
 		if t.lis != nil {
 			_ = t.lis.Close()
 		}

@@ -226,6 +226,7 @@ func TestRBACLeastPrivilege(t *testing.T) {
 	}
 	want := []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"apps"}, Resources: []string{"statefulsets"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 	}
 	if fmt.Sprint(role.Rules) != fmt.Sprint(want) {
@@ -456,5 +457,24 @@ func TestDocumentedCommands(t *testing.T) {
 	}
 	if !bytes.Contains(doc, []byte("hack/kind-up.sh")) {
 		t.Error("README.md does not mention hack/kind-up.sh")
+	}
+}
+
+// TestGroupRecordsRBAC pins the group records' Role: ConfigMaps in
+// smr-system only, get/create/update, bound to smr-cri's ServiceAccount.
+func TestGroupRecordsRBAC(t *testing.T) {
+	all := loadAll(t)
+	role := find[rbacv1.Role](all, "smr-cri-group-records")
+	if role == nil || role.Namespace != "smr-system" {
+		t.Fatalf("no Role smr-system/smr-cri-group-records: %+v", role)
+	}
+	want := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "create", "update"}}}
+	if fmt.Sprint(role.Rules) != fmt.Sprint(want) {
+		t.Errorf("Role rules %+v, want exactly %+v", role.Rules, want)
+	}
+	b := find[rbacv1.RoleBinding](all, "smr-cri-group-records")
+	if b == nil || b.Namespace != "smr-system" || b.RoleRef.Kind != "Role" || b.RoleRef.Name != role.Name || len(b.Subjects) != 1 ||
+		b.Subjects[0].Name != "smr-cri" || b.Subjects[0].Namespace != "smr-system" {
+		t.Errorf("RoleBinding: %+v", b)
 	}
 }

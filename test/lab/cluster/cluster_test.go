@@ -448,3 +448,18 @@ func TestLogFileOf(t *testing.T) {
 		t.Fatalf("etcd log = %s, %v", got, err)
 	}
 }
+
+func TestParseMembershipChanges(t *testing.T) {
+	log := `time=2026-12-03T17:40:01.000Z level=INFO msg="membership change" group=ns.redis op=add-learner member=4 size=5 voters=[1 2 3]
+time=2026-12-03T17:40:01.100Z level=INFO msg="membership change" group=other.redis op=remove member=2 size=1
+time=2026-12-03T17:40:02.000Z level=INFO msg="1 became leader at term 2" group=ns.redis member=1
+time=2026-12-03T17:40:03.000Z level=INFO msg="membership change" group=ns.redis op=promote member=4 size=5`
+	got := parseMembershipChanges(bufio.NewScanner(strings.NewReader(log)), "ns.redis", "smr-node1")
+	want := []MembershipChange{
+		{At: "2026-12-03T17:40:01.000Z", Op: "add-learner", Member: 4, Node: "smr-node1"},
+		{At: "2026-12-03T17:40:03.000Z", Op: "promote", Member: 4, Node: "smr-node1"},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("parseMembershipChanges = %+v, want %+v", got, want)
+	}
+}

@@ -89,3 +89,45 @@ func parseSessionEnds(sc *bufio.Scanner, group, node string) []SessionEnd {
 	}
 	return out
 }
+
+// MembershipChange is one conf change a group's leader made (internal/membership's
+// "membership change" log line).
+type MembershipChange struct {
+	At     string // the log line's time (RFC 3339, one clock for all nodes)
+	Op     string // add-learner, promote, remove, transfer-leadership
+	Member int
+	Node   string
+}
+
+var membershipLine = regexp.MustCompile(`^time=(\S+) .*msg="membership change" group=(\S+) op=(\S+) member=(\d+)`)
+
+// MembershipChanges reads every node's smr-cri log for the membership changes of group, oldest
+// first.
+func (cl *Cluster) MembershipChanges(group string) ([]MembershipChange, error) {
+	var out []MembershipChange
+	for _, n := range cl.Nodes {
+		f, err := os.Open(cl.smrLog(n.Name))
+		if err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		out = append(out, parseMembershipChanges(sc, group, n.Name)...)
+		f.Close()
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].At < out[j].At })
+	return out, nil
+}
+
+func parseMembershipChanges(sc *bufio.Scanner, group, node string) []MembershipChange {
+	var out []MembershipChange
+	for sc.Scan() {
+		m := membershipLine.FindStringSubmatch(sc.Text())
+		if m == nil || m[2] != group {
+			continue
+		}
+		id, _ := strconv.Atoi(m[4])
+		out = append(out, MembershipChange{At: m[1], Op: m[3], Member: id, Node: node})
+	}
+	return out
+}

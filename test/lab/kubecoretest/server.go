@@ -1,6 +1,7 @@
-// Package kubecoretest serves the part of the Kubernetes core/v1 API that
-// kubecore uses (pods: list and watch by label selector, get, strategic
-// merge patch of the status; secrets: get and
+// Package kubecoretest serves the part of the Kubernetes API that kubecore
+// uses (pods: list and watch by label selector, get, strategic merge patch
+// of the status; statefulsets: get, and list and watch of one by name;
+// configmaps: get, create, update with resourceVersion conflicts; secrets: get and
 // create; events: create, strategic merge patch of count/lastTimestamp/message,
 // list) over HTTP from an in-memory object tracker, so that tests run the
 // real REST client, its encoding and its error statuses end to end without
@@ -14,20 +15,24 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/strategicpatch"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	k8stesting "k8s.io/client-go/testing"
@@ -39,6 +44,9 @@ var (
 	podsGVR    = corev1.SchemeGroupVersion.WithResource("pods")
 	secretsGVR = corev1.SchemeGroupVersion.WithResource("secrets")
 	eventsGVR  = corev1.SchemeGroupVersion.WithResource("events")
+	configsGVR = corev1.SchemeGroupVersion.WithResource("configmaps")
+
+	statefulSetsGVR = appsv1.SchemeGroupVersion.WithResource("statefulsets")
 )
 
 // Server is a fake API server for core/v1 pods and secrets.
@@ -51,6 +59,7 @@ type Server struct {
 	fail func(r *http.Request) error
 	// watching counts open watch streams (see WaitWatching).
 	watching atomic.Int32
+	cmMu     sync.Mutex // ConfigMap writes: compare-and-swap of resourceVersion
 	rv       atomic.Int64
 }
 
@@ -68,6 +77,11 @@ func New(t testing.TB, objs ...runtime.Object) *Server {
 	mux.HandleFunc("GET /api/v1/namespaces/{ns}/pods", s.pods)
 	mux.HandleFunc("GET /api/v1/namespaces/{ns}/pods/{name}", s.getPod)
 	mux.HandleFunc("PATCH /api/v1/namespaces/{ns}/pods/{name}/status", s.patchPodStatus)
+	mux.HandleFunc("GET /apis/apps/v1/namespaces/{ns}/statefulsets", s.statefulSets)
+	mux.HandleFunc("GET /apis/apps/v1/namespaces/{ns}/statefulsets/{name}", s.getStatefulSet)
+	mux.HandleFunc("GET /api/v1/namespaces/{ns}/configmaps/{name}", s.getConfigMap)
+	mux.HandleFunc("POST /api/v1/namespaces/{ns}/configmaps", s.createConfigMap)
+	mux.HandleFunc("PUT /api/v1/namespaces/{ns}/configmaps/{name}", s.updateConfigMap)
 	mux.HandleFunc("GET /api/v1/namespaces/{ns}/secrets/{name}", s.getSecret)
 	mux.HandleFunc("POST /api/v1/namespaces/{ns}/secrets", s.createSecret)
 	mux.HandleFunc("POST /api/v1/namespaces/{ns}/events", s.createEvent)
@@ -154,11 +168,34 @@ func (s *Server) listPods(ns string, sel labels.Selector) (*corev1.PodList, erro
 	return list, nil
 }
 
-// watchPods streams watch events as JSON objects. With sendInitialEvents
-// (client-go's WatchList) the current pods come first as ADDED, then the
-// bookmark that ends the initial events.
+// watchPods streams the pods matching sel (see watch).
 func (s *Server) watchPods(w http.ResponseWriter, r *http.Request, ns string, sel labels.Selector, initial bool) {
-	wi, err := s.Tracker.Watch(podsGVR, ns)
+	s.watch(w, r, podsGVR, ns, initial, func() ([]runtime.Object, error) {
+		list, err := s.listPods(ns, sel)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]runtime.Object, len(list.Items))
+		for i := range list.Items {
+			out[i] = withPodType(&list.Items[i])
+		}
+		return out, nil
+	}, func(obj runtime.Object) (runtime.Object, bool) {
+		p, ok := obj.(*corev1.Pod)
+		if !ok || !sel.Matches(labels.Set(p.Labels)) {
+			return nil, false
+		}
+		return withPodType(p), true
+	}, &corev1.Pod{TypeMeta: metav1.TypeMeta{Kind: "Pod", APIVersion: "v1"}})
+}
+
+// watch streams watch events of gvr in ns as JSON objects: keep filters
+// and types the tracker's events. With sendInitialEvents (client-go's
+// WatchList) the current objects (list) come first as ADDED, then a
+// bookmark (mark, a typed empty object) that ends the initial events.
+func (s *Server) watch(w http.ResponseWriter, r *http.Request, gvr schema.GroupVersionResource, ns string, initial bool,
+	list func() ([]runtime.Object, error), keep func(runtime.Object) (runtime.Object, bool), mark metav1.Object) {
+	wi, err := s.Tracker.Watch(gvr, ns)
 	if err != nil {
 		writeStatus(w, err)
 		return
@@ -184,19 +221,18 @@ func (s *Server) watchPods(w http.ResponseWriter, r *http.Request, ns string, se
 		return nil
 	}
 	if initial {
-		list, err := s.listPods(ns, sel)
+		objs, err := list()
 		if err != nil {
 			return
 		}
-		for i := range list.Items {
-			if send(watch.Added, withPodType(&list.Items[i])) != nil {
+		for _, o := range objs {
+			if send(watch.Added, o) != nil {
 				return
 			}
 		}
-		mark := &corev1.Pod{TypeMeta: metav1.TypeMeta{Kind: "Pod", APIVersion: "v1"},
-			ObjectMeta: metav1.ObjectMeta{ResourceVersion: s.nextRV(),
-				Annotations: map[string]string{metav1.InitialEventsAnnotationKey: "true"}}}
-		if send(watch.Bookmark, mark) != nil {
+		mark.SetResourceVersion(s.nextRV())
+		mark.SetAnnotations(map[string]string{metav1.InitialEventsAnnotationKey: "true"})
+		if send(watch.Bookmark, mark.(runtime.Object)) != nil {
 			return
 		}
 	}
@@ -208,15 +244,170 @@ func (s *Server) watchPods(w http.ResponseWriter, r *http.Request, ns string, se
 			if !ok {
 				return
 			}
-			p, isPod := ev.Object.(*corev1.Pod)
-			if !isPod || !sel.Matches(labels.Set(p.Labels)) {
+			o, ok := keep(ev.Object)
+			if !ok {
 				continue
 			}
-			if send(ev.Type, withPodType(p)) != nil {
+			if send(ev.Type, o) != nil {
 				return
 			}
 		}
 	}
+}
+
+// statefulSets lists or watches the StatefulSets of a namespace, all or
+// the one a metadata.name field selector names (what an informer on one
+// StatefulSet asks).
+func (s *Server) statefulSets(w http.ResponseWriter, r *http.Request) {
+	ns, q := r.PathValue("ns"), r.URL.Query()
+	name := ""
+	if sel := q.Get("fieldSelector"); sel != "" {
+		n, ok := strings.CutPrefix(sel, "metadata.name=")
+		if !ok || strings.ContainsAny(n, ",=!") {
+			writeStatus(w, apierrors.NewBadRequest("this fake supports only the field selector metadata.name=NAME, got "+sel))
+			return
+		}
+		name = n
+	}
+	keep := func(obj runtime.Object) (runtime.Object, bool) {
+		sts, ok := obj.(*appsv1.StatefulSet)
+		if !ok || (name != "" && sts.Name != name) {
+			return nil, false
+		}
+		return withStatefulSetType(sts), true
+	}
+	list := func() ([]runtime.Object, error) {
+		obj, err := s.Tracker.List(statefulSetsGVR, appsv1.SchemeGroupVersion.WithKind("StatefulSet"), ns)
+		if err != nil {
+			return nil, err
+		}
+		var out []runtime.Object
+		for i := range obj.(*appsv1.StatefulSetList).Items {
+			if o, ok := keep(&obj.(*appsv1.StatefulSetList).Items[i]); ok {
+				out = append(out, o)
+			}
+		}
+		return out, nil
+	}
+	if q.Get("watch") == "true" || q.Get("watch") == "1" {
+		s.watch(w, r, statefulSetsGVR, ns, q.Get("sendInitialEvents") == "true", list, keep,
+			&appsv1.StatefulSet{TypeMeta: metav1.TypeMeta{Kind: "StatefulSet", APIVersion: "apps/v1"}})
+		return
+	}
+	objs, err := list()
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	out := &appsv1.StatefulSetList{TypeMeta: metav1.TypeMeta{Kind: "StatefulSetList", APIVersion: "apps/v1"},
+		ListMeta: metav1.ListMeta{ResourceVersion: s.nextRV()}}
+	for _, o := range objs {
+		out.Items = append(out.Items, *o.(*appsv1.StatefulSet))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getStatefulSet(w http.ResponseWriter, r *http.Request) {
+	obj, err := s.Tracker.Get(statefulSetsGVR, r.PathValue("ns"), r.PathValue("name"))
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, withStatefulSetType(obj.(*appsv1.StatefulSet)))
+}
+
+func withStatefulSetType(sts *appsv1.StatefulSet) *appsv1.StatefulSet {
+	sts = sts.DeepCopy()
+	sts.TypeMeta = metav1.TypeMeta{Kind: "StatefulSet", APIVersion: "apps/v1"}
+	return sts
+}
+
+func (s *Server) getConfigMap(w http.ResponseWriter, r *http.Request) {
+	obj, err := s.Tracker.Get(configsGVR, r.PathValue("ns"), r.PathValue("name"))
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, withConfigMapType(obj.(*corev1.ConfigMap)))
+}
+
+// decodeConfigMap reads a v1 ConfigMap body for namespace ns.
+func decodeConfigMap(r *http.Request) (*corev1.ConfigMap, error) {
+	cm := &corev1.ConfigMap{}
+	if err := json.NewDecoder(r.Body).Decode(cm); err != nil {
+		return nil, apierrors.NewBadRequest(fmt.Sprintf("decode configmap: %v", err))
+	}
+	if cm.Kind != "ConfigMap" || cm.APIVersion != "v1" {
+		return nil, apierrors.NewBadRequest(fmt.Sprintf("body is %s %s, want v1 ConfigMap", cm.APIVersion, cm.Kind))
+	}
+	if cm.Namespace != "" && cm.Namespace != r.PathValue("ns") {
+		return nil, apierrors.NewBadRequest("namespace of the body does not match the URL")
+	}
+	cm.Namespace = r.PathValue("ns")
+	for k := range cm.Data {
+		if !configKeyRE.MatchString(k) {
+			// The API server's validation, which an in-memory tracker skips.
+			return nil, apierrors.NewInvalid(corev1.SchemeGroupVersion.WithKind("ConfigMap").GroupKind(), cm.Name,
+				field.ErrorList{field.Invalid(field.NewPath("data").Key(k), k, "a valid config key must match [-._a-zA-Z0-9]+")})
+		}
+	}
+	return cm, nil
+}
+
+var configKeyRE = regexp.MustCompile(`^[-._a-zA-Z0-9]+$`)
+
+func (s *Server) createConfigMap(w http.ResponseWriter, r *http.Request) {
+	s.cmMu.Lock()
+	defer s.cmMu.Unlock()
+	cm, err := decodeConfigMap(r)
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	cm.ResourceVersion = s.nextRV()
+	if err := s.Tracker.Create(configsGVR, cm, cm.Namespace); err != nil {
+		writeStatus(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, withConfigMapType(cm))
+}
+
+// updateConfigMap replaces a ConfigMap if the body's resourceVersion is the
+// stored one (409 Conflict otherwise), as an API server does.
+func (s *Server) updateConfigMap(w http.ResponseWriter, r *http.Request) {
+	s.cmMu.Lock()
+	defer s.cmMu.Unlock()
+	cm, err := decodeConfigMap(r)
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	if cm.Name != r.PathValue("name") {
+		writeStatus(w, apierrors.NewBadRequest("name of the body does not match the URL"))
+		return
+	}
+	old, err := s.Tracker.Get(configsGVR, cm.Namespace, cm.Name)
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	if rv := old.(*corev1.ConfigMap).ResourceVersion; cm.ResourceVersion != rv {
+		writeStatus(w, apierrors.NewConflict(corev1.Resource("configmaps"), cm.Name,
+			fmt.Errorf("resourceVersion %q is not the stored %q", cm.ResourceVersion, rv)))
+		return
+	}
+	cm.ResourceVersion = s.nextRV()
+	if err := s.Tracker.Update(configsGVR, cm, cm.Namespace); err != nil {
+		writeStatus(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, withConfigMapType(cm))
+}
+
+func withConfigMapType(cm *corev1.ConfigMap) *corev1.ConfigMap {
+	cm = cm.DeepCopy()
+	cm.TypeMeta = metav1.TypeMeta{Kind: "ConfigMap", APIVersion: "v1"}
+	return cm
 }
 
 func (s *Server) getSecret(w http.ResponseWriter, r *http.Request) {

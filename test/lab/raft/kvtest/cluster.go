@@ -93,6 +93,16 @@ func Addr(id uint64) string { return fmt.Sprintf("m%d", id) }
 // Start (re)starts member id from its data dir; join starts it as a new
 // member that waits for the leader (after AddMember).
 func (c *Cluster) Start(id uint64, join bool) error {
+	return c.StartWith(id, StartOptions{Join: join})
+}
+
+// StartOptions are the GroupConfig choices of a (re)start.
+type StartOptions struct {
+	Join, CatchUpBeforeVoting bool
+}
+
+// StartWith (re)starts member id from its data dir with o.
+func (c *Cluster) StartWith(id uint64, o StartOptions) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.members[id]; ok {
@@ -109,7 +119,7 @@ func (c *Cluster) Start(id uint64, join bool) error {
 	}
 	kv := NewRecordingKV()
 	g, err := n.StartGroup(raftcore.GroupConfig{
-		Name: GroupName, SelfID: id, Peers: maps.Clone(c.peers), Join: join,
+		Name: GroupName, SelfID: id, Peers: maps.Clone(c.peers), Join: o.Join, CatchUpBeforeVoting: o.CatchUpBeforeVoting,
 		SnapshotEvery: c.Opts.SnapshotEvery, SessionEndGrace: c.Opts.SessionEndGrace,
 	}, kv)
 	if err != nil {

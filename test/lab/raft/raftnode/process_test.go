@@ -133,7 +133,8 @@ func (c *procCluster) start(id uint64) {
 		parts = append(parts, fmt.Sprintf("%d=%s", to, addr))
 	}
 	cmd := exec.Command(os.Args[0], "-id", fmt.Sprint(id), "-peers", strings.Join(parts, ","), "-http", p.http,
-		"-data", p.dir, "-tick", "50ms", "-snapshot-every", "200", "-pki-dir", c.pki)
+		"-data", p.dir, "-tick", "50ms", "-snapshot-every", "200", "-pki-dir", c.pki,
+		"-no-advertise") // every link goes through its own proxy: a learned address would bypass it
 	cmd.Env = append(os.Environ(), "RAFTNODE_CHILD=1")
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()

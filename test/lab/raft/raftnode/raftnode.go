@@ -81,6 +81,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	pprof := fs.Bool("pprof", false, "serve /debug/pprof on the HTTP address")
 	pkiDir := fs.String("pki-dir", "", "directory holding the cluster CA (ca.crt, ca.key): raft traffic is mutual TLS with a member certificate issued from it")
 	certValidity := fs.Duration("cert-validity", pki.DefaultMemberValidity, "lifetime of this member's certificate (re-issued when a third remains)")
+	noAdvertise := fs.Bool("no-advertise", false, "announce no listen address to peers: they reach this member only at the -peers address (a test that routes each link through its own proxy)")
 	insecureRaft := fs.Bool("insecure-raft", false, "plaintext raft traffic: anyone who reaches the raft port can inject entries (tests, benchmarks only)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -105,7 +106,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	tcfg.Listen, tcfg.Logger = peers[*id], log
+	tcfg.Listen, tcfg.Logger, tcfg.NoAdvertise = peers[*id], log, *noAdvertise
 	tr, err := transport.New(tcfg)
 	if err != nil {
 		return err
