@@ -14,7 +14,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/smr-io/smr-cri/internal/nodestatus"
-	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/test/lab/cluster"
 	"github.com/smr-io/smr-cri/test/lab/nodelab"
 )
@@ -338,23 +337,7 @@ func waitGroupMembers(ctx context.Context, t *testing.T, cl *cluster.Cluster, n 
 // many differ from replica 0 when the wait ends.
 func membersDiverged(ctx context.Context, t *testing.T, cl *cluster.Cluster, n int) int {
 	t.Helper()
-	read := func() (map[string]map[string]string, error) {
-		states := map[string]map[string]string{}
-		for pod, node := range memberPods(ctx, t) {
-			netns, err := cl.PodNetNS(ctx, node, membersNS, pod)
-			if err != nil {
-				return nil, err
-			}
-			st, err := appState(ctx, "127.0.0.1:6379", func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return netintercept.DialInNetns(ctx, netns, network, addr)
-			})
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", pod, err)
-			}
-			states[pod] = st
-		}
-		return states, nil
-	}
+	read := func() (map[string]map[string]string, error) { return appStates(ctx, cl, membersNS, memberPods(ctx, t)) }
 	first := membersSet + "-0"
 	var last map[string]map[string]string
 	var err error

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/test/lab/cluster"
 	"github.com/smr-io/smr-cri/test/lab/nodelab"
@@ -132,21 +134,43 @@ func replicaNodes(ctx context.Context, t *testing.T) map[string]string {
 // replicaStates reads every replica's own Redis directly (127.0.0.1 inside its pod).
 func replicaStates(ctx context.Context, t *testing.T, cl *cluster.Cluster) (map[string]map[string]string, error) {
 	t.Helper()
+	return appStates(ctx, cl, smrNS, replicaNodes(ctx, t))
+}
+
+// appStates reads the own Redis of each pod of namespace ns (pod name -> node) directly.
+func appStates(ctx context.Context, cl *cluster.Cluster, ns string, pods map[string]string) (map[string]map[string]string, error) {
 	states := map[string]map[string]string{}
-	for pod, node := range replicaNodes(ctx, t) {
-		netns, err := cl.PodNetNS(ctx, node, smrNS, pod)
+	for pod, node := range pods {
+		netns, err := cl.PodNetNS(ctx, node, ns, pod)
 		if err != nil {
 			return nil, err
 		}
-		st, err := appState(ctx, "127.0.0.1:6379", func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return netintercept.DialInNetns(ctx, netns, network, addr)
-		})
+		st, err := appState(ctx, "127.0.0.1:6379", inNetns(netns))
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", pod, err)
 		}
 		states[pod] = st
 	}
 	return states, nil
+}
+
+// inNetns dials inside a pod's network namespace (its own 127.0.0.1 is the pod's).
+func inNetns(netns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return netintercept.DialInNetns(ctx, netns, network, addr)
+	}
+}
+
+// podRedis is a client of pod's own Redis (127.0.0.1:6379 inside the pod, around smr-cri).
+func podRedis(ctx context.Context, t *testing.T, cl *cluster.Cluster, pod string) *redis.Client {
+	t.Helper()
+	netns, err := cl.PodNetNS(ctx, replicaNodes(ctx, t)[pod], smrNS, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", PoolSize: 1, MaxRetries: -1, Dialer: inNetns(netns)})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
 }
 
 // diverged waits (followers apply a little behind) until every replica's app holds the same

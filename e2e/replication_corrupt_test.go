@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/replication"
 )
 
@@ -30,15 +28,7 @@ func TestReplicatedCorruptReplica(t *testing.T) {
 	scenario(t, "corrupt-one-replica", cl.Nodes[0].Name, func(ctx context.Context, t *testing.T) {
 		w := watchRepairs(ctx, t, replication.CauseDivergence, victim)
 		detected := events(ctx, t, victim, "DivergenceDetected")
-		netns, err := cl.PodNetNS(ctx, replicaNodes(ctx, t)[victim], smrNS, victim)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", PoolSize: 1, MaxRetries: -1,
-			Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return netintercept.DialInNetns(ctx, netns, network, addr)
-			}})
-		defer rdb.Close()
+		rdb := podRedis(ctx, t, cl, victim)
 		if err := rdb.Set(ctx, key, "written around smr-cri", 0).Err(); err != nil {
 			t.Fatalf("write into %s's app directly: %v", victim, err)
 		}

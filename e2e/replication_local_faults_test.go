@@ -2,13 +2,9 @@ package e2e
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
-	"github.com/smr-io/smr-cri/netintercept"
 	"github.com/smr-io/smr-cri/replication"
 )
 
@@ -57,16 +53,7 @@ func TestReplicatedAppClosesConnections(t *testing.T) {
 	victim := victimPod(ctx, t, cl, false)
 	scenario(t, "app-closes-connections", cl.Nodes[0].Name, func(ctx context.Context, t *testing.T) {
 		w := watchRepairs(ctx, t, replication.CauseSessionBroken, victim)
-		netns, err := cl.PodNetNS(ctx, replicaNodes(ctx, t)[victim], smrNS, victim)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", PoolSize: 1, MaxRetries: -1,
-			Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return netintercept.DialInNetns(ctx, netns, network, addr)
-			}})
-		defer rdb.Close()
-		n, err := rdb.ClientKillByFilter(ctx, "TYPE", "normal", "SKIPME", "yes").Result()
+		n, err := podRedis(ctx, t, cl, victim).ClientKillByFilter(ctx, "TYPE", "normal", "SKIPME", "yes").Result()
 		if err != nil {
 			t.Fatalf("CLIENT KILL in %s's app: %v", victim, err)
 		}
