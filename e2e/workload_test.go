@@ -10,13 +10,14 @@ import (
 	"net"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/anishathalye/porcupine"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/smr-io/smr-cri/test/lab/testcheck"
 )
 
 // The Redis workload of the e2e scenarios: concurrent clients read, write and increment keys
@@ -216,19 +217,8 @@ func do(ctx context.Context, rdb *redis.Client, h *history, client int, op redis
 	}
 }
 
-// notSent reports an error that proves the request never reached the replicated service, so a
-// write failed for certain (an unknown outcome would be a write that may or may not have taken
-// effect): the connection could not be made (the Service had no ready endpoint: every replica
-// was rebuilding and not Ready), or smr-cri refused it before reading any request (its refusal
-// of a replica that does not serve ends "; try another replica", replication/CONTRACT.md,
-// "Readiness").
-func notSent(err error) bool {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		return true
-	}
-	return strings.HasSuffix(err.Error(), "; try another replica")
-}
+// notSent: the request never reached the replicated service (testcheck.NotSent).
+func notSent(err error) bool { return testcheck.NotSent(err) }
 
 // verdict is what a scenario reports (summed into the e2e summary line).
 type verdict struct {

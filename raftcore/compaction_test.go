@@ -237,8 +237,12 @@ func TestCompactionBoundsDiskAndReplay(t *testing.T) {
 	if b100k > b20k+snap+64<<10 { // + the .snap metadata file
 		t.Fatalf("WAL+snapshot bytes grew from %d (20k writes) to %d (100k), more than one snapshot (%d)", b20k, b100k, snap)
 	}
-	if entries > every+compactMargin {
-		t.Fatalf("%d log entries held after 100k writes, want at most %d", entries, every+compactMargin)
+	// What the last snapshot left (compactMargin) plus what was applied
+	// since; a snapshot due while the previous one is still being saved
+	// waits for the next batch, so allow a quarter of snapshot-every more
+	// (seen: +14 entries at load 20).
+	if maxHeld := uint64(every + compactMargin + every/4); entries > maxHeld {
+		t.Fatalf("%d log entries held after 100k writes, want at most %d", entries, maxHeld)
 	}
 
 	// Restart a follower: it starts from its latest snapshot.
