@@ -75,6 +75,11 @@ func TestMembershipFromKubernetes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	createNamespace(ctx, t, membersNS)
+	// Its group would stay on the nodes and in their status (TestOperatorView expects its own
+	// group alone there).
+	t.Cleanup(func() {
+		mustKubectl(context.Background(), t, "", "delete", "namespace", membersNS, "--wait=true", "--timeout=3m")
+	})
 	mustKubectl(ctx, t, membersSetYAML, "apply", "-f", "-")
 	waitMembers(ctx, t, cl, 3)
 	client := cl.Nodes[0].Name
