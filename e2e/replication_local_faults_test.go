@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,15 +27,11 @@ func TestReplicatedPartitionFollower(t *testing.T) {
 		if err := cl.Partition(ctx, victim); err != nil {
 			t.Fatal(err)
 		}
-		healed := false
-		heal := func() {
-			if !healed {
-				healed = true
-				if err := cl.Heal(ctx, victim); err != nil {
-					t.Error(err)
-				}
+		heal := sync.OnceFunc(func() {
+			if err := cl.Heal(ctx, victim); err != nil {
+				t.Error(err)
 			}
-		}
+		})
 		defer heal() // never leave the node cut off, whatever fails
 		time.Sleep(followerPartition)
 		heal()
