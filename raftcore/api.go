@@ -12,6 +12,28 @@ type StateMachine interface {
 	Apply(e Entry) ([]byte, error)
 }
 
+// BatchStateMachine is optionally implemented by a StateMachine that applies
+// a run of consecutive committed entries at once (replication's executor
+// pipelines them to its app instead of one round trip each). ApplyBatch must
+// have exactly the effect of calling Apply on each entry in order, and
+// returns one result per entry, in the same order. The group hands it runs
+// of up to MaxApplyBatch entries in which no session appears twice (a retry
+// of a pending entry needs its result first), and nothing else happens to
+// the group's state between the entries of a run (conf changes, snapshots
+// and session housekeeping end a run).
+type BatchStateMachine interface {
+	ApplyBatch(es []Entry) []ApplyResult
+}
+
+// ApplyResult is what Apply returns for one entry of a batch.
+type ApplyResult struct {
+	Value []byte
+	Err   error
+}
+
+// MaxApplyBatch bounds the entries of one ApplyBatch call.
+const MaxApplyBatch = 256
+
 // Snapshotter is optionally implemented by a StateMachine. With
 // GroupConfig.SnapshotEvery > 0 the group calls Snapshot from the apply
 // goroutine (so the state is exactly at the last applied entry) and compacts

@@ -29,6 +29,20 @@ type applier struct {
 	// sinceSnapBytes counts the log bytes applied since lastSnap, for
 	// GroupConfig.SnapshotBytes.
 	sinceSnapBytes uint64
+
+	// pending is the run of client entries handed to the StateMachine at
+	// the next flush (applyRun), with the sessions it holds.
+	pending         []pendingEntry
+	pendingSessions map[uint64]struct{}
+	batch           []Entry
+}
+
+// pendingEntry is a client entry whose de-duplication check passed and
+// that waits in the current run for the StateMachine.
+type pendingEntry struct {
+	entry Entry
+	env   envelope
+	data  []byte // the envelope as proposed, to match the local proposer
 }
 
 // applyLoop feeds committed entries to the StateMachine strictly in log
@@ -36,7 +50,8 @@ type applier struct {
 // index and takes snapshots.
 func (g *Group) applyLoop(initial *raftpb.Snapshot) {
 	defer close(g.applyc)
-	a := &applier{sessions: map[uint64]sessionResult{}, addrs: map[uint64]string{}, cs: &raftpb.ConfState{}}
+	a := &applier{sessions: map[uint64]sessionResult{}, addrs: map[uint64]string{}, cs: &raftpb.ConfState{},
+		pendingSessions: map[uint64]struct{}{}}
 	if initial != nil {
 		if err := g.restore(a, initial); err != nil {
 			g.restoreFailed("restore snapshot at start", err)
@@ -50,6 +65,7 @@ func (g *Group) applyLoop(initial *raftpb.Snapshot) {
 		}
 		for _, it := range items {
 			if it.snap != nil {
+				g.applyRun(a)
 				if err := g.restore(a, it.snap); err != nil {
 					g.restoreFailed("restore received snapshot", err)
 					return
@@ -59,12 +75,16 @@ func (g *Group) applyLoop(initial *raftpb.Snapshot) {
 			if it.ent.GetIndex() <= a.applied {
 				continue // already covered by a restored snapshot
 			}
+			if a.housekeepingDue(it.ent.GetIndex(), g.sessionRetention(), g.sessionEndGrace()) {
+				g.applyRun(a) // the table must hold the run's results first
+			}
 			a.sweepSessions(it.ent.GetIndex(), g.sessionRetention())
 			a.expireEnded(it.ent.GetIndex(), g.sessionEndGrace())
 			g.applyEntry(a, it)
 			a.applied = it.ent.GetIndex()
 			a.sinceSnapBytes += uint64(len(it.ent.GetData()))
 		}
+		g.applyRun(a)
 		g.publishSessions(a)
 		g.applied.Advance(a.applied)
 		g.maybeSnapshot(a)
@@ -168,12 +188,10 @@ func (g *Group) applyEntry(a *applier, it applyItem) {
 				g.log.Error("skipping malformed entry", "index", e.GetIndex(), "err", err)
 				continue
 			}
-			res, aerr := g.applyNormal(a, e, env)
-			if env.Origin == g.id {
-				g.finishEntry(env.PID, d, res, aerr)
-			}
+			g.applyNormal(a, e, env, d)
 		}
 	case raftpb.EntryConfChange:
+		g.applyRun(a)
 		if it.cs != nil {
 			a.cs = it.cs
 		}
@@ -199,6 +217,7 @@ func (g *Group) applyEntry(a *applier, it applyItem) {
 			g.log.Info("this member was removed from the group", "index", e.GetIndex())
 		}
 	case raftpb.EntryConfChangeV2:
+		g.applyRun(a)
 		if it.cs != nil {
 			a.cs = it.cs
 		}
@@ -223,6 +242,16 @@ func (g *Group) sessionRetention() uint64 {
 	return g.cfg.SessionRetention
 }
 
+// housekeepingDue says whether sweepSessions or expireEnded would change
+// the table at index: the pending run must be recorded before they do.
+func (a *applier) housekeepingDue(index, retention, grace uint64) bool {
+	if len(a.pending) == 0 {
+		return false
+	}
+	sweep := index/sessionSweepEvery != a.applied/sessionSweepEvery && index > retention
+	return sweep || (len(a.ended) > 0 && a.ended[0].index+grace < index)
+}
+
 // sweepSessions forgets sessions idle for more than retention entries,
 // each time the log crosses a multiple of sessionSweepEvery. It depends
 // only on the log index and the replicated table, so every member (and a
@@ -239,42 +268,121 @@ func (a *applier) sweepSessions(index, retention uint64) {
 	}
 }
 
-// applyNormal applies one client entry with (session, seq) de-duplication.
-// The session table is replicated state (part of snapshots), so every
-// member makes the same dedup decision.
-func (g *Group) applyNormal(a *applier, e *raftpb.Entry, env envelope) (Result, error) {
-	res := Result{Index: e.GetIndex(), Term: e.GetTerm()}
+// applyNormal de-duplicates one client entry by (session, seq) and adds it
+// to the run the StateMachine gets at the next flush (applyRun). The session
+// table is replicated state (part of snapshots), so every member makes the
+// same dedup decision; a session already in the run is flushed first, so its
+// check sees the run's result.
+func (g *Group) applyNormal(a *applier, e *raftpb.Entry, env envelope, d []byte) {
 	if env.Session != 0 {
+		if _, ok := a.pendingSessions[env.Session]; ok {
+			g.applyRun(a)
+		}
 		if last, ok := a.sessions[env.Session]; ok && env.Seq <= last.Seq {
-			if env.Seq < last.Seq {
-				return res, fmt.Errorf("group %s: session %d seq %d < %d: %w", g.name, env.Session, env.Seq, last.Seq, ErrStaleSeq)
+			res, err := g.duplicate(env, last, e)
+			if env.Origin == g.id {
+				g.finishEntry(env.PID, d, res, err)
 			}
-			// A retry of the last applied request: return the first result.
-			res = Result{Index: last.Index, Term: last.Term, Value: last.Value}
-			if last.ErrMsg != "" {
-				return res, &ApplyError{Msg: last.ErrMsg}
-			}
-			return res, nil
+			return
 		}
 	}
-	val, err := g.sm.Apply(Entry{
+	// Ending every session of an origin touches the whole table: it runs
+	// alone, so no entry of the run is checked against a table it changes.
+	alone := env.Flags&envEndOriginSessions != 0
+	if alone {
+		g.applyRun(a)
+	}
+	a.pending = append(a.pending, pendingEntry{env: env, data: d, entry: Entry{
 		Group: g.name, Index: e.GetIndex(), Term: e.GetTerm(), Data: env.Data,
 		Session: env.Session, Seq: env.Seq, Origin: env.Origin,
-	})
-	res.Value = val
-	var errMsg string
-	if err != nil {
-		errMsg = err.Error()
-		err = &ApplyError{Msg: errMsg}
-	}
+	}})
 	if env.Session != 0 {
-		if last, ok := a.sessions[env.Session]; ok && last.EndedAt != 0 {
-			a.tombs-- // an ended session used again is open again
-		}
-		a.sessions[env.Session] = sessionResult{Origin: env.Origin, Seq: env.Seq, Index: res.Index, Term: res.Term, Value: val, ErrMsg: errMsg}
+		a.pendingSessions[env.Session] = struct{}{}
 	}
-	a.endSessions(env, res.Index)
-	return res, err
+	if alone || len(a.pending) >= MaxApplyBatch {
+		g.applyRun(a)
+	}
+}
+
+// duplicate is the answer to a retry of a session's last applied request
+// (its first result) or to an older one (ErrStaleSeq).
+func (g *Group) duplicate(env envelope, last sessionResult, e *raftpb.Entry) (Result, error) {
+	if env.Seq < last.Seq {
+		return Result{Index: e.GetIndex(), Term: e.GetTerm()},
+			fmt.Errorf("group %s: session %d seq %d < %d: %w", g.name, env.Session, env.Seq, last.Seq, ErrStaleSeq)
+	}
+	res := Result{Index: last.Index, Term: last.Term, Value: last.Value}
+	if last.ErrMsg != "" {
+		return res, &ApplyError{Msg: last.ErrMsg}
+	}
+	return res, nil
+}
+
+// applyRun hands the pending run to the StateMachine, then records each
+// entry's result in the session table and resolves local proposers, in log
+// order.
+func (g *Group) applyRun(a *applier) {
+	if len(a.pending) == 0 {
+		return
+	}
+	a.batch = a.batch[:0]
+	for _, p := range a.pending {
+		a.batch = append(a.batch, p.entry)
+	}
+	results := g.applyEntries(a.batch)
+	for i, p := range a.pending {
+		env := p.env
+		res := Result{Index: p.entry.Index, Term: p.entry.Term, Value: results[i].Value}
+		var err error
+		var errMsg string
+		if results[i].Err != nil {
+			errMsg = results[i].Err.Error()
+			err = &ApplyError{Msg: errMsg}
+		}
+		if env.Session != 0 {
+			if last, ok := a.sessions[env.Session]; ok && last.EndedAt != 0 {
+				a.tombs-- // an ended session used again is open again
+			}
+			a.sessions[env.Session] = sessionResult{Origin: env.Origin, Seq: env.Seq, Index: res.Index, Term: res.Term,
+				Value: res.Value, ErrMsg: errMsg}
+		}
+		a.endSessions(env, res.Index)
+		if env.Origin == g.id {
+			g.finishEntry(env.PID, p.data, res, err)
+		}
+	}
+	clear(a.pending)
+	a.pending = a.pending[:0]
+	clear(a.pendingSessions)
+}
+
+// applyEntries runs one batch through the StateMachine (ApplyAll),
+// guarding the proposers against a batch result of the wrong length.
+func (g *Group) applyEntries(es []Entry) []ApplyResult {
+	out := ApplyAll(g.sm, es)
+	if len(out) == len(es) {
+		return out
+	}
+	// A StateMachine bug; never let it shift results between proposers.
+	g.log.Error("ApplyBatch returned the wrong number of results", "entries", len(es), "results", len(out))
+	fixed := make([]ApplyResult, len(es))
+	for i := range fixed {
+		fixed[i].Err = fmt.Errorf("group %s: state machine returned %d results for %d entries", g.name, len(out), len(es))
+	}
+	return fixed
+}
+
+// ApplyAll applies es in order: at once when sm is a BatchStateMachine,
+// else entry by entry.
+func ApplyAll(sm StateMachine, es []Entry) []ApplyResult {
+	if b, ok := sm.(BatchStateMachine); ok {
+		return b.ApplyBatch(es)
+	}
+	out := make([]ApplyResult, len(es))
+	for i, e := range es {
+		out[i].Value, out[i].Err = sm.Apply(e)
+	}
+	return out
 }
 
 type endedSession struct{ index, id uint64 }

@@ -84,8 +84,11 @@ func TestAppUnreachableWarningRateLimited(t *testing.T) {
 	}
 	defer x.Close()
 	open := Op{Kind: KindOpen, Port: 6379, Protocol: framing.ProtoRESP}.Encode()
-	if _, err := x.Apply(raftcore.Entry{Index: 1, Session: 1, Seq: 1, Data: open}); err != nil {
-		t.Fatal(err)
+	set := Op{Kind: KindRequest, Name: "SET", Raw: []byte("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n")}.Encode()
+	for i, data := range [][]byte{open, set} {
+		if _, err := x.Apply(raftcore.Entry{Index: uint64(i + 1), Session: 1, Seq: uint64(i + 1), Data: data}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	time.Sleep(300 * time.Millisecond) // about 300 retries
 	if n := strings.Count(logs.String(), "app unreachable"); n != 1 {

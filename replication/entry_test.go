@@ -122,10 +122,16 @@ func TestExecutorQueueOverflowDiverges(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer x.Close()
+	// A RESP session's OPEN does not dial (sessions share the pipelined
+	// connection until they have state): its requests find the app down.
 	open := Op{Kind: KindOpen, Port: 6379, Protocol: framing.ProtoRESP}.Encode()
+	if val, err := x.Apply(raftcore.Entry{Index: 1, Session: 1, Seq: 1, Data: open}); err != nil || val != nil {
+		t.Fatalf("OPEN: %q, %v", val, err)
+	}
+	set := Op{Kind: KindRequest, Name: "SET", Raw: []byte("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n")}.Encode()
 	want := []string{"queued", "queued", "restart the pod"}
 	for i, w := range want {
-		val, err := x.Apply(raftcore.Entry{Index: uint64(i + 1), Session: uint64(i + 1), Seq: 1, Data: open})
+		val, err := x.Apply(raftcore.Entry{Index: uint64(i + 2), Session: 1, Seq: uint64(i + 2), Data: set})
 		if err != nil || !strings.HasPrefix(string(val), "-ERR smr-cri:") || !strings.Contains(string(val), w) {
 			t.Errorf("entry %d: %q, %v; want %q", i+1, val, err, w)
 		}

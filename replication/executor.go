@@ -1,13 +1,11 @@
 package replication
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -81,6 +79,14 @@ type ExecutorConfig struct {
 	Metrics *Metrics
 	// Audit tunes the ordered audit of the group's app states (audit.go).
 	Audit AuditConfig
+	// SerialApply turns the ordered pipeline off (pipeline.go): one app
+	// round trip per entry, each session on its own app connection, as
+	// before the pipeline (for A/B measurements and as a fallback).
+	SerialApply bool
+	// HTTPPipelining declares that the app answers pipelined HTTP/1.1
+	// requests in order (pod annotation smr.io/http-pipelining): HTTP
+	// sessions then share the pipelined connection like RESP ones.
+	HTTPPipelining bool
 }
 
 func (c ExecutorConfig) withDefaults() (ExecutorConfig, error) {
@@ -109,8 +115,10 @@ func (c ExecutorConfig) withDefaults() (ExecutorConfig, error) {
 }
 
 // Executor applies one group's committed entries to the local app, strictly
-// in log order and one at a time: it implements raftcore.StateMachine. It
-// holds one app connection per replicated client session.
+// in log order: it implements raftcore.StateMachine and BatchStateMachine.
+// Runs of entries are pipelined to the app (pipeline.go: the rule that keeps
+// the app's order the log's): sessions without connection state share one
+// connection per port, a session with state has its own.
 //
 // With EnableSnapshots (snapshot.go) it is a raftcore.StreamSnapshotter:
 // the app's state is captured and restored through its own protocol
@@ -120,9 +128,14 @@ type Executor struct {
 	cfg ExecutorConfig
 	m   *groupMetrics
 
-	// mu is the serial executor: it is held for every log entry's app
-	// round trip, so the app sees one write at a time, in log order.
+	// mu is the serial executor: it is held while a batch of log entries
+	// is written to the app and answered, so the app sees the log's order.
 	mu sync.Mutex
+	// shared holds the pipelined connection of each port that sessions
+	// without connection state share (under mu).
+	shared map[int]*appConn
+	// reads serve local reads of those sessions, pipelined (readpipe.go).
+	reads *readPipes
 	// smu guards sessions. It is held only briefly (never during an app
 	// round trip), so local reads find their session without waiting for
 	// the write being applied; changes happen under mu as well.
@@ -144,9 +157,11 @@ type Executor struct {
 	closed    chan struct{}
 	closeOnce sync.Once
 
-	// sending, if set, is called under mu just before a REQUEST entry's
-	// bytes are handed to the app (see OnRequestSending).
-	sending func(raftcore.Entry)
+	// sending, if set, is called under mu just before the first bytes of a
+	// pipeline run are handed to the app (see OnRequestSending); answered
+	// after the run's responses were all read (OnAnswered).
+	sending  func(raftcore.Entry)
+	answered func(raftcore.Entry)
 	// restoring is set while RestoreApp brings the app to a known state, and
 	// from Fence until then; fenced keeps entries from the app. Both are
 	// atomics so Fence never waits for mu: a kubelet call (CreateContainer)
@@ -189,15 +204,12 @@ type appSession struct {
 	origin uint64
 	port   int
 	framer framing.Framer
-	conn   net.Conn
-	// use serializes round trips on conn: log entries take it under the
-	// serial executor's lock, local reads without that lock.
-	use  sync.Mutex
-	r    *bufio.Reader
-	dead error // the app closed or failed this connection (guarded by use)
+	// own is the session's own app connection, nil while it shares the
+	// pipelined one (it never sent a connection-state command).
+	own *appConn
 	// lost: its connection state could not be rebuilt on this replica
 	// (sessions.go); an END for it is on its way, and any request of it
-	// applied before that makes this replica's app uncertain. conn is nil.
+	// applied before that makes this replica's app uncertain. own is nil.
 	lost error
 }
 
@@ -220,67 +232,163 @@ func NewExecutor(cfg ExecutorConfig) (*Executor, error) {
 	x := &Executor{
 		cfg: cfg, m: cfg.Metrics.forGroup(cfg.Group), sessions: map[uint64]*appSession{},
 		starts: map[[2]uint64]time.Time{}, closed: make(chan struct{}), audit: newAuditor(cfg.Audit),
-		conns: connstate.New(), ending: map[uint64]bool{},
+		conns: connstate.New(), ending: map[uint64]bool{}, shared: map[int]*appConn{},
 	}
+	x.reads = newReadPipes(x)
 	x.m.setState(StateServing)
 	x.m.initDiverged(cfg.Self)
 	return x, nil
 }
 
 // OnRequestSending registers f to be called, under the serial executor's
-// lock, just before a REQUEST entry's bytes are written to the app: from
-// that moment until Apply returns the app may or may not have executed it.
-// The member records the entry as in flight there, so a restart repairs
-// the app instead of guessing. Set it before the first Apply; local reads
-// do not call it.
+// lock, just before the first request of a pipeline run is written to the
+// app: from that moment until the run is answered (OnAnswered) the app may
+// have executed any prefix of the run. The member records the entry as in
+// flight there, so a restart repairs the app instead of guessing. Set it
+// before the first Apply; local reads do not call it.
 func (x *Executor) OnRequestSending(f func(raftcore.Entry)) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.sending = f
 }
 
-// Apply implements raftcore.StateMachine. Client-level failures (app closed
-// the connection, unknown session) are returned as protocol error replies in
-// the value, so they reach the client and never stop the group.
-func (x *Executor) Apply(e raftcore.Entry) (val []byte, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			val, err = x.applyPanicked(e, p), nil
-		}
-	}()
-	op, err := DecodeOp(e.Data)
-	if err != nil {
-		x.setApplied(e.Index)
-		return nil, fmt.Errorf("group %s index %d: %w", x.cfg.Group, e.Index, err)
-	}
-	start := time.Now()
-	if op.Kind == KindAudit || op.Kind == KindDigest {
-		// Bookkeeping of the audit: never queued behind an unreachable app
-		// (an AUDIT then reports that this replica is not serving).
-		x.mu.Lock()
-		x.applyAuditLocked(e, op)
-		x.mu.Unlock()
-		x.setApplied(e.Index)
-		x.observe(e, op, start)
-		return nil, nil
-	}
-	if op.Kind == KindRequest {
-		x.audit.writes.Add(1)
-	}
-	val, wait := x.applyOrQueue(e, op)
-	if wait != nil {
-		val = x.waitQueued(wait, e, op)
-	}
-	x.setApplied(e.Index)
-	x.observe(e, op, start)
-	return val, nil
-}
-
-// applyOrQueue executes the entry, or queues it when the app is unreachable.
-// A non-nil *queued means the caller should wait for the replay.
-func (x *Executor) applyOrQueue(e raftcore.Entry, op Op) ([]byte, *queued) {
+// OnAnswered registers f to be called, under the serial executor's lock,
+// when the app answered every request of a run up to and including e.
+func (x *Executor) OnAnswered(f func(raftcore.Entry)) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	x.answered = f
+}
+
+// Apply implements raftcore.StateMachine: ApplyBatch of one entry.
+func (x *Executor) Apply(e raftcore.Entry) ([]byte, error) {
+	r := x.ApplyBatch([]raftcore.Entry{e})
+	return r[0].Value, r[0].Err
+}
+
+// ApplyBatch implements raftcore.BatchStateMachine. Client-level failures
+// (app closed the connection, unknown session) are returned as protocol
+// error replies in the value, so they reach the client and never stop the
+// group. The batch's requests are pipelined to the app (pipeline.go).
+func (x *Executor) ApplyBatch(es []raftcore.Entry) []raftcore.ApplyResult {
+	b := &applyBatch{entries: es, out: make([]raftcore.ApplyResult, len(es)), ops: make([]Op, len(es)),
+		starts: make([]time.Time, len(es)), queued: make([]*queued, len(es))}
+	b.run.done = func(f inflight, val []byte) { b.out[f.slot].Value = val }
+	n := x.applyLocked(b)
+	// Entries up to the first queued one are answered: applied now.
+	x.finish(b, 0, n)
+	for i := n; i < len(es); i++ {
+		if q := b.queued[i]; q != nil {
+			b.out[i].Value = x.waitQueued(q, es[i], b.ops[i])
+		}
+		x.finish(b, i, i+1)
+	}
+	return b.out
+}
+
+// applyBatch is one ApplyBatch call's state.
+type applyBatch struct {
+	entries []raftcore.Entry
+	out     []raftcore.ApplyResult
+	ops     []Op
+	starts  []time.Time
+	queued  []*queued
+	run     pipeRun
+}
+
+// applyLocked takes mu and runs the batch's entries through the pipeline,
+// queueing them from the first one the app cannot take; it returns the
+// number of entries before the first queued one. A panic leaves the
+// entries from the one being handled on with an error reply, and the app
+// uncertain (applyPanicked).
+func (x *Executor) applyLocked(b *applyBatch) (n int) {
+	i := 0
+	defer func() {
+		if p := recover(); p != nil {
+			unanswered := x.abortRunLocked(&b.run)
+			x.mu.Unlock()
+			for _, f := range unanswered {
+				b.out[f.slot] = raftcore.ApplyResult{Value: x.applyPanicked(f.e, p)}
+			}
+			for j := i; j < len(b.entries); j++ {
+				b.out[j] = raftcore.ApplyResult{Value: x.applyPanicked(b.entries[j], p)}
+				b.queued[j] = nil
+			}
+			n = len(b.entries)
+		}
+	}()
+	x.mu.Lock()
+	n = len(b.entries)
+	for ; i < len(b.entries); i++ {
+		e := b.entries[i]
+		b.starts[i] = time.Now()
+		op, err := DecodeOp(e.Data)
+		if err != nil {
+			b.out[i].Err = fmt.Errorf("group %s index %d: %w", x.cfg.Group, e.Index, err)
+			continue
+		}
+		b.ops[i] = op
+		switch op.Kind {
+		case KindAudit, KindDigest:
+			// Bookkeeping of the audit, at the exact log position: never
+			// queued behind an unreachable app (an AUDIT then reports that
+			// this replica is not serving).
+			x.drainLocked(&b.run)
+			x.applyAuditLocked(e, op)
+			continue
+		case KindRequest:
+			x.audit.writes.Add(1)
+		}
+		var q *queued
+		b.out[i].Value, q = x.applyOrQueueLocked(&b.run, i, e, op)
+		if q != nil {
+			b.queued[i] = q
+			n = min(n, i)
+		}
+	}
+	x.drainLocked(&b.run)
+	x.mu.Unlock()
+	return n
+}
+
+// abortRunLocked ends a run that a panic interrupted and returns its
+// entries, which got no answer. A connection the run was written to is at
+// an unknown position in the stream, so it closes; one that got nothing
+// yet stays usable.
+func (x *Executor) abortRunLocked(run *pipeRun) []inflight {
+	c, out := run.c, run.out
+	if c == nil {
+		return nil
+	}
+	if run.written {
+		c.dead = fmt.Errorf("%w: the run on this connection was interrupted", ErrPanic)
+		c.close()
+		if c.shared {
+			delete(x.shared, c.port)
+		}
+	}
+	c.use.Unlock()
+	*run = pipeRun{}
+	return out
+}
+
+// finish advances the applied watermark past entries [from, to) and writes
+// their trace lines and metrics, in log order.
+func (x *Executor) finish(b *applyBatch, from, to int) {
+	if from >= to {
+		return
+	}
+	for i := from; i < to; i++ {
+		x.observe(b.entries[i], b.ops[i], b.starts[i])
+	}
+	x.setApplied(b.entries[to-1].Index)
+}
+
+// applyOrQueueLocked sends the entry into the pipeline run, or queues it
+// when the app is unreachable. A non-nil *queued means the caller should
+// wait for the replay. A value returned now is the entry's reply (an error,
+// or nothing); a pipelined request gets its reply when the run drains.
+func (x *Executor) applyOrQueueLocked(run *pipeRun, slot int, e raftcore.Entry, op Op) ([]byte, *queued) {
 	x.track(e, op)
 	if x.broken != nil {
 		return x.replyLocked(e, op, x.broken), nil
@@ -289,10 +397,12 @@ func (x *Executor) applyOrQueue(e raftcore.Entry, op Op) ([]byte, *queued) {
 		return x.replyLocked(e, op, fmt.Errorf("%w: the app is being rebuilt", ErrNotReady)), nil
 	}
 	if len(x.queue) == 0 {
-		val, down := x.execLocked(e, op)
+		val, down := x.execLocked(run, slot, e, op)
 		if !down {
 			return val, nil
 		}
+		// Entries before this one were sent: they come first.
+		x.drainLocked(run)
 	}
 	if len(x.queue) >= x.cfg.MaxQueue {
 		x.broken = fmt.Errorf("%w: it stayed unreachable for %d entries; restart the pod to rebuild it from the log",
@@ -344,7 +454,8 @@ func (x *Executor) waitQueued(q *queued, e raftcore.Entry, op Op) []byte {
 	return x.replyLocked(e, op, fmt.Errorf("%w: request ordered at index %d and queued until the app is up", ErrNotReady, e.Index))
 }
 
-// retryLoop replays the queue once the app accepts connections again.
+// retryLoop replays the queue once the app accepts connections again, one
+// entry at a time (a run of one).
 func (x *Executor) retryLoop() {
 	t := time.NewTicker(x.cfg.RetryInterval)
 	defer t.Stop()
@@ -357,7 +468,7 @@ func (x *Executor) retryLoop() {
 		x.mu.Lock()
 		for len(x.queue) > 0 {
 			q := x.queue[0]
-			val, down := x.execLocked(q.e, q.op)
+			val, down := x.execNowLocked(q.e, q.op)
 			if down {
 				break
 			}
@@ -376,9 +487,22 @@ func (x *Executor) retryLoop() {
 	}
 }
 
-// execLocked runs one entry against the app. down=true means the app could
-// not be reached at all (dial failed): the entry was not executed.
-func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
+// execNowLocked runs one entry against the app and waits for its answer.
+func (x *Executor) execNowLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
+	run := pipeRun{done: func(_ inflight, v []byte) { val = v }}
+	v, down := x.execLocked(&run, -1, e, op)
+	x.drainLocked(&run)
+	if run.out == nil && v != nil {
+		val = v
+	}
+	return val, down
+}
+
+// execLocked runs one entry against the app: a REQUEST is written into the
+// run (its reply comes when the run drains), anything else happens now.
+// down=true means the app could not be reached at all (dial failed): the
+// entry was not executed.
+func (x *Executor) execLocked(run *pipeRun, slot int, e raftcore.Entry, op Op) (val []byte, down bool) {
 	switch op.Kind {
 	case KindOpen:
 		if _, ok := x.session(e.Session); ok {
@@ -387,17 +511,17 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 		if !slices.Contains(x.cfg.Ports, Port{Number: op.Port, Protocol: op.Protocol}) {
 			return x.replyLocked(e, op, fmt.Errorf("%w: port %d/%s is not replicated by this group", framing.ErrUnsupported, op.Port, op.Protocol)), false
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), x.cfg.DialTimeout)
-		conn, err := x.cfg.Dialer.DialApp(ctx, op.Port)
-		cancel()
-		if err != nil {
-			x.logUnreachableLocked(op.Port, err)
-			return nil, true
-		}
-		x.unreachable = unreachableLog{}
 		f, _ := framing.New(op.Protocol, x.cfg.Framing)
+		s := &appSession{origin: e.Origin, port: op.Port, framer: f}
+		if x.ownsConnFromStart(op.Protocol) {
+			conn, err := x.dialLocked(op.Port)
+			if err != nil {
+				return nil, true
+			}
+			s.own = newAppConn(conn, f, op.Port, false)
+		}
 		x.smu.Lock()
-		x.sessions[e.Session] = &appSession{origin: e.Origin, port: op.Port, framer: f, conn: conn, r: bufio.NewReaderSize(conn, 16<<10)}
+		x.sessions[e.Session] = s
 		n := len(x.sessions)
 		x.smu.Unlock()
 		x.m.setSessions(n)
@@ -412,87 +536,79 @@ func (x *Executor) execLocked(e raftcore.Entry, op Op) (val []byte, down bool) {
 			x.uncertainLocked(Cause{Kind: CauseSessionLost, Detail: fmt.Sprintf("session %x: %v", e.Session, s.lost)})
 			return x.replyLocked(e, op, fmt.Errorf("%w: %w", framing.ErrUnavailable, s.lost)), false
 		}
-		if x.sending != nil {
-			x.sending(e)
+		c := run.c
+		if c == nil || c != s.own && !(c.shared && c.port == s.port && x.sharesConn(s, op)) {
+			if c, down = x.connForLocked(s, op); down {
+				return nil, true
+			}
 		}
-		return x.roundTripLocked(s, framing.Request{Raw: op.Raw, Op: op.Name}), false
+		x.sendLocked(run, c, inflight{slot: slot, e: e, op: op, req: framing.Request{Raw: op.Raw, Op: op.Name}, sess: s})
+		if x.cfg.SerialApply {
+			x.drainLocked(run)
+		}
+		return nil, false
 	case KindClose:
+		x.drainIfOwnLocked(run, e.Session)
 		x.closeSessionLocked(e.Session)
 	case KindReset:
+		x.drainLocked(run)
 		for _, id := range x.sessionIDs(func(s *appSession) bool { return s.origin == e.Origin }) {
 			x.closeSessionLocked(id)
 		}
 	case KindEnd:
+		if op.End != nil {
+			x.drainIfOwnLocked(run, op.End.Session)
+		}
 		x.endLocked(e, op.End)
 	}
 	return nil, false
 }
 
-// roundTripLocked writes one request to the session's app connection and
-// reads exactly one complete response.
-func (x *Executor) roundTripLocked(s *appSession, req framing.Request) []byte {
-	s.use.Lock()
-	defer s.use.Unlock()
-	if s.dead != nil {
-		reply, _ := s.framer.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, s.dead))
-		return reply
+// ownsConnFromStart: sessions of this protocol never share (HTTP without
+// pipelining, or no pipeline at all), so each gets its app connection at
+// its OPEN, as before the pipeline.
+func (x *Executor) ownsConnFromStart(proto string) bool {
+	return x.cfg.SerialApply || (proto == framing.ProtoHTTP && !x.cfg.HTTPPipelining)
+}
+
+// ownConn reads s.own for a local read, which does not hold mu.
+func (x *Executor) ownConn(s *appSession) *appConn {
+	x.smu.RLock()
+	defer x.smu.RUnlock()
+	return s.own
+}
+
+// drainIfOwnLocked drains the run when it is on session id's own
+// connection, which is about to close.
+func (x *Executor) drainIfOwnLocked(run *pipeRun, id uint64) {
+	if s, ok := x.session(id); ok && s.own != nil && run.c == s.own {
+		x.drainLocked(run)
 	}
-	_ = s.conn.SetDeadline(time.Now().Add(x.cfg.AppTimeout))
-	resp, err := func() (resp []byte, err error) {
-		// A panic reading the app's response ends only this session here.
-		defer func() {
-			if p := recover(); p != nil {
-				err = panicked(x.cfg.Log, x.m, x.cfg.Group, panicPathAppResponse, p)
-			}
-		}()
-		if _, err := s.conn.Write(req.Raw); err != nil {
-			return nil, fmt.Errorf("write to app: %w", err)
-		}
-		resp, err = s.framer.ReadResponse(s.r, req)
-		if err != nil {
-			return resp, fmt.Errorf("read app response to %s: %w", req.Op, err)
-		}
-		return resp, nil
-	}()
-	if err == nil {
-		if endsConn(s, req) {
-			// The app closes it now, on every replica alike: a later
-			// request must not take that close for this replica's own.
-			s.dead = fmt.Errorf("the app closed the connection after %s", req.Op)
-			_ = s.conn.Close()
-		}
-		return resp
-	}
-	// The connection's position in the stream is unknown now: end it here.
-	s.dead = err
-	_ = s.conn.Close()
-	if len(resp) > 0 && !errors.Is(err, framing.ErrMalformed) && !errors.Is(err, framing.ErrTooLarge) {
-		return resp // e.g. a close-delimited HTTP body that ended at EOF
-	}
-	x.cfg.Log.Warn("app session failed", "group", x.cfg.Group, "op", req.Op, "err", err)
-	// A timeout is this replica's own failure (a slow or paused app), and
-	// so is a Redis that closed the connection while it still runs, after a
-	// command that does not end it (an idle timeout, a CLIENT KILL from
-	// outside): the session's later requests would be skipped here only.
-	// A close after QUIT, an HTTP "Connection: close", or by an app that
-	// died (its restart is repaired as such) happens on every replica
-	// alike: repairing them all would replay into the same close.
-	if errors.Is(err, os.ErrDeadlineExceeded) || x.closedByLiveApp(s, req) {
-		x.uncertainLocked(Cause{Kind: CauseSessionBroken, Detail: fmt.Sprintf("%s: %v", req.Op, err)})
-	}
-	reply, _ := s.framer.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, err))
-	return reply
+}
+
+// roundTrip writes one request to c and reads exactly one complete
+// response (local reads on a session's own connection).
+func (x *Executor) roundTrip(c *appConn, s *appSession, req framing.Request) []byte {
+	var val []byte
+	run := pipeRun{done: func(_ inflight, v []byte) { val = v }}
+	run.c = c
+	c.use.Lock()
+	run.local = true
+	run.out = append(run.out, inflight{slot: -1, req: req, sess: s, sent: time.Now()})
+	run.bufs = append(run.bufs, req.Raw)
+	x.drainLocked(&run)
+	return val
 }
 
 // closedByLiveApp says whether a RESP app closed s's connection on its own
 // while it still accepts connections (see roundTripLocked).
-func (x *Executor) closedByLiveApp(s *appSession, req framing.Request) bool {
-	if s.framer.Protocol() != framing.ProtoRESP || endsConn(s, req) {
+func (x *Executor) closedByLiveApp(c *appConn, req framing.Request) bool {
+	if c.framer.Protocol() != framing.ProtoRESP || endsConn(c.framer.Protocol(), req) {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	conn, err := x.cfg.Dialer.DialApp(ctx, s.port)
+	conn, err := x.cfg.Dialer.DialApp(ctx, c.port)
 	if err != nil {
 		return false // the app is down
 	}
@@ -502,11 +618,11 @@ func (x *Executor) closedByLiveApp(s *appSession, req framing.Request) bool {
 
 // endsConn: req is a Redis command after which the app closes the
 // connection (QUIT; the command table's EndsConn).
-func endsConn(s *appSession, req framing.Request) bool {
-	if s.framer.Protocol() != framing.ProtoRESP {
+func endsConn(proto string, req framing.Request) bool {
+	if proto != framing.ProtoRESP {
 		return false
 	}
-	c, ok := rediscmd.Lookup([]byte(req.Op), nil)
+	c, ok := rediscmd.LookupDisplay(req.Op)
 	return ok && c.Has(rediscmd.EndsConn)
 }
 
@@ -517,8 +633,8 @@ func (x *Executor) closeSessionLocked(id uint64) {
 	n := len(x.sessions)
 	x.smu.Unlock()
 	if ok {
-		if s.conn != nil {
-			_ = s.conn.Close()
+		if s.own != nil {
+			s.own.close()
 		}
 		x.m.setSessions(n)
 	}
@@ -563,14 +679,16 @@ func (x *Executor) replyLocked(e raftcore.Entry, op Op, err error) []byte {
 }
 
 // Read runs a read-only request on this replica: it waits until the entry at
-// readIndex (from Orderer.ReadIndex) is applied here, then executes the
-// request on the session's app connection, so it sees every write committed
-// before the read started.
+// readIndex (from Orderer.ReadIndex) is answered by the app here (an entry
+// written to the pipeline is not yet applied), then executes the request on
+// the session's own app connection, or, for a session without connection
+// state, on the port's pipelined read connection (readpipe.go), so it sees
+// every write committed before the read started.
 //
 // Reads do not hold the serial executor's lock during the app round trip:
 // they change no state, so reads of different sessions run side by side and
-// beside the write being applied (which is committed, so observing it is
-// linearizable). The session's own connection is still used by one request
+// beside the writes being applied (which are committed, so observing them is
+// linearizable). A session's own connection is still used by one request
 // at a time, and a read-only request never carries session state (the
 // framer marks nothing read-only inside MULTI).
 func (x *Executor) Read(ctx context.Context, session uint64, req framing.Request, readIndex uint64) ([]byte, error) {
@@ -588,7 +706,16 @@ func (x *Executor) Read(ctx context.Context, session uint64, req framing.Request
 	if s.lost != nil {
 		return nil, fmt.Errorf("%w: %w", framing.ErrUnavailable, s.lost)
 	}
-	val := x.roundTripLocked(s, req)
+	var val []byte
+	if own := x.ownConn(s); own != nil {
+		val = x.roundTrip(own, s, req)
+	} else {
+		v, err := x.reads.do(ctx, s.port, s.framer.Protocol(), req)
+		if err != nil {
+			return nil, err
+		}
+		val = v
+	}
 	exec := time.Since(start)
 	x.cfg.Trace.Write(TraceLine{Kind: "read", Group: x.cfg.Group, Index: readIndex, Session: session,
 		Op: req.Op, Origin: x.cfg.Self, Latency: exec, Exec: exec})
@@ -645,12 +772,22 @@ func (x *Executor) Sessions() int {
 // Close ends every app connection and the retry loop.
 func (x *Executor) Close() error {
 	x.stopWaiting()
+	x.reads.close()
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	x.closeAllConnsLocked()
+	return nil
+}
+
+// closeAllConnsLocked closes every session and the shared and read
+// connections: the app under them is about to change (a repair, a
+// restore) or the executor closes.
+func (x *Executor) closeAllConnsLocked() {
 	for _, id := range x.sessionIDs(func(*appSession) bool { return true }) {
 		x.closeSessionLocked(id)
 	}
-	return nil
+	x.closeSharedLocked()
+	x.reads.reset()
 }
 
 // unreachableLog counts failed dials to the app since the last warning.

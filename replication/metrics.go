@@ -31,6 +31,7 @@ type Metrics struct {
 	audits        *prometheus.CounterVec
 	diverged      *prometheus.GaugeVec
 	capture       *captureMetrics // audit_capture.go
+	pipelineRuns  *prometheus.HistogramVec
 
 	mu           sync.Mutex
 	lastLeader   map[string]uint64
@@ -76,10 +77,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "1 while the last audit found this member's app different from the majority's, 0 once an audit agrees (as seen by this replica, for every member it judged)."}, []string{"group", "member"}),
 		connPanics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_connection_panics_total",
 			Help: "Panics recovered while serving one connection (path=client: a client connection's handler; path=app_response: reading an app response); only that connection ended."}, []string{"group", "path"}),
+		pipelineRuns: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "smr_pipeline_run_entries",
+			Help:    "Entries written to one app connection before their responses were read (the ordered pipeline's depth); 1 means one round trip per entry.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 8)}, g),
 		lastLeader: map[string]uint64{}, divergedSeen: map[string]bool{},
 	}
 	for _, c := range []prometheus.Collector{m.proposals, m.proposalErrs, m.commits, m.reads, m.badRequests,
-		m.applyLagH, m.execDuration, m.appliedIndex, m.sessions, m.queue, m.leaderChanges, m.leader, m.replicaState, m.repairs, m.audits, m.diverged, m.connPanics} {
+		m.applyLagH, m.execDuration, m.appliedIndex, m.sessions, m.queue, m.leaderChanges, m.leader, m.replicaState, m.repairs, m.audits, m.diverged, m.connPanics, m.pipelineRuns} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register replication metrics: %w", err)
 		}
@@ -98,7 +102,7 @@ type groupMetrics struct {
 	m                             *Metrics
 	proposals, commits            [KindReset + 1]prometheus.Counter
 	proposalErrs, reads           prometheus.Counter
-	applyLag, exec                prometheus.Observer
+	applyLag, exec, runEntries    prometheus.Observer
 	appliedIndex, sessions, queue prometheus.Gauge
 }
 
@@ -109,6 +113,7 @@ func (m *Metrics) forGroup(group string) *groupMetrics {
 	g := &groupMetrics{group: group, m: m,
 		proposalErrs: m.proposalErrs.WithLabelValues(group), reads: m.reads.WithLabelValues(group),
 		applyLag: m.applyLagH.WithLabelValues(group), exec: m.execDuration.WithLabelValues(group),
+		runEntries:   m.pipelineRuns.WithLabelValues(group),
 		appliedIndex: m.appliedIndex.WithLabelValues(group), sessions: m.sessions.WithLabelValues(group),
 		queue: m.queue.WithLabelValues(group)}
 	for k := KindOpen; k <= KindReset; k++ {
@@ -284,4 +289,12 @@ func (g *groupMetrics) setDiverged(member uint64, diverged bool) {
 		v = 1
 	}
 	g.m.diverged.WithLabelValues(g.group, strconv.FormatUint(member, 10)).Set(v)
+}
+
+// pipelineRun records the entries of one drained pipeline run.
+func (g *groupMetrics) pipelineRun(n int) {
+	if g == nil {
+		return
+	}
+	g.runEntries.Observe(float64(n))
 }

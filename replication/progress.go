@@ -222,11 +222,12 @@ type resumingSM struct {
 	group string
 	log   *slog.Logger
 
-	// mu guards cur and applying: the executor's sent hook may run on its
+	// mu guards cur and applying: the executor's hooks may run on its
 	// retry goroutine (entries queued while the app was down).
 	mu       sync.Mutex
 	cur      position        // last entry seen
-	applying *raftcore.Entry // the entry inside next.Apply, if any
+	applying []applyingEntry // the entries inside next.ApplyBatch, if any
+	hint     int             // where the last hook found its entry in applying
 	resumed  bool            // past the resume point
 	skipped  int
 	open     map[uint64]openedAt // sessions opened in the skipped prefix, by session
@@ -239,14 +240,23 @@ type resumingSM struct {
 	donor *donorState
 }
 
+// applyingEntry is an entry handed to the executor with its position.
+type applyingEntry struct {
+	e   raftcore.Entry
+	pos position
+}
+
 type openedAt struct {
 	e   raftcore.Entry
 	pos position
 }
 
-// requestSendingNotifier is implemented by *Executor.
-type requestSendingNotifier interface {
+// appProgressNotifier is implemented by *Executor: it says when a pipeline
+// run's first request is about to reach the app, and when the app answered
+// a run.
+type appProgressNotifier interface {
 	OnRequestSending(func(raftcore.Entry))
+	OnAnswered(func(raftcore.Entry))
 }
 
 // AppRestorer brings this replica's app to a known state when its state is
@@ -265,28 +275,57 @@ var restoreTimeout = 2 * time.Minute
 func newResumingSM(next raftcore.StateMachine, prog *Progress, group string, log *slog.Logger) *resumingSM {
 	r := &resumingSM{next: next, prog: prog, group: group, log: log, resumed: prog.resume == position{},
 		open: map[uint64]openedAt{}}
-	if n, ok := next.(requestSendingNotifier); ok {
-		n.OnRequestSending(r.requestSending)
+	if n, ok := next.(appProgressNotifier); ok {
+		n.OnRequestSending(func(e raftcore.Entry) { r.record(e, stateInFlight) })
+		n.OnAnswered(func(e raftcore.Entry) { r.record(e, stateApplied) })
 	}
 	return r
 }
 
-// requestSending records a REQUEST as in flight before its bytes reach the
-// app: a daemon killed from here until the entry is recorded applied leaves
-// a record saying the app may or may not have executed it, and the restart
-// repairs the app instead of guessing (executing it twice, or never).
-// Entries drained from the executor's queue are not the one being applied:
-// their record is written by Apply's own rule.
-func (r *resumingSM) requestSending(e raftcore.Entry) {
+// record writes the progress record at entry e of the batch being applied:
+// in flight before the first request of a pipeline run reaches the app (a
+// daemon killed from then until the run is answered leaves a record saying
+// the app may or may not have executed the run's entries, and the restart
+// repairs the app instead of guessing: executing some twice, or never),
+// applied once the app answered the run. Entries drained from the
+// executor's queue are not in the batch being applied: their record is
+// written by ApplyBatch's own rule. A record saying the app restarted empty
+// is never overwritten here.
+func (r *resumingSM) record(e raftcore.Entry, state byte) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	a := r.applying
-	if a == nil || a.Index != e.Index || a.Session != e.Session || a.Seq != e.Seq || a.Origin != e.Origin {
+	pos, ok := r.positionLocked(e)
+	r.mu.Unlock()
+	if ok {
+		r.recordAt(pos, state)
+	}
+}
+
+// recordAt writes the progress record, unless it says the app restarted
+// empty (that stays for the repair).
+func (r *resumingSM) recordAt(pos position, state byte) {
+	r.prog.mu.Lock()
+	rebuild := r.prog.wstate == stateRebuild
+	r.prog.mu.Unlock()
+	if rebuild {
 		return
 	}
-	if err := r.prog.write(r.cur, stateInFlight); err != nil {
-		r.log.Error("record entry in flight", "err", err)
+	if err := r.prog.write(pos, state); err != nil {
+		r.log.Error("record the app's progress", "state", string(state), "err", err)
 	}
+}
+
+// positionLocked finds e among the entries being applied (hooks come in
+// log order, so the search starts where the last one ended).
+func (r *resumingSM) positionLocked(e raftcore.Entry) (position, bool) {
+	for k := range len(r.applying) {
+		i := (r.hint + k) % len(r.applying)
+		a := r.applying[i].e
+		if a.Index == e.Index && a.Session == e.Session && a.Seq == e.Seq && a.Origin == e.Origin {
+			r.hint = i
+			return r.applying[i].pos, true
+		}
+	}
+	return position{}, false
 }
 
 // restore brings an uncertain app to a known state before the first entry
@@ -323,54 +362,61 @@ func (r *resumingSM) restore() error {
 
 // Apply implements raftcore.StateMachine.
 func (r *resumingSM) Apply(e raftcore.Entry) ([]byte, error) {
+	res := r.ApplyBatch([]raftcore.Entry{e})
+	return res[0].Value, res[0].Err
+}
+
+// ApplyBatch implements raftcore.BatchStateMachine: entries up to the
+// resume point are followed, not executed; the rest go to the executor.
+func (r *resumingSM) ApplyBatch(es []raftcore.Entry) []raftcore.ApplyResult {
 	// Only a starting member repairs: an uncertainty found later (MarkRebuild)
 	// belongs to the member's next start, this executor is fenced.
 	started := r.started
 	r.started = true
 	if !started && r.prog.Uncertain() != "" {
 		if r.restoreErr = r.restore(); r.restoreErr != nil {
-			err := r.restoreErr
 			// The executor is broken now (it refuses every request);
 			// nothing reaches the app in an unknown state.
-			r.log.Error("repair of the app failed; this replica stays broken", "group", r.group, "err", err)
-			return r.next.Apply(e)
+			r.log.Error("repair of the app failed; this replica stays broken", "group", r.group, "err", r.restoreErr)
+			return raftcore.ApplyAll(r.next, es)
 		}
 	}
+	batch := make([]applyingEntry, len(es))
 	r.mu.Lock()
-	if e.Index != r.cur.index {
-		r.cur = position{e.Index, 0}
+	for i, e := range es {
+		if e.Index != r.cur.index {
+			r.cur = position{e.Index, 0}
+		}
+		r.cur.sub++
+		batch[i] = applyingEntry{e: e, pos: r.cur}
 	}
-	r.cur.sub++
-	cur := r.cur
 	r.mu.Unlock()
+	out := make([]raftcore.ApplyResult, len(es))
+	i := 0
 	if !r.resumed {
-		if !r.prog.resume.less(cur) {
-			r.follow(e)
-			return nil, nil
+		for ; i < len(es) && !r.prog.resume.less(batch[i].pos); i++ {
+			r.follow(batch[i])
+		}
+		if i == len(es) {
+			return out
 		}
 		r.resume()
 	}
-	r.setApplying(&e)
-	val, err := r.next.Apply(e)
+	r.setApplying(batch[i:])
+	res := raftcore.ApplyAll(r.next, es[i:])
 	r.setApplying(nil)
+	copy(out[i:], res)
 	// Entries queued for an app that is not up yet are not executed yet:
-	// keep the record where the app really is. An entry recorded in flight
-	// was executed by the app: it is applied now.
-	r.prog.mu.Lock()
-	inFlight := cur == r.prog.written && r.prog.wstate == stateInFlight
-	rebuild := r.prog.wstate == stateRebuild
-	r.prog.mu.Unlock()
-	if h, ok := r.next.(healthReporter); !rebuild && (inFlight || !ok || h.Health() == nil) {
-		if werr := r.prog.write(cur, stateApplied); werr != nil {
-			r.log.Error("record applied position", "err", werr)
-		}
+	// the record stays where the app really is (its last answered run).
+	if h, ok := r.next.(healthReporter); !ok || h.Health() == nil {
+		r.recordAt(batch[len(batch)-1].pos, stateApplied)
 	}
-	return val, err
+	return out
 }
 
-func (r *resumingSM) setApplying(e *raftcore.Entry) {
+func (r *resumingSM) setApplying(batch []applyingEntry) {
 	r.mu.Lock()
-	r.applying = e
+	r.applying, r.hint = batch, 0
 	r.mu.Unlock()
 }
 
@@ -382,7 +428,8 @@ type sessionResumer interface {
 }
 
 // follow tracks the sessions of a skipped entry.
-func (r *resumingSM) follow(e raftcore.Entry) {
+func (r *resumingSM) follow(a applyingEntry) {
+	e := a.e
 	r.skipped++
 	if sr, ok := r.next.(sessionResumer); ok {
 		// Entries at or below a restored snapshot (a donor's) are in its
@@ -399,7 +446,7 @@ func (r *resumingSM) follow(e raftcore.Entry) {
 	}
 	switch op.Kind {
 	case KindOpen:
-		r.open[e.Session] = openedAt{e, r.cur}
+		r.open[e.Session] = openedAt{e, a.pos}
 	case KindClose:
 		delete(r.open, e.Session)
 	case KindReset:

@@ -159,6 +159,7 @@ type sendingSM struct {
 }
 
 func (s *sendingSM) OnRequestSending(f func(raftcore.Entry)) { s.sending = f }
+func (s *sendingSM) OnAnswered(func(raftcore.Entry))         {}
 
 func (s *sendingSM) RestoreApp(_ context.Context, c Cause) (uint64, error) {
 	s.restored = append(s.restored, c)
@@ -193,7 +194,7 @@ func TestResumingSMRequestInFlightAtCrash(t *testing.T) {
 				sm.cur = position{inFlight.Index, 0}
 			}
 			sm.cur.sub++
-			sm.applying = &inFlight
+			sm.applying = []applyingEntry{{e: inFlight, pos: sm.cur}}
 			sm.mu.Unlock()
 			first.sending(inFlight) // recorded in flight; then SIGKILL
 			prog.Close()

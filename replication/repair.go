@@ -131,9 +131,7 @@ func (x *Executor) RestoreApp(ctx context.Context, cause Cause) (uint64, error) 
 	start := time.Now()
 	x.cfg.Log.Warn("repair: bringing the app to a known state (empty) and replaying the log from the start",
 		"group", x.cfg.Group, "cause", cause.Kind, "detail", cause.Detail)
-	for _, id := range x.sessionIDs(func(*appSession) bool { return true }) {
-		x.closeSessionLocked(id)
-	}
+	x.closeAllConnsLocked()
 	err := x.emptyApp(ctx)
 	x.m.repair(cause.Kind, err == nil)
 	x.cfg.Trace.Write(TraceLine{Kind: "repair", Group: x.cfg.Group, Op: cause.Kind, Origin: x.cfg.Self,

@@ -1,7 +1,6 @@
 package replication
 
 import (
-	"bufio"
 	"cmp"
 	"context"
 	"errors"
@@ -141,16 +140,19 @@ func (x *Executor) reopenLocked(id, index uint64) {
 	s := &appSession{origin: ts.Origin, port: ts.Port, framer: f}
 	switch {
 	case quit:
-		s.dead = errAppClosedSession
+		s.own = &appConn{framer: f, port: ts.Port, dead: errAppClosedSession}
 	case err != nil:
 		s.lost = err
+	case len(reqs) == 0 && !x.ownsConnFromStart(ts.Protocol):
+		// Nothing to rebuild: the session shares the pipelined connection,
+		// which is in the state of a fresh one.
 	default:
 		if rerr := x.replayLocked(s, reqs); rerr != nil {
 			s.lost = fmt.Errorf("%w: replaying it on this replica failed: %w", connstate.ErrNotRebuildable, rerr)
 		}
 	}
 	if s.lost != nil {
-		s.conn, s.r = nil, nil
+		s.own = nil
 		x.cfg.Log.Warn("session's connection state cannot be rebuilt here: ending it on every replica", "group", x.cfg.Group,
 			"session", fmt.Sprintf("%x", id), "index", index, "err", s.lost)
 		x.proposeEnd(id, s.lost.Error())
@@ -164,10 +166,10 @@ func (x *Executor) reopenLocked(id, index uint64) {
 		Op: fmt.Sprintf("REOPEN requests=%d lost=%t", len(reqs), s.lost != nil)})
 }
 
-// replayLocked dials the app for s and sends it the rebuild requests. Their
-// replies are the app's (a recorded command that failed when the client
-// sent it fails again, which is what keeps the state equal); only a failed
-// round trip fails the replay.
+// replayLocked dials the app for s's own connection and sends it the rebuild
+// requests. Their replies are the app's (a recorded command that failed when
+// the client sent it fails again, which is what keeps the state equal); only
+// a failed round trip fails the replay.
 func (x *Executor) replayLocked(s *appSession, reqs []connstate.Request) error {
 	ctx, cancel := context.WithTimeout(context.Background(), x.cfg.DialTimeout)
 	conn, err := x.cfg.Dialer.DialApp(ctx, s.port)
@@ -175,7 +177,9 @@ func (x *Executor) replayLocked(s *appSession, reqs []connstate.Request) error {
 	if err != nil {
 		return fmt.Errorf("dial app: %w", err)
 	}
-	s.conn, s.r = conn, bufio.NewReaderSize(conn, 16<<10)
+	f, _ := framing.New(s.framer.Protocol(), x.cfg.Framing)
+	own := newAppConn(conn, f, s.port, false)
+	s.own = own
 	for _, r := range reqs {
 		if r.AuthUser != "" {
 			raw, err := x.authRequest(r.AuthUser)
@@ -191,7 +195,7 @@ func (x *Executor) replayLocked(s *appSession, reqs []connstate.Request) error {
 			_ = conn.Close()
 			return fmt.Errorf("%s: write: %w", r.Op, err)
 		}
-		resp, err := s.framer.ReadResponse(s.r, req)
+		resp, err := own.framer.ReadResponse(own.r, req)
 		if err != nil {
 			_ = conn.Close()
 			return fmt.Errorf("%s: read reply: %w", r.Op, err)

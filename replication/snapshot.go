@@ -176,9 +176,7 @@ func (x *Executor) RestoreFrom(index uint64, r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	for _, id := range x.sessionIDs(func(*appSession) bool { return true }) {
-		x.closeSessionLocked(id)
-	}
+	x.closeAllConnsLocked()
 	var total int64
 	for i, a := range x.snap.apps {
 		ctx, cancel := context.WithTimeout(context.Background(), x.snap.timeout)

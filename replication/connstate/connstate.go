@@ -217,16 +217,6 @@ func (t *Tracker) IDs() []uint64 {
 // Len is the number of open sessions.
 func (t *Tracker) Len() int { return len(t.sessions) }
 
-// commands maps a request's display name (framing.Request.Op, "CLIENT
-// SETNAME") to its row of the one command table.
-var commands = func() map[string]rediscmd.Command {
-	m := map[string]rediscmd.Command{}
-	for _, c := range rediscmd.Commands() {
-		m[c.DisplayName()] = c
-	}
-	return m
-}()
-
 // Request feeds one ordered request of session id: op is its display name
 // as the framer classified it, raw its bytes as ordered.
 func (t *Tracker) Request(id uint64, op string, raw []byte) {
@@ -235,7 +225,7 @@ func (t *Tracker) Request(id uint64, op string, raw []byte) {
 		return
 	}
 	s.pending = nil // AUTHOK follows its AUTH at once, or never
-	c, known := commands[op]
+	c, known := rediscmd.LookupDisplay(op)
 	state := known && c.Has(rediscmd.ConnState)
 	if !state {
 		if s.multi {

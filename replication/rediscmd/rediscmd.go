@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 )
 
 // Treatment says what smr-cri does with a command.
@@ -190,6 +191,23 @@ func upper(dst, s []byte) []byte {
 	}
 	return dst
 }
+
+// LookupDisplay returns the row of a request's display name as the framer
+// names it (framing.Request.Op: "SET", "CLIENT SETNAME").
+func LookupDisplay(op string) (Command, bool) {
+	c, ok := byDisplay()[op]
+	return c, ok
+}
+
+// byDisplay indexes the table by display name, built once on first use
+// (the table is filled by init).
+var byDisplay = sync.OnceValue(func() map[string]Command {
+	m := make(map[string]Command, len(table))
+	for _, c := range table {
+		m[c.display] = *c
+	}
+	return m
+})
 
 // Commands returns every row, containers' subcommands included, sorted by name.
 func Commands() []Command {
