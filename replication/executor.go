@@ -131,9 +131,9 @@ type Executor struct {
 	// mu is the serial executor: it is held while a batch of log entries
 	// is written to the app and answered, so the app sees the log's order.
 	mu sync.Mutex
-	// shared holds the pipelined connection of each port that sessions
-	// without connection state share (under mu).
-	shared map[int]*appConn
+	// shared holds the pipelined connection of each port and connection
+	// state that sessions in that state share (under mu).
+	shared map[shareKey]*appConn
 	// reads serve local reads of those sessions, pipelined (readpipe.go).
 	reads *readPipes
 	// smu guards sessions. It is held only briefly (never during an app
@@ -204,9 +204,13 @@ type appSession struct {
 	origin uint64
 	port   int
 	framer framing.Framer
-	// own is the session's own app connection, nil while it shares the
-	// pipelined one (it never sent a connection-state command).
+	// own is the session's own app connection, nil while it uses the
+	// shared connection of its state (pipeline.go).
 	own *appConn
+	// share is the session's connection state when other sessions in the
+	// same state may share a connection with it (nil: they may not: a
+	// transaction, a WATCH, or no pipeline). Set under mu and smu.
+	share *shareState
 	// lost: its connection state could not be rebuilt on this replica
 	// (sessions.go); an END for it is on its way, and any request of it
 	// applied before that makes this replica's app uncertain. own is nil.
@@ -232,7 +236,7 @@ func NewExecutor(cfg ExecutorConfig) (*Executor, error) {
 	x := &Executor{
 		cfg: cfg, m: cfg.Metrics.forGroup(cfg.Group), sessions: map[uint64]*appSession{},
 		starts: map[[2]uint64]time.Time{}, closed: make(chan struct{}), audit: newAuditor(cfg.Audit),
-		conns: connstate.New(), ending: map[uint64]bool{}, shared: map[int]*appConn{},
+		conns: connstate.New(), ending: map[uint64]bool{}, shared: map[shareKey]*appConn{},
 	}
 	x.reads = newReadPipes(x)
 	x.m.setState(StateServing)
@@ -364,7 +368,7 @@ func (x *Executor) abortRunLocked(run *pipeRun) []inflight {
 		c.dead = fmt.Errorf("%w: the run on this connection was interrupted", ErrPanic)
 		c.close()
 		if c.shared {
-			delete(x.shared, c.port)
+			delete(x.shared, shareKey{c.port, c.key})
 		}
 	}
 	c.use.Unlock()
@@ -513,6 +517,9 @@ func (x *Executor) execLocked(run *pipeRun, slot int, e raftcore.Entry, op Op) (
 		}
 		f, _ := framing.New(op.Protocol, x.cfg.Framing)
 		s := &appSession{origin: e.Origin, port: op.Port, framer: f}
+		if x.pipelines(op.Protocol) {
+			s.share = &shareState{} // a fresh connection's state
+		}
 		if x.ownsConnFromStart(op.Protocol) {
 			conn, err := x.dialLocked(op.Port)
 			if err != nil {
@@ -531,22 +538,25 @@ func (x *Executor) execLocked(run *pipeRun, slot int, e raftcore.Entry, op Op) (
 		if !ok {
 			return x.replyLocked(e, op, x.noSessionErr(e.Session)), false
 		}
-		if s.lost != nil {
-			// Every other replica runs this request; this one cannot.
-			x.uncertainLocked(Cause{Kind: CauseSessionLost, Detail: fmt.Sprintf("session %x: %v", e.Session, s.lost)})
-			return x.replyLocked(e, op, fmt.Errorf("%w: %w", framing.ErrUnavailable, s.lost)), false
-		}
-		c := run.c
-		if c == nil || c != s.own && !(c.shared && c.port == s.port && x.sharesConn(s, op)) {
-			if c, down = x.connForLocked(s, op); down {
+		if s.lost == nil {
+			c, down := x.connForLocked(run, s, op)
+			if down {
 				return nil, true
 			}
+			if c != nil {
+				x.sendLocked(run, c, inflight{slot: slot, e: e, op: op, req: framing.Request{Raw: op.Raw, Op: op.Name}, sess: s})
+				if changesConn(s.framer.Protocol(), op) {
+					x.reshareLocked(s, e.Session) // the tracker has this entry already
+				}
+				if x.cfg.SerialApply {
+					x.drainLocked(run)
+				}
+				return nil, false
+			}
 		}
-		x.sendLocked(run, c, inflight{slot: slot, e: e, op: op, req: framing.Request{Raw: op.Raw, Op: op.Name}, sess: s})
-		if x.cfg.SerialApply {
-			x.drainLocked(run)
-		}
-		return nil, false
+		// Every other replica runs this request; this one cannot.
+		x.uncertainLocked(Cause{Kind: CauseSessionLost, Detail: fmt.Sprintf("session %x: %v", e.Session, s.lost)})
+		return x.replyLocked(e, op, fmt.Errorf("%w: %w", framing.ErrUnavailable, s.lost)), false
 	case KindClose:
 		x.drainIfOwnLocked(run, e.Session)
 		x.closeSessionLocked(e.Session)
@@ -560,6 +570,10 @@ func (x *Executor) execLocked(run *pipeRun, slot int, e raftcore.Entry, op Op) (
 			x.drainIfOwnLocked(run, op.End.Session)
 		}
 		x.endLocked(e, op.End)
+	case KindAuthOK:
+		if s, ok := x.session(e.Session); ok && s.lost == nil {
+			x.reshareLocked(s, e.Session) // the AUTH is known to have succeeded now
+		}
 	}
 	return nil, false
 }
@@ -571,11 +585,12 @@ func (x *Executor) ownsConnFromStart(proto string) bool {
 	return x.cfg.SerialApply || (proto == framing.ProtoHTTP && !x.cfg.HTTPPipelining)
 }
 
-// ownConn reads s.own for a local read, which does not hold mu.
-func (x *Executor) ownConn(s *appSession) *appConn {
+// readConn reads where a local read of s goes (it does not hold mu): its
+// own connection, or the read pipe of its shareable state.
+func (x *Executor) readConn(s *appSession) (*appConn, *shareState) {
 	x.smu.RLock()
 	defer x.smu.RUnlock()
-	return s.own
+	return s.own, s.share
 }
 
 // drainIfOwnLocked drains the run when it is on session id's own
@@ -707,10 +722,13 @@ func (x *Executor) Read(ctx context.Context, session uint64, req framing.Request
 		return nil, fmt.Errorf("%w: %w", framing.ErrUnavailable, s.lost)
 	}
 	var val []byte
-	if own := x.ownConn(s); own != nil {
+	if own, share := x.readConn(s); own != nil || share == nil {
+		if own == nil {
+			return nil, fmt.Errorf("%w: session %x has no app connection here", framing.ErrUnavailable, session)
+		}
 		val = x.roundTrip(own, s, req)
 	} else {
-		v, err := x.reads.do(ctx, s.port, s.framer.Protocol(), req)
+		v, err := x.reads.do(ctx, s.port, s.framer.Protocol(), share, req)
 		if err != nil {
 			return nil, err
 		}

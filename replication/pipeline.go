@@ -51,10 +51,13 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/replication/connstate"
 	"github.com/smr-io/smr-cri/replication/framing"
 	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
@@ -79,6 +82,7 @@ type appConn struct {
 	r      *bufio.Reader
 	port   int
 	shared bool
+	key    string // the connection state of a shared connection
 	// use serializes users of conn: the executor holds it from a run's
 	// first write until the run is drained, a local read for its round trip.
 	use  sync.Mutex
@@ -134,62 +138,207 @@ type pipeRun struct {
 	done func(f inflight, val []byte)
 }
 
-// sharesConn says whether a request of session s may go on the shared
-// connection: the session has no connection of its own and the command
-// changes nothing of the connection (the command table's flags).
-func (x *Executor) sharesConn(s *appSession, op Op) bool {
-	if s.own != nil || x.cfg.SerialApply {
-		return false
-	}
-	switch s.framer.Protocol() {
-	case framing.ProtoRESP:
-		c, ok := rediscmd.LookupDisplay(op.Name)
-		return ok && !c.Has(rediscmd.ConnState) && !c.Has(rediscmd.EndsConn) && !c.Has(rediscmd.ResetsConn) &&
-			!c.Has(rediscmd.Blocking)
-	case framing.ProtoHTTP:
-		return x.cfg.HTTPPipelining
-	}
-	return false
+// shareKey names a shared connection: a port and a connection state
+// (connstate.Session.Shareable's key; "" is a fresh connection's).
+type shareKey struct {
+	port  int
+	state string
 }
 
-// connForLocked returns the connection entry e of session s goes to,
-// dialing it if needed; down means the app could not be reached.
-func (x *Executor) connForLocked(s *appSession, op Op) (c *appConn, down bool) {
+// changesConn: the request changes, ends or resets its connection (the
+// command table's flags), so it runs on the session's own connection.
+func changesConn(proto string, op Op) bool {
+	if proto != framing.ProtoRESP {
+		return false
+	}
+	c, ok := rediscmd.LookupDisplay(op.Name)
+	return !ok || c.Has(rediscmd.ConnState) || c.Has(rediscmd.EndsConn) || c.Has(rediscmd.ResetsConn) || c.Has(rediscmd.Blocking)
+}
+
+// pipelines says whether sessions of proto may share connections at all.
+func (x *Executor) pipelines(proto string) bool {
+	return !x.cfg.SerialApply && (proto == framing.ProtoRESP || x.cfg.HTTPPipelining)
+}
+
+// connForLocked returns the connection a request of session s goes to,
+// dialing it if needed (down: the app could not be reached; nil: the
+// session's state could not be rebuilt on a new connection, s.lost says
+// why). A session in a
+// shareable state uses the shared connection of that state; a request that
+// changes the connection, and every request of a session whose state cannot
+// be shared (a transaction, a WATCH, an AUTH not confirmed yet), use the
+// session's own connection, created in the session's state.
+func (x *Executor) connForLocked(run *pipeRun, s *appSession, op Op) (c *appConn, down bool) {
+	proto := s.framer.Protocol()
+	if x.pipelines(proto) && s.share != nil && !changesConn(proto, op) {
+		if s.own != nil && !x.retireOwnLocked(run, s) {
+			return s.own, false
+		}
+		return x.sharedConnLocked(run, s)
+	}
 	if s.own != nil {
 		return s.own, false
 	}
-	if x.sharesConn(s, op) {
-		return x.sharedConnLocked(s.port, s.framer.Protocol())
+	conn, err := x.dialLocked(s.port)
+	if err != nil {
+		return nil, true
+	}
+	f, _ := framing.New(proto, x.cfg.Framing)
+	own := newAppConn(conn, f, s.port, false)
+	if s.share != nil && len(s.share.reqs) > 0 {
+		if err := x.replayOn(own, s.share.reqs); err != nil {
+			own.close()
+			x.loseSessionLocked(s, err)
+			return nil, false
+		}
+	}
+	x.smu.Lock()
+	s.own = own
+	x.smu.Unlock()
+	return own, false
+}
+
+// retireOwnLocked ends s's own connection now that the session's state can
+// be shared again (after EXEC, or after the HELLO a client library sends
+// first): it becomes the shared connection of that state when there is
+// none (its state is exactly that one), else it closes. It keeps the own
+// connection (false) when a shared one of that state could not be rebuilt
+// later without a credential smr-cri lacks.
+func (x *Executor) retireOwnLocked(run *pipeRun, s *appSession) bool {
+	own := s.own
+	k := shareKey{s.port, s.share.key}
+	if own.dead != nil || (s.share.needsCred && x.creds.Password == "") {
+		return false
+	}
+	if _, ok := x.shared[k]; !ok {
+		own.shared, own.key = true, k.state
+		x.shared[k] = own
+	} else {
+		if run.c == own {
+			x.drainLocked(run)
+		}
+		own.use.Lock()
+		own.dead = errors.New("the session's connection state is shared now")
+		own.close()
+		own.use.Unlock()
+	}
+	x.smu.Lock()
+	s.own = nil
+	x.smu.Unlock()
+	return true
+}
+
+// sharedConnLocked returns the shared connection of s's state, replacing
+// one the app closed meanwhile, or creating it in that state.
+func (x *Executor) sharedConnLocked(run *pipeRun, s *appSession) (*appConn, bool) {
+	k := shareKey{s.port, s.share.key}
+	if c := x.shared[k]; c != nil {
+		if run.c == c || c.dead == nil && (time.Since(c.idleSince) < sharedIdleCheck || !c.closedByApp()) {
+			return c, false
+		}
+		c.close()
+		delete(x.shared, k)
 	}
 	conn, err := x.dialLocked(s.port)
 	if err != nil {
 		return nil, true
 	}
 	f, _ := framing.New(s.framer.Protocol(), x.cfg.Framing)
-	x.smu.Lock()
-	s.own = newAppConn(conn, f, s.port, false)
-	x.smu.Unlock()
-	return s.own, false
+	c := newAppConn(conn, f, s.port, true)
+	c.key = k.state
+	if err := x.replayOn(c, s.share.reqs); err != nil {
+		c.close()
+		x.loseSessionLocked(s, err)
+		return nil, false
+	}
+	x.shared[k] = c
+	return c, false
 }
 
-// sharedConnLocked returns the port's shared connection, replacing one the
-// app closed meanwhile. It is only called with no run outstanding on it.
-func (x *Executor) sharedConnLocked(port int, proto string) (*appConn, bool) {
-	if c := x.shared[port]; c != nil {
-		if c.dead == nil && (time.Since(c.idleSince) < sharedIdleCheck || !c.closedByApp()) {
-			return c, false
+// reshareLocked reads session id's connection state from the tracker after
+// an entry that may have changed it.
+func (x *Executor) reshareLocked(s *appSession, id uint64) {
+	if !x.pipelines(s.framer.Protocol()) {
+		return
+	}
+	x.cmu.Lock()
+	ts, ok := x.conns.Session(id)
+	var sh *shareState
+	if ok {
+		if key, reqs, ok := ts.Shareable(); ok {
+			sh = &shareState{key: key, reqs: reqs, needsCred: slices.ContainsFunc(reqs, func(r connstate.Request) bool { return r.AuthUser != "" })}
 		}
-		c.close()
-		delete(x.shared, port)
 	}
-	conn, err := x.dialLocked(port)
-	if err != nil {
-		return nil, true
+	x.cmu.Unlock()
+	x.smu.Lock()
+	s.share = sh
+	x.smu.Unlock()
+}
+
+// shareState is a session's shareable connection state.
+type shareState struct {
+	key  string
+	reqs []connstate.Request // bring a fresh connection to it
+	// needsCred: rebuilding it authenticates with smr-cri's credential.
+	needsCred bool
+}
+
+// replayOn sends the requests that rebuild a connection state on c (a new
+// connection). Their replies are the app's (a recorded command that failed
+// when the client sent it fails again, which is what keeps the state
+// equal); only a failed round trip, or an AUTH that fails with smr-cri's
+// credential, fails the replay.
+func (x *Executor) replayOn(c *appConn, reqs []connstate.Request) error {
+	for _, r := range reqs {
+		if r.AuthUser != "" {
+			raw, err := x.authRequest(r.AuthUser)
+			if err != nil {
+				return err
+			}
+			r.Raw = raw
+		}
+		req := framing.Request{Raw: r.Raw, Op: r.Op}
+		_ = c.conn.SetDeadline(time.Now().Add(x.cfg.AppTimeout))
+		if _, err := c.conn.Write(req.Raw); err != nil {
+			return fmt.Errorf("%s: write: %w", r.Op, err)
+		}
+		resp, err := c.framer.ReadResponse(c.r, req)
+		if err != nil {
+			return fmt.Errorf("%s: read reply: %w", r.Op, err)
+		}
+		if r.AuthUser != "" && (len(resp) == 0 || resp[0] == '-') {
+			// The client's AUTH succeeded; this one must too.
+			return fmt.Errorf("AUTH as %q with smr-cri's credential (%s) failed: %s", r.AuthUser,
+				x.creds.Source, strings.TrimSpace(string(resp)))
+		}
 	}
-	f, _ := framing.New(proto, x.cfg.Framing)
-	c := newAppConn(conn, f, port, true)
-	x.shared[port] = c
-	return c, false
+	_ = c.conn.SetDeadline(time.Time{})
+	return nil
+}
+
+// loseSessionLocked: session s's connection state cannot be rebuilt here;
+// it is ended on every replica (an END entry), and until then its requests
+// make this replica's app uncertain.
+func (x *Executor) loseSessionLocked(s *appSession, err error) {
+	s.lost = fmt.Errorf("%w: replaying it on this replica failed: %w", connstate.ErrNotRebuildable, err)
+	id, ok := x.sessionID(s)
+	x.cfg.Log.Warn("session's connection state cannot be rebuilt here: ending it on every replica", "group", x.cfg.Group,
+		"session", fmt.Sprintf("%x", id), "err", s.lost)
+	if ok {
+		x.proposeEnd(id, s.lost.Error())
+	}
+}
+
+// sessionID finds s's ID.
+func (x *Executor) sessionID(s *appSession) (uint64, bool) {
+	x.smu.RLock()
+	defer x.smu.RUnlock()
+	for id, t := range x.sessions {
+		if t == s {
+			return id, true
+		}
+	}
+	return 0, false
 }
 
 // dialLocked dials the app on port.
@@ -208,9 +357,9 @@ func (x *Executor) dialLocked(port int) (net.Conn, error) {
 // closeSharedLocked closes the shared connections (a repair or restore
 // changes the app under them; the next run dials fresh ones).
 func (x *Executor) closeSharedLocked() {
-	for port, c := range x.shared {
+	for k, c := range x.shared {
 		c.close()
-		delete(x.shared, port)
+		delete(x.shared, k)
 	}
 }
 
@@ -308,7 +457,7 @@ func (x *Executor) connFailedLocked(c *appConn, f inflight, err error, resp []by
 	c.dead = err
 	c.close()
 	if c.shared {
-		delete(x.shared, c.port)
+		delete(x.shared, shareKey{c.port, c.key})
 	}
 	if len(resp) > 0 && !errors.Is(err, framing.ErrMalformed) && !errors.Is(err, framing.ErrTooLarge) {
 		run.done(f, resp) // e.g. a close-delimited HTTP body that ended at EOF

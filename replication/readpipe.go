@@ -23,12 +23,12 @@ import (
 type readPipes struct {
 	x     *Executor
 	mu    sync.Mutex
-	pipes map[int]*readPipe
+	pipes map[shareKey]*readPipe
 	done  bool
 }
 
 func newReadPipes(x *Executor) *readPipes {
-	return &readPipes{x: x, pipes: map[int]*readPipe{}}
+	return &readPipes{x: x, pipes: map[shareKey]*readPipe{}}
 }
 
 // readPipe is one pipelined read connection.
@@ -57,13 +57,14 @@ type readResult struct {
 	err error
 }
 
-// do runs one read on port's pipe. A pipe the app closed while idle, or that
-// failed on something other than a timeout, is replaced once.
-func (rp *readPipes) do(ctx context.Context, port int, proto string, req framing.Request) ([]byte, error) {
+// do runs one read on the pipe of port and the session's connection state.
+// A pipe the app closed while idle, or that failed on something other than
+// a timeout, is replaced once.
+func (rp *readPipes) do(ctx context.Context, port int, proto string, share *shareState, req framing.Request) ([]byte, error) {
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
 		var p *readPipe
-		if p, err = rp.pipe(ctx, port, proto); err != nil {
+		if p, err = rp.pipe(ctx, port, proto, share); err != nil {
 			return nil, err
 		}
 		var val []byte
@@ -75,15 +76,16 @@ func (rp *readPipes) do(ctx context.Context, port int, proto string, req framing
 	return nil, err
 }
 
-// pipe returns port's pipe, dialing a new one when there is none or it
-// failed.
-func (rp *readPipes) pipe(ctx context.Context, port int, proto string) (*readPipe, error) {
+// pipe returns the pipe of port and state, dialing a new one (brought to
+// that state) when there is none or it failed.
+func (rp *readPipes) pipe(ctx context.Context, port int, proto string, share *shareState) (*readPipe, error) {
+	k := shareKey{port, share.key}
 	rp.mu.Lock()
 	defer rp.mu.Unlock()
 	if rp.done {
 		return nil, ErrNotReady
 	}
-	if p := rp.pipes[port]; p != nil && p.usable() {
+	if p := rp.pipes[k]; p != nil && p.usable() {
 		return p, nil
 	} else if p != nil {
 		p.fail(errors.New("replaced"))
@@ -99,9 +101,14 @@ func (rp *readPipes) pipe(ctx context.Context, port int, proto string) (*readPip
 		_ = conn.Close()
 		return nil, err
 	}
-	p := &readPipe{conn: conn, r: bufio.NewReaderSize(conn, 16<<10), framer: f, timeout: rp.x.cfg.AppTimeout, idle: time.Now()}
+	c := newAppConn(conn, f, port, true)
+	if err := rp.x.replayOn(c, share.reqs); err != nil {
+		c.close()
+		return nil, fmt.Errorf("%w: bring a connection to the session's state for a local read: %v", framing.ErrUnavailable, err)
+	}
+	p := &readPipe{conn: conn, r: c.r, framer: f, timeout: rp.x.cfg.AppTimeout, idle: time.Now()}
 	p.cond = sync.NewCond(&p.mu)
-	rp.pipes[port] = p
+	rp.pipes[k] = p
 	go p.readLoop()
 	return p, nil
 }
@@ -111,9 +118,9 @@ func (rp *readPipes) close() {
 	rp.mu.Lock()
 	defer rp.mu.Unlock()
 	rp.done = true
-	for port, p := range rp.pipes {
+	for k, p := range rp.pipes {
 		p.fail(errors.New("executor closed"))
-		delete(rp.pipes, port)
+		delete(rp.pipes, k)
 	}
 }
 
@@ -122,9 +129,9 @@ func (rp *readPipes) close() {
 func (rp *readPipes) reset() {
 	rp.mu.Lock()
 	defer rp.mu.Unlock()
-	for port, p := range rp.pipes {
+	for k, p := range rp.pipes {
 		p.fail(errors.New("the app was restored"))
-		delete(rp.pipes, port)
+		delete(rp.pipes, k)
 	}
 }
 

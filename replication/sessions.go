@@ -161,15 +161,16 @@ func (x *Executor) reopenLocked(id, index uint64) {
 	x.sessions[id] = s
 	n := len(x.sessions)
 	x.smu.Unlock()
+	if s.lost == nil && !quit {
+		x.reshareLocked(s, id)
+	}
 	x.m.setSessions(n)
 	x.cfg.Trace.Write(TraceLine{Kind: "reopen", Group: x.cfg.Group, Index: index, Session: id, Origin: ts.Origin,
 		Op: fmt.Sprintf("REOPEN requests=%d lost=%t", len(reqs), s.lost != nil)})
 }
 
-// replayLocked dials the app for s's own connection and sends it the rebuild
-// requests. Their replies are the app's (a recorded command that failed when
-// the client sent it fails again, which is what keeps the state equal); only
-// a failed round trip fails the replay.
+// replayLocked dials the app for s's own connection and replays the
+// session's state on it (replayOn).
 func (x *Executor) replayLocked(s *appSession, reqs []connstate.Request) error {
 	ctx, cancel := context.WithTimeout(context.Background(), x.cfg.DialTimeout)
 	conn, err := x.cfg.Dialer.DialApp(ctx, s.port)
@@ -179,34 +180,11 @@ func (x *Executor) replayLocked(s *appSession, reqs []connstate.Request) error {
 	}
 	f, _ := framing.New(s.framer.Protocol(), x.cfg.Framing)
 	own := newAppConn(conn, f, s.port, false)
-	s.own = own
-	for _, r := range reqs {
-		if r.AuthUser != "" {
-			raw, err := x.authRequest(r.AuthUser)
-			if err != nil {
-				_ = conn.Close()
-				return err
-			}
-			r.Raw = raw
-		}
-		req := framing.Request{Raw: r.Raw, Op: r.Op}
-		_ = conn.SetDeadline(time.Now().Add(x.cfg.AppTimeout))
-		if _, err := conn.Write(req.Raw); err != nil {
-			_ = conn.Close()
-			return fmt.Errorf("%s: write: %w", r.Op, err)
-		}
-		resp, err := own.framer.ReadResponse(own.r, req)
-		if err != nil {
-			_ = conn.Close()
-			return fmt.Errorf("%s: read reply: %w", r.Op, err)
-		}
-		if r.AuthUser != "" && (len(resp) == 0 || resp[0] == '-') {
-			// The client's AUTH succeeded; this one must too.
-			_ = conn.Close()
-			return fmt.Errorf("AUTH as %q with smr-cri's credential (%s) failed: %s", r.AuthUser,
-				x.creds.Source, strings.TrimSpace(string(resp)))
-		}
+	if err := x.replayOn(own, reqs); err != nil {
+		own.close()
+		return err
 	}
+	s.own = own
 	return nil
 }
 

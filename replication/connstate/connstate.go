@@ -513,6 +513,30 @@ func (s *Session) Rebuild() (reqs []Request, quit bool, err error) {
 	return reqs, false, nil
 }
 
+// Shareable reports whether a connection in exactly this session's state may
+// be shared with other sessions in the same state (the executor's pipelined
+// connections): no transaction or WATCH under way, no AUTH of unknown
+// outcome, nothing that cannot be rebuilt, not closed by QUIT. key names the
+// state (equal keys: equal connection states; "" is a fresh connection's)
+// and reqs bring a fresh connection to it.
+func (s *Session) Shareable() (key string, reqs []Request, ok bool) {
+	if s.Protocol != ProtoRESP {
+		return "", nil, true // an HTTP connection has no state to share
+	}
+	if s.multi {
+		return "", nil, false
+	}
+	reqs, quit, err := s.Rebuild()
+	if err != nil || quit {
+		return "", nil, false
+	}
+	var b strings.Builder
+	for _, r := range reqs {
+		fmt.Fprintf(&b, "%s\x00%s\x00%s\x00", r.Op, r.AuthUser, r.Raw)
+	}
+	return b.String(), reqs, true
+}
+
 // queuedOp names a request replayed into an open transaction.
 const queuedOp = "queued"
 
