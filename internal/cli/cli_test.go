@@ -211,6 +211,11 @@ func TestParseServe(t *testing.T) {
 			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second,
 				Replication: replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: "-", ProbeSource: "none", PKIDir: DefaultPKIDir,
 					ClientMemoryMiB: DefaultClientMemoryMiB, ContainerPoll: -1}}, ""},
+		{"app pipeline off", "", []string{"--app-pipeline=false"},
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second,
+				Replication: replicationOptions{Enabled: true, DataDir: DefaultDataDir, TraceFile: "-", ProbeSource: "none", PKIDir: DefaultPKIDir,
+					ClientMemoryMiB: DefaultClientMemoryMiB, ContainerPoll: daemon.DefaultExitPollInterval, SerialApply: true,
+					Audit: replication.AuditConfig{Interval: replication.DefaultAuditInterval, Every: replication.DefaultAuditEvery, MaxKeys: replication.DefaultAuditMaxKeys}}}, ""},
 		{"container poll too short", "", []string{"--container-poll-interval", "1ms"}, serveOptions{}, "must be 0 (off) or at least 100ms"},
 		{"status socket is the CRI socket", "", []string{"--listen", "/run/a.sock", "--status-socket", "/run/a.sock"}, serveOptions{}, "must differ from --listen"},
 	}

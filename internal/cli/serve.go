@@ -74,6 +74,8 @@ type replicationOptions struct {
 	Audit replication.AuditConfig
 	// ContainerPoll is --container-poll-interval (negative: off).
 	ContainerPoll time.Duration
+	// SerialApply is --app-pipeline=false.
+	SerialApply bool
 }
 
 // DefaultPKIDir is where serve keeps the cluster CA (docs/security.md).
@@ -237,6 +239,11 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 		"capture a Redis app's state for the audit with BGSAVE (copy-on-write fork; the dump file is read through\n"+
 			"/proc/<pid>/cwd). It replaces the app's own dump file and needs disk for one copy of the dataset;\n"+
 			"false: every audit reads the keys through commands (bounded by --audit-max-keys).")
+	appPipeline := fs.Bool("app-pipeline", true,
+		"write each replica's committed entries to its app as an ordered pipeline: runs of entries go out on one\n"+
+			"app connection and their responses are matched in order; sessions in the same connection state share\n"+
+			"that connection, a request that changes it runs on the session's own (see replication/pipeline.go).\n"+
+			"false: one app round trip per entry and one app connection per client session (the old executor).")
 	containerPoll := fs.Duration("container-poll-interval", daemon.DefaultExitPollInterval,
 		"how often the containers of replicated pods are polled (CRI ContainerStatus) for exits: an exited app\n"+
 			"container fences its replica at once (repair cause container-exit), before kubelet re-creates it empty.\n"+
@@ -373,7 +380,7 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 		StatusSocket:    *statusSocket,
 		Replication: replicationOptions{Enabled: *replicate, DataDir: *dataDir, Kubeconfig: *kubeconfig,
 			NodeName: *nodeName, TraceFile: *traceFile, ProbeSource: *probeSource, PKIDir: *pkiDir, InsecureRaft: *insecureRaft,
-			ClientMemoryMiB: clientMiB, ContainerPoll: *containerPoll,
+			ClientMemoryMiB: clientMiB, ContainerPoll: *containerPoll, SerialApply: !*appPipeline,
 			Audit: replication.AuditConfig{Off: audit == 0, Interval: audit, Every: *auditEvery, MaxKeys: *auditMaxKeys,
 				NoCopyOnWrite: !*auditCOW}},
 	}, nil
@@ -521,7 +528,7 @@ func startReplication(ctx context.Context, o serveOptions, log *slog.Logger, reg
 	}
 	cfg := daemon.Config{DataDir: ro.DataDir, RuntimeEndpoint: o.RuntimeEndpoint, NodeName: ro.NodeName, Log: log,
 		ProbeSources: probes, ClientBudgetBytes: int64(ro.ClientMemoryMiB) << 20, ExitPollInterval: ro.ContainerPoll,
-		Executor: replication.ExecutorConfig{Audit: ro.Audit}}
+		Executor: replication.ExecutorConfig{Audit: ro.Audit, SerialApply: ro.SerialApply}}
 	if cfg.NodeName == "" {
 		cfg.NodeName, _ = os.Hostname()
 	}
