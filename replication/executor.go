@@ -134,6 +134,8 @@ type Executor struct {
 	// shared holds the pipelined connection of each port and connection
 	// state that sessions in that state share (under mu).
 	shared map[shareKey]*appConn
+	// shareUsers counts the open sessions in each shareable state (mu).
+	shareUsers map[shareKey]int
 	// reads serve local reads of those sessions, pipelined (readpipe.go).
 	reads *readPipes
 	// smu guards sessions. It is held only briefly (never during an app
@@ -236,7 +238,7 @@ func NewExecutor(cfg ExecutorConfig) (*Executor, error) {
 	x := &Executor{
 		cfg: cfg, m: cfg.Metrics.forGroup(cfg.Group), sessions: map[uint64]*appSession{},
 		starts: map[[2]uint64]time.Time{}, closed: make(chan struct{}), audit: newAuditor(cfg.Audit),
-		conns: connstate.New(), ending: map[uint64]bool{}, shared: map[shareKey]*appConn{},
+		conns: connstate.New(), ending: map[uint64]bool{}, shared: map[shareKey]*appConn{}, shareUsers: map[shareKey]int{},
 	}
 	x.reads = newReadPipes(x)
 	x.m.setState(StateServing)
@@ -518,7 +520,7 @@ func (x *Executor) execLocked(run *pipeRun, slot int, e raftcore.Entry, op Op) (
 		f, _ := framing.New(op.Protocol, x.cfg.Framing)
 		s := &appSession{origin: e.Origin, port: op.Port, framer: f}
 		if x.pipelines(op.Protocol) {
-			s.share = &shareState{} // a fresh connection's state
+			x.setShareLocked(s, &shareState{}) // a fresh connection's state
 		}
 		if x.ownsConnFromStart(op.Protocol) {
 			conn, err := x.dialLocked(op.Port)
@@ -558,7 +560,9 @@ func (x *Executor) execLocked(run *pipeRun, slot int, e raftcore.Entry, op Op) (
 		x.uncertainLocked(Cause{Kind: CauseSessionLost, Detail: fmt.Sprintf("session %x: %v", e.Session, s.lost)})
 		return x.replyLocked(e, op, fmt.Errorf("%w: %w", framing.ErrUnavailable, s.lost)), false
 	case KindClose:
-		x.drainIfOwnLocked(run, e.Session)
+		if s, ok := x.session(e.Session); ok {
+			x.drainIfUsedLocked(run, s)
+		}
 		x.closeSessionLocked(e.Session)
 	case KindReset:
 		x.drainLocked(run)
@@ -567,7 +571,9 @@ func (x *Executor) execLocked(run *pipeRun, slot int, e raftcore.Entry, op Op) (
 		}
 	case KindEnd:
 		if op.End != nil {
-			x.drainIfOwnLocked(run, op.End.Session)
+			if s, ok := x.session(op.End.Session); ok {
+				x.drainIfUsedLocked(run, s)
+			}
 		}
 		x.endLocked(e, op.End)
 	case KindAuthOK:
@@ -591,14 +597,6 @@ func (x *Executor) readConn(s *appSession) (*appConn, *shareState) {
 	x.smu.RLock()
 	defer x.smu.RUnlock()
 	return s.own, s.share
-}
-
-// drainIfOwnLocked drains the run when it is on session id's own
-// connection, which is about to close.
-func (x *Executor) drainIfOwnLocked(run *pipeRun, id uint64) {
-	if s, ok := x.session(id); ok && s.own != nil && run.c == s.own {
-		x.drainLocked(run)
-	}
 }
 
 // roundTrip writes one request to c and reads exactly one complete
@@ -651,6 +649,7 @@ func (x *Executor) closeSessionLocked(id uint64) {
 		if s.own != nil {
 			s.own.close()
 		}
+		x.setShareLocked(s, nil)
 		x.m.setSessions(n)
 	}
 }

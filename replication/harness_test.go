@@ -185,7 +185,7 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := ResetOrigin(ctx, r.group); err != nil && ctx.Err() == nil {
+			if err := orderReset(ctx, r.group); err != nil && ctx.Err() == nil {
 				t.Errorf("reset origin %d: %v", r.id, err)
 			}
 			_ = srv.Serve(ctx, ln)
@@ -246,4 +246,21 @@ func (c *cluster) waitCaughtUp() {
 func (r *replica) traceText() string {
 	r.tracer.Flush()
 	return r.trace.String()
+}
+
+// orderReset orders RESET, retrying like a pod does (pod.go): a new group
+// may need more than waitLeader's two election timeouts on a loaded
+// machine, and ErrNoLeader then is not a failure of the test.
+func orderReset(ctx context.Context, o Orderer) error {
+	for {
+		err := ResetOrigin(ctx, o)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

@@ -270,9 +270,44 @@ func (x *Executor) reshareLocked(s *appSession, id uint64) {
 		}
 	}
 	x.cmu.Unlock()
+	x.setShareLocked(s, sh)
+}
+
+// setShareLocked sets s's shareable state and counts the sessions of each
+// state: a shared connection (and read pipe) whose state no open session
+// has any more closes, so distinct states (client names, databases) do not
+// pile up connections in the app.
+func (x *Executor) setShareLocked(s *appSession, sh *shareState) {
 	x.smu.Lock()
+	old := s.share
 	s.share = sh
 	x.smu.Unlock()
+	if sh != nil {
+		x.shareUsers[shareKey{s.port, sh.key}]++
+	}
+	if old == nil {
+		return
+	}
+	k := shareKey{s.port, old.key}
+	if x.shareUsers[k]--; x.shareUsers[k] > 0 {
+		return
+	}
+	delete(x.shareUsers, k)
+	if c := x.shared[k]; c != nil {
+		// The caller drained any run on it (drainIfUsedLocked).
+		c.close()
+		delete(x.shared, k)
+	}
+	x.reads.drop(k)
+}
+
+// drainIfUsedLocked drains the run when it is on a connection session s
+// uses, which may close now (its CLOSE or END).
+func (x *Executor) drainIfUsedLocked(run *pipeRun, s *appSession) {
+	c := run.c
+	if c != nil && (c == s.own || (s.share != nil && c.shared && c.port == s.port && c.key == s.share.key)) {
+		x.drainLocked(run)
+	}
 }
 
 // shareState is a session's shareable connection state.

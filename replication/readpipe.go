@@ -124,6 +124,16 @@ func (rp *readPipes) close() {
 	}
 }
 
+// drop closes the pipe of one connection state (no session has it any more).
+func (rp *readPipes) drop(k shareKey) {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	if p := rp.pipes[k]; p != nil {
+		p.fail(errors.New("no session has this connection state any more"))
+		delete(rp.pipes, k)
+	}
+}
+
 // reset closes every pipe (the app under them was restored); the next read
 // dials a new one.
 func (rp *readPipes) reset() {

@@ -59,7 +59,7 @@ func (c *cluster) restartExecutor(t *testing.T, i int) {
 	r.exec, r.node, r.group, r.prog = exec, node, group, prog
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := ResetOrigin(ctx, group); err != nil {
+	if err := orderReset(ctx, group); err != nil {
 		t.Fatalf("RESET of the restarted replica: %v", err)
 	}
 }
