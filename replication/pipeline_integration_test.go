@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/smr-io/smr-cri/raftcore"
+	"github.com/smr-io/smr-cri/replication/framing"
 	"github.com/smr-io/smr-cri/replication/rediscmd"
 )
 
@@ -380,4 +381,61 @@ func TestPipelineMixedSessionsLinearizable(t *testing.T) {
 	if runs, entries := pipelineRuns(t, rc.reg); entries <= runs {
 		t.Errorf("%d pipeline runs for %d entries: nothing was pipelined", runs, entries)
 	}
+}
+
+// Local reads of sessions without connection state share one pipelined app
+// connection: 200 concurrent reads of 50 sessions all get their own key's
+// value, the app sees one read connection, and a read connection that the
+// app closed while idle (Redis' timeout) is replaced without an error.
+func TestPipelinedLocalReads(t *testing.T) {
+	requireIntegration(t)
+	addr := startRedis(t, "--timeout", "1")
+	x, err := NewExecutor(ExecutorConfig{Group: testGroup, Self: 1, Ports: []Port{respPort}, Dialer: &addrDialer{addr: addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	const sessions = 50
+	var log []raftcore.Entry
+	for id := range sessions {
+		log = append(log, raftcore.Entry{Index: uint64(len(log) + 1), Session: uint64(id + 1), Seq: 1, Origin: 1,
+			Data: Op{Kind: KindOpen, Port: respPort.Number, Protocol: respPort.Protocol}.Encode()})
+		set := rediscmd.EncodeRequest([][]byte{[]byte("SET"), fmt.Appendf(nil, "k%d", id), fmt.Appendf(nil, "v%d", id)})
+		log = append(log, raftcore.Entry{Index: uint64(len(log) + 1), Session: uint64(id + 1), Seq: 2, Origin: 1,
+			Data: Op{Kind: KindRequest, Name: "SET", Raw: set}.Encode()})
+	}
+	for _, r := range x.ApplyBatch(log) {
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	readAll := func() {
+		var wg sync.WaitGroup
+		for i := range 4 * sessions {
+			id := i % sessions
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				get := rediscmd.EncodeRequest([][]byte{[]byte("GET"), fmt.Appendf(nil, "k%d", id)})
+				val, err := x.Read(context.Background(), uint64(id+1), framing.Request{Raw: get, Op: "GET", ReadOnly: true}, uint64(len(log)))
+				if want := fmt.Sprintf("$%d\r\nv%d\r\n", len(fmt.Sprint(id))+1, id); err != nil || string(val) != want {
+					t.Errorf("session %d: GET = %q, %v; want %q", id+1, val, err, want)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	readAll()
+	c := redis.NewClient(&redis.Options{Addr: addr, Protocol: 2, DisableIdentity: true})
+	defer c.Close()
+	list, err := c.ClientList(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The write connection, the read connection and this one.
+	if n := strings.Count(list, "\n"); n > 3 {
+		t.Errorf("the app has %d connections after reads of %d sessions, want at most 3:\n%s", n, sessions, list)
+	}
+	time.Sleep(2500 * time.Millisecond) // Redis closes the idle read connection
+	readAll()
 }
