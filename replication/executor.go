@@ -498,7 +498,7 @@ func (x *Executor) execNowLocked(e raftcore.Entry, op Op) (val []byte, down bool
 	run := pipeRun{done: func(_ inflight, v []byte) { val = v }}
 	v, down := x.execLocked(&run, -1, e, op)
 	x.drainLocked(&run)
-	if run.out == nil && v != nil {
+	if v != nil { // answered at once (an error, an OPEN); a pipelined request's reply came from the drain
 		val = v
 	}
 	return val, down

@@ -60,7 +60,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		appliedIndex: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_applied_index",
 			Help: "Last log index applied to the local app."}, g),
 		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_sessions",
-			Help: "Open replicated client sessions (app connections) on this replica."}, g),
+			Help: "Open replicated client sessions on this replica (sessions in the same connection state share an app connection)."}, g),
 		queue: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "smr_app_queue_entries",
 			Help: "Committed entries waiting for an unreachable app."}, g),
 		leaderChanges: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "smr_leader_changes_total",
