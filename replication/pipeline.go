@@ -431,9 +431,15 @@ func (x *Executor) drainLocked(run *pipeRun) {
 		c.idleSince = time.Now()
 		c.use.Unlock()
 	}()
-	if c.dead != nil {
+	if c.dead != nil || (!run.local && x.fenced.Load()) {
+		// A fence (the app's container is being created again) keeps
+		// every entry not written yet from the app.
+		why := c.dead
+		if why == nil {
+			why = errors.New("the app is being rebuilt")
+		}
 		for _, f := range out {
-			reply, _ := c.framer.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, c.dead))
+			reply, _ := c.framer.ErrorReply(fmt.Errorf("%w: %v", framing.ErrUnavailable, why))
 			run.done(f, reply)
 		}
 		return
