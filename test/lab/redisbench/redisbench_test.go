@@ -71,6 +71,11 @@ func TestOptionsArgs(t *testing.T) {
 			want: []string{"-h", "127.0.0.1", "-p", "6379", "-c", "1", "-n", "10", "-t", "set,get", "--csv"}},
 		{name: "set only", o: Options{Addr: "127.0.0.1:6379", Clients: 1, Requests: 10, Tests: "set"},
 			want: []string{"-h", "127.0.0.1", "-p", "6379", "-c", "1", "-n", "10", "-t", "set", "--csv"}},
+		{name: "pipelined 16", o: Options{Addr: "198.18.0.5:6379", Clients: 50, Requests: 1000, Keyspace: 1000, Pipeline: 16},
+			want: []string{"-h", "198.18.0.5", "-p", "6379", "-c", "50", "-n", "1000", "-t", "set,get", "--csv", "-r", "1000", "-P", "16"}},
+		{name: "pipeline 1 is the default", o: Options{Addr: "127.0.0.1:6379", Clients: 1, Requests: 10, Pipeline: 1},
+			want: []string{"-h", "127.0.0.1", "-p", "6379", "-c", "1", "-n", "10", "-t", "set,get", "--csv"}},
+		{name: "negative pipeline", o: Options{Addr: "127.0.0.1:6379", Clients: 1, Requests: 10, Pipeline: -1}, wantErr: "pipeline (-1) not negative"},
 		{name: "empty test name", o: Options{Addr: "127.0.0.1:6379", Clients: 1, Requests: 10, Tests: "set,"}, wantErr: "comma-separated"},
 		{name: "space in tests", o: Options{Addr: "127.0.0.1:6379", Clients: 1, Requests: 10, Tests: "set, get"}, wantErr: "comma-separated"},
 		{name: "no port", o: Options{Addr: "198.18.0.5", Clients: 1, Requests: 1}, wantErr: "missing port"},
@@ -178,6 +183,64 @@ func TestCompare(t *testing.T) {
 			}
 			if got := l.Format("bench"); got != tc.want {
 				t.Fatalf("Format = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRatiosOf(t *testing.T) {
+	base := Results{"SET": {RPS: 200000}, "GET": {RPS: 250000}}
+	tests := []struct {
+		name      string
+		base, smr Results
+		label     string
+		want      string
+		wantErr   string
+	}{
+		{name: "pipelined round", base: base, smr: Results{"SET": {RPS: 80000}, "GET": {RPS: 200000}}, label: "bench-pipelined",
+			want: "bench-pipelined: set ratio=0.40 get ratio=0.80"},
+		{name: "proxy faster than direct", base: base, smr: Results{"SET": {RPS: 220000}, "GET": {RPS: 250000}}, label: "bench-proxy-ceiling",
+			want: "bench-proxy-ceiling: set ratio=1.10 get ratio=1.00"},
+		{name: "smr missing SET", base: base, smr: Results{"GET": {RPS: 1}}, wantErr: "smr run has no SET result"},
+		{name: "baseline missing GET", base: Results{"SET": {RPS: 1}}, smr: base, wantErr: "baseline run has no GET result"},
+		{name: "zero baseline GET", base: Results{"SET": {RPS: 1}, "GET": {}}, smr: base, wantErr: "baseline throughput is zero"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := RatiosOf(tc.base, tc.smr)
+			if testcheck.ErrorCase(t, "RatiosOf", err, tc.wantErr) {
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := r.Format(tc.label); got != tc.want {
+				t.Fatalf("Format = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestMedianRatios(t *testing.T) {
+	tests := []struct {
+		name    string
+		rs      []Ratios
+		want    Ratios
+		wantErr string
+	}{
+		{name: "none", wantErr: "median of no ratios"},
+		{name: "one", rs: []Ratios{{0.4, 0.7}}, want: Ratios{0.4, 0.7}},
+		{name: "odd, field-wise", rs: []Ratios{{0.5, 0.6}, {0.3, 0.9}, {0.4, 0.7}}, want: Ratios{0.4, 0.7}},
+		{name: "even: mean of the middle two", rs: []Ratios{{0.1, 1}, {0.4, 4}, {0.2, 2}, {0.3, 3}}, want: Ratios{0.25, 2.5}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := MedianRatios(tc.rs)
+			if testcheck.ErrorCase(t, "MedianRatios", err, tc.wantErr) {
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("MedianRatios = %+v, %v; want %+v", got, err, tc.want)
 			}
 		})
 	}
