@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO    ?= go
 BIN   := bin
 
-.PHONY: all build run test unit critest e2e cluster-up cluster-down test-security fuzz kind-up kind-e2e bench bench-ceiling bench-cri bench-raft bench-raft-tls bench-idle bench-netintercept vet fmt clean help
+.PHONY: all build run test unit critest e2e cluster-up cluster-down test-security fuzz kind-up kind-e2e bench bench-profile bench-ceiling bench-cri bench-raft bench-raft-tls bench-idle bench-netintercept vet fmt clean help
 
 all: build
 
@@ -52,6 +52,11 @@ kind-up: ## create a kind cluster from hack/kind-config.yaml and install smr-cri
 
 bench: ## redis-benchmark: plain Redis pod vs a 3-replica smr group
 	hack/bench.sh
+
+bench-profile: ## `make bench`'s pods, one round, then a CPU profile of serve under the group's SET load (SMR_BENCH_PROFILE_ROUND=get|pipelined-set|...): _out/bench-serve.pprof and its top functions
+	mkdir -p _out
+	SMR_BENCH_CORE=0 SMR_BENCH_ROUNDS=$${SMR_BENCH_ROUNDS:-1} SMR_BENCH_PROFILE=$(CURDIR)/_out/bench-serve.pprof hack/bench.sh
+	$(GO) tool pprof -top -nodecount 40 _out/bench-serve.pprof
 
 bench-ceiling: ## upper bounds for `make bench` SET with no ordering at all: three serial SET loops, and three pipelined ones (depth 32), each vs redis-benchmark -c 50
 	SMR_INTEGRATION=1 $(GO) test -count=1 -run '^$$' -bench AppCeiling -benchtime 1x ./replication/
