@@ -18,7 +18,7 @@
 #   bench: set ratio=R1 get ratio=R2 p50 added latency at 1 client=L ms
 #   bench-pipelined: set ratio=R3 get ratio=R4
 #   bench-proxy-ceiling: set ratio=R5 get ratio=R6
-# Knobs: SMR_BENCH_SCALE (request counts, default 1), SMR_BENCH_VIA=leader|follower (which replica pod the
+# Knobs: SMR_BENCH_SCALE (request counts of both benchmarks, default 1), SMR_BENCH_VIA=leader|follower (which replica pod the
 # smr clients connect to, default leader), SMR_BENCH_ROUNDS (default 3), SMR_BENCH_SERVE_ARGS (extra `smr-cri serve` flags for an A/B run,
 # e.g. --insecure-raft), SMR_BENCH_CORE=0 (skip the bench-core lines), SMR_BENCH_PROFILE=FILE (after the
 # measured rounds, a CPU profile of serve while redis-benchmark loads the group, written to FILE; serve gets
@@ -38,7 +38,7 @@ if [[ -n "${SMR_BENCH_PROFILE:-}" ]]; then
 	export SMR_BENCH_PROFILE
 fi
 
-# run LABEL PKG BENCH: run one benchmark (its full output on stderr) and print its `bench:` and
+# run LABEL PKG BENCH: run one benchmark (its full output on stderr) and print its `profile:`, `bench:` and
 # `bench-*:` lines with `bench` replaced by LABEL; fail if it printed no `bench:` line.
 run() {
 	local label=$1 pkg=$2 bench=$3 out="$log/$1.out"
@@ -47,7 +47,7 @@ run() {
 		return 1
 	fi
 	grep -q '^bench: ' "$out" || { echo "bench.sh: $bench printed no bench: line" >&2; return 1; }
-	grep -E '^bench(-[a-z-]+)?: ' "$out" | sed -E "s/^bench/$label/"
+	grep -E '^(bench(-[a-z-]+)?|profile): ' "$out" | sed -E "s/^bench/$label/"
 }
 
 # A failed bench-core run is reported but does not stop the pod benchmark (the line `make bench` is for);

@@ -54,11 +54,17 @@ func BenchmarkRedisReplicatedVsPlain(b *testing.B) {
 	entry := c.replicas[0].addr
 	// Plain Redis answers -P 16 about ten times faster: more requests for
 	// a run of similar length (ratios are of req/s, independent of -n).
-	const n, nPipelinedPlain, pipeline = 20000, 200000, 16
+	// SMR_BENCH_SCALE scales every count, as in the pod benchmark.
+	scale, err := redisbench.Scale(os.Getenv("SMR_BENCH_SCALE"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	const pipeline = 16
+	n, n1, nPipelinedPlain := redisbench.Scaled(20000, scale), redisbench.Scaled(2000, scale), redisbench.Scaled(200000, scale)
 	b.ResetTimer()
 	for range b.N {
 		base, smr := redisBenchmark(b, plain, 50, n, ""), redisBenchmark(b, entry, 50, n, "")
-		base1, smr1 := redisBenchmark(b, plain, 1, 2000, ""), redisBenchmark(b, entry, 1, 2000, "")
+		base1, smr1 := redisBenchmark(b, plain, 1, n1, ""), redisBenchmark(b, entry, 1, n1, "")
 		line, err := redisbench.Compare(base, smr, base1, smr1)
 		if err != nil {
 			b.Fatal(err)

@@ -76,7 +76,7 @@ const (
 // default 10) and writes it to path.
 func BenchmarkRedisPodsReplicatedVsPlain(b *testing.B) {
 	nodelab.RequireIntegration(b)
-	scale, err := benchScale(os.Getenv("SMR_BENCH_SCALE"))
+	scale, err := redisbench.Scale(os.Getenv("SMR_BENCH_SCALE"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -135,7 +135,7 @@ func BenchmarkRedisPodsReplicatedVsPlain(b *testing.B) {
 	runP := func(addr string, clients, requests, pipeline int) redisbench.Results {
 		b.Helper()
 		res, err := redisbench.Run(ctx, redisbench.Options{Addr: addr, Clients: clients,
-			Requests: max(1, int(float64(requests)*scale)), Keyspace: benchKeyspace, Pipeline: pipeline})
+			Requests: redisbench.Scaled(requests, scale), Keyspace: benchKeyspace, Pipeline: pipeline})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -220,7 +220,7 @@ func BenchmarkRedisPodsReplicatedVsPlain(b *testing.B) {
 	// The proxy ceiling measured the redirect and the proxy: its
 	// connections arrived redirected from the proxy port, and it forwarded
 	// the benchmark's requests.
-	if st := proxy.Stats(); st.Redirected == 0 || st.Redirected != st.Conns || st.Requests < int64(2*max(1, int(benchProxyRequests*scale))) {
+	if st := proxy.Stats(); st.Redirected == 0 || st.Redirected != st.Conns || st.Requests < int64(2*redisbench.Scaled(benchProxyRequests, scale)) {
 		b.Fatalf("forwarding proxy stats %+v: want every connection redirected from port %d and the benchmark's requests forwarded", st, benchProxyPort)
 	}
 	if prof.path != "" {
@@ -256,18 +256,6 @@ func BenchmarkRedisPodsReplicatedVsPlain(b *testing.B) {
 	if !strings.Contains(g.s.log(), "smr=commit group="+benchGroup) {
 		b.Fatalf("no ordering trace of %s in serve's output: the traffic did not go through smr-cri", benchGroup)
 	}
-}
-
-// benchScale parses SMR_BENCH_SCALE: empty is 1.
-func benchScale(s string) (float64, error) {
-	if s == "" {
-		return 1, nil
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f <= 0 || f > 100 {
-		return 0, fmt.Errorf("SMR_BENCH_SCALE=%q: want a number in (0, 100]", s)
-	}
-	return f, nil
 }
 
 // benchEntry picks the replica pod redis-benchmark connects to: the

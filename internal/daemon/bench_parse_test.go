@@ -46,36 +46,6 @@ func TestParseLeader(t *testing.T) {
 	}
 }
 
-func TestBenchScale(t *testing.T) {
-	tests := []struct {
-		in      string
-		want    float64
-		wantErr bool
-	}{
-		{in: "", want: 1},
-		{in: "0.25", want: 0.25},
-		{in: "3", want: 3},
-		{in: "0", wantErr: true},
-		{in: "-1", wantErr: true},
-		{in: "101", wantErr: true},
-		{in: "lots", wantErr: true},
-	}
-	for _, tc := range tests {
-		t.Run(tc.in, func(t *testing.T) {
-			got, err := benchScale(tc.in)
-			if tc.wantErr {
-				if err == nil || !strings.Contains(err.Error(), "SMR_BENCH_SCALE") {
-					t.Fatalf("benchScale(%q) error = %v, want one naming SMR_BENCH_SCALE", tc.in, err)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Fatalf("benchScale(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
-			}
-		})
-	}
-}
-
 func TestBenchRoundsFrom(t *testing.T) {
 	tests := []struct {
 		in      string

@@ -237,9 +237,18 @@ func MedianRatios(rs []Ratios) (Ratios, error) {
 }
 
 // Format renders r with the given label, e.g.
-// "bench-pipelined: set ratio=0.41 get ratio=0.77".
+// "bench-pipelined: set ratio=0.41 get ratio=0.77". A ratio below 0.095
+// keeps three decimals (0.005, not 0.00: the pipelined round's ratio before
+// an ordered pipeline is that small).
 func (r Ratios) Format(label string) string {
-	return fmt.Sprintf("%s: set ratio=%.2f get ratio=%.2f", label, r.Set, r.Get)
+	return fmt.Sprintf("%s: set ratio=%s get ratio=%s", label, formatRatio(r.Set), formatRatio(r.Get))
+}
+
+func formatRatio(v float64) string {
+	if v < 0.095 {
+		return fmt.Sprintf("%.3f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
 }
 
 // Median is the field-wise median of lines (the mean of the middle two
@@ -281,4 +290,22 @@ func MedianOf(v []float64) float64 {
 func (l Line) Format(label string) string {
 	return fmt.Sprintf("%s: set ratio=%.2f get ratio=%.2f p50 added latency at 1 client=%.2f ms",
 		label, l.SetRatio, l.GetRatio, l.AddedP50ms)
+}
+
+// Scale parses SMR_BENCH_SCALE, the factor of every request count of
+// `make bench` (a smaller run for a smoke test): empty is 1.
+func Scale(s string) (float64, error) {
+	if s == "" {
+		return 1, nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f <= 0 || f > 100 {
+		return 0, fmt.Errorf("SMR_BENCH_SCALE=%q: want a number in (0, 100]", s)
+	}
+	return f, nil
+}
+
+// Scaled is n times scale, at least 1.
+func Scaled(n int, scale float64) int {
+	return max(1, int(float64(n)*scale))
 }

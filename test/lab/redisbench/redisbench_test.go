@@ -201,6 +201,8 @@ func TestRatiosOf(t *testing.T) {
 			want: "bench-pipelined: set ratio=0.40 get ratio=0.80"},
 		{name: "proxy faster than direct", base: base, smr: Results{"SET": {RPS: 220000}, "GET": {RPS: 250000}}, label: "bench-proxy-ceiling",
 			want: "bench-proxy-ceiling: set ratio=1.10 get ratio=1.00"},
+		{name: "tiny ratio keeps three decimals", base: base, smr: Results{"SET": {RPS: 1000}, "GET": {RPS: 23750}}, label: "bench-pipelined",
+			want: "bench-pipelined: set ratio=0.005 get ratio=0.10"},
 		{name: "smr missing SET", base: base, smr: Results{"GET": {RPS: 1}}, wantErr: "smr run has no SET result"},
 		{name: "baseline missing GET", base: Results{"SET": {RPS: 1}}, smr: base, wantErr: "baseline run has no GET result"},
 		{name: "zero baseline GET", base: Results{"SET": {RPS: 1}, "GET": {}}, smr: base, wantErr: "baseline throughput is zero"},
@@ -243,5 +245,48 @@ func TestMedianRatios(t *testing.T) {
 				t.Fatalf("MedianRatios = %+v, %v; want %+v", got, err, tc.want)
 			}
 		})
+	}
+}
+
+func TestScale(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    float64
+		wantErr bool
+	}{
+		{in: "", want: 1},
+		{in: "0.25", want: 0.25},
+		{in: "3", want: 3},
+		{in: "0", wantErr: true},
+		{in: "-1", wantErr: true},
+		{in: "101", wantErr: true},
+		{in: "lots", wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := Scale(tc.in)
+			if tc.wantErr {
+				if err == nil || !strings.Contains(err.Error(), "SMR_BENCH_SCALE") {
+					t.Fatalf("Scale(%q) error = %v, want one naming SMR_BENCH_SCALE", tc.in, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("Scale(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestScaled(t *testing.T) {
+	tests := []struct {
+		n     int
+		scale float64
+		want  int
+	}{{100000, 1, 100000}, {100000, 0.1, 10000}, {2000, 2.5, 5000}, {10, 0.01, 1}, {1, 0.5, 1}}
+	for _, tc := range tests {
+		if got := Scaled(tc.n, tc.scale); got != tc.want {
+			t.Errorf("Scaled(%d, %v) = %d, want %d", tc.n, tc.scale, got, tc.want)
+		}
 	}
 }
