@@ -50,7 +50,7 @@ kind-e2e: ## the README's kind walkthrough for real: node image built here, dock
 kind-up: ## create a kind cluster from hack/kind-config.yaml and install smr-cri (needs kind + docker)
 	hack/kind-up.sh
 
-bench: ## redis-benchmark: plain Redis pod vs a 3-replica smr group
+bench: ## redis-benchmark: plain Redis pod vs a 3-replica smr group; prints bench:, bench-pipelined: (-P 16) and bench-proxy-ceiling: (a forwarding proxy with no ordering vs direct)
 	hack/bench.sh
 
 bench-profile: ## `make bench`'s pods, one round, then a CPU profile of serve under the group's SET load (SMR_BENCH_PROFILE_ROUND=get|pipelined-set|...): _out/bench-serve.pprof and its top functions
