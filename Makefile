@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO    ?= go
 BIN   := bin
 
-.PHONY: all build run test unit critest e2e cluster-up cluster-down test-security fuzz kind-up kind-e2e bench bench-ceiling bench-cri bench-raft bench-raft-tls bench-idle bench-netintercept vet fmt clean help
+.PHONY: all build run test unit critest e2e cluster-up cluster-down test-security fuzz kind-up kind-e2e bench bench-profile bench-ceiling bench-cri bench-raft bench-raft-tls bench-idle bench-netintercept vet fmt clean help
 
 all: build
 
@@ -50,11 +50,16 @@ kind-e2e: ## the README's kind walkthrough for real: node image built here, dock
 kind-up: ## create a kind cluster from hack/kind-config.yaml and install smr-cri (needs kind + docker)
 	hack/kind-up.sh
 
-bench: ## redis-benchmark: plain Redis pod vs a 3-replica smr group
+bench: ## redis-benchmark: plain Redis pod vs a 3-replica smr group; prints bench:, bench-pipelined: (-P 16) and bench-proxy-ceiling: (a forwarding proxy with no ordering vs direct)
 	hack/bench.sh
 
-bench-ceiling: ## upper bound for `make bench` SET: three serial SET loops with no ordering vs redis-benchmark -c 50
-	SMR_INTEGRATION=1 $(GO) test -count=1 -run '^$$' -bench SerialAppCeiling -benchtime 1x ./replication/
+bench-profile: ## `make bench`'s pods, one round, then a CPU profile of serve under the group's SET load (SMR_BENCH_PROFILE_ROUND=get|pipelined-set|...): _out/bench-serve.pprof and its top functions
+	mkdir -p _out
+	SMR_BENCH_CORE=0 SMR_BENCH_ROUNDS=$${SMR_BENCH_ROUNDS:-1} SMR_BENCH_PROFILE=$(CURDIR)/_out/bench-serve.pprof hack/bench.sh
+	$(GO) tool pprof -top -nodecount 40 _out/bench-serve.pprof
+
+bench-ceiling: ## upper bounds for `make bench` SET with no ordering at all: three serial SET loops, and three pipelined ones (depth 32), each vs redis-benchmark -c 50
+	SMR_INTEGRATION=1 $(GO) test -count=1 -run '^$$' -bench AppCeiling -benchtime 1x ./replication/
 
 bench-audit: ## one ordered audit on real Redis: the copy-on-write capture's stall (the fork) and digest time vs the command digest's stall (baseline, same run); prints `audit: keys=K stall_ms=S digest_s=D ...`
 	SMR_INTEGRATION=1 $(GO) test -count=1 -run '^$$' -bench RedisDigest -benchtime 3x ./replication/appstate/ | grep '^audit:'

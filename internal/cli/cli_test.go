@@ -35,7 +35,7 @@ func TestRunHelp(t *testing.T) {
 		want []string // all must appear on stdout
 	}{
 		{[]string{"serve", "--help"}, []string{"Usage: smr-cri serve", "--listen", "--runtime-endpoint", "--config", "--log-level",
-			"--metrics-addr", "--shutdown-timeout", DefaultListen, DefaultRuntimeEndpoint, "0660", "smr.io/replicate=true"}},
+			"--metrics-addr", "--pprof-addr", "--shutdown-timeout", DefaultListen, DefaultRuntimeEndpoint, "0660", "smr.io/replicate=true"}},
 		{[]string{"serve", "-h"}, []string{"Usage: smr-cri serve"}},
 		{[]string{"help"}, []string{"Usage: smr-cri <subcommand>", "serve", "version"}},
 		{[]string{"--help"}, []string{"Usage: smr-cri <subcommand>"}},
@@ -217,6 +217,15 @@ func TestParseServe(t *testing.T) {
 					ClientMemoryMiB: DefaultClientMemoryMiB, ContainerPoll: daemon.DefaultExitPollInterval, SerialApply: true,
 					Audit: replication.AuditConfig{Interval: replication.DefaultAuditInterval, Every: replication.DefaultAuditEvery, MaxKeys: replication.DefaultAuditMaxKeys}}}, ""},
 		{"container poll too short", "", []string{"--container-poll-interval", "1ms"}, serveOptions{}, "must be 0 (off) or at least 100ms"},
+		{"pprof on loopback", "", []string{"--pprof-addr", "127.0.0.1:6060"},
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second, PprofAddr: "127.0.0.1:6060"}, ""},
+		{"pprof on IPv6 loopback", "", []string{"--pprof-addr", "[::1]:0"},
+			serveOptions{Listen: DefaultListen, RuntimeEndpoint: DefaultRuntimeEndpoint, ShutdownTimeout: 10 * time.Second, PprofAddr: "[::1]:0"}, ""},
+		{"pprof on all interfaces", "", []string{"--pprof-addr", ":6060"}, serveOptions{}, "the host must be a loopback IP"},
+		{"pprof on a pod address", "", []string{"--pprof-addr", "198.18.0.5:6060"}, serveOptions{}, "the host must be a loopback IP"},
+		{"pprof on a host name", "", []string{"--pprof-addr", "localhost:6060"}, serveOptions{}, "the host must be a loopback IP"},
+		{"pprof without port", "", []string{"--pprof-addr", "127.0.0.1"}, serveOptions{}, "missing port"},
+		{"pprof bad port", "", []string{"--pprof-addr", "127.0.0.1:99999"}, serveOptions{}, "port"},
 		{"status socket is the CRI socket", "", []string{"--listen", "/run/a.sock", "--status-socket", "/run/a.sock"}, serveOptions{}, "must differ from --listen"},
 	}
 	for _, tc := range tests {

@@ -49,7 +49,9 @@ type serveOptions struct {
 	// StatusSocket is the root-only unix socket `smr-cri status` reads
 	// (internal/nodestatus); "-": none.
 	StatusSocket string
-	Replication  replicationOptions
+	// PprofAddr serves net/http/pprof on a loopback address ("": off).
+	PprofAddr   string
+	Replication replicationOptions
 }
 
 // replicationOptions are serve's replication settings.
@@ -251,6 +253,10 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	statusSocket := fs.String("status-socket", "",
 		"unix socket (mode 0600, root only) that `smr-cri status` reads this node's members from. Default: "+nodestatus.SocketName+"\n"+
 			"beside --listen; \"-\" turns it off. Never a TCP port: cluster-wide views go through the API server.")
+	pprofAddr := fs.String("pprof-addr", "",
+		"loopback host:port (e.g. 127.0.0.1:6060) to serve Go's profiles on at /debug/pprof/ (CPU:\n"+
+			"/debug/pprof/profile?seconds=30, then `go tool pprof -top <file>`), for debugging and `make bench`'s\n"+
+			"SMR_BENCH_PROFILE. Empty (the default): off. Only a literal loopback IP is accepted; flag only, not in --config.")
 	printHelp := func(w io.Writer) {
 		fmt.Fprint(w, serveHelp)
 		fs.VisitAll(func(f *flag.Flag) {
@@ -358,6 +364,9 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 	if _, err := daemon.ParseProbeSources(strings.Split(*probeSource, ",")); err != nil {
 		return serveOptions{}, fmt.Errorf("%w: --probe-source: %w", ErrBadConfig, err)
 	}
+	if err := checkPprofAddr(*pprofAddr); err != nil {
+		return serveOptions{}, err
+	}
 	clientMiB, err := strconv.Atoi(*clientMemory)
 	if err != nil || clientMiB < 1 || clientMiB > maxClientMemoryMiB {
 		return serveOptions{}, fmt.Errorf("%w: --client-memory-mib %q: want a whole number of MiB in [1, %d]",
@@ -378,6 +387,7 @@ func parseServe(args []string, stdout io.Writer) (serveOptions, error) {
 		MetricsAddr:     *metricsAddr,
 		ShutdownTimeout: timeout,
 		StatusSocket:    *statusSocket,
+		PprofAddr:       *pprofAddr,
 		Replication: replicationOptions{Enabled: *replicate, DataDir: *dataDir, Kubeconfig: *kubeconfig,
 			NodeName: *nodeName, TraceFile: *traceFile, ProbeSource: *probeSource, PKIDir: *pkiDir, InsecureRaft: *insecureRaft,
 			ClientMemoryMiB: clientMiB, ContainerPoll: *containerPoll, SerialApply: !*appPipeline,
@@ -423,6 +433,13 @@ func serve(ctx context.Context, o serveOptions, log *slog.Logger, stdout io.Writ
 		}()
 		defer metricsSrv.Close()
 		log.Info("serving metrics", "addr", lis.Addr().String())
+	}
+	if o.PprofAddr != "" {
+		stop, err := servePprof(o.PprofAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 
 	if o.Replication.Enabled {

@@ -1,8 +1,11 @@
 // Package redisbench runs Debian's redis-benchmark (redis-tools) and turns
-// two side-by-side runs, a baseline and smr, into the one line `make bench`
-// ends with:
+// side-by-side runs, a baseline and smr, into the lines `make bench` ends
+// with:
 //
 //	bench: set ratio=R1 get ratio=R2 p50 added latency at 1 client=L ms
+//	bench-pipelined: set ratio=R3 get ratio=R4
+//
+// It also has the raw SET loops of `make bench-ceiling` (SetLoop).
 package redisbench
 
 import (
@@ -34,6 +37,9 @@ type Options struct {
 	Requests int    // -n
 	Keyspace int    // -r: random keys out of this many (0: one key)
 	Tests    string // -t, comma-separated (e.g. "set"); empty: "set,get"
+	// Pipeline is -P: requests each client sends before reading their
+	// replies (0 or 1: one at a time, redis-benchmark's default).
+	Pipeline int
 }
 
 func (o Options) tests() []string {
@@ -55,9 +61,9 @@ func (o Options) args() ([]string, error) {
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return nil, fmt.Errorf("redisbench: address %q: port must be 1-65535", o.Addr)
 	}
-	if o.Clients < 1 || o.Requests < 1 || o.Keyspace < 0 {
-		return nil, fmt.Errorf("redisbench: clients (%d) and requests (%d) must be positive, keyspace (%d) not negative",
-			o.Clients, o.Requests, o.Keyspace)
+	if o.Clients < 1 || o.Requests < 1 || o.Keyspace < 0 || o.Pipeline < 0 {
+		return nil, fmt.Errorf("redisbench: clients (%d) and requests (%d) must be positive, keyspace (%d) and pipeline (%d) not negative",
+			o.Clients, o.Requests, o.Keyspace, o.Pipeline)
 	}
 	for _, t := range o.tests() {
 		if t == "" || strings.ContainsAny(t, " \t") {
@@ -68,6 +74,9 @@ func (o Options) args() ([]string, error) {
 		"-t", strings.ToLower(strings.Join(o.tests(), ",")), "--csv"}
 	if o.Keyspace > 0 {
 		args = append(args, "-r", strconv.Itoa(o.Keyspace))
+	}
+	if o.Pipeline > 1 {
+		args = append(args, "-P", strconv.Itoa(o.Pipeline))
 	}
 	return args, nil
 }
@@ -179,14 +188,67 @@ func Compare(base, smr, base1, smr1 Results) (Line, error) {
 			return Line{}, fmt.Errorf("redisbench: %s run has no %s result", r.name, r.test)
 		}
 	}
-	if base["SET"].RPS == 0 || base["GET"].RPS == 0 {
-		return Line{}, errors.New("redisbench: baseline throughput is zero, no ratio")
+	r, err := RatiosOf(base, smr)
+	if err != nil {
+		return Line{}, err
 	}
 	return Line{
-		SetRatio:   smr["SET"].RPS / base["SET"].RPS,
-		GetRatio:   smr["GET"].RPS / base["GET"].RPS,
+		SetRatio:   r.Set,
+		GetRatio:   r.Get,
 		AddedP50ms: smr1["SET"].P50ms - base1["SET"].P50ms,
 	}, nil
+}
+
+// Ratios are throughput ratios of one side-by-side comparison without a
+// latency figure: `make bench`'s pipelined round and its proxy ceiling.
+type Ratios struct {
+	Set, Get float64 // req/s over the baseline's req/s
+}
+
+// RatiosOf divides smr's SET and GET rates by the baseline's (both runs
+// must have both tests and a non-zero baseline).
+func RatiosOf(base, smr Results) (Ratios, error) {
+	for _, r := range []struct {
+		name string
+		res  Results
+	}{{"baseline", base}, {"smr", smr}} {
+		for _, test := range []string{"SET", "GET"} {
+			if _, ok := r.res[test]; !ok {
+				return Ratios{}, fmt.Errorf("redisbench: %s run has no %s result", r.name, test)
+			}
+		}
+	}
+	if base["SET"].RPS == 0 || base["GET"].RPS == 0 {
+		return Ratios{}, errors.New("redisbench: baseline throughput is zero, no ratio")
+	}
+	return Ratios{Set: smr["SET"].RPS / base["SET"].RPS, Get: smr["GET"].RPS / base["GET"].RPS}, nil
+}
+
+// MedianRatios is the field-wise median of rs (see Median).
+func MedianRatios(rs []Ratios) (Ratios, error) {
+	if len(rs) == 0 {
+		return Ratios{}, errors.New("redisbench: median of no ratios")
+	}
+	set, get := make([]float64, len(rs)), make([]float64, len(rs))
+	for i, r := range rs {
+		set[i], get[i] = r.Set, r.Get
+	}
+	return Ratios{Set: MedianOf(set), Get: MedianOf(get)}, nil
+}
+
+// Format renders r with the given label, e.g.
+// "bench-pipelined: set ratio=0.41 get ratio=0.77". A ratio below 0.095
+// keeps three decimals (0.005, not 0.00: the pipelined round's ratio before
+// an ordered pipeline is that small).
+func (r Ratios) Format(label string) string {
+	return fmt.Sprintf("%s: set ratio=%s get ratio=%s", label, formatRatio(r.Set), formatRatio(r.Get))
+}
+
+func formatRatio(v float64) string {
+	if v < 0.095 {
+		return fmt.Sprintf("%.3f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
 }
 
 // Median is the field-wise median of lines (the mean of the middle two
@@ -228,4 +290,22 @@ func MedianOf(v []float64) float64 {
 func (l Line) Format(label string) string {
 	return fmt.Sprintf("%s: set ratio=%.2f get ratio=%.2f p50 added latency at 1 client=%.2f ms",
 		label, l.SetRatio, l.GetRatio, l.AddedP50ms)
+}
+
+// Scale parses SMR_BENCH_SCALE, the factor of every request count of
+// `make bench` (a smaller run for a smoke test): empty is 1.
+func Scale(s string) (float64, error) {
+	if s == "" {
+		return 1, nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f <= 0 || f > 100 {
+		return 0, fmt.Errorf("SMR_BENCH_SCALE=%q: want a number in (0, 100]", s)
+	}
+	return f, nil
+}
+
+// Scaled is n times scale, at least 1.
+func Scaled(n int, scale float64) int {
+	return max(1, int(float64(n)*scale))
 }

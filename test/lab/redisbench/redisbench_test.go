@@ -71,6 +71,11 @@ func TestOptionsArgs(t *testing.T) {
 			want: []string{"-h", "127.0.0.1", "-p", "6379", "-c", "1", "-n", "10", "-t", "set,get", "--csv"}},
 		{name: "set only", o: Options{Addr: "127.0.0.1:6379", Clients: 1, Requests: 10, Tests: "set"},
 			want: []string{"-h", "127.0.0.1", "-p", "6379", "-c", "1", "-n", "10", "-t", "set", "--csv"}},
+		{name: "pipelined 16", o: Options{Addr: "198.18.0.5:6379", Clients: 50, Requests: 1000, Keyspace: 1000, Pipeline: 16},
+			want: []string{"-h", "198.18.0.5", "-p", "6379", "-c", "50", "-n", "1000", "-t", "set,get", "--csv", "-r", "1000", "-P", "16"}},
+		{name: "pipeline 1 is the default", o: Options{Addr: "127.0.0.1:6379", Clients: 1, Requests: 10, Pipeline: 1},
+			want: []string{"-h", "127.0.0.1", "-p", "6379", "-c", "1", "-n", "10", "-t", "set,get", "--csv"}},
+		{name: "negative pipeline", o: Options{Addr: "127.0.0.1:6379", Clients: 1, Requests: 10, Pipeline: -1}, wantErr: "pipeline (-1) not negative"},
 		{name: "empty test name", o: Options{Addr: "127.0.0.1:6379", Clients: 1, Requests: 10, Tests: "set,"}, wantErr: "comma-separated"},
 		{name: "space in tests", o: Options{Addr: "127.0.0.1:6379", Clients: 1, Requests: 10, Tests: "set, get"}, wantErr: "comma-separated"},
 		{name: "no port", o: Options{Addr: "198.18.0.5", Clients: 1, Requests: 1}, wantErr: "missing port"},
@@ -180,5 +185,108 @@ func TestCompare(t *testing.T) {
 				t.Fatalf("Format = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestRatiosOf(t *testing.T) {
+	base := Results{"SET": {RPS: 200000}, "GET": {RPS: 250000}}
+	tests := []struct {
+		name      string
+		base, smr Results
+		label     string
+		want      string
+		wantErr   string
+	}{
+		{name: "pipelined round", base: base, smr: Results{"SET": {RPS: 80000}, "GET": {RPS: 200000}}, label: "bench-pipelined",
+			want: "bench-pipelined: set ratio=0.40 get ratio=0.80"},
+		{name: "proxy faster than direct", base: base, smr: Results{"SET": {RPS: 220000}, "GET": {RPS: 250000}}, label: "bench-proxy-ceiling",
+			want: "bench-proxy-ceiling: set ratio=1.10 get ratio=1.00"},
+		{name: "tiny ratio keeps three decimals", base: base, smr: Results{"SET": {RPS: 1000}, "GET": {RPS: 23750}}, label: "bench-pipelined",
+			want: "bench-pipelined: set ratio=0.005 get ratio=0.10"},
+		{name: "smr missing SET", base: base, smr: Results{"GET": {RPS: 1}}, wantErr: "smr run has no SET result"},
+		{name: "baseline missing GET", base: Results{"SET": {RPS: 1}}, smr: base, wantErr: "baseline run has no GET result"},
+		{name: "zero baseline GET", base: Results{"SET": {RPS: 1}, "GET": {}}, smr: base, wantErr: "baseline throughput is zero"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := RatiosOf(tc.base, tc.smr)
+			if testcheck.ErrorCase(t, "RatiosOf", err, tc.wantErr) {
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := r.Format(tc.label); got != tc.want {
+				t.Fatalf("Format = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestMedianRatios(t *testing.T) {
+	tests := []struct {
+		name    string
+		rs      []Ratios
+		want    Ratios
+		wantErr string
+	}{
+		{name: "none", wantErr: "median of no ratios"},
+		{name: "one", rs: []Ratios{{0.4, 0.7}}, want: Ratios{0.4, 0.7}},
+		{name: "odd, field-wise", rs: []Ratios{{0.5, 0.6}, {0.3, 0.9}, {0.4, 0.7}}, want: Ratios{0.4, 0.7}},
+		{name: "even: mean of the middle two", rs: []Ratios{{0.1, 1}, {0.4, 4}, {0.2, 2}, {0.3, 3}}, want: Ratios{0.25, 2.5}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := MedianRatios(tc.rs)
+			if testcheck.ErrorCase(t, "MedianRatios", err, tc.wantErr) {
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("MedianRatios = %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestScale(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    float64
+		wantErr bool
+	}{
+		{in: "", want: 1},
+		{in: "0.25", want: 0.25},
+		{in: "3", want: 3},
+		{in: "0", wantErr: true},
+		{in: "-1", wantErr: true},
+		{in: "101", wantErr: true},
+		{in: "lots", wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := Scale(tc.in)
+			if tc.wantErr {
+				if err == nil || !strings.Contains(err.Error(), "SMR_BENCH_SCALE") {
+					t.Fatalf("Scale(%q) error = %v, want one naming SMR_BENCH_SCALE", tc.in, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("Scale(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestScaled(t *testing.T) {
+	tests := []struct {
+		n     int
+		scale float64
+		want  int
+	}{{100000, 1, 100000}, {100000, 0.1, 10000}, {2000, 2.5, 5000}, {10, 0.01, 1}, {1, 0.5, 1}}
+	for _, tc := range tests {
+		if got := Scaled(tc.n, tc.scale); got != tc.want {
+			t.Errorf("Scaled(%d, %v) = %d, want %d", tc.n, tc.scale, got, tc.want)
+		}
 	}
 }
