@@ -146,8 +146,12 @@ type shareKey struct {
 }
 
 // changesConn: the request changes, ends or resets its connection (the
-// command table's flags), so it runs on the session's own connection.
+// command table's flags; for HTTP, a request after which the app closes the
+// connection), so it runs on the session's own connection.
 func changesConn(proto string, op Op) bool {
+	if proto == framing.ProtoHTTP {
+		return framing.EndsHTTPConnection(op.Raw)
+	}
 	if proto != framing.ProtoRESP {
 		return false
 	}
