@@ -62,3 +62,39 @@ func TestHTTPRequestEndingConnIsNotReadOnly(t *testing.T) {
 		}
 	}
 }
+
+func TestEndsHTTPResponseConnection(t *testing.T) {
+	get, head := Request{Op: "GET /a"}, Request{Op: "HEAD /a"}
+	tests := []struct {
+		name string
+		resp string
+		req  Request
+		want bool
+	}{
+		{"Content-Length keeps it", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", get, false},
+		{"chunked keeps it", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", get, false},
+		{"204 without length keeps it", "HTTP/1.1 204 No Content\r\n\r\n", get, false},
+		{"304 without length keeps it", "HTTP/1.1 304 Not Modified\r\n\r\n", get, false},
+		{"HEAD without length keeps it", "HTTP/1.1 200 OK\r\n\r\n", head, false},
+		{"Connection: close", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nconnection: Close\r\n\r\n", get, true},
+		{"close in a list", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: x, close\r\n\r\n", get, true},
+		{"close-delimited body", "HTTP/1.1 200 OK\r\n\r\nuntil the end", get, true},
+		{"non-chunked transfer coding reads to the end", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzz", get, true},
+		{"HTTP/1.0 response", "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", get, true},
+		{"HTTP/1.0 keep-alive response", "HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n", get, false},
+		{"interim then kept", "HTTP/1.1 100 Continue\r\nConnection: close\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", get, false},
+		{"interim then closed", "HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", get, true},
+		{"switching protocols", "HTTP/1.1 101 Switching Protocols\r\n\r\n", get, true},
+		{"close in the body only", "HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\nConnection: close\r\n", get, false},
+		{"empty", "", get, true},
+		{"not a response", "+OK\r\n", get, true},
+		{"head cut short", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n", get, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := EndsHTTPResponseConnection([]byte(tt.resp), tt.req); got != tt.want {
+				t.Errorf("EndsHTTPResponseConnection(%q, %s) = %v, want %v", tt.resp, tt.req.Op, got, tt.want)
+			}
+		})
+	}
+}

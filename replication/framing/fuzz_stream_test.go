@@ -112,9 +112,10 @@ func genRESP(c *choices, b *bytes.Buffer, depth int) {
 }
 
 // genHTTP appends one response to a GET or HEAD (the request it answers is
-// returned) and says whether it is close-delimited (it must end the stream).
-func genHTTP(c *choices, b *bytes.Buffer, allowClose bool) (Request, bool) {
-	req := Request{Op: "GET /kv/a"}
+// returned) and says whether it is close-delimited (it must end the stream)
+// and whether the app ends the connection after it.
+func genHTTP(c *choices, b *bytes.Buffer, allowClose bool) (req Request, closeDelimited, ends bool) {
+	req = Request{Op: "GET /kv/a"}
 	head := c.n(5) == 0
 	if head {
 		req.Op = "HEAD /kv/a"
@@ -138,8 +139,18 @@ func genHTTP(c *choices, b *bytes.Buffer, allowClose bool) (Request, bool) {
 	}
 	codes := []int{200, 201, 204, 304, 404, 500}
 	code := codes[c.n(len(codes))]
-	fmt.Fprintf(b, "HTTP/1.%d %d %s%s", c.n(2), code, c.line(6), eol)
+	minor := c.n(2)
+	fmt.Fprintf(b, "HTTP/1.%d %d %s%s", minor, code, c.line(6), eol)
 	hdr("Content-Type", "text/plain")
+	switch c.n(4) {
+	case 0:
+		hdr("Connection", "close")
+		ends = true
+	case 1:
+		hdr("Connection", "keep-alive")
+	default:
+		ends = minor == 0
+	}
 	body := c.bytes(60) // may hold CRLFs and whole fake responses
 	bodyless := head || code == 204 || code == 304
 	switch mode := c.n(3); {
@@ -147,12 +158,12 @@ func genHTTP(c *choices, b *bytes.Buffer, allowClose bool) (Request, bool) {
 		// Close-delimited: the body runs to the end of the stream.
 		b.WriteString(eol)
 		b.Write(body)
-		return req, true
+		return req, true, true
 	case mode == 1 && code != 204 && code != 304:
 		hdr("Transfer-Encoding", "chunked")
 		b.WriteString(eol)
 		if bodyless {
-			return req, false
+			return req, false, ends
 		}
 		for len(body) > 0 {
 			n := min(len(body), c.n(20)+1)
@@ -180,7 +191,7 @@ func genHTTP(c *choices, b *bytes.Buffer, allowClose bool) (Request, bool) {
 			b.Write(body)
 		}
 	}
-	return req, false
+	return req, false, ends
 }
 
 // checkStream reads want (each response with the request it answers) and
@@ -269,8 +280,11 @@ func FuzzHTTPResponseStream(f *testing.F) {
 		closed := false
 		for i := range n {
 			start := stream.Len()
-			req, closeDelimited := genHTTP(c, &stream, i == n-1)
+			req, closeDelimited, ends := genHTTP(c, &stream, i == n-1)
 			want = append(want, bytes.Clone(stream.Bytes()[start:]))
+			if got := EndsHTTPResponseConnection(want[i], req); got != ends {
+				t.Fatalf("EndsHTTPResponseConnection(%q, %s) = %v, want %v", want[i], req.Op, got, ends)
+			}
 			reqs = append(reqs, req)
 			closed = closeDelimited
 		}

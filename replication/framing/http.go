@@ -354,6 +354,37 @@ func (f *HTTP) ReadResponse(r *bufio.Reader, req Request) ([]byte, error) {
 	}
 }
 
+// EndsHTTPResponseConnection reports whether the app ends its connection
+// after resp, the complete response to req as ReadResponse returned it: the
+// final response carries "Connection: close", is HTTP/1.0 without
+// "keep-alive", is close-delimited, or switches protocols. Requests written
+// behind it on the same connection are not run by the app. Bytes that are
+// not a response count as ending the connection.
+func EndsHTTPResponseConnection(resp []byte, req Request) bool {
+	r := bufio.NewReaderSize(bytes.NewReader(resp), 256)
+	head := len(req.Op) >= 5 && req.Op[:5] == "HEAD "
+	for {
+		_, line, err := readLine(r, nil, len(resp), "response status line")
+		if err != nil {
+			return true
+		}
+		code, err := parseStatusLine(trimEOL(line))
+		if err != nil {
+			return true
+		}
+		_, h, err := readHeaders(r, nil, len(resp), "response")
+		switch {
+		case err != nil || code == 101:
+			return true
+		case code < 200:
+			continue // interim: the final response follows
+		}
+		bodyless := head || code == 204 || code == 304
+		closeDelimited := !bodyless && !h.chunked && (h.hasTE || h.contentLength < 0) // as ReadResponse reads it
+		return closeDelimited || h.endsConn(bytes.HasPrefix(line, []byte("HTTP/1.0 ")))
+	}
+}
+
 // readUntilEOF appends the rest of the stream (a close-delimited body).
 func readUntilEOF(r *bufio.Reader, raw []byte, max int) ([]byte, error) {
 	for {
