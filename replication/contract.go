@@ -59,6 +59,10 @@ type Spec struct {
 	Peers           []Peer
 	MemberID        uint64
 	HTTPGetReadOnly bool
+	// HTTPPipelining: the app answers pipelined HTTP/1.1 requests on one
+	// connection in order (smr.io/http-pipelining), so HTTP sessions share
+	// pipelined app connections (ExecutorConfig.HTTPPipelining).
+	HTTPPipelining  bool
 	MaxRequestBytes int
 	// RedisAllow is what the pod opted in to (smr.io/redis-allow).
 	RedisAllow rediscmd.Allow
@@ -227,6 +231,16 @@ func ParsePod(pod podcontract.Meta) (spec Spec, ok bool, err error) {
 			bad(podcontract.AnnotationHTTPGetReadOnly, "%q: want true or false", v)
 		}
 		spec.HTTPGetReadOnly = b
+	}
+	if v, set := ann[podcontract.AnnotationHTTPPipelining]; set {
+		b, perr := strconv.ParseBool(v)
+		switch {
+		case perr != nil:
+			bad(podcontract.AnnotationHTTPPipelining, "%q: want true or false", v)
+		case b && !slices.ContainsFunc(spec.Ports, func(p Port) bool { return p.Protocol == framing.ProtoHTTP }):
+			bad(podcontract.AnnotationHTTPPipelining, "true, but no port in %s speaks http", podcontract.AnnotationPorts)
+		}
+		spec.HTTPPipelining = b
 	}
 	if v, set := ann[podcontract.AnnotationRedisAllow]; set {
 		a, perr := rediscmd.ParseAllow(v)

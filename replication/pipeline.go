@@ -108,7 +108,10 @@ func (c *appConn) closedByApp() bool {
 	if c.r.Buffered() > 0 {
 		return true // bytes nobody asked for: the stream is not ours any more
 	}
-	_ = c.conn.SetReadDeadline(time.Now().Add(-time.Second))
+	// A deadline in the past fails the read before it looks at the
+	// socket (Go checks the deadline first), so it would never see a
+	// close: wait a millisecond instead (a pending EOF returns at once).
+	_ = c.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
 	_, err := c.r.Peek(1)
 	_ = c.conn.SetReadDeadline(time.Time{})
 	return !errors.Is(err, os.ErrDeadlineExceeded)
@@ -146,8 +149,12 @@ type shareKey struct {
 }
 
 // changesConn: the request changes, ends or resets its connection (the
-// command table's flags), so it runs on the session's own connection.
+// command table's flags; for HTTP, a request after which the app closes the
+// connection), so it runs on the session's own connection.
 func changesConn(proto string, op Op) bool {
+	if proto == framing.ProtoHTTP {
+		return framing.EndsHTTPConnection(op.Raw)
+	}
 	if proto != framing.ProtoRESP {
 		return false
 	}

@@ -76,6 +76,7 @@ func StartPod(ctx context.Context, cfg PodConfig) (*Pod, error) {
 	}
 	ec := cfg.Executor
 	ec.Group, ec.Self, ec.Ports, ec.Framing = cfg.Spec.GroupKey(), cfg.Spec.MemberID, cfg.Spec.Ports, cfg.Spec.FramingOptions()
+	ec.HTTPPipelining = cfg.Spec.HTTPPipelining
 	ec.Dialer, ec.Trace, ec.Log, ec.Metrics = cfg.Dialer, cfg.Trace, cfg.Log, cfg.Metrics
 	exec, err := NewExecutor(ec)
 	if err != nil {

@@ -264,6 +264,15 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 			_ = bw.Flush()
 			return fmt.Errorf("%w at log index %d: %s", ErrSessionEnded, end.Index, end.Reason)
 		}
+		if s.cfg.Port.Protocol == framing.ProtoHTTP && framing.EndsHTTPConnection(req.Raw) {
+			// RFC 9112 9.6: the server closes after answering "Connection:
+			// close" (or HTTP/1.0 without keep-alive), as the app closed its
+			// connection; requests pipelined after it are not served.
+			if err := bw.Flush(); err != nil {
+				return fmt.Errorf("write client: %w", err)
+			}
+			return nil
+		}
 		// Flush once the pipelined requests already received are answered.
 		if br.Buffered() == 0 {
 			if err := bw.Flush(); err != nil {

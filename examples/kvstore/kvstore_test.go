@@ -1,10 +1,15 @@
 package kvstore
 
 import (
+	"bufio"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestStore(t *testing.T) {
@@ -97,5 +102,66 @@ func TestStateRoundTripAndRefusals(t *testing.T) {
 	}
 	if rec := do(c, "POST", StatePath, ""); rec.Code != 405 {
 		t.Errorf("POST state = %d, want 405", rec.Code)
+	}
+}
+
+// The store honours HTTP/1.1 pipelining (what smr.io/http-pipelining
+// declares): requests written at once on one connection are answered in
+// order with length-delimited responses, and the connection ends only after
+// the request that asked for it.
+func TestPipelinedRequestsAnsweredInOrder(t *testing.T) {
+	st := New()
+	srv := httptest.NewServer(st)
+	defer srv.Close()
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	steps := []struct {
+		req  string
+		code int
+		body string
+	}{
+		{"PUT /kv/n HTTP/1.1\r\nHost: s\r\nContent-Length: 2\r\n\r\n41", 204, ""},
+		{"POST /incr/n HTTP/1.1\r\nHost: s\r\nContent-Length: 0\r\n\r\n", 200, "42"},
+		{"GET /kv/n HTTP/1.1\r\nHost: s\r\n\r\n", 200, "42"},
+		{"GET /kv/missing HTTP/1.1\r\nHost: s\r\n\r\n", 404, "no such key\n"},
+		{"POST /incr/n HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n", 200, "43"},
+		{"POST /incr/n HTTP/1.1\r\nHost: s\r\n\r\n", 0, ""}, // after the close: never run
+	}
+	var all strings.Builder
+	for _, s := range steps {
+		all.WriteString(s.req)
+	}
+	if _, err := io.WriteString(conn, all.String()); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	for i, s := range steps {
+		if s.code == 0 {
+			if n, err := br.Read(make([]byte, 1)); n != 0 || err == nil {
+				t.Fatalf("bytes after the Connection: close response: %d, %v", n, err)
+			}
+			continue
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("response %d: %v", i+1, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != s.code || string(body) != s.body {
+			t.Fatalf("response %d: %d %q %v, want %d %q", i+1, resp.StatusCode, body, err, s.code, s.body)
+		}
+		if delimited := resp.ContentLength >= 0 || slices.Contains(resp.TransferEncoding, "chunked"); !delimited {
+			t.Errorf("response %d is close-delimited", i+1)
+		}
+	}
+	rec := httptest.NewRecorder()
+	st.ServeHTTP(rec, httptest.NewRequest("GET", "/kv/n", nil))
+	if rec.Body.String() != "43" {
+		t.Errorf("n = %q after the pipeline, want 43 (the request after the close must not run)", rec.Body.String())
 	}
 }

@@ -70,7 +70,8 @@ func fuzzRequests(t *testing.T, f Framer, data []byte) {
 }
 
 func fuzzResponses(t *testing.T, f Framer, data []byte, req Request) {
-	r := bufio.NewReaderSize(bytes.NewReader(data), 16)
+	src := &countingReader{r: bytes.NewReader(data)}
+	r := bufio.NewReaderSize(src, 16)
 	off := 0
 	for i := 0; i < len(data)+1; i++ {
 		resp, err := f.ReadResponse(r, req)
@@ -85,6 +86,9 @@ func fuzzResponses(t *testing.T, f Framer, data []byte, req Request) {
 			t.Fatalf("response %q is not the next bytes of the input", resp)
 		}
 		off += len(resp)
+		if consumed := src.n - r.Buffered(); consumed != off {
+			t.Fatalf("the reader consumed %d bytes, the response ends at %d", consumed, off)
+		}
 	}
 }
 

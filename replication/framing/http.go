@@ -39,6 +39,16 @@ type httpHeaders struct {
 	chunked       bool // the final transfer coding is chunked
 	upgrade       bool
 	expect100     bool
+	// The Connection header's tokens that decide whether the connection
+	// persists after this message (RFC 9112 9.3).
+	connClose     bool
+	connKeepAlive bool
+}
+
+// endsConn: after this message the connection ends (RFC 9112 9.3): it
+// carries "Connection: close", or it is HTTP/1.0 without "keep-alive".
+func (h httpHeaders) endsConn(http10 bool) bool {
+	return h.connClose || (http10 && !h.connKeepAlive)
 }
 
 // NextRequest implements Framer.
@@ -93,8 +103,32 @@ func (f *HTTP) NextRequest(r *bufio.Reader) (Request, error) {
 		return req, err
 	}
 	req.Raw = raw
-	req.ReadOnly = f.getRO && (string(method) == "GET" || string(method) == "HEAD")
+	// A request that ends its connection is never read-only: it changes the
+	// connection, so it is ordered and runs on its session's own app
+	// connection, never on a shared (pipelined) one.
+	req.ReadOnly = f.getRO && (string(method) == "GET" || string(method) == "HEAD") &&
+		!h.endsConn(bytes.HasSuffix(trimEOL(line), []byte(" HTTP/1.0")))
 	return req, nil
+}
+
+// EndsHTTPConnection reports whether the server ends the connection after
+// answering the HTTP request raw (as NextRequest framed it): it carries
+// "Connection: close" (case-insensitive, alone or as one option of a list),
+// or it is an HTTP/1.0 request without "Connection: keep-alive" (RFC 9112
+// 9.3, 9.6). Such a request must not be pipelined on a connection that
+// other requests share. Bytes that are not a request's head count as ending
+// the connection: that answer is always safe.
+func EndsHTTPConnection(raw []byte) bool {
+	r := bufio.NewReaderSize(bytes.NewReader(raw), 256)
+	_, line, err := readLine(r, nil, len(raw), "request line")
+	if err != nil {
+		return true
+	}
+	if _, _, err := parseRequestLine(trimEOL(line)); err != nil {
+		return true
+	}
+	_, h, err := readHeaders(r, nil, len(raw), "request")
+	return err != nil || h.endsConn(bytes.HasSuffix(trimEOL(line), []byte(" HTTP/1.0")))
 }
 
 // readBody appends the request body delimited as the headers say.
@@ -172,6 +206,13 @@ func readHeaders(r *bufio.Reader, raw []byte, max int, what string) ([]byte, htt
 			h.upgrade = true
 		case bytes.EqualFold(name, []byte("Expect")):
 			h.expect100 = bytes.EqualFold(value, []byte("100-continue"))
+		case bytes.EqualFold(name, []byte("Connection")):
+			// A comma-separated list of options; the header may repeat.
+			for _, opt := range bytes.Split(value, []byte(",")) {
+				opt = bytes.Trim(opt, " \t")
+				h.connClose = h.connClose || bytes.EqualFold(opt, []byte("close"))
+				h.connKeepAlive = h.connKeepAlive || bytes.EqualFold(opt, []byte("keep-alive"))
+			}
 		}
 	}
 }
@@ -310,6 +351,37 @@ func (f *HTTP) ReadResponse(r *bufio.Reader, req Request) ([]byte, error) {
 		default:
 			return readUntilEOF(r, raw, max)
 		}
+	}
+}
+
+// EndsHTTPResponseConnection reports whether the app ends its connection
+// after resp, the complete response to req as ReadResponse returned it: the
+// final response carries "Connection: close", is HTTP/1.0 without
+// "keep-alive", is close-delimited, or switches protocols. Requests written
+// behind it on the same connection are not run by the app. Bytes that are
+// not a response count as ending the connection.
+func EndsHTTPResponseConnection(resp []byte, req Request) bool {
+	r := bufio.NewReaderSize(bytes.NewReader(resp), 256)
+	head := len(req.Op) >= 5 && req.Op[:5] == "HEAD "
+	for {
+		_, line, err := readLine(r, nil, len(resp), "response status line")
+		if err != nil {
+			return true
+		}
+		code, err := parseStatusLine(trimEOL(line))
+		if err != nil {
+			return true
+		}
+		_, h, err := readHeaders(r, nil, len(resp), "response")
+		switch {
+		case err != nil || code == 101:
+			return true
+		case code < 200:
+			continue // interim: the final response follows
+		}
+		bodyless := head || code == 204 || code == 304
+		closeDelimited := !bodyless && !h.chunked && (h.hasTE || h.contentLength < 0) // as ReadResponse reads it
+		return closeDelimited || h.endsConn(bytes.HasPrefix(line, []byte("HTTP/1.0 ")))
 	}
 }
 

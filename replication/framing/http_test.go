@@ -26,7 +26,7 @@ func TestHTTPRequests(t *testing.T) {
 		{"GET read-only with the annotation", true, get, []want{{get, "GET /kv/a", true}}},
 		{"keep-alive sequence", true, get + put + chunked + get,
 			[]want{{get, "GET /kv/a", true}, {put, "PUT /kv/a", false}, {chunked, "POST /incr/a", false}, {get, "GET /kv/a", true}}},
-		{"HEAD", true, "HEAD / HTTP/1.0\r\n\r\n", []want{{"HEAD / HTTP/1.0\r\n\r\n", "HEAD /", true}}},
+		{"HEAD", true, "HEAD / HTTP/1.1\r\n\r\n", []want{{"HEAD / HTTP/1.1\r\n\r\n", "HEAD /", true}}},
 		{"leading empty line ignored", false, "\r\n" + get, []want{{get, "GET /kv/a", false}}},
 		{"bare LF lines", false, "DELETE /kv/a HTTP/1.1\nContent-Length: 0\n\n", []want{{"DELETE /kv/a HTTP/1.1\nContent-Length: 0\n\n", "DELETE /kv/a", false}}},
 		{"identical Content-Length list", false, "POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\nx",

@@ -21,6 +21,7 @@ const (
 	AnnotationMembership      = "smr.io/membership"
 	AnnotationMemberID        = "smr.io/member-id"
 	AnnotationHTTPGetReadOnly = "smr.io/http-get-readonly"
+	AnnotationHTTPPipelining  = "smr.io/http-pipelining"
 	AnnotationMaxRequestBytes = "smr.io/max-request-bytes"
 	AnnotationRedisAllow      = "smr.io/redis-allow"
 	AnnotationSnapshotPath    = "smr.io/snapshot-path"
@@ -42,7 +43,7 @@ const (
 func Annotations() []string {
 	return []string{
 		AnnotationGroup, AnnotationPorts, AnnotationRaftPort, AnnotationPeers, AnnotationMembership,
-		AnnotationMemberID, AnnotationHTTPGetReadOnly, AnnotationMaxRequestBytes, AnnotationRedisAllow,
+		AnnotationMemberID, AnnotationHTTPGetReadOnly, AnnotationHTTPPipelining, AnnotationMaxRequestBytes, AnnotationRedisAllow,
 		AnnotationSnapshotPath, AnnotationSnapshotEvery, AnnotationSnapshotBytes, AnnotationAppCredentials,
 	}
 }
