@@ -17,6 +17,8 @@ import (
 	"github.com/smr-io/smr-cri/examples/kvstore"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/framing"
+	"github.com/smr-io/smr-cri/replication/podcontract"
+	"github.com/smr-io/smr-cri/test/lab/raft/memnet"
 )
 
 // countedKVApp starts a kvstore app that counts the connections it accepted.
@@ -277,4 +279,42 @@ func doErr(client *http.Client, method, url, body string) (int, string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), err
+}
+
+// The pod annotation reaches the executor: with smr.io/http-pipelining the
+// sessions of six successive clients share one app connection per replica
+// (without it each would have its own).
+func TestStartPodHTTPPipeliningAnnotation(t *testing.T) {
+	network := memnet.New()
+	t.Cleanup(network.Close) // after the pods stop (cleanups run last-in first-out)
+	dir := t.TempDir()
+	var addrs []string
+	var stores []*kvstore.Store
+	var conns []*atomic.Int64
+	for i := range 3 {
+		store, app, n := countedKVApp(t)
+		stores = append(stores, store)
+		p, addr := kvPodWith(t, network, dir, i, app, nil, map[string]string{podcontract.AnnotationHTTPPipelining: "true"})
+		if !p.exec.cfg.HTTPPipelining {
+			t.Fatalf("replica %d: ExecutorConfig.HTTPPipelining is false with the annotation", i+1)
+		}
+		addrs, conns = append(addrs, addr), append(conns, n)
+	}
+	const clients = 6
+	for i := range clients {
+		incr(t, addrs[i%3], i+1) // a new client connection: a new session
+	}
+	waitFor(t, "every replica to apply the increments", func() bool {
+		for _, s := range stores {
+			if direct(t, s, "/kv/c") != fmt.Sprintf("200 %d", clients) {
+				return false
+			}
+		}
+		return true
+	})
+	for i, n := range conns {
+		if got := n.Load(); got >= clients {
+			t.Errorf("replica %d's app accepted %d connections for %d sessions: they did not share", i+1, got, clients)
+		}
+	}
 }

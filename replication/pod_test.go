@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -27,15 +28,18 @@ import (
 // replays its log.
 func kvPod(t *testing.T, network *memnet.Network, dir string, i int, app string) (*Pod, string) {
 	t.Helper()
-	return kvPodWith(t, network, dir, i, app, nil)
+	return kvPodWith(t, network, dir, i, app, nil, nil)
 }
 
-// kvPodWith is kvPod with the pod's listener wrapped by wrap (nil: as is).
-func kvPodWith(t *testing.T, network *memnet.Network, dir string, i int, app string, wrap func(net.Listener) net.Listener) (*Pod, string) {
+// kvPodWith is kvPod with the pod's listener wrapped by wrap (nil: as is)
+// and extra contract annotations.
+func kvPodWith(t *testing.T, network *memnet.Network, dir string, i int, app string, wrap func(net.Listener) net.Listener,
+	extra map[string]string) (*Pod, string) {
 	t.Helper()
+	ann := map[string]string{podcontract.AnnotationPorts: "8080/http", podcontract.AnnotationPeers: "1=m1:7480,2=m2:7480,3=m3:7480"}
+	maps.Copy(ann, extra)
 	spec, ok, err := ParsePod(podcontract.Meta{Name: fmt.Sprintf("kv-%d", i), Namespace: "demo",
-		Labels:      map[string]string{podcontract.LabelReplicate: "true"},
-		Annotations: map[string]string{podcontract.AnnotationPorts: "8080/http", podcontract.AnnotationPeers: "1=m1:7480,2=m2:7480,3=m3:7480"}})
+		Labels: map[string]string{podcontract.LabelReplicate: "true"}, Annotations: ann})
 	if err != nil || !ok {
 		t.Fatalf("ParsePod: %v", err)
 	}
@@ -203,7 +207,7 @@ func TestPodAcceptRetriesAfterEMFILE(t *testing.T) {
 			f := &flakyListener{Listener: ln}
 			f.fails.Store(5)
 			return f
-		})
+		}, nil)
 		addrs = append(addrs, addr)
 	}
 	for i, a := range addrs {
