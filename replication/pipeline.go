@@ -468,6 +468,19 @@ func (x *Executor) drainLocked(run *pipeRun) {
 				c.close()
 			}
 			run.done(f, resp)
+			if c.shared && c.framer.Protocol() == framing.ProtoHTTP && framing.EndsHTTPResponseConnection(resp, f.req) {
+				// The app announced a close (smr.io/http-pipelining apps
+				// must not, CONTRACT.md): it runs nothing written behind
+				// it, so those entries go again on a new connection,
+				// whatever this replica's run boundaries were.
+				c.dead = fmt.Errorf("the app closed a shared connection after %s", f.req.Op)
+				c.close()
+				delete(x.shared, shareKey{c.port, c.key})
+				x.cfg.Log.Warn("app closed a pipelined HTTP connection; resending the requests behind the close",
+					"group", x.cfg.Group, "op", f.req.Op, "resent", len(out)-k-1)
+				x.resendLocked(run, c, out[k+1:])
+				return
+			}
 			continue
 		}
 		x.connFailedLocked(c, f, err, resp, run, out[k+1:])
@@ -479,6 +492,36 @@ func (x *Executor) drainLocked(run *pipeRun) {
 			x.answered(out[len(out)-1].e)
 		}
 	}
+}
+
+// resendLocked writes entries the app did not run (they were behind an
+// announced close on old) to a new shared connection and drains them.
+func (x *Executor) resendLocked(run *pipeRun, old *appConn, rest []inflight) {
+	if len(rest) == 0 {
+		return
+	}
+	conn, err := x.dialLocked(old.port)
+	if err != nil {
+		// Other replicas may run them: this one cannot know it would.
+		x.uncertainLocked(Cause{Kind: CauseSessionBroken, Detail: fmt.Sprintf("resend after an app close: %v", err)})
+		for _, g := range rest {
+			reply, _ := old.framer.ErrorReply(fmt.Errorf("%w: the app closed the connection and is unreachable: %v", framing.ErrUnavailable, err))
+			run.done(g, reply)
+		}
+		return
+	}
+	f, _ := framing.New(old.framer.Protocol(), x.cfg.Framing)
+	c := newAppConn(conn, f, old.port, true)
+	c.key = old.key
+	x.shared[shareKey{c.port, c.key}] = c
+	c.use.Lock()
+	sub := pipeRun{c: c, done: run.done}
+	for _, g := range rest {
+		sub.out = append(sub.out, g)
+		sub.bufs = append(sub.bufs, g.req.Raw)
+		sub.bytes += len(g.req.Raw)
+	}
+	x.drainLocked(&sub)
 }
 
 // readResponse reads one response on c, bounded by AppTimeout.
