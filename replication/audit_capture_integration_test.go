@@ -58,6 +58,7 @@ func TestAuditCaptureLifecycle(t *testing.T) {
 	defer x.Close()
 	o := &recordingOrderer{}
 	x.reportTo(o)
+	prepareForks(t, x)
 	audit := func(index uint64) {
 		t.Helper()
 		op := Op{Kind: KindAudit, Audit: &AuditOp{AtMillis: at.UnixMilli(), WindowMillis: window, Voters: []uint64{1, 2, 3}}}
@@ -110,6 +111,30 @@ func TestAuditCaptureLifecycle(t *testing.T) {
 	}
 }
 
+// prepareForks readies x's management connections now, as its keeper
+// does within a second (a test's first AUDIT may come sooner).
+func prepareForks(t *testing.T, x *Executor) {
+	t.Helper()
+	x.mu.Lock()
+	apps, err := x.digestAppsLocked()
+	x.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds, err := forkDigesters(apps, x.cfg.Ports)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := fd.PrepareFork(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // appDigestSum is the report sum of a single-port group: the hash of the
 // port's digest.
 func appDigestSum(d appstate.Digest) [32]byte { return sha256.Sum256(d.Sum[:]) }
@@ -157,7 +182,12 @@ func TestAuditCaptureFindsAppInNetns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fs, err := app.(appstate.ForkDigester).ForkDigest(ctx)
+	fd := app.(appstate.ForkDigester)
+	defer fd.ReleaseFork()
+	if err := fd.PrepareFork(ctx); err != nil {
+		t.Fatalf("prepare the copy-on-write capture of a Redis in a pod-like namespace: %v", err)
+	}
+	fs, err := fd.ForkDigest(ctx)
 	if err != nil {
 		t.Fatalf("copy-on-write capture of a Redis in a pod-like namespace: %v", err)
 	}
@@ -169,6 +199,9 @@ func TestAuditCaptureFindsAppInNetns(t *testing.T) {
 	wrong, err := appstate.New(appstate.Config{Dialer: mixedDialer{dial: dialer, netns: other.path}, Port: 6379, Protocol: appstate.ProtoRESP})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if err := wrong.(appstate.ForkDigester).PrepareFork(ctx); !errors.Is(err, appstate.ErrNoFork) {
+		t.Fatalf("capture with the wrong namespace: %v, want ErrNoFork", err)
 	}
 	if _, err := wrong.(appstate.ForkDigester).ForkDigest(ctx); !errors.Is(err, appstate.ErrNoFork) {
 		t.Fatalf("capture with the wrong namespace: %v, want ErrNoFork", err)

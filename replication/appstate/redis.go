@@ -44,9 +44,16 @@ import (
 // same image).
 type redisApp struct {
 	cfg Config
-	// fork is the located dump file of the current Redis run (redis_fork.go).
-	forkMu sync.Mutex
-	fork   forkTarget
+	// The copy-on-write capture (redis_fork.go): forkMu guards fork (the
+	// located dump file of the last Redis run seen), kept (the prepared
+	// management connection) and prepErr (why the last PrepareFork
+	// failed); it is held by ForkDigest's one round trip and otherwise
+	// only briefly, never across a dial. prepMu serializes PrepareFork.
+	forkMu  sync.Mutex
+	fork    forkTarget
+	kept    *forkConn
+	prepErr error
+	prepMu  sync.Mutex
 }
 
 // scanCount is SCAN's COUNT hint: keys per pipelined page.
