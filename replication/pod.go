@@ -91,7 +91,7 @@ func StartPod(ctx context.Context, cfg PodConfig) (*Pod, error) {
 	for _, port := range cfg.Spec.Ports {
 		srv, err := NewServer(ServerConfig{Group: ec.Group, Self: ec.Self, Port: port, Framing: ec.Framing,
 			Orderer: orderer, Exec: exec, Log: cfg.Log, Metrics: cfg.Metrics, ReservedPath: cfg.Spec.SnapshotPath,
-			Budget: cfg.Budget})
+			Budget: cfg.Budget, StopReason: p.stopReason})
 		if err != nil {
 			_ = stop()
 			_ = exec.Close()
@@ -231,6 +231,16 @@ func (p *Pod) notServing() error {
 	return nil
 }
 
+// stopReason is why the open client connections end when the pod stops:
+// the replica's reason when it does not serve (a rebuild), errRestarting
+// otherwise.
+func (p *Pod) stopReason() error {
+	if why := p.notServing(); why != nil {
+		return why
+	}
+	return errRestarting
+}
+
 // awaitReset holds a new client until this run's RESET is ordered; it
 // returns why the client is refused when the replica stops serving (or
 // stops) meanwhile.
@@ -320,8 +330,13 @@ func readIndexSettled(ctx context.Context, o Orderer, pause time.Duration) (uint
 // served (a replica rebuilding or broken, the client budget spent), instead
 // of holding it in the backlog or serving it from an app in an unknown state.
 func refuse(conn net.Conn, srv *Server, why error) {
+	refuseWith(conn, srv.cfg.Port.Protocol, srv.cfg.Framing, why)
+}
+
+// refuseWith is refuse for a port's protocol and framing options.
+func refuseWith(conn net.Conn, protocol string, opts framing.Options, why error) {
 	defer conn.Close()
-	f, err := framing.New(srv.cfg.Port.Protocol, srv.cfg.Framing)
+	f, err := framing.New(protocol, opts)
 	if err != nil {
 		return
 	}
@@ -338,6 +353,12 @@ func replyAndClose(conn net.Conn, reply []byte) {
 	if _, err := conn.Write(reply); err != nil {
 		return
 	}
+	drainAfterReply(conn)
+}
+
+// drainAfterReply half-closes conn after its last reply and drains what
+// the client sent (bounded by conn's deadline); the caller closes conn.
+func drainAfterReply(conn net.Conn) {
 	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
