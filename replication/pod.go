@@ -91,7 +91,7 @@ func StartPod(ctx context.Context, cfg PodConfig) (*Pod, error) {
 	for _, port := range cfg.Spec.Ports {
 		srv, err := NewServer(ServerConfig{Group: ec.Group, Self: ec.Self, Port: port, Framing: ec.Framing,
 			Orderer: orderer, Exec: exec, Log: cfg.Log, Metrics: cfg.Metrics, ReservedPath: cfg.Spec.SnapshotPath,
-			Budget: cfg.Budget, StopReason: p.stopReason})
+			Budget: cfg.Budget, NotServing: p.notServing})
 		if err != nil {
 			_ = stop()
 			_ = exec.Close()
@@ -229,16 +229,6 @@ func (p *Pod) notServing() error {
 		return fmt.Errorf("%w: replica %s; try another replica", ErrNotReady, st)
 	}
 	return nil
-}
-
-// stopReason is why the open client connections end when the pod stops:
-// the replica's reason when it does not serve (a rebuild), errRestarting
-// otherwise.
-func (p *Pod) stopReason() error {
-	if why := p.notServing(); why != nil {
-		return why
-	}
-	return errRestarting
 }
 
 // awaitReset holds a new client until this run's RESET is ordered; it

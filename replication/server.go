@@ -40,11 +40,12 @@ type ServerConfig struct {
 	// Budget is the node's client memory budget (nil: none); ServeConn
 	// charges it a connection's buffers and the requests being received.
 	Budget *ClientBudget
-	// StopReason says why the open connections end when the serving
-	// context ends (the pod stops for a rebuild or a detach); each client
-	// is told so as a protocol error before its connection closes (nil:
-	// errRestarting).
-	StopReason func() error
+	// NotServing says why this replica does not serve now (nil: it
+	// serves): the reason an open connection is told, as a protocol error
+	// before it closes, when the serving context ends (the pod stops for a
+	// rebuild or a detach; errRestarting if serving) or a read finds the
+	// app not ready. nil: no reason known.
+	NotServing func() error
 }
 
 // Server takes client connections for one replicated port: it frames each
@@ -261,6 +262,17 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 				_, err = s.propose(ctx, session, seq, Op{Kind: KindAuthOK})
 			}
 		}
+		if err != nil && req.ReadOnly && errors.Is(err, ErrNotReady) {
+			// The app here is fenced (a repair began): the client is told the
+			// replica's reason, like a new client, and the connection ends.
+			reply, _ := f.ErrorReply(s.notServing(fmt.Errorf("%w; try another replica", err)))
+			_, _ = bw.Write(reply)
+			if bw.Flush() == nil {
+				_ = conn.SetDeadline(time.Now().Add(time.Second))
+				drainAfterReply(conn)
+			}
+			return fmt.Errorf("%s: %w", req.Op, err)
+		}
 		if err != nil && ctx.Err() != nil {
 			inFlight := req.Op
 			if req.ReadOnly {
@@ -304,12 +316,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 // close would show the client an EOF or a reset, not why). inFlight names
 // a request whose outcome is unknown (it may be ordered all the same).
 func (s *Server) stopped(conn net.Conn, bw *bufio.Writer, f framing.Framer, inFlight string) error {
-	why := errRestarting
-	if s.cfg.StopReason != nil {
-		if r := s.cfg.StopReason(); r != nil {
-			why = r
-		}
-	}
+	why := s.notServing(errRestarting)
 	if inFlight != "" {
 		why = fmt.Errorf("%w (the outcome of the %s in flight is unknown)", why, inFlight)
 	}
@@ -320,6 +327,16 @@ func (s *Server) stopped(conn net.Conn, bw *bufio.Writer, f framing.Framer, inFl
 		drainAfterReply(conn)
 	}
 	return fmt.Errorf("replica stopped serving this client: %w", why)
+}
+
+// notServing is the replica's reason for not serving, or fallback.
+func (s *Server) notServing(fallback error) error {
+	if s.cfg.NotServing != nil {
+		if why := s.cfg.NotServing(); why != nil {
+			return why
+		}
+	}
+	return fallback
 }
 
 func isFramingError(err error) bool {
