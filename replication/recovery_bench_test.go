@@ -140,10 +140,21 @@ func benchSET(i int) []byte {
 // writes takes many minutes on a loaded machine).
 func benchWrite(t *testing.T, g *raftcore.Group, writes int) {
 	t.Helper()
+	// A proposal whose outcome is unknown (a leader change under load) is
+	// retried with the same (session, seq), as Server.propose does: it
+	// applies at most once.
 	propose := func(p raftcore.Proposal) (raftcore.Result, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		return g.Propose(ctx, p)
+		backoff := 20 * time.Millisecond
+		for attempt := 0; ; attempt++ {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			res, err := g.Propose(ctx, p)
+			cancel()
+			if err == nil || !retryable(err) || attempt >= 20 {
+				return res, err
+			}
+			time.Sleep(backoff)
+			backoff = min(2*backoff, time.Second)
+		}
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, benchSessions)
