@@ -131,6 +131,10 @@ func (a *redisApp) netnsPath() string {
 	return ""
 }
 
+// ManagementConnName is the client name (CLIENT SETNAME) of the kept
+// management connection of the copy-on-write capture.
+const ManagementConnName = "smr-cri-audit"
+
 // errNotReady: no prepared management connection (ErrNoFork: nothing
 // started).
 var errNotReady = fmt.Errorf("%w: no management connection to the app is ready", ErrNoFork)
@@ -166,6 +170,14 @@ func (a *redisApp) PrepareFork(ctx context.Context) error {
 func (a *redisApp) dialFork(ctx context.Context) (*forkConn, error) {
 	rc, err := dialRESP(ctx, a.cfg)
 	if err != nil {
+		return nil, err
+	}
+	// Named, so that an operator (or a test comparing the apps' client
+	// lists) can tell it from the replicated sessions; a Redis that
+	// refuses the name keeps an unnamed connection.
+	rc.sendStr("CLIENT", "SETNAME", ManagementConnName)
+	if _, err := rc.exec(ctx); err != nil {
+		rc.Close()
 		return nil, err
 	}
 	t, err := a.locate(ctx, rc)
