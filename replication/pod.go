@@ -111,7 +111,9 @@ func (p *Pod) Executor() *Executor { return p.exec }
 func (p *Pod) run(ctx context.Context, orderer Orderer) {
 	defer close(p.done)
 	// The listener closes on every way out, including a Stop while RESET
-	// still waits for a leader: a rebuild listens on the same port next.
+	// still waits for a leader. Under a Manager it is this run's view of
+	// the member's listener (handoff.go): closing it detaches this run, and
+	// the next run of a rebuild accepts on the same socket.
 	defer p.cfg.Listener.Close()
 	stop := context.AfterFunc(ctx, func() { _ = p.cfg.Listener.Close() })
 	defer stop()
