@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -68,6 +69,28 @@ func TestBenchRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The writes settle before the transfer is timed: every member applied
+	// what was committed and no periodic snapshot is being written (a
+	// member's snap directory holds a .tmp state file meanwhile; the one
+	// due at the last writes captures every key under the leader's apply
+	// loop and would hold up the join, which is not the transfer's cost).
+	// log_bytes is the larger of the figures before and after.
+	settled := 0 // consecutive checks (20 ms apart) that found it settled
+	waitForLong(t, "the writes to settle", func() bool {
+		for _, m := range ms {
+			st := m.group.Status()
+			tmp, _ := filepath.Glob(filepath.Join(dir, peers[m.id], testGroup, "snap", "*.tmp"))
+			if st.Applied < st.Commit || len(tmp) > 0 {
+				settled = 0
+				return false
+			}
+		}
+		settled++
+		return settled >= 25
+	})
+	if b, _, err := lead.group.DiskUsage(); err == nil {
+		logBytes = max(logBytes, b)
+	}
 	states, _ := filepath.Glob(filepath.Join(dir, peers[lead.id], testGroup, "snap", "*.state"))
 	slices.Sort(states)
 	var snapBytes int64
@@ -90,6 +113,11 @@ func TestBenchRecovery(t *testing.T) {
 	transfer := time.Since(t0)
 	if nm.count("restore") != 1 {
 		t.Fatalf("the new member did not join by state transfer")
+	}
+	for _, line := range strings.Split(nm.trace.String(), "\n") {
+		if strings.Contains(line, "smr=restore ") {
+			t.Logf("the new member's restore: %s", line)
+		}
 	}
 
 	// The same history replayed from the start into a fresh app.
