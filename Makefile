@@ -108,6 +108,6 @@ fuzz-rediscmd: ## fuzz the Redis request splitter and origin rewrites for FUZZTI
 .PHONY: bench-recovery
 bench-recovery: ## state transfer to a new member vs replaying the log from the start (real redis-servers); SMR_RECOVERY_WRITES (default 200000)
 	@mkdir -p _out
-	SMR_INTEGRATION=1 SMR_BENCH_RECOVERY=1 $(GO) test -count=1 -timeout 60m -run '^TestBenchRecovery$$' -v ./replication/ \
+	SMR_INTEGRATION=1 SMR_BENCH_RECOVERY=1 $(GO) test -count=1 -timeout 180m -run '^TestBenchRecovery$$' -v ./replication/ \
 		> _out/bench-recovery.log 2>&1 || (tail -n 30 _out/bench-recovery.log; exit 1)
 	@grep '^recovery:' _out/bench-recovery.log

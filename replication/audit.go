@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -145,6 +146,7 @@ type auditor struct {
 	// failed capture; saidFallback (under mu) logs each fallback once.
 	forking      atomic.Bool
 	forkOffUntil time.Time
+	keeper       sync.Once // starts keepForkConns
 	saidFallback map[string]bool
 
 	orderer atomic.Pointer[Orderer] // where DIGEST reports are proposed
@@ -173,7 +175,10 @@ func newAuditor(cfg AuditConfig) *auditor {
 
 // reportTo sets where this replica proposes its DIGEST entries (the pod's
 // orderer, once its group runs).
-func (x *Executor) reportTo(o Orderer) { x.audit.orderer.Store(&o) }
+func (x *Executor) reportTo(o Orderer) {
+	x.audit.orderer.Store(&o)
+	x.startForkKeeper()
+}
 
 // auditDue says whether the leader should propose an audit now.
 func (a *auditor) due(now time.Time) bool {

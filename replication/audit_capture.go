@@ -18,8 +18,12 @@ import (
 // the AUDIT entry the executor asks each Redis for BGSAVE on its own
 // management connection: Redis forks at exactly that point of its command
 // stream, so the child's dump file holds the state between the AUDIT's two
-// neighbouring entries, and the group waits only for the fork. Off the
-// lock, a goroutine waits for the save, reads the dump file through the
+// neighbouring entries, and the group waits only for the fork: the
+// management connection is kept open, authenticated and bound to the
+// located dump file by a keeper goroutine off the lock (keepForkConns:
+// checked every forkKeepEvery without a round trip, re-dialed when the app
+// closed it or restarted), so the stall is one round trip of
+// INFO persistence + BGSAVE, never a dial. Off the lock, a goroutine waits for the save, reads the dump file through the
 // host's view of the container (/proc/<pid>/cwd), and digests it with the
 // command path's own canonical hashing (appstate.DigestRDB; the
 // integration tests check the two digests equal for every type and
@@ -48,6 +52,11 @@ import (
 // forkRetryAfter: after a copy-on-write capture failed, audits use the
 // command digest for this long before trying again.
 const forkRetryAfter = 10 * time.Minute
+
+// forkKeepEvery: how often the keeper checks the kept management
+// connections (a non-blocking peek, no round trip) and re-dials a broken
+// one.
+const forkKeepEvery = time.Second
 
 // forkTimeoutFactor: a copy-on-write digest may take this many times
 // AuditConfig.Timeout (it stalls no one; it only delays the report).
@@ -113,14 +122,11 @@ func (x *Executor) forkLocked(index uint64, cutoff time.Time, apps []appstate.Ap
 	if time.Now().Before(au.forkOffUntil) {
 		return nil, ""
 	}
-	fds := make([]appstate.ForkDigester, len(apps))
-	for i, a := range apps {
-		fd, ok := a.(appstate.ForkDigester)
-		if !ok {
-			x.fallbackOnce(fmt.Sprintf("port %d: the app has no copy-on-write capture (only Redis has)", x.cfg.Ports[i].Number))
-			return nil, ""
-		}
-		fds[i] = fd
+	x.startForkKeeper()
+	fds, err := forkDigesters(apps, x.cfg.Ports)
+	if err != nil {
+		x.fallbackOnce(err.Error())
+		return nil, ""
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), au.cfg.Timeout)
 	defer cancel()
@@ -139,6 +145,71 @@ func (x *Executor) forkLocked(index uint64, cutoff time.Time, apps []appstate.Ap
 	}
 	au.forking.Store(true)
 	return fc, ""
+}
+
+// forkDigesters returns the apps' copy-on-write captures, or why there is
+// none.
+func forkDigesters(apps []appstate.App, ports []Port) ([]appstate.ForkDigester, error) {
+	fds := make([]appstate.ForkDigester, len(apps))
+	for i, a := range apps {
+		fd, ok := a.(appstate.ForkDigester)
+		if !ok {
+			return nil, fmt.Errorf("port %d: the app has no copy-on-write capture (only Redis has)", ports[i].Number)
+		}
+		fds[i] = fd
+	}
+	return fds, nil
+}
+
+// startForkKeeper starts keepForkConns once (when the group runs, or at
+// the first audit of an executor that reports nowhere yet).
+func (x *Executor) startForkKeeper() {
+	au := x.audit
+	if au.cfg.Off || au.cfg.NoCopyOnWrite {
+		return
+	}
+	au.keeper.Do(func() { go x.keepForkConns() })
+}
+
+// keepForkConns keeps every app's management connection ready off the
+// executor's lock (the lock is taken once, to find the apps), so that an
+// AUDIT never dials; it closes them when the executor closes.
+func (x *Executor) keepForkConns() {
+	x.mu.Lock()
+	apps, err := x.digestAppsLocked()
+	x.mu.Unlock()
+	if err != nil {
+		return // said by the audit itself
+	}
+	fds, err := forkDigesters(apps, x.cfg.Ports)
+	if err != nil {
+		return // the audit digests through commands and says so
+	}
+	defer func() {
+		for _, fd := range fds {
+			fd.ReleaseFork()
+		}
+	}()
+	tick := time.NewTicker(forkKeepEvery)
+	defer tick.Stop()
+	said := map[string]bool{}
+	for {
+		for i, fd := range fds {
+			ctx, cancel := context.WithTimeout(context.Background(), x.audit.cfg.Timeout)
+			err := fd.PrepareFork(ctx)
+			cancel()
+			if err != nil && !said[err.Error()] {
+				said[err.Error()] = true
+				x.cfg.Log.Info("audit: the copy-on-write capture's management connection is not ready; retried every second (said once per reason)",
+					"group", x.cfg.Group, "member", x.cfg.Self, "port", x.cfg.Ports[i].Number, "err", err)
+			}
+		}
+		select {
+		case <-x.closed:
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // fallbackOnce logs, once per reason, why an audit digests through

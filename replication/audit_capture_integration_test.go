@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/appstate"
+	"github.com/smr-io/smr-cri/replication/framing"
 )
 
 // TestAuditCaptureLifecycle: one executor over a real Redis whose saves
@@ -58,6 +61,7 @@ func TestAuditCaptureLifecycle(t *testing.T) {
 	defer x.Close()
 	o := &recordingOrderer{}
 	x.reportTo(o)
+	prepareForks(t, x)
 	audit := func(index uint64) {
 		t.Helper()
 		op := Op{Kind: KindAudit, Audit: &AuditOp{AtMillis: at.UnixMilli(), WindowMillis: window, Voters: []uint64{1, 2, 3}}}
@@ -110,6 +114,30 @@ func TestAuditCaptureLifecycle(t *testing.T) {
 	}
 }
 
+// prepareForks readies x's management connections now, as its keeper
+// does within a second (a test's first AUDIT may come sooner).
+func prepareForks(t *testing.T, x *Executor) {
+	t.Helper()
+	x.mu.Lock()
+	apps, err := x.digestAppsLocked()
+	x.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds, err := forkDigesters(apps, x.cfg.Ports)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := fd.PrepareFork(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // appDigestSum is the report sum of a single-port group: the hash of the
 // port's digest.
 func appDigestSum(d appstate.Digest) [32]byte { return sha256.Sum256(d.Sum[:]) }
@@ -157,7 +185,12 @@ func TestAuditCaptureFindsAppInNetns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fs, err := app.(appstate.ForkDigester).ForkDigest(ctx)
+	fd := app.(appstate.ForkDigester)
+	defer fd.ReleaseFork()
+	if err := fd.PrepareFork(ctx); err != nil {
+		t.Fatalf("prepare the copy-on-write capture of a Redis in a pod-like namespace: %v", err)
+	}
+	fs, err := fd.ForkDigest(ctx)
 	if err != nil {
 		t.Fatalf("copy-on-write capture of a Redis in a pod-like namespace: %v", err)
 	}
@@ -169,6 +202,9 @@ func TestAuditCaptureFindsAppInNetns(t *testing.T) {
 	wrong, err := appstate.New(appstate.Config{Dialer: mixedDialer{dial: dialer, netns: other.path}, Port: 6379, Protocol: appstate.ProtoRESP})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if err := wrong.(appstate.ForkDigester).PrepareFork(ctx); !errors.Is(err, appstate.ErrNoFork) {
+		t.Fatalf("capture with the wrong namespace: %v, want ErrNoFork", err)
 	}
 	if _, err := wrong.(appstate.ForkDigester).ForkDigest(ctx); !errors.Is(err, appstate.ErrNoFork) {
 		t.Fatalf("capture with the wrong namespace: %v, want ErrNoFork", err)
@@ -185,3 +221,111 @@ func (d mixedDialer) DialApp(ctx context.Context, port int) (net.Conn, error) {
 	return d.dial.DialApp(ctx, port)
 }
 func (d mixedDialer) NetnsPath() string { return d.netns }
+
+// TestAuditCaptureExactUnderWrites: three executors over their own real
+// redis-servers apply the same log, in which writes to the audited keys
+// (overwrites, deletes, new keys) follow the AUDIT entry at once; each
+// replica applies them at its own pace (one with slow saves, so every
+// later write lands while its child still writes the dump file, copy-on-
+// write). Every replica's copy-on-write digest is the state after the
+// AUDIT's predecessors exactly: all three agree, and equal the command
+// digest of a Redis that received only those predecessors.
+func TestAuditCaptureExactUnderWrites(t *testing.T) {
+	requireIntegration(t)
+	ctx := context.Background()
+	const before, after = 3000, 3000
+	resp := func(args ...string) []byte {
+		b := fmt.Appendf(nil, "*%d\r\n", len(args))
+		for _, a := range args {
+			b = fmt.Appendf(b, "$%d\r\n%s\r\n", len(a), a)
+		}
+		return Op{Kind: KindRequest, Name: args[0], Raw: b}.Encode()
+	}
+	const session = 0xa0d17
+	var log [][]byte
+	log = append(log, Op{Kind: KindOpen, Port: respPort.Number, Protocol: framing.ProtoRESP}.Encode())
+	for i := range before {
+		log = append(log, resp("SET", fmt.Sprintf("key:%d", i), fmt.Sprintf("v%d", i)))
+	}
+	at := time.Now()
+	const window = 60000
+	auditIndex := uint64(len(log) + 1)
+	log = append(log, Op{Kind: KindAudit, Audit: &AuditOp{AtMillis: at.UnixMilli(), WindowMillis: window, Voters: []uint64{1, 2, 3}}}.Encode())
+	for i := range after {
+		switch k := fmt.Sprintf("key:%d", i%before); i % 3 {
+		case 0:
+			log = append(log, resp("SET", k, "changed after the audit"))
+		case 1:
+			log = append(log, resp("DEL", k))
+		default:
+			log = append(log, resp("HSET", fmt.Sprintf("new:%d", i), "f", "v"))
+		}
+	}
+
+	// The oracle: a Redis that received only the AUDIT's predecessors.
+	oracle := startRedis(t)
+	oc := redis.NewClient(&redis.Options{Addr: oracle})
+	defer oc.Close()
+	for i := range before {
+		oc.Set(ctx, fmt.Sprintf("key:%d", i), fmt.Sprintf("v%d", i), 0)
+	}
+	oapp, err := appstate.New(appstate.Config{Dialer: &addrDialer{addr: oracle}, Port: 6379, Protocol: appstate.ProtoRESP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := oapp.Digest(ctx, appstate.DigestOptions{ExpiringBy: at.Add(window * time.Millisecond)})
+	if err != nil || want.Keys != before {
+		t.Fatalf("oracle digest %v (%v), want %d keys", want, err, before)
+	}
+
+	reg := prometheus.NewRegistry()
+	metrics, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replicas := []struct {
+		redisArgs []string
+		pause     time.Duration // between the entries after the AUDIT
+	}{
+		{nil, 0},
+		{[]string{"--rdb-key-save-delay", "200"}, 0}, // 3000 keys x 200 µs: every later write lands during the save
+		{nil, 50 * time.Microsecond},
+	}
+	orderers := make([]*recordingOrderer, len(replicas))
+	var wg sync.WaitGroup
+	for r, rep := range replicas {
+		x, err := NewExecutor(ExecutorConfig{Group: "g", Self: uint64(r + 1), Ports: []Port{respPort},
+			Dialer: &addrDialer{addr: startRedis(t, rep.redisArgs...)}, Metrics: metrics})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer x.Close()
+		orderers[r] = &recordingOrderer{}
+		x.reportTo(orderers[r])
+		prepareForks(t, x)
+		wg.Go(func() {
+			for i, data := range log {
+				idx := uint64(i + 1)
+				if _, err := x.Apply(raftcore.Entry{Group: "g", Index: idx, Session: session, Seq: idx, Origin: 1, Data: data}); err != nil {
+					t.Errorf("replica %d: apply %d: %v", r+1, idx, err)
+					return
+				}
+				if idx > auditIndex && rep.pause > 0 {
+					time.Sleep(rep.pause)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for r, o := range orderers {
+		waitFor(t, fmt.Sprintf("replica %d's report", r+1), func() bool { return len(o.reports(t)) == 1 })
+		got := o.reports(t)[0]
+		if got.Audit != auditIndex || got.Skipped != "" || got.Keys != before || got.Sum != appDigestSum(want) {
+			t.Errorf("replica %d reported %+v (sum %x), want the state at index %d: %d keys, sum %x",
+				r+1, got, got.Sum[:6], auditIndex, before, appDigestSum(want))
+		}
+	}
+	if n := gathered(t, reg, "smr_audit_captures_total", map[string]string{"path": "fork"}); n != 3 {
+		t.Errorf("copy-on-write captures %v, want 3 (one per replica)", n)
+	}
+}

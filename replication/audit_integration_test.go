@@ -60,6 +60,9 @@ func TestAuditVerdictRedis(t *testing.T) {
 				}
 			}
 			rc.waitCaughtUp()
+			for _, r := range rc.replicas {
+				prepareForks(t, r.exec)
+			}
 			for i, key := range tc.around {
 				if err := rc.direct(t, i, 0).Set(ctx, key, "around", 0).Err(); err != nil {
 					t.Fatal(err)

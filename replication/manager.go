@@ -101,9 +101,12 @@ type member struct {
 	prog    *Progress     // nil without MemberDir
 	netns   string
 	spec    Spec
-	// start listens in the pod's netns and starts its replication (the
-	// redirect is in place already).
+	// start starts its replication on a view of ln (the redirect is in
+	// place already).
 	start func() (*Pod, error)
+	// ln is the client listener in the pod's netns, open from Attach to
+	// stop: a rebuild hands it to the next run (handoff.go).
+	ln *handoffListener
 
 	life    sync.Mutex // serializes stop and rebuild
 	pod     *Pod
@@ -172,6 +175,9 @@ func (mb *member) stop() error {
 		mb.stopChecks()
 	}
 	err := mb.pod.Stop()
+	if mb.ln != nil {
+		err = errors.Join(err, mb.ln.Close())
+	}
 	if mb.prog != nil {
 		err = errors.Join(err, mb.prog.Close())
 	}
@@ -256,9 +262,6 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 			_ = mb.prog.Close()
 		}
 	}
-	listen := func() (net.Listener, error) {
-		return m.cfg.Listen(ref.NetNSPath, ":"+strconv.Itoa(m.cfg.ListenerPort))
-	}
 	startPod := func(ctx context.Context, ln net.Listener) (*Pod, error) {
 		return StartPod(ctx, PodConfig{
 			Spec: spec, Listener: ln, OriginalPort: m.cfg.OriginalPort, Dialer: m.cfg.Dialer(ref.NetNSPath),
@@ -275,24 +278,22 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 		})
 	}
 	mb.start = func() (*Pod, error) {
-		ln, err := listen()
+		view := mb.ln.view()
+		pod, err := startPod(context.Background(), view)
 		if err != nil {
-			return nil, fmt.Errorf("listen: %w", err)
-		}
-		pod, err := startPod(context.Background(), ln)
-		if err != nil {
-			_ = ln.Close()
+			_ = view.Close() // the listener refuses with the member's reason
 		}
 		return pod, err
 	}
 	// Listen before redirecting, so no redirected client is refused.
-	ln, err := listen()
+	ln, err := m.cfg.Listen(ref.NetNSPath, ":"+strconv.Itoa(m.cfg.ListenerPort))
 	if err != nil {
 		closeProg()
 		return fail("listen", err)
 	}
+	mb.ln = newHandoffListener(ln, func(c net.Conn) { m.refuseBetweenRuns(mb, c) })
 	if _, err := m.cfg.Intercept.Apply(ctx, ref.NetNSPath, ispec); err != nil {
-		_ = ln.Close()
+		_ = mb.ln.Close()
 		closeProg()
 		return fail("intercept", err)
 	}
@@ -300,9 +301,9 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 	if uncertain {
 		m.markRepairing(mb, startCause)
 	}
-	pod, err := startPod(ctx, ln)
+	pod, err := startPod(ctx, mb.ln.view())
 	if err != nil {
-		_ = ln.Close()
+		_ = mb.ln.Close()
 		closeProg()
 		_, cerr := m.cfg.Intercept.Cleanup(context.WithoutCancel(ctx), ref.NetNSPath)
 		return errors.Join(fail("start", err), cerr)
@@ -331,6 +332,30 @@ func (m *Manager) Attach(ctx context.Context, ref podcontract.Pod) (err error) {
 		"resume_index", idx, "resume_sub", sub)
 	return nil
 }
+
+// refuseBetweenRuns answers a client that connects while no run of mb
+// accepts (a rebuild between stopping one pod and starting the next, or a
+// rebuild that could not start it again) with mb's reason as a protocol
+// error of the port it asked for.
+func (m *Manager) refuseBetweenRuns(mb *member, conn net.Conn) {
+	why := errRestarting
+	if r := m.readiness(mb); !r.Serving {
+		why = r.errNotServing()
+	}
+	port := mb.spec.Ports[0]
+	if n, err := m.cfg.OriginalPort(conn); err == nil {
+		for _, p := range mb.spec.Ports {
+			if p.Number == n {
+				port = p
+			}
+		}
+	}
+	refuseWith(conn, port.Protocol, mb.spec.FramingOptions(), why)
+}
+
+// errRestarting: a client arrived while the member's replication restarts
+// for another reason than a repair (it is stopping, or starting again).
+var errRestarting = fmt.Errorf("%w: replica restarting or stopping; try another replica", ErrNotReady)
 
 // takeOverLocked makes sure no other sandbox runs this member here. A member
 // of a sandbox that no longer runs (replaced while its stop did not pass

@@ -1,10 +1,13 @@
 package replication
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -232,5 +235,54 @@ func TestRepairHistory(t *testing.T) {
 				t.Fatalf("loop verdict wrong for %q", tc.name)
 			}
 		})
+	}
+}
+
+// A detached member's open HTTP keep-alive connection is told why it ends
+// (503 with "; try another replica"), never closed bare, and so is a
+// client that arrives while the member stops.
+func TestManagerDetachTellsOpenClients(t *testing.T) {
+	_, apps := kvApps(t, 3)
+	env := &testEnv{network: memnet.New(), dir: t.TempDir(), apps: map[string]string{}}
+	t.Cleanup(env.network.Close)
+	m := env.manager(t, &recordingInterceptor{})
+	ctx := context.Background()
+	for i := range 3 {
+		ref := kvPodRef(i, nil)
+		env.apps[ref.NetNSPath] = apps[i]
+		if err := m.Attach(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, _ := env.addrs.Load("/var/run/netns/pod0")
+	addr := a.(string)
+	incr(t, addr, 1)
+	open, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	_ = open.SetDeadline(time.Now().Add(30 * time.Second))
+	r := bufio.NewReader(open)
+	if _, err := open.Write([]byte("GET /kv/c HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET before the detach: %v %v", resp, err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+
+	if err := m.Detach(ctx, "sb0"); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("the open connection ended with %v after %q, want the refusal and a clean close", err, rest)
+	}
+	if s := string(rest); !strings.HasPrefix(s, "HTTP/1.1 503 Service Unavailable\r\n") ||
+		!strings.Contains(s, "replica restarting or stopping; try another replica") {
+		t.Errorf("open keep-alive connection at the detach got %q, want a 503 saying why", s)
 	}
 }

@@ -92,7 +92,7 @@ func StartPod(ctx context.Context, cfg PodConfig) (*Pod, error) {
 	for _, port := range cfg.Spec.Ports {
 		srv, err := NewServer(ServerConfig{Group: ec.Group, Self: ec.Self, Port: port, Framing: ec.Framing,
 			Orderer: orderer, Exec: exec, Log: cfg.Log, Metrics: cfg.Metrics, ReservedPath: cfg.Spec.SnapshotPath,
-			Budget: cfg.Budget})
+			Budget: cfg.Budget, NotServing: p.notServing})
 		if err != nil {
 			_ = stop()
 			_ = exec.Close()
@@ -112,7 +112,9 @@ func (p *Pod) Executor() *Executor { return p.exec }
 func (p *Pod) run(ctx context.Context, orderer Orderer) {
 	defer close(p.done)
 	// The listener closes on every way out, including a Stop while RESET
-	// still waits for a leader: a rebuild listens on the same port next.
+	// still waits for a leader. Under a Manager it is this run's view of
+	// the member's listener (handoff.go): closing it detaches this run, and
+	// the next run of a rebuild accepts on the same socket.
 	defer p.cfg.Listener.Close()
 	stop := context.AfterFunc(ctx, func() { _ = p.cfg.Listener.Close() })
 	defer stop()
@@ -321,8 +323,13 @@ func readIndexSettled(ctx context.Context, o Orderer, pause time.Duration) (uint
 // served (a replica rebuilding or broken, the client budget spent), instead
 // of holding it in the backlog or serving it from an app in an unknown state.
 func refuse(conn net.Conn, srv *Server, why error) {
+	refuseWith(conn, srv.cfg.Port.Protocol, srv.cfg.Framing, why)
+}
+
+// refuseWith is refuse for a port's protocol and framing options.
+func refuseWith(conn net.Conn, protocol string, opts framing.Options, why error) {
 	defer conn.Close()
-	f, err := framing.New(srv.cfg.Port.Protocol, srv.cfg.Framing)
+	f, err := framing.New(protocol, opts)
 	if err != nil {
 		return
 	}
@@ -339,6 +346,12 @@ func replyAndClose(conn net.Conn, reply []byte) {
 	if _, err := conn.Write(reply); err != nil {
 		return
 	}
+	drainAfterReply(conn)
+}
+
+// drainAfterReply half-closes conn after its last reply and drains what
+// the client sent (bounded by conn's deadline); the caller closes conn.
+func drainAfterReply(conn net.Conn) {
 	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}

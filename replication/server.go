@@ -40,6 +40,12 @@ type ServerConfig struct {
 	// Budget is the node's client memory budget (nil: none); ServeConn
 	// charges it a connection's buffers and the requests being received.
 	Budget *ClientBudget
+	// NotServing says why this replica does not serve now (nil: it
+	// serves): the reason an open connection is told, as a protocol error
+	// before it closes, when the serving context ends (the pod stops for a
+	// rebuild or a detach; errRestarting if serving) or a read finds the
+	// app not ready. nil: no reason known.
+	NotServing func() error
 }
 
 // Server takes client connections for one replicated port: it frames each
@@ -147,7 +153,13 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) (err error) {
 }
 
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
-	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	// When serving ends, a read waiting for the client's next request ends
+	// at once and a write within a second; the handler then tells the
+	// client why (stopped) instead of closing under it.
+	stop := context.AfterFunc(ctx, func() {
+		_ = conn.SetReadDeadline(time.Now())
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+	})
 	defer stop()
 	if !s.cfg.Budget.take(connBufferBytes) {
 		s.m.badRequest("client_budget")
@@ -173,6 +185,10 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 	res, err := s.propose(ctx, session, seq, Op{Kind: KindOpen, Port: s.cfg.Port.Number, Protocol: s.cfg.Port.Protocol})
 	if err != nil || len(res.Value) > 0 {
 		// The app here could not take the session: answer with the reason.
+		if err != nil && ctx.Err() != nil {
+			s.closeSession(session, seq+1)
+			return s.stopped(conn, bw, f, "")
+		}
 		if err == nil {
 			_, _ = conn.Write(res.Value)
 			err = errors.New("app refused the session")
@@ -189,6 +205,9 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 		req, err := f.NextRequest(br)
 		in.settle()
 		if err != nil {
+			if ctx.Err() != nil {
+				return s.stopped(conn, bw, f, "")
+			}
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
@@ -243,6 +262,24 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 				_, err = s.propose(ctx, session, seq, Op{Kind: KindAuthOK})
 			}
 		}
+		if err != nil && req.ReadOnly && errors.Is(err, ErrNotReady) {
+			// The app here is fenced (a repair began): the client is told the
+			// replica's reason, like a new client, and the connection ends.
+			reply, _ := f.ErrorReply(s.notServing(fmt.Errorf("%w; try another replica", err)))
+			_, _ = bw.Write(reply)
+			if bw.Flush() == nil {
+				_ = conn.SetDeadline(time.Now().Add(time.Second))
+				drainAfterReply(conn)
+			}
+			return fmt.Errorf("%s: %w", req.Op, err)
+		}
+		if err != nil && ctx.Err() != nil {
+			inFlight := req.Op
+			if req.ReadOnly {
+				inFlight = "" // a read changes nothing
+			}
+			return s.stopped(conn, bw, f, inFlight)
+		}
 		if err != nil {
 			// The outcome is unknown after retries: tell the client and end
 			// the connection, as a server that lost its state would.
@@ -280,6 +317,35 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 			}
 		}
 	}
+}
+
+// stopped answers a client whose replica stops serving it (the pod stops:
+// a rebuild or a detach) with the reason as a protocol error, after the
+// replies already due, then half-closes and drains the connection (a bare
+// close would show the client an EOF or a reset, not why). inFlight names
+// a request whose outcome is unknown (it may be ordered all the same).
+func (s *Server) stopped(conn net.Conn, bw *bufio.Writer, f framing.Framer, inFlight string) error {
+	why := s.notServing(errRestarting)
+	if inFlight != "" {
+		why = fmt.Errorf("%w (the outcome of the %s in flight is unknown)", why, inFlight)
+	}
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	reply, _ := f.ErrorReply(why)
+	_, _ = bw.Write(reply)
+	if bw.Flush() == nil {
+		drainAfterReply(conn)
+	}
+	return fmt.Errorf("replica stopped serving this client: %w", why)
+}
+
+// notServing is the replica's reason for not serving, or fallback.
+func (s *Server) notServing(fallback error) error {
+	if s.cfg.NotServing != nil {
+		if why := s.cfg.NotServing(); why != nil {
+			return why
+		}
+	}
+	return fallback
 }
 
 func isFramingError(err error) bool {

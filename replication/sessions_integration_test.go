@@ -83,8 +83,8 @@ func connStates(t *testing.T, addr string, password ...string) []string {
 			k, v, _ := strings.Cut(kv, "=")
 			f[k] = v
 		}
-		if f["cmd"] == "client|list" {
-			continue
+		if f["cmd"] == "client|list" || f["name"] == appstate.ManagementConnName {
+			continue // this listing's own connection; the audit's kept management connection
 		}
 		out = append(out, fmt.Sprintf("name=%s db=%s resp=%s multi=%s flags=%s", f["name"], f["db"], f["resp"], f["multi"], f["flags"]))
 	}

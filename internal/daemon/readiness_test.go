@@ -184,7 +184,8 @@ func TestContainerExitRepairsOnceAndFollowsReadiness(t *testing.T) {
 	if err := d.AttachPod(ctx, onePod("sb1", raftPort)); err != nil {
 		t.Fatal(err)
 	}
-	incr(t, ctx, <-d.clientAddr, 3)
+	addr := <-d.clientAddr // kept across the rebuild
+	incr(t, ctx, addr, 3)
 	waitFor(t, ctx, "Serving published", func() (bool, string) {
 		r := pub.reasons()
 		return len(r) == 1 && r[0] == replication.ReadyServing, strings.Join(r, ",")
@@ -201,7 +202,6 @@ func TestContainerExitRepairsOnceAndFollowsReadiness(t *testing.T) {
 	if msg := pub.got[1].Message; !strings.Contains(msg, "cause container-exit") || !strings.Contains(msg, "exit code 137") {
 		t.Errorf("Rebuilding message %q does not say why", msg)
 	}
-	addr := <-d.clientAddr // the rebuilt member's listener
 	// A client as redis-cli (go-redis drops a pooled connection that has
 	// unread bytes, and the refusal is sent before the request is read).
 	if reply := rawRoundTrip(t, addr, "*1\r\n$4\r\nPING\r\n"); !strings.HasPrefix(reply,

@@ -204,12 +204,13 @@ func TestContainerRestartRebuildsTheReplica(t *testing.T) {
 	if err := d.AttachPod(ctx, pod); err != nil {
 		t.Fatal(err)
 	}
-	incr(t, ctx, <-d.clientAddr, 3)
+	addr := <-d.clientAddr // kept across the rebuild
+	incr(t, ctx, addr, 3)
 	d.ContainerCreating(ctx, "sb1", "app", 0) // first creation: nothing to do
 	d.ContainerCreating(ctx, "other", "app", 1)
 	app.restartEmpty()
 	d.ContainerCreating(ctx, "sb1", "app", 1)
-	incr(t, ctx, <-d.clientAddr, 1) // the rebuilt member's new listener
+	incr(t, ctx, addr, 1) // the rebuilt member, same listener
 	app.mu.Lock()
 	k, flushes := app.vals["k"], app.flushes
 	app.mu.Unlock()
@@ -268,7 +269,7 @@ func TestSessionBrokenOnOneReplicaRepairs(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 			}
 			if tc.want == replication.StateServing {
-				incr(t, ctx, <-d.clientAddr, 1)
+				incr(t, ctx, addr, 1)
 				app.mu.Lock()
 				k := app.vals["k"]
 				app.mu.Unlock()

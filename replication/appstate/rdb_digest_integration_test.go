@@ -15,11 +15,25 @@ func forkDigest(t testing.TB, port int, opt DigestOptions) (Digest, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	fs, err := openRedis(t, port, Credentials{}).(ForkDigester).ForkDigest(ctx)
+	fs, err := preparedFork(t, openRedis(t, port, Credentials{})).ForkDigest(ctx)
 	if err != nil {
 		return Digest{}, err
 	}
 	return fs.Digest(ctx, opt)
+}
+
+// preparedFork is a's copy-on-write capture with its management
+// connection prepared (as the audit's keeper does, off the lock).
+func preparedFork(t testing.TB, a App) ForkDigester {
+	t.Helper()
+	fd := a.(ForkDigester)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := fd.PrepareFork(ctx); err != nil {
+		t.Fatalf("prepare the copy-on-write capture: %v", err)
+	}
+	t.Cleanup(fd.ReleaseFork)
+	return fd
 }
 
 // seq returns "prefix0" ... "prefix<n-1>", interleaved with vals when set.
@@ -168,7 +182,7 @@ func TestRedisForkRefusals(t *testing.T) {
 		c := newClient(t, port, Credentials{})
 		c.do("DEBUG", "POPULATE", "5") // a save of 1 s
 		c.do("BGSAVE")
-		_, err := openRedis(t, port, Credentials{}).(ForkDigester).ForkDigest(ctx)
+		_, err := preparedFork(t, openRedis(t, port, Credentials{})).ForkDigest(ctx)
 		if !errors.Is(err, ErrNoFork) || !strings.Contains(err.Error(), "BGSAVE refused") {
 			t.Fatalf("ForkDigest during another save: %v, want ErrNoFork naming the refusal", err)
 		}
@@ -189,4 +203,74 @@ func TestRedisForkRefusals(t *testing.T) {
 		}
 		t.Log(err)
 	})
+}
+
+// TestRedisForkKeptConnection: the stall (ForkDigest) never dials: it
+// uses the connection PrepareFork kept, and reports ErrNoFork when there is
+// none or the app closed it (the caller falls back; its keeper re-dials
+// off the lock). The kept connection serves capture after capture.
+func TestRedisForkKeptConnection(t *testing.T) {
+	requireIntegration(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	port := startRedis(t)
+	c := newClient(t, port, Credentials{})
+	c.do("SET", "k", "v")
+	dials := func() string { return infoFields(c.do("INFO", "stats").str)["total_connections_received"] }
+	a := openRedis(t, port, Credentials{})
+	fd := a.(ForkDigester)
+	t.Cleanup(fd.ReleaseFork)
+
+	before := dials()
+	if _, err := fd.ForkDigest(ctx); !errors.Is(err, ErrNoFork) || !strings.Contains(err.Error(), "no management connection") {
+		t.Fatalf("ForkDigest before PrepareFork: %v, want ErrNoFork (not ready)", err)
+	}
+	if got := dials(); got != before {
+		t.Fatalf("ForkDigest without a prepared connection dialed the app (connections %s -> %s)", before, got)
+	}
+	if err := fd.PrepareFork(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := digest(t, port)
+	before = dials()
+	for i := range 3 {
+		fs, err := fd.ForkDigest(ctx)
+		if err != nil {
+			t.Fatalf("capture %d: %v", i, err)
+		}
+		if err := fd.PrepareFork(ctx); err != nil { // a keeper tick while the capture runs
+			t.Fatal(err)
+		}
+		got, err := fs.Digest(ctx, DigestOptions{})
+		if err != nil || got != want {
+			t.Fatalf("capture %d: digest %v (%v), want %v", i, got, err, want)
+		}
+	}
+	if got := dials(); got != before {
+		t.Fatalf("three captures on a kept connection dialed the app (connections %s -> %s)", before, got)
+	}
+
+	// The app closes the kept connection (as Redis' idle timeout would).
+	c.do("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+	c = newClient(t, port, Credentials{})
+	waitClosed := time.Now().Add(5 * time.Second)
+	var err error
+	for time.Now().Before(waitClosed) {
+		if _, err = fd.ForkDigest(ctx); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, ErrNoFork) || !strings.Contains(err.Error(), "closed by the app") {
+		t.Fatalf("ForkDigest on a connection the app closed: %v, want ErrNoFork (closed by the app)", err)
+	}
+	if err := fd.PrepareFork(ctx); err != nil {
+		t.Fatalf("re-dial: %v", err)
+	}
+	fs, err := fd.ForkDigest(ctx)
+	if err != nil {
+		t.Fatalf("capture after the re-dial: %v", err)
+	}
+	if got, err := fs.Digest(ctx, DigestOptions{}); err != nil || got != want {
+		t.Fatalf("digest after the re-dial %v (%v), want %v", got, err, want)
+	}
 }

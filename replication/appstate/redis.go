@@ -44,9 +44,16 @@ import (
 // same image).
 type redisApp struct {
 	cfg Config
-	// fork is the located dump file of the current Redis run (redis_fork.go).
-	forkMu sync.Mutex
-	fork   forkTarget
+	// The copy-on-write capture (redis_fork.go): forkMu guards fork (the
+	// located dump file of the last Redis run seen), kept (the prepared
+	// management connection) and prepErr (why the last PrepareFork
+	// failed); it is held by ForkDigest's one round trip and otherwise
+	// only briefly, never across a dial. prepMu serializes PrepareFork.
+	forkMu  sync.Mutex
+	fork    forkTarget
+	kept    *forkConn
+	prepErr error
+	prepMu  sync.Mutex
 }
 
 // scanCount is SCAN's COUNT hint: keys per pipelined page.
@@ -139,11 +146,98 @@ func isUnknownCommand(err error) bool {
 	return errors.As(err, &ae) && strings.HasPrefix(ae.Msg, "ERR unknown command")
 }
 
-// restoreBatch bounds the RESTOREs pipelined before their replies are read.
+// restoreBatchCmds and restoreBatchBytes bound one batch of pipelined
+// RESTOREs; restoreInFlight batches may await their replies at once.
 const (
 	restoreBatchCmds  = 256
 	restoreBatchBytes = 8 << 20
+	restoreInFlight   = 4
 )
+
+// restoreBatch is one flushed batch of RESTOREs awaiting its replies.
+type restoreBatch struct {
+	keys [][]byte
+	db   int
+}
+
+// restorePipe reads the replies of the RESTORE batches sent on rc, on its
+// own goroutine, while the caller sends the next ones. After an error
+// nothing more is sent: the connection is then out of step and the caller
+// drops it.
+type restorePipe struct {
+	ctx     context.Context
+	rc      *respConn
+	batches chan restoreBatch
+	done    chan struct{}
+	keys    int   // restored, once done
+	failed  error // the first failure, once done (or seen by send)
+	errc    chan error
+}
+
+func newRestorePipe(ctx context.Context, rc *respConn) *restorePipe {
+	p := &restorePipe{ctx: ctx, rc: rc, batches: make(chan restoreBatch, restoreInFlight),
+		done: make(chan struct{}), errc: make(chan error, 1)}
+	go p.read()
+	return p
+}
+
+func (p *restorePipe) read() {
+	defer close(p.done)
+	for b := range p.batches {
+		if p.failed != nil {
+			continue
+		}
+		for _, key := range b.keys {
+			v, err := readValue(p.rc.r, 0)
+			if err == nil {
+				err = v.err()
+			}
+			if err != nil {
+				p.failed = fmt.Errorf("restore key %q in database %d: %w", key, b.db, err)
+				p.errc <- p.failed
+				break
+			}
+			p.keys++
+		}
+	}
+}
+
+// send flushes the queued RESTOREs of b and hands b to the reader.
+func (p *restorePipe) send(b restoreBatch) error {
+	if err := p.err(); err != nil {
+		return err
+	}
+	p.rc.deadline(p.ctx)
+	p.rc.pending = 0
+	if err := p.rc.w.Flush(); err != nil {
+		return fmt.Errorf("write to app: %w", err)
+	}
+	select {
+	case p.batches <- b:
+		return nil
+	case err := <-p.errc:
+		p.errc <- err
+		return err
+	}
+}
+
+// err is the reader's first failure so far, if any.
+func (p *restorePipe) err() error {
+	select {
+	case err := <-p.errc:
+		p.errc <- err
+		return err
+	default:
+		return nil
+	}
+}
+
+// wait ends the pipe: every batch's replies read; the keys restored.
+func (p *restorePipe) wait() (int, error) {
+	close(p.batches)
+	<-p.done
+	return p.keys, p.failed
+}
 
 func (a *redisApp) Restore(ctx context.Context, r io.Reader) (Stats, error) {
 	var st Stats
@@ -162,25 +256,30 @@ func (a *redisApp) Restore(ctx context.Context, r io.Reader) (Stats, error) {
 	if v, err := rc.do(ctx, "FUNCTION", "FLUSH", "SYNC"); err != nil || (v.err() != nil && !isUnknownCommand(v.err())) {
 		return st, fmt.Errorf("empty the app's functions before restore: %w", cmp2(err, v.err()))
 	}
-	var batch [][]byte // keys of the pipelined RESTOREs, for error messages
+	// RESTOREs go out in batches while a reader takes the replies of the
+	// batches before (up to restoreInFlight batches on the wire), so the app
+	// restores one batch while the next is encoded and sent.
+	p := newRestorePipe(ctx, rc)
+	var batch [][]byte // keys of the batch being filled, for error messages
 	var batchBytes int
 	db := 0
 	flush := func() error {
 		if len(batch) == 0 {
-			return nil
+			return p.err()
 		}
-		vs, err := rc.exec(ctx)
-		if err != nil {
+		err := p.send(restoreBatch{keys: batch, db: db})
+		batch, batchBytes = nil, 0
+		return err
+	}
+	// settle waits for every batch sent (before a command whose reply is read
+	// here).
+	settle := func() error {
+		if err := flush(); err != nil {
 			return err
 		}
-		for i, v := range vs {
-			if err := v.err(); err != nil {
-				return fmt.Errorf("restore key %q in database %d: %w", batch[i], db, err)
-			}
-		}
-		st.Keys += len(batch)
-		batch, batchBytes = batch[:0], 0
-		return nil
+		n, err := p.wait()
+		st.Keys += n
+		return err
 	}
 	for {
 		kind, body, err := sr.next()
@@ -188,15 +287,17 @@ func (a *redisApp) Restore(ctx context.Context, r io.Reader) (Stats, error) {
 			break
 		}
 		if err != nil {
+			_ = settle()
 			return st, err
 		}
 		switch kind {
 		case kindDB:
 			n, k := binary.Uvarint(body)
 			if k <= 0 || n > 1<<20 {
+				_ = settle()
 				return st, fmt.Errorf("%w: database record", ErrBadStream)
 			}
-			if err := flush(); err != nil {
+			if err := settle(); err != nil {
 				return st, err
 			}
 			db = int(n)
@@ -204,9 +305,11 @@ func (a *redisApp) Restore(ctx context.Context, r io.Reader) (Stats, error) {
 				return st, fmt.Errorf("restore database %d (does the app have fewer databases than the snapshot's?): %w", db, err)
 			}
 			st.Databases++
+			p = newRestorePipe(ctx, rc)
 		case kindKey:
 			key, exp, payload, err := parseKeyRecord(body)
 			if err != nil {
+				_ = settle()
 				return st, err
 			}
 			rc.send([]byte("RESTORE"), key, strconv.AppendInt(nil, exp, 10), payload, []byte("ABSTTL"), []byte("REPLACE"))
@@ -214,11 +317,12 @@ func (a *redisApp) Restore(ctx context.Context, r io.Reader) (Stats, error) {
 			batchBytes += len(body)
 			if len(batch) >= restoreBatchCmds || batchBytes >= restoreBatchBytes {
 				if err := flush(); err != nil {
+					_ = settle()
 					return st, err
 				}
 			}
 		case kindFunctions:
-			if err := flush(); err != nil {
+			if err := settle(); err != nil {
 				return st, err
 			}
 			rc.send([]byte("FUNCTION"), []byte("RESTORE"), body, []byte("REPLACE"))
@@ -230,11 +334,13 @@ func (a *redisApp) Restore(ctx context.Context, r io.Reader) (Stats, error) {
 				return st, fmt.Errorf("restore functions: %w", err)
 			}
 			st.Functions = true
+			p = newRestorePipe(ctx, rc)
 		default:
+			_ = settle()
 			return st, fmt.Errorf("%w: record kind %q in a Redis state", ErrBadStream, kind)
 		}
 	}
-	if err := flush(); err != nil {
+	if err := settle(); err != nil {
 		return st, err
 	}
 	st.Bytes = sr.bytes

@@ -37,34 +37,86 @@ import (
 var ErrNoFork = errors.New("appstate: no copy-on-write capture")
 
 // ForkDigester is an App that can digest a copy-on-write capture.
+//
+// The capture is split so that the caller's stall is the fork alone:
+// PrepareFork, called off the caller's lock (at start, then every few
+// seconds), keeps a management connection open, authenticated and bound
+// to the located dump file; ForkDigest, called under the lock at the exact
+// log position, only sends BGSAVE on it and waits for its reply (Redis
+// answers after the fork); ForkedState.Digest waits for the child, reads
+// and digests the file, off the lock.
 type ForkDigester interface {
+	// PrepareFork makes sure a management connection is ready for the
+	// next ForkDigest: it checks the kept one without a round trip and
+	// dials, authenticates and locates the dump file only when there is
+	// none or it broke (the app closed it, the app restarted). A wrapped
+	// ErrNoFork: this app cannot be captured copy-on-write from here.
+	PrepareFork(ctx context.Context) error
 	// ForkDigest forks the app's state as it is now and returns at once
-	// (the caller holds the app still only for this call). A wrapped
-	// ErrNoFork means nothing was started: digest another way.
+	// (the caller holds the app still only for this call): one round trip
+	// on the prepared connection, never a dial. A wrapped ErrNoFork means
+	// nothing was started: digest another way.
 	ForkDigest(ctx context.Context) (*ForkedState, error)
+	// ReleaseFork closes the kept connection (the caller is done with the
+	// app); a capture in progress keeps it until its Digest ends.
+	ReleaseFork()
 }
 
 // NetnsPather is implemented by dialers that reach the app in a network
 // namespace (replication.NetnsDialer); others reach it in smr-cri's own.
 type NetnsPather interface{ NetnsPath() string }
 
+// forkConn is the kept management connection of the copy-on-write
+// capture, with the dump file of the Redis run it reaches: a connection
+// dies with its Redis process, so while it is open the run is the one
+// located when it was dialed.
+type forkConn struct {
+	rc       *respConn
+	t        forkTarget
+	lent     bool // a ForkedState uses it (until its Digest or Close)
+	released bool // ReleaseFork ran while it was lent: close it on return
+}
+
 // ForkedState is a capture in progress.
 type ForkedState struct {
-	rc      *respConn
+	app     *redisApp
+	fc      *forkConn
 	file    string // host path of the dump file
 	saves   int64  // rdb_saves before our BGSAVE
 	forkAt  time.Time
-	runID   string
 	process string // for messages: "redis pid N (host pid M)"
+	done    bool
 }
 
 // ForkedAt is when the BGSAVE was sent.
 func (f *ForkedState) ForkedAt() time.Time { return f.forkAt }
 
-// Close releases the capture (its connection) without a digest.
-func (f *ForkedState) Close() { f.rc.Close() }
+// Close releases the capture without a digest (its save finishes on its
+// own; the connection is kept for the next one).
+func (f *ForkedState) Close() { f.release(nil) }
 
-// forkTarget is the located dump file of one Redis run (cached per app).
+// release hands the connection back to the app: kept if it is still in
+// step (err is nil or an app's answer), closed otherwise.
+func (f *ForkedState) release(err error) {
+	if f.done {
+		return
+	}
+	f.done = true
+	a := f.app
+	a.forkMu.Lock()
+	defer a.forkMu.Unlock()
+	f.fc.lent = false
+	var appErr *AppError
+	broken := err != nil && !errors.As(err, &appErr) && !errors.Is(err, errSaves)
+	if broken || f.fc.released || a.kept != f.fc {
+		f.fc.rc.Close()
+		if a.kept == f.fc {
+			a.kept = nil
+		}
+	}
+}
+
+// forkTarget is the located dump file of one Redis run.
 type forkTarget struct {
 	runID   string
 	hostPID int
@@ -79,72 +131,131 @@ func (a *redisApp) netnsPath() string {
 	return ""
 }
 
-// ForkDigest implements ForkDigester.
-func (a *redisApp) ForkDigest(ctx context.Context) (*ForkedState, error) {
+// ManagementConnName is the client name (CLIENT SETNAME) of the kept
+// management connection of the copy-on-write capture.
+const ManagementConnName = "smr-cri-audit"
+
+// errNotReady: no prepared management connection (ErrNoFork: nothing
+// started).
+var errNotReady = fmt.Errorf("%w: no management connection to the app is ready", ErrNoFork)
+
+// PrepareFork implements ForkDigester.
+func (a *redisApp) PrepareFork(ctx context.Context) error {
+	a.prepMu.Lock() // one dial at a time; never held by ForkDigest
+	defer a.prepMu.Unlock()
+	a.forkMu.Lock()
+	if k := a.kept; k != nil {
+		if k.lent || k.rc.idleAlive() {
+			a.forkMu.Unlock()
+			return nil
+		}
+		k.rc.Close()
+		a.kept = nil
+	}
+	a.forkMu.Unlock()
+	k, err := a.dialFork(ctx)
+	a.forkMu.Lock()
+	defer a.forkMu.Unlock()
+	a.prepErr = err
+	if err != nil {
+		return err
+	}
+	a.kept = k
+	return nil
+}
+
+// dialFork dials a management connection and locates the dump file of
+// the Redis run it reaches (the process is found before the app is ever
+// asked to save, so an app that cannot be read from this host never is).
+func (a *redisApp) dialFork(ctx context.Context) (*forkConn, error) {
 	rc, err := dialRESP(ctx, a.cfg)
 	if err != nil {
 		return nil, err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			rc.Close()
-		}
-	}()
-	// Once this Redis run was located, one round trip: which run answers,
-	// where the save counter stands, the fork. Before that (or after a
-	// restart of the app), the process is found first, so an app that
-	// cannot be read from this host is never asked to save.
-	a.forkMu.Lock()
-	cached := a.fork
-	a.forkMu.Unlock()
-	if cached.runID == "" {
-		if _, err := a.locate(ctx, rc, nil); err != nil {
-			return nil, err
-		}
-	}
-	rc.send([]byte("INFO"), []byte("server"))
-	rc.send([]byte("INFO"), []byte("persistence"))
-	rc.send([]byte("BGSAVE"))
-	forkAt := time.Now()
-	vs, err := rc.exec(ctx)
-	if err != nil {
+	// Named, so that an operator (or a test comparing the apps' client
+	// lists) can tell it from the replicated sessions; a Redis that
+	// refuses the name keeps an unnamed connection.
+	rc.sendStr("CLIENT", "SETNAME", ManagementConnName)
+	if _, err := rc.exec(ctx); err != nil {
+		rc.Close()
 		return nil, err
 	}
-	t, err := a.locate(ctx, rc, vs[0].str)
+	t, err := a.locate(ctx, rc)
 	if err != nil {
-		return nil, err // a save may run now; the fallback's command digest is not affected
+		rc.Close()
+		return nil, err
 	}
-	vs = vs[1:]
+	return &forkConn{rc: rc, t: t}, nil
+}
+
+// ReleaseFork implements ForkDigester.
+func (a *redisApp) ReleaseFork() {
+	a.forkMu.Lock()
+	defer a.forkMu.Unlock()
+	if k := a.kept; k != nil {
+		if k.lent {
+			k.released = true
+		} else {
+			k.rc.Close()
+		}
+		a.kept = nil
+	}
+}
+
+// ForkDigest implements ForkDigester: on the prepared connection, one
+// round trip of two pipelined commands, processed by Redis back to back
+// (nothing of another client between them): INFO persistence (the save
+// counter before ours) and BGSAVE, which Redis answers after its fork.
+func (a *redisApp) ForkDigest(ctx context.Context) (*ForkedState, error) {
+	a.forkMu.Lock()
+	defer a.forkMu.Unlock()
+	k := a.kept
+	switch {
+	case k == nil && a.prepErr != nil:
+		return nil, fmt.Errorf("%w (%v)", errNotReady, a.prepErr)
+	case k == nil:
+		return nil, errNotReady
+	case k.lent:
+		return nil, fmt.Errorf("%w: the previous capture still uses the management connection", ErrNoFork)
+	case !k.rc.idleAlive(): // the app closed it since the last check
+		k.rc.Close()
+		a.kept = nil
+		return nil, fmt.Errorf("%w: the management connection was closed by the app (re-dialed off the lock)", errNotReady)
+	}
+	k.rc.send([]byte("INFO"), []byte("persistence"))
+	k.rc.send([]byte("BGSAVE"))
+	forkAt := time.Now()
+	vs, err := k.rc.exec(ctx)
+	if err != nil {
+		k.rc.Close()
+		a.kept = nil
+		return nil, err
+	}
 	if err := vs[1].err(); err != nil {
 		// Already saving (its own save, a replica's sync, an AOF rewrite):
 		// another fork would not hold the state at this point.
 		return nil, fmt.Errorf("%w: BGSAVE refused: %v", ErrNoFork, err)
 	}
-	info := infoFields(vs[0].str)
-	saves, err := strconv.ParseInt(info["rdb_saves"], 10, 64)
+	saves, err := strconv.ParseInt(infoFields(vs[0].str)["rdb_saves"], 10, 64)
 	if err != nil {
 		// BGSAVE started but this Redis (< 7.0) does not count saves: it
 		// cannot tell ours from a later one. Let the save run.
 		return nil, fmt.Errorf("%w: INFO persistence has no rdb_saves (Redis < 7.0)", ErrNoFork)
 	}
-	ok = true
-	return &ForkedState{rc: rc, file: t.file, saves: saves, forkAt: forkAt, runID: t.runID,
-		process: fmt.Sprintf("redis pid %d (host pid %d)", t.nsPID, t.hostPID)}, nil
+	k.lent = true
+	return &ForkedState{app: a, fc: k, file: k.t.file, saves: saves, forkAt: forkAt,
+		process: fmt.Sprintf("redis pid %d (host pid %d)", k.t.nsPID, k.t.hostPID)}, nil
 }
 
 // locate finds this Redis' dump file on the host, from INFO server
-// (run_id, process_id; read here when server is nil) and CONFIG GET
-// dbfilename; cached per Redis run.
-func (a *redisApp) locate(ctx context.Context, rc *respConn, server []byte) (forkTarget, error) {
-	if server == nil {
-		v, err := rc.doOK(ctx, "INFO", "server")
-		if err != nil {
-			return forkTarget{}, err
-		}
-		server = v.str
+// (run_id, process_id) and CONFIG GET dbfilename; cached per Redis run
+// (a re-dialed connection to the same run skips the search in /proc).
+func (a *redisApp) locate(ctx context.Context, rc *respConn) (forkTarget, error) {
+	v, err := rc.doOK(ctx, "INFO", "server")
+	if err != nil {
+		return forkTarget{}, err
 	}
-	info := infoFields(server)
+	info := infoFields(v.str)
 	nsPID, err := strconv.Atoi(info["process_id"])
 	if err != nil || info["run_id"] == "" {
 		return forkTarget{}, fmt.Errorf("%w: INFO server has no process_id/run_id", ErrNoFork)
@@ -185,8 +296,8 @@ func (a *redisApp) locate(ctx context.Context, rc *respConn, server []byte) (for
 // Digest waits for the save to end, then digests the file; the app may
 // change meanwhile. expiredBy (Unix ms) and maxKeys as for DigestRDB;
 // keys expired by the fork are left out in any case (gone for clients).
-func (f *ForkedState) Digest(ctx context.Context, opt DigestOptions) (Digest, error) {
-	defer f.rc.Close()
+func (f *ForkedState) Digest(ctx context.Context, opt DigestOptions) (d Digest, err error) {
+	defer func() { f.release(err) }()
 	if err := f.waitSaved(ctx); err != nil {
 		return Digest{}, err
 	}
@@ -204,7 +315,7 @@ func (f *ForkedState) Digest(ctx context.Context, opt DigestOptions) (Digest, er
 	if !opt.ExpiringBy.IsZero() {
 		cut = max(cut, opt.ExpiringBy.UnixMilli())
 	}
-	d, err := DigestRDB(bufio.NewReaderSize(file, 1<<20), cut, opt.MaxKeys)
+	d, err = DigestRDB(bufio.NewReaderSize(file, 1<<20), cut, opt.MaxKeys)
 	if err != nil {
 		return Digest{}, fmt.Errorf("dump file of %s: %w", f.process, err)
 	}
@@ -230,10 +341,14 @@ func (f *ForkedState) waitSaved(ctx context.Context) error {
 
 var errSaving = errors.New("save in progress")
 
+// errSaves: the app's saves are not the one expected (the connection is
+// still in step).
+var errSaves = errors.New("the app's saves since the audit's BGSAVE")
+
 // checkSaves: nil once our save (and no other) completed successfully;
 // errSaving while it runs.
 func (f *ForkedState) checkSaves(ctx context.Context) error {
-	v, err := f.rc.doOK(ctx, "INFO", "persistence")
+	v, err := f.fc.rc.doOK(ctx, "INFO", "persistence")
 	if err != nil {
 		return fmt.Errorf("wait for the app's BGSAVE: %w", err)
 	}
@@ -242,13 +357,13 @@ func (f *ForkedState) checkSaves(ctx context.Context) error {
 	// rdb_saves counts saves started: ours is number f.saves+1.
 	switch {
 	case saves != f.saves+1:
-		return fmt.Errorf("the app started %d saves since the audit's BGSAVE, not one: another save (its own, a replica's sync) may replace the dump file",
-			saves-f.saves)
+		return fmt.Errorf("%w: %d, not one: another save (its own, a replica's sync) may replace the dump file",
+			errSaves, saves-f.saves)
 	case info["rdb_bgsave_in_progress"] == "1":
 		return errSaving
 	case info["rdb_last_bgsave_status"] != "ok":
-		return fmt.Errorf("the app's BGSAVE failed (rdb_last_bgsave_status:%s; see its log: disk full or dir not writable?)",
-			info["rdb_last_bgsave_status"])
+		return fmt.Errorf("%w: the app's BGSAVE failed (rdb_last_bgsave_status:%s; see its log: disk full or dir not writable?)",
+			errSaves, info["rdb_last_bgsave_status"])
 	}
 	return nil
 }

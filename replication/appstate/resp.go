@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -78,6 +79,35 @@ func dialRESP(ctx context.Context, cfg Config) (*respConn, error) {
 }
 
 func (rc *respConn) Close() error { return rc.c.Close() }
+
+// idleAlive says, without a round trip and without blocking, whether an
+// idle connection is still open and in step: the app has not closed it
+// (no EOF or reset pending) and sent nothing unasked. A connection that
+// cannot be peeked at (no file descriptor) counts as alive: its next round
+// trip finds out.
+func (rc *respConn) idleAlive() bool {
+	if rc.pending > 0 || rc.r.Buffered() > 0 {
+		return false
+	}
+	sc, ok := rc.c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	alive := true
+	var b [1]byte
+	err = raw.Read(func(fd uintptr) bool {
+		// EAGAIN: open and nothing to read. No error: the peer closed it
+		// (0 bytes) or sent unasked bytes; another error: reset.
+		_, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		alive = errors.Is(rerr, syscall.EAGAIN)
+		return true // never wait for readiness
+	})
+	return alive && err == nil
+}
 
 // deadline applies the per-call timeout, shortened by ctx's deadline.
 func (rc *respConn) deadline(ctx context.Context) {
