@@ -54,7 +54,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/smr-io/smr-cri/raftcore"
 	"github.com/smr-io/smr-cri/replication/connstate"
@@ -108,13 +111,34 @@ func (c *appConn) closedByApp() bool {
 	if c.r.Buffered() > 0 {
 		return true // bytes nobody asked for: the stream is not ours any more
 	}
-	// A deadline in the past fails the read before it looks at the
-	// socket (Go checks the deadline first), so it would never see a
-	// close: wait a millisecond instead (a pending EOF returns at once).
-	_ = c.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
-	_, err := c.r.Peek(1)
-	_ = c.conn.SetReadDeadline(time.Time{})
-	return !errors.Is(err, os.ErrDeadlineExceeded)
+	return peerClosed(c.conn)
+}
+
+// peerClosed says whether the app closed (or wrote to) an idle connection:
+// a non-blocking peek at the socket (MSG_PEEK|MSG_DONTWAIT). No read
+// deadline: a short one can expire before the read runs on a loaded
+// machine, and a past one fails before Go looks at the socket.
+func peerClosed(conn net.Conn) bool {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return false // not a socket (a test's pipe): nothing to peek at
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	var buf [1]byte
+	closed := false
+	if err := rc.Read(func(fd uintptr) bool {
+		n, _, rerr := unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		// EAGAIN: nothing pending, alive. 0 bytes: EOF. Bytes or another
+		// error: the stream is not ours any more.
+		closed = !errors.Is(rerr, unix.EAGAIN) || n > 0 || (rerr == nil && n == 0)
+		return true
+	}); err != nil {
+		return true
+	}
+	return closed
 }
 
 // inflight is one entry written to the current run's connection.

@@ -160,13 +160,7 @@ func (p *readPipe) usable() bool {
 	if p.r.Buffered() > 0 {
 		return false
 	}
-	// A deadline in the past fails the read before it looks at the
-	// socket (Go checks the deadline first), so it would never see a
-	// close: wait a millisecond instead (a pending EOF returns at once).
-	_ = p.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
-	_, err := p.r.Peek(1)
-	_ = p.conn.SetReadDeadline(time.Time{})
-	return errors.Is(err, os.ErrDeadlineExceeded)
+	return !peerClosed(p.conn)
 }
 
 // do writes req (batched with the requests of concurrent callers) and waits
