@@ -522,7 +522,9 @@ func (x *Executor) execLocked(run *pipeRun, slot int, e raftcore.Entry, op Op) (
 		if x.pipelines(op.Protocol) {
 			x.setShareLocked(s, &shareState{}) // a fresh connection's state
 		}
-		if x.ownsConnFromStart(op.Protocol) {
+		if !x.pipelines(op.Protocol) {
+			// A session that never shares (HTTP without pipelining, or no
+			// pipeline at all) gets its connection at its OPEN, as before.
 			conn, err := x.dialLocked(op.Port)
 			if err != nil {
 				return nil, true
@@ -584,13 +586,6 @@ func (x *Executor) execLocked(run *pipeRun, slot int, e raftcore.Entry, op Op) (
 	return nil, false
 }
 
-// ownsConnFromStart: sessions of this protocol never share (HTTP without
-// pipelining, or no pipeline at all), so each gets its app connection at
-// its OPEN, as before the pipeline.
-func (x *Executor) ownsConnFromStart(proto string) bool {
-	return x.cfg.SerialApply || (proto == framing.ProtoHTTP && !x.cfg.HTTPPipelining)
-}
-
 // readConn reads where a local read of s goes (it does not hold mu): its
 // own connection, or the read pipe of its shareable state.
 func (x *Executor) readConn(s *appSession) (*appConn, *shareState) {
@@ -607,8 +602,7 @@ func (x *Executor) roundTrip(c *appConn, s *appSession, req framing.Request) []b
 	run.c = c
 	c.use.Lock()
 	run.local = true
-	run.out = append(run.out, inflight{slot: -1, req: req, sess: s, sent: time.Now()})
-	run.bufs = append(run.bufs, req.Raw)
+	run.add(inflight{slot: -1, req: req, sess: s, sent: time.Now()})
 	x.drainLocked(&run)
 	return val
 }

@@ -47,8 +47,8 @@ func TestIdleAppConnCloseDetected(t *testing.T) {
 			}
 			c, _ := dial()
 			ac := newAppConn(c, framing.NewRESP(framing.Options{}), 6379, true)
-			if got := ac.closedByApp(); got != tt.wantClosed {
-				t.Errorf("appConn.closedByApp() = %v, want %v", got, tt.wantClosed)
+			if got := closedWhileIdle(ac.r, ac.conn); got != tt.wantClosed {
+				t.Errorf("closedWhileIdle(shared connection) = %v, want %v", got, tt.wantClosed)
 			}
 			c, _ = dial()
 			p := &readPipe{conn: c, r: bufio.NewReader(c), idle: time.Now().Add(-2 * sharedIdleCheck)}

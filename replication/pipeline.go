@@ -105,13 +105,11 @@ func (c *appConn) close() {
 	}
 }
 
-// closedByApp says whether an idle connection was closed by the app (EOF
-// or reset waiting to be read). Called with use held and nothing in flight.
-func (c *appConn) closedByApp() bool {
-	if c.r.Buffered() > 0 {
-		return true // bytes nobody asked for: the stream is not ours any more
-	}
-	return peerClosed(c.conn)
+// closedWhileIdle says whether the app closed an idle connection (EOF or
+// reset waiting to be read), or sent bytes nobody asked for: either way the
+// stream is not ours any more. Only with nothing in flight on it.
+func closedWhileIdle(r *bufio.Reader, conn net.Conn) bool {
+	return r.Buffered() > 0 || peerClosed(conn)
 }
 
 // peerClosed says whether the app closed (or wrote to) an idle connection:
@@ -130,10 +128,10 @@ func peerClosed(conn net.Conn) bool {
 	var buf [1]byte
 	closed := false
 	if err := rc.Read(func(fd uintptr) bool {
-		n, _, rerr := unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		// EAGAIN: nothing pending, alive. 0 bytes: EOF. Bytes or another
-		// error: the stream is not ours any more.
-		closed = !errors.Is(rerr, unix.EAGAIN) || n > 0 || (rerr == nil && n == 0)
+		_, _, rerr := unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		// EAGAIN: nothing pending, alive. Anything else (0 bytes: EOF;
+		// bytes; another error): the stream is not ours any more.
+		closed = !errors.Is(rerr, unix.EAGAIN)
 		return true
 	}); err != nil {
 		return true
@@ -163,6 +161,13 @@ type pipeRun struct {
 	local bool
 	// done receives each drained entry's response, in order.
 	done func(f inflight, val []byte)
+}
+
+// add appends f's request to the run (written at its drain).
+func (r *pipeRun) add(f inflight) {
+	r.out = append(r.out, f)
+	r.bufs = append(r.bufs, f.req.Raw)
+	r.bytes += len(f.req.Raw)
 }
 
 // shareKey names a shared connection: a port and a connection state
@@ -214,14 +219,14 @@ func (x *Executor) connForLocked(run *pipeRun, s *appSession, op Op) (c *appConn
 	if err != nil {
 		return nil, true
 	}
-	f, _ := framing.New(proto, x.cfg.Framing)
-	own := newAppConn(conn, f, s.port, false)
-	if s.share != nil && len(s.share.reqs) > 0 {
-		if err := x.replayOn(own, s.share.reqs); err != nil {
-			own.close()
-			x.loseSessionLocked(s, err)
-			return nil, false
-		}
+	var reqs []connstate.Request
+	if s.share != nil {
+		reqs = s.share.reqs
+	}
+	own, err := x.connInState(conn, proto, s.port, false, reqs)
+	if err != nil {
+		x.loseSessionLocked(s, err)
+		return nil, false
 	}
 	x.smu.Lock()
 	s.own = own
@@ -264,7 +269,7 @@ func (x *Executor) retireOwnLocked(run *pipeRun, s *appSession) bool {
 func (x *Executor) sharedConnLocked(run *pipeRun, s *appSession) (*appConn, bool) {
 	k := shareKey{s.port, s.share.key}
 	if c := x.shared[k]; c != nil {
-		if run.c == c || c.dead == nil && (time.Since(c.idleSince) < sharedIdleCheck || !c.closedByApp()) {
+		if run.c == c || c.dead == nil && (time.Since(c.idleSince) < sharedIdleCheck || !closedWhileIdle(c.r, c.conn)) {
 			return c, false
 		}
 		c.close()
@@ -274,14 +279,12 @@ func (x *Executor) sharedConnLocked(run *pipeRun, s *appSession) (*appConn, bool
 	if err != nil {
 		return nil, true
 	}
-	f, _ := framing.New(s.framer.Protocol(), x.cfg.Framing)
-	c := newAppConn(conn, f, s.port, true)
-	c.key = k.state
-	if err := x.replayOn(c, s.share.reqs); err != nil {
-		c.close()
+	c, err := x.connInState(conn, s.framer.Protocol(), s.port, true, s.share.reqs)
+	if err != nil {
 		x.loseSessionLocked(s, err)
 		return nil, false
 	}
+	c.key = k.state
 	x.shared[k] = c
 	return c, false
 }
@@ -347,6 +350,22 @@ type shareState struct {
 	reqs []connstate.Request // bring a fresh connection to it
 	// needsCred: rebuilding it authenticates with smr-cri's credential.
 	needsCred bool
+}
+
+// connInState wraps a newly dialed app connection and brings it to the
+// connection state reqs (replayOn); on failure the connection is closed.
+func (x *Executor) connInState(conn net.Conn, proto string, port int, shared bool, reqs []connstate.Request) (*appConn, error) {
+	f, err := framing.New(proto, x.cfg.Framing)
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	c := newAppConn(conn, f, port, shared)
+	if err := x.replayOn(c, reqs); err != nil {
+		c.close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // replayOn sends the requests that rebuild a connection state on c (a new
@@ -445,9 +464,7 @@ func (x *Executor) sendLocked(run *pipeRun, c *appConn, f inflight) {
 		}
 	}
 	f.sent = time.Now()
-	run.out = append(run.out, f)
-	run.bufs = append(run.bufs, f.req.Raw)
-	run.bytes += len(f.req.Raw)
+	run.add(f)
 }
 
 // drainLocked writes the run's requests and reads every response, in order.
@@ -525,6 +542,10 @@ func (x *Executor) resendLocked(run *pipeRun, old *appConn, rest []inflight) {
 		return
 	}
 	conn, err := x.dialLocked(old.port)
+	var c *appConn
+	if err == nil {
+		c, err = x.connInState(conn, old.framer.Protocol(), old.port, true, nil) // an HTTP state: nothing to replay
+	}
 	if err != nil {
 		// Other replicas may run them: this one cannot know it would.
 		x.uncertainLocked(Cause{Kind: CauseSessionBroken, Detail: fmt.Sprintf("resend after an app close: %v", err)})
@@ -534,16 +555,12 @@ func (x *Executor) resendLocked(run *pipeRun, old *appConn, rest []inflight) {
 		}
 		return
 	}
-	f, _ := framing.New(old.framer.Protocol(), x.cfg.Framing)
-	c := newAppConn(conn, f, old.port, true)
 	c.key = old.key
 	x.shared[shareKey{c.port, c.key}] = c
 	c.use.Lock()
 	sub := pipeRun{c: c, done: run.done}
 	for _, g := range rest {
-		sub.out = append(sub.out, g)
-		sub.bufs = append(sub.bufs, g.req.Raw)
-		sub.bytes += len(g.req.Raw)
+		sub.add(g)
 	}
 	x.drainLocked(&sub)
 }

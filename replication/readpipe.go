@@ -96,17 +96,11 @@ func (rp *readPipes) pipe(ctx context.Context, port int, proto string, share *sh
 	if err != nil {
 		return nil, fmt.Errorf("%w: dial the app for a local read: %v", ErrNotReady, err)
 	}
-	f, err := framing.New(proto, rp.x.cfg.Framing)
+	c, err := rp.x.connInState(conn, proto, port, true, share.reqs)
 	if err != nil {
-		_ = conn.Close()
-		return nil, err
-	}
-	c := newAppConn(conn, f, port, true)
-	if err := rp.x.replayOn(c, share.reqs); err != nil {
-		c.close()
 		return nil, fmt.Errorf("%w: bring a connection to the session's state for a local read: %v", framing.ErrUnavailable, err)
 	}
-	p := &readPipe{conn: conn, r: c.r, framer: f, timeout: rp.x.cfg.AppTimeout, idle: time.Now()}
+	p := &readPipe{conn: conn, r: c.r, framer: c.framer, timeout: rp.x.cfg.AppTimeout, idle: time.Now()}
 	p.cond = sync.NewCond(&p.mu)
 	rp.pipes[k] = p
 	go p.readLoop()
@@ -157,10 +151,7 @@ func (p *readPipe) usable() bool {
 	if len(p.waiting) > 0 || time.Since(p.idle) < sharedIdleCheck {
 		return true
 	}
-	if p.r.Buffered() > 0 {
-		return false
-	}
-	return !peerClosed(p.conn)
+	return !closedWhileIdle(p.r, p.conn)
 }
 
 // do writes req (batched with the requests of concurrent callers) and waits

@@ -143,7 +143,7 @@ func (x *Executor) reopenLocked(id, index uint64) {
 		s.own = &appConn{framer: f, port: ts.Port, dead: errAppClosedSession}
 	case err != nil:
 		s.lost = err
-	case len(reqs) == 0 && !x.ownsConnFromStart(ts.Protocol):
+	case len(reqs) == 0 && x.pipelines(ts.Protocol):
 		// Nothing to rebuild: the session shares the pipelined connection,
 		// which is in the state of a fresh one.
 	default:
@@ -178,10 +178,8 @@ func (x *Executor) replayLocked(s *appSession, reqs []connstate.Request) error {
 	if err != nil {
 		return fmt.Errorf("dial app: %w", err)
 	}
-	f, _ := framing.New(s.framer.Protocol(), x.cfg.Framing)
-	own := newAppConn(conn, f, s.port, false)
-	if err := x.replayOn(own, reqs); err != nil {
-		own.close()
+	own, err := x.connInState(conn, s.framer.Protocol(), s.port, false, reqs)
+	if err != nil {
 		return err
 	}
 	s.own = own

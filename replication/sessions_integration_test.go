@@ -17,7 +17,6 @@ import (
 	"github.com/smr-io/smr-cri/replication/appstate"
 	"github.com/smr-io/smr-cri/replication/connstate"
 	"github.com/smr-io/smr-cri/replication/rediscmd"
-	"github.com/smr-io/smr-cri/test/lab/raft/memnet"
 )
 
 // restartExecutor stops replica i's ordering node and executor as a killed
@@ -431,30 +430,7 @@ func (p *sessionProposer) do(op Op) string {
 func TestSnapshotTransferMidSession(t *testing.T) {
 	requireIntegration(t)
 	const every = 200
-	network := memnet.New()
-	t.Cleanup(network.Close)
-	dir := t.TempDir()
-	peers := map[uint64]string{1: "m1", 2: "m2", 3: "m3"}
-	ms := map[uint64]*snapMember{}
-	for id := uint64(1); id <= 3; id++ {
-		ms[id] = startSnapMember(t, network, dir, id, startRedis(t), peers, every)
-		ms[id].exec.reportTo(ms[id].group)
-	}
-	t.Cleanup(func() {
-		for _, m := range ms {
-			m.stop()
-		}
-	})
-	var leader *raftcore.Group
-	waitFor(t, "a leader", func() bool {
-		for _, m := range ms {
-			if st := m.group.Status(); st.Leader == m.id {
-				leader = m.group
-				return true
-			}
-		}
-		return false
-	})
+	network, _, peers, ms, leader := startSnapGroup(t, every, func(m *snapMember) { m.exec.reportTo(m.group) })
 	open := Op{Kind: KindOpen, Port: respPort.Number, Protocol: respPort.Protocol}
 	named := &sessionProposer{t: t, g: leader, session: 0x1_0000_0000_0001}
 	tx := &sessionProposer{t: t, g: leader, session: 0x1_0000_0000_0002}

@@ -26,6 +26,40 @@ type snapMember struct {
 	tracer *Tracer
 }
 
+// startSnapGroup starts three snapshotting members (every entries), each
+// with its own redis-server, on an in-memory network, runs setup on each
+// (nil: nothing), and waits for a leader.
+func startSnapGroup(t *testing.T, every uint64, setup func(*snapMember)) (network *memnet.Network, dir string,
+	peers map[uint64]string, ms map[uint64]*snapMember, leader *raftcore.Group) {
+	t.Helper()
+	network = memnet.New()
+	t.Cleanup(network.Close)
+	dir = t.TempDir()
+	peers = map[uint64]string{1: "m1", 2: "m2", 3: "m3"}
+	ms = map[uint64]*snapMember{}
+	for id := uint64(1); id <= 3; id++ {
+		ms[id] = startSnapMember(t, network, dir, id, startRedis(t), peers, every)
+		if setup != nil {
+			setup(ms[id])
+		}
+	}
+	t.Cleanup(func() {
+		for _, m := range ms {
+			m.stop()
+		}
+	})
+	waitFor(t, "a leader", func() bool {
+		for _, m := range ms {
+			if st := m.group.Status(); st.Leader == m.id {
+				leader = m.group
+				return true
+			}
+		}
+		return false
+	})
+	return network, dir, peers, ms, leader
+}
+
 func startSnapMember(t *testing.T, network *memnet.Network, dir string, id uint64, app string, peers map[uint64]string, every uint64) *snapMember {
 	t.Helper()
 	m := &snapMember{id: id, app: app, trace: &syncBuffer{}}
@@ -107,29 +141,7 @@ func writeKeys(t *testing.T, g *raftcore.Group, session uint64, from, n int) {
 func TestSnapshotCompactionAndTransfer(t *testing.T) {
 	requireIntegration(t)
 	const every = 200
-	network := memnet.New()
-	t.Cleanup(network.Close)
-	dir := t.TempDir()
-	peers := map[uint64]string{1: "m1", 2: "m2", 3: "m3"}
-	ms := map[uint64]*snapMember{}
-	for id := uint64(1); id <= 3; id++ {
-		ms[id] = startSnapMember(t, network, dir, id, startRedis(t), peers, every)
-	}
-	t.Cleanup(func() {
-		for _, m := range ms {
-			m.stop()
-		}
-	})
-	var leader *raftcore.Group
-	waitFor(t, "a leader", func() bool {
-		for _, m := range ms {
-			if st := m.group.Status(); st.Leader == m.id {
-				leader = m.group
-				return true
-			}
-		}
-		return false
-	})
+	network, dir, peers, ms, leader := startSnapGroup(t, every, nil)
 	lid := leader.ID()
 	lag := ms[lid%3+1] // a follower
 	network.Isolate(peers[lag.id], peers[lid], peers[6-lid-lag.id])
