@@ -86,17 +86,8 @@ func TestCheckAdvertise(t *testing.T) {
 // proves; a rogue or mismatched identity never changes an address. Without
 // TLS the announced host must be the stream's source.
 func TestAddressLearning(t *testing.T) {
-	ca, err := pki.NewCA("test CA", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	member := func(g string, id uint64) *tls.Config {
-		c, err := ca.Issue([]pki.Identity{{Group: g, Member: id}}, pki.IssueOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pki.TLSConfig(ca.Pool(), pki.Static{Cert: c})
-	}
+	mk := memberTLS(t)
+	member := func(g string, id uint64) *tls.Config { return mk(pki.Identity{Group: g, Member: id}) }
 	const moved = "198.18.7.2:7480"
 	tests := []struct {
 		name      string

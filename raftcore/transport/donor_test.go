@@ -3,7 +3,6 @@ package transport
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"testing"
@@ -30,14 +29,7 @@ func (h *stateHandler) OpenState(_ context.Context, _ string, requester, minInde
 // A donor's state crosses in chunks and arrives whole; only a member of
 // the group may ask, and only the member asked for may answer.
 func TestFetchState(t *testing.T) {
-	ca, _ := pki.NewCA("test CA", time.Hour)
-	mk := func(id pki.Identity) *tls.Config {
-		c, err := ca.Issue([]pki.Identity{id}, pki.IssueOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pki.TLSConfig(ca.Pool(), pki.Static{Cert: c})
-	}
+	mk := memberTLS(t)
 	state := bytes.Repeat([]byte("0123456789abcdef"), (3<<20)/16+5) // 3 MiB and a bit
 	kv := func(id uint64) pki.Identity { return pki.Identity{Group: "kv", Member: id} }
 	for _, tc := range []struct {

@@ -2,12 +2,10 @@ package transport
 
 import (
 	"bytes"
-	"crypto/tls"
 	"errors"
 	"io"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/smr-io/smr-cri/internal/pki"
 	"github.com/smr-io/smr-cri/raftcore"
@@ -118,14 +116,7 @@ func TestSnapshotStreamRefused(t *testing.T) {
 
 // Snapshots only go to, and are only accepted from, authenticated members.
 func TestSnapshotStreamTLS(t *testing.T) {
-	ca, _ := pki.NewCA("test CA", time.Hour)
-	mk := func(id pki.Identity) *tls.Config {
-		c, err := ca.Issue([]pki.Identity{id}, pki.IssueOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pki.TLSConfig(ca.Pool(), pki.Static{Cert: c})
-	}
+	mk := memberTLS(t)
 	send := func(t *testing.T, srvID, cliID pki.Identity, from, to uint64) (error, *snapHandler) {
 		srvH := newSnapHandler()
 		srv := startTransport(t, Config{Listen: "127.0.0.1:0", TLS: mk(srvID), AuthorizePeer: pki.Authorize}, srvH)

@@ -175,14 +175,7 @@ func TestTLSServerRefusesPeers(t *testing.T) {
 // written to a server whose certificate proves another membership; it is
 // dropped and reported unreachable.
 func TestTLSClientRefusesWrongServer(t *testing.T) {
-	ca, _ := pki.NewCA("test CA", time.Hour)
-	mk := func(id pki.Identity) *tls.Config {
-		c, err := ca.Issue([]pki.Identity{id}, pki.IssueOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pki.TLSConfig(ca.Pool(), pki.Static{Cert: c})
-	}
+	mk := memberTLS(t)
 	srvH := newRecHandler()
 	srv, _ := startTLS(t, true, mk(pki.Identity{Group: "kv", Member: 3}), pki.Authorize, srvH)
 	cliH := newRecHandler()
@@ -195,5 +188,22 @@ func TestTLSClientRefusesWrongServer(t *testing.T) {
 	srv.Close()
 	if n := srvH.count(); n != 0 {
 		t.Fatalf("%d messages reached the wrong server's raft", n)
+	}
+}
+
+// memberTLS returns a function issuing, from a new test CA, the TLS
+// configuration of a member proving one identity.
+func memberTLS(t *testing.T) func(pki.Identity) *tls.Config {
+	t.Helper()
+	ca, err := pki.NewCA("test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(id pki.Identity) *tls.Config {
+		c, err := ca.Issue([]pki.Identity{id}, pki.IssueOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pki.TLSConfig(ca.Pool(), pki.Static{Cert: c})
 	}
 }
