@@ -217,7 +217,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) error {
 				replyAndClose(conn, reply)
 				return fmt.Errorf("client request refused: %w", err)
 			}
-			if !isFramingError(err) {
+			if !framing.IsRequestError(err) {
 				return fmt.Errorf("read client: %w", err)
 			}
 			s.m.badRequest(reason(err))
@@ -346,11 +346,6 @@ func (s *Server) notServing(fallback error) error {
 		}
 	}
 	return fallback
-}
-
-func isFramingError(err error) bool {
-	return errors.Is(err, framing.ErrMalformed) || errors.Is(err, framing.ErrTooLarge) ||
-		errors.Is(err, framing.ErrUnsupported)
 }
 
 func reason(err error) string {

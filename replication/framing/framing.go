@@ -131,6 +131,13 @@ func New(protocol string, opts Options) (Framer, error) {
 	return nil, fmt.Errorf("framing: unknown protocol %q (want %q or %q)", protocol, ProtoRESP, ProtoHTTP)
 }
 
+// IsRequestError says whether err from NextRequest refused the client's
+// request (malformed, too large, unsupported) rather than ending the
+// stream: the client gets ErrorReply's answer.
+func IsRequestError(err error) bool {
+	return errors.Is(err, ErrMalformed) || errors.Is(err, ErrTooLarge) || errors.Is(err, ErrUnsupported)
+}
+
 // errorf wraps a sentinel with detail.
 func errorf(sentinel error, format string, args ...any) error {
 	return fmt.Errorf("%w: %s", sentinel, fmt.Sprintf(format, args...))

@@ -158,7 +158,7 @@ func (p *Proxy) serveConn(ctx context.Context, conn net.Conn) error {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			if !isFramingError(err) {
+			if !framing.IsRequestError(err) {
 				return fmt.Errorf("read client: %w", err)
 			}
 			// As replication.Server: the framer's error reply, and the
@@ -201,10 +201,4 @@ func (p *Proxy) serveConn(ctx context.Context, conn net.Conn) error {
 			}
 		}
 	}
-}
-
-// isFramingError is replication.Server's test for a refused request.
-func isFramingError(err error) bool {
-	return errors.Is(err, framing.ErrMalformed) || errors.Is(err, framing.ErrTooLarge) ||
-		errors.Is(err, framing.ErrUnsupported)
 }
